@@ -1,0 +1,48 @@
+# Every target installs what it needs on first use (a virtualenv in .venv, CPU torch pinned in pyproject.toml).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+SUITE ?= default
+METHOD ?=
+REWARD ?=
+SEEDS ?=
+BUDGET ?=
+WORLD ?= digits
+ARGS ?=
+
+# Nothing may come from a model hub at run time; everything this project loads ships in a package.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-all models bench leaderboard clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m '' $(ARGS)
+
+models: $(STAMP)
+	$(PY) -m bench models --world $(WORLD)
+
+bench: $(STAMP)
+	$(PY) -m bench run --suite $(SUITE) \
+		$(if $(METHOD),--method $(METHOD)) $(if $(REWARD),--reward $(REWARD)) \
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(BUDGET),--budget $(BUDGET)) $(ARGS)
+
+leaderboard: $(STAMP)
+	$(PY) -m bench leaderboard --suite $(SUITE)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""The harness: CLI, suites, meter, runner, evaluation, results store and leaderboards."""

@@ -1,0 +1,154 @@
+"""`python -m bench`: build worlds, run suites, write leaderboards.
+
+Every method option is a flag `--<method>.<field>` whose help is the field's docstring in the
+method's Config, so `--help` documents them all. Everything is validated before any model loads.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+from bench.meter import UNITS, Budget
+from bench.suites import SUITES, check_names, validate
+from bench.world import WORLDS
+from methods import METHODS
+from rewards import REWARDS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (attribute docstrings are not kept at runtime)."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _names(kind: str, valid):
+    def parse(text: str) -> tuple[str, ...]:
+        try:
+            return check_names(kind, [n.strip() for n in text.split(",") if n.strip()], valid)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+
+
+def _budget(text: str) -> Budget:
+    try:
+        return Budget.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming what is wrong and what is valid."""
+
+    def error(self, message: str):
+        unknown = re.search(r"--([a-z_]+)\.([a-z_]+)", message)
+        if message.startswith("unrecognized arguments") and unknown and unknown[1] in METHODS:
+            valid = [f.name for f in dataclasses.fields(METHODS[unknown[1]].Config)]
+            message += f" ({unknown[1]} options: {', '.join(valid) or 'none'})"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    models = commands.add_parser("models", help="build (or verify) a world's networks")
+    models.add_argument("--world", default="digits", choices=list(WORLDS), help="world to build")
+
+    run = commands.add_parser(
+        "run", help="run a suite (resumable) and write its leaderboard",
+        description="Runs every method x reward x seed of a suite, skipping finished runs and resuming "
+                    "interrupted ones, then writes results/<suite>/leaderboard.{md,csv}.",
+    )
+    run.add_argument("--suite", default="default", type=_names("suite", SUITES),
+                     help=f"preset grid ({', '.join(SUITES)}); flags below override its parts")
+    run.add_argument("--method", type=_names("method", METHODS), help=f"comma-separated subset of: {', '.join(METHODS)}")
+    run.add_argument("--reward", type=_names("reward", REWARDS), help=f"comma-separated subset of: {', '.join(REWARDS)}")
+    run.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
+    run.add_argument("--budget", type=_budget,
+                     help=f"total budget per run, [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} (default nfe), e.g. nfe:300k")
+    run.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
+    for name, method in METHODS.items():
+        group = run.add_argument_group(f"{name} options", (method.__doc__ or "").strip().split("\n")[0] or None)
+        docs = field_docs(method.Config)
+        for f in dataclasses.fields(method.Config):
+            kind = _parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), str)
+            group.add_argument(f"--{name}.{f.name}", dest=f"{name}.{f.name}", type=kind, metavar=str(f.type).upper(),
+                               help=f"{docs.get(f.name, '')} (default: {f.default})")
+
+    board = commands.add_parser("leaderboard", help="regenerate results/<suite>/ tables from the store alone")
+    board.add_argument("--suite", default="default", type=_names("suite", SUITES), help=f"one of {', '.join(SUITES)}")
+    board.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
+    return parser
+
+
+def suite_from_args(args):
+    suite = SUITES[args.suite[0]]()
+    overrides = {m: dict(v) for m, v in suite.overrides.items()}
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            method, option = key.split(".", 1)
+            overrides.setdefault(method, {})[option] = value
+    suite = dataclasses.replace(
+        suite,
+        methods=args.method or suite.methods,
+        rewards=args.reward or suite.rewards,
+        seeds=tuple(range(args.seeds)) if args.seeds else suite.seeds,
+        budget=args.budget or suite.budget,
+        overrides=overrides,
+    )
+    return validate(suite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        try:
+            suite = suite_from_args(args)
+        except (ValueError, TypeError) as error:
+            parser.error(str(error))
+    # Heavy imports only after the command line is known to be valid.
+    from bench import sweep
+
+    if args.command == "models":
+        sweep.build_models(args.world)
+        return 0
+    store = args.store or ROOT / "results" / args.suite[0] / "store.sqlite"
+    if args.command == "leaderboard":
+        if not store.exists():
+            parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}` first")
+        sweep.write_tables(store, store.parent)
+        return 0
+    return sweep.run_suite(suite, store)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

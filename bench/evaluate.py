@@ -1,0 +1,83 @@
+"""Evaluation at a budget milestone: fixed prompts, fixed noise, the same for every method and seed.
+
+Per evaluation prompt set (eval_seen: train phrasings; eval_unseen: phrasings never trained on):
+  reward     mean of the run's training reward (the proxy being optimised);
+  judge_acc  fraction of images the judge reads as the prompted digit (the held-out measure of success);
+  diversity  mean pairwise L2 distance between the judge features of images of the same prompt;
+  fid        Frechet distance, in the judge's feature space, between all images of the set and the held-out
+             test images of the prompted digits (torchmetrics' FID with the judge as `feature=` module).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from models.digits import digit_of
+from models.networks import FeatureExtractor
+
+METRICS = {"reward": True, "judge_acc": True, "diversity": True, "fid": False}  # name -> higher is better
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    steps: int = 20
+    """Sampler steps for evaluation images (deterministic DDIM)."""
+    samples_per_prompt: int = 4
+    """Images per evaluation prompt (>= 2, for diversity)."""
+    seed: int = 1234
+    """Seed of the evaluation noise: identical for every method, seed and milestone."""
+    splits: tuple[str, ...] = ("eval_seen", "eval_unseen")
+    """Prompt sets evaluated."""
+
+
+def mean_pairwise_distance(features: torch.Tensor, groups: int) -> float:
+    """Mean over groups of the mean pairwise L2 distance within a group. features: (G * K, F), group-major."""
+    grouped = features.view(groups, -1, features.shape[1])
+    k = grouped.shape[1]
+    distances = torch.cdist(grouped, grouped)
+    return float((distances.sum(dim=(1, 2)) / (k * (k - 1))).mean())
+
+
+def frechet_distance(judge: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor) -> float:
+    fid = FrechetInceptionDistance(feature=FeatureExtractor(judge), normalize=True)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    return float(fid.compute())
+
+
+def score_images(images: torch.Tensor, prompts: list[str], samples_per_prompt: int, world, reward) -> dict[str, float]:
+    """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
+    labels = torch.tensor([digit_of(p) for p in prompts])
+    real_images, real_labels = world.splits["test"]
+    real = real_images[torch.isin(real_labels, labels.unique())]
+    with torch.no_grad():
+        return {
+            "reward": float(reward(images, prompts).mean()),
+            "judge_acc": float((world.judge(images).argmax(dim=1) == labels).float().mean()),
+            "diversity": mean_pairwise_distance(world.judge.features(images), len(prompts) // samples_per_prompt),
+            "fid": frechet_distance(world.judge, images, real),
+        }
+
+
+def evaluate(trainer, world, reward, meter, budget, cfg: EvalConfig):
+    """Generates and scores every evaluation set.
+
+    Returns (metric rows [(split, metric, value, higher_is_better)], samples {split: (prompts, uint8 images)},
+    generation usage {split: Usage dict}). Generation is charged to the meter's eval account; scoring uses
+    the unmetered reward, since it is the harness measuring, not the method querying.
+    """
+    rows, samples, usage = [], {}, {}
+    for index, split in enumerate(cfg.splits):
+        prompts = [p for p in world.prompts[split] for _ in range(cfg.samples_per_prompt)]
+        generator = torch.Generator().manual_seed(cfg.seed + index)
+        before = dict(meter.accounts["eval"].as_dict())
+        with meter.charging("eval"), meter.timed():
+            images = trainer.generate(prompts, cfg.steps, generator, budget).detach().float().cpu()
+        usage[split] = {k: v - before[k] for k, v in meter.accounts["eval"].as_dict().items()}
+        for name, value in score_images(images, prompts, cfg.samples_per_prompt, world, reward).items():
+            rows.append((split, name, value, METRICS[name]))
+        samples[split] = (prompts, (images * 255).round().clamp(0, 255).to(torch.uint8).numpy().astype(np.uint8))
+    return rows, samples, usage

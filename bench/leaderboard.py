@@ -1,0 +1,337 @@
+"""Leaderboard tables and sample grids, generated from the results store, never by hand.
+
+`write_leaderboard` writes, into one directory:
+- leaderboard.csv: one row per (method, reward, budget unit, milestone budget) over the 'done'
+  runs, with mean and 95% bootstrap interval over seeds of every (split, metric) in the store,
+  the paired difference to the `base` method on the primary split, mean compute used, and the
+  number of failed runs; plus one row per 'n/a' cell and per cell whose runs all failed.
+- leaderboard.md: the same, one table per reward, for reading.
+- samples_<reward>.png: a grid of primary-split samples, one row per method.
+Every file is written atomically, so a reader (or a crashed writer) never sees half a table.
+
+Pairing against `base`: a method's seed is paired with the base run of the same seed at the
+same reward and budget. When the base model is deterministic across seeds for a metric (all
+its values equal, which includes having a single seed), every seed of the method is paired with
+that one base value instead, and when the base was evaluated at a single budget of that reward
+(it does not train, so budget means nothing to it) that evaluation serves every budget.
+Seeds the base lacks otherwise drop out of the difference; `delta_vs_base/n` counts the pairs.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+from bench.stats import bootstrap_ci, paired_difference_ci
+from bench.store import USED_KEYS, Store
+
+BASE_METHOD = "base"
+# The held-out judge's accuracy is the suite's headline: the only metric the tables name.
+HEADLINE_METRIC = "judge_acc"
+GRID_COLUMNS = 24
+MIN_CELL_PX = 32
+_PAD = 4
+_FONT_SIZE = 12
+_CELL_KEYS = ["method", "reward", "budget_unit", "budget"]
+
+
+def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval_unseen") -> list[Path]:
+    """Write leaderboard.csv, leaderboard.md and samples_<reward>.png; return their paths."""
+    out_dir = Path(out_dir)
+    # Read once: workers may still be writing, and every file must describe the same snapshot.
+    runs = store.runs_frame()
+    results = store.results_frame()
+    if runs.empty:
+        raise ValueError(f"{store.path} holds no runs; nothing to put on a leaderboard")
+    if not results.empty and primary_split not in set(results["split"]):
+        raise ValueError(
+            f"primary split {primary_split!r} has no results in {store.path}; "
+            f"splits there: {', '.join(sorted(results['split'].unique()))}"
+        )
+    table = _table(runs, results, primary_split)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    written = [out_dir / "leaderboard.csv", out_dir / "leaderboard.md"]
+    _atomic_write(written[0], table.to_csv(index=False).encode())
+    _atomic_write(written[1], _markdown(table, runs, results, primary_split).encode())
+    for reward in sorted(results["reward"].unique()):
+        grid = _sample_grid(store, results[results["reward"] == reward], primary_split)
+        if grid is not None:
+            path = out_dir / f"samples_{re.sub(r'[^A-Za-z0-9_.-]', '_', reward)}.png"
+            buffer = io.BytesIO()
+            grid.save(buffer, format="PNG")
+            _atomic_write(path, buffer.getvalue())
+            written.append(path)
+    return written
+
+
+def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.DataFrame:
+    """The table of leaderboard.csv (see the module docstring for its rows and columns)."""
+    _directions(results)  # fail early on a metric stored with both directions
+
+    failed = runs[runs["status"] == "failed"].groupby(["method", "reward", "budget_unit"]).size()
+    base_results = results[results["method"] == BASE_METHOD]
+    rows = []
+    for (method, reward, unit, budget), cell in results.groupby(_CELL_KEYS, sort=False):
+        cell_runs = cell.drop_duplicates("run_id")
+        _check_cell(cell_runs, f"{method}/{reward} at {unit} {budget:g}")
+        row = {
+            "method": method,
+            "method_version": cell_runs["method_version"].iloc[0],
+            "reward": reward,
+            "budget_unit": unit,
+            "budget": budget,
+            "status": "done",
+            "n_seeds": len(cell_runs),
+            "failed": int(failed.get((method, reward, unit), 0)),
+            "note": "",
+        }
+        row.update({k: cell_runs[k].mean() for k in USED_KEYS})
+        for (split, metric), values in cell.groupby(["split", "metric"]):
+            _put_ci(row, f"{split}/{metric}", bootstrap_ci(values["value"].to_numpy()))
+            if split == primary_split and method != BASE_METHOD:
+                base = _base_values(base_results, reward, unit, budget, split, metric)
+                if base is not None:
+                    ours = values.set_index("seed")["value"]
+                    _put_delta(row, f"{split}/{metric}/delta_vs_base", ours, base)
+        rows.append(row)
+    rows.extend(_rows_without_results(runs, results, failed))
+
+    table = pd.DataFrame(rows)
+    fixed = ["method", "method_version", "reward", "budget_unit", "budget", "status", "n_seeds", "failed", "note",
+             *USED_KEYS]
+    metric_columns = [
+        f"{split}/{metric}/{stat}"
+        for split, metric in sorted(set(zip(results["split"], results["metric"])))
+        for stat in ("mean", "lo", "hi")
+    ]
+    delta_columns = [
+        f"{primary_split}/{metric}/delta_vs_base/{stat}"
+        for metric in sorted(results.loc[results["split"] == primary_split, "metric"].unique())
+        for stat in ("mean", "lo", "hi", "n")
+    ]
+    table = table.reindex(columns=fixed + metric_columns + delta_columns)
+    for column in delta_columns[3::4]:
+        table[column] = table[column].astype("Int64")  # a count, empty where there is no base
+    table = table.sort_values(["reward", "budget_unit", "budget", "method"], na_position="last")
+    return table.reset_index(drop=True)
+
+
+def _check_cell(cell_runs: pd.DataFrame, where: str) -> None:
+    # Two done runs of one seed, or two method versions, in one cell would be averaged into a
+    # number that describes neither; the store must be cleaned (or split) first.
+    versions = sorted(cell_runs["method_version"].unique())
+    if len(versions) > 1:
+        raise ValueError(f"{where} mixes method versions {', '.join(versions)}; keep one version per store")
+    duplicated = sorted(cell_runs.loc[cell_runs["seed"].duplicated(), "seed"].unique())
+    if duplicated:
+        raise ValueError(f"{where} has several done runs of seed(s) {duplicated}; keep one run per seed")
+
+
+def _put_ci(row: dict, prefix: str, ci: tuple[float, float, float]) -> None:
+    row[f"{prefix}/mean"], row[f"{prefix}/lo"], row[f"{prefix}/hi"] = ci
+
+
+def _base_values(base: pd.DataFrame, reward: str, unit: str, budget: float, split: str, metric: str) -> pd.Series | None:
+    """The base method's values (indexed by seed) to compare a cell with, or None if it has none."""
+    base = base[(base["reward"] == reward) & (base["budget_unit"] == unit)
+                & (base["split"] == split) & (base["metric"] == metric)]
+    budgets = base["budget"].unique()
+    if budget in budgets:
+        base = base[base["budget"] == budget]
+    elif len(budgets) != 1:
+        return None  # no base at this budget, and no single budget-free evaluation to stand in
+    return base.set_index("seed")["value"]
+
+
+def _put_delta(row: dict, prefix: str, ours: pd.Series, base: pd.Series) -> None:
+    if base.nunique() == 1:
+        pairs_ours, pairs_base = ours.to_numpy(), np.full(len(ours), base.iloc[0])
+    else:
+        common = ours.index.intersection(base.index)
+        if common.empty:
+            return
+        pairs_ours, pairs_base = ours[common].to_numpy(), base[common].to_numpy()
+    _put_ci(row, prefix, paired_difference_ci(pairs_ours, pairs_base))
+    row[f"{prefix}/n"] = len(pairs_ours)
+
+
+def _rows_without_results(runs: pd.DataFrame, results: pd.DataFrame, failed: pd.Series) -> list[dict]:
+    """Rows for 'n/a' cells and for cells whose runs all failed, so no cell silently vanishes."""
+    rows = []
+    not_applicable = runs[runs["status"] == "n/a"]
+    for (method, reward, unit), cell in not_applicable.groupby(["method", "reward", "budget_unit"]):
+        rows.append({
+            "method": method, "method_version": ", ".join(sorted(cell["method_version"].unique())),
+            "reward": reward, "budget_unit": unit, "budget": math.nan, "status": "n/a", "n_seeds": 0,
+            "failed": int(failed.get((method, reward, unit), 0)),
+            "note": "; ".join(sorted(cell["reason"].fillna("no reason given").unique())),
+        })
+    has_rows = set(zip(results["method"], results["reward"], results["budget_unit"]))
+    has_rows |= set(zip(not_applicable["method"], not_applicable["reward"], not_applicable["budget_unit"]))
+    for (method, reward, unit), count in failed.items():
+        if (method, reward, unit) not in has_rows:
+            cell = runs[(runs["method"] == method) & (runs["reward"] == reward)
+                        & (runs["budget_unit"] == unit) & (runs["status"] == "failed")]
+            rows.append({
+                "method": method, "method_version": ", ".join(sorted(cell["method_version"].unique())),
+                "reward": reward, "budget_unit": unit, "budget": math.nan, "status": "failed", "n_seeds": 0,
+                "failed": int(count), "note": f"{count} failed, none done",
+            })
+    return rows
+
+
+def _directions(results: pd.DataFrame) -> dict[str, bool]:
+    """metric -> higher_is_better, as stored with the values."""
+    directions = results.groupby("metric")["higher_is_better"].unique()
+    mixed = [m for m, d in directions.items() if len(d) > 1]
+    if mixed:
+        raise ValueError(f"metric(s) {mixed} are stored as both higher- and lower-is-better; fix the reward/metric code")
+    return {m: bool(d[0]) for m, d in directions.items()}
+
+
+# -- markdown ---------------------------------------------------------------------------------
+
+def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> str:
+    arrows = {m: "↑" if up else "↓" for m, up in _directions(results).items()}
+    suite = ", ".join(sorted(runs["suite"].unique()))
+    lines = [
+        f"# Leaderboard: {suite}",
+        "",
+        f"Each cell is the mean [95% bootstrap CI] over `seeds` seeds, on the `{primary_split}` prompts "
+        "unless a split is named, after training for `budget`; ↑ higher is better, ↓ lower is better. "
+        f"Δ {HEADLINE_METRIC} vs base is the per-seed paired difference to the base model at the same reward "
+        "and budget (against its single value where the base is deterministic across seeds). "
+        "NFE, reward queries and wall s are the compute used, means over seeds. "
+        "`version` is the method's version; "
+        f"code at git {', '.join(sorted(runs['git_sha'].unique()))}, "
+        f"base model {', '.join(sorted(runs['base_model_hash'].unique()))}.",
+    ]
+    for reward in sorted(table["reward"].unique()):
+        lines += ["", f"## Reward: {reward}", ""]
+        lines += _reward_table(table[table["reward"] == reward], results[results["reward"] == reward],
+                               primary_split, arrows)
+    failed = runs[runs["status"] == "failed"].fillna({"reason": "no reason given"})
+    if not failed.empty:
+        lines += ["", "## Failed runs", "", "| run_id | method | reward | seed | reason |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {_md(r.run_id)} | {_md(r.method)} | {_md(r.reward)} | {r.seed} | {_md(r.reason)} |"
+            for r in failed.itertuples()
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _reward_table(table: pd.DataFrame, results: pd.DataFrame, primary_split: str, arrows: dict[str, str]) -> list[str]:
+    # the headline first, then the rest in name order
+    primary_metrics = sorted(results.loc[results["split"] == primary_split, "metric"].unique(),
+                             key=lambda m: (m != HEADLINE_METRIC, m))
+    other_splits = sorted(results.loc[(results["metric"] == HEADLINE_METRIC)
+                                      & (results["split"] != primary_split), "split"].unique())
+    has_delta = HEADLINE_METRIC in primary_metrics
+    header = ["method", "version", "budget", "seeds"]
+    header += [f"{m} {arrows[m]}" for m in primary_metrics]
+    header += [f"Δ {HEADLINE_METRIC} vs base"] if has_delta else []
+    header += [f"{HEADLINE_METRIC} ({s}) {arrows[HEADLINE_METRIC]}" for s in other_splits]
+    header += ["NFE", "reward queries", "wall s", "note"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    for r in table.to_dict("records"):
+        done = r["status"] == "done"
+        empty = "n/a" if r["status"] == "n/a" else "—"
+        cells = [_md(r["method"]), _md(r["method_version"]),
+                 f"{r['budget_unit']} {_human(r['budget'])}" if done else "—", str(r["n_seeds"])]
+        cells += [_ci(r, f"{primary_split}/{m}") if done else empty for m in primary_metrics]
+        if has_delta:
+            cells.append(_ci(r, f"{primary_split}/{HEADLINE_METRIC}/delta_vs_base", signed=True) if done else empty)
+        cells += [_ci(r, f"{s}/{HEADLINE_METRIC}") if done else empty for s in other_splits]
+        cells += [_human(r[k]) if done else "—" for k in ("nfe", "reward_queries", "wall_s")]
+        note = f"{r['failed']} failed run(s), see below" if done and r["failed"] else r["note"]
+        cells.append(_md(note))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _ci(row: dict, prefix: str, signed: bool = False) -> str:
+    mean = row.get(f"{prefix}/mean", math.nan)
+    if mean is None or pd.isna(mean):
+        return "—"
+    spec = "+.3f" if signed else ".3f"
+    return f"{mean:{spec}} [{row[f'{prefix}/lo']:{spec}}, {row[f'{prefix}/hi']:{spec}}]"
+
+
+def _human(x: float) -> str:
+    """3 significant digits with a k/M/B suffix: 1.2M, 35k, 12.3."""
+    x = float(f"{x:.3g}")  # round first, so 999,999 becomes 1M rather than 1e+03k
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def _md(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+# -- sample grid ------------------------------------------------------------------------------
+
+def _sample_grid(store: Store, results: pd.DataFrame, primary_split: str) -> Image.Image | None:
+    """Rows = methods (those with stored samples), columns = the first GRID_COLUMNS samples of
+    the primary split at the method's largest budget, first seed; None if no method has any."""
+    rows = []
+    for method in sorted(results["method"].unique()):
+        ours = results[results["method"] == method]
+        first = ours[ours["budget"] == ours["budget"].max()].sort_values(["seed", "run_id"]).iloc[0]
+        try:
+            _, images = store.samples(first["run_id"], int(first["milestone"]), primary_split)
+        except ValueError:
+            continue  # evaluated without storing samples: nothing to show
+        label = f"{method}\n{first['budget_unit']} {_human(first['budget'])}, seed {first['seed']}"
+        rows.append((label, _to_cells(images[:GRID_COLUMNS])))
+    if not rows:
+        return None
+
+    font = ImageFont.load_default(size=_FONT_SIZE)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(measure.multiline_textbbox((0, 0), label, font=font)[2] for label, _ in rows) + 2 * _PAD
+    label_h = max(measure.multiline_textbbox((0, 0), label, font=font)[3] for label, _ in rows)
+    cell_h = max(cells.shape[1] for _, cells in rows)
+    cell_w = max(cells.shape[2] for _, cells in rows)
+    row_h = max(cell_h, label_h)
+    n_cols = max(len(cells) for _, cells in rows)
+
+    canvas = Image.new("RGB", (label_w + n_cols * (cell_w + _PAD), _PAD + len(rows) * (row_h + _PAD)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (label, cells) in enumerate(rows):
+        y = _PAD + i * (row_h + _PAD)
+        draw.multiline_text((_PAD, y), label, fill="black", font=font)
+        for j, cell in enumerate(cells):
+            canvas.paste(Image.fromarray(cell), (label_w + j * (cell_w + _PAD), y))
+    return canvas
+
+
+def _to_cells(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, C, H, W), C 1 or 3 -> RGB (N, H', W', 3), upscaled (nearest) to >= MIN_CELL_PX."""
+    images = images.transpose(0, 2, 3, 1)
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    scale = max(1, math.ceil(MIN_CELL_PX / min(images.shape[1:3])))
+    return np.ascontiguousarray(images.repeat(scale, axis=1).repeat(scale, axis=2))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the published table private
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

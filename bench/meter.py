@@ -1,0 +1,144 @@
+"""Compute accounting owned by the harness: methods only ever see metered policies and rewards.
+
+Units (budgets are expressed in any of them):
+  nfe             network function evaluations, per image: a forward pass of a generator network on
+                  B images costs B, a backward pass through it 2B (every generator network a method
+                  can reach is hooked, reference copies included, since `frozen_copy` deep-copies the
+                  hooks along with the module);
+  reward_queries  images scored by the reward;
+  samples         images produced by the sampler;
+  wall_s          wall-clock seconds, timed by the runner around each training step.
+Usage is kept in accounts: `train` (what the budget limits) and `eval` (the harness's evaluation;
+for inference-time methods such as best-of-N this is their whole cost).
+"""
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+UNITS = ("nfe", "reward_queries", "samples", "wall_s")
+_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+@dataclass
+class Usage:
+    nfe: float = 0.0
+    reward_queries: float = 0.0
+    samples: float = 0.0
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An amount of one unit of compute, e.g. `nfe:200k` or `reward_queries:5000`."""
+
+    unit: str
+    amount: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Budget":
+        unit, _, amount = text.rpartition(":")
+        unit = unit or "nfe"
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgG]?)\s*", amount)
+        if unit not in UNITS or not match or float(match[1]) <= 0:
+            raise ValueError(f"bad budget {text!r}: expected [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} "
+                             f"(default nfe) and AMOUNT > 0, e.g. nfe:200k or reward_queries:5000")
+        return cls(unit, float(match[1]) * _SUFFIX[match[2].lower()])
+
+    def __str__(self) -> str:
+        return f"{self.unit}:{self.amount:g}"
+
+
+class Meter:
+    def __init__(self):
+        self.accounts = {"train": Usage(), "eval": Usage()}
+        self._account = "train"
+
+    @property
+    def usage(self) -> Usage:
+        return self.accounts[self._account]
+
+    @contextmanager
+    def charging(self, account: str):
+        """Charges all work inside the block to `account`."""
+        previous, self._account = self._account, account
+        try:
+            yield
+        finally:
+            self._account = previous
+
+    @contextmanager
+    def timed(self):
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.usage.wall_s += time.monotonic() - start
+
+    def watch(self, module: nn.Module) -> None:
+        """Counts every forward (B) and every backward (2B) of `module` from now on."""
+        meter = self  # a closure, not a bound method: deepcopy of the module must keep this meter
+
+        def count(_module, _args, output):
+            batch = output.shape[0]
+            meter.usage.nfe += batch
+            if output.requires_grad:
+                def count_backward(grad):
+                    meter.usage.nfe += 2 * batch
+                output.register_hook(count_backward)
+
+        module.register_forward_hook(count)
+
+    def spent(self, budget: Budget) -> float:
+        """Fraction of `budget` the train account has used."""
+        return getattr(self.accounts["train"], budget.unit) / budget.amount
+
+    def state_dict(self) -> dict:
+        return {name: usage.as_dict() for name, usage in self.accounts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.accounts = {name: Usage(**usage) for name, usage in state.items()}
+
+
+class MeteredPolicy:
+    """A policy whose networks are watched and whose samples are counted; otherwise the same policy."""
+
+    def __init__(self, policy, meter: Meter, *, watch: bool = True):
+        self._policy = policy
+        self._meter = meter
+        if watch:
+            meter.watch(policy.denoiser)
+
+    def __getattr__(self, name):
+        return getattr(self._policy, name)
+
+    def sample(self, prompts, steps, generator, **kwargs):
+        trajectory = self._policy.sample(prompts, steps, generator, **kwargs)
+        self._meter.usage.samples += len(prompts)
+        return trajectory
+
+    def frozen_copy(self) -> "MeteredPolicy":
+        return MeteredPolicy(self._policy.frozen_copy(), self._meter, watch=False)
+
+
+class MeteredReward:
+    """A reward whose queries are counted; exposes the wrapped reward's name, version and flags."""
+
+    def __init__(self, reward, meter: Meter):
+        self._reward = reward
+        self._meter = meter
+
+    def __getattr__(self, name):
+        return getattr(self._reward, name)
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        self._meter.usage.reward_queries += len(images)
+        return self._reward(images, prompts)

@@ -1,0 +1,161 @@
+"""One run, written once for every method: build -> step until each milestone -> evaluate -> record.
+
+Resume: a run checkpoints its trainer and meter (atomically) at every milestone and every
+`checkpoint_every_s` seconds; milestones are recorded in the store in one transaction each. The run
+never trains past a milestone before that milestone is recorded, so on restart the only milestone
+that can be missing from the store is the one the checkpoint sits at, and it is evaluated again
+from the same state (evaluation is deterministic). A killed run loses at most the work since its
+last checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.evaluate import EvalConfig, evaluate
+from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
+from bench.store import RunRecord, Store
+from methods import METHODS
+from rewards import REWARDS
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's numbers; its hash (with the base model's) is the run's identity."""
+
+    suite: str
+    world: str
+    method: str
+    method_config: object
+    reward: str
+    seed: int
+    budget: Budget
+    milestones: tuple[float, ...]
+    eval: EvalConfig
+
+    def config_dict(self) -> dict:
+        return {
+            "world": self.world, "method": self.method, "method_version": METHODS[self.method].version,
+            "method_config": dataclasses.asdict(self.method_config), "reward": self.reward, "seed": self.seed,
+            "budget": str(self.budget), "milestones": list(self.milestones), "eval": dataclasses.asdict(self.eval),
+        }
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.config_dict(), sort_keys=True).encode()).hexdigest()
+
+    def run_id(self, base_model_hash: str) -> str:
+        identity = hashlib.sha256(f"{self.config_hash()}:{base_model_hash}".encode()).hexdigest()
+        return f"{self.method}-{self.reward}-s{self.seed}-{identity[:10]}"
+
+    def record(self, base_model_hash: str, reward_version: str) -> RunRecord:
+        return RunRecord(
+            run_id=self.run_id(base_model_hash), suite=self.suite, method=self.method,
+            method_version=METHODS[self.method].version, world=self.world,
+            reward=f"{self.reward}", seed=self.seed, budget_unit=self.budget.unit, budget=self.budget.amount,
+            config_json=json.dumps({**self.config_dict(), "reward_version": reward_version}, sort_keys=True),
+            config_hash=self.config_hash(), git_sha=git_sha(), base_model_hash=base_model_hash,
+        )
+
+
+def git_sha() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _check_finite(values: dict[str, float], where: str) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(f"non-finite values {where}: {bad}")
+
+
+def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpoint_every_s: float = 60.0,
+            log=print) -> str:
+    """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a."""
+    method = METHODS[spec.method]
+    reward_cls = REWARDS[spec.reward]
+    raw_reward = reward_cls.from_world(world)
+    record = spec.record(world.base_model_hash, raw_reward.version)
+    status = store.run_status(record.run_id)
+    if status in ("done", "n/a"):
+        log(f"{record.run_id}: {status}, skipped")
+        return status
+    reason = method.incompatibility(reward_cls, spec.budget.unit)
+    if reason is not None:
+        store.record_not_applicable(record, reason)
+        log(f"{record.run_id}: n/a ({reason})")
+        return "n/a"
+
+    store.start_run(record)
+    torch.manual_seed(spec.seed)
+    meter = Meter()
+    trainer = method(MeteredPolicy(world.make_policy(), meter), MeteredReward(raw_reward, meter),
+                     world.prompts["train"], spec.method_config, spec.seed)
+    checkpoint = checkpoint_dir / f"{record.run_id}.pt"
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        trainer.load_state_dict(state["trainer"])
+        meter.load_state_dict(state["meter"])
+        log(f"{record.run_id}: resumed at {meter.accounts['train'].as_dict()}")
+
+    def save() -> None:
+        atomic_torch_save({"trainer": trainer.state_dict(), "meter": meter.state_dict()}, checkpoint)
+
+    recorded = store.milestones_recorded(record.run_id)
+    started = time.monotonic()
+    try:
+        for index, fraction in enumerate(spec.milestones):
+            if index in recorded:
+                continue
+            last_save = time.monotonic()
+            while trainer.trains and meter.spent(spec.budget) < fraction:
+                with meter.timed():
+                    _check_finite(trainer.step(), "in a training step")
+                if time.monotonic() - last_save > checkpoint_every_s:
+                    save()
+                    last_save = time.monotonic()
+            if trainer.trains:
+                save()
+            milestone_budget = Budget(spec.budget.unit, spec.budget.amount * fraction)
+            metrics, samples, generation = evaluate(trainer, world, raw_reward, meter, milestone_budget, spec.eval)
+            _check_finite({f"{s}/{m}": v for s, m, v, _ in metrics}, "in evaluation")
+            # Training compute for trained methods; for inference-time methods, their whole cost:
+            # generating the primary evaluation set.
+            used = meter.accounts["train"].as_dict() if trainer.trains else generation[spec.eval.splits[-1]]
+            store.record_milestone(record.run_id, index, milestone_budget.amount, used, metrics, samples)
+            summary = ", ".join(f"{s.removeprefix('eval_')}/{m}={v:.3f}" for s, m, v, _ in metrics)
+            log(f"{record.run_id}: {fraction:.0%} of {spec.budget} ({time.monotonic() - started:.0f}s) {summary}")
+    except Exception as error:  # a failing run is recorded with its reason; the sweep goes on
+        store.finish_run(record.run_id, "failed", f"{type(error).__name__}: {error}")
+        log(f"{record.run_id}: FAILED: {type(error).__name__}: {error}")
+        return "failed"
+    store.finish_run(record.run_id, "done")
+    checkpoint.unlink(missing_ok=True)
+    return "done"

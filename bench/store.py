@@ -1,0 +1,359 @@
+"""The results store: one SQLite file per suite, in WAL mode.
+
+Every run, every metric value at every budget milestone and the evaluation samples behind them
+live here; tables and plots are generated from it, never edited by hand. SQLite transactions
+are what make resume and concurrent workers safe: each write is one `BEGIN IMMEDIATE`
+transaction, so a worker killed mid-write leaves either the whole milestone or none of it, and
+two workers on the same file queue for the write lock instead of corrupting each other.
+
+The file is meant to be committed to git, so `close()` folds the write-ahead log back into the
+main file: the `.sqlite` alone is then the complete store.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import astuple, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+FINAL_STATUSES = ("done", "failed", "n/a")
+USED_KEYS = ("nfe", "reward_queries", "samples", "wall_s")
+
+# Generous: a worker waits for another worker's write (milliseconds long) rather than failing.
+_BUSY_TIMEOUT_S = 60.0
+
+_TABLES = (
+    """CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        suite TEXT NOT NULL,
+        method TEXT NOT NULL,
+        method_version TEXT NOT NULL,
+        world TEXT NOT NULL,
+        reward TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        budget_unit TEXT NOT NULL,
+        budget REAL NOT NULL,
+        config_json TEXT NOT NULL,
+        config_hash TEXT NOT NULL,
+        git_sha TEXT NOT NULL,
+        base_model_hash TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'done', 'failed', 'n/a')),
+        reason TEXT,
+        started TEXT NOT NULL,
+        finished TEXT
+    )""",
+    """CREATE TABLE milestones (
+        run_id TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+        milestone INTEGER NOT NULL,
+        budget REAL NOT NULL,
+        nfe REAL NOT NULL,
+        reward_queries REAL NOT NULL,
+        samples REAL NOT NULL,
+        wall_s REAL NOT NULL,
+        PRIMARY KEY (run_id, milestone)
+    )""",
+    # Metrics and samples hang off their milestone with ON DELETE CASCADE, so re-recording a
+    # milestone is "delete the milestone, insert it again" and can never leave stale rows.
+    """CREATE TABLE metrics (
+        run_id TEXT NOT NULL,
+        milestone INTEGER NOT NULL,
+        split TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        value REAL NOT NULL,
+        higher_is_better INTEGER NOT NULL,
+        PRIMARY KEY (run_id, milestone, split, metric),
+        FOREIGN KEY (run_id, milestone) REFERENCES milestones (run_id, milestone) ON DELETE CASCADE
+    )""",
+    """CREATE TABLE samples (
+        run_id TEXT NOT NULL,
+        milestone INTEGER NOT NULL,
+        split TEXT NOT NULL,
+        prompts_json TEXT NOT NULL,
+        shape_json TEXT NOT NULL,
+        dtype TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, milestone, split),
+        FOREIGN KEY (run_id, milestone) REFERENCES milestones (run_id, milestone) ON DELETE CASCADE
+    )""",
+)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What identifies one run: a (method, world, reward, seed) cell of a suite and its config."""
+
+    run_id: str
+    suite: str
+    method: str
+    method_version: str
+    world: str
+    reward: str
+    seed: int
+    budget_unit: str
+    budget: float  # the run's total budget, in budget_unit
+    config_json: str
+    config_hash: str
+    git_sha: str
+    base_model_hash: str
+
+
+RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
+
+RESULT_COLUMNS = (
+    "schema_version", "run_id", "suite", "git_sha", "config_hash", "base_model_hash", "method",
+    "method_version", "world", "reward", "seed", "budget_unit", "milestone", "budget", "nfe",
+    "reward_queries", "samples", "wall_s", "split", "metric", "value", "higher_is_better",
+)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    """A results store on one SQLite file; open one per process (connections are not shared)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: the sqlite3 module must not open transactions behind our back;
+        # every write opens its own BEGIN IMMEDIATE in _write().
+        self._conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        self._closed = False
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            self._enable_wal()
+            # NORMAL is durable across application crashes in WAL mode; only a power loss can
+            # drop the last commits, and a resumed run redoes those milestones.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._init_schema()
+        except BaseException as e:
+            self._conn.close()
+            # OperationalError (e.g. a lock held past the timeout) is not the file's fault.
+            if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
+                raise ValueError(f"{self.path} is not a SQLite results store: {e}") from e
+            raise
+
+    def _enable_wal(self) -> None:
+        # Turning a fresh file to WAL needs an exclusive lock, and SQLite refuses it at once,
+        # bypassing the busy timeout, while another worker is opening the same fresh file.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _init_schema(self) -> None:
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+                if tables:
+                    raise ValueError(
+                        f"{self.path} is a SQLite file with tables {sorted(t[0] for t in tables)} "
+                        "but no results-store schema version; refusing to write into it"
+                    )
+                for statement in _TABLES:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
+                raise ValueError(
+                    f"{self.path} holds results-store schema version {version}, this code reads "
+                    f"version {SCHEMA_VERSION}; use a fresh store file or a matching checkout"
+                )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that reads first and
+        # then writes can fail with SQLITE_BUSY mid-way instead of waiting for the lock.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+
+    def close(self) -> None:
+        """Fold the WAL into the main file (it is committed to git) and close; idempotent."""
+        if self._closed:
+            return
+        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.close()
+        self._closed = True
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def run_status(self, run_id: str) -> str | None:
+        row = self._conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def start_run(self, run: RunRecord) -> None:
+        """Insert a run as 'running'; an existing run is resumed: its recorded milestones stay."""
+        with self._write() as conn:
+            row = conn.execute("SELECT config_hash FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
+            if row is None:
+                conn.execute(
+                    f"INSERT INTO runs ({', '.join(RUN_FIELDS)}, status, started) "
+                    f"VALUES ({', '.join('?' * len(RUN_FIELDS))}, 'running', ?)",
+                    (*astuple(run), _now()),
+                )
+            elif row[0] != run.config_hash:
+                # Resuming under another config would mix two experiments in one run's rows.
+                raise ValueError(
+                    f"run {run.run_id!r} exists with config hash {row[0]}, not {run.config_hash}; "
+                    "give the new config a new run id"
+                )
+            else:
+                conn.execute(
+                    "UPDATE runs SET status = 'running', reason = NULL, finished = NULL WHERE run_id = ?",
+                    (run.run_id,),
+                )
+
+    def finish_run(self, run_id: str, status: str, reason: str | None = None) -> None:
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"a run finishes as one of {', '.join(FINAL_STATUSES)}, got {status!r}")
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, reason = ?, finished = ? WHERE run_id = ?",
+                (status, reason, _now(), run_id),
+            )
+            if cur.rowcount == 0:
+                raise ValueError(f"unknown run {run_id!r}; start_run() it first")
+
+    def record_not_applicable(self, run: RunRecord, reason: str) -> None:
+        """Record a cell the method cannot run (e.g. it needs a differentiable reward)."""
+        now = _now()
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO runs ({', '.join(RUN_FIELDS)}, status, reason, started, finished) "
+                f"VALUES ({', '.join('?' * len(RUN_FIELDS))}, 'n/a', ?, ?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET status = 'n/a', reason = excluded.reason, "
+                "finished = excluded.finished",
+                (*astuple(run), reason, now, now),
+            )
+
+    # -- milestones -------------------------------------------------------------------------
+
+    def milestones_recorded(self, run_id: str) -> set[int]:
+        rows = self._conn.execute("SELECT milestone FROM milestones WHERE run_id = ?", (run_id,))
+        return {r[0] for r in rows}
+
+    def record_milestone(
+        self,
+        run_id: str,
+        milestone: int,
+        budget: float,
+        used: dict[str, float],
+        metrics: list[tuple[str, str, float, bool]],
+        samples: dict[str, tuple[list[str], np.ndarray]],
+    ) -> None:
+        """Record one evaluated milestone in one transaction, replacing any earlier record of it.
+
+        metrics: (split, metric, value, higher_is_better) rows. samples: split -> (prompts,
+        uint8 images (N, C, H, W) with C in {1, 3}), stored losslessly (zlib) so they round-trip
+        bit for bit.
+        """
+        if sorted(used) != sorted(USED_KEYS):
+            raise ValueError(f"used must have exactly the keys {', '.join(USED_KEYS)}, got {sorted(used)}")
+        milestone = int(milestone)  # sqlite3 cannot bind numpy integers
+        metric_rows = []
+        seen = set()
+        for split, metric, value, higher_is_better in metrics:
+            value = float(value)
+            if (split, metric) in seen:
+                raise ValueError(f"metric {split}/{metric} appears twice in milestone {milestone} of {run_id!r}")
+            seen.add((split, metric))
+            # NaN/inf would poison every mean and interval downstream; a diverged run should be
+            # finished as 'failed' with a reason instead.
+            if not math.isfinite(value):
+                raise ValueError(f"metric {split}/{metric} of {run_id!r} is {value}; only finite values are stored")
+            metric_rows.append((run_id, milestone, split, metric, value, int(bool(higher_is_better))))
+        sample_rows = [(run_id, milestone, split, *_encode_samples(split, prompts, images))
+                       for split, (prompts, images) in samples.items()]
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise ValueError(f"unknown run {run_id!r}; start_run() it before recording milestones")
+            conn.execute("DELETE FROM milestones WHERE run_id = ? AND milestone = ?", (run_id, milestone))
+            conn.execute(
+                "INSERT INTO milestones VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, milestone, float(budget), *(float(used[k]) for k in USED_KEYS)),
+            )
+            conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", metric_rows)
+            conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", sample_rows)
+
+    def samples(self, run_id: str, milestone: int, split: str) -> tuple[list[str], np.ndarray]:
+        row = self._conn.execute(
+            "SELECT prompts_json, shape_json, dtype, data FROM samples "
+            "WHERE run_id = ? AND milestone = ? AND split = ?",
+            (run_id, milestone, split),
+        ).fetchone()
+        if row is None:
+            have = [r[0] for r in self._conn.execute(
+                "SELECT split FROM samples WHERE run_id = ? AND milestone = ?", (run_id, milestone))]
+            raise ValueError(
+                f"no samples for run {run_id!r}, milestone {milestone}, split {split!r}; "
+                f"splits stored there: {sorted(have) or 'none'}"
+            )
+        prompts_json, shape_json, dtype, data = row
+        images = np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype)).reshape(json.loads(shape_json))
+        return json.loads(prompts_json), images.copy()  # frombuffer is read-only
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def runs_frame(self) -> pd.DataFrame:
+        """One row per run: the RunRecord fields, status, reason, started, finished (ISO, UTC)."""
+        columns = (*RUN_FIELDS, "status", "reason", "started", "finished")
+        return pd.read_sql_query(f"SELECT {', '.join(columns)} FROM runs ORDER BY run_id", self._conn)
+
+    def results_frame(self) -> pd.DataFrame:
+        """One row per metric value of every 'done' run, with everything needed to interpret it."""
+        frame = pd.read_sql_query(
+            f"""SELECT {SCHEMA_VERSION} AS schema_version, r.run_id, r.suite, r.git_sha, r.config_hash,
+                       r.base_model_hash, r.method, r.method_version, r.world, r.reward, r.seed,
+                       r.budget_unit, m.milestone, m.budget, m.nfe, m.reward_queries, m.samples,
+                       m.wall_s, x.split, x.metric, x.value, x.higher_is_better
+                FROM metrics x
+                JOIN milestones m ON m.run_id = x.run_id AND m.milestone = x.milestone
+                JOIN runs r ON r.run_id = x.run_id
+                WHERE r.status = 'done'
+                ORDER BY r.run_id, m.milestone, x.split, x.metric""",
+            self._conn,
+        )
+        frame["higher_is_better"] = frame["higher_is_better"].astype(bool)
+        return frame[list(RESULT_COLUMNS)]
+
+
+def _encode_samples(split: str, prompts: list[str], images: np.ndarray) -> tuple[str, str, str, bytes]:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"samples of split {split!r} must be uint8 (N, C, H, W) with C 1 or 3, "
+            f"got {images.dtype} {images.shape}"
+        )
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"samples of split {split!r}: {len(prompts)} prompts for {images.shape[0]} images")
+    data = zlib.compress(np.ascontiguousarray(images).tobytes())
+    return json.dumps(list(prompts)), json.dumps(list(images.shape)), images.dtype.str, data

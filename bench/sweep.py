@@ -1,0 +1,52 @@
+"""A suite: every method x reward x seed cell run in turn against one store, then the tables.
+
+Cells are independent: a failed cell is recorded and the sweep goes on; re-running the same
+command skips finished cells and resumes interrupted ones.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.leaderboard import write_leaderboard
+from bench.runner import RunSpec, execute
+from bench.store import Store
+from bench.suites import Suite
+from bench.world import ensure_world, load_world
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_models(world: str) -> None:
+    start = time.monotonic()
+    directory = ensure_world(world)
+    print(f"world {world!r} ready in {directory} ({time.monotonic() - start:.0f}s)")
+
+
+def specs(suite: Suite) -> list[RunSpec]:
+    return [
+        RunSpec(suite=suite.name, world=suite.world, method=method, method_config=suite.method_config(method),
+                reward=reward, seed=seed, budget=suite.budget, milestones=suite.milestones, eval=suite.eval)
+        for reward in suite.rewards for method in suite.methods for seed in suite.seeds
+    ]
+
+
+def write_tables(store_path: Path, out_dir: Path) -> None:
+    with Store(store_path) as store:
+        for path in write_leaderboard(store, out_dir):
+            print(f"wrote {path}")
+
+
+def run_suite(suite: Suite, store_path: Path) -> int:
+    """Runs every cell; returns 0 if all cells are done or not applicable, 1 if any failed."""
+    world = load_world(suite.world)
+    checkpoints = ROOT / "runs" / suite.name / "checkpoints"
+    start = time.monotonic()
+    with Store(store_path) as store:
+        statuses = [execute(spec, world, store, checkpoints) for spec in specs(suite)]
+    failed = statuses.count("failed")
+    print(f"suite {suite.name!r}: {len(statuses)} runs, {statuses.count('done')} done, "
+          f"{statuses.count('n/a')} n/a, {failed} failed ({time.monotonic() - start:.0f}s)")
+    write_tables(store_path, store_path.parent)
+    print((store_path.parent / "leaderboard.md").read_text())
+    return 1 if failed else 0

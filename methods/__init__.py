@@ -1,0 +1,12 @@
+"""Fine-tuning methods, by name. Adding a method: one file in methods/ and one line here."""
+from methods.base import BaseModel
+from methods.best_of_n import BestOfN
+from methods.ddpo import DDPO
+from methods.raft import RAFT
+
+METHODS = {
+    "base": BaseModel,
+    "best_of_n": BestOfN,
+    "raft": RAFT,
+    "ddpo": DDPO,
+}

@@ -1,0 +1,21 @@
+"""`base`: the base model itself, untrained. Every leaderboard's reference row."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from methods.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class Config:
+    """The base model has no options."""
+
+
+class BaseModel(Trainer):
+    name = "base"
+    version = "1"
+    Config = Config
+    trains = False
+
+    def step(self) -> dict[str, float]:
+        raise RuntimeError("the base model does not train; the harness never steps it")

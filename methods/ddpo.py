@@ -1,0 +1,131 @@
+"""`ddpo`: Denoising Diffusion Policy Optimization (Black et al., "Training Diffusion Models with
+Reinforcement Learning", ICLR 2024, arXiv 2305.13301), the DDPO_IS (PPO) variant.
+
+The denoising chain is an MDP whose actions are the sampler's Gaussian steps x_{s+1} ~ pi_theta(. | x_s, c),
+so for trajectories sampled from the old policy with advantage A (the terminal reward, normalised):
+  L(theta) = E_{s, traj} [ max(-A * rho_s, -A * clip(rho_s, 1 - eps, 1 + eps)) ] + kl_coef * E [ KL_s ],
+  rho_s = pi_theta(x_{s+1} | x_s, c) / pi_old(x_{s+1} | x_s, c),
+with KL_s the closed-form KL between the step's Gaussian transitions under theta and the frozen base
+model (an optional regulariser; DDPO itself has none).
+Departures from the paper: log-probabilities are the exact Gaussian log-densities, summed over pixels
+(the reference code averages them, which rescales the clip range; `clip_range` is set for sums);
+advantages are normalised per prompt within each iteration's batch (the paper keeps a per-prompt
+running buffer across iterations; with K samples of every prompt in one batch the two coincide in spirit
+and this one needs no state). As in the paper, one optimizer step accumulates over all chosen steps of a minibatch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.divergences import gaussian_kl
+from models.diffusion import gaussian_log_prob
+from methods.trainer import Trainer, make_optimizer, sample_prompts
+
+
+@dataclass(frozen=True)
+class Config:
+    prompts_per_iter: int = 8
+    """Distinct train prompts per iteration."""
+    samples_per_prompt: int = 8
+    """Trajectories per prompt; advantages are normalised within each prompt's group."""
+    sample_steps: int = 20
+    """DDIM steps of the sampling chain (the MDP's horizon)."""
+    eta: float = 1.0
+    """DDIM stochasticity; > 0 is required so every step has a density."""
+    inner_epochs: int = 1
+    """Passes of PPO updates over each iteration's trajectories."""
+    minibatch: int = 16
+    """Trajectories per optimizer step."""
+    step_fraction: float = 1.0
+    """Fraction of the chain's steps (chosen at random per epoch) trained on."""
+    clip_range: float = 0.2
+    """PPO ratio clipping epsilon."""
+    adv_clip: float = 5.0
+    """Normalised advantages are clipped to [-adv_clip, adv_clip]."""
+    kl_coef: float = 0.0
+    """Weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
+    learning_rate: float = 3e-5
+    """AdamW learning rate."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (L2 norm)."""
+
+    def __post_init__(self):
+        if self.eta <= 0:
+            raise ValueError(f"ddpo.eta must be > 0 (a deterministic sampler has no log-probabilities), got {self.eta}")
+        if not 0 < self.step_fraction <= 1:
+            raise ValueError(f"ddpo.step_fraction must be in (0, 1], got {self.step_fraction}")
+
+
+def group_normalized_advantages(rewards: torch.Tensor, groups: int, clip: float) -> torch.Tensor:
+    """(r - mean_g) / (std_g + 1e-6) within each group of a group-major (G * K,) vector, clipped.
+
+    A group whose rewards are all equal carries no preference and gets advantage 0.
+    """
+    grouped = rewards.view(groups, -1)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True, unbiased=False)
+    return (centered / (std + 1e-6)).clamp(-clip, clip).flatten()
+
+
+def ppo_clipped_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                     clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PPO clipped surrogate (to minimise) and the ratio. All inputs (B,); returns (scalar, (B,))."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    return torch.maximum(unclipped, clipped).mean(), ratio
+
+
+class DDPO(Trainer):
+    name = "ddpo"
+    version = "1"
+    Config = Config
+
+    def __init__(self, policy, reward, prompts, config: Config, seed: int):
+        super().__init__(policy, reward, prompts, config, seed)
+        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
+        self.reference = policy.frozen_copy() if config.kl_coef > 0 else None
+
+    def step(self) -> dict[str, float]:
+        cfg = self.config
+        prompts = [p for p in sample_prompts(self.prompts, cfg.prompts_per_iter, self.generator)
+                   for _ in range(cfg.samples_per_prompt)]
+        with torch.no_grad():
+            trajectory = self.policy.sample(prompts, cfg.sample_steps, self.generator, eta=cfg.eta)
+            rewards = self.reward(trajectory.images, prompts).float().cpu()
+        advantages = group_normalized_advantages(rewards, cfg.prompts_per_iter, cfg.adv_clip)
+        steps_trained = max(1, round(cfg.step_fraction * cfg.sample_steps))
+        stats = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
+        for _ in range(cfg.inner_epochs):
+            order = torch.randperm(len(prompts), generator=self.generator)
+            for start in range(0, len(order), cfg.minibatch):
+                index = order[start:start + cfg.minibatch]
+                self._update(trajectory, index, advantages[index], steps_trained, stats)
+        summary = {name: sum(values) / len(values) for name, values in stats.items() if values}
+        return {"reward": rewards.mean().item(), **summary}
+
+    def _update(self, trajectory, index, advantages, steps_trained, stats) -> None:
+        cfg = self.config
+        part = trajectory.subset(index)
+        chosen = torch.randperm(cfg.sample_steps, generator=self.generator)[:steps_trained].tolist()
+        self.optimizer.zero_grad(set_to_none=True)
+        for s in chosen:
+            mean = self.policy.step_mean(part, s)
+            std = float(part.stds[s])
+            log_prob = gaussian_log_prob(part.latents[:, s + 1], mean, std)
+            loss, ratio = ppo_clipped_loss(log_prob, part.log_probs[:, s], advantages, cfg.clip_range)
+            if self.reference is not None:
+                with torch.no_grad():
+                    ref_mean = self.reference.step_mean(part, s)
+                kl = gaussian_kl(mean, std, ref_mean, std).mean()
+                loss = loss + cfg.kl_coef * kl
+                stats["kl"].append(kl.item())
+            (loss / len(chosen)).backward()
+            stats["loss"].append(loss.item())
+            stats["ratio_dev"].append((ratio - 1).abs().mean().item())
+            stats["clip_frac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
+        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+

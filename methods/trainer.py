@@ -1,0 +1,72 @@
+"""The Trainer interface every method implements. The harness owns the loop, the meter and evaluation.
+
+A method file holds: a docstring (paper, objective, departures from the paper), a frozen `Config`
+dataclass with a docstring per field, pure loss functions, then a `Trainer` subclass. The harness
+builds it with a metered policy and reward, calls `step()` until the budget is spent and calls
+`generate()` to evaluate it at budget milestones.
+"""
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+
+class Trainer(ABC):
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Config: ClassVar[type]
+    trains: ClassVar[bool] = True
+    """False for inference-time methods: the harness runs no training loop, only `generate`."""
+    needs_differentiable_reward: ClassVar[bool] = False
+
+    def __init__(self, policy, reward, prompts: list[str], config, seed: int):
+        self.policy = policy
+        self.reward = reward
+        self.prompts = list(prompts)
+        self.config = config
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def incompatibility(cls, reward_cls: type, budget_unit: str) -> str | None:
+        """Why this method cannot run with this reward or budget unit, or None if it can."""
+        if cls.needs_differentiable_reward and not reward_cls.differentiable:
+            return "needs a differentiable reward"
+        return None
+
+    @abstractmethod
+    def step(self) -> dict[str, float]:
+        """One unit of training work (e.g. one sample-and-update iteration); returns scalar diagnostics."""
+
+    def generate(self, prompts: list[str], steps: int, generator: torch.Generator, budget) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] for evaluation. `budget` is the milestone's Budget, which only
+        inference-time methods need. Evaluation uses the deterministic sampler."""
+        with torch.no_grad():
+            return self.policy.sample(prompts, steps, generator).images
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly where it stopped."""
+        state = {"policy": self.policy.state_dict(), "generator": self.generator.get_state()}
+        if self.optimizer is not None:
+            # a snapshot: the optimizer hands out its live moment tensors, which a loader would then share
+            state["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.generator.set_state(state["generator"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def sample_prompts(prompts: list[str], count: int, generator: torch.Generator) -> list[str]:
+    """`count` prompts drawn uniformly with replacement."""
+    index = torch.randint(0, len(prompts), (count,), generator=generator)
+    return [prompts[i] for i in index.tolist()]
+
+
+def make_optimizer(parameters, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)

@@ -1,0 +1,1 @@
+"""Generators, their samplers and the embedded world."""

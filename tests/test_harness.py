@@ -1,0 +1,115 @@
+"""The harness: bad input fails fast, runs resume after a kill, failures are isolated, the CLI works end to end."""
+import dataclasses
+
+import pytest
+
+import bench.world
+from bench.cli import main
+from bench.meter import Budget
+from bench.runner import RunSpec, execute
+from bench.store import Store
+from bench.suites import SUITES
+from methods.ddpo import DDPO
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--method", "dpo"], "unknown method 'dpo'; valid: base, best_of_n, raft, ddpo"),
+    (["run", "--reward", "aesthetic"], "unknown reward 'aesthetic'; valid: digit, compress"),
+    (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid: default, smoke"),
+    (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, wall_s"),
+    (["run", "--seeds", "0"], "expected a positive integer"),
+    (["run", "--ddpo.lr", "1e-4"], "ddpo options: prompts_per_iter, samples_per_prompt"),
+    (["run", "--ddpo.clip_range", "big"], "invalid float value: 'big'"),
+    (["run", "--raft.keep_per_prompt", "0"], "raft.keep_per_prompt must be in [1, samples_per_prompt=8], got 0"),
+    (["run", "--ddpo.eta", "0"], "ddpo.eta must be > 0"),
+    (["run", "--method", "best_of_n", "--budget", "wall_s:60"], "no method/reward pair of this suite can run"),
+])
+def test_bad_input_is_one_line_naming_the_valid_choices_before_any_model_loads(argv, message, capsys, monkeypatch):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the command line was validated")
+
+    monkeypatch.setattr(bench.world, "load_world", must_not_load)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_help_documents_every_method_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--ddpo.clip_range", "--raft.keep_per_prompt", "--best_of_n.max_candidates", "--budget"):
+        assert option in out
+    assert "PPO ratio clipping epsilon" in out
+
+
+def smoke_spec(method="ddpo", seed=0):
+    suite = SUITES["smoke"]()
+    return RunSpec(suite="test", world="digits-tiny", method=method, method_config=suite.method_config(method),
+                   reward="digit", seed=seed, budget=Budget("nfe", 600), milestones=(0.5, 1.0), eval=suite.eval)
+
+
+def metric_values(store):
+    frame = store.results_frame()
+    return frame.set_index(["run_id", "milestone", "split", "metric"])["value"].sort_index()
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_numbers(tiny_world, tmp_path, monkeypatch):
+    spec = smoke_spec()
+    with Store(tmp_path / "straight.sqlite") as store:
+        assert execute(spec, tiny_world, store, tmp_path / "ck1", checkpoint_every_s=0, log=lambda *_: None) == "done"
+        expected = metric_values(store)
+
+    original_step, calls = DDPO.step, []
+
+    def step_then_die(self):
+        calls.append(1)
+        if len(calls) == 4:  # after the first milestone, in the middle of the second
+            raise KeyboardInterrupt
+        return original_step(self)
+
+    monkeypatch.setattr(DDPO, "step", step_then_die)
+    with Store(tmp_path / "killed.sqlite") as store:
+        with pytest.raises(KeyboardInterrupt):
+            execute(spec, tiny_world, store, tmp_path / "ck2", checkpoint_every_s=0, log=lambda *_: None)
+        run_id = spec.run_id(tiny_world.base_model_hash)
+        assert store.run_status(run_id) == "running" and store.milestones_recorded(run_id) == {0}
+        assert (tmp_path / "ck2" / f"{run_id}.pt").exists()
+    monkeypatch.setattr(DDPO, "step", original_step)
+    with Store(tmp_path / "killed.sqlite") as store:
+        assert execute(spec, tiny_world, store, tmp_path / "ck2", checkpoint_every_s=0, log=lambda *_: None) == "done"
+        assert metric_values(store).equals(expected)
+    assert not (tmp_path / "ck2" / f"{run_id}.pt").exists()
+
+
+def test_a_nan_run_is_recorded_as_failed_and_the_next_run_goes_on(tiny_world, tmp_path, monkeypatch):
+    monkeypatch.setattr(DDPO, "step", lambda self: {"loss": float("nan")})
+    with Store(tmp_path / "store.sqlite") as store:
+        assert execute(smoke_spec("ddpo"), tiny_world, store, tmp_path, log=lambda *_: None) == "failed"
+        assert execute(smoke_spec("raft"), tiny_world, store, tmp_path, log=lambda *_: None) == "done"
+        runs = store.runs_frame().set_index("method")
+        assert "non-finite" in runs.loc["ddpo", "reason"] and runs.loc["raft", "status"] == "done"
+
+
+def test_run_ids_change_with_the_config_and_the_base_model():
+    spec = smoke_spec()
+    other = dataclasses.replace(spec, method_config=dataclasses.replace(spec.method_config, clip_range=0.1))
+    assert spec.run_id("a") == smoke_spec().run_id("a")
+    assert len({spec.run_id("a"), spec.run_id("b"), other.run_id("a")}) == 3
+
+
+def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_path, capsys):
+    store = tmp_path / "smoke" / "store.sqlite"
+    argv = ["run", "--suite", "smoke", "--method", "base,best_of_n,ddpo", "--seeds", "2", "--store", str(store)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "12 runs, 12 done, 0 n/a, 0 failed" in first
+    board = (tmp_path / "smoke" / "leaderboard.md").read_text()
+    for name in ("base", "best_of_n", "ddpo", "judge_acc ↑", "fid ↓", "Reward: compress", "Reward: digit"):
+        assert name in board
+    assert (tmp_path / "smoke" / "leaderboard.csv").exists() and (tmp_path / "smoke" / "samples_digit.png").exists()
+    assert main(argv) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert main(["leaderboard", "--suite", "smoke", "--store", str(store)]) == 0

@@ -1,0 +1,203 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench.leaderboard import _human, write_leaderboard
+from bench.stats import bootstrap_ci, paired_difference_ci
+from bench.store import RunRecord, Store
+
+# -- stats ------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_constant_values_are_a_point():
+    assert bootstrap_ci([0.25]) == (0.25, 0.25, 0.25)
+    assert bootstrap_ci([0.7, 0.7, 0.7]) == (0.7, 0.7, 0.7)
+
+
+def test_bootstrap_ci_symmetric_sample():
+    mean, lo, hi = bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0
+    assert 1.0 <= lo < 3.0 < hi <= 5.0
+    assert abs((mean - lo) - (hi - mean)) < 0.1  # symmetric data, symmetric interval
+
+
+def test_bootstrap_ci_is_deterministic_given_the_seed():
+    values = np.random.default_rng(0).normal(size=20)  # enough distinct resample means to differ by seed
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
+    assert bootstrap_ci(values, seed=3) != bootstrap_ci(values, seed=4)
+
+
+def test_bootstrap_ci_narrows_with_more_seeds():
+    _, lo_few, hi_few = bootstrap_ci([0.0, 1.0] * 2)
+    _, lo_many, hi_many = bootstrap_ci([0.0, 1.0] * 20)
+    assert hi_many - lo_many < (hi_few - lo_few) / 2
+
+
+def test_paired_difference_ci():
+    base = [0.3, 0.9, 0.5]
+    assert paired_difference_ci([0.5, 1.1, 0.7], base) == pytest.approx((0.2, 0.2, 0.2))
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference_ci([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="finite"):
+        bootstrap_ci([1.0, float("nan")])
+
+
+# -- leaderboard ------------------------------------------------------------------------------
+
+GAIN = {"base": 0.0, "ddpo": 0.1, "raft": 0.05}
+BUDGETS = (25_000.0, 50_000.0)
+N_SAMPLES = 30
+
+
+def judge_acc(method, milestone, seed):
+    return 0.5 + GAIN[method] * (milestone + 1) + 0.01 * seed
+
+
+def add_run(store, method, reward, seed, milestones, status="done", reason=None):
+    run_id = f"{method}-{reward}-{seed}"
+    store.start_run(RunRecord(
+        run_id=run_id, suite="tiny", method=method, method_version=f"{method}-v1", world="digits",
+        reward=reward, seed=seed, budget_unit="nfe", budget=BUDGETS[-1], config_json="{}",
+        config_hash=f"c-{method}", git_sha="abc123", base_model_hash="h0",
+    ))
+    channels = 1 if reward == "digit" else 3
+    for m, budget in milestones:
+        acc = judge_acc(method, m, seed)
+        rng = np.random.default_rng(seed)
+        # never pure white, so the grid test can tell images from the white padding
+        imgs = rng.integers(0, 200, size=(N_SAMPLES, channels, 8, 8), dtype=np.uint8)
+        store.record_milestone(
+            run_id, m, budget,
+            used={"nfe": budget + seed, "reward_queries": budget / 100, "samples": 64.0 * (m + 1), "wall_s": 2.0},
+            metrics=[("eval_unseen", "judge_acc", acc, True), ("eval_unseen", "fid", 50 - 100 * (acc - 0.5), False),
+                     ("eval_seen", "judge_acc", acc + 0.05, True)],
+            samples={"eval_unseen": ([f"p{i}" for i in range(N_SAMPLES)], imgs)},
+        )
+    store.finish_run(run_id, status, reason)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "store.sqlite") as store:
+        both = list(enumerate(BUDGETS))
+        for seed in range(3):
+            add_run(store, "base", "digit", seed, both)
+            add_run(store, "raft", "digit", seed, both)
+            add_run(store, "ddpo", "compress", seed, both)
+        for seed in range(2):
+            add_run(store, "ddpo", "digit", seed, both)
+        add_run(store, "ddpo", "digit", 2, both[:1], status="failed", reason="loss became NaN at step 17")
+        # base does not train: on compress it was evaluated once, one seed, at budget 0
+        add_run(store, "base", "compress", 0, [(0, 0.0)])
+        store.record_not_applicable(
+            RunRecord("raft-compress", "tiny", "raft", "raft-v1", "digits", "compress", 0, "nfe", BUDGETS[-1],
+                      "{}", "c-raft", "abc123", "h0"),
+            "needs a differentiable reward",
+        )
+        yield store
+
+
+def test_writes_all_files_atomically(store, tmp_path):
+    out = tmp_path / "board"
+    paths = write_leaderboard(store, out)
+    assert sorted(p.name for p in paths) == [
+        "leaderboard.csv", "leaderboard.md", "samples_compress.png", "samples_digit.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)  # no temp files left
+
+
+def test_csv_numbers(store, tmp_path):
+    write_leaderboard(store, tmp_path)
+    table = pd.read_csv(tmp_path / "leaderboard.csv", keep_default_na=False, na_values=[""])
+    cell = table.set_index(["method", "reward", "budget"])
+
+    ddpo = cell.loc[("ddpo", "digit", 50_000.0)]
+    assert ddpo["n_seeds"] == 2 and ddpo["failed"] == 1 and ddpo["method_version"] == "ddpo-v1"
+    assert ddpo["eval_unseen/judge_acc/mean"] == pytest.approx((judge_acc("ddpo", 1, 0) + judge_acc("ddpo", 1, 1)) / 2)
+    assert ddpo["eval_seen/judge_acc/mean"] == pytest.approx(0.705 + 0.05)
+    assert ddpo["nfe"] == pytest.approx(50_000.5) and ddpo["reward_queries"] == pytest.approx(500)
+    # paired by seed with base: every pair differs by exactly 0.2, so the interval is a point
+    for stat in ("mean", "lo", "hi"):
+        assert ddpo[f"eval_unseen/judge_acc/delta_vs_base/{stat}"] == pytest.approx(0.2)
+    assert ddpo["eval_unseen/judge_acc/delta_vs_base/n"] == 2
+    assert ddpo["eval_unseen/fid/delta_vs_base/mean"] == pytest.approx(-20.0)
+
+    raft = cell.loc[("raft", "digit", 25_000.0)]
+    assert raft["n_seeds"] == 3 and raft["failed"] == 0
+    mean, lo, hi = (raft[f"eval_unseen/judge_acc/{s}"] for s in ("mean", "lo", "hi"))
+    assert mean == pytest.approx(0.56) and lo < mean < hi
+    assert raft["eval_unseen/judge_acc/delta_vs_base/mean"] == pytest.approx(0.05)
+
+    # base on compress: one seed at one budget, so every ddpo seed pairs with that value
+    ddpo_c = cell.loc[("ddpo", "compress", 50_000.0)]
+    assert ddpo_c["eval_unseen/judge_acc/delta_vs_base/mean"] == pytest.approx(0.21)
+    assert ddpo_c["eval_unseen/judge_acc/delta_vs_base/lo"] >= 0.2 - 1e-9
+    assert ddpo_c["eval_unseen/judge_acc/delta_vs_base/hi"] <= 0.22 + 1e-9
+    assert ddpo_c["eval_unseen/judge_acc/delta_vs_base/n"] == 3
+    assert math.isnan(cell.loc[("base", "digit", 25_000.0), "eval_unseen/judge_acc/delta_vs_base/mean"])
+
+    na = table[(table["method"] == "raft") & (table["reward"] == "compress")]
+    assert len(na) == 1 and na["n_seeds"].item() == 0 and math.isnan(na["budget"].item())
+    assert "needs a differentiable reward" in na["note"].item()
+    assert len(table) == 2 * 3 + 2 * 1 + 1 + 1  # digit: 3 methods x 2 budgets; compress: ddpo x 2, base x 1, n/a
+
+
+def test_markdown(store, tmp_path):
+    write_leaderboard(store, tmp_path)
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert md.startswith("# Leaderboard: tiny")
+    assert "## Reward: digit" in md and "## Reward: compress" in md
+    for text in ("judge_acc ↑", "fid ↓", "Δ judge_acc vs base", "judge_acc (eval_seen) ↑",
+                 "| ddpo | ddpo-v1 | nfe 50k | 2 | 0.705 [", "+0.200 [+0.200, +0.200]",
+                 "needs a differentiable reward", "## Failed runs", "loss became NaN at step 17"):
+        assert text in md, text
+    for method in GAIN:
+        assert f"| {method} |" in md
+    na_row = next(line for line in md.splitlines() if line.startswith("| raft | raft-v1 | —"))
+    assert na_row.count("| n/a ") == 4  # judge_acc, fid, delta, eval_seen judge_acc
+    digit = md.split("## Reward: digit")[1].split("## ")[0]
+    order = [line.split(" | ")[0:3] for line in digit.splitlines() if line.startswith("| ") and "nfe" in line]
+    assert [row[0].strip("| ") for row in order] == ["base", "ddpo", "raft"] * 2  # budget, then method
+
+
+def test_sample_grids_have_a_row_per_method(store, tmp_path):
+    write_leaderboard(store, tmp_path)
+    for reward, n_methods in (("digit", 3), ("compress", 2)):
+        with Image.open(tmp_path / f"samples_{reward}.png") as image:
+            pixels = np.asarray(image.convert("RGB"))
+        height, width, _ = pixels.shape
+        assert width >= 24 * 32
+        # the right half holds only images and white padding: count the bands of image rows
+        inked = (pixels[:, width // 2:] != 255).any(axis=(1, 2))
+        bands = int(inked[0]) + int(np.sum(inked[1:] & ~inked[:-1]))
+        assert bands == n_methods
+        assert inked.sum() == n_methods * 32  # 8 px images upscaled to 32
+
+
+def test_a_store_without_results_still_lists_its_cells(tmp_path):
+    with Store(tmp_path / "store.sqlite") as store:
+        add_run(store, "ddpo", "digit", 0, [], status="failed", reason="out of memory")
+        add_run(store, "ddpo", "digit", 1, [], status="failed")
+        store.record_not_applicable(
+            RunRecord("raft-compress", "tiny", "raft", "raft-v1", "digits", "compress", 0, "nfe", BUDGETS[-1],
+                      "{}", "c-raft", "abc123", "h0"),
+            "needs a differentiable reward",
+        )
+        paths = write_leaderboard(store, tmp_path / "board")
+    assert sorted(p.name for p in paths) == ["leaderboard.csv", "leaderboard.md"]  # no samples, no grid
+    table = pd.read_csv(tmp_path / "board" / "leaderboard.csv", keep_default_na=False)  # keep "n/a"
+    assert table[["method", "status", "failed"]].values.tolist() == [["raft", "n/a", 0], ["ddpo", "failed", 2]]
+    md = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert "out of memory" in md and "no reason given" in md and "2 failed, none done" in md
+
+
+def test_refuses_an_unknown_primary_split(store, tmp_path):
+    with pytest.raises(ValueError, match="eval_seen, eval_unseen"):
+        write_leaderboard(store, tmp_path, primary_split="test")
+
+
+def test_human_numbers():
+    assert [_human(x) for x in (50_000, 1_234_567, 35_000, 999_999, 12.345, 0.5)] == [
+        "50k", "1.23M", "35k", "1M", "12.3", "0.5"]

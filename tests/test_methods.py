@@ -1,0 +1,172 @@
+"""The contract every registered method keeps, plus each method's own math."""
+import dataclasses
+
+import pytest
+import torch
+
+from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
+from methods import METHODS
+from methods.best_of_n import candidates_for_budget
+from methods.ddpo import group_normalized_advantages, ppo_clipped_loss
+from methods.divergences import gaussian_kl
+from methods.raft import top_k_per_group
+from rewards import REWARDS
+
+# Small settings so that every method's step takes well under a second on the tiny world.
+SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
+SMALL_CONFIGS = {"raft": {**SMALL, "updates_per_iter": 2}, "ddpo": {**SMALL, "minibatch": 4}}
+TRAINING = [name for name, method in METHODS.items() if method.trains]
+INFERENCE = [name for name, method in METHODS.items() if not method.trains]
+
+
+def make(world, name, seed=0, reward="digit", **overrides):
+    meter = Meter()
+    method = METHODS[name]
+    config = dataclasses.replace(method.Config(), **{**SMALL_CONFIGS.get(name, {}), **overrides})
+    trainer = method(MeteredPolicy(world.make_policy(), meter), MeteredReward(REWARDS[reward].from_world(world), meter),
+                     world.prompts["train"], config, seed)
+    return trainer, meter
+
+
+def flat_parameters(trainer):
+    return torch.cat([p.detach().flatten() for p in trainer.policy.trainable_parameters()])
+
+
+def test_every_method_is_in_exactly_one_contract():
+    assert sorted(TRAINING + INFERENCE) == sorted(METHODS) and TRAINING and INFERENCE
+
+
+@pytest.mark.parametrize("name", TRAINING)
+@pytest.mark.parametrize("reward", list(REWARDS))
+def test_step_is_finite_and_changes_parameters(tiny_world, name, reward):
+    trainer, _ = make(tiny_world, name, reward=reward)
+    before = flat_parameters(trainer)
+    stats = trainer.step()
+    assert stats and all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert not torch.equal(before, flat_parameters(trainer))
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_same_seed_same_numbers_other_seed_other_numbers(tiny_world, name):
+    runs = [make(tiny_world, name, seed=s)[0] for s in (0, 0, 1)]
+    stats = [(t.step(), t.step()) for t in runs]
+    assert stats[0] == stats[1] and stats[0] != stats[2]
+    assert torch.equal(flat_parameters(runs[0]), flat_parameters(runs[1]))
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_state_round_trip_continues_identically(tiny_world, name):
+    original, _ = make(tiny_world, name)
+    original.step()
+    state = original.state_dict()
+    restored, _ = make(tiny_world, name, seed=99)
+    restored.load_state_dict(state)
+    assert original.step() == restored.step()
+    assert torch.equal(flat_parameters(original), flat_parameters(restored))
+
+
+def expected_usage(name, cfg):
+    """The compute one step must cost, worked out from the config alone."""
+    images = cfg.prompts_per_iter * cfg.samples_per_prompt
+    sampling = images * cfg.sample_steps
+    if name == "raft":
+        kept = cfg.prompts_per_iter * cfg.keep_per_prompt
+        return {"nfe": sampling + cfg.updates_per_iter * kept * 3, "reward_queries": images, "samples": images}
+    if name == "ddpo":
+        trained = round(cfg.step_fraction * cfg.sample_steps)
+        reference = images * trained if cfg.kl_coef > 0 else 0
+        return {"nfe": sampling + cfg.inner_epochs * (images * trained * 3 + reference),
+                "reward_queries": images, "samples": images}
+    raise AssertionError(f"add the expected usage of {name!r} here")
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_meter_counts_exactly_the_work_done(tiny_world, name):
+    trainer, meter = make(tiny_world, name)
+    trainer.step()
+    usage = meter.accounts["train"].as_dict()
+    assert {k: usage[k] for k in ("nfe", "reward_queries", "samples")} == expected_usage(name, trainer.config)
+
+
+def test_ddpo_kl_penalty_pays_for_its_reference_passes(tiny_world):
+    trainer, meter = make(tiny_world, "ddpo", kl_coef=0.1)
+    stats = trainer.step()
+    assert stats["kl"] >= 0 and meter.accounts["train"].nfe == expected_usage("ddpo", trainer.config)["nfe"]
+
+
+@pytest.mark.parametrize("name", INFERENCE)
+def test_generate_is_deterministic_images_in_range(tiny_world, name):
+    trainer, _ = make(tiny_world, name)
+    prompts = tiny_world.prompts["eval_unseen"][:6]
+    images = [trainer.generate(prompts, 3, torch.Generator().manual_seed(5), Budget("nfe", 100)) for _ in range(2)]
+    assert images[0].shape == (6, 1, 8, 8) and torch.equal(images[0], images[1])
+    assert images[0].min() >= 0 and images[0].max() <= 1
+
+
+def test_best_of_n_with_one_candidate_is_base_and_more_candidates_never_lower_the_reward(tiny_world):
+    prompts = tiny_world.prompts["eval_unseen"][:8]
+    base, _ = make(tiny_world, "base")
+    best, meter = make(tiny_world, "best_of_n")
+    reward = REWARDS["digit"].from_world(tiny_world)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    base_images = base.generate(prompts, 3, g(), Budget("nfe", 1))
+    assert torch.equal(best.generate(prompts, 3, g(), Budget("nfe", 8 * 3)), base_images)
+    best_images = best.generate(prompts, 3, g(), Budget("nfe", 5 * 8 * 3))
+    assert (reward(best_images, prompts) >= reward(base_images, prompts)).all()
+    assert meter.accounts["train"].reward_queries == 8 + 5 * 8
+
+
+@pytest.mark.parametrize("unit, amount, n", [("nfe", 100 * 20 * 7.5, 7), ("reward_queries", 350, 3),
+                                             ("samples", 50, 1), ("nfe", 10 ** 9, 64)])
+def test_best_of_n_candidates_for_budget(unit, amount, n):
+    assert candidates_for_budget(unit, amount, prompts=100, steps=20, cap=64) == n
+
+
+def test_best_of_n_refuses_a_wall_clock_budget():
+    assert "countable budget unit" in METHODS["best_of_n"].incompatibility(REWARDS["digit"], "wall_s")
+
+
+def test_ddpo_ratio_is_exactly_one_on_the_first_on_policy_pass(tiny_world):
+    trainer, _ = make(tiny_world, "ddpo")
+    traj = trainer.policy.sample(["a handwritten five"] * 4, 3, torch.Generator().manual_seed(0), eta=1.0)
+    for s in range(3):
+        with torch.no_grad():
+            _, ratio = ppo_clipped_loss(trainer.policy.log_prob(traj, s), traj.log_probs[:, s], torch.ones(4), 0.2)
+        assert torch.allclose(ratio, torch.ones(4), rtol=0, atol=1e-5)
+
+
+def test_ppo_clipped_loss_known_values():
+    old = torch.zeros(4)
+    new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5]))
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss, ratio = ppo_clipped_loss(new, old, adv, 0.2)
+    # per sample: max(-A r, -A clip(r)) = [-1.2, 1.5, -0.5, 0.8]
+    assert torch.allclose(ratio, torch.tensor([1.5, 1.5, 0.5, 0.5]))
+    assert torch.isclose(loss, torch.tensor((-1.2 + 1.5 - 0.5 + 0.8) / 4))
+
+
+def test_group_normalized_advantages():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    adv = group_normalized_advantages(rewards, groups=2, clip=5.0)
+    std = torch.tensor([1.0, 2.0, 3.0]).std(unbiased=False)
+    assert torch.allclose(adv[:3], torch.tensor([-1.0, 0.0, 1.0]) / (std + 1e-6))
+    assert torch.equal(adv[3:], torch.zeros(3))
+    assert group_normalized_advantages(torch.tensor([0.0, 100.0]), 1, clip=0.5).abs().max() == 0.5
+
+
+def test_gaussian_kl_closed_form_and_self_zero():
+    mean = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(gaussian_kl(mean, 0.5, mean, 0.5), torch.zeros(3))
+    shifted = gaussian_kl(mean + 0.1, 0.5, mean, 0.5)
+    assert torch.allclose(shifted, torch.full((3,), 64 * 0.1 ** 2 / (2 * 0.25)))
+    p = torch.distributions.Normal(torch.zeros(1, 64), 0.5)
+    q = torch.distributions.Normal(torch.ones(1, 64), 2.0)
+    expected = torch.distributions.kl_divergence(p, q).sum(1)
+    assert torch.allclose(gaussian_kl(torch.zeros(1, 64), 0.5, torch.ones(1, 64), 2.0), expected)
+
+
+def test_raft_top_k_per_group():
+    rewards = torch.tensor([0.1, 0.9, 0.5, 3.0, 1.0, 2.0])
+    assert top_k_per_group(rewards, groups=2, k=2).tolist() == [1, 2, 3, 5]
+    with pytest.raises(ValueError, match="keep_per_prompt"):
+        top_k_per_group(rewards, groups=2, k=4)
