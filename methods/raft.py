@@ -20,18 +20,18 @@ from methods.trainer import Trainer, make_optimizer, sample_prompts
 
 @dataclass(frozen=True)
 class Config:
-    prompts_per_iter: int = 8
+    prompts_per_iter: int = 16
     """Distinct train prompts sampled per iteration (P)."""
     samples_per_prompt: int = 8
     """Candidates drawn per prompt (K)."""
-    keep_per_prompt: int = 2
+    keep_per_prompt: int = 1
     """Top candidates per prompt kept for fine-tuning."""
     sample_steps: int = 20
     """DDIM steps used to draw candidates."""
-    updates_per_iter: int = 4
+    updates_per_iter: int = 2
     """Gradient steps on each kept set (the whole kept set is one batch)."""
-    learning_rate: float = 1e-4
-    """AdamW learning rate."""
+    learning_rate: float = 3e-5
+    """AdamW learning rate (fine-tuning on a few self-generated images per step drifts fast above ~5e-5)."""
     max_grad_norm: float = 1.0
     """Gradient clipping threshold (L2 norm)."""
 
