@@ -4,7 +4,8 @@ Objective: none is trained; for each prompt, x* = argmax_{x_1..x_N ~ p_base} r(x
 The budget is spent at inference: at a milestone with budget B (in the run's unit), each evaluation
 prompt gets N = floor(B / c) candidates, where c is the cost of one candidate for every prompt of
 the evaluation set (prompts x sampler steps in NFE, prompts in reward queries or samples), capped
-by `max_candidates`. The first candidate uses the same noise as `base`, so N = 1 is the base model.
+by `max_candidates`. The first candidate uses the evaluation noise, so N = 1 is the base model; the
+others are drawn from noise seeded by the run's seed, so that seeds are independent replicates.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def candidates_for_budget(unit: str, amount: float, prompts: int, steps: int, ca
 
 class BestOfN(Trainer):
     name = "best_of_n"
-    version = "1"
+    version = "2"
     Config = Config
     trains = False
 
@@ -45,9 +46,11 @@ class BestOfN(Trainer):
     @torch.no_grad()
     def generate(self, prompts, steps, generator, budget) -> torch.Tensor:
         n = candidates_for_budget(budget.unit, budget.amount, len(prompts), steps, self.config.max_candidates)
+        # Re-derived on every call, so that generating the same prompts twice gives the same images.
+        candidates = torch.Generator().manual_seed(self.seed)
         best_images, best_rewards = None, None
-        for _ in range(n):
-            images = self.policy.sample(prompts, steps, generator).images
+        for k in range(n):
+            images = self.policy.sample(prompts, steps, generator if k == 0 else candidates).images
             rewards = self.reward(images, prompts)
             if best_images is None:
                 best_images, best_rewards = images, rewards

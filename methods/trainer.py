@@ -27,6 +27,7 @@ class Trainer(ABC):
         self.reward = reward
         self.prompts = list(prompts)
         self.config = config
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer: torch.optim.Optimizer | None = None
 

@@ -114,6 +114,8 @@ def test_best_of_n_with_one_candidate_is_base_and_more_candidates_never_lower_th
     best_images = best.generate(prompts, 3, g(), Budget("nfe", 5 * 8 * 3))
     assert (reward(best_images, prompts) >= reward(base_images, prompts)).all()
     assert meter.accounts["train"].reward_queries == 8 + 5 * 8
+    other_seed, _ = make(tiny_world, "best_of_n", seed=1)
+    assert not torch.equal(other_seed.generate(prompts, 3, g(), Budget("nfe", 5 * 8 * 3)), best_images)
 
 
 @pytest.mark.parametrize("unit, amount, n", [("nfe", 100 * 20 * 7.5, 7), ("reward_queries", 350, 3),
