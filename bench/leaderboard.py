@@ -46,8 +46,7 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
     """Write leaderboard.csv, leaderboard.md and samples_<reward>.png; return their paths."""
     out_dir = Path(out_dir)
     # Read once: workers may still be writing, and every file must describe the same snapshot.
-    runs = store.runs_frame()
-    results = store.results_frame()
+    runs, results = _newest_versions(store.runs_frame(), store.results_frame())
     if runs.empty:
         raise ValueError(f"{store.path} holds no runs; nothing to put on a leaderboard")
     if not results.empty and primary_split not in set(results["split"]):
@@ -124,12 +123,19 @@ def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.
     return table.reset_index(drop=True)
 
 
+def _newest_versions(runs: pd.DataFrame, results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Only the runs of each method's newest version (the one run last). A method whose code changed
+    bumps its version; its older runs stay in the store, but averaging them with the new ones would
+    describe neither."""
+    if runs.empty:
+        return runs, results
+    newest = runs.groupby("method")["method_version"].last()  # runs_frame is in start order
+    keep = runs["method_version"] == runs["method"].map(newest)
+    return runs[keep], results[results["run_id"].isin(runs.loc[keep, "run_id"])]
+
+
 def _check_cell(cell_runs: pd.DataFrame, where: str) -> None:
-    # Two done runs of one seed, or two method versions, in one cell would be averaged into a
-    # number that describes neither; the store must be cleaned (or split) first.
-    versions = sorted(cell_runs["method_version"].unique())
-    if len(versions) > 1:
-        raise ValueError(f"{where} mixes method versions {', '.join(versions)}; keep one version per store")
+    # Two done runs of one seed in one cell would be averaged into a number that describes neither.
     duplicated = sorted(cell_runs.loc[cell_runs["seed"].duplicated(), "seed"].unique())
     if duplicated:
         raise ValueError(f"{where} has several done runs of seed(s) {duplicated}; keep one run per seed")

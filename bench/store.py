@@ -324,9 +324,10 @@ class Store:
     # -- frames -----------------------------------------------------------------------------
 
     def runs_frame(self) -> pd.DataFrame:
-        """One row per run: the RunRecord fields, status, reason, started, finished (ISO, UTC)."""
+        """One row per run, in the order runs were first started: the RunRecord fields, status, reason,
+        started, finished (ISO, UTC)."""
         columns = (*RUN_FIELDS, "status", "reason", "started", "finished")
-        return pd.read_sql_query(f"SELECT {', '.join(columns)} FROM runs ORDER BY run_id", self._conn)
+        return pd.read_sql_query(f"SELECT {', '.join(columns)} FROM runs ORDER BY rowid", self._conn)
 
     def results_frame(self) -> pd.DataFrame:
         """One row per metric value of every 'done' run, with everything needed to interpret it."""

@@ -56,10 +56,10 @@ def judge_acc(method, milestone, seed):
     return 0.5 + GAIN[method] * (milestone + 1) + 0.01 * seed
 
 
-def add_run(store, method, reward, seed, milestones, status="done", reason=None):
+def add_run(store, method, reward, seed, milestones, status="done", reason=None, version=None):
     run_id = f"{method}-{reward}-{seed}"
     store.start_run(RunRecord(
-        run_id=run_id, suite="tiny", method=method, method_version=f"{method}-v1", world="digits",
+        run_id=run_id, suite="tiny", method=method, method_version=version or f"{method}-v1", world="digits",
         reward=reward, seed=seed, budget_unit="nfe", budget=BUDGETS[-1], config_json="{}",
         config_hash=f"c-{method}", git_sha="abc123", base_model_hash="h0",
     ))
@@ -174,6 +174,14 @@ def test_sample_grids_have_a_row_per_method(store, tmp_path):
         bands = int(inked[0]) + int(np.sum(inked[1:] & ~inked[:-1]))
         assert bands == n_methods
         assert inked.sum() == n_methods * 32  # 8 px images upscaled to 32
+
+
+def test_only_the_newest_version_of_a_method_is_ranked(store, tmp_path):
+    for seed in range(3):
+        add_run(store, "raft", "digit", seed + 10, list(enumerate(BUDGETS)), version="raft-v2")
+    table = pd.read_csv(write_leaderboard(store, tmp_path / "board")[0], keep_default_na=False)
+    raft = table[(table["method"] == "raft") & (table["reward"] == "digit")]
+    assert set(raft["method_version"]) == {"raft-v2"} and set(raft["n_seeds"]) == {3}
 
 
 def test_a_store_without_results_still_lists_its_cells(tmp_path):
