@@ -10,6 +10,7 @@ last checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -67,7 +68,9 @@ class RunSpec:
         )
 
 
+@functools.cache
 def git_sha() -> str:
+    """The commit of the code this process runs: read once, since the tree may change under a long sweep."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout
