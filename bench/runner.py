@@ -68,14 +68,18 @@ class RunSpec:
         )
 
 
+CODE_PATHS = ("bench", "methods", "models", "rewards", "prompts", "pyproject.toml")
+
+
 @functools.cache
 def git_sha() -> str:
     """The commit of the code this process runs: read once, since the tree may change under a long sweep."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout
+        # "-dirty" means the code differs from the commit; results being written do not count.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+                               cwd=root, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.strip() + ("-dirty" if dirty.strip() else "")
