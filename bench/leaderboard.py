@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bench.stats import bootstrap_ci, paired_difference_ci
 from bench.store import USED_KEYS, Store
+from models.io import atomic_write_bytes
 
 BASE_METHOD = "base"
 # The held-out judge's accuracy is the suite's headline: the only metric the tables name.
@@ -58,15 +57,15 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
     out_dir.mkdir(parents=True, exist_ok=True)
 
     written = [out_dir / "leaderboard.csv", out_dir / "leaderboard.md"]
-    _atomic_write(written[0], table.to_csv(index=False).encode())
-    _atomic_write(written[1], _markdown(table, runs, results, primary_split).encode())
+    atomic_write_bytes(written[0], table.to_csv(index=False).encode())
+    atomic_write_bytes(written[1], _markdown(table, runs, results, primary_split).encode())
     for reward in sorted(results["reward"].unique()):
         grid = _sample_grid(store, results[results["reward"] == reward], primary_split)
         if grid is not None:
             path = out_dir / f"samples_{re.sub(r'[^A-Za-z0-9_.-]', '_', reward)}.png"
             buffer = io.BytesIO()
             grid.save(buffer, format="PNG")
-            _atomic_write(path, buffer.getvalue())
+            atomic_write_bytes(path, buffer.getvalue())
             written.append(path)
     return written
 
@@ -329,15 +328,3 @@ def _to_cells(images: np.ndarray) -> np.ndarray:
         images = np.repeat(images, 3, axis=-1)
     scale = max(1, math.ceil(MIN_CELL_PX / min(images.shape[1:3])))
     return np.ascontiguousarray(images.repeat(scale, axis=1).repeat(scale, axis=2))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make the published table private
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import math
-import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from bench.evaluate import EvalConfig, evaluate
 from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
 from bench.store import RunRecord, Store
 from methods import METHODS
+from models.io import atomic_torch_save
 from rewards import REWARDS
 
 
@@ -83,18 +82,6 @@ def git_sha() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.strip() + ("-dirty" if dirty.strip() else "")
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _check_finite(values: dict[str, float], where: str) -> None:

@@ -12,10 +12,8 @@ Networks, each trained here from a seed and versioned by the SHA-256 of its weig
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
-import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.io import atomic_torch_save, atomic_write_bytes
 from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoiser
 from models.policy import DiffusionPolicy
 from models.text import TEXT_DIM, PromptEncoder
@@ -159,14 +158,6 @@ def train_denoiser(cfg: WorldConfig, encoder: PromptEncoder, images: torch.Tenso
     return ema.eval()
 
 
-def _atomic_save(obj, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
-
-
 def build_world(out_dir: Path, cfg: WorldConfig = WorldConfig(), log=print) -> dict:
     """Trains every network of the world and writes them with a manifest of hashes. Deterministic."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -189,8 +180,8 @@ def build_world(out_dir: Path, cfg: WorldConfig = WorldConfig(), log=print) -> d
                 for name, clf in (("reward_classifier", reward_clf), ("judge", judge))}
     networks = {"denoiser": denoiser, "reward_classifier": reward_clf, "judge": judge}
     for name, net in networks.items():
-        _atomic_save(net.state_dict(), out_dir / f"{name}.pt")
-    _atomic_save(encoder.cache, out_dir / "prompt_embeddings.pt")
+        atomic_torch_save(net.state_dict(), out_dir / f"{name}.pt")
+    atomic_torch_save(encoder.cache, out_dir / "prompt_embeddings.pt")
     manifest = {
         "world": "digits",
         "config": asdict(cfg),
@@ -198,7 +189,5 @@ def build_world(out_dir: Path, cfg: WorldConfig = WorldConfig(), log=print) -> d
         "test_accuracy": accuracy,
         "build_seconds": round(time.monotonic() - start, 1),
     }
-    tmp = out_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out_dir / "manifest.json")
+    atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
