@@ -15,8 +15,8 @@ import textwrap
 from pathlib import Path
 
 from bench.meter import UNITS, Budget
-from bench.suites import SUITES, check_names, validate
-from bench.world import WORLDS
+from bench.suites import SUITES, check_names, parse_entry, validate
+from bench.world import MODELS, WORLDS
 from methods import METHODS
 from rewards import REWARDS
 
@@ -51,6 +51,18 @@ def _names(kind: str, valid):
     return parse
 
 
+def _entries(text: str) -> tuple[str, ...]:
+    entries = tuple(e.strip() for e in text.split(",") if e.strip())
+    try:
+        if not entries:
+            raise ValueError(f"no method given; valid: {', '.join(METHODS)}")
+        for entry in entries:
+            parse_entry(entry)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return entries
+
+
 def _budget(text: str) -> Budget:
     try:
         return Budget.parse(text)
@@ -62,6 +74,18 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
+
+
+def _optional_int(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or none, got {text!r}") from None
+
+
+_OPTION_TYPES = {"int": int, "float": float, "int | None": _optional_int}
 
 
 class Parser(argparse.ArgumentParser):
@@ -89,7 +113,10 @@ def build_parser() -> Parser:
     )
     run.add_argument("--suite", default="default", type=_names("suite", SUITES),
                      help=f"preset grid ({', '.join(SUITES)}); flags below override its parts")
-    run.add_argument("--method", type=_names("method", METHODS), help=f"comma-separated subset of: {', '.join(METHODS)}")
+    run.add_argument("--method", type=_entries,
+                     help=f"comma-separated METHOD[/VARIANT][@MODEL] (VARIANT: one of the suite's), METHOD in: "
+                          f"{', '.join(METHODS)}; "
+                          f"MODEL in: {', '.join(MODELS)} (default: the method's first supported family)")
     run.add_argument("--reward", type=_names("reward", REWARDS), help=f"comma-separated subset of: {', '.join(REWARDS)}")
     run.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
     run.add_argument("--budget", type=_budget,
@@ -99,7 +126,7 @@ def build_parser() -> Parser:
         group = run.add_argument_group(f"{name} options", (method.__doc__ or "").strip().split("\n")[0] or None)
         docs = field_docs(method.Config)
         for f in dataclasses.fields(method.Config):
-            kind = _parse_bool if f.type in (bool, "bool") else {"int": int, "float": float}.get(str(f.type), str)
+            kind = _parse_bool if f.type in (bool, "bool") else _OPTION_TYPES.get(str(f.type), str)
             group.add_argument(f"--{name}.{f.name}", dest=f"{name}.{f.name}", type=kind, metavar=str(f.type).upper(),
                                help=f"{docs.get(f.name, '')} (default: {f.default})")
 
@@ -107,6 +134,18 @@ def build_parser() -> Parser:
     board.add_argument("--suite", default="default", type=_names("suite", SUITES), help=f"one of {', '.join(SUITES)}")
     board.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
     return parser
+
+
+def _select(entries: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The entries `--method` asks for: a bare method name stands for all of the suite's entries of that
+    method (every model and variant), or its plain entry if the suite has none."""
+    chosen = []
+    for name in wanted:
+        if "@" in name or "/" in name:
+            chosen.append(name)
+        else:
+            chosen += [e for e in entries if e.partition("@")[0].partition("/")[0] == name] or [name]
+    return tuple(dict.fromkeys(chosen))
 
 
 def suite_from_args(args):
@@ -118,7 +157,7 @@ def suite_from_args(args):
             overrides.setdefault(method, {})[option] = value
     suite = dataclasses.replace(
         suite,
-        methods=args.method or suite.methods,
+        methods=_select(suite.methods, args.method) if args.method else suite.methods,
         rewards=args.reward or suite.rewards,
         seeds=tuple(range(args.seeds)) if args.seeds else suite.seeds,
         budget=args.budget or suite.budget,
@@ -145,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "leaderboard":
         if not store.exists():
             parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}` first")
-        sweep.write_tables(store, store.parent)
+        sweep.write_tables(store, store.parent, SUITES[args.suite[0]]().studies)
         return 0
     return sweep.run_suite(suite, store)
 

@@ -23,8 +23,9 @@ METRICS = {"reward": True, "judge_acc": True, "diversity": True, "fid": False}  
 
 @dataclass(frozen=True)
 class EvalConfig:
-    steps: int = 20
-    """Sampler steps for evaluation images (deterministic DDIM)."""
+    steps: int | None = None
+    """Sampler steps for evaluation images; None: the model's default (20 deterministic DDIM steps for
+    diffusion, 4 for consistency)."""
     samples_per_prompt: int = 4
     """Images per evaluation prompt (>= 2, for diversity)."""
     seed: int = 1234
@@ -75,7 +76,8 @@ def evaluate(trainer, world, reward, meter, budget, cfg: EvalConfig):
         generator = torch.Generator().manual_seed(cfg.seed + index)
         before = dict(meter.accounts["eval"].as_dict())
         with meter.charging("eval"), meter.timed():
-            images = trainer.generate(prompts, cfg.steps, generator, budget).detach().float().cpu()
+            steps = trainer.sampler_steps(cfg.steps)
+            images = trainer.generate(prompts, steps, generator, budget).detach().float().cpu()
         usage[split] = {k: v - before[k] for k, v in meter.accounts["eval"].as_dict().items()}
         for name, value in score_images(images, prompts, cfg.samples_per_prompt, world, reward).items():
             rows.append((split, name, value, METRICS[name]))

@@ -1,16 +1,16 @@
 """Leaderboard tables and sample grids, generated from the results store, never by hand.
 
 `write_leaderboard` writes, into one directory:
-- leaderboard.csv: one row per (method, reward, budget unit, milestone budget) over the 'done'
-  runs, with mean and 95% bootstrap interval over seeds of every (split, metric) in the store,
+- leaderboard.csv: one row per (method, model, reward, budget unit, milestone budget) over the
+  'done' runs, with mean and 95% bootstrap interval over seeds of every (split, metric) in the store,
   the paired difference to the `base` method on the primary split, mean compute used, and the
   number of failed runs; plus one row per 'n/a' cell and per cell whose runs all failed.
 - leaderboard.md: the same, one table per reward, for reading.
-- samples_<reward>.png: a grid of primary-split samples, one row per method.
+- samples_<reward>.png: a grid of primary-split samples, one row per method and model.
 Every file is written atomically, so a reader (or a crashed writer) never sees half a table.
 
-Pairing against `base`: a method's seed is paired with the base run of the same seed at the
-same reward and budget. When the base model is deterministic across seeds for a metric (all
+Pairing against `base`: a method's seed is paired with the base run of the same model (the
+generator it fine-tunes) and seed at the same reward and budget. When the base model is deterministic across seeds for a metric (all
 its values equal, which includes having a single seed), every seed of the method is paired with
 that one base value instead, and when the base was evaluated at a single budget of that reward
 (it does not train, so budget means nothing to it) that evaluation serves every budget.
@@ -38,14 +38,15 @@ GRID_COLUMNS = 24
 MIN_CELL_PX = 32
 _PAD = 4
 _FONT_SIZE = 12
-_CELL_KEYS = ["method", "reward", "budget_unit", "budget"]
+_RUN_KEYS = ["method", "model", "reward", "budget_unit"]
+_CELL_KEYS = [*_RUN_KEYS, "budget"]
 
 
 def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval_unseen") -> list[Path]:
     """Write leaderboard.csv, leaderboard.md and samples_<reward>.png; return their paths."""
     out_dir = Path(out_dir)
     # Read once: workers may still be writing, and every file must describe the same snapshot.
-    runs, results = _newest_versions(store.runs_frame(), store.results_frame())
+    runs, results = _newest_versions(_labelled(store.runs_frame()), _labelled(store.results_frame()))
     if runs.empty:
         raise ValueError(f"{store.path} holds no runs; nothing to put on a leaderboard")
     if not results.empty and primary_split not in set(results["split"]):
@@ -74,28 +75,29 @@ def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.
     """The table of leaderboard.csv (see the module docstring for its rows and columns)."""
     _directions(results)  # fail early on a metric stored with both directions
 
-    failed = runs[runs["status"] == "failed"].groupby(["method", "reward", "budget_unit"]).size()
+    failed = runs[runs["status"] == "failed"].groupby(_RUN_KEYS).size()
     base_results = results[results["method"] == BASE_METHOD]
     rows = []
-    for (method, reward, unit, budget), cell in results.groupby(_CELL_KEYS, sort=False):
+    for (method, model, reward, unit, budget), cell in results.groupby(_CELL_KEYS, sort=False):
         cell_runs = cell.drop_duplicates("run_id")
-        _check_cell(cell_runs, f"{method}/{reward} at {unit} {budget:g}")
+        _check_cell(cell_runs, f"{method}@{model}/{reward} at {unit} {budget:g}")
         row = {
             "method": method,
+            "model": model,
             "method_version": cell_runs["method_version"].iloc[0],
             "reward": reward,
             "budget_unit": unit,
             "budget": budget,
             "status": "done",
             "n_seeds": len(cell_runs),
-            "failed": int(failed.get((method, reward, unit), 0)),
+            "failed": int(failed.get((method, model, reward, unit), 0)),
             "note": "",
         }
         row.update({k: cell_runs[k].mean() for k in USED_KEYS})
         for (split, metric), values in cell.groupby(["split", "metric"]):
             _put_ci(row, f"{split}/{metric}", bootstrap_ci(values["value"].to_numpy()))
             if split == primary_split and method != BASE_METHOD:
-                base = _base_values(base_results, reward, unit, budget, split, metric)
+                base = _base_values(base_results[base_results["model"] == model], reward, unit, budget, split, metric)
                 if base is not None:
                     ours = values.set_index("seed")["value"]
                     _put_delta(row, f"{split}/{metric}/delta_vs_base", ours, base)
@@ -103,7 +105,7 @@ def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.
     rows.extend(_rows_without_results(runs, results, failed))
 
     table = pd.DataFrame(rows)
-    fixed = ["method", "method_version", "reward", "budget_unit", "budget", "status", "n_seeds", "failed", "note",
+    fixed = ["method", "model", "method_version", "reward", "budget_unit", "budget", "status", "n_seeds", "failed", "note",
              *USED_KEYS]
     metric_columns = [
         f"{split}/{metric}/{stat}"
@@ -118,8 +120,16 @@ def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.
     table = table.reindex(columns=fixed + metric_columns + delta_columns)
     for column in delta_columns[3::4]:
         table[column] = table[column].astype("Int64")  # a count, empty where there is no base
-    table = table.sort_values(["reward", "budget_unit", "budget", "method"], na_position="last")
+    table = table.sort_values(["reward", "budget_unit", "budget", "model", "method"], na_position="last")
     return table.reset_index(drop=True)
+
+
+def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a method's variant carry `method/variant` as their method: a row of the tables each."""
+    frame = frame.copy()
+    has_variant = frame["variant"] != ""
+    frame.loc[has_variant, "method"] = frame.loc[has_variant, "method"] + "/" + frame.loc[has_variant, "variant"]
+    return frame
 
 
 def _newest_versions(runs: pd.DataFrame, results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -172,21 +182,21 @@ def _rows_without_results(runs: pd.DataFrame, results: pd.DataFrame, failed: pd.
     """Rows for 'n/a' cells and for cells whose runs all failed, so no cell silently vanishes."""
     rows = []
     not_applicable = runs[runs["status"] == "n/a"]
-    for (method, reward, unit), cell in not_applicable.groupby(["method", "reward", "budget_unit"]):
+    for (method, model, reward, unit), cell in not_applicable.groupby(_RUN_KEYS):
         rows.append({
-            "method": method, "method_version": ", ".join(sorted(cell["method_version"].unique())),
+            "method": method, "model": model, "method_version": ", ".join(sorted(cell["method_version"].unique())),
             "reward": reward, "budget_unit": unit, "budget": math.nan, "status": "n/a", "n_seeds": 0,
-            "failed": int(failed.get((method, reward, unit), 0)),
+            "failed": int(failed.get((method, model, reward, unit), 0)),
             "note": "; ".join(sorted(cell["reason"].fillna("no reason given").unique())),
         })
-    has_rows = set(zip(results["method"], results["reward"], results["budget_unit"]))
-    has_rows |= set(zip(not_applicable["method"], not_applicable["reward"], not_applicable["budget_unit"]))
-    for (method, reward, unit), count in failed.items():
-        if (method, reward, unit) not in has_rows:
-            cell = runs[(runs["method"] == method) & (runs["reward"] == reward)
-                        & (runs["budget_unit"] == unit) & (runs["status"] == "failed")]
+    has_rows = set(results[_RUN_KEYS].itertuples(index=False, name=None))
+    has_rows |= set(not_applicable[_RUN_KEYS].itertuples(index=False, name=None))
+    for key, count in failed.items():
+        if key not in has_rows:
+            method, model, reward, unit = key
+            cell = runs[(runs[_RUN_KEYS].apply(tuple, axis=1) == key) & (runs["status"] == "failed")]
             rows.append({
-                "method": method, "method_version": ", ".join(sorted(cell["method_version"].unique())),
+                "method": method, "model": model, "method_version": ", ".join(sorted(cell["method_version"].unique())),
                 "reward": reward, "budget_unit": unit, "budget": math.nan, "status": "failed", "n_seeds": 0,
                 "failed": int(count), "note": f"{count} failed, none done",
             })
@@ -217,7 +227,8 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
         "NFE, reward queries and wall s are the compute used, means over seeds. "
         "`version` is the method's version; "
         f"code at git {', '.join(sorted(runs['git_sha'].unique()))}, "
-        f"base model {', '.join(sorted(runs['base_model_hash'].unique()))}.",
+        "base models " + ", ".join(f"{model} {', '.join(sorted(hashes))}"
+                                   for model, hashes in runs.groupby("model")["base_model_hash"].unique().items()) + ".",
     ]
     for reward in sorted(table["reward"].unique()):
         lines += ["", f"## Reward: {reward}", ""]
@@ -225,9 +236,9 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
                                primary_split, arrows)
     failed = runs[runs["status"] == "failed"].fillna({"reason": "no reason given"})
     if not failed.empty:
-        lines += ["", "## Failed runs", "", "| run_id | method | reward | seed | reason |", "|---|---|---|---|---|"]
+        lines += ["", "## Failed runs", "", "| run_id | method | model | reward | seed | reason |", "|---|---|---|---|---|---|"]
         lines += [
-            f"| {_md(r.run_id)} | {_md(r.method)} | {_md(r.reward)} | {r.seed} | {_md(r.reason)} |"
+            f"| {_md(r.run_id)} | {_md(r.method)} | {_md(r.model)} | {_md(r.reward)} | {r.seed} | {_md(r.reason)} |"
             for r in failed.itertuples()
         ]
     return "\n".join(lines) + "\n"
@@ -240,7 +251,7 @@ def _reward_table(table: pd.DataFrame, results: pd.DataFrame, primary_split: str
     other_splits = sorted(results.loc[(results["metric"] == HEADLINE_METRIC)
                                       & (results["split"] != primary_split), "split"].unique())
     has_delta = HEADLINE_METRIC in primary_metrics
-    header = ["method", "version", "budget", "seeds"]
+    header = ["method", "model", "version", "budget", "seeds"]
     header += [f"{m} {arrows[m]}" for m in primary_metrics]
     header += [f"Δ {HEADLINE_METRIC} vs base"] if has_delta else []
     header += [f"{HEADLINE_METRIC} ({s}) {arrows[HEADLINE_METRIC]}" for s in other_splits]
@@ -250,7 +261,7 @@ def _reward_table(table: pd.DataFrame, results: pd.DataFrame, primary_split: str
     for r in table.to_dict("records"):
         done = r["status"] == "done"
         empty = "n/a" if r["status"] == "n/a" else "—"
-        cells = [_md(r["method"]), _md(r["method_version"]),
+        cells = [_md(r["method"]), _md(r["model"]), _md(r["method_version"]),
                  f"{r['budget_unit']} {_human(r['budget'])}" if done else "—", str(r["n_seeds"])]
         cells += [_ci(r, f"{primary_split}/{m}") if done else empty for m in primary_metrics]
         if has_delta:
@@ -287,17 +298,16 @@ def _md(text: object) -> str:
 # -- sample grid ------------------------------------------------------------------------------
 
 def _sample_grid(store: Store, results: pd.DataFrame, primary_split: str) -> Image.Image | None:
-    """Rows = methods (those with stored samples), columns = the first GRID_COLUMNS samples of
-    the primary split at the method's largest budget, first seed; None if no method has any."""
+    """Rows = (model, method) pairs with stored samples, columns = the first GRID_COLUMNS samples of
+    the primary split at the largest budget, first seed; None if no method has any."""
     rows = []
-    for method in sorted(results["method"].unique()):
-        ours = results[results["method"] == method]
+    for (model, method), ours in results.groupby(["model", "method"]):
         first = ours[ours["budget"] == ours["budget"].max()].sort_values(["seed", "run_id"]).iloc[0]
         try:
             _, images = store.samples(first["run_id"], int(first["milestone"]), primary_split)
         except ValueError:
             continue  # evaluated without storing samples: nothing to show
-        label = f"{method}\n{first['budget_unit']} {_human(first['budget'])}, seed {first['seed']}"
+        label = f"{method} @ {model}\n{first['budget_unit']} {_human(first['budget'])}, seed {first['seed']}"
         rows.append((label, _to_cells(images[:GRID_COLUMNS])))
     if not rows:
         return None

@@ -115,7 +115,7 @@ class MeteredPolicy:
         self._policy = policy
         self._meter = meter
         if watch:
-            meter.watch(policy.denoiser)
+            meter.watch(policy.network)
 
     def __getattr__(self, name):
         return getattr(self._policy, name)

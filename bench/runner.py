@@ -36,6 +36,10 @@ class RunSpec:
     suite: str
     world: str
     method: str
+    variant: str
+    """The label of the method's config within its suite ('' for the suite's plain config)."""
+    model: str
+    """The world's generator the method starts from (see bench.world.MODELS)."""
     method_config: object
     reward: str
     seed: int
@@ -46,7 +50,7 @@ class RunSpec:
     def config_dict(self) -> dict:
         return {
             "world": self.world, "method": self.method, "method_version": METHODS[self.method].version,
-            "method_config": dataclasses.asdict(self.method_config), "reward": self.reward, "seed": self.seed,
+            "variant": self.variant, "model": self.model, "method_config": dataclasses.asdict(self.method_config), "reward": self.reward, "seed": self.seed,
             "budget": str(self.budget), "milestones": list(self.milestones), "eval": dataclasses.asdict(self.eval),
         }
 
@@ -55,12 +59,13 @@ class RunSpec:
 
     def run_id(self, base_model_hash: str) -> str:
         identity = hashlib.sha256(f"{self.config_hash()}:{base_model_hash}".encode()).hexdigest()
-        return f"{self.method}-{self.reward}-s{self.seed}-{identity[:10]}"
+        name = f"{self.method}-{self.variant}" if self.variant else self.method
+        return f"{name}-{self.model}-{self.reward}-s{self.seed}-{identity[:10]}"
 
     def record(self, base_model_hash: str, reward_version: str) -> RunRecord:
         return RunRecord(
             run_id=self.run_id(base_model_hash), suite=self.suite, method=self.method,
-            method_version=METHODS[self.method].version, world=self.world,
+            method_version=METHODS[self.method].version, variant=self.variant, model=self.model, world=self.world,
             reward=f"{self.reward}", seed=self.seed, budget_unit=self.budget.unit, budget=self.budget.amount,
             config_json=json.dumps({**self.config_dict(), "reward_version": reward_version}, sort_keys=True),
             config_hash=self.config_hash(), git_sha=git_sha(), base_model_hash=base_model_hash,
@@ -96,7 +101,7 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
     method = METHODS[spec.method]
     reward_cls = REWARDS[spec.reward]
     raw_reward = reward_cls.from_world(world)
-    record = spec.record(world.base_model_hash, raw_reward.version)
+    record = spec.record(world.model_hash(spec.model), raw_reward.version)
     status = store.run_status(record.run_id)
     if status in ("done", "n/a"):
         log(f"{record.run_id}: {status}, skipped")
@@ -110,7 +115,7 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
     store.start_run(record)
     torch.manual_seed(spec.seed)
     meter = Meter()
-    trainer = method(MeteredPolicy(world.make_policy(), meter), MeteredReward(raw_reward, meter),
+    trainer = method(MeteredPolicy(world.make_policy(spec.model), meter), MeteredReward(raw_reward, meter),
                      world.prompts["train"], spec.method_config, spec.seed)
     checkpoint = checkpoint_dir / f"{record.run_id}.pt"
     if checkpoint.exists():

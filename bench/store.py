@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 FINAL_STATUSES = ("done", "failed", "n/a")
 USED_KEYS = ("nfe", "reward_queries", "samples", "wall_s")
@@ -39,6 +39,8 @@ _TABLES = (
         suite TEXT NOT NULL,
         method TEXT NOT NULL,
         method_version TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        model TEXT NOT NULL,
         world TEXT NOT NULL,
         reward TEXT NOT NULL,
         seed INTEGER NOT NULL,
@@ -91,12 +93,16 @@ _TABLES = (
 
 @dataclass(frozen=True)
 class RunRecord:
-    """What identifies one run: a (method, world, reward, seed) cell of a suite and its config."""
+    """What identifies one run: a (method, model, world, reward, seed) cell of a suite and its config.
+    `model` is the world's generator the method fine-tunes (e.g. diffusion, consistency); `variant` labels
+    one of several configs of a method within a suite ('' when there is one)."""
 
     run_id: str
     suite: str
     method: str
     method_version: str
+    variant: str
+    model: str
     world: str
     reward: str
     seed: int
@@ -112,7 +118,7 @@ RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 
 RESULT_COLUMNS = (
     "schema_version", "run_id", "suite", "git_sha", "config_hash", "base_model_hash", "method",
-    "method_version", "world", "reward", "seed", "budget_unit", "milestone", "budget", "nfe",
+    "method_version", "variant", "model", "world", "reward", "seed", "budget_unit", "milestone", "budget", "nfe",
     "reward_queries", "samples", "wall_s", "split", "metric", "value", "higher_is_better",
 )
 
@@ -333,7 +339,7 @@ class Store:
         """One row per metric value of every 'done' run, with everything needed to interpret it."""
         frame = pd.read_sql_query(
             f"""SELECT {SCHEMA_VERSION} AS schema_version, r.run_id, r.suite, r.git_sha, r.config_hash,
-                       r.base_model_hash, r.method, r.method_version, r.world, r.reward, r.seed,
+                       r.base_model_hash, r.method, r.method_version, r.variant, r.model, r.world, r.reward, r.seed,
                        r.budget_unit, m.milestone, m.budget, m.nfe, m.reward_queries, m.samples,
                        m.wall_s, x.split, x.metric, x.value, x.higher_is_better
                 FROM metrics x

@@ -1,5 +1,7 @@
 """Named suites: a grid of methods x rewards x seeds, one budget (evaluated at milestones), and the
-method settings. Each preset is a small function overriding the defaults, so a suite reads as its diff."""
+method settings. A method entry is `method[/variant][@model]`: `@model` picks the world's generator to
+fine-tune (default: the method's first supported family), and `/variant` names one of the suite's
+`variants`, a labelled set of options, so one suite can compare configs of the same method. Each preset is a small function overriding the defaults, so a suite reads as its diff."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,6 +9,8 @@ from dataclasses import dataclass, field
 
 from bench.evaluate import EvalConfig
 from bench.meter import Budget
+from bench.studies import STUDIES
+from bench.world import MODELS, model_family
 from methods import METHODS
 from rewards import REWARDS
 
@@ -15,6 +19,7 @@ from rewards import REWARDS
 class Suite:
     name: str
     methods: tuple[str, ...] = tuple(METHODS)
+    """Entries `method[/variant][@model]`."""
     rewards: tuple[str, ...] = ("digit", "compress")
     seeds: tuple[int, ...] = (0, 1, 2)
     budget: Budget = Budget("nfe", 300_000)
@@ -23,27 +28,92 @@ class Suite:
     eval: EvalConfig = EvalConfig()
     overrides: dict[str, dict[str, object]] = field(default_factory=dict)
     """method -> {config field: value}, applied over the method's Config defaults."""
+    variants: dict[str, dict[str, object]] = field(default_factory=dict)
+    """`method/variant` -> {config field: value}, applied over the overrides for entries naming it."""
+    studies: tuple[str, ...] = ()
+    """Extra tables written with the leaderboard (bench/studies.py)."""
 
-    def method_config(self, method: str):
-        return dataclasses.replace(METHODS[method].Config(), **self.overrides.get(method, {}))
+    def method_config(self, method: str, variant: str = ""):
+        options = {**self.overrides.get(method, {}), **(self.variants[f"{method}/{variant}"] if variant else {})}
+        return dataclasses.replace(METHODS[method].Config(), **options)
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        """(method, variant, model) of every method entry."""
+        return [parse_entry(entry, self.variants) for entry in self.methods]
+
+
+def default_model(method: str) -> str:
+    family = METHODS[method].families[0]
+    return next(m for m in MODELS if model_family(m) == family)
+
+
+def parse_entry(entry: str, variants: dict[str, dict] | None = None) -> tuple[str, str, str]:
+    """`method[/variant][@model]` -> (method, variant, model), validated against the registries and the
+    suite's variants (None: any variant name is accepted, for checks made before the suite is known)."""
+    name, _, model = entry.partition("@")
+    method, _, variant = name.partition("/")
+    check_names("method", [method], METHODS)
+    if variant and variants is not None and name not in variants:
+        valid = [v for v in variants if v.startswith(f"{method}/")]
+        raise ValueError(f"unknown variant {name!r}; valid: {', '.join(valid) or 'none in this suite'}")
+    if not model:
+        return method, variant, default_model(method)
+    check_names("model", [model], MODELS)
+    if model_family(model) not in METHODS[method].families:
+        raise ValueError(f"{method} cannot fine-tune {model!r} (a {model_family(model)} model); "
+                         f"it runs on {', '.join(METHODS[method].families)} models")
+    return method, variant, model
+
+
+# The suite's entries: every method on its default model, and the policy-gradient and ranking methods
+# again on the consistency model, so that ROCM and its baselines start from one base.
+DEFAULT_METHODS = ("base", "best_of_n", "raft", "ddpo",
+                   "base@consistency", "best_of_n@consistency", "raft@consistency", "ddpo@consistency",
+                   "rocm@consistency")
 
 
 def default() -> Suite:
     """Every method on both rewards of the digits world, 3 seeds, 300k NFE (milestones at 75k, 150k)."""
-    return Suite("default")
+    return Suite("default", methods=DEFAULT_METHODS)
 
 
 def smoke() -> Suite:
-    """A minutes-long pass over every method and reward on the tiny world, for tests and quick checks."""
+    """A minutes-long pass over every method, model and reward on the tiny world, for tests and quick checks."""
     small = {"prompts_per_iter": 2, "samples_per_prompt": 4, "sample_steps": 4}
     return Suite(
-        "smoke", seeds=(0, 1), budget=Budget("nfe", 400), milestones=(0.5, 1.0), world="digits-tiny",
-        eval=EvalConfig(steps=4, samples_per_prompt=2),
-        overrides={"raft": {**small, "updates_per_iter": 1}, "ddpo": {**small, "minibatch": 4}},
+        "smoke", methods=DEFAULT_METHODS, seeds=(0, 1), budget=Budget("nfe", 400), milestones=(0.5, 1.0),
+        world="digits-tiny", eval=EvalConfig(steps=4, samples_per_prompt=2),
+        overrides={"raft": {**small, "updates_per_iter": 1}, "ddpo": {**small, "minibatch": 4}, "rocm": small},
     )
 
 
-SUITES = {"default": default, "smoke": smoke}
+def rocm_efficiency() -> Suite:
+    """ROCM against DDPO on the consistency model (and DDPO on the diffusion model) on `digit`, evaluated
+    at ten milestones, for the reward queries each needs to reach a reward (bench/studies.py)."""
+    return Suite("rocm-efficiency", methods=("base@consistency", "rocm@consistency", "ddpo@consistency", "ddpo"),
+                 rewards=("digit",), milestones=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0),
+                 studies=("efficiency",))
+
+
+# beta per divergence, a weak and a strong setting each, matched for small shifts: for a mean shift of z
+# stds, KL and reverse KL are z^2 / 2 per dimension, chi-square z^2, JS and squared Hellinger z^2 / 8;
+# total variation grows like 0.4 z, so it pulls harder on small shifts than the others
+REGULARIZATION_BETAS = {"kl": (1e-3, 1e-2), "reverse_kl": (1e-3, 1e-2), "chi2": (5e-4, 5e-3),
+                        "js": (4e-3, 4e-2), "hellinger": (4e-3, 4e-2), "tv": (1e-3, 1e-2)}
+
+
+def rocm_regularization() -> Suite:
+    """ROCM with every divergence at two strengths and without one, on `digit` (bench/studies.py)."""
+    variants = {"rocm/none": {"divergence": "none"}}
+    for divergence, betas in REGULARIZATION_BETAS.items():
+        for beta in betas:
+            variants[f"rocm/{divergence}-{beta:g}"] = {"divergence": divergence, "beta": beta}
+    return Suite("rocm-regularization", methods=("base@consistency", *(f"{v}@consistency" for v in variants)),
+                 rewards=("digit",), variants=variants, studies=("regularization",))
+
+
+SUITES = {"default": default, "smoke": smoke, "rocm-efficiency": rocm_efficiency,
+          "rocm-regularization": rocm_regularization}
 
 
 def check_names(kind: str, names, valid) -> tuple[str, ...]:
@@ -56,22 +126,27 @@ def check_names(kind: str, names, valid) -> tuple[str, ...]:
 
 def validate(suite: Suite) -> Suite:
     """Fails fast, before any model loads, on anything a run would only discover later."""
-    check_names("method", suite.methods, METHODS)
+    if not suite.methods:
+        raise ValueError("a suite needs at least one method")
+    entries = suite.entries()
     check_names("reward", suite.rewards, REWARDS)
-    for method, values in suite.overrides.items():
+    named = {**suite.overrides, **{name.partition("/")[0]: values for name, values in suite.variants.items()}}
+    for method, values in named.items():
         check_names("method", [method], METHODS)
         fields = {f.name for f in dataclasses.fields(METHODS[method].Config)}
         check_names(f"{method} option", values, sorted(fields))
-    for method in suite.methods:
-        suite.method_config(method)
+    for method, variant, _ in entries:
+        suite.method_config(method, variant)
     if not suite.milestones or any(not 0 < m <= 1 for m in suite.milestones) or list(suite.milestones) != sorted(set(suite.milestones)):
         raise ValueError(f"milestones must be increasing fractions in (0, 1], got {suite.milestones}")
+    for study in suite.studies:
+        check_names("study", [study], STUDIES)
     if suite.eval.samples_per_prompt < 2:
         raise ValueError(f"eval samples_per_prompt must be >= 2 (diversity compares images of a prompt), got {suite.eval.samples_per_prompt}")
-    runnable = [(m, r) for m in suite.methods for r in suite.rewards
+    runnable = [(m, r) for m, _, _ in entries for r in suite.rewards
                 if METHODS[m].incompatibility(REWARDS[r], suite.budget.unit) is None]
     if not runnable:
         reasons = {f"{m}+{r}": METHODS[m].incompatibility(REWARDS[r], suite.budget.unit)
-                   for m in suite.methods for r in suite.rewards}
+                   for m, _, _ in entries for r in suite.rewards}
         raise ValueError(f"no method/reward pair of this suite can run: {reasons}")
     return suite

@@ -11,6 +11,7 @@ from pathlib import Path
 from bench.leaderboard import write_leaderboard
 from bench.runner import RunSpec, execute
 from bench.store import Store
+from bench.studies import write_studies
 from bench.suites import Suite
 from bench.world import ensure_world, load_world
 
@@ -25,15 +26,16 @@ def build_models(world: str) -> None:
 
 def specs(suite: Suite) -> list[RunSpec]:
     return [
-        RunSpec(suite=suite.name, world=suite.world, method=method, method_config=suite.method_config(method),
-                reward=reward, seed=seed, budget=suite.budget, milestones=suite.milestones, eval=suite.eval)
-        for reward in suite.rewards for method in suite.methods for seed in suite.seeds
+        RunSpec(suite=suite.name, world=suite.world, method=method, variant=variant, model=model,
+                method_config=suite.method_config(method, variant), reward=reward, seed=seed, budget=suite.budget,
+                milestones=suite.milestones, eval=suite.eval)
+        for reward in suite.rewards for method, variant, model in suite.entries() for seed in suite.seeds
     ]
 
 
-def write_tables(store_path: Path, out_dir: Path) -> None:
+def write_tables(store_path: Path, out_dir: Path, studies: tuple[str, ...] = ()) -> None:
     with Store(store_path) as store:
-        for path in write_leaderboard(store, out_dir):
+        for path in [*write_leaderboard(store, out_dir), *write_studies(store, out_dir, studies)]:
             print(f"wrote {path}")
 
 
@@ -47,6 +49,6 @@ def run_suite(suite: Suite, store_path: Path) -> int:
     failed = statuses.count("failed")
     print(f"suite {suite.name!r}: {len(statuses)} runs, {statuses.count('done')} done, "
           f"{statuses.count('n/a')} n/a, {failed} failed ({time.monotonic() - start:.0f}s)")
-    write_tables(store_path, store_path.parent)
+    write_tables(store_path, store_path.parent, suite.studies)
     print((store_path.parent / "leaderboard.md").read_text())
     return 1 if failed else 0

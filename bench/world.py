@@ -1,22 +1,22 @@
 """Worlds by name, built on first use and loaded from `artifacts/<world>/`.
 
-A world's networks are rebuilt only when its manifest is missing or was built from another config;
-the manifest's weight hashes are recorded with every result.
+A world's networks are rebuilt only when missing or built from another recipe (see
+models/digits.py); the manifest's weight hashes are recorded with every result.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from models.digits import (
-    IMAGE_SHAPE, PROMPT_SETS, WorldConfig, build_world, load_prompts, load_splits, tiny_world_config,
+    COMPONENTS, GENERATORS, PROMPT_SETS, WorldConfig, build_world, load_prompts, load_splits, read_manifest,
+    stale_components, tiny_world_config,
 )
-from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoiser
-from models.policy import DiffusionPolicy
-from models.text import TEXT_DIM, PromptEncoder
+from models.networks import CNNClassifier, MLPClassifier
+from models.policy import ChainPolicy
+from models.text import PromptEncoder
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 WORLDS = {
@@ -24,6 +24,8 @@ WORLDS = {
     # The same world with barely trained networks: for tests and smoke runs, never for results.
     "digits-tiny": tiny_world_config(),
 }
+MODELS = tuple(GENERATORS)
+"""The generators every world offers, by name; a run fine-tunes one of them."""
 
 
 @dataclass
@@ -31,26 +33,26 @@ class World:
     name: str
     config: WorldConfig
     manifest: dict
-    denoiser_state: dict
+    generator_states: dict[str, dict]
     reward_classifier: MLPClassifier
     judge: CNNClassifier
     encoder: PromptEncoder
     prompts: dict[str, list[str]]
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
-    @property
-    def hashes(self) -> dict[str, str]:
-        return self.manifest["hashes"]
+    def hash_of(self, component: str) -> str:
+        return self.manifest["components"][component]["hash"]
 
-    @property
-    def base_model_hash(self) -> str:
-        return self.hashes["denoiser"]
+    def model_hash(self, model: str) -> str:
+        """The weight hash of a generator: the identity of the base model a run starts from."""
+        return self.hash_of(GENERATORS[check_model_name(model)][0])
 
-    def make_policy(self) -> DiffusionPolicy:
-        """A fresh, trainable copy of the base generator."""
-        denoiser = TextConditionedDenoiser(IMAGE_SHAPE, TEXT_DIM, self.config.denoiser_width, self.config.denoiser_depth)
-        denoiser.load_state_dict(self.denoiser_state)
-        return DiffusionPolicy(denoiser, self.encoder)
+    def make_policy(self, model: str = "diffusion") -> ChainPolicy:
+        """A fresh, trainable copy of one of the world's generators."""
+        component, policy_class = GENERATORS[check_model_name(model)]
+        network = COMPONENTS[component][3](self.config)
+        network.load_state_dict(self.generator_states[model])
+        return policy_class(network, self.encoder)
 
 
 def check_world_name(name: str) -> str:
@@ -59,37 +61,46 @@ def check_world_name(name: str) -> str:
     return name
 
 
+def model_family(model: str) -> str:
+    return GENERATORS[check_model_name(model)][1].family
+
+
+def check_model_name(name: str) -> str:
+    if name not in GENERATORS:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(GENERATORS)}")
+    return name
+
+
 def ensure_world(name: str, root: Path = ARTIFACTS, log=print) -> Path:
-    """Builds the world's networks unless an up-to-date build exists; returns its directory."""
+    """Builds the world's stale networks (all of them the first time); returns its directory."""
     config = WORLDS[check_world_name(name)]
     directory = root / name
-    manifest = directory / "manifest.json"
-    if manifest.exists() and json.loads(manifest.read_text())["config"] == asdict(config):
-        return directory
-    log(f"building world {name!r} into {directory} (once; later runs reuse it)")
-    build_world(directory, config, log=log)
+    stale = stale_components(directory, config)
+    if stale:
+        log(f"building {', '.join(stale)} of world {name!r} into {directory} (once; later runs reuse them)")
+        build_world(directory, config, log=log)
     return directory
 
 
 def load_world(name: str, root: Path = ARTIFACTS, log=print) -> World:
     directory = ensure_world(name, root, log)
     config = WORLDS[name]
-    manifest = json.loads((directory / "manifest.json").read_text())
 
     def weights(file: str) -> dict:
         return torch.load(directory / file, map_location="cpu", weights_only=True)
 
-    reward_classifier = MLPClassifier(IMAGE_SHAPE)
-    reward_classifier.load_state_dict(weights("reward_classifier.pt"))
-    judge = CNNClassifier(IMAGE_SHAPE)
-    judge.load_state_dict(weights("judge.pt"))
+    def frozen(component: str) -> torch.nn.Module:
+        network = COMPONENTS[component][3](config)
+        network.load_state_dict(weights(f"{component}.pt"))
+        return network.eval().requires_grad_(False)
+
     return World(
         name=name,
         config=config,
-        manifest=manifest,
-        denoiser_state=weights("denoiser.pt"),
-        reward_classifier=reward_classifier.eval().requires_grad_(False),
-        judge=judge.eval().requires_grad_(False),
+        manifest=read_manifest(directory),
+        generator_states={model: weights(f"{component}.pt") for model, (component, _) in GENERATORS.items()},
+        reward_classifier=frozen("reward_classifier"),
+        judge=frozen("judge"),
         encoder=PromptEncoder(weights("prompt_embeddings.pt")),
         prompts={split: load_prompts(split) for split in PROMPT_SETS},
         splits=load_splits(),

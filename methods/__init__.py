@@ -3,10 +3,12 @@ from methods.base import BaseModel
 from methods.best_of_n import BestOfN
 from methods.ddpo import DDPO
 from methods.raft import RAFT
+from methods.rocm import ROCM
 
 METHODS = {
     "base": BaseModel,
     "best_of_n": BestOfN,
     "raft": RAFT,
     "ddpo": DDPO,
+    "rocm": ROCM,
 }

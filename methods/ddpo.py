@@ -6,7 +6,7 @@ so for trajectories sampled from the old policy with advantage A (the terminal r
   L(theta) = E_{s, traj} [ max(-A * rho_s, -A * clip(rho_s, 1 - eps, 1 + eps)) ] + kl_coef * E [ KL_s ],
   rho_s = pi_theta(x_{s+1} | x_s, c) / pi_old(x_{s+1} | x_s, c),
 with KL_s the closed-form KL between the step's Gaussian transitions under theta and the frozen base
-model (an optional regulariser; DDPO itself has none).
+model, per dimension as methods/divergences.py normalizes it (an optional regulariser; DDPO itself has none).
 Departures from the paper: log-probabilities are the exact Gaussian log-densities, summed over pixels
 (the reference code averages them, which rescales the clip range; `clip_range` is set for sums);
 advantages are normalised per prompt within each iteration's batch (the paper keeps a per-prompt
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.divergences import gaussian_kl
+from methods.divergences import closed_form
 from models.diffusion import gaussian_log_prob
 from methods.trainer import Trainer, make_optimizer, sample_prompts
 
@@ -30,10 +30,12 @@ class Config:
     """Distinct train prompts per iteration."""
     samples_per_prompt: int = 8
     """Trajectories per prompt; advantages are normalised within each prompt's group."""
-    sample_steps: int = 20
-    """DDIM steps of the sampling chain (the MDP's horizon)."""
+    sample_steps: int | None = None
+    """Sampler steps of each chain (the MDP's horizon for ddpo); None: the model's default (20 DDIM steps,
+    4 consistency steps)."""
     eta: float = 1.0
-    """DDIM stochasticity; > 0 is required so every step has a density."""
+    """Sampler stochasticity (DDIM's eta; for a consistency model, the noise of its last step); > 0 is
+    required so every step has a density."""
     inner_epochs: int = 1
     """Passes of PPO updates over each iteration's trajectories."""
     minibatch: int = 16
@@ -80,7 +82,7 @@ def ppo_clipped_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advanta
 
 class DDPO(Trainer):
     name = "ddpo"
-    version = "1"
+    version = "2"  # 2: the KL penalty is per dimension (methods/divergences.py), sample_steps follows the model
     Config = Config
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
@@ -93,10 +95,10 @@ class DDPO(Trainer):
         prompts = [p for p in sample_prompts(self.prompts, cfg.prompts_per_iter, self.generator)
                    for _ in range(cfg.samples_per_prompt)]
         with torch.no_grad():
-            trajectory = self.policy.sample(prompts, cfg.sample_steps, self.generator, eta=cfg.eta)
+            trajectory = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.eta)
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         advantages = group_normalized_advantages(rewards, cfg.prompts_per_iter, cfg.adv_clip)
-        steps_trained = max(1, round(cfg.step_fraction * cfg.sample_steps))
+        steps_trained = max(1, round(cfg.step_fraction * len(trajectory.timesteps)))
         stats = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
         for _ in range(cfg.inner_epochs):
             order = torch.randperm(len(prompts), generator=self.generator)
@@ -109,7 +111,7 @@ class DDPO(Trainer):
     def _update(self, trajectory, index, advantages, steps_trained, stats) -> None:
         cfg = self.config
         part = trajectory.subset(index)
-        chosen = torch.randperm(cfg.sample_steps, generator=self.generator)[:steps_trained].tolist()
+        chosen = torch.randperm(len(part.timesteps), generator=self.generator)[:steps_trained].tolist()
         self.optimizer.zero_grad(set_to_none=True)
         for s in chosen:
             mean = self.policy.step_mean(part, s)
@@ -119,7 +121,7 @@ class DDPO(Trainer):
             if self.reference is not None:
                 with torch.no_grad():
                     ref_mean = self.reference.step_mean(part, s)
-                kl = gaussian_kl(mean, std, ref_mean, std).mean()
+                kl = closed_form("kl", mean, std, ref_mean, std).mean()
                 loss = loss + cfg.kl_coef * kl
                 stats["kl"].append(kl.item())
             (loss / len(chosen)).backward()

@@ -26,8 +26,9 @@ class Config:
     """Candidates drawn per prompt (K)."""
     keep_per_prompt: int = 1
     """Top candidates per prompt kept for fine-tuning."""
-    sample_steps: int = 20
-    """DDIM steps used to draw candidates."""
+    sample_steps: int | None = None
+    """Sampler steps used to draw candidates; None: the model's default (20 DDIM steps,
+    4 consistency steps)."""
     updates_per_iter: int = 2
     """Gradient steps on each kept set (the whole kept set is one batch)."""
     learning_rate: float = 3e-5
@@ -69,7 +70,7 @@ class RAFT(Trainer):
         prompts = [p for p in sample_prompts(self.prompts, cfg.prompts_per_iter, self.generator)
                    for _ in range(cfg.samples_per_prompt)]
         with torch.no_grad():
-            images = self.policy.sample(prompts, cfg.sample_steps, self.generator).images
+            images = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator).images
             rewards = self.reward(images, prompts).float()
         keep = top_k_per_group(rewards.cpu(), cfg.prompts_per_iter, cfg.keep_per_prompt)
         kept_images, kept_prompts = images[keep], [prompts[i] for i in keep.tolist()]

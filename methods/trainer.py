@@ -21,6 +21,8 @@ class Trainer(ABC):
     trains: ClassVar[bool] = True
     """False for inference-time methods: the harness runs no training loop, only `generate`."""
     needs_differentiable_reward: ClassVar[bool] = False
+    families: ClassVar[tuple[str, ...]] = ("diffusion", "consistency")
+    """The generator families (Policy.family) the method can fine-tune; the first is its default."""
 
     def __init__(self, policy, reward, prompts: list[str], config, seed: int):
         self.policy = policy
@@ -37,6 +39,10 @@ class Trainer(ABC):
         if cls.needs_differentiable_reward and not reward_cls.differentiable:
             return "needs a differentiable reward"
         return None
+
+    def sampler_steps(self, configured: int | None) -> int:
+        """A config's `sample_steps`, where None means the model's own default."""
+        return self.policy.default_steps if configured is None else configured
 
     @abstractmethod
     def step(self) -> dict[str, float]:

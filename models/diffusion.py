@@ -35,9 +35,6 @@ class NoiseSchedule:
         ratio = self.num_train_timesteps // steps
         return (torch.arange(steps - 1, -1, -1, dtype=torch.int64) * ratio) + self.steps_offset
 
-    def previous_timestep(self, t: int, steps: int) -> int:
-        return t - self.num_train_timesteps // steps
-
 
 def alpha_bar_at(alphas_cumprod: torch.Tensor, t: int) -> float:
     """alpha_bar_t, with t < 0 meaning the end of the chain (alpha_bar_0, as set_alpha_to_one=False)."""

@@ -5,17 +5,23 @@ Data: scikit-learn's 1,797 8x8 handwritten digits, split once (stratified, fixed
   judge (25%): only the judge learns from it, so it never shares the reward classifier's data;
   test  (15%): held out from everything; the reference set for FID and classifier accuracy.
 Prompts: natural-language text naming one digit, one a line in prompts/digits/*.txt.
-Networks, each trained here from a seed and versioned by the SHA-256 of its weights:
-  denoiser: the epsilon-prediction base generator (TextConditionedDenoiser);
+Networks, each trained here from its own seed and versioned by the SHA-256 of its weights:
+  denoiser: the epsilon-prediction base generator (TextConditionedDenoiser, sampled with DDIM);
+  consistency: a consistency model distilled from the denoiser (sampled in 1 to 8 steps);
   reward classifier (MLP) behind the `digit` reward; judge (CNN), for evaluation only.
+Each network is a component built from a recipe (the config fields it depends on and the hashes
+of the components it learns from); `build_world` rebuilds only the components whose recipe changed,
+so adding a generator to the world never retrains the others.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import re
 import time
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.consistency import ConsistencyPolicy, distillation_grid
+from models.diffusion import add_noise
 from models.io import atomic_torch_save, atomic_write_bytes
 from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoiser
 from models.policy import DiffusionPolicy
@@ -101,12 +109,18 @@ class WorldConfig:
     """Optimizer steps of each classifier."""
     classifier_noise: float = 0.1
     """Std of the pixel noise added while training classifiers, so they stay sane off the data manifold."""
+    consistency_steps: int = 3000
+    """Optimizer steps of consistency distillation from the denoiser."""
+    consistency_lr: float = 2e-4
+    """Peak AdamW learning rate of distillation (cosine decay to 0)."""
+    consistency_target_decay: float = 0.95
+    """EMA decay of the target network that provides distillation targets (LCM's value); it is saved."""
 
 
 def tiny_world_config() -> WorldConfig:
     """A world that builds in seconds, for tests: the same code paths, untrained-quality models."""
     return WorldConfig(denoiser_width=64, denoiser_depth=2, denoiser_steps=60, denoiser_batch=64,
-                       classifier_steps=60)
+                       classifier_steps=60, consistency_steps=30)
 
 
 def _cosine_lr(step: int, total: int, peak: float) -> float:
@@ -128,11 +142,17 @@ def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     return model.eval().requires_grad_(False)
 
 
+def training_batch(images: torch.Tensor, labels: torch.Tensor, size: int, generator: torch.Generator):
+    """`size` train images, each with a random train prompt naming its digit: ((size, 1, 8, 8), prompts)."""
+    by_digit = [[p for p in load_prompts("train") if digit_of(p) == d] for d in range(10)]
+    idx = torch.randint(0, len(images), (size,), generator=generator)
+    choice = torch.randint(0, len(by_digit[0]), (size,), generator=generator)
+    return images[idx], [by_digit[int(labels[i])][int(c)] for i, c in zip(idx, choice)]
+
+
 def train_denoiser(cfg: WorldConfig, encoder: PromptEncoder, images: torch.Tensor, labels: torch.Tensor,
                    generator: torch.Generator, log=print) -> TextConditionedDenoiser:
     """Trains the base generator on (image, a random train prompt naming its digit) pairs."""
-    prompts = load_prompts("train")
-    by_digit = [[p for p in prompts if digit_of(p) == d] for d in range(10)]
     model = TextConditionedDenoiser(IMAGE_SHAPE, TEXT_DIM, cfg.denoiser_width, cfg.denoiser_depth)
     ema = TextConditionedDenoiser(IMAGE_SHAPE, TEXT_DIM, cfg.denoiser_width, cfg.denoiser_depth)
     ema.load_state_dict(model.state_dict())
@@ -142,10 +162,8 @@ def train_denoiser(cfg: WorldConfig, encoder: PromptEncoder, images: torch.Tenso
     for step in range(cfg.denoiser_steps):
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, cfg.denoiser_steps, cfg.denoiser_lr)
-        idx = torch.randint(0, len(images), (cfg.denoiser_batch,), generator=generator)
-        choice = torch.randint(0, len(by_digit[0]), (len(idx),), generator=generator)
-        batch_prompts = [by_digit[int(labels[i])][int(c)] for i, c in zip(idx, choice)]
-        loss = policy.loss(images[idx], batch_prompts, generator)
+        batch_images, batch_prompts = training_batch(images, labels, cfg.denoiser_batch, generator)
+        loss = policy.loss(batch_images, batch_prompts, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -158,36 +176,151 @@ def train_denoiser(cfg: WorldConfig, encoder: PromptEncoder, images: torch.Tenso
     return ema.eval()
 
 
+def distillation_loss(student: ConsistencyPolicy, teacher: DiffusionPolicy, target: nn.Module,
+                      images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+    """Consistency distillation (LCM's, without guidance): on adjacent grid timesteps t_n > t_{n-1},
+    E ||f_student(x_{t_n}, t_n) - f_target(x_hat_{t_{n-1}}, t_{n-1})||^2, where x_hat is one DDIM (ODE)
+    step of the teacher from x_{t_n} and f_target is the slow (EMA) copy of the student. A scalar."""
+    x0 = images * 2 - 1
+    grid = distillation_grid(student.schedule.num_train_timesteps)
+    n = torch.randint(1, len(grid), (len(x0),), generator=generator)
+    t_high, t_low = grid[n], grid[n - 1]
+    a_high = student.alphas_cumprod[t_high].float().view(-1, 1, 1, 1)
+    a_low = student.alphas_cumprod[t_low].float().view(-1, 1, 1, 1)
+    text = student.encoder(prompts)
+    x_high = add_noise(x0, torch.randn(x0.shape, generator=generator), student.alphas_cumprod[t_high])
+    with torch.no_grad():
+        eps = teacher.network(x_high, t_high, text)
+        x0_teacher = (x_high - (1 - a_high).sqrt() * eps) / a_high.sqrt()
+        x_low = a_low.sqrt() * x0_teacher + (1 - a_low).sqrt() * eps
+        goal = student.predict_x0(x_low, t_low, text, network=target)
+    return ((student.predict_x0(x_high, t_high, text) - goal) ** 2).mean()
+
+
+def distill_consistency(cfg: WorldConfig, teacher: DiffusionPolicy, images: torch.Tensor, labels: torch.Tensor,
+                        generator: torch.Generator, log=print) -> nn.Module:
+    """Distils a consistency model from the base denoiser (initialised from it); returns the target network."""
+    student = ConsistencyPolicy(copy.deepcopy(teacher.network).train().requires_grad_(True), teacher.encoder)
+    target = copy.deepcopy(student.network).requires_grad_(False)
+    optimizer = torch.optim.AdamW(student.network.parameters(), lr=cfg.consistency_lr, weight_decay=0.0)
+    start = time.monotonic()
+    for step in range(cfg.consistency_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine_lr(step, cfg.consistency_steps, cfg.consistency_lr)
+        batch_images, batch_prompts = training_batch(images, labels, cfg.denoiser_batch, generator)
+        loss = distillation_loss(student, teacher, target, batch_images, batch_prompts, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for p_target, p in zip(target.parameters(), student.network.parameters()):
+                p_target.lerp_(p, 1 - cfg.consistency_target_decay)
+        if (step + 1) % 1000 == 0:
+            log(f"  consistency step {step + 1}/{cfg.consistency_steps} loss {loss.item():.5f} "
+                f"({time.monotonic() - start:.0f}s)")
+    return target.eval()
+
+
+def _denoiser(cfg: WorldConfig) -> TextConditionedDenoiser:
+    return TextConditionedDenoiser(IMAGE_SHAPE, TEXT_DIM, cfg.denoiser_width, cfg.denoiser_depth)
+
+
+def _build_reward_classifier(cfg, splits, built, generator, log):
+    return train_classifier(MLPClassifier(IMAGE_SHAPE), *splits["train"], cfg, generator)
+
+
+def _build_judge(cfg, splits, built, generator, log):
+    return train_classifier(CNNClassifier(IMAGE_SHAPE), *splits["judge"], cfg, generator)
+
+
+def _build_denoiser(cfg, splits, built, generator, log):
+    return train_denoiser(cfg, built.encoder, *splits["train"], generator, log=log)
+
+
+def _build_consistency(cfg, splits, built, generator, log):
+    teacher = DiffusionPolicy(built.network("denoiser"), built.encoder)
+    return distill_consistency(cfg, teacher, *splits["train"], generator, log=log)
+
+
+_CLASSIFIER_FIELDS = ("classifier_steps", "classifier_noise")
+_DENOISER_FIELDS = ("denoiser_width", "denoiser_depth", "denoiser_steps", "denoiser_batch", "denoiser_lr", "ema_decay")
+# name -> (config fields, components it learns from, builder, constructor of its empty network), in build order
+COMPONENTS = {
+    "reward_classifier": (_CLASSIFIER_FIELDS, (), _build_reward_classifier, lambda cfg: MLPClassifier(IMAGE_SHAPE)),
+    "judge": (_CLASSIFIER_FIELDS, (), _build_judge, lambda cfg: CNNClassifier(IMAGE_SHAPE)),
+    "denoiser": (_DENOISER_FIELDS, (), _build_denoiser, _denoiser),
+    "consistency": (("denoiser_width", "denoiser_depth", "denoiser_batch", "consistency_steps", "consistency_lr",
+                     "consistency_target_decay"), ("denoiser",), _build_consistency, _denoiser),
+}
+
+
+# The world's generators, by the model name a run chooses: (component, policy class).
+GENERATORS = {"diffusion": ("denoiser", DiffusionPolicy), "consistency": ("consistency", ConsistencyPolicy)}
+
+
+class _Built:
+    """The components already available to a build, loaded lazily from the world directory."""
+
+    def __init__(self, directory: Path, cfg: WorldConfig, encoder: PromptEncoder):
+        self.directory, self.cfg, self.encoder = directory, cfg, encoder
+
+    def network(self, name: str) -> nn.Module:
+        network = COMPONENTS[name][3](self.cfg)
+        network.load_state_dict(torch.load(self.directory / f"{name}.pt", map_location="cpu", weights_only=True))
+        return network.eval().requires_grad_(False)
+
+
+def recipe(name: str, cfg: WorldConfig, hashes: dict[str, str]) -> dict:
+    """What determines a component's weights: its config fields, the seed, and its inputs' hashes."""
+    fields, inputs, _, _ = COMPONENTS[name]
+    return {"seed": cfg.seed, **{f: getattr(cfg, f) for f in fields}, **{f"{i}_hash": hashes[i] for i in inputs}}
+
+
+def read_manifest(directory: Path) -> dict:
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    return manifest if "components" in manifest else {"world": "digits", "components": {}}
+
+
+def stale_components(directory: Path, cfg: WorldConfig) -> list[str]:
+    """The components whose recorded recipe differs from `cfg`'s (or that are missing), in build order."""
+    built = read_manifest(directory)["components"]
+    hashes, stale = {}, []
+    for name in COMPONENTS:
+        entry = built.get(name)
+        fresh = (entry is not None and (directory / f"{name}.pt").exists()
+                 and not any(i in stale for i in COMPONENTS[name][1]) and entry["recipe"] == recipe(name, cfg, hashes))
+        if fresh:
+            hashes[name] = entry["hash"]
+        else:
+            stale.append(name)
+    return stale
+
+
 def build_world(out_dir: Path, cfg: WorldConfig = WorldConfig(), log=print) -> dict:
-    """Trains every network of the world and writes them with a manifest of hashes. Deterministic."""
+    """Trains every stale component of the world and records it in the manifest. Deterministic: each
+    component draws from its own seed, so building it alone or with the others gives the same weights."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
     splits = load_splits()
     encoder = PromptEncoder()
     encoder([p for name in PROMPT_SETS for p in load_prompts(name)])
-    start = time.monotonic()
-
-    log("training the reward classifier (MLP, train split)")
-    reward_clf = train_classifier(MLPClassifier(IMAGE_SHAPE), *splits["train"], cfg, generator)
-    log("training the judge (CNN, judge split)")
-    judge = train_classifier(CNNClassifier(IMAGE_SHAPE), *splits["judge"], cfg, generator)
-    log(f"training the base denoiser ({cfg.denoiser_steps} steps)")
-    denoiser = train_denoiser(cfg, encoder, *splits["train"], generator, log=log)
-
-    test_images, test_labels = splits["test"]
-    accuracy = {name: float((clf(test_images).argmax(1) == test_labels).float().mean())
-                for name, clf in (("reward_classifier", reward_clf), ("judge", judge))}
-    networks = {"denoiser": denoiser, "reward_classifier": reward_clf, "judge": judge}
-    for name, net in networks.items():
-        atomic_torch_save(net.state_dict(), out_dir / f"{name}.pt")
     atomic_torch_save(encoder.cache, out_dir / "prompt_embeddings.pt")
-    manifest = {
-        "world": "digits",
-        "config": asdict(cfg),
-        "hashes": {name: weights_hash(net) for name, net in networks.items()},
-        "test_accuracy": accuracy,
-        "build_seconds": round(time.monotonic() - start, 1),
-    }
-    atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+    manifest = read_manifest(out_dir)
+    built = _Built(out_dir, cfg, encoder)
+    for name in stale_components(out_dir, cfg):
+        hashes = {n: e["hash"] for n, e in manifest["components"].items()}
+        seed = (cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+        torch.manual_seed(seed)  # network initialisation draws from the global generator
+        log(f"building {name}")
+        start = time.monotonic()
+        network = COMPONENTS[name][2](cfg, splits, built, torch.Generator().manual_seed(seed), log)
+        atomic_torch_save(network.state_dict(), out_dir / f"{name}.pt")
+        entry = {"recipe": recipe(name, cfg, hashes), "hash": weights_hash(network),
+                 "build_seconds": round(time.monotonic() - start, 1)}
+        if name in ("reward_classifier", "judge"):
+            test_images, test_labels = splits["test"]
+            entry["test_accuracy"] = float((network(test_images).argmax(1) == test_labels).float().mean())
+        manifest["components"][name] = entry
+        # recorded after each component, so an interrupted build keeps what it finished
+        atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from models.diffusion import NoiseSchedule, add_noise, alpha_bar_at, ddim_transition, gaussian_log_prob
@@ -27,6 +28,7 @@ class Trajectory:
     timesteps: torch.Tensor  # (S,) int64, the timestep each step starts from, descending
     latents: torch.Tensor  # (B, S + 1, C, H, W): x_T, ..., x_0 (model space, [-1, 1] for data)
     means: torch.Tensor  # (B, S, C, H, W): mean of each step's Gaussian transition
+    # latents, means and images carry the sampling graph when sampled with grad=True
     stds: torch.Tensor  # (S,): std of each step's transition (0 for a deterministic sampler)
     log_probs: torch.Tensor | None  # (B, S): log p(x_prev | x_t) of the step taken; None if deterministic
     images: torch.Tensor  # (B, C, H, W) in [0, 1]
@@ -49,9 +51,10 @@ class Policy(Protocol):
 
     family: str
     image_shape: tuple[int, int, int]
+    default_steps: int
 
     def sample(self, prompts: list[str], steps: int, generator: torch.Generator, *, eta: float = 0.0,
-               grad: bool = False) -> Trajectory: ...
+               grad: bool = False, checkpoint: bool = False) -> Trajectory: ...
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor: ...
 
@@ -76,43 +79,62 @@ def model_space_to_images(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-class DiffusionPolicy:
-    """An epsilon-prediction diffusion model sampled with DDIM (eta = 0: ODE, eta > 0: stochastic)."""
+class ChainPolicy:
+    """A generator sampled by a chain of Gaussian transitions x_T -> ... -> x_0, one network call a step.
 
-    family = "epsilon"
+    A family implements `sampling_timesteps`, `transition` (the mean and std of one step) and `loss`;
+    sampling, re-evaluating a recorded step, log-probabilities and copies are written once, here.
+    """
 
-    def __init__(self, denoiser: nn.Module, encoder: PromptEncoder, schedule: NoiseSchedule | None = None):
-        self.denoiser = denoiser
+    family: str
+    default_steps: int
+    """The sampler steps the family is meant to be used with (its evaluation default)."""
+
+    def __init__(self, network: nn.Module, encoder: PromptEncoder, schedule: NoiseSchedule | None = None):
+        self.network = network
         self.encoder = encoder
         self.schedule = schedule or NoiseSchedule()
         self.alphas_cumprod = self.schedule.alphas_cumprod()
-        self.image_shape = tuple(denoiser.image_shape)
+        self.image_shape = tuple(network.image_shape)
 
     @property
     def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+        return next(self.network.parameters()).device
 
     def _text(self, prompts: list[str]) -> torch.Tensor:
         return self.encoder(prompts).to(self.device)
 
-    def _transition(self, x_t: torch.Tensor, t: int, steps: int, text: torch.Tensor, eta: float):
-        eps = self.denoiser(x_t, torch.full((x_t.shape[0],), t, device=x_t.device), text)
-        a_t = alpha_bar_at(self.alphas_cumprod, t)
-        a_prev = alpha_bar_at(self.alphas_cumprod, self.schedule.previous_timestep(t, steps))
-        return ddim_transition(x_t, eps, a_t, a_prev, eta)
+    def sampling_timesteps(self, steps: int) -> torch.Tensor:
+        """The `steps` timesteps the sampler starts its steps from, descending: (steps,) int64."""
+        raise NotImplementedError
+
+    def transition(self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text: torch.Tensor,
+                   eta: float) -> tuple[torch.Tensor, float]:
+        """Mean (B, C, H, W) and std of step `step` of the chain over `timesteps`, from x at timesteps[step]."""
+        raise NotImplementedError
+
+    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        """The family's own training loss on images in [0, 1] and their prompts: a scalar."""
+        raise NotImplementedError
 
     def sample(self, prompts: list[str], steps: int, generator: torch.Generator, *, eta: float = 0.0,
-               grad: bool = False) -> Trajectory:
-        """Runs the sampler. With grad=True the final images are differentiable w.r.t. the parameters."""
+               grad: bool = False, checkpoint: bool = False) -> Trajectory:
+        """Runs the sampler. With grad=True the latents, means and final images are differentiable w.r.t.
+        the parameters (the reparameterization trick: each step is mean + std * noise); `checkpoint`
+        then recomputes each step's activations in the backward pass instead of keeping them."""
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        timesteps = self.schedule.sampling_timesteps(steps)
+        timesteps = self.sampling_timesteps(steps)
         text = self._text(prompts)
         x = torch.randn((len(prompts), *self.image_shape), generator=generator).to(self.device)
         latents, means, stds, log_probs = [x], [], [], []
         with torch.set_grad_enabled(grad):
-            for t in timesteps.tolist():
-                mean, std = self._transition(x, t, steps, text, eta)
+            for step in range(len(timesteps)):
+                if grad and checkpoint:
+                    mean, std = torch.utils.checkpoint.checkpoint(self.transition, x, step, timesteps, text, eta,
+                                                                  use_reentrant=False)
+                else:
+                    mean, std = self.transition(x, step, timesteps, text, eta)
                 if std > 0:
                     noise = torch.randn(x.shape, generator=generator).to(self.device)
                     x = mean + std * noise
@@ -125,27 +147,59 @@ class DiffusionPolicy:
         return Trajectory(
             prompts=list(prompts),
             timesteps=timesteps,
-            latents=torch.stack([z.detach() for z in latents], dim=1),
-            means=torch.stack([m.detach() for m in means], dim=1),
+            latents=torch.stack(latents, dim=1),
+            means=torch.stack(means, dim=1),
             stds=torch.tensor(stds, dtype=torch.float32),
-            log_probs=torch.stack(log_probs, dim=1) if eta > 0 else None,
+            # a density for the whole chain only: a deterministic step has none
+            log_probs=torch.stack(log_probs, dim=1) if len(log_probs) == len(timesteps) else None,
             images=model_space_to_images(x),
             eta=eta,
         )
 
     def step_mean(self, trajectory: Trajectory, step: int) -> torch.Tensor:
         """Mean of the transition at `step` under the current parameters: (B, C, H, W), differentiable."""
-        steps = len(trajectory.timesteps)
-        mean, _ = self._transition(trajectory.latents[:, step].to(self.device), int(trajectory.timesteps[step]),
-                                   steps, self._text(trajectory.prompts), trajectory.eta)
+        mean, _ = self.transition(trajectory.latents[:, step].to(self.device), step, trajectory.timesteps,
+                                  self._text(trajectory.prompts), trajectory.eta)
         return mean
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor:
         """log p_theta(x_{step+1} | x_step) of the recorded step under the current parameters: (B,)."""
         if trajectory.log_probs is None:
-            raise ValueError("log_prob needs a stochastic trajectory (sample with eta > 0)")
+            raise ValueError("log_prob needs a chain whose every step is stochastic (sample with eta > 0)")
         mean = self.step_mean(trajectory, step)
         return gaussian_log_prob(trajectory.latents[:, step + 1].to(self.device), mean, float(trajectory.stds[step]))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.network.parameters() if p.requires_grad]
+
+    def frozen_copy(self) -> "ChainPolicy":
+        """A frozen reference policy (e.g. for a divergence penalty), sharing the prompt cache."""
+        network = copy.deepcopy(self.network).eval().requires_grad_(False)
+        return type(self)(network, self.encoder, self.schedule)
+
+    def state_dict(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.network.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.network.load_state_dict(state)
+
+
+class DiffusionPolicy(ChainPolicy):
+    """An epsilon-prediction diffusion model sampled with DDIM (eta = 0: ODE, eta > 0: stochastic)."""
+
+    family = "diffusion"
+    default_steps = 20
+
+    def sampling_timesteps(self, steps: int) -> torch.Tensor:
+        return self.schedule.sampling_timesteps(steps)
+
+    def transition(self, x, step, timesteps, text, eta):
+        t = int(timesteps[step])
+        eps = self.network(x, torch.full((x.shape[0],), t, device=x.device), text)
+        # after the last timestep the chain lands on alpha_bar_0 (alpha_bar_at's convention for t < 0)
+        t_prev = int(timesteps[step + 1]) if step + 1 < len(timesteps) else -1
+        return ddim_transition(x, eps, alpha_bar_at(self.alphas_cumprod, t),
+                               alpha_bar_at(self.alphas_cumprod, t_prev), eta)
 
     def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
         """The denoising loss E_t,eps ||eps - eps_theta(x_t, t)||^2 on images in [0, 1]: a scalar."""
@@ -153,19 +207,5 @@ class DiffusionPolicy:
         t = torch.randint(0, self.schedule.num_train_timesteps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         x_t = add_noise(x0, noise, self.alphas_cumprod[t].to(self.device))
-        eps = self.denoiser(x_t, t.to(self.device), self._text(prompts))
+        eps = self.network(x_t, t.to(self.device), self._text(prompts))
         return ((eps - noise) ** 2).mean()
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.denoiser.parameters() if p.requires_grad]
-
-    def frozen_copy(self) -> "DiffusionPolicy":
-        """A frozen reference policy (e.g. for a KL penalty), sharing the prompt cache."""
-        denoiser = copy.deepcopy(self.denoiser).eval().requires_grad_(False)
-        return DiffusionPolicy(denoiser, self.encoder, self.schedule)
-
-    def state_dict(self) -> dict:
-        return {k: v.detach().clone() for k, v in self.denoiser.state_dict().items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.denoiser.load_state_dict(state)

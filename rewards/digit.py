@@ -23,7 +23,7 @@ class DigitReward:
 
     @classmethod
     def from_world(cls, world) -> "DigitReward":
-        return cls(world.reward_classifier, world.hashes["reward_classifier"])
+        return cls(world.reward_classifier, world.hash_of("reward_classifier"))
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         targets = torch.tensor([digit_of(p) for p in prompts], device=images.device)

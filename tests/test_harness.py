@@ -23,6 +23,11 @@ from methods.ddpo import DDPO
     (["run", "--raft.keep_per_prompt", "0"], "raft.keep_per_prompt must be in [1, samples_per_prompt=8], got 0"),
     (["run", "--ddpo.eta", "0"], "ddpo.eta must be > 0"),
     (["run", "--method", "best_of_n", "--budget", "wall_s:60"], "no method/reward pair of this suite can run"),
+    (["run", "--method", "ddpo@flux"], "unknown model 'flux'; valid: diffusion, consistency"),
+    (["run", "--method", "rocm/strong"], "unknown variant 'rocm/strong'; valid: none in this suite"),
+    (["run", "--suite", "rocm-regularization", "--method", "rocm/kl-9"], "valid: rocm/none, rocm/kl-0.001"),
+    (["run", "--method", "rocm", "--rocm.divergence", "kld"], "rocm.divergence must be one of none, kl, reverse_kl"),
+    (["run", "--method", "rocm", "--rocm.sample_steps", "many"], "expected an integer or none, got 'many'"),
 ])
 def test_bad_input_is_one_line_naming_the_valid_choices_before_any_model_loads(argv, message, capsys, monkeypatch):
     def must_not_load(*args, **kwargs):
@@ -40,14 +45,15 @@ def test_help_documents_every_method_option(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    for option in ("--ddpo.clip_range", "--raft.keep_per_prompt", "--best_of_n.max_candidates", "--budget"):
+    for option in ("--ddpo.clip_range", "--raft.keep_per_prompt", "--best_of_n.max_candidates", "--budget",
+                   "--rocm.divergence", "--rocm.gradient_checkpointing"):
         assert option in out
     assert "PPO ratio clipping epsilon" in out
 
 
 def smoke_spec(method="ddpo", seed=0):
     suite = SUITES["smoke"]()
-    return RunSpec(suite="test", world="digits-tiny", method=method, method_config=suite.method_config(method),
+    return RunSpec(suite="test", world="digits-tiny", method=method, variant="", model="diffusion", method_config=suite.method_config(method),
                    reward="digit", seed=seed, budget=Budget("nfe", 600), milestones=(0.5, 1.0), eval=suite.eval)
 
 
@@ -74,7 +80,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_numbers(tiny_world
     with Store(tmp_path / "killed.sqlite") as store:
         with pytest.raises(KeyboardInterrupt):
             execute(spec, tiny_world, store, tmp_path / "ck2", checkpoint_every_s=0, log=lambda *_: None)
-        run_id = spec.run_id(tiny_world.base_model_hash)
+        run_id = spec.run_id(tiny_world.model_hash(spec.model))
         assert store.run_status(run_id) == "running" and store.milestones_recorded(run_id) == {0}
         assert (tmp_path / "ck2" / f"{run_id}.pt").exists()
     monkeypatch.setattr(DDPO, "step", original_step)
@@ -102,13 +108,17 @@ def test_run_ids_change_with_the_config_and_the_base_model():
 
 def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_path, capsys):
     store = tmp_path / "smoke" / "store.sqlite"
-    argv = ["run", "--suite", "smoke", "--method", "base,best_of_n,ddpo", "--seeds", "2", "--store", str(store)]
+    # a bare method name selects the suite's entries of it on every model: base, ddpo (diffusion and
+    # consistency), and rocm, whose `compress` cells are not applicable
+    argv = ["run", "--suite", "smoke", "--method", "base,ddpo,rocm", "--seeds", "2", "--store", str(store)]
     assert main(argv) == 0
     first = capsys.readouterr().out
-    assert "12 runs, 12 done, 0 n/a, 0 failed" in first
+    assert "20 runs, 18 done, 2 n/a, 0 failed" in first
     board = (tmp_path / "smoke" / "leaderboard.md").read_text()
-    for name in ("base", "best_of_n", "ddpo", "judge_acc ↑", "fid ↓", "Reward: compress", "Reward: digit"):
-        assert name in board
+    for text in ("| base | diffusion |", "| base | consistency |", "| ddpo | diffusion |", "| ddpo | consistency |",
+                 "| rocm | consistency |", "needs a differentiable reward", "judge_acc ↑", "fid ↓",
+                 "Reward: compress", "Reward: digit"):
+        assert text in board, text
     assert (tmp_path / "smoke" / "leaderboard.csv").exists() and (tmp_path / "smoke" / "samples_digit.png").exists()
     assert main(argv) == 0
     assert "skipped" in capsys.readouterr().out

@@ -56,16 +56,18 @@ def judge_acc(method, milestone, seed):
     return 0.5 + GAIN[method] * (milestone + 1) + 0.01 * seed
 
 
-def add_run(store, method, reward, seed, milestones, status="done", reason=None, version=None):
-    run_id = f"{method}-{reward}-{seed}"
+def add_run(store, method, reward, seed, milestones, status="done", reason=None, version=None, model="diffusion",
+            variant="", shift=0.0):
+    run_id = f"{method}-{variant}-{model}-{reward}-{seed}"
     store.start_run(RunRecord(
-        run_id=run_id, suite="tiny", method=method, method_version=version or f"{method}-v1", world="digits",
+        run_id=run_id, suite="tiny", method=method, method_version=version or f"{method}-v1", variant=variant,
+        model=model, world="digits",
         reward=reward, seed=seed, budget_unit="nfe", budget=BUDGETS[-1], config_json="{}",
         config_hash=f"c-{method}", git_sha="abc123", base_model_hash="h0",
     ))
     channels = 1 if reward == "digit" else 3
     for m, budget in milestones:
-        acc = judge_acc(method, m, seed)
+        acc = judge_acc(method, m, seed) + shift
         rng = np.random.default_rng(seed)
         # never pure white, so the grid test can tell images from the white padding
         imgs = rng.integers(0, 200, size=(N_SAMPLES, channels, 8, 8), dtype=np.uint8)
@@ -93,7 +95,7 @@ def store(tmp_path):
         # base does not train: on compress it was evaluated once, one seed, at budget 0
         add_run(store, "base", "compress", 0, [(0, 0.0)])
         store.record_not_applicable(
-            RunRecord("raft-compress", "tiny", "raft", "raft-v1", "digits", "compress", 0, "nfe", BUDGETS[-1],
+            RunRecord("raft-compress", "tiny", "raft", "raft-v1", "", "diffusion", "digits", "compress", 0, "nfe", BUDGETS[-1],
                       "{}", "c-raft", "abc123", "h0"),
             "needs a differentiable reward",
         )
@@ -150,12 +152,12 @@ def test_markdown(store, tmp_path):
     assert md.startswith("# Leaderboard: tiny")
     assert "## Reward: digit" in md and "## Reward: compress" in md
     for text in ("judge_acc ↑", "fid ↓", "Δ judge_acc vs base", "judge_acc (eval_seen) ↑",
-                 "| ddpo | ddpo-v1 | nfe 50k | 2 | 0.705 [", "+0.200 [+0.200, +0.200]",
+                 "| ddpo | diffusion | ddpo-v1 | nfe 50k | 2 | 0.705 [", "+0.200 [+0.200, +0.200]",
                  "needs a differentiable reward", "## Failed runs", "loss became NaN at step 17"):
         assert text in md, text
     for method in GAIN:
         assert f"| {method} |" in md
-    na_row = next(line for line in md.splitlines() if line.startswith("| raft | raft-v1 | —"))
+    na_row = next(line for line in md.splitlines() if line.startswith("| raft | diffusion | raft-v1 | —"))
     assert na_row.count("| n/a ") == 4  # judge_acc, fid, delta, eval_seen judge_acc
     digit = md.split("## Reward: digit")[1].split("## ")[0]
     order = [line.split(" | ")[0:3] for line in digit.splitlines() if line.startswith("| ") and "nfe" in line]
@@ -189,7 +191,7 @@ def test_a_store_without_results_still_lists_its_cells(tmp_path):
         add_run(store, "ddpo", "digit", 0, [], status="failed", reason="out of memory")
         add_run(store, "ddpo", "digit", 1, [], status="failed")
         store.record_not_applicable(
-            RunRecord("raft-compress", "tiny", "raft", "raft-v1", "digits", "compress", 0, "nfe", BUDGETS[-1],
+            RunRecord("raft-compress", "tiny", "raft", "raft-v1", "", "diffusion", "digits", "compress", 0, "nfe", BUDGETS[-1],
                       "{}", "c-raft", "abc123", "h0"),
             "needs a differentiable reward",
         )
@@ -209,3 +211,21 @@ def test_refuses_an_unknown_primary_split(store, tmp_path):
 def test_human_numbers():
     assert [_human(x) for x in (50_000, 1_234_567, 35_000, 999_999, 12.345, 0.5)] == [
         "50k", "1.23M", "35k", "1M", "12.3", "0.5"]
+
+
+def test_models_and_variants_are_rows_of_their_own_paired_with_the_base_of_their_model(tmp_path):
+    with Store(tmp_path / "store.sqlite") as store:
+        both = list(enumerate(BUDGETS))
+        for seed in range(2):
+            add_run(store, "base", "digit", seed, both)
+            add_run(store, "base", "digit", seed, both, model="consistency", shift=0.2)
+            add_run(store, "ddpo", "digit", seed, both, model="consistency", shift=0.2)
+            add_run(store, "ddpo", "digit", seed, both, model="consistency", variant="fast", shift=0.3)
+        write_leaderboard(store, tmp_path)
+    table = pd.read_csv(tmp_path / "leaderboard.csv")
+    final = table[table["budget"] == BUDGETS[-1]].set_index(["method", "model"])
+    delta = "eval_unseen/judge_acc/delta_vs_base/mean"
+    # against the consistency base (+0.2 as well), not the diffusion one
+    assert final.loc[("ddpo", "consistency"), delta] == pytest.approx(0.2)
+    assert final.loc[("ddpo/fast", "consistency"), delta] == pytest.approx(0.3)
+    assert math.isnan(final.loc[("base", "consistency"), delta])

@@ -5,26 +5,30 @@ import pytest
 import torch
 
 from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
+from bench.world import MODELS, model_family
 from methods import METHODS
 from methods.best_of_n import candidates_for_budget
 from methods.ddpo import group_normalized_advantages, ppo_clipped_loss
-from methods.divergences import gaussian_kl
 from methods.raft import top_k_per_group
 from rewards import REWARDS
 
 # Small settings so that every method's step takes well under a second on the tiny world.
 SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
-SMALL_CONFIGS = {"raft": {**SMALL, "updates_per_iter": 2}, "ddpo": {**SMALL, "minibatch": 4}}
-TRAINING = [name for name, method in METHODS.items() if method.trains]
-INFERENCE = [name for name, method in METHODS.items() if not method.trains]
+SMALL_CONFIGS = {"raft": {**SMALL, "updates_per_iter": 2}, "ddpo": {**SMALL, "minibatch": 4}, "rocm": SMALL}
+# every (method, model) pairing the world offers
+PAIRS = [(name, model) for name in METHODS for model in MODELS if model_family(model) in METHODS[name].families]
+TRAINING = [pair for pair in PAIRS if METHODS[pair[0]].trains]
+INFERENCE = [pair for pair in PAIRS if not METHODS[pair[0]].trains]
+CONTRACT_REWARDS = {name: [r for r in REWARDS if METHODS[name].incompatibility(REWARDS[r], "nfe") is None]
+                    for name in METHODS}
 
 
-def make(world, name, seed=0, reward="digit", **overrides):
+def make(world, name, model="diffusion", seed=0, reward="digit", **overrides):
     meter = Meter()
     method = METHODS[name]
     config = dataclasses.replace(method.Config(), **{**SMALL_CONFIGS.get(name, {}), **overrides})
-    trainer = method(MeteredPolicy(world.make_policy(), meter), MeteredReward(REWARDS[reward].from_world(world), meter),
-                     world.prompts["train"], config, seed)
+    trainer = method(MeteredPolicy(world.make_policy(model), meter),
+                     MeteredReward(REWARDS[reward].from_world(world), meter), world.prompts["train"], config, seed)
     return trainer, meter
 
 
@@ -32,46 +36,62 @@ def flat_parameters(trainer):
     return torch.cat([p.detach().flatten() for p in trainer.policy.trainable_parameters()])
 
 
-def test_every_method_is_in_exactly_one_contract():
-    assert sorted(TRAINING + INFERENCE) == sorted(METHODS) and TRAINING and INFERENCE
+def test_every_method_is_in_exactly_one_contract_on_every_model_it_supports():
+    assert sorted({name for name, _ in TRAINING + INFERENCE}) == sorted(METHODS) and TRAINING and INFERENCE
+    for name, method in METHODS.items():
+        assert method.families and set(method.families) <= {model_family(m) for m in MODELS}, name
 
 
-@pytest.mark.parametrize("name", TRAINING)
+@pytest.mark.parametrize("name, model", TRAINING)
 @pytest.mark.parametrize("reward", list(REWARDS))
-def test_step_is_finite_and_changes_parameters(tiny_world, name, reward):
-    trainer, _ = make(tiny_world, name, reward=reward)
+def test_step_is_finite_and_changes_parameters(tiny_world, name, model, reward):
+    if reward not in CONTRACT_REWARDS[name]:
+        pytest.skip(f"{name} refuses {reward}: {METHODS[name].incompatibility(REWARDS[reward], 'nfe')}")
+    trainer, _ = make(tiny_world, name, model, reward=reward)
     before = flat_parameters(trainer)
     stats = trainer.step()
     assert stats and all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert not torch.equal(before, flat_parameters(trainer))
 
 
-@pytest.mark.parametrize("name", TRAINING)
-def test_same_seed_same_numbers_other_seed_other_numbers(tiny_world, name):
-    runs = [make(tiny_world, name, seed=s)[0] for s in (0, 0, 1)]
+@pytest.mark.parametrize("name, model", TRAINING)
+def test_same_seed_same_numbers_other_seed_other_numbers(tiny_world, name, model):
+    runs = [make(tiny_world, name, model, seed=s)[0] for s in (0, 0, 1)]
     stats = [(t.step(), t.step()) for t in runs]
     assert stats[0] == stats[1] and stats[0] != stats[2]
     assert torch.equal(flat_parameters(runs[0]), flat_parameters(runs[1]))
 
 
-@pytest.mark.parametrize("name", TRAINING)
-def test_state_round_trip_continues_identically(tiny_world, name):
-    original, _ = make(tiny_world, name)
+@pytest.mark.parametrize("name, model", TRAINING)
+def test_state_round_trip_continues_identically(tiny_world, name, model):
+    original, _ = make(tiny_world, name, model)
     original.step()
     state = original.state_dict()
-    restored, _ = make(tiny_world, name, seed=99)
+    restored, _ = make(tiny_world, name, model, seed=99)
     restored.load_state_dict(state)
     assert original.step() == restored.step()
     assert torch.equal(flat_parameters(original), flat_parameters(restored))
 
 
-def expected_usage(name, cfg):
+# network evaluations of one image's training loss: forward + backward (2), plus, for consistency
+# training, the no-grad forward that makes its target
+LOSS_NFE = {"diffusion": 3, "consistency": 4}
+
+
+def expected_usage(name, cfg, model="diffusion"):
     """The compute one step must cost, worked out from the config alone."""
     images = cfg.prompts_per_iter * cfg.samples_per_prompt
     sampling = images * cfg.sample_steps
     if name == "raft":
         kept = cfg.prompts_per_iter * cfg.keep_per_prompt
-        return {"nfe": sampling + cfg.updates_per_iter * kept * 3, "reward_queries": images, "samples": images}
+        return {"nfe": sampling + cfg.updates_per_iter * kept * LOSS_NFE[model], "reward_queries": images,
+                "samples": images}
+    if name == "rocm":
+        # forward + backward through every step, and the same for the reference (its backward carries the
+        # divergence's gradient into the states); checkpointing re-runs the policy's forwards
+        policy = sampling * (4 if cfg.gradient_checkpointing else 3)
+        reference = sampling * 3 if cfg.regularized else 0
+        return {"nfe": policy + reference, "reward_queries": images, "samples": images}
     if name == "ddpo":
         trained = round(cfg.step_fraction * cfg.sample_steps)
         reference = images * trained if cfg.kl_coef > 0 else 0
@@ -80,12 +100,12 @@ def expected_usage(name, cfg):
     raise AssertionError(f"add the expected usage of {name!r} here")
 
 
-@pytest.mark.parametrize("name", TRAINING)
-def test_meter_counts_exactly_the_work_done(tiny_world, name):
-    trainer, meter = make(tiny_world, name)
+@pytest.mark.parametrize("name, model", TRAINING)
+def test_meter_counts_exactly_the_work_done(tiny_world, name, model):
+    trainer, meter = make(tiny_world, name, model)
     trainer.step()
     usage = meter.accounts["train"].as_dict()
-    assert {k: usage[k] for k in ("nfe", "reward_queries", "samples")} == expected_usage(name, trainer.config)
+    assert {k: usage[k] for k in ("nfe", "reward_queries", "samples")} == expected_usage(name, trainer.config, model)
 
 
 def test_ddpo_kl_penalty_pays_for_its_reference_passes(tiny_world):
@@ -94,9 +114,9 @@ def test_ddpo_kl_penalty_pays_for_its_reference_passes(tiny_world):
     assert stats["kl"] >= 0 and meter.accounts["train"].nfe == expected_usage("ddpo", trainer.config)["nfe"]
 
 
-@pytest.mark.parametrize("name", INFERENCE)
-def test_generate_is_deterministic_images_in_range(tiny_world, name):
-    trainer, _ = make(tiny_world, name)
+@pytest.mark.parametrize("name, model", INFERENCE)
+def test_generate_is_deterministic_images_in_range(tiny_world, name, model):
+    trainer, _ = make(tiny_world, name, model)
     prompts = tiny_world.prompts["eval_unseen"][:6]
     images = [trainer.generate(prompts, 3, torch.Generator().manual_seed(5), Budget("nfe", 100)) for _ in range(2)]
     assert images[0].shape == (6, 1, 8, 8) and torch.equal(images[0], images[1])
@@ -154,17 +174,6 @@ def test_group_normalized_advantages():
     assert torch.allclose(adv[:3], torch.tensor([-1.0, 0.0, 1.0]) / (std + 1e-6))
     assert torch.equal(adv[3:], torch.zeros(3))
     assert group_normalized_advantages(torch.tensor([0.0, 100.0]), 1, clip=0.5).abs().max() == 0.5
-
-
-def test_gaussian_kl_closed_form_and_self_zero():
-    mean = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(gaussian_kl(mean, 0.5, mean, 0.5), torch.zeros(3))
-    shifted = gaussian_kl(mean + 0.1, 0.5, mean, 0.5)
-    assert torch.allclose(shifted, torch.full((3,), 64 * 0.1 ** 2 / (2 * 0.25)))
-    p = torch.distributions.Normal(torch.zeros(1, 64), 0.5)
-    q = torch.distributions.Normal(torch.ones(1, 64), 2.0)
-    expected = torch.distributions.kl_divergence(p, q).sum(1)
-    assert torch.allclose(gaussian_kl(torch.zeros(1, 64), 0.5, torch.ones(1, 64), 2.0), expected)
 
 
 def test_raft_top_k_per_group():

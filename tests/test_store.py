@@ -12,7 +12,7 @@ USED = {"nfe": 1000.0, "reward_queries": 64.0, "samples": 64.0, "wall_s": 1.5}
 
 def make_run(run_id="r0", method="ddpo", reward="digit", seed=0, config_hash="c0") -> RunRecord:
     return RunRecord(
-        run_id=run_id, suite="tiny", method=method, method_version="1", world="digits", reward=reward,
+        run_id=run_id, suite="tiny", method=method, method_version="1", variant="", model="diffusion", world="digits", reward=reward,
         seed=seed, budget_unit="nfe", budget=2000.0, config_json='{"lr": 0.001}', config_hash=config_hash,
         git_sha="abc123", base_model_hash="h0",
     )

@@ -1,0 +1,108 @@
+"""`rocm`: direct reward optimization on a consistency model with f-divergence regularization
+(Shekhar and Zhang, "ROCM: RLHF on consistency models", arXiv 2503.06171).
+
+The multistep sampler is a chain of Gaussian transitions pi_theta(x_{s+1} | x_s, c) = N(mu_theta(x_s), sigma_s^2 I);
+written with the reparameterization trick x_{s+1} = mu_theta(x_s) + sigma_s * eps_s, the image is a differentiable
+function of theta and the noise, so the objective is minimised by first-order gradients through every step:
+  L(theta) = E_{c, eps} [ -r(x_0, c) + beta * sum_s D_f( pi_theta(. | x_s, c) || pi_ref(. | x_s, c) ) ],
+where pi_ref is the frozen starting model, x_s runs along the policy's own trajectory, and D_f is one of
+methods/divergences.py's f-divergences between the two Gaussians (per dimension, averaged over dimensions).
+Gradients flow through the states x_s too (the full pathwise gradient of L), including through the frozen
+reference network's input.
+
+Departures from the paper (which has no public code): the last step of the sampler, deterministic in LCM,
+gets the schedule's smallest noise (eta = 1, std sqrt(1 - alpha_bar_0)) so that it too has a divergence;
+divergences without a closed form (Jensen-Shannon) use the mixture Monte Carlo estimator with
+`mc_samples` draws; `divergence = "none"` (or beta = 0) is plain reward backpropagation through the chain,
+as in DRaFT / AlignProp. The method runs on any family whose sampler is differentiable, consistency first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.divergences import DIVERGENCES, step_divergence
+from methods.trainer import Trainer, make_optimizer, sample_prompts
+
+NO_DIVERGENCE = "none"
+
+
+@dataclass(frozen=True)
+class Config:
+    prompts_per_iter: int = 8
+    """Distinct train prompts per iteration."""
+    samples_per_prompt: int = 4
+    """Chains per prompt."""
+    sample_steps: int | None = None
+    """Sampler steps of each chain, all back-propagated through; None: the model's default (4 consistency steps)."""
+    eta: float = 1.0
+    """Noise of the sampler's last step (see models/consistency.py); > 0 gives every step a divergence."""
+    divergence: str = "kl"
+    """Regularizer between policy and reference steps: none, kl, reverse_kl, js, hellinger, chi2 or tv."""
+    beta: float = 0.01
+    """Weight of the divergence summed over steps."""
+    mc_samples: int = 8
+    """Monte Carlo draws per dimension for a divergence without a closed form."""
+    learning_rate: float = 1e-5
+    """AdamW learning rate."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (L2 norm)."""
+    gradient_checkpointing: bool = False
+    """Recompute each step's activations in the backward pass: less memory, one more forward per step."""
+
+    def __post_init__(self):
+        if self.divergence != NO_DIVERGENCE and self.divergence not in DIVERGENCES:
+            raise ValueError(f"rocm.divergence must be one of {NO_DIVERGENCE}, {', '.join(DIVERGENCES)}; "
+                             f"got {self.divergence!r}")
+        if self.beta < 0:
+            raise ValueError(f"rocm.beta must be >= 0, got {self.beta}")
+        if self.regularized and self.eta <= 0:
+            raise ValueError("rocm.eta must be > 0 with a divergence: a deterministic step has no density")
+
+    @property
+    def regularized(self) -> bool:
+        return self.divergence != NO_DIVERGENCE and self.beta > 0
+
+
+def regularized_loss(rewards: torch.Tensor, divergences: list[torch.Tensor], beta: float) -> torch.Tensor:
+    """-mean(r) + beta * sum over steps of mean divergence. rewards: (B,); divergences: S tensors (B,)."""
+    penalty = torch.stack(divergences).sum(dim=0).mean() if divergences else rewards.new_zeros(())
+    return -rewards.mean() + beta * penalty
+
+
+class ROCM(Trainer):
+    name = "rocm"
+    version = "1"
+    Config = Config
+    needs_differentiable_reward = True
+    families = ("consistency", "diffusion")
+
+    def __init__(self, policy, reward, prompts, config: Config, seed: int):
+        super().__init__(policy, reward, prompts, config, seed)
+        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
+        self.reference = policy.frozen_copy() if config.regularized else None
+
+    def step(self) -> dict[str, float]:
+        cfg = self.config
+        prompts = [p for p in sample_prompts(self.prompts, cfg.prompts_per_iter, self.generator)
+                   for _ in range(cfg.samples_per_prompt)]
+        trajectory = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.eta,
+                                        grad=True, checkpoint=cfg.gradient_checkpointing)
+        rewards = self.reward(trajectory.images, prompts)
+        divergences = []
+        if self.reference is not None:
+            for s in range(len(trajectory.timesteps)):
+                std = float(trajectory.stds[s])
+                reference_mean = self.reference.step_mean(trajectory, s)
+                divergences.append(step_divergence(cfg.divergence, trajectory.means[:, s], std, reference_mean, std,
+                                                   cfg.mc_samples, self.generator))
+        loss = regularized_loss(rewards, divergences, cfg.beta)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        stats = {"reward": rewards.mean().item(), "loss": loss.item()}
+        if divergences:
+            stats["divergence"] = torch.stack(divergences).sum(dim=0).mean().item()
+        return stats

@@ -1,0 +1,81 @@
+"""The consistency model's sampler against diffusers' LCMScheduler, and its boundary condition."""
+import math
+
+import pytest
+import torch
+from diffusers import LCMScheduler
+from torch import nn
+
+from models.consistency import ConsistencyPolicy, boundary_scalings, consistency_output
+
+
+def lcm_scheduler() -> LCMScheduler:
+    return LCMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, set_alpha_to_one=False,
+                        clip_sample=False, original_inference_steps=50, timestep_scaling=10.0)
+
+
+class FixedNoisePrediction(nn.Module):
+    """A stand-in network whose noise prediction is a given tensor, so both samplers see the same output."""
+
+    image_shape = (1, 4, 4)
+
+    def __init__(self):
+        super().__init__()
+        self.eps = nn.Parameter(torch.zeros(2, 1, 4, 4))
+
+    def forward(self, x, t, text):
+        return self.eps.to(x.dtype).expand_as(x)
+
+
+def policy_with(eps: torch.Tensor) -> ConsistencyPolicy:
+    network = FixedNoisePrediction()
+    network.eps.data.copy_(eps)
+    return ConsistencyPolicy(network, lambda prompts: torch.zeros(len(prompts), 3))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 6, 8])
+def test_sampling_timesteps_match_lcm_scheduler(steps):
+    scheduler = lcm_scheduler()
+    scheduler.set_timesteps(steps)
+    assert policy_with(torch.zeros(2, 1, 4, 4)).sampling_timesteps(steps).tolist() == scheduler.timesteps.tolist()
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_every_step_matches_lcm_scheduler(eta):
+    steps, g = 4, torch.Generator().manual_seed(0)
+    eps = torch.randn(2, 1, 4, 4, generator=g)
+    policy = policy_with(eps)
+    scheduler = lcm_scheduler()
+    scheduler.set_timesteps(steps)
+    timesteps = policy.sampling_timesteps(steps)
+    for step, t in enumerate(timesteps.tolist()):
+        x = torch.randn(2, 1, 4, 4, generator=g)
+        mean, std = policy.transition(x, step, timesteps, torch.zeros(2, 3), eta)
+        result = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(step))
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
+        if step + 1 < steps:
+            assert torch.allclose(mean + std * noise, result.prev_sample, atol=1e-5)
+        else:  # the last step returns the prediction, plus the smallest noise of the schedule if eta > 0
+            assert torch.allclose(mean, result.denoised, atol=1e-5)
+            assert math.isclose(std, eta * math.sqrt(1 - float(scheduler.alphas_cumprod[0])), rel_tol=1e-3)  # float32 there
+
+
+def test_boundary_condition_f_of_x_at_zero_is_x():
+    c_skip, c_out = boundary_scalings(torch.tensor([0, 19, 999]))
+    assert c_skip[0] == 1 and c_out[0] == 0 and c_skip[2] < 1e-6 and c_out[2] > 1 - 1e-6
+    x, eps = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    out = consistency_output(x, eps, torch.zeros(3, dtype=torch.int64), torch.full((3,), 0.9999, dtype=torch.float64))
+    assert torch.equal(out, x)
+
+
+def test_multistep_chain_has_a_density_only_with_final_noise(tiny_world):
+    policy = tiny_world.make_policy("consistency")
+    prompts = ["a handwritten seven", "the digit 3"]
+    deterministic_end = policy.sample(prompts, 4, torch.Generator().manual_seed(0))
+    assert deterministic_end.log_probs is None and float(deterministic_end.stds[-1]) == 0
+    assert (deterministic_end.stds[:-1] > 0).all()
+    stochastic = policy.sample(prompts, 4, torch.Generator().manual_seed(0), eta=1.0)
+    assert stochastic.log_probs.shape == (2, 4) and (stochastic.stds > 0).all()
+    with torch.no_grad():
+        for s in range(4):
+            assert torch.allclose(policy.log_prob(stochastic, s), stochastic.log_probs[:, s], rtol=1e-6, atol=1e-3)
