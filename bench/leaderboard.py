@@ -2,7 +2,8 @@
 
 `write_leaderboard` writes, into one directory:
 - leaderboard.csv: one row per (method, model, reward, budget unit, milestone budget) over the
-  'done' runs, with mean and 95% bootstrap interval over seeds of every (split, metric) in the store,
+  'done' runs, with the mean and the interquartile mean (IQM), each with its 95% bootstrap interval
+  over seeds, of every (split, metric) in the store,
   the paired difference to the `base` method on the primary split, mean compute used, and the
   number of failed runs; plus one row per 'n/a' cell and per cell whose runs all failed.
 - leaderboard.md: the same, one table per reward, for reading.
@@ -27,7 +28,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from bench.stats import bootstrap_ci, paired_difference_ci
+from bench.stats import bootstrap_ci, iqm, paired_difference_ci
 from bench.store import USED_KEYS, Store
 from models.io import atomic_write_bytes
 
@@ -39,14 +40,15 @@ MIN_CELL_PX = 32
 _PAD = 4
 _FONT_SIZE = 12
 _RUN_KEYS = ["method", "model", "reward", "budget_unit"]
-_CELL_KEYS = [*_RUN_KEYS, "budget"]
+# What one leaderboard row describes; everything that groups results by cell reads it from here.
+CELL_KEYS = [*_RUN_KEYS, "budget"]
 
 
 def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval_unseen") -> list[Path]:
     """Write leaderboard.csv, leaderboard.md and samples_<reward>.png; return their paths."""
     out_dir = Path(out_dir)
     # Read once: workers may still be writing, and every file must describe the same snapshot.
-    runs, results = _newest_versions(_labelled(store.runs_frame()), _labelled(store.results_frame()))
+    runs, results = ranked_frames(store)
     if runs.empty:
         raise ValueError(f"{store.path} holds no runs; nothing to put on a leaderboard")
     if not results.empty and primary_split not in set(results["split"]):
@@ -71,6 +73,11 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
     return written
 
 
+def ranked_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The store's runs and results that a leaderboard ranks: each method's newest version."""
+    return _newest_versions(_labelled(store.runs_frame()), _labelled(store.results_frame()))
+
+
 def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.DataFrame:
     """The table of leaderboard.csv (see the module docstring for its rows and columns)."""
     _directions(results)  # fail early on a metric stored with both directions
@@ -78,7 +85,7 @@ def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.
     failed = runs[runs["status"] == "failed"].groupby(_RUN_KEYS).size()
     base_results = results[results["method"] == BASE_METHOD]
     rows = []
-    for (method, model, reward, unit, budget), cell in results.groupby(_CELL_KEYS, sort=False):
+    for (method, model, reward, unit, budget), cell in results.groupby(CELL_KEYS, sort=False):
         cell_runs = cell.drop_duplicates("run_id")
         _check_cell(cell_runs, f"{method}@{model}/{reward} at {unit} {budget:g}")
         row = {
@@ -96,6 +103,7 @@ def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.
         row.update({k: cell_runs[k].mean() for k in USED_KEYS})
         for (split, metric), values in cell.groupby(["split", "metric"]):
             _put_ci(row, f"{split}/{metric}", bootstrap_ci(values["value"].to_numpy()))
+            _put_ci(row, f"{split}/{metric}/iqm", bootstrap_ci(values["value"].to_numpy(), iqm), ("", "_lo", "_hi"))
             if split == primary_split and method != BASE_METHOD:
                 base = _base_values(base_results[base_results["model"] == model], reward, unit, budget, split, metric)
                 if base is not None:
@@ -110,7 +118,7 @@ def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.
     metric_columns = [
         f"{split}/{metric}/{stat}"
         for split, metric in sorted(set(zip(results["split"], results["metric"])))
-        for stat in ("mean", "lo", "hi")
+        for stat in ("mean", "lo", "hi", "iqm", "iqm_lo", "iqm_hi")
     ]
     delta_columns = [
         f"{primary_split}/{metric}/delta_vs_base/{stat}"
@@ -150,8 +158,10 @@ def _check_cell(cell_runs: pd.DataFrame, where: str) -> None:
         raise ValueError(f"{where} has several done runs of seed(s) {duplicated}; keep one run per seed")
 
 
-def _put_ci(row: dict, prefix: str, ci: tuple[float, float, float]) -> None:
-    row[f"{prefix}/mean"], row[f"{prefix}/lo"], row[f"{prefix}/hi"] = ci
+def _put_ci(row: dict, prefix: str, ci: tuple[float, float, float],
+            suffixes: tuple[str, str, str] = ("/mean", "/lo", "/hi")) -> None:
+    for suffix, value in zip(suffixes, ci):
+        row[prefix + suffix] = value
 
 
 def _base_values(base: pd.DataFrame, reward: str, unit: str, budget: float, split: str, metric: str) -> pd.Series | None:

@@ -130,6 +130,8 @@ def test_csv_numbers(store, tmp_path):
     assert raft["n_seeds"] == 3 and raft["failed"] == 0
     mean, lo, hi = (raft[f"eval_unseen/judge_acc/{s}"] for s in ("mean", "lo", "hi"))
     assert mean == pytest.approx(0.56) and lo < mean < hi
+    # three seeds are too few to cut a quarter from each end: the IQM is the mean, with the same interval
+    assert [raft[f"eval_unseen/judge_acc/iqm{s}"] for s in ("", "_lo", "_hi")] == pytest.approx([mean, lo, hi])
     assert raft["eval_unseen/judge_acc/delta_vs_base/mean"] == pytest.approx(0.05)
 
     # base on compress: one seed at one budget, so every ddpo seed pairs with that value
