@@ -45,4 +45,4 @@ leaderboard: $(STAMP)
 	$(PY) -m bench leaderboard --suite $(SUITE)
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf results/*/*.runs .pytest_cache

@@ -15,9 +15,6 @@ from bench.studies import write_studies
 from bench.suites import Suite
 from bench.world import ensure_world, load_world
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def build_models(world: str) -> None:
     start = time.monotonic()
     directory = ensure_world(world)
@@ -39,10 +36,16 @@ def write_tables(store_path: Path, out_dir: Path, studies: tuple[str, ...] = ())
             print(f"wrote {path}")
 
 
+def work_dir(store_path: Path) -> Path:
+    """Where the runs of a store keep their checkpoints (and logs): beside the store and named after it,
+    so that a checkpoint can only ever resume a run of the store it was written for."""
+    return store_path.parent / f"{store_path.stem}.runs"
+
+
 def run_suite(suite: Suite, store_path: Path) -> int:
     """Runs every cell; returns 0 if all cells are done or not applicable, 1 if any failed."""
     world = load_world(suite.world)
-    checkpoints = ROOT / "runs" / suite.name / "checkpoints"
+    checkpoints = work_dir(store_path) / "checkpoints"
     start = time.monotonic()
     with Store(store_path) as store:
         statuses = [execute(spec, world, store, checkpoints) for spec in specs(suite)]
