@@ -32,6 +32,11 @@ AGGREGATE_METRIC = "reward"
 IMPROVEMENT_METRICS = (HEADLINE_METRIC, "reward")
 
 
+def entry_label(entry: tuple) -> str:
+    """An entry's values (ENTRY_KEYS order) as the suites spell it: method@model."""
+    return "@".join(map(str, entry))
+
+
 def normalized_scores(results: pd.DataFrame, split: str) -> tuple[pd.DataFrame, list[str]]:
     """The AGGREGATE_METRIC rows of `split` with a `score` column (0 = base, 1 = best observed), and
     one note per task left out because it cannot be normalized."""
@@ -49,7 +54,7 @@ def normalized_scores(results: pd.DataFrame, split: str) -> tuple[pd.DataFrame, 
             notes.append(f"{where}: no cell beats {BASE_METHOD}")
             continue
         kept.append(task.assign(score=(task["value"] - base.mean()) / (best - base.mean())))
-    scores = pd.concat(kept) if kept else rows.assign(score=pd.Series(dtype=float))
+    scores = pd.concat(kept) if kept else rows.iloc[:0].assign(score=pd.Series(dtype=float))
     return scores, notes
 
 

@@ -109,7 +109,8 @@ def build_parser() -> Parser:
     run = commands.add_parser(
         "run", help="run a suite (resumable) and write its leaderboard",
         description="Runs every method x reward x seed of a suite, skipping finished runs and resuming "
-                    "interrupted ones, then writes results/<suite>/leaderboard.{md,csv}.",
+                    "interrupted ones, then writes results/<suite>/: leaderboard tables, aggregates, curves and "
+                    "report.html.",
     )
     run.add_argument("--suite", default="default", type=_names("suite", SUITES),
                      help=f"preset grid ({', '.join(SUITES)}); flags below override its parts")
@@ -130,7 +131,7 @@ def build_parser() -> Parser:
             group.add_argument(f"--{name}.{f.name}", dest=f"{name}.{f.name}", type=kind, metavar=str(f.type).upper(),
                                help=f"{docs.get(f.name, '')} (default: {f.default})")
 
-    board = commands.add_parser("leaderboard", help="regenerate results/<suite>/ tables from the store alone")
+    board = commands.add_parser("leaderboard", help="regenerate results/<suite>/ (tables, plots, report.html) from the store alone")
     board.add_argument("--suite", default="default", type=_names("suite", SUITES), help=f"one of {', '.join(SUITES)}")
     board.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
     return parser

@@ -65,12 +65,17 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
     for reward in sorted(results["reward"].unique()):
         grid = _sample_grid(store, results[results["reward"] == reward], primary_split)
         if grid is not None:
-            path = out_dir / f"samples_{re.sub(r'[^A-Za-z0-9_.-]', '_', reward)}.png"
+            path = out_dir / f"samples_{safe_name(reward)}.png"
             buffer = io.BytesIO()
             grid.save(buffer, format="PNG")
             atomic_write_bytes(path, buffer.getvalue())
             written.append(path)
     return written
+
+
+def safe_name(name: str) -> str:
+    """`name` as a part of a file name (rewards name the per-reward files)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 def ranked_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -196,6 +196,16 @@ class Store:
             self._conn.rollback()
             raise
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Store]:
+        """Every read inside sees one state of the store, however many runs other workers record
+        meanwhile (one read transaction), so files generated together describe the same results."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self._conn.execute("COMMIT")  # ends the read transaction; nothing was written
+
     def close(self) -> None:
         """Fold the WAL into the main file (it is committed to git) and close; idempotent."""
         if self._closed:

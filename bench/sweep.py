@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from bench.leaderboard import write_leaderboard
+from bench.report import write_results
 from bench.runner import RunSpec, execute
 from bench.store import Store
-from bench.studies import write_studies
 from bench.suites import Suite
 from bench.world import ensure_world, load_world
+
 
 def build_models(world: str) -> None:
     start = time.monotonic()
@@ -32,7 +32,7 @@ def specs(suite: Suite) -> list[RunSpec]:
 
 def write_tables(store_path: Path, out_dir: Path, studies: tuple[str, ...] = ()) -> None:
     with Store(store_path) as store:
-        for path in [*write_leaderboard(store, out_dir), *write_studies(store, out_dir, studies)]:
+        for path in write_results(store, out_dir, studies):
             print(f"wrote {path}")
 
 

@@ -12,3 +12,18 @@ def tiny_world():
     from bench.world import load_world
 
     return load_world("digits-tiny", log=lambda *_: None)
+
+
+# A small suite: two trained methods and base, both rewards, two seeds, on the tiny world.
+SMALL_SWEEP = ["--suite", "smoke", "--method", "base,raft,ddpo", "--seeds", "2"]
+
+
+@pytest.fixture(scope="session")
+def reference_sweep(tmp_path_factory):
+    """The small suite run straight through in this process: its store, whose leaderboard every other
+    way of running the suite (killed and resumed, parallel workers, Ray) must reproduce."""
+    from bench.cli import main
+
+    store = tmp_path_factory.mktemp("reference") / "store.sqlite"
+    assert main(["run", *SMALL_SWEEP, "--store", str(store)]) == 0
+    return store

@@ -64,6 +64,7 @@ def test_scores_are_normalized_per_task_between_base_and_the_best_cell():
     })
     scores, notes = normalized_scores(results, "eval_unseen")
     assert notes == ["diffusion, flat, nfe: no cell beats base"]
+    assert normalized_scores(results[results["reward"] == "flat"], "eval_unseen")[0].empty
     by = scores.groupby(["method", "reward"])["score"].apply(list).to_dict()
     assert by[("base", "digit")] == [0.0, 0.0] and by[("a", "digit")] == [0.5, 1.5]
     assert by[("b", "compress")] == [0.0, 2.0]  # best cell mean is -50 (a and b tie)
