@@ -1,8 +1,10 @@
 """The per-suite results directory: files generated from the store alone, and a report a browser renders."""
 import shutil
 
+import numpy as np
 import pytest
 
+from bench.curves import pareto_front
 from bench.report import write_results
 from bench.store import RunRecord, Store
 from methods import METHODS
@@ -68,3 +70,10 @@ def test_the_report_renders_in_a_headless_browser_and_shows_every_method(results
         assert driver.execute_script("return document.body.scrollHeight") > 3000  # laid out, not blank
     finally:
         driver.quit()
+
+
+def test_pareto_front_keeps_the_cells_no_other_cell_beats_on_both_axes():
+    x, y = np.array([0.0, 1.0, 2.0, 3.0]), np.array([3.0, 2.0, 2.5, 0.0])
+    assert pareto_front(x, y, True, True).tolist() == [0, 2, 3]  # (1, 2) is beaten by (2, 2.5)
+    assert pareto_front(x, y, True, False).tolist() == [3]  # lower y is better: (3, 0) beats all
+    assert pareto_front(np.array([1.0, 1.0]), np.array([1.0, 1.0]), True, True).tolist() == [0, 1]  # ties stay
