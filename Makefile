@@ -9,6 +9,7 @@ METHOD ?=
 REWARD ?=
 SEEDS ?=
 BUDGET ?=
+WORKERS ?=
 WORLD ?= digits
 ARGS ?=
 
@@ -39,7 +40,8 @@ models: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench run --suite $(SUITE) \
 		$(if $(METHOD),--method $(METHOD)) $(if $(REWARD),--reward $(REWARD)) \
-		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(BUDGET),--budget $(BUDGET)) $(ARGS)
+		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(BUDGET),--budget $(BUDGET)) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 leaderboard: $(STAMP)
 	$(PY) -m bench leaderboard --suite $(SUITE)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import importlib.util
 import inspect
 import re
 import sys
@@ -123,6 +124,12 @@ def build_parser() -> Parser:
     run.add_argument("--budget", type=_budget,
                      help=f"total budget per run, [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} (default nfe), e.g. nfe:300k")
     run.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
+    run.add_argument("--workers", type=_positive_int, default=1,
+                     help="run cells in this many parallel local worker processes sharing the store (default 1)")
+    run.add_argument("--backend", choices=("local", "ray"), default="local",
+                     help="local: this machine (default); ray: each cell a Ray task (needs the 'ray' extra)")
+    run.add_argument("--ray-address", metavar="ADDRESS",
+                     help="with --backend ray: a running Ray cluster's address, or 'auto' (default: start one here)")
     for name, method in METHODS.items():
         group = run.add_argument_group(f"{name} options", (method.__doc__ or "").strip().split("\n")[0] or None)
         docs = field_docs(method.Config)
@@ -175,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             suite = suite_from_args(args)
         except (ValueError, TypeError) as error:
             parser.error(str(error))
+        if args.backend == "ray" and args.workers > 1:
+            parser.error("--workers is for the local backend; with --backend ray the cluster's CPUs set the parallelism")
+        if args.ray_address and args.backend != "ray":
+            parser.error("--ray-address needs --backend ray")
+        if args.backend == "ray" and importlib.util.find_spec("ray") is None:
+            parser.error("--backend ray needs the ray package: pip install -e '.[ray]'")
     # Heavy imports only after the command line is known to be valid.
     from bench import sweep
 
@@ -187,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}` first")
         sweep.write_tables(store, store.parent, SUITES[args.suite[0]]().studies)
         return 0
-    return sweep.run_suite(suite, store)
+    return sweep.run_suite(suite, store, workers=args.workers, use_ray=args.backend == "ray",
+                           ray_address=args.ray_address)
 
 
 if __name__ == "__main__":

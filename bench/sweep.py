@@ -1,12 +1,21 @@
-"""A suite: every method x reward x seed cell run in turn against one store, then the tables.
+"""A suite: every method x reward x seed cell run against one store, then the tables.
 
 Cells are independent: a failed cell is recorded and the sweep goes on; re-running the same
-command skips finished cells and resumes interrupted ones.
+command skips finished cells and resumes interrupted ones. Cells run in this process by default,
+in parallel local worker processes (`workers`), or as tasks on a Ray cluster (bench.ray_backend);
+each run's numbers depend only on its spec, so all three give the same leaderboard.
 """
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
+
+import torch
 
 from bench.report import write_results
 from bench.runner import RunSpec, execute
@@ -42,13 +51,45 @@ def work_dir(store_path: Path) -> Path:
     return store_path.parent / f"{store_path.stem}.runs"
 
 
-def run_suite(suite: Suite, store_path: Path) -> int:
-    """Runs every cell; returns 0 if all cells are done or not applicable, 1 if any failed."""
-    world = load_world(suite.world)
-    checkpoints = work_dir(store_path) / "checkpoints"
-    start = time.monotonic()
+@functools.cache
+def _world(name: str):
+    return load_world(name)  # once per process: every cell a worker runs shares it
+
+
+def _share_cores(workers: int) -> None:
+    # Each worker's torch would otherwise start a thread per core, and workers x cores spinning
+    # threads on the same cores run many times slower than one process.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def run_cell(spec: RunSpec, store_path: Path) -> str:
+    """One cell, in whatever process runs it (this one, a local worker, a Ray task): opens the store,
+    runs (or resumes, or skips) the run, returns its status. Safe to run concurrently with other cells
+    on the same store: the store serializes writes, and each run has its own checkpoint."""
+    runs = work_dir(store_path)
     with Store(store_path) as store:
-        statuses = [execute(spec, world, store, checkpoints) for spec in specs(suite)]
+        return execute(spec, _world(spec.world), store, runs / "checkpoints")
+
+
+def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: str | None = None,
+              use_ray: bool = False) -> int:
+    """Runs every cell, in this process, in `workers` local processes, or as Ray tasks; returns 0 if all
+    cells are done or not applicable, 1 if any failed. Every way runs the same `run_cell`, so the
+    store, resume and failure isolation are the same."""
+    ensure_world(suite.world)  # built once here, before parallel workers could race to build it
+    cells = specs(suite)
+    start = time.monotonic()
+    if use_ray:
+        from bench.ray_backend import run_cells
+
+        statuses = run_cells(cells, store_path, ray_address)
+    elif workers > 1:
+        # spawn, not fork: a forked child would inherit this process's torch thread pools and locks.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_share_cores, initargs=(workers,)) as pool:
+            statuses = list(pool.map(run_cell, cells, repeat(store_path)))
+    else:
+        statuses = [run_cell(spec, store_path) for spec in cells]
     failed = statuses.count("failed")
     print(f"suite {suite.name!r}: {len(statuses)} runs, {statuses.count('done')} done, "
           f"{statuses.count('n/a')} n/a, {failed} failed ({time.monotonic() - start:.0f}s)")
