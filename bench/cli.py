@@ -10,15 +10,18 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
+import os
 import re
 import sys
 import textwrap
 from pathlib import Path
 
+from bench.loggers import LOGGERS, check_loggers
 from bench.meter import UNITS, Budget
 from bench.suites import SUITES, check_names, parse_entry, validate
 from bench.world import MODELS, WORLDS
 from methods import METHODS
+from models.progress import MODES as PROGRESS_MODES
 from rewards import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,12 +103,25 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _loggers(text: str) -> tuple[str, ...]:
+    try:
+        return check_loggers(tuple(n.strip() for n in text.split(",") if n.strip()))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_progress(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--progress", choices=list(PROGRESS_MODES), default="auto",
+                         help="progress bars: auto (only when stderr is a terminal), always or never")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     models = commands.add_parser("models", help="build (or verify) a world's networks")
     models.add_argument("--world", default="digits", choices=list(WORLDS), help="world to build")
+    _add_progress(models)
 
     run = commands.add_parser(
         "run", help="run a suite (resumable) and write its leaderboard",
@@ -130,6 +146,10 @@ def build_parser() -> Parser:
                      help="local: this machine (default); ray: each cell a Ray task (needs the 'ray' extra)")
     run.add_argument("--ray-address", metavar="ADDRESS",
                      help="with --backend ray: a running Ray cluster's address, or 'auto' (default: start one here)")
+    run.add_argument("--logger", type=_loggers, default=(),
+                     help=f"comma-separated experiment loggers ({', '.join(LOGGERS)}; the 'loggers' extra), "
+                          "writing beside the store in <store>.runs/logs/")
+    _add_progress(run)
     for name, method in METHODS.items():
         group = run.add_argument_group(f"{name} options", (method.__doc__ or "").strip().split("\n")[0] or None)
         docs = field_docs(method.Config)
@@ -188,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--ray-address needs --backend ray")
         if args.backend == "ray" and importlib.util.find_spec("ray") is None:
             parser.error("--backend ray needs the ray package: pip install -e '.[ray]'")
+    if args.command in ("models", "run"):
+        os.environ["BENCH_PROGRESS"] = args.progress  # worker processes inherit it
     # Heavy imports only after the command line is known to be valid.
     from bench import sweep
 
@@ -201,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep.write_tables(store, store.parent, SUITES[args.suite[0]]().studies)
         return 0
     return sweep.run_suite(suite, store, workers=args.workers, use_ray=args.backend == "ray",
-                           ray_address=args.ray_address)
+                           ray_address=args.ray_address, loggers=args.logger)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from bench.runner import RunSpec
 from bench.sweep import run_cell
+from models.progress import progress
 
 
-def run_cells(cells: list[RunSpec], store_path: Path, address: str | None) -> list[str]:
+def run_cells(cells: list[RunSpec], store_path: Path, loggers: tuple[str, ...], address: str | None) -> list[str]:
     """Statuses of `cells`, in order, each run as one Ray task. address: a running cluster's address
     (or "auto"); None starts a Ray instance on this machine for the sweep and stops it afterwards."""
     import ray
@@ -28,7 +29,7 @@ def run_cells(cells: list[RunSpec], store_path: Path, address: str | None) -> li
     try:
         task = ray.remote(num_cpus=1)(run_cell)
         # An absolute path: a task's working directory is not the driver's.
-        pending = [task.remote(spec, Path(store_path).resolve()) for spec in cells]
-        return ray.get(pending)
+        pending = [task.remote(spec, Path(store_path).resolve(), loggers) for spec in cells]
+        return [ray.get(ref) for ref in progress(pending, desc="cells")]
     finally:
         ray.shutdown()  # stops the instance started here; only disconnects from a running cluster

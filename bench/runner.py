@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 
 from bench.evaluate import EvalConfig, evaluate
+from bench.loggers import ExperimentLoggers
 from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
 from bench.store import RunRecord, Store
 from methods import METHODS
 from models.io import atomic_torch_save
+from models.progress import progress
 from rewards import REWARDS
 
 
@@ -96,7 +98,7 @@ def _check_finite(values: dict[str, float], where: str) -> None:
 
 
 def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpoint_every_s: float = 60.0,
-            log=print) -> str:
+            log=print, loggers: ExperimentLoggers = ExperimentLoggers()) -> str:
     """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a."""
     method = METHODS[spec.method]
     reward_cls = REWARDS[spec.reward]
@@ -129,14 +131,17 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
 
     recorded = store.milestones_recorded(record.run_id)
     started = time.monotonic()
+    run_log = loggers.open(record)
     try:
-        for index, fraction in enumerate(spec.milestones):
+        for index, fraction in progress(list(enumerate(spec.milestones)), desc=record.run_id):
             if index in recorded:
                 continue
             last_save = time.monotonic()
             while trainer.trains and meter.spent(spec.budget) < fraction:
                 with meter.timed():
-                    _check_finite(trainer.step(), "in a training step")
+                    stats = trainer.step()
+                    _check_finite(stats, "in a training step")
+                run_log.log({f"train/{k}": v for k, v in stats.items()}, meter.accounts["train"].nfe)
                 if time.monotonic() - last_save > checkpoint_every_s:
                     save()
                     last_save = time.monotonic()
@@ -149,12 +154,15 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
             # generating the primary evaluation set.
             used = meter.accounts["train"].as_dict() if trainer.trains else generation[spec.eval.splits[-1]]
             store.record_milestone(record.run_id, index, milestone_budget.amount, used, metrics, samples)
+            run_log.log({f"{s}/{m}": v for s, m, v, _ in metrics}, meter.accounts["train"].nfe)
             summary = ", ".join(f"{s.removeprefix('eval_')}/{m}={v:.3f}" for s, m, v, _ in metrics)
             log(f"{record.run_id}: {fraction:.0%} of {spec.budget} ({time.monotonic() - started:.0f}s) {summary}")
     except Exception as error:  # a failing run is recorded with its reason; the sweep goes on
         store.finish_run(record.run_id, "failed", f"{type(error).__name__}: {error}")
         log(f"{record.run_id}: FAILED: {type(error).__name__}: {error}")
         return "failed"
+    finally:
+        run_log.close()
     store.finish_run(record.run_id, "done")
     checkpoint.unlink(missing_ok=True)
     return "done"

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from bench.loggers import ExperimentLoggers
 from bench.report import write_results
 from bench.runner import RunSpec, execute
 from bench.store import Store
 from bench.suites import Suite
 from bench.world import ensure_world, load_world
+from models.progress import progress
 
 
 def build_models(world: str) -> None:
@@ -62,17 +64,18 @@ def _share_cores(workers: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-def run_cell(spec: RunSpec, store_path: Path) -> str:
+def run_cell(spec: RunSpec, store_path: Path, loggers: tuple[str, ...] = ()) -> str:
     """One cell, in whatever process runs it (this one, a local worker, a Ray task): opens the store,
     runs (or resumes, or skips) the run, returns its status. Safe to run concurrently with other cells
     on the same store: the store serializes writes, and each run has its own checkpoint."""
     runs = work_dir(store_path)
     with Store(store_path) as store:
-        return execute(spec, _world(spec.world), store, runs / "checkpoints")
+        return execute(spec, _world(spec.world), store, runs / "checkpoints",
+                       loggers=ExperimentLoggers(loggers, runs / "logs"))
 
 
 def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: str | None = None,
-              use_ray: bool = False) -> int:
+              use_ray: bool = False, loggers: tuple[str, ...] = ()) -> int:
     """Runs every cell, in this process, in `workers` local processes, or as Ray tasks; returns 0 if all
     cells are done or not applicable, 1 if any failed. Every way runs the same `run_cell`, so the
     store, resume and failure isolation are the same."""
@@ -82,14 +85,15 @@ def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: 
     if use_ray:
         from bench.ray_backend import run_cells
 
-        statuses = run_cells(cells, store_path, ray_address)
+        statuses = run_cells(cells, store_path, loggers, ray_address)
     elif workers > 1:
         # spawn, not fork: a forked child would inherit this process's torch thread pools and locks.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_share_cores, initargs=(workers,)) as pool:
-            statuses = list(pool.map(run_cell, cells, repeat(store_path)))
+            jobs = pool.map(run_cell, cells, repeat(store_path), repeat(loggers))
+            statuses = list(progress(jobs, total=len(cells), desc="cells"))
     else:
-        statuses = [run_cell(spec, store_path) for spec in cells]
+        statuses = [run_cell(spec, store_path, loggers) for spec in progress(cells, desc="cells")]
     failed = statuses.count("failed")
     print(f"suite {suite.name!r}: {len(statuses)} runs, {statuses.count('done')} done, "
           f"{statuses.count('n/a')} n/a, {failed} failed ({time.monotonic() - start:.0f}s)")

@@ -34,6 +34,7 @@ from models.diffusion import add_noise
 from models.io import atomic_torch_save, atomic_write_bytes
 from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoiser
 from models.policy import DiffusionPolicy
+from models.progress import progress
 from models.text import TEXT_DIM, PromptEncoder
 
 IMAGE_SHAPE = (1, 8, 8)
@@ -130,7 +131,7 @@ def _cosine_lr(step: int, total: int, peak: float) -> float:
 def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: WorldConfig,
                      generator: torch.Generator) -> nn.Module:
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    for step in range(cfg.classifier_steps):
+    for step in progress(range(cfg.classifier_steps), desc=type(model).__name__):
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, cfg.classifier_steps, 2e-3)
         idx = torch.randint(0, len(images), (128,), generator=generator)
@@ -159,7 +160,7 @@ def train_denoiser(cfg: WorldConfig, encoder: PromptEncoder, images: torch.Tenso
     policy = DiffusionPolicy(model, encoder)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.denoiser_lr, weight_decay=0.0)
     start = time.monotonic()
-    for step in range(cfg.denoiser_steps):
+    for step in progress(range(cfg.denoiser_steps), desc="denoiser"):
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, cfg.denoiser_steps, cfg.denoiser_lr)
         batch_images, batch_prompts = training_batch(images, labels, cfg.denoiser_batch, generator)

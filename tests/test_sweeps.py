@@ -1,5 +1,5 @@
 """Ways of running a suite that must not change its leaderboard: killed at random moments and re-run,
-spread over parallel local workers, or run as Ray tasks."""
+spread over parallel local workers, or run as Ray tasks; and the optional experiment loggers."""
 import os
 import random
 import signal
@@ -12,8 +12,11 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
+from bench.loggers import ExperimentLoggers
+from bench.runner import execute
 from bench.store import Store
 from conftest import SMALL_SWEEP
+from test_harness import smoke_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +61,7 @@ def _lines(path: Path) -> list[str]:
 
 def test_a_sweep_killed_at_random_moments_resumes_to_the_same_leaderboard(reference_sweep, tmp_path):
     store, writes = tmp_path / "store.sqlite", tmp_path / "writes.log"
-    env = {**os.environ, "SLOW_WRITES_LOG": str(writes), "SLOW_WRITES_S": "0.15"}
+    env = {**os.environ, "SLOW_WRITES_LOG": str(writes), "SLOW_WRITES_S": "0.15", "BENCH_PROGRESS": "never"}
     command = [sys.executable, str(ROOT / "tests" / "slow_store_writes.py"), "run", *SMALL_SWEEP, "--store", str(store)]
     rng = random.Random(8)
     kills, kills_in_a_write = 0, 0
@@ -90,9 +93,27 @@ def test_a_sweep_killed_at_random_moments_resumes_to_the_same_leaderboard(refere
     assert_same_suite(store, reference_sweep)
 
 
+def test_experiment_loggers_write_tensorboard_and_offline_wandb_runs(tiny_world, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    spec = smoke_spec("ddpo")
+    with Store(tmp_path / "store.sqlite") as store:
+        status = execute(spec, tiny_world, store, tmp_path / "checkpoints", log=lambda *_: None,
+                         loggers=ExperimentLoggers(("tensorboard", "wandb"), tmp_path / "logs"))
+    assert status == "done"
+    run_dir = tmp_path / "logs" / spec.run_id(tiny_world.base_model_hash)
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "eval_unseen/judge_acc" in tags and any(t.startswith("train/") for t in tags)
+    assert len(events.Scalars("eval_unseen/judge_acc")) == len(spec.milestones)
+    assert list(run_dir.glob("wandb/wandb/offline-run-*/run-*.wandb"))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["run", "--backend", "ray", "--workers", "2"], "--workers is for the local backend"),
     (["run", "--ray-address", "auto"], "--ray-address needs --backend ray"),
+    (["run", "--logger", "mlflow"], "unknown logger 'mlflow'; valid: tensorboard, wandb"),
     (["run", "--workers", "0"], "expected a positive integer"),
 ])
 def test_bad_sweep_options_are_one_line_errors(argv, message, capsys):
