@@ -249,7 +249,9 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
         lines += ["", f"## Reward: {reward}", ""]
         lines += _reward_table(table[table["reward"] == reward], results[results["reward"] == reward],
                                primary_split, arrows)
-    failed = runs[runs["status"] == "failed"].fillna({"reason": "no reason given"})
+    # In name order, not start order: parallel workers start runs in no fixed order.
+    failed = runs[runs["status"] == "failed"].fillna({"reason": "no reason given"}).sort_values(
+        ["method", "reward", "seed", "run_id"])
     if not failed.empty:
         lines += ["", "## Failed runs", "", "| run_id | method | model | reward | seed | reason |", "|---|---|---|---|---|---|"]
         lines += [

@@ -71,7 +71,7 @@ def test_a_sweep_killed_at_random_moments_resumes_to_the_same_leaderboard(refere
         sweep = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         in_a_write = trial % 2 == 1
-        target = before + (2 * rng.randint(1, 6) if in_a_write else 1)
+        target = before + (2 * rng.randint(1, 4) if in_a_write else 1)
         deadline = time.monotonic() + 120
         while sweep.poll() is None and len(_lines(writes)) < target and time.monotonic() < deadline:
             time.sleep(0.005)
@@ -79,7 +79,7 @@ def test_a_sweep_killed_at_random_moments_resumes_to_the_same_leaderboard(refere
             while sweep.poll() is None and _lines(writes)[-1:] != ["open"]:
                 time.sleep(0.005)
         else:
-            time.sleep(rng.uniform(0.0, 2.0))  # anywhere: training, evaluating, checkpointing, writing
+            time.sleep(rng.uniform(0.0, 1.0))  # anywhere: training, evaluating, checkpointing, writing
         if sweep.poll() is not None:
             assert sweep.returncode == 0
             break  # the sweep finished before this trial's moment came
