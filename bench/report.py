@@ -72,7 +72,9 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
         f"<title>Leaderboard: {_e(suite)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Leaderboard: {_e(suite)}</h1>",
         f'<p class="note">Generated from <code>{_e(store_name)}</code>: {len(all_runs)} runs ({_e(counts)}). '
-        f"Code at git {_codes(runs['git_sha'])}; base model {_codes(runs['base_model_hash'])}. "
+        f"Code at git {_codes(runs['git_sha'])}; base models "
+        + "; ".join(f"{_e(model)} {_codes(hashes)}" for model, hashes in runs.groupby("model")["base_model_hash"])
+        + ". "
         f"Numbers are on the <code>{_e(split)}</code> prompts: the mean over seeds and, below it, the "
         "interquartile mean (IQM), each with its 95% percentile-bootstrap interval; ↑ higher is better, "
         "↓ lower is better. Δ is the per-seed paired difference to base.</p>",

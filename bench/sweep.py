@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -53,15 +54,25 @@ def work_dir(store_path: Path) -> Path:
     return store_path.parent / f"{store_path.stem}.runs"
 
 
+CELL_THREADS = 1
+
+
 @functools.cache
 def _world(name: str):
     return load_world(name)  # once per process: every cell a worker runs shares it
 
 
-def _share_cores(workers: int) -> None:
-    # Each worker's torch would otherwise start a thread per core, and workers x cores spinning
-    # threads on the same cores run many times slower than one process.
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    # CPU kernels split their reductions by thread, so the thread count changes the last bits of a
+    # run's numbers: every cell runs on one thread, in every backend and on every machine, and
+    # parallelism comes from running cells side by side (as Ray schedules one CPU per task).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(CELL_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_cell(spec: RunSpec, store_path: Path, loggers: tuple[str, ...] = ()) -> str:
@@ -69,7 +80,7 @@ def run_cell(spec: RunSpec, store_path: Path, loggers: tuple[str, ...] = ()) -> 
     runs (or resumes, or skips) the run, returns its status. Safe to run concurrently with other cells
     on the same store: the store serializes writes, and each run has its own checkpoint."""
     runs = work_dir(store_path)
-    with Store(store_path) as store:
+    with Store(store_path) as store, _one_torch_thread():
         return execute(spec, _world(spec.world), store, runs / "checkpoints",
                        loggers=ExperimentLoggers(loggers, runs / "logs"))
 
@@ -88,8 +99,7 @@ def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: 
         statuses = run_cells(cells, store_path, loggers, ray_address)
     elif workers > 1:
         # spawn, not fork: a forked child would inherit this process's torch thread pools and locks.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_share_cores, initargs=(workers,)) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = pool.map(run_cell, cells, repeat(store_path), repeat(loggers))
             statuses = list(progress(jobs, total=len(cells), desc="cells"))
     else:

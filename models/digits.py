@@ -205,7 +205,7 @@ def distill_consistency(cfg: WorldConfig, teacher: DiffusionPolicy, images: torc
     target = copy.deepcopy(student.network).requires_grad_(False)
     optimizer = torch.optim.AdamW(student.network.parameters(), lr=cfg.consistency_lr, weight_decay=0.0)
     start = time.monotonic()
-    for step in range(cfg.consistency_steps):
+    for step in progress(range(cfg.consistency_steps), desc="consistency"):
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, cfg.consistency_steps, cfg.consistency_lr)
         batch_images, batch_prompts = training_batch(images, labels, cfg.denoiser_batch, generator)

@@ -9,7 +9,7 @@ from bench.report import write_results
 from bench.store import RunRecord, Store
 from methods import METHODS
 
-SWEPT = ("base", "raft", "ddpo")
+SWEPT = ("base", "ddpo")
 REWARDS = ("digit", "compress")
 
 

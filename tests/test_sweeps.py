@@ -39,8 +39,8 @@ def assert_same_suite(store_path: Path, reference: Path) -> None:
         assert (runs["status"] == "done").all()
         for run_id in runs["run_id"]:
             assert store.milestones_recorded(run_id) == ref.milestones_recorded(run_id), run_id
-    pd.testing.assert_frame_equal(results(store_path), results(reference))
-    pd.testing.assert_frame_equal(leaderboard(store_path), leaderboard(reference))
+    pd.testing.assert_frame_equal(results(store_path), results(reference), check_exact=True)
+    pd.testing.assert_frame_equal(leaderboard(store_path), leaderboard(reference), check_exact=True)
 
 
 def test_parallel_local_workers_give_the_same_leaderboard(reference_sweep, tmp_path):
@@ -101,7 +101,7 @@ def test_experiment_loggers_write_tensorboard_and_offline_wandb_runs(tiny_world,
         status = execute(spec, tiny_world, store, tmp_path / "checkpoints", log=lambda *_: None,
                          loggers=ExperimentLoggers(("tensorboard", "wandb"), tmp_path / "logs"))
     assert status == "done"
-    run_dir = tmp_path / "logs" / spec.run_id(tiny_world.base_model_hash)
+    run_dir = tmp_path / "logs" / spec.run_id(tiny_world.model_hash(spec.model))
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     tags = events.Tags()["scalars"]
