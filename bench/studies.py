@@ -63,7 +63,7 @@ def efficiency(results: pd.DataFrame, method: str, reference: str, base: str, re
         rewards = np.concatenate([[base_reward.mean()], curve["value"].to_numpy()])
         needed = queries_to_reach(queries, rewards, final["value"])
         ratios[int(seed)] = needed / final["reward_queries"]
-        reached[int(seed)] = (final["value"], final["reward_queries"], needed)
+        reached[int(seed)] = (final["value"], final["value"] - rewards[0], final["reward_queries"], needed)
     return {"ratios": ratios, "reached": reached}
 
 
@@ -72,19 +72,21 @@ def write_efficiency(results: pd.DataFrame, out: Path) -> Path:
              f"Reward `digit` on `{PRIMARY_SPLIT}` prompts. Per seed, the target is the reference's mean reward at "
              "its final milestone; the method's milestone curve (from the base model at 0 queries) is interpolated "
              "to the first point reaching it. The fraction is the method's queries over the reference's; "
-             "mean [95% bootstrap CI] over seeds, `inf` where the target was never reached.", "",
-             "| method | reference | seeds | target reward | reference queries | method queries | fraction of reference |",
-             "|---|---|---|---|---|---|---|"]
+             "mean [95% bootstrap CI] over seeds, `inf` where the target was never reached. A reference that ends "
+             "below the base model (gain over base < 0) is reached at 0 queries: read the gain column first.", "",
+             "| method | reference | seeds | target reward | reference gain over base | reference queries | "
+             "method queries | fraction of reference |",
+             "|---|---|---|---|---|---|---|---|"]
     for method, reference in (("rocm@consistency", "ddpo@consistency"), ("rocm@consistency", "ddpo@diffusion")):
         study = efficiency(results, method, reference, base="base@consistency", reward="digit")
         if not study["ratios"]:
             continue
         ratios = np.array(list(study["ratios"].values()))
-        targets, ref_queries, needed = (np.array(v) for v in zip(*study["reached"].values()))
+        targets, gains, ref_queries, needed = (np.array(v) for v in zip(*study["reached"].values()))
         finite = np.isfinite(ratios)
         fraction = _ci(ratios) if finite.all() else f"inf for {int((~finite).sum())} of {len(ratios)} seeds"
         spent = _ci(needed) if finite.all() else "—"
-        lines.append(f"| {method} | {reference} | {len(ratios)} | {_ci(targets)} | {_ci(ref_queries)} | "
+        lines.append(f"| {method} | {reference} | {len(ratios)} | {_ci(targets)} | {_ci(gains)} | {_ci(ref_queries)} | "
                      f"{spent} | {fraction} |")
     path = out / "efficiency.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
