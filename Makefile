@@ -9,7 +9,7 @@ METHOD ?=
 REWARD ?=
 SEEDS ?=
 BUDGET ?=
-WORKERS ?=
+WORKERS ?= $(shell nproc 2>/dev/null || echo 1)  # cells side by side, one torch thread each
 WORLD ?= digits
 ARGS ?=
 

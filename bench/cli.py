@@ -80,16 +80,20 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _optional_int(text: str) -> int | None:
-    if text.lower() == "none":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or none, got {text!r}") from None
+def _optional(kind: type, noun: str):
+    """A parser for an `X | None` option, where None means the model's own default."""
+    def parse(text: str):
+        if text.lower() == "none":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun} or none, got {text!r}") from None
+    return parse
 
 
-_OPTION_TYPES = {"int": int, "float": float, "int | None": _optional_int}
+_OPTION_TYPES = {"int": int, "float": float, "int | None": _optional(int, "an integer"),
+                 "float | None": _optional(float, "a number")}
 
 
 class Parser(argparse.ArgumentParser):

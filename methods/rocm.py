@@ -10,9 +10,9 @@ methods/divergences.py's f-divergences between the two Gaussians (per dimension,
 Gradients flow through the states x_s too (the full pathwise gradient of L), including through the frozen
 reference network's input.
 
-Departures from the paper (which has no public code): the last step of the sampler, deterministic in LCM,
-gets the schedule's smallest noise (eta = 1, std sqrt(1 - alpha_bar_0)) so that it too has a divergence;
-divergences without a closed form (Jensen-Shannon) use the mixture Monte Carlo estimator with
+The divergence is summed over the chain's stochastic steps, the intermediate steps the paper regularizes:
+the consistency sampler's last step is deterministic (the image is its x0 prediction) and has none.
+Departures from the paper (which has no public code): divergences without a closed form (Jensen-Shannon) use the mixture Monte Carlo estimator with
 `mc_samples` draws; `divergence = "none"` (or beta = 0) is plain reward backpropagation through the chain,
 as in DRaFT / AlignProp. The method runs on any family whose sampler is differentiable, consistency first.
 """
@@ -37,7 +37,8 @@ class Config:
     sample_steps: int | None = None
     """Sampler steps of each chain, all back-propagated through; None: the model's default (4 consistency steps)."""
     eta: float = 1.0
-    """Noise of the sampler's last step (see models/consistency.py); > 0 gives every step a divergence."""
+    """DDIM's stochasticity on the diffusion model; > 0 with a divergence, since a deterministic step has none
+    (the consistency sampler's noise is its own)."""
     divergence: str = "kl"
     """Regularizer between policy and reference steps: none, kl, reverse_kl, js, hellinger, chi2 or tv."""
     beta: float = 0.01
@@ -73,7 +74,7 @@ def regularized_loss(rewards: torch.Tensor, divergences: list[torch.Tensor], bet
 
 class ROCM(Trainer):
     name = "rocm"
-    version = "1"
+    version = "2"  # 2: no divergence at the consistency sampler's deterministic last step
     Config = Config
     needs_differentiable_reward = True
     families = ("consistency", "diffusion")
@@ -92,7 +93,7 @@ class ROCM(Trainer):
         rewards = self.reward(trajectory.images, prompts)
         divergences = []
         if self.reference is not None:
-            for s in range(len(trajectory.timesteps)):
+            for s in trajectory.stochastic_steps:
                 std = float(trajectory.stds[s])
                 reference_mean = self.reference.step_mean(trajectory, s)
                 divergences.append(step_divergence(cfg.divergence, trajectory.means[:, s], std, reference_mean, std,

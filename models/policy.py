@@ -1,8 +1,8 @@
 """The Policy protocol every method trains, and its epsilon-prediction diffusion implementation.
 
-A policy samples a `Trajectory`: the chain of latents x_T .. x_0 a sampler visits, and, for a
-stochastic sampler, the Gaussian transition p(x_prev | x_t) = N(mean, std^2 I) of every step and
-the log-probability of the step actually taken. Policy-gradient methods (DDPO) re-evaluate those
+A policy samples a `Trajectory`: the chain of latents x_T .. x_0 a sampler visits, the Gaussian
+transition p(x_prev | x_t) = N(mean, std^2 I) of every step (std 0: a deterministic step) and the
+log-probability of every stochastic step actually taken. The stochastic steps are the chain's actions. Policy-gradient methods (DDPO) re-evaluate those
 log-probabilities under updated parameters; direct-gradient methods sample with `grad=True`;
 reward-weighted and ranking methods train with the family's own loss.
 """
@@ -29,10 +29,16 @@ class Trajectory:
     latents: torch.Tensor  # (B, S + 1, C, H, W): x_T, ..., x_0 (model space, [-1, 1] for data)
     means: torch.Tensor  # (B, S, C, H, W): mean of each step's Gaussian transition
     # latents, means and images carry the sampling graph when sampled with grad=True
-    stds: torch.Tensor  # (S,): std of each step's transition (0 for a deterministic sampler)
-    log_probs: torch.Tensor | None  # (B, S): log p(x_prev | x_t) of the step taken; None if deterministic
+    stds: torch.Tensor  # (S,): std of each step's transition (0 for a deterministic step)
+    log_probs: torch.Tensor | None  # (B, S): log p(x_prev | x_t) of the step taken, NaN at a deterministic
+    # step; None if no step is stochastic
     images: torch.Tensor  # (B, C, H, W) in [0, 1]
     eta: float
+
+    @property
+    def stochastic_steps(self) -> list[int]:
+        """The steps with a density: the actions of the sampling MDP."""
+        return [s for s in range(len(self.timesteps)) if self.stds[s] > 0]
 
     def subset(self, index: torch.Tensor) -> "Trajectory":
         """The chains of the samples at `index` (B',), same steps."""
@@ -141,6 +147,7 @@ class ChainPolicy:
                     log_probs.append(gaussian_log_prob(x.detach(), mean.detach(), std))
                 else:
                     x = mean
+                    log_probs.append(torch.full((len(prompts),), float("nan"), device=self.device))
                 latents.append(x)
                 means.append(mean)
                 stds.append(std)
@@ -150,8 +157,7 @@ class ChainPolicy:
             latents=torch.stack(latents, dim=1),
             means=torch.stack(means, dim=1),
             stds=torch.tensor(stds, dtype=torch.float32),
-            # a density for the whole chain only: a deterministic step has none
-            log_probs=torch.stack(log_probs, dim=1) if len(log_probs) == len(timesteps) else None,
+            log_probs=torch.stack(log_probs, dim=1) if any(std > 0 for std in stds) else None,
             images=model_space_to_images(x),
             eta=eta,
         )
@@ -164,8 +170,8 @@ class ChainPolicy:
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor:
         """log p_theta(x_{step+1} | x_step) of the recorded step under the current parameters: (B,)."""
-        if trajectory.log_probs is None:
-            raise ValueError("log_prob needs a chain whose every step is stochastic (sample with eta > 0)")
+        if not trajectory.stds[step] > 0:
+            raise ValueError(f"step {step} of this chain is deterministic (std 0): it has no log-probability")
         mean = self.step_mean(trajectory, step)
         return gaussian_log_prob(trajectory.latents[:, step + 1].to(self.device), mean, float(trajectory.stds[step]))
 

@@ -1,5 +1,4 @@
 """The consistency model's sampler against diffusers' LCMScheduler, and its boundary condition."""
-import math
 
 import pytest
 import torch
@@ -55,9 +54,8 @@ def test_every_step_matches_lcm_scheduler(eta):
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
         if step + 1 < steps:
             assert torch.allclose(mean + std * noise, result.prev_sample, atol=1e-5)
-        else:  # the last step returns the prediction, plus the smallest noise of the schedule if eta > 0
-            assert torch.allclose(mean, result.denoised, atol=1e-5)
-            assert math.isclose(std, eta * math.sqrt(1 - float(scheduler.alphas_cumprod[0])), rel_tol=1e-3)  # float32 there
+        else:  # the last step returns the prediction, whatever DDIM's eta
+            assert torch.allclose(mean, result.denoised, atol=1e-5) and std == 0
 
 
 def test_boundary_condition_f_of_x_at_zero_is_x():
@@ -68,14 +66,13 @@ def test_boundary_condition_f_of_x_at_zero_is_x():
     assert torch.equal(out, x)
 
 
-def test_multistep_chain_has_a_density_only_with_final_noise(tiny_world):
+def test_every_step_but_the_last_is_an_action_with_a_density(tiny_world):
     policy = tiny_world.make_policy("consistency")
     prompts = ["a handwritten seven", "the digit 3"]
-    deterministic_end = policy.sample(prompts, 4, torch.Generator().manual_seed(0))
-    assert deterministic_end.log_probs is None and float(deterministic_end.stds[-1]) == 0
-    assert (deterministic_end.stds[:-1] > 0).all()
-    stochastic = policy.sample(prompts, 4, torch.Generator().manual_seed(0), eta=1.0)
-    assert stochastic.log_probs.shape == (2, 4) and (stochastic.stds > 0).all()
+    chain = policy.sample(prompts, 4, torch.Generator().manual_seed(0))
+    assert chain.stochastic_steps == [0, 1, 2] and float(chain.stds[-1]) == 0
+    assert chain.log_probs.shape == (2, 4) and torch.isnan(chain.log_probs[:, 3]).all()
     with torch.no_grad():
-        for s in range(4):
-            assert torch.allclose(policy.log_prob(stochastic, s), stochastic.log_probs[:, s], rtol=1e-6, atol=1e-3)
+        for s in chain.stochastic_steps:
+            assert torch.allclose(policy.log_prob(chain, s), chain.log_probs[:, s], rtol=1e-6, atol=1e-3)
+    assert policy.sample(prompts, 1, torch.Generator().manual_seed(0)).log_probs is None  # one step: deterministic

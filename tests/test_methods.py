@@ -82,6 +82,8 @@ def expected_usage(name, cfg, model="diffusion"):
     """The compute one step must cost, worked out from the config alone."""
     images = cfg.prompts_per_iter * cfg.samples_per_prompt
     sampling = images * cfg.sample_steps
+    # the chain's actions: every DDIM step (eta > 0), every consistency step but the deterministic last
+    actions = cfg.sample_steps - (model == "consistency")
     if name == "raft":
         kept = cfg.prompts_per_iter * cfg.keep_per_prompt
         return {"nfe": sampling + cfg.updates_per_iter * kept * LOSS_NFE[model], "reward_queries": images,
@@ -90,10 +92,10 @@ def expected_usage(name, cfg, model="diffusion"):
         # forward + backward through every step, and the same for the reference (its backward carries the
         # divergence's gradient into the states); checkpointing re-runs the policy's forwards
         policy = sampling * (4 if cfg.gradient_checkpointing else 3)
-        reference = sampling * 3 if cfg.regularized else 0
+        reference = images * actions * 3 if cfg.regularized else 0
         return {"nfe": policy + reference, "reward_queries": images, "samples": images}
     if name == "ddpo":
-        trained = round(cfg.step_fraction * cfg.sample_steps)
+        trained = round(cfg.step_fraction * actions)
         reference = images * trained if cfg.kl_coef > 0 else 0
         return {"nfe": sampling + cfg.inner_epochs * (images * trained * 3 + reference),
                 "reward_queries": images, "samples": images}
@@ -155,6 +157,20 @@ def test_ddpo_ratio_is_exactly_one_on_the_first_on_policy_pass(tiny_world):
         with torch.no_grad():
             _, ratio = ppo_clipped_loss(trainer.policy.log_prob(traj, s), traj.log_probs[:, s], torch.ones(4), 0.2)
         assert torch.allclose(ratio, torch.ones(4), rtol=0, atol=1e-5)
+
+
+def test_ddpo_on_a_consistency_model_trains_its_stochastic_steps_at_the_model_learning_rate(tiny_world):
+    trainer, _ = make(tiny_world, "ddpo", "consistency")
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-5
+    assert make(tiny_world, "ddpo")[0].optimizer.param_groups[0]["lr"] == 3e-5
+    assert make(tiny_world, "ddpo", "consistency", learning_rate=2e-4)[0].optimizer.param_groups[0]["lr"] == 2e-4
+    traj = trainer.policy.sample(["a handwritten five"] * 2, 3, torch.Generator().manual_seed(0), eta=1.0)
+    assert traj.stochastic_steps == [0, 1] and torch.isnan(traj.log_probs[:, 2]).all()
+    with pytest.raises(ValueError, match="step 2 of this chain is deterministic"):
+        trainer.policy.log_prob(traj, 2)
+    one_step, _ = make(tiny_world, "ddpo", "consistency", sample_steps=1)
+    with pytest.raises(ValueError, match="a 1-step consistency sampler has none"):
+        one_step.step()
 
 
 def test_ppo_clipped_loss_known_values():
