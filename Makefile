@@ -9,7 +9,8 @@ METHOD ?=
 REWARD ?=
 SEEDS ?=
 BUDGET ?=
-WORKERS ?= $(shell nproc 2>/dev/null || echo 1)  # cells side by side, one torch thread each
+# cells side by side in worker processes, one torch thread each
+WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 WORLD ?= digits
 ARGS ?=
 
