@@ -1,9 +1,9 @@
 """Studies: tables a suite writes beside its leaderboard to answer one question, from the store alone.
 
 efficiency      the reward queries a method needs to reach a reference method's final reward, as a
-                fraction of the reference's (ROCM vs DDPO): per seed, the method's reward-vs-queries curve
-                over the milestones (starting from the base model at 0 queries) is interpolated linearly
-                to the first point where it reaches the same seed's reference final reward.
+                fraction of the reference's (ROCM vs DDPO): the method's mean reward-vs-queries curve over
+                the milestones (starting from the base model at 0 queries) is interpolated linearly to the
+                first point where it reaches the reference's final mean reward.
 regularization  every variant of a method at the suite's largest budget: train reward (the proxy on
                 train phrasings), judge accuracy on unseen phrasings, diversity and FID, by divergence x beta.
 Seeds give 95% bootstrap intervals (bench/stats.py).
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.stats import bootstrap_ci
+from bench.stats import bootstrap_ci, stratified_bootstrap_ci
 from bench.store import Store
 from models.io import atomic_write_bytes
 
@@ -31,7 +31,7 @@ def _label(frame: pd.DataFrame) -> pd.Series:
 
 
 def _ci(values) -> str:
-    mean, lo, hi = bootstrap_ci(values)
+    mean, lo, hi = values if isinstance(values, tuple) else bootstrap_ci(values)
     return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
@@ -48,46 +48,63 @@ def queries_to_reach(queries: np.ndarray, rewards: np.ndarray, target: float) ->
 
 
 def efficiency(results: pd.DataFrame, method: str, reference: str, base: str, reward: str) -> dict:
-    """Per seed, the queries `method` needs to reach `reference`'s final reward, over the reference's."""
+    """The queries `method` needs for its mean reward curve over seeds to reach `reference`'s final mean reward,
+    as a fraction of the reference's queries, with a bootstrap interval that resamples each method's seeds
+    (seed i of one method has nothing to do with seed i of the other). None if either has no runs."""
     ours = results[(results["reward"] == reward) & (results["split"] == PRIMARY_SPLIT) & (results["metric"] == "reward")]
     base_reward = ours[ours["label"] == base]["value"]
     if base_reward.empty:
         raise ValueError(f"the efficiency study needs {base} runs for the reward at 0 queries")
-    ratios, reached = {}, {}
-    for seed, runs in ours[ours["label"] == reference].groupby("seed"):
-        final = runs[runs["milestone"] == runs["milestone"].max()].iloc[0]
-        curve = ours[(ours["label"] == method) & (ours["seed"] == seed)].sort_values("milestone")
-        if curve.empty:
-            continue
-        queries = np.concatenate([[0.0], curve["reward_queries"].to_numpy()])
-        rewards = np.concatenate([[base_reward.mean()], curve["value"].to_numpy()])
-        needed = queries_to_reach(queries, rewards, final["value"])
-        ratios[int(seed)] = needed / final["reward_queries"]
-        reached[int(seed)] = (final["value"], final["value"] - rewards[0], final["reward_queries"], needed)
-    return {"ratios": ratios, "reached": reached}
+    start = base_reward.mean()
+    finals = ours[ours["label"] == reference].sort_values("milestone").groupby("seed").last()
+    curves = ours[ours["label"] == method].pivot_table(index="seed", columns="milestone", values="value")
+    if finals.empty or curves.empty:
+        return None
+    queries = np.concatenate([[0.0], ours[ours["label"] == method].groupby("milestone")["reward_queries"].mean()])
+    targets, spent = finals["value"].to_numpy(), finals["reward_queries"].to_numpy()
+
+    def fraction(reference_seeds: np.ndarray, method_seeds: np.ndarray, axis: int = -1) -> np.ndarray:
+        # arguments are (resamples of) seed indices, so that both seed sets are resampled on their own
+        reference_seeds, method_seeds = reference_seeds.astype(int), method_seeds.astype(int)
+        target = targets[reference_seeds].mean(axis=-1)
+        curve = curves.to_numpy()[method_seeds].mean(axis=-2)
+        needed = np.array([queries_to_reach(queries, np.concatenate([[start], c]), t)
+                           for c, t in zip(curve.reshape(-1, curve.shape[-1]), target.reshape(-1))])
+        return needed.reshape(target.shape) / spent[reference_seeds].mean(axis=-1)
+
+    with np.errstate(invalid="ignore"):  # an unreached target is inf, whose spread scipy computes too
+        estimate = stratified_bootstrap_ci([np.arange(len(targets), dtype=float),
+                                            np.arange(len(curves), dtype=float)], fraction)
+    return {"fraction": estimate, "target": bootstrap_ci(targets), "gain": bootstrap_ci(targets - start),
+            "reference_queries": spent.mean(), "method_queries": estimate[0] * spent.mean(),
+            "seeds": (len(curves), len(targets))}
+
+
+def _bound(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:.3f}"
 
 
 def write_efficiency(results: pd.DataFrame, out: Path) -> Path:
+    base = "base@consistency"
     lines = ["# Efficiency: reward queries to reach a reference's final reward", "",
-             f"Reward `digit` on `{PRIMARY_SPLIT}` prompts. Per seed, the target is the reference's mean reward at "
-             "its final milestone; the method's milestone curve (from the base model at 0 queries) is interpolated "
-             "to the first point reaching it. The fraction is the method's queries over the reference's; "
-             "mean [95% bootstrap CI] over seeds, `inf` where the target was never reached. A reference that ends "
-             "below the base model (gain over base < 0) is reached at 0 queries: read the gain column first.", "",
-             "| method | reference | seeds | target reward | reference gain over base | reference queries | "
-             "method queries | fraction of reference |",
+             f"Reward `digit` on `{PRIMARY_SPLIT}` prompts. The target is the reference's final reward, averaged over "
+             f"its seeds; the method's reward curve, averaged over its seeds over the milestones and starting from "
+             f"{base} at 0 queries, is interpolated to the first point reaching it. The fraction is the queries that "
+             "takes over the reference's: the estimate from all seeds, and a 95% bootstrap interval resampling each "
+             "method's seeds on its own (`never`: not reached within the method's budget in that resample). A target "
+             f"at or below the start (target gain over {base} <= 0) is reached at 0 queries.", "",
+             f"| method | reference | seeds (method, reference) | target reward | target gain over {base} | "
+             "reference queries | method queries | fraction of reference [95% CI] |",
              "|---|---|---|---|---|---|---|---|"]
     for method, reference in (("rocm@consistency", "ddpo@consistency"), ("rocm@consistency", "ddpo@diffusion")):
-        study = efficiency(results, method, reference, base="base@consistency", reward="digit")
-        if not study["ratios"]:
+        study = efficiency(results, method, reference, base=base, reward="digit")
+        if study is None:
             continue
-        ratios = np.array(list(study["ratios"].values()))
-        targets, gains, ref_queries, needed = (np.array(v) for v in zip(*study["reached"].values()))
-        finite = np.isfinite(ratios)
-        fraction = _ci(ratios) if finite.all() else f"inf for {int((~finite).sum())} of {len(ratios)} seeds"
-        spent = _ci(needed) if finite.all() else "—"
-        lines.append(f"| {method} | {reference} | {len(ratios)} | {_ci(targets)} | {_ci(gains)} | {_ci(ref_queries)} | "
-                     f"{spent} | {fraction} |")
+        fraction, low, high = study["fraction"]
+        queries = "never" if math.isinf(study["method_queries"]) else f"{study['method_queries']:.0f}"
+        lines.append(f"| {method} | {reference} | {study['seeds'][0]}, {study['seeds'][1]} | "
+                     f"{_ci(study['target'])} | {_ci(study['gain'])} | {study['reference_queries']:.0f} | {queries} | "
+                     f"{_bound(fraction)} [{_bound(low)}, {_bound(high)}] |")
     path = out / "efficiency.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path

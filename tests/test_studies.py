@@ -22,19 +22,29 @@ def _curve(label, seed, points):
              "milestone": i, "reward_queries": q, "value": v} for i, (q, v) in enumerate(points)]
 
 
-def test_efficiency_is_the_method_queries_over_the_reference_queries_per_seed():
+def test_efficiency_reaches_the_reference_mean_final_with_the_method_mean_curve():
     rows = (_curve("base@consistency", 0, [(0, -1.0)])
-            + _curve("ddpo@consistency", 0, [(1000, -0.8), (2000, -0.5)])
-            + _curve("rocm@consistency", 0, [(100, -0.6), (200, -0.4)])
-            + _curve("ddpo@consistency", 1, [(1000, -0.9), (2000, -1.2)])  # ends below the base
-            + _curve("rocm@consistency", 1, [(100, -0.6), (200, -0.4)]))
+            + _curve("ddpo@consistency", 0, [(1000, -0.8), (2000, -0.4)])
+            + _curve("ddpo@consistency", 1, [(1000, -0.9), (2000, -0.6)])
+            + _curve("rocm@consistency", 0, [(100, -0.5), (200, -0.4)])
+            + _curve("rocm@consistency", 1, [(100, -0.7), (200, -0.4)]))
     study = efficiency(pd.DataFrame(rows), "rocm@consistency", "ddpo@consistency", "base@consistency", "digit")
-    # seed 0: target -0.5 is reached halfway between 100 (-0.6) and 200 (-0.4) queries
-    assert study["ratios"][0] == pytest.approx(150 / 2000)
-    assert study["reached"][0] == pytest.approx((-0.5, 0.5, 2000, 150))
-    # seed 1: the reference lost reward, so the base model (0 queries) already reaches its final
-    assert study["ratios"][1] == 0.0
-    assert study["reached"][1] == pytest.approx((-1.2, -0.2, 2000, 0))
+    # target -0.5 (mean of -0.4, -0.6); the mean curve -1.0, -0.6, -0.4 at 0, 100, 200 queries reaches it at 150
+    assert study["target"][0] == pytest.approx(-0.5) and study["gain"][0] == pytest.approx(0.5)
+    assert study["method_queries"] == pytest.approx(150) and study["fraction"][0] == pytest.approx(150 / 2000)
+    # each extreme resample has probability 1/16 > 2.5%: the easiest, target -0.6 against the curve through
+    # -0.5 at 100, is reached at 80; the hardest, target -0.4, only at 200
+    assert study["fraction"][1:] == pytest.approx((80 / 2000, 200 / 2000))
+
+
+def test_efficiency_below_the_start_is_free_and_above_the_curve_is_never():
+    rows = (_curve("base@consistency", 0, [(0, -1.0)])
+            + _curve("ddpo@consistency", 0, [(1000, -1.2)]) + _curve("ddpo@diffusion", 0, [(1000, 0.5)])
+            + _curve("rocm@consistency", 0, [(100, -0.6)]))
+    frame = pd.DataFrame(rows)
+    assert efficiency(frame, "rocm@consistency", "ddpo@consistency", "base@consistency", "digit")["fraction"] == (0, 0, 0)
+    never = efficiency(frame, "rocm@consistency", "ddpo@diffusion", "base@consistency", "digit")
+    assert never["fraction"] == (math.inf,) * 3 and math.isinf(never["method_queries"])
 
 
 def test_efficiency_without_base_runs_says_what_it_needs():
