@@ -6,10 +6,12 @@ efficiency      the reward queries a method needs to reach a reference method's 
                 first point where it reaches the reference's final mean reward.
 regularization  every variant of a method at the suite's largest budget: train reward (the proxy on
                 train phrasings), judge accuracy on unseen phrasings, diversity and FID, by divergence x beta.
+alpha           the same table by the W2 bound's weight alpha (ORW-CFM-W2), per reward.
 Seeds give 95% bootstrap intervals (bench/stats.py).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -110,29 +112,38 @@ def write_efficiency(results: pd.DataFrame, out: Path) -> Path:
     return path
 
 
-def write_regularization(results: pd.DataFrame, out: Path) -> Path:
+def write_settings_table(results: pd.DataFrame, out: Path, name: str, title: str, settings: tuple[str, ...]) -> Path:
+    """Every cell at the suite's largest budget, per reward, with the method settings the study varies."""
     final = results[results["budget"] == results["budget"].max()]
     columns = [(TRAIN_SPLIT, "reward", "train reward ↑"), (PRIMARY_SPLIT, "reward", "reward (unseen) ↑"),
                (PRIMARY_SPLIT, "judge_acc", "judge acc (unseen) ↑"), (PRIMARY_SPLIT, "diversity", "diversity ↑"),
                (PRIMARY_SPLIT, "fid", "FID ↓")]
-    lines = ["# Regularization: divergence x beta at the largest budget", "",
+    lines = [f"# {title}", "",
              f"Budget {final['budget_unit'].iloc[0]} {final['budget'].iloc[0]:g}; mean [95% bootstrap CI] over seeds. "
-             f"Train reward is the proxy on the train phrasings ({TRAIN_SPLIT}); the rest are on unseen phrasings.", "",
-             "| method | divergence | beta | seeds | " + " | ".join(c[2] for c in columns) + " |",
-             "|---|---|---|---|" + "---|" * len(columns)]
-    for label, cell in final.groupby("label", sort=False):
-        config = json.loads(cell["config_json"].iloc[0])["method_config"]
-        divergence, beta = config.get("divergence", "—"), config.get("beta", "—")
-        if divergence == "none":
-            beta = 0
-        cells = [_ci(cell[(cell["split"] == s) & (cell["metric"] == m)]["value"].to_numpy()) for s, m, _ in columns]
-        lines.append(f"| {label} | {divergence} | {beta} | {cell['seed'].nunique()} | " + " | ".join(cells) + " |")
-    path = out / "regularization.md"
+             f"Train reward is the proxy on the train phrasings ({TRAIN_SPLIT}); the rest are on unseen phrasings."]
+    for reward, cells in final.groupby("reward"):
+        lines += ["", f"## Reward: {reward}", "",
+                  "| method | " + " | ".join(settings) + " | seeds | " + " | ".join(c[2] for c in columns) + " |",
+                  "|---|" + "---|" * len(settings) + "---|" + "---|" * len(columns)]
+        for label, cell in cells.groupby("label", sort=False):
+            config = json.loads(cell["config_json"].iloc[0])["method_config"]
+            if config.get("divergence") == "none":
+                config["beta"] = 0  # without a divergence the default beta in the config weighs nothing
+            values = [str(config.get(setting, "—")) for setting in settings]
+            metrics = [_ci(cell[(cell["split"] == s) & (cell["metric"] == m)]["value"].to_numpy()) for s, m, _ in columns]
+            lines.append(f"| {label} | " + " | ".join(values) + f" | {cell['seed'].nunique()} | " + " | ".join(metrics) + " |")
+    path = out / f"{name}.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
 
 
-STUDIES = {"efficiency": write_efficiency, "regularization": write_regularization}
+STUDIES = {
+    "efficiency": write_efficiency,
+    "regularization": functools.partial(write_settings_table, name="regularization", settings=("divergence", "beta"),
+                                        title="Regularization: divergence x beta at the largest budget"),
+    "alpha": functools.partial(write_settings_table, name="alpha", settings=("alpha",),
+                               title="The W2 bound's weight alpha at the largest budget"),
+}
 
 
 def write_studies(store: Store, out_dir: Path, studies: tuple[str, ...]) -> list[Path]:

@@ -66,10 +66,11 @@ def parse_entry(entry: str, variants: dict[str, dict] | None = None) -> tuple[st
 
 
 # The suite's entries: every method on its default model, and the policy-gradient and ranking methods
-# again on the consistency model, so that ROCM and its baselines start from one base.
+# again on the consistency and the flow model, so that ROCM and ORW-CFM-W2 are compared on their own bases.
 DEFAULT_METHODS = ("base", "best_of_n", "raft", "ddpo",
                    "base@consistency", "best_of_n@consistency", "raft@consistency", "ddpo@consistency",
-                   "rocm@consistency")
+                   "rocm@consistency",
+                   "base@flow", "best_of_n@flow", "raft@flow", "ddpo@flow", "orw_cfm_w2@flow")
 
 
 def default() -> Suite:
@@ -83,7 +84,8 @@ def smoke() -> Suite:
     return Suite(
         "smoke", methods=DEFAULT_METHODS, seeds=(0, 1), budget=Budget("nfe", 400), milestones=(0.5, 1.0),
         world="digits-tiny", eval=EvalConfig(steps=4, samples_per_prompt=2),
-        overrides={"raft": {**small, "updates_per_iter": 1}, "ddpo": {**small, "minibatch": 4}, "rocm": small},
+        overrides={"raft": {**small, "updates_per_iter": 1}, "ddpo": {**small, "minibatch": 4}, "rocm": small,
+                   "orw_cfm_w2": {**small, "updates_per_iter": 1}},
     )
 
 
@@ -112,8 +114,18 @@ def rocm_regularization() -> Suite:
                  rewards=("digit",), variants=variants, studies=("regularization",))
 
 
+ORW_ALPHAS = (0.0, 0.1, 1.0, 10.0)
+
+
+def orw_alpha() -> Suite:
+    """ORW-CFM-W2 without the W2 bound and at three strengths, on both rewards (bench/studies.py)."""
+    variants = {f"orw_cfm_w2/alpha-{alpha:g}": {"alpha": alpha} for alpha in ORW_ALPHAS}
+    return Suite("orw-alpha", methods=("base@flow", *(f"{v}@flow" for v in variants)), variants=variants,
+                 studies=("alpha",))
+
+
 SUITES = {"default": default, "smoke": smoke, "rocm-efficiency": rocm_efficiency,
-          "rocm-regularization": rocm_regularization}
+          "rocm-regularization": rocm_regularization, "orw-alpha": orw_alpha}
 
 
 def check_names(kind: str, names, valid) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 from methods.base import BaseModel
 from methods.best_of_n import BestOfN
 from methods.ddpo import DDPO
+from methods.orw_cfm_w2 import ORWCFMW2
 from methods.raft import RAFT
 from methods.rocm import ROCM
 
@@ -11,4 +12,5 @@ METHODS = {
     "raft": RAFT,
     "ddpo": DDPO,
     "rocm": ROCM,
+    "orw_cfm_w2": ORWCFMW2,
 }

@@ -21,7 +21,7 @@ class Trainer(ABC):
     trains: ClassVar[bool] = True
     """False for inference-time methods: the harness runs no training loop, only `generate`."""
     needs_differentiable_reward: ClassVar[bool] = False
-    families: ClassVar[tuple[str, ...]] = ("diffusion", "consistency")
+    families: ClassVar[tuple[str, ...]] = ("diffusion", "consistency", "flow")
     """The generator families (Policy.family) the method can fine-tune; the first is its default."""
 
     def __init__(self, policy, reward, prompts: list[str], config, seed: int):

@@ -1,4 +1,4 @@
-"""The embedded `digits` world: data, prompts, and the deterministic build of its three networks.
+"""The embedded `digits` world: data, prompts, and the deterministic build of its networks.
 
 Data: scikit-learn's 1,797 8x8 handwritten digits, split once (stratified, fixed seed) into
   train (60%): the base generator and the reward classifier learn from it;
@@ -8,6 +8,7 @@ Prompts: natural-language text naming one digit, one a line in prompts/digits/*.
 Networks, each trained here from its own seed and versioned by the SHA-256 of its weights:
   denoiser: the epsilon-prediction base generator (TextConditionedDenoiser, sampled with DDIM);
   consistency: a consistency model distilled from the denoiser (sampled in 1 to 8 steps);
+  flow: a rectified-flow (velocity) base generator trained by flow matching, as SD3 is;
   reward classifier (MLP) behind the `digit` reward; judge (CNN), for evaluation only.
 Each network is a component built from a recipe (the config fields it depends on and the hashes
 of the components it learns from); `build_world` rebuilds only the components whose recipe changed,
@@ -31,6 +32,7 @@ from torch import nn
 
 from models.consistency import ConsistencyPolicy, distillation_grid
 from models.diffusion import add_noise
+from models.flow import FlowPolicy
 from models.io import atomic_torch_save, atomic_write_bytes
 from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoiser
 from models.policy import DiffusionPolicy
@@ -151,16 +153,17 @@ def training_batch(images: torch.Tensor, labels: torch.Tensor, size: int, genera
     return images[idx], [by_digit[int(labels[i])][int(c)] for i, c in zip(idx, choice)]
 
 
-def train_denoiser(cfg: WorldConfig, encoder: PromptEncoder, images: torch.Tensor, labels: torch.Tensor,
-                   generator: torch.Generator, log=print) -> TextConditionedDenoiser:
-    """Trains the base generator on (image, a random train prompt naming its digit) pairs."""
+def train_generator(cfg: WorldConfig, policy_class: type, encoder: PromptEncoder, images: torch.Tensor,
+                    labels: torch.Tensor, generator: torch.Generator, log=print) -> TextConditionedDenoiser:
+    """Trains a base generator from scratch with its family's own loss (the denoising loss, flow matching)
+    on (image, a random train prompt naming its digit) pairs; returns the EMA of its weights."""
     model = TextConditionedDenoiser(IMAGE_SHAPE, TEXT_DIM, cfg.denoiser_width, cfg.denoiser_depth)
     ema = TextConditionedDenoiser(IMAGE_SHAPE, TEXT_DIM, cfg.denoiser_width, cfg.denoiser_depth)
     ema.load_state_dict(model.state_dict())
-    policy = DiffusionPolicy(model, encoder)
+    policy = policy_class(model, encoder)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.denoiser_lr, weight_decay=0.0)
     start = time.monotonic()
-    for step in progress(range(cfg.denoiser_steps), desc="denoiser"):
+    for step in progress(range(cfg.denoiser_steps), desc=policy.family):
         for group in optimizer.param_groups:
             group["lr"] = _cosine_lr(step, cfg.denoiser_steps, cfg.denoiser_lr)
         batch_images, batch_prompts = training_batch(images, labels, cfg.denoiser_batch, generator)
@@ -172,7 +175,7 @@ def train_denoiser(cfg: WorldConfig, encoder: PromptEncoder, images: torch.Tenso
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - cfg.ema_decay)
         if (step + 1) % 1000 == 0:
-            log(f"  denoiser step {step + 1}/{cfg.denoiser_steps} loss {loss.item():.4f} "
+            log(f"  {policy.family} step {step + 1}/{cfg.denoiser_steps} loss {loss.item():.4f} "
                 f"({time.monotonic() - start:.0f}s)")
     return ema.eval()
 
@@ -235,7 +238,11 @@ def _build_judge(cfg, splits, built, generator, log):
 
 
 def _build_denoiser(cfg, splits, built, generator, log):
-    return train_denoiser(cfg, built.encoder, *splits["train"], generator, log=log)
+    return train_generator(cfg, DiffusionPolicy, built.encoder, *splits["train"], generator, log=log)
+
+
+def _build_flow(cfg, splits, built, generator, log):
+    return train_generator(cfg, FlowPolicy, built.encoder, *splits["train"], generator, log=log)
 
 
 def _build_consistency(cfg, splits, built, generator, log):
@@ -252,11 +259,13 @@ COMPONENTS = {
     "denoiser": (_DENOISER_FIELDS, (), _build_denoiser, _denoiser),
     "consistency": (("denoiser_width", "denoiser_depth", "denoiser_batch", "consistency_steps", "consistency_lr",
                      "consistency_target_decay"), ("denoiser",), _build_consistency, _denoiser),
+    "flow": (_DENOISER_FIELDS, (), _build_flow, _denoiser),
 }
 
 
 # The world's generators, by the model name a run chooses: (component, policy class).
-GENERATORS = {"diffusion": ("denoiser", DiffusionPolicy), "consistency": ("consistency", ConsistencyPolicy)}
+GENERATORS = {"diffusion": ("denoiser", DiffusionPolicy), "consistency": ("consistency", ConsistencyPolicy),
+              "flow": ("flow", FlowPolicy)}
 
 
 class _Built:

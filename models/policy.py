@@ -25,7 +25,7 @@ class Trajectory:
     """One batch of sampling chains. B = batch, S = sampler steps, (C, H, W) = image shape."""
 
     prompts: list[str]
-    timesteps: torch.Tensor  # (S,) int64, the timestep each step starts from, descending
+    timesteps: torch.Tensor  # (S,) the timestep (int64) or flow time (float64) each step starts from, descending
     latents: torch.Tensor  # (B, S + 1, C, H, W): x_T, ..., x_0 (model space, [-1, 1] for data)
     means: torch.Tensor  # (B, S, C, H, W): mean of each step's Gaussian transition
     # latents, means and images carry the sampling graph when sampled with grad=True

@@ -108,14 +108,15 @@ def test_run_ids_change_with_the_config_and_the_base_model():
 
 def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_path, capsys):
     store = tmp_path / "smoke" / "store.sqlite"
-    # a bare method name selects the suite's entries of it on every model: base, ddpo (diffusion and
-    # consistency), and rocm, whose `compress` cells are not applicable
+    # a bare method name selects the suite's entries of it on every model: base and ddpo (diffusion,
+    # consistency, flow), and rocm, whose `compress` cells are not applicable
     argv = ["run", "--suite", "smoke", "--method", "base,ddpo,rocm", "--seeds", "2", "--store", str(store)]
     assert main(argv) == 0
     first = capsys.readouterr().out
-    assert "20 runs, 18 done, 2 n/a, 0 failed" in first
+    assert "28 runs, 26 done, 2 n/a, 0 failed" in first
     board = (tmp_path / "smoke" / "leaderboard.md").read_text()
     for text in ("| base | diffusion |", "| base | consistency |", "| ddpo | diffusion |", "| ddpo | consistency |",
+                 "| ddpo | flow |",
                  "| rocm | consistency |", "needs a differentiable reward", "judge_acc ↑", "fid ↓",
                  "Reward: compress", "Reward: digit"):
         assert text in board, text

@@ -1,0 +1,66 @@
+"""Rectified flow, the tiny counterpart of SD3: velocity prediction on the straight path between data and noise,
+  x_t = (1 - t) x0 + t eps,   t in [0, 1] (t = 1 is pure noise),   v = dx_t/dt = eps - x0,
+with the network fed the timestep 1000 t (SD3's convention). Training is conditional flow matching,
+E_{t ~ U(0, 1), eps} ||v_theta(x_t, t) - (eps - x0)||^2.
+
+Sampling runs over the grid t_k = 1 - k / S (k = 0 .. S). A step from t to s < t predicts
+x0 = x_t - t v and eps = x_t + (1 - t) v and moves to
+  x_s ~ N((1 - s) x0 + sqrt(s^2 - sigma^2) eps, sigma^2 I),   sigma = eta * (s / t) * sqrt(t^2 - (1 - t)^2 s^2 / (1 - s)^2),
+DDIM's family written for this path: sigma at eta = 1 is the posterior std of x_s given x_t and x0, so every
+eta in [0, 1] keeps the marginals of the path (for a perfect v), and eta = 0 is exactly the Euler step of the
+ODE, x_s = x_t + (s - t) v (diffusers' FlowMatchEulerDiscreteScheduler). With eta > 0 every step but the
+last (s = 0, where sigma = 0) is a Gaussian transition with a log-probability, as Flow-GRPO needs for
+policy gradients on flow models.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from models.policy import ChainPolicy, images_to_model_space
+
+TIMESTEP_SCALE = 1000.0
+
+
+def flow_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, eta: float) -> tuple[torch.Tensor, float]:
+    """Mean and std of the step from time t to s < t, given the velocity v predicted at (x, t)."""
+    x0, eps = x - t * v, x + (1 - t) * v
+    posterior = (s / t) * math.sqrt(max(t**2 - ((1 - t) * s / (1 - s)) ** 2, 0.0))
+    std = min(eta * posterior, s)  # eta > 1 would ask for more noise than x_s holds
+    return (1 - s) * x0 + math.sqrt(s**2 - std**2) * eps, std
+
+
+class FlowPolicy(ChainPolicy):
+    """A rectified-flow model, sampled by Euler (eta = 0) or its marginal-preserving stochastic sampler."""
+
+    family = "flow"
+    default_steps = 20
+
+    def sampling_timesteps(self, steps: int) -> torch.Tensor:
+        if steps < 1:
+            raise ValueError(f"a flow model samples with at least 1 step, got {steps}")
+        return 1 - torch.arange(steps, dtype=torch.float64) / steps
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str], network=None) -> torch.Tensor:
+        """v_theta(x_t, t) for per-sample times t (B,) in [0, 1]; `network` overrides the policy's own."""
+        return (network or self.network)(x, (t * TIMESTEP_SCALE).to(x.device, torch.float32), self._text(prompts))
+
+    def transition(self, x, step, timesteps, text, eta):
+        t = float(timesteps[step])
+        s = float(timesteps[step + 1]) if step + 1 < len(timesteps) else 0.0
+        v = self.network(x, torch.full((x.shape[0],), t * TIMESTEP_SCALE, device=x.device), text)
+        return flow_transition(x, v, t, s, eta)
+
+    def flow_matching_pair(self, images: torch.Tensor, generator: torch.Generator):
+        """A point on each image's path and the velocity to regress there: (x_t, t (B,), target v)."""
+        x0 = images_to_model_space(images.to(self.device))
+        t = torch.rand(len(x0), generator=generator, dtype=torch.float64)
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        t_ = t.to(self.device, torch.float32).view(-1, *(1,) * (x0.dim() - 1))
+        return (1 - t_) * x0 + t_ * noise, t, noise - x0
+
+    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        """Conditional flow matching on images in [0, 1]: a scalar."""
+        x_t, t, target = self.flow_matching_pair(images, generator)
+        return ((self.velocity(x_t, t, prompts) - target) ** 2).mean()

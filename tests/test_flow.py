@@ -1,0 +1,80 @@
+"""The rectified-flow model's samplers: Euler against diffusers, and the stochastic sampler's marginals
+against a closed form (Gaussian data, whose exact velocity field is known)."""
+import math
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from torch import nn
+
+from models.flow import TIMESTEP_SCALE, FlowPolicy, flow_transition
+
+
+class ConstantText(nn.Module):
+    def forward(self, prompts):
+        return torch.zeros(len(prompts), 1)
+
+
+class GaussianVelocity(nn.Module):
+    """The exact velocity E[eps - x0 | x_t] when every pixel of x0 is N(mu, c^2) independently."""
+
+    image_shape = (1, 4, 4)
+
+    def __init__(self, mu: float, c: float):
+        super().__init__()
+        self.mu, self.c = mu, c
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, text):
+        t = (t.double() / TIMESTEP_SCALE).view(-1, 1, 1, 1)
+        variance = (1 - t) ** 2 * self.c**2 + t**2
+        centred = x.double() - (1 - t) * self.mu
+        x0 = self.mu + (1 - t) * self.c**2 / variance * centred
+        eps = t / variance * centred
+        return (eps - x0).float()
+
+
+def test_the_deterministic_step_is_diffusers_euler_step():
+    steps, g = 4, torch.Generator().manual_seed(0)
+    policy = FlowPolicy(GaussianVelocity(0.3, 0.5), ConstantText())
+    timesteps = policy.sampling_timesteps(steps)
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    scheduler.set_timesteps(sigmas=timesteps.tolist())
+    for step in range(steps):
+        x = torch.randn(2, 1, 4, 4, generator=g)
+        mean, std = policy.transition(x, step, timesteps, torch.zeros(2, 1), eta=0.0)
+        v = policy.network(x, torch.full((2,), float(timesteps[step]) * TIMESTEP_SCALE), None)
+        expected = scheduler.step(v, scheduler.timesteps[step], x).prev_sample
+        assert std == 0 and torch.allclose(mean, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_every_sampler_lands_on_the_data_distribution(eta):
+    mu, c = 0.3, 0.5
+    policy = FlowPolicy(GaussianVelocity(mu, c), ConstantText())
+    with torch.no_grad():
+        chain = policy.sample(["x"] * 2000, 200, torch.Generator().manual_seed(1), eta=eta)
+    x = chain.latents[:, -1].flatten()
+    assert abs(x.mean().item() - mu) < 0.01 and abs(x.std().item() - c) < 0.01
+
+
+def test_the_posterior_std_keeps_the_path_marginals():
+    # one step from t to s with the true x0 and eps: (1 - s) x0 + sqrt(s^2 - std^2) eps + std z has noise std s
+    for t, s in [(1.0, 0.6), (0.8, 0.3), (0.5, 0.1)]:
+        x0, eps = torch.zeros(1), torch.ones(1)
+        x_t = (1 - t) * x0 + t * eps
+        mean, std = flow_transition(x_t, eps - x0, t, s, eta=1.0)
+        assert math.isclose(((mean - (1 - s) * x0) / eps).item() ** 2 + std**2, s**2, rel_tol=1e-6)  # float32
+        # eta = 1 is the posterior of x_s given x_t and x0: its std for this path, in closed form
+        assert math.isclose(std**2, s**2 * (t**2 - ((1 - t) * s / (1 - s)) ** 2) / t**2, rel_tol=1e-9)
+    assert flow_transition(torch.zeros(1), torch.zeros(1), 0.5, 0.0, eta=1.0)[1] == 0  # the last step
+
+
+def test_every_stochastic_step_but_the_last_is_an_action(tiny_world):
+    policy = tiny_world.make_policy("flow")
+    chain = policy.sample(["a handwritten seven", "the digit 3"], 4, torch.Generator().manual_seed(0), eta=1.0)
+    assert chain.stochastic_steps == [0, 1, 2] and float(chain.stds[-1]) == 0
+    with torch.no_grad():
+        for s in chain.stochastic_steps:
+            assert torch.allclose(policy.log_prob(chain, s), chain.log_probs[:, s], rtol=1e-6, atol=1e-3)
+    assert policy.sample(["x"], 4, torch.Generator().manual_seed(0)).log_probs is None  # Euler: deterministic
