@@ -22,7 +22,7 @@ import torch
 
 from methods.divergences import closed_form
 from models.diffusion import gaussian_log_prob
-from methods.trainer import Trainer, make_optimizer, sample_prompts
+from methods.trainer import Trainer, make_optimizer, prompt_groups
 
 
 @dataclass(frozen=True)
@@ -101,8 +101,7 @@ class DDPO(Trainer):
 
     def step(self) -> dict[str, float]:
         cfg = self.config
-        prompts = [p for p in sample_prompts(self.prompts, cfg.prompts_per_iter, self.generator)
-                   for _ in range(cfg.samples_per_prompt)]
+        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
         with torch.no_grad():
             trajectory = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.eta)
             rewards = self.reward(trajectory.images, prompts).float().cpu()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.trainer import Trainer, make_optimizer, sample_prompts
+from methods.trainer import Trainer, make_optimizer, prompt_groups
 
 WEIGHTINGS = ("exp", "linear", "rank", "uniform")
 
@@ -97,8 +97,7 @@ class ORWCFMW2(Trainer):
 
     def step(self) -> dict[str, float]:
         cfg = self.config
-        prompts = [p for p in sample_prompts(self.prompts, cfg.prompts_per_iter, self.generator)
-                   for _ in range(cfg.samples_per_prompt)]
+        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
         with torch.no_grad():
             images = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator).images
             rewards = self.reward(images, prompts).float().cpu()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.divergences import DIVERGENCES, step_divergence
-from methods.trainer import Trainer, make_optimizer, sample_prompts
+from methods.trainer import Trainer, make_optimizer, prompt_groups
 
 NO_DIVERGENCE = "none"
 
@@ -86,8 +86,7 @@ class ROCM(Trainer):
 
     def step(self) -> dict[str, float]:
         cfg = self.config
-        prompts = [p for p in sample_prompts(self.prompts, cfg.prompts_per_iter, self.generator)
-                   for _ in range(cfg.samples_per_prompt)]
+        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
         trajectory = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.eta,
                                         grad=True, checkpoint=cfg.gradient_checkpointing)
         rewards = self.reward(trajectory.images, prompts)

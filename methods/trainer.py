@@ -69,10 +69,10 @@ class Trainer(ABC):
             self.optimizer.load_state_dict(state["optimizer"])
 
 
-def sample_prompts(prompts: list[str], count: int, generator: torch.Generator) -> list[str]:
-    """`count` prompts drawn uniformly with replacement."""
-    index = torch.randint(0, len(prompts), (count,), generator=generator)
-    return [prompts[i] for i in index.tolist()]
+def prompt_groups(prompts: list[str], groups: int, per_group: int, generator: torch.Generator) -> list[str]:
+    """`groups` prompts drawn uniformly with replacement, each repeated `per_group` times (group-major)."""
+    index = torch.randint(0, len(prompts), (groups,), generator=generator)
+    return [prompts[i] for i in index.tolist() for _ in range(per_group)]
 
 
 def make_optimizer(parameters, learning_rate: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

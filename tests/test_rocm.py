@@ -7,7 +7,7 @@ import torch
 from bench.meter import MeteredPolicy, MeteredReward, Meter
 from methods import METHODS
 from methods.rocm import Config, regularized_loss
-from methods.trainer import sample_prompts
+from methods.trainer import prompt_groups
 from rewards import REWARDS
 
 SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "max_grad_norm": float("inf")}
@@ -32,7 +32,7 @@ def test_beta_zero_is_plain_reward_backpropagation(tiny_world):
     # the same chains by hand: -mean reward of images sampled with the reparameterization trick
     policy, reward = tiny_world.make_policy("consistency"), REWARDS["digit"].from_world(tiny_world)
     generator = torch.Generator().manual_seed(0)
-    prompts = [p for p in sample_prompts(tiny_world.prompts["train"], 2, generator) for _ in range(3)]
+    prompts = prompt_groups(tiny_world.prompts["train"], 2, 3, generator)
     images = policy.sample(prompts, 3, generator, eta=1.0, grad=True).images
     (-reward(images, prompts).mean()).backward()
     for ours, expected in zip(gradients(trainer), (p.grad for p in policy.trainable_parameters())):
