@@ -50,8 +50,8 @@ def write_results(store: Store, out_dir: Path, studies: tuple[str, ...] = (),
     out_dir = Path(out_dir)
     with store.snapshot():
         written = write_leaderboard(store, out_dir, primary_split=primary_split)
-        study_paths = write_studies(store, out_dir, studies)
         runs, results = ranked_frames(store)
+        study_paths = write_studies(runs, results, out_dir, studies)
         all_runs = store.runs_frame()
     table = pd.read_csv(out_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
     directions = results.groupby("metric")["higher_is_better"].first().to_dict()

@@ -20,16 +20,10 @@ import numpy as np
 import pandas as pd
 
 from bench.stats import bootstrap_ci, stratified_bootstrap_ci
-from bench.store import Store
 from models.io import atomic_write_bytes
 
 PRIMARY_SPLIT = "eval_unseen"
 TRAIN_SPLIT = "eval_seen"
-
-
-def _label(frame: pd.DataFrame) -> pd.Series:
-    variant = frame["variant"].where(frame["variant"] == "", "/" + frame["variant"])
-    return frame["method"] + variant + "@" + frame["model"]
 
 
 def _ci(values) -> str:
@@ -146,10 +140,11 @@ STUDIES = {
 }
 
 
-def write_studies(store: Store, out_dir: Path, studies: tuple[str, ...]) -> list[Path]:
+def write_studies(runs: pd.DataFrame, results: pd.DataFrame, out_dir: Path, studies: tuple[str, ...]) -> list[Path]:
+    """The studies' tables from the leaderboard's frames (bench.leaderboard.ranked_frames), whose `method`
+    already names the variant: each row is labelled as the suites spell it, method[/variant]@model."""
     if not studies:
         return []
-    results = store.results_frame()
-    runs = store.runs_frame().set_index("run_id")
-    results = results.assign(label=_label(results), config_json=results["run_id"].map(runs["config_json"]))
+    configs = runs.set_index("run_id")["config_json"]
+    results = results.assign(label=results["method"] + "@" + results["model"], config_json=results["run_id"].map(configs))
     return [STUDIES[name](results, Path(out_dir)) for name in studies]

@@ -2,8 +2,9 @@
 Reinforcement Learning", ICLR 2024, arXiv 2305.13301), the DDPO_IS (PPO) variant.
 
 The denoising chain is an MDP whose actions are the sampler's stochastic Gaussian steps
-x_{s+1} ~ pi_theta(. | x_s, c) (every DDIM step with eta > 0; every consistency step but the deterministic
-last one, as in RLCM, Oertell et al. 2024), so for trajectories sampled from the old policy with advantage A (the terminal reward, normalised):
+x_{s+1} ~ pi_theta(. | x_s, c) (every DDIM step with eta > 0; every consistency or flow step but the
+deterministic last one, as in RLCM, Oertell et al. 2024, and Flow-GRPO), so for trajectories sampled from
+the old policy with advantage A (the terminal reward, normalised):
   L(theta) = E_{s, traj} [ max(-A * rho_s, -A * clip(rho_s, 1 - eps, 1 + eps)) ] + kl_coef * E [ KL_s ],
   rho_s = pi_theta(x_{s+1} | x_s, c) / pi_old(x_{s+1} | x_s, c),
 with KL_s the closed-form KL between the step's Gaussian transitions under theta and the frozen base

@@ -35,7 +35,7 @@ from models.diffusion import add_noise
 from models.flow import FlowPolicy
 from models.io import atomic_torch_save, atomic_write_bytes
 from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoiser
-from models.policy import DiffusionPolicy
+from models.policy import DiffusionPolicy, images_to_model_space
 from models.progress import progress
 from models.text import TEXT_DIM, PromptEncoder
 
@@ -185,7 +185,7 @@ def distillation_loss(student: ConsistencyPolicy, teacher: DiffusionPolicy, targ
     """Consistency distillation (LCM's, without guidance): on adjacent grid timesteps t_n > t_{n-1},
     E ||f_student(x_{t_n}, t_n) - f_target(x_hat_{t_{n-1}}, t_{n-1})||^2, where x_hat is one DDIM (ODE)
     step of the teacher from x_{t_n} and f_target is the slow (EMA) copy of the student. A scalar."""
-    x0 = images * 2 - 1
+    x0 = images_to_model_space(images)
     grid = distillation_grid(student.schedule.num_train_timesteps)
     n = torch.randint(1, len(grid), (len(x0),), generator=generator)
     t_high, t_low = grid[n], grid[n - 1]

@@ -42,14 +42,17 @@ class FlowPolicy(ChainPolicy):
             raise ValueError(f"a flow model samples with at least 1 step, got {steps}")
         return 1 - torch.arange(steps, dtype=torch.float64) / steps
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str], network=None) -> torch.Tensor:
-        """v_theta(x_t, t) for per-sample times t (B,) in [0, 1]; `network` overrides the policy's own."""
-        return (network or self.network)(x, (t * TIMESTEP_SCALE).to(x.device, torch.float32), self._text(prompts))
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.network(x, (t * TIMESTEP_SCALE).to(x.device, torch.float32), text)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """v_theta(x_t, t) for per-sample times t (B,) in [0, 1]."""
+        return self._velocity(x, t, self._text(prompts))
 
     def transition(self, x, step, timesteps, text, eta):
         t = float(timesteps[step])
         s = float(timesteps[step + 1]) if step + 1 < len(timesteps) else 0.0
-        v = self.network(x, torch.full((x.shape[0],), t * TIMESTEP_SCALE, device=x.device), text)
+        v = self._velocity(x, timesteps[step].expand(x.shape[0]), text)
         return flow_transition(x, v, t, s, eta)
 
     def flow_matching_pair(self, images: torch.Tensor, generator: torch.Generator):

@@ -2,13 +2,14 @@
 
 A policy samples a `Trajectory`: the chain of latents x_T .. x_0 a sampler visits, the Gaussian
 transition p(x_prev | x_t) = N(mean, std^2 I) of every step (std 0: a deterministic step) and the
-log-probability of every stochastic step actually taken. The stochastic steps are the chain's actions. Policy-gradient methods (DDPO) re-evaluate those
-log-probabilities under updated parameters; direct-gradient methods sample with `grad=True`;
+log-probability of every stochastic step actually taken. The stochastic steps are the chain's actions.
+Policy-gradient methods (DDPO) re-evaluate those log-probabilities under updated parameters; direct-gradient methods sample with `grad=True`;
 reward-weighted and ranking methods train with the family's own loss.
 """
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -85,7 +86,7 @@ def model_space_to_images(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
 
 
-class ChainPolicy:
+class ChainPolicy(ABC):
     """A generator sampled by a chain of Gaussian transitions x_T -> ... -> x_0, one network call a step.
 
     A family implements `sampling_timesteps`, `transition` (the mean and std of one step) and `loss`;
@@ -110,18 +111,18 @@ class ChainPolicy:
     def _text(self, prompts: list[str]) -> torch.Tensor:
         return self.encoder(prompts).to(self.device)
 
+    @abstractmethod
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
-        """The `steps` timesteps the sampler starts its steps from, descending: (steps,) int64."""
-        raise NotImplementedError
+        """The `steps` timesteps the sampler starts its steps from, descending: (steps,)."""
 
+    @abstractmethod
     def transition(self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text: torch.Tensor,
                    eta: float) -> tuple[torch.Tensor, float]:
         """Mean (B, C, H, W) and std of step `step` of the chain over `timesteps`, from x at timesteps[step]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
         """The family's own training loss on images in [0, 1] and their prompts: a scalar."""
-        raise NotImplementedError
 
     def sample(self, prompts: list[str], steps: int, generator: torch.Generator, *, eta: float = 0.0,
                grad: bool = False, checkpoint: bool = False) -> Trajectory:
