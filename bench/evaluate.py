@@ -9,6 +9,7 @@ Per evaluation prompt set (eval_seen: train phrasings; eval_unseen: phrasings ne
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,15 @@ class EvalConfig:
     seed: int = 1234
     """Seed of the evaluation noise: identical for every method, seed and milestone."""
     splits: tuple[str, ...] = ("eval_seen", "eval_unseen")
-    """Prompt sets evaluated."""
+    """Prompt sets evaluated; the last is the primary one."""
+    also_steps: tuple[int, ...] = ()
+    """Further sampler step counts the primary set is evaluated with, recorded as split `<set>@<steps>`
+    (e.g. eval_unseen@40): how a model trained with one discretization fares with others."""
+
+    def identity(self) -> dict:
+        """The fields that determine results; an option at its empty default is left out, so that adding
+        one keeps the identity (and run ids) of every earlier run."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v != ()}
 
 
 def mean_pairwise_distance(features: torch.Tensor, groups: int) -> float:
@@ -71,15 +80,18 @@ def evaluate(trainer, world, reward, meter, budget, cfg: EvalConfig):
     the unmetered reward, since it is the harness measuring, not the method querying.
     """
     rows, samples, usage = [], {}, {}
-    for index, split in enumerate(cfg.splits):
+    sets = [(split, index, trainer.sampler_steps(cfg.steps), split) for index, split in enumerate(cfg.splits)]
+    primary, primary_index = cfg.splits[-1], len(cfg.splits) - 1
+    sets += [(primary, primary_index, steps, f"{primary}@{steps}") for steps in cfg.also_steps]
+    for split, index, steps, name in sets:
         prompts = [p for p in world.prompts[split] for _ in range(cfg.samples_per_prompt)]
+        # the same noise for a prompt set whatever the step count: only the discretization differs
         generator = torch.Generator().manual_seed(cfg.seed + index)
         before = dict(meter.accounts["eval"].as_dict())
         with meter.charging("eval"), meter.timed():
-            steps = trainer.sampler_steps(cfg.steps)
             images = trainer.generate(prompts, steps, generator, budget).detach().float().cpu()
-        usage[split] = {k: v - before[k] for k, v in meter.accounts["eval"].as_dict().items()}
-        for name, value in score_images(images, prompts, cfg.samples_per_prompt, world, reward).items():
-            rows.append((split, name, value, METRICS[name]))
-        samples[split] = (prompts, (images * 255).round().clamp(0, 255).to(torch.uint8).numpy().astype(np.uint8))
+        usage[name] = {k: v - before[k] for k, v in meter.accounts["eval"].as_dict().items()}
+        for metric, value in score_images(images, prompts, cfg.samples_per_prompt, world, reward).items():
+            rows.append((name, metric, value, METRICS[metric]))
+        samples[name] = (prompts, (images * 255).round().clamp(0, 255).to(torch.uint8).numpy().astype(np.uint8))
     return rows, samples, usage

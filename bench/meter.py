@@ -7,6 +7,7 @@ Units (budgets are expressed in any of them):
                   hooks along with the module);
   reward_queries  images scored by the reward;
   samples         images produced by the sampler;
+  labels          human-feedback labels (preference pairs) an annotator gave (rewards/feedback.py);
   wall_s          wall-clock seconds, timed by the runner around each training step.
 Usage is kept in accounts: `train` (what the budget limits) and `eval` (the harness's evaluation;
 for inference-time methods such as best-of-N this is their whole cost).
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-UNITS = ("nfe", "reward_queries", "samples", "wall_s")
+UNITS = ("nfe", "reward_queries", "samples", "labels", "wall_s")
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 
 
@@ -30,6 +31,7 @@ class Usage:
     nfe: float = 0.0
     reward_queries: float = 0.0
     samples: float = 0.0
+    labels: float = 0.0
     wall_s: float = 0.0
 
     def as_dict(self) -> dict[str, float]:
@@ -106,6 +108,9 @@ class Meter:
 
     def load_state_dict(self, state: dict) -> None:
         self.accounts = {name: Usage(**usage) for name, usage in state.items()}
+
+    def count_labels(self, n: int) -> None:
+        self.usage.labels += n
 
 
 class MeteredPolicy:

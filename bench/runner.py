@@ -29,6 +29,7 @@ from methods import METHODS
 from models.io import atomic_torch_save
 from models.progress import progress
 from rewards import REWARDS
+from rewards.feedback import AnnotatorConfig, Feedback
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,15 @@ class RunSpec:
     eval: EvalConfig
 
     def config_dict(self) -> dict:
-        return {
+        config = {
             "world": self.world, "method": self.method, "method_version": METHODS[self.method].version,
-            "variant": self.variant, "model": self.model, "method_config": dataclasses.asdict(self.method_config), "reward": self.reward, "seed": self.seed,
-            "budget": str(self.budget), "milestones": list(self.milestones), "eval": dataclasses.asdict(self.eval),
+            "variant": self.variant, "model": self.model, "method_config": dataclasses.asdict(self.method_config),
+            "reward": self.reward, "seed": self.seed, "budget": str(self.budget), "milestones": list(self.milestones),
+            "eval": self.eval.identity(),
         }
+        if METHODS[self.method].learns_from_feedback:
+            config["annotator"] = dataclasses.asdict(AnnotatorConfig())
+        return config
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.config_dict(), sort_keys=True).encode()).hexdigest()
@@ -117,8 +122,11 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
     store.start_run(record)
     torch.manual_seed(spec.seed)
     meter = Meter()
-    trainer = method(MeteredPolicy(world.make_policy(spec.model), meter), MeteredReward(raw_reward, meter),
-                     world.prompts["train"], spec.method_config, spec.seed)
+    # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
+    signal = (Feedback.from_world(world, raw_reward, meter) if method.learns_from_feedback
+              else MeteredReward(raw_reward, meter))
+    trainer = method(MeteredPolicy(world.make_policy(spec.model), meter), signal, world.prompts["train"],
+                     spec.method_config, spec.seed)
     checkpoint = checkpoint_dir / f"{record.run_id}.pt"
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)

@@ -25,10 +25,10 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 FINAL_STATUSES = ("done", "failed", "n/a")
-USED_KEYS = ("nfe", "reward_queries", "samples", "wall_s")
+USED_KEYS = ("nfe", "reward_queries", "samples", "labels", "wall_s")
 
 # Generous: a worker waits for another worker's write (milliseconds long) rather than failing.
 _BUSY_TIMEOUT_S = 60.0
@@ -63,6 +63,7 @@ _TABLES = (
         reward_queries REAL NOT NULL,
         samples REAL NOT NULL,
         wall_s REAL NOT NULL,
+        labels REAL NOT NULL DEFAULT 0,
         PRIMARY KEY (run_id, milestone)
     )""",
     # Metrics and samples hang off their milestone with ON DELETE CASCADE, so re-recording a
@@ -89,6 +90,11 @@ _TABLES = (
         FOREIGN KEY (run_id, milestone) REFERENCES milestones (run_id, milestone) ON DELETE CASCADE
     )""",
 )
+
+# Older schema version -> the statements that bring a store of it to SCHEMA_VERSION, in place.
+_MIGRATIONS = {
+    2: ("ALTER TABLE milestones ADD COLUMN labels REAL NOT NULL DEFAULT 0",),  # 3: the labels unit
+}
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,7 @@ RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 RESULT_COLUMNS = (
     "schema_version", "run_id", "suite", "git_sha", "config_hash", "base_model_hash", "method",
     "method_version", "variant", "model", "world", "reward", "seed", "budget_unit", "milestone", "budget", "nfe",
-    "reward_queries", "samples", "wall_s", "split", "metric", "value", "higher_is_better",
+    "reward_queries", "samples", "labels", "wall_s", "split", "metric", "value", "higher_is_better",
 )
 
 
@@ -176,6 +182,10 @@ class Store:
                         "but no results-store schema version; refusing to write into it"
                     )
                 for statement in _TABLES:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version in _MIGRATIONS:
+                for statement in _MIGRATIONS[version]:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
@@ -314,7 +324,8 @@ class Store:
                 raise ValueError(f"unknown run {run_id!r}; start_run() it before recording milestones")
             conn.execute("DELETE FROM milestones WHERE run_id = ? AND milestone = ?", (run_id, milestone))
             conn.execute(
-                "INSERT INTO milestones VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO milestones (run_id, milestone, budget, {', '.join(USED_KEYS)}) "
+                f"VALUES (?, ?, ?, {', '.join('?' * len(USED_KEYS))})",
                 (run_id, milestone, float(budget), *(float(used[k]) for k in USED_KEYS)),
             )
             conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", metric_rows)
@@ -351,7 +362,7 @@ class Store:
             f"""SELECT {SCHEMA_VERSION} AS schema_version, r.run_id, r.suite, r.git_sha, r.config_hash,
                        r.base_model_hash, r.method, r.method_version, r.variant, r.model, r.world, r.reward, r.seed,
                        r.budget_unit, m.milestone, m.budget, m.nfe, m.reward_queries, m.samples,
-                       m.wall_s, x.split, x.metric, x.value, x.higher_is_better
+                       m.labels, m.wall_s, x.split, x.metric, x.value, x.higher_is_better
                 FROM metrics x
                 JOIN milestones m ON m.run_id = x.run_id AND m.milestone = x.milestone
                 JOIN runs r ON r.run_id = x.run_id

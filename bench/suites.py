@@ -124,8 +124,19 @@ def orw_alpha() -> Suite:
                  studies=("alpha",))
 
 
+DISCRETIZATION_STEPS = (10, 40)
+
+
+def sas_discretization() -> Suite:
+    """SAS and DDPO trained with the diffusion model's 20 sampler steps, evaluated with 20 and also with 10 and
+    40 steps, on `digit`: how much of the reward gain each keeps under another discretization."""
+    return Suite("sas-discretization", methods=("base", "sas", "ddpo"), rewards=("digit",),
+                 eval=EvalConfig(also_steps=DISCRETIZATION_STEPS))
+
+
 SUITES = {"default": default, "smoke": smoke, "rocm-efficiency": rocm_efficiency,
-          "rocm-regularization": rocm_regularization, "orw-alpha": orw_alpha}
+          "rocm-regularization": rocm_regularization, "orw-alpha": orw_alpha,
+          "sas-discretization": sas_discretization}
 
 
 def check_names(kind: str, names, valid) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from methods.ddpo import DDPO
 from methods.orw_cfm_w2 import ORWCFMW2
 from methods.raft import RAFT
 from methods.rocm import ROCM
+from methods.sas import ScoresAsActions
 
 METHODS = {
     "base": BaseModel,
@@ -13,4 +14,5 @@ METHODS = {
     "ddpo": DDPO,
     "rocm": ROCM,
     "orw_cfm_w2": ORWCFMW2,
+    "sas": ScoresAsActions,
 }

@@ -23,6 +23,7 @@ import torch
 
 from methods.divergences import closed_form
 from models.diffusion import gaussian_log_prob
+from methods.ppo import ppo_clipped_loss
 from methods.trainer import Trainer, make_optimizer, prompt_groups
 
 
@@ -77,15 +78,6 @@ def group_normalized_advantages(rewards: torch.Tensor, groups: int, clip: float)
     centered = grouped - grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True, unbiased=False)
     return (centered / (std + 1e-6)).clamp(-clip, clip).flatten()
-
-
-def ppo_clipped_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-                     clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The PPO clipped surrogate (to minimise) and the ratio. All inputs (B,); returns (scalar, (B,))."""
-    ratio = torch.exp(log_prob - old_log_prob)
-    unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
-    return torch.maximum(unclipped, clipped).mean(), ratio
 
 
 class DDPO(Trainer):

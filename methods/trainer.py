@@ -21,6 +21,9 @@ class Trainer(ABC):
     trains: ClassVar[bool] = True
     """False for inference-time methods: the harness runs no training loop, only `generate`."""
     needs_differentiable_reward: ClassVar[bool] = False
+    learns_from_feedback: ClassVar[bool] = False
+    """True for methods that learn from an annotator's labels and demonstrations: their `reward` argument is
+    then a rewards.feedback.Feedback, which hides the reward's values."""
     families: ClassVar[tuple[str, ...]] = ("diffusion", "consistency", "flow")
     """The generator families (Policy.family) the method can fine-tune; the first is its default."""
 

@@ -20,7 +20,7 @@ import math
 import torch
 
 from models.diffusion import add_noise
-from models.policy import ChainPolicy, images_to_model_space
+from models.policy import ChainPolicy, Transition, images_to_model_space, reduce_per_image
 
 ORIGINAL_STEPS = 50
 TIMESTEP_SCALING = 10.0
@@ -76,15 +76,15 @@ class ConsistencyPolicy(ChainPolicy):
             # A tiny final noise (the schedule's smallest, ~0.01) would make this step an action too, but its
             # log-probability gradient is ~100x the other steps' and swamps PPO (measured: 18-35% of ratios
             # clipped, against 5% without it); the reward sees x0, so the step is deterministic.
-            return x0, 0.0
+            return Transition(x0, 0.0, x0)
         a_next = float(self.alphas_cumprod[int(timesteps[step + 1])])
-        return math.sqrt(a_next) * x0, math.sqrt(1 - a_next)
+        return Transition(math.sqrt(a_next) * x0, math.sqrt(1 - a_next), x0)
 
-    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+    def loss(self, images, prompts, generator, weights=None):
         """Consistency training (Song et al. 2023), the teacher-free loss for fine-tuning on images:
         E ||f_theta(x_{t_n}, t_n) - sg[f_theta(x_{t_{n-1}}, t_{n-1})]||^2 over adjacent grid timesteps, both
         noised with the same eps, so that the model's own low-noise prediction (anchored by f(x, 0) = x)
-        is the target. A scalar."""
+        is the target."""
         x0 = images_to_model_space(images.to(self.device))
         grid = distillation_grid(self.schedule.num_train_timesteps)
         n = torch.randint(1, len(grid), (len(x0),), generator=generator)
@@ -94,4 +94,4 @@ class ConsistencyPolicy(ChainPolicy):
         with torch.no_grad():
             target = self.predict_x0(add_noise(x0, noise, self.alphas_cumprod[t_low].to(self.device)), t_low, text)
         prediction = self.predict_x0(add_noise(x0, noise, self.alphas_cumprod[t_high].to(self.device)), t_high, text)
-        return ((prediction - target) ** 2).mean()
+        return reduce_per_image((prediction - target) ** 2, weights)

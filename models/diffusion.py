@@ -35,6 +35,15 @@ class NoiseSchedule:
         ratio = self.num_train_timesteps // steps
         return (torch.arange(steps - 1, -1, -1, dtype=torch.int64) * ratio) + self.steps_offset
 
+    def jittered_timesteps(self, steps: int, generator: torch.Generator) -> torch.Tensor:
+        """A random grid of `steps` timesteps, descending, (steps,) int64: one timestep drawn uniformly in each
+        of the DDIM grid's strata [k * ratio + steps_offset, (k + 1) * ratio) (stratified sampling of the time
+        axis: the steps' lengths vary from draw to draw around ratio = 1000 // steps)."""
+        self.sampling_timesteps(steps)  # validates steps
+        ratio = self.num_train_timesteps // steps
+        offsets = torch.randint(self.steps_offset, max(ratio, self.steps_offset + 1), (steps,), generator=generator)
+        return torch.arange(steps - 1, -1, -1, dtype=torch.int64) * ratio + offsets
+
 
 def alpha_bar_at(alphas_cumprod: torch.Tensor, t: int) -> float:
     """alpha_bar_t, with t < 0 meaning the end of the chain (alpha_bar_0, as set_alpha_to_one=False)."""
@@ -48,6 +57,11 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) ->
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float) -> torch.Tensor:
+    """Tweedie's estimate of x_0 from x_t and the predicted noise: (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)."""
+    return (x_t - math.sqrt(1 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
+
+
 def ddim_transition(
     x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float, alpha_bar_prev: float, eta: float
 ) -> tuple[torch.Tensor, float]:
@@ -59,7 +73,7 @@ def ddim_transition(
     """
     variance = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)
     std = eta * math.sqrt(max(variance, 0.0))
-    x0_pred = (x_t - math.sqrt(1 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
+    x0_pred = predict_x0(x_t, eps, alpha_bar_t)
     direction = math.sqrt(max(1 - alpha_bar_prev - std**2, 0.0)) * eps
     return math.sqrt(alpha_bar_prev) * x0_pred + direction, std
 

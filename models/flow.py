@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from models.policy import ChainPolicy, images_to_model_space
+from models.policy import ChainPolicy, Transition, images_to_model_space, reduce_per_image
 
 TIMESTEP_SCALE = 1000.0
 
@@ -53,7 +53,7 @@ class FlowPolicy(ChainPolicy):
         t = float(timesteps[step])
         s = float(timesteps[step + 1]) if step + 1 < len(timesteps) else 0.0
         v = self._velocity(x, timesteps[step].expand(x.shape[0]), text)
-        return flow_transition(x, v, t, s, eta)
+        return Transition(*flow_transition(x, v, t, s, eta), x - t * v)
 
     def flow_matching_pair(self, images: torch.Tensor, generator: torch.Generator):
         """A point on each image's path and the velocity to regress there: (x_t, t (B,), target v)."""
@@ -63,7 +63,7 @@ class FlowPolicy(ChainPolicy):
         t_ = t.to(self.device, torch.float32).view(-1, *(1,) * (x0.dim() - 1))
         return (1 - t_) * x0 + t_ * noise, t, noise - x0
 
-    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
-        """Conditional flow matching on images in [0, 1]: a scalar."""
+    def loss(self, images, prompts, generator, weights=None):
+        """Conditional flow matching on images in [0, 1]."""
         x_t, t, target = self.flow_matching_pair(images, generator)
-        return ((self.velocity(x_t, t, prompts) - target) ** 2).mean()
+        return reduce_per_image((self.velocity(x_t, t, prompts) - target) ** 2, weights)

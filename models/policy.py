@@ -11,13 +11,13 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from models.diffusion import NoiseSchedule, add_noise, alpha_bar_at, ddim_transition, gaussian_log_prob
+from models.diffusion import NoiseSchedule, add_noise, alpha_bar_at, ddim_transition, gaussian_log_prob, predict_x0
 from models.text import PromptEncoder
 
 
@@ -29,7 +29,8 @@ class Trajectory:
     timesteps: torch.Tensor  # (S,) the timestep (int64) or flow time (float64) each step starts from, descending
     latents: torch.Tensor  # (B, S + 1, C, H, W): x_T, ..., x_0 (model space, [-1, 1] for data)
     means: torch.Tensor  # (B, S, C, H, W): mean of each step's Gaussian transition
-    # latents, means and images carry the sampling graph when sampled with grad=True
+    predictions: torch.Tensor  # (B, S, C, H, W): the model's estimate of x_0 at each step (Tweedie's for diffusion)
+    # latents, means, predictions and images carry the sampling graph when sampled with grad=True
     stds: torch.Tensor  # (S,): std of each step's transition (0 for a deterministic step)
     log_probs: torch.Tensor | None  # (B, S): log p(x_prev | x_t) of the step taken, NaN at a deterministic
     # step; None if no step is stochastic
@@ -48,9 +49,18 @@ class Trajectory:
             prompts=[self.prompts[i] for i in index.tolist()],
             latents=self.latents[index],
             means=self.means[index],
+            predictions=self.predictions[index],
             log_probs=None if self.log_probs is None else self.log_probs[index],
             images=self.images[index],
         )
+
+
+class Transition(NamedTuple):
+    """One sampler step from x: x_next ~ N(mean, std^2 I) (std 0: deterministic), and the x_0 the model predicts."""
+
+    mean: torch.Tensor
+    std: float
+    x0: torch.Tensor
 
 
 class Policy(Protocol):
@@ -60,14 +70,15 @@ class Policy(Protocol):
     image_shape: tuple[int, int, int]
     default_steps: int
 
-    def sample(self, prompts: list[str], steps: int, generator: torch.Generator, *, eta: float = 0.0,
+    def sample(self, prompts: list[str], steps: int | torch.Tensor, generator: torch.Generator, *, eta: float = 0.0,
                grad: bool = False, checkpoint: bool = False) -> Trajectory: ...
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor: ...
 
     def step_mean(self, trajectory: Trajectory, step: int) -> torch.Tensor: ...
 
-    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor: ...
+    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator,
+             weights: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def trainable_parameters(self) -> list[nn.Parameter]: ...
 
@@ -84,6 +95,13 @@ def images_to_model_space(images: torch.Tensor) -> torch.Tensor:
 
 def model_space_to_images(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)
+
+
+def reduce_per_image(squared_error: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """(B, ...) squared errors -> their mean, or with weights (B,) the weighted sum of per-image means."""
+    if weights is None:
+        return squared_error.mean()
+    return (squared_error.flatten(1).mean(dim=1) * weights.to(squared_error)).sum()
 
 
 class ChainPolicy(ABC):
@@ -117,31 +135,34 @@ class ChainPolicy(ABC):
 
     @abstractmethod
     def transition(self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text: torch.Tensor,
-                   eta: float) -> tuple[torch.Tensor, float]:
-        """Mean (B, C, H, W) and std of step `step` of the chain over `timesteps`, from x at timesteps[step]."""
+                   eta: float) -> Transition:
+        """Step `step` of the chain over `timesteps`, from x (B, C, H, W) at timesteps[step]."""
 
     @abstractmethod
-    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
-        """The family's own training loss on images in [0, 1] and their prompts: a scalar."""
+    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The family's own training loss on images in [0, 1] and their prompts: a scalar, the mean over
+        images, or with `weights` (B,) summing to 1 their weighted sum (reward-weighted maximum likelihood)."""
 
-    def sample(self, prompts: list[str], steps: int, generator: torch.Generator, *, eta: float = 0.0,
+    def sample(self, prompts: list[str], steps: int | torch.Tensor, generator: torch.Generator, *, eta: float = 0.0,
                grad: bool = False, checkpoint: bool = False) -> Trajectory:
-        """Runs the sampler. With grad=True the latents, means and final images are differentiable w.r.t.
+        """Runs the sampler over `steps` steps of the family's grid, or over an explicit grid (a descending
+        tensor of the timesteps the steps start from, as `sampling_timesteps` returns). With grad=True the latents, means and final images are differentiable w.r.t.
         the parameters (the reparameterization trick: each step is mean + std * noise); `checkpoint`
         then recomputes each step's activations in the backward pass instead of keeping them."""
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        timesteps = self.sampling_timesteps(steps)
+        timesteps = steps if isinstance(steps, torch.Tensor) else self.sampling_timesteps(steps)
         text = self._text(prompts)
         x = torch.randn((len(prompts), *self.image_shape), generator=generator).to(self.device)
-        latents, means, stds, log_probs = [x], [], [], []
+        latents, means, stds, log_probs, predictions = [x], [], [], [], []
         with torch.set_grad_enabled(grad):
             for step in range(len(timesteps)):
                 if grad and checkpoint:
-                    mean, std = torch.utils.checkpoint.checkpoint(self.transition, x, step, timesteps, text, eta,
-                                                                  use_reentrant=False)
+                    mean, std, x0 = torch.utils.checkpoint.checkpoint(self.transition, x, step, timesteps, text, eta,
+                                                                      use_reentrant=False)
                 else:
-                    mean, std = self.transition(x, step, timesteps, text, eta)
+                    mean, std, x0 = self.transition(x, step, timesteps, text, eta)
                 if std > 0:
                     noise = torch.randn(x.shape, generator=generator).to(self.device)
                     x = mean + std * noise
@@ -152,11 +173,13 @@ class ChainPolicy(ABC):
                 latents.append(x)
                 means.append(mean)
                 stds.append(std)
+                predictions.append(x0)
         return Trajectory(
             prompts=list(prompts),
             timesteps=timesteps,
             latents=torch.stack(latents, dim=1),
             means=torch.stack(means, dim=1),
+            predictions=torch.stack(predictions, dim=1),
             stds=torch.tensor(stds, dtype=torch.float32),
             log_probs=torch.stack(log_probs, dim=1) if any(std > 0 for std in stds) else None,
             images=model_space_to_images(x),
@@ -165,9 +188,8 @@ class ChainPolicy(ABC):
 
     def step_mean(self, trajectory: Trajectory, step: int) -> torch.Tensor:
         """Mean of the transition at `step` under the current parameters: (B, C, H, W), differentiable."""
-        mean, _ = self.transition(trajectory.latents[:, step].to(self.device), step, trajectory.timesteps,
-                                  self._text(trajectory.prompts), trajectory.eta)
-        return mean
+        return self.transition(trajectory.latents[:, step].to(self.device), step, trajectory.timesteps,
+                               self._text(trajectory.prompts), trajectory.eta).mean
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor:
         """log p_theta(x_{step+1} | x_step) of the recorded step under the current parameters: (B,)."""
@@ -205,14 +227,15 @@ class DiffusionPolicy(ChainPolicy):
         eps = self.network(x, torch.full((x.shape[0],), t, device=x.device), text)
         # after the last timestep the chain lands on alpha_bar_0 (alpha_bar_at's convention for t < 0)
         t_prev = int(timesteps[step + 1]) if step + 1 < len(timesteps) else -1
-        return ddim_transition(x, eps, alpha_bar_at(self.alphas_cumprod, t),
-                               alpha_bar_at(self.alphas_cumprod, t_prev), eta)
+        alpha_bar = alpha_bar_at(self.alphas_cumprod, t)
+        mean, std = ddim_transition(x, eps, alpha_bar, alpha_bar_at(self.alphas_cumprod, t_prev), eta)
+        return Transition(mean, std, predict_x0(x, eps, alpha_bar))
 
-    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
-        """The denoising loss E_t,eps ||eps - eps_theta(x_t, t)||^2 on images in [0, 1]: a scalar."""
+    def loss(self, images, prompts, generator, weights=None):
+        """The denoising loss E_t,eps ||eps - eps_theta(x_t, t)||^2 on images in [0, 1]."""
         x0 = images_to_model_space(images.to(self.device))
         t = torch.randint(0, self.schedule.num_train_timesteps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         x_t = add_noise(x0, noise, self.alphas_cumprod[t].to(self.device))
         eps = self.network(x_t, t.to(self.device), self._text(prompts))
-        return ((eps - noise) ** 2).mean()
+        return reduce_per_image((eps - noise) ** 2, weights)

@@ -2,8 +2,10 @@
 `differentiable`, so a config can be checked against a method before any weights load."""
 from rewards.compress import CompressReward
 from rewards.digit import DigitReward
+from rewards.gold import GoldReward
 
 REWARDS = {
     "digit": DigitReward,
     "compress": CompressReward,
+    "gold": GoldReward,
 }

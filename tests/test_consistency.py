@@ -49,7 +49,7 @@ def test_every_step_matches_lcm_scheduler(eta):
     timesteps = policy.sampling_timesteps(steps)
     for step, t in enumerate(timesteps.tolist()):
         x = torch.randn(2, 1, 4, 4, generator=g)
-        mean, std = policy.transition(x, step, timesteps, torch.zeros(2, 3), eta)
+        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 3), eta)
         result = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(step))
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
         if step + 1 < steps:

@@ -42,7 +42,7 @@ def test_the_deterministic_step_is_diffusers_euler_step():
     scheduler.set_timesteps(sigmas=timesteps.tolist())
     for step in range(steps):
         x = torch.randn(2, 1, 4, 4, generator=g)
-        mean, std = policy.transition(x, step, timesteps, torch.zeros(2, 1), eta=0.0)
+        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 1), eta=0.0)
         v = policy.network(x, torch.full((2,), float(timesteps[step]) * TIMESTEP_SCALE), None)
         expected = scheduler.step(v, scheduler.timesteps[step], x).prev_sample
         assert std == 0 and torch.allclose(mean, expected, atol=1e-6)

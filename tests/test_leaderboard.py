@@ -73,7 +73,7 @@ def add_run(store, method, reward, seed, milestones, status="done", reason=None,
         imgs = rng.integers(0, 200, size=(N_SAMPLES, channels, 8, 8), dtype=np.uint8)
         store.record_milestone(
             run_id, m, budget,
-            used={"nfe": budget + seed, "reward_queries": budget / 100, "samples": 64.0 * (m + 1), "wall_s": 2.0},
+            used={"nfe": budget + seed, "reward_queries": budget / 100, "samples": 64.0 * (m + 1), "labels": 0.0, "wall_s": 2.0},
             metrics=[("eval_unseen", "judge_acc", acc, True), ("eval_unseen", "fid", 50 - 100 * (acc - 0.5), False),
                      ("eval_seen", "judge_acc", acc + 0.05, True)],
             samples={"eval_unseen": ([f"p{i}" for i in range(N_SAMPLES)], imgs)},

@@ -8,14 +8,15 @@ from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
 from bench.world import MODELS, model_family
 from methods import METHODS
 from methods.best_of_n import candidates_for_budget
-from methods.ddpo import group_normalized_advantages, ppo_clipped_loss
+from methods.ddpo import group_normalized_advantages
+from methods.ppo import ppo_clipped_loss
 from methods.raft import top_k_per_group
 from rewards import REWARDS
 
 # Small settings so that every method's step takes well under a second on the tiny world.
 SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
 SMALL_CONFIGS = {"raft": {**SMALL, "updates_per_iter": 2}, "ddpo": {**SMALL, "minibatch": 4}, "rocm": SMALL,
-                 "orw_cfm_w2": {**SMALL, "updates_per_iter": 2}}
+                 "orw_cfm_w2": {**SMALL, "updates_per_iter": 2}, "sas": {**SMALL, "minibatch": 4}}
 # every (method, model) pairing the world offers
 PAIRS = [(name, model) for name in METHODS for model in MODELS if model_family(model) in METHODS[name].families]
 TRAINING = [pair for pair in PAIRS if METHODS[pair[0]].trains]
@@ -109,6 +110,11 @@ def expected_usage(name, cfg, model="diffusion"):
         reference = images * trained if cfg.kl_coef > 0 else 0
         return {"nfe": sampling + cfg.inner_epochs * (images * trained * 3 + reference),
                 "reward_queries": images, "samples": images}
+    if name == "sas":
+        # the value reads the reward of every step's prediction and of the image; the reference runs forward only
+        reference = images * actions if cfg.beta > 0 else 0
+        return {"nfe": sampling + images * actions * 3 + reference, "reward_queries": images * (cfg.sample_steps + 1),
+                "samples": images}
     raise AssertionError(f"add the expected usage of {name!r} here")
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from bench.store import SCHEMA_VERSION, RunRecord, Store
 
-USED = {"nfe": 1000.0, "reward_queries": 64.0, "samples": 64.0, "wall_s": 1.5}
+USED = {"nfe": 1000.0, "reward_queries": 64.0, "samples": 64.0, "labels": 0.0, "wall_s": 1.5}
 
 
 def make_run(run_id="r0", method="ddpo", reward="digit", seed=0, config_hash="c0") -> RunRecord:

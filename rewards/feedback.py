@@ -1,0 +1,86 @@
+"""Simulated human feedback: an annotator who holds a hidden reward and gives only labels and examples.
+
+Methods that learn from feedback (Trainer.learns_from_feedback) receive a `Feedback` instead of the reward:
+  preference labels  `prefer(a, b, prompts)`: for each pair, 1.0 if the annotator prefers image a, drawn from
+                     Bradley-Terry, P(a > b) = sigmoid((g(a) - g(b)) / temperature), then flipped with
+                     probability `label_noise`; every label is counted by the meter (budget unit `labels`);
+  demonstrations     held-out real images (the world's judge split, never seen by the generators), the best
+                     `demonstration_fraction` of each digit by the hidden reward, each with a train prompt
+                     naming its digit: what an annotator would show as "like this".
+The hidden reward g is the run's reward (the `gold` reward in the feedback suite); its scores never leave
+this object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models.digits import digit_of
+
+
+@dataclass(frozen=True)
+class AnnotatorConfig:
+    temperature: float = 0.3
+    """Bradley-Terry temperature, in the hidden reward's units (smaller: more decisive labels)."""
+    label_noise: float = 0.0
+    """Probability that a label is flipped after it is drawn."""
+    demonstration_fraction: float = 0.25
+    """Share of each digit's held-out images, best first by the hidden reward, given as demonstrations."""
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"annotator temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.label_noise < 0.5:
+            raise ValueError(f"annotator label_noise must be in [0, 0.5), got {self.label_noise}")
+        if not 0 < self.demonstration_fraction <= 1:
+            raise ValueError(f"annotator demonstration_fraction must be in (0, 1], got {self.demonstration_fraction}")
+
+
+def top_demonstrations(images: torch.Tensor, labels: torch.Tensor, prompts: list[str], reward,
+                       fraction: float) -> tuple[torch.Tensor, list[str]]:
+    """The best `fraction` of each digit's images (N, C, H, W) by `reward`, each paired with the prompts
+    naming its digit in turn: (images (M, C, H, W), prompts (M,)), digit-major."""
+    by_digit = {}
+    for prompt in prompts:
+        by_digit.setdefault(digit_of(prompt), []).append(prompt)
+    chosen, chosen_prompts = [], []
+    for digit, phrasings in sorted(by_digit.items()):
+        pool = images[labels == digit]
+        named = [phrasings[i % len(phrasings)] for i in range(len(pool))]
+        with torch.no_grad():
+            scores = reward(pool, named)
+        keep = scores.argsort(descending=True)[:max(1, round(fraction * len(pool)))]
+        chosen.append(pool[keep])
+        chosen_prompts += [named[i] for i in keep.tolist()]
+    return torch.cat(chosen), chosen_prompts
+
+
+class Feedback:
+    """The annotator as a method sees it: labels and demonstrations, never the hidden reward's values."""
+
+    def __init__(self, reward, demonstrations: tuple[torch.Tensor, list[str]], meter,
+                 config: AnnotatorConfig = AnnotatorConfig()):
+        self._reward = reward
+        self._meter = meter
+        self.config = config
+        self.demonstrations = demonstrations
+
+    @classmethod
+    def from_world(cls, world, reward, meter, config: AnnotatorConfig = AnnotatorConfig()) -> "Feedback":
+        images, labels = world.splits["judge"]
+        demos = top_demonstrations(images, labels, world.prompts["train"], reward, config.demonstration_fraction)
+        return cls(reward, demos, meter, config)
+
+    def prefer(self, images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str],
+               generator: torch.Generator) -> torch.Tensor:
+        """(B,) float labels: 1.0 where the annotator prefers images_a[i] to images_b[i] for prompts[i]."""
+        if not len(images_a) == len(images_b) == len(prompts):
+            raise ValueError(f"prefer needs as many prompts as pairs, got {len(images_a)}, {len(images_b)}, "
+                             f"{len(prompts)}")
+        with torch.no_grad():
+            margin = (self._reward(images_a, prompts) - self._reward(images_b, prompts)).float().cpu()
+        labels = (torch.rand(len(prompts), generator=generator) < torch.sigmoid(margin / self.config.temperature)).float()
+        flips = torch.rand(len(prompts), generator=generator) < self.config.label_noise
+        self._meter.count_labels(len(prompts))
+        return torch.where(flips, 1 - labels, labels)
