@@ -67,7 +67,8 @@ def parse_entry(entry: str, variants: dict[str, dict] | None = None) -> tuple[st
 
 # The suite's entries: every method on its default model, and the policy-gradient and ranking methods
 # again on the consistency and the flow model, so that ROCM and ORW-CFM-W2 are compared on their own bases.
-DEFAULT_METHODS = ("base", "best_of_n", "raft", "ddpo",
+# (sft and pipeline, aihf's baselines, are compared with it in the feedback suite.)
+DEFAULT_METHODS = ("base", "best_of_n", "raft", "ddpo", "sas", "aihf",
                    "base@consistency", "best_of_n@consistency", "raft@consistency", "ddpo@consistency",
                    "rocm@consistency",
                    "base@flow", "best_of_n@flow", "raft@flow", "ddpo@flow", "orw_cfm_w2@flow")
@@ -85,7 +86,9 @@ def smoke() -> Suite:
         "smoke", methods=DEFAULT_METHODS, seeds=(0, 1), budget=Budget("nfe", 400), milestones=(0.5, 1.0),
         world="digits-tiny", eval=EvalConfig(steps=4, samples_per_prompt=2),
         overrides={"raft": {**small, "updates_per_iter": 1}, "ddpo": {**small, "minibatch": 4}, "rocm": small,
-                   "orw_cfm_w2": {**small, "updates_per_iter": 1}},
+                   "orw_cfm_w2": {**small, "updates_per_iter": 1}, "sas": {**small, "minibatch": 4},
+                   "aihf": {**small, "preference_pairs": 8, "demo_batch": 8, "warmup_reward_steps": 5,
+                            "updates_per_iter": 1}},
     )
 
 
@@ -134,9 +137,20 @@ def sas_discretization() -> Suite:
                  eval=EvalConfig(also_steps=DISCRETIZATION_STEPS))
 
 
+PREFERENCE_BUDGETS = (100, 300, 1000)
+
+
+def feedback() -> Suite:
+    """Learning from the annotator of the `gold` reward: AIHF, SFT on its demonstrations, and the classic pipeline
+    (a Bradley-Terry reward model, then DDPO on it) at three preference budgets, on the diffusion model."""
+    variants = {f"{method}/pairs-{pairs}": {"preference_pairs": pairs}
+                for method in ("aihf", "pipeline") for pairs in PREFERENCE_BUDGETS}
+    return Suite("feedback", methods=("base", "sft", *variants), rewards=("gold",), variants=variants)
+
+
 SUITES = {"default": default, "smoke": smoke, "rocm-efficiency": rocm_efficiency,
           "rocm-regularization": rocm_regularization, "orw-alpha": orw_alpha,
-          "sas-discretization": sas_discretization}
+          "sas-discretization": sas_discretization, "feedback": feedback}
 
 
 def check_names(kind: str, names, valid) -> tuple[str, ...]:

@@ -1,11 +1,14 @@
 """Fine-tuning methods, by name. Adding a method: one file in methods/ and one line here."""
+from methods.aihf import AIHF
 from methods.base import BaseModel
 from methods.best_of_n import BestOfN
 from methods.ddpo import DDPO
 from methods.orw_cfm_w2 import ORWCFMW2
+from methods.pipeline import RewardModelPipeline
 from methods.raft import RAFT
 from methods.rocm import ROCM
 from methods.sas import ScoresAsActions
+from methods.sft import SFT
 
 METHODS = {
     "base": BaseModel,
@@ -15,4 +18,7 @@ METHODS = {
     "rocm": ROCM,
     "orw_cfm_w2": ORWCFMW2,
     "sas": ScoresAsActions,
+    "sft": SFT,
+    "pipeline": RewardModelPipeline,
+    "aihf": AIHF,
 }

@@ -7,16 +7,21 @@ import torch
 from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
 from bench.world import MODELS, model_family
 from methods import METHODS
+from models.digits import GENERATORS
 from methods.best_of_n import candidates_for_budget
 from methods.ddpo import group_normalized_advantages
 from methods.ppo import ppo_clipped_loss
 from methods.raft import top_k_per_group
 from rewards import REWARDS
+from rewards.feedback import Feedback
 
 # Small settings so that every method's step takes well under a second on the tiny world.
 SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
 SMALL_CONFIGS = {"raft": {**SMALL, "updates_per_iter": 2}, "ddpo": {**SMALL, "minibatch": 4}, "rocm": SMALL,
-                 "orw_cfm_w2": {**SMALL, "updates_per_iter": 2}, "sas": {**SMALL, "minibatch": 4}}
+                 "orw_cfm_w2": {**SMALL, "updates_per_iter": 2}, "sas": {**SMALL, "minibatch": 4},
+                 "sft": {"batch": 4}, "pipeline": {"preference_pairs": 6, "collect_steps": 4, "reward_steps": 3},
+                 "aihf": {**SMALL, "preference_pairs": 6, "demo_batch": 4, "warmup_reward_steps": 2,
+                          "reward_updates_per_iter": 1, "updates_per_iter": 1}}
 # every (method, model) pairing the world offers
 PAIRS = [(name, model) for name in METHODS for model in MODELS if model_family(model) in METHODS[name].families]
 TRAINING = [pair for pair in PAIRS if METHODS[pair[0]].trains]
@@ -29,8 +34,10 @@ def make(world, name, model="diffusion", seed=0, reward="digit", **overrides):
     meter = Meter()
     method = METHODS[name]
     config = dataclasses.replace(method.Config(), **{**SMALL_CONFIGS.get(name, {}), **overrides})
-    trainer = method(MeteredPolicy(world.make_policy(model), meter),
-                     MeteredReward(REWARDS[reward].from_world(world), meter), world.prompts["train"], config, seed)
+    raw_reward = REWARDS[reward].from_world(world)
+    signal = (Feedback.from_world(world, raw_reward, meter) if method.learns_from_feedback
+              else MeteredReward(raw_reward, meter))
+    trainer = method(MeteredPolicy(world.make_policy(model), meter), signal, world.prompts["train"], config, seed)
     return trainer, meter
 
 
@@ -86,11 +93,21 @@ LOSS_NFE = {"diffusion": 3, "consistency": 4, "flow": 3}
 
 
 def expected_usage(name, cfg, model="diffusion"):
-    """The compute one step must cost, worked out from the config alone."""
+    """The compute (and labels) one step must cost, worked out from the config alone."""
+    if name == "sft":
+        return {"nfe": cfg.batch * LOSS_NFE[model], "reward_queries": 0, "samples": 0, "labels": 0}
+    if name == "pipeline":
+        # the first step collects and labels the pairs, fits the reward model, and takes stage 2's first step
+        steps = cfg.collect_steps or GENERATORS[model][1].default_steps
+        rl = expected_usage(cfg.rl_method, METHODS[cfg.rl_method].Config(), model)
+        # stage 2 queries the learned reward, not the annotator's
+        return {"nfe": 2 * cfg.preference_pairs * steps + rl["nfe"], "reward_queries": 0,
+                "samples": 2 * cfg.preference_pairs + rl["samples"], "labels": cfg.preference_pairs}
     images = cfg.prompts_per_iter * cfg.samples_per_prompt
-    sampling = images * cfg.sample_steps
+    steps = cfg.sample_steps or GENERATORS[model][1].default_steps
+    sampling = images * steps
     # the chain's actions: every DDIM step (eta > 0), every consistency or flow step but the deterministic last
-    actions = cfg.sample_steps - (model in ("consistency", "flow"))
+    actions = steps - (model in ("consistency", "flow"))
     if name == "raft":
         kept = cfg.prompts_per_iter * cfg.keep_per_prompt
         return {"nfe": sampling + cfg.updates_per_iter * kept * LOSS_NFE[model], "reward_queries": images,
@@ -113,8 +130,14 @@ def expected_usage(name, cfg, model="diffusion"):
     if name == "sas":
         # the value reads the reward of every step's prediction and of the image; the reference runs forward only
         reference = images * actions if cfg.beta > 0 else 0
-        return {"nfe": sampling + images * actions * 3 + reference, "reward_queries": images * (cfg.sample_steps + 1),
+        return {"nfe": sampling + images * actions * 3 + reference, "reward_queries": images * (steps + 1),
                 "samples": images}
+    if name == "aihf":
+        # the first step also samples and labels the preference pairs; each policy step trains on the
+        # demonstrations and on the samples
+        pairs = 2 * cfg.preference_pairs
+        return {"nfe": sampling + pairs * steps + cfg.updates_per_iter * (cfg.demo_batch + images) * LOSS_NFE[model],
+                "reward_queries": 0, "samples": images + pairs, "labels": cfg.preference_pairs}
     raise AssertionError(f"add the expected usage of {name!r} here")
 
 
@@ -123,7 +146,8 @@ def test_meter_counts_exactly_the_work_done(tiny_world, name, model):
     trainer, meter = make(tiny_world, name, model)
     trainer.step()
     usage = meter.accounts["train"].as_dict()
-    assert {k: usage[k] for k in ("nfe", "reward_queries", "samples")} == expected_usage(name, trainer.config, model)
+    expected = {"labels": 0, **expected_usage(name, trainer.config, model)}
+    assert {k: usage[k] for k in ("nfe", "reward_queries", "samples", "labels")} == expected
 
 
 def test_ddpo_kl_penalty_pays_for_its_reference_passes(tiny_world):

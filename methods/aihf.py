@@ -1,0 +1,162 @@
+"""`aihf`: Alignment with Integrated Human Feedback, reward and policy learned jointly from demonstrations and
+preferences (Li et al., "Learning Reward and Policy Jointly from Demonstration and Preference Improves
+Alignment", arXiv 2406.06874), brought here to diffusion models, where it has not been published.
+
+The paper's single stage replaces SFT -> reward modelling -> RL by one objective over a reward r_phi and the
+policy pi_theta that is optimal for it under a KL anchor, pi_theta ~ pi_ref exp(r_phi / tau):
+  max_phi  w * E_demo[log pi_{theta(phi)}(x | c)] + (1 - w) * E_pref[log sigmoid(r_phi(x_win, c) - r_phi(x_lose, c))],
+whose demonstration term has the maximum-entropy IRL gradient w * (E_demo[grad r_phi] - E_{pi_theta}[grad r_phi]);
+the two are coupled by alternating a reward step and a policy step on each iteration's fresh samples.
+Adaptation to diffusion, every piece of it:
+  - demonstration likelihood: through the model's own training loss (the denoising ELBO), both in the policy's
+    objective and, via the IRL gradient, in the reward's (demonstrations against the policy's current samples);
+  - the policy step: reward-weighted maximum likelihood on its own samples, weights softmax(z / tau) of the
+    learned reward standardized over the batch (the projection of pi_ref exp(r / tau) onto the model family, as
+    in ORW-CFM), mixed with the demonstrations' loss:
+      L(theta) = w * L_denoise(demo) + (1 - w) * sum_i softmax(z / tau)_i L_denoise(x_i);
+  - the reward step: L(phi) = w * (mean r(x_i) - mean r(demo) + l2 * (mean r(demo)^2 + mean r(x_i)^2))
+                             + (1 - w) * BradleyTerry(pairs),
+    the l2 term keeping the IRL term's scores bounded (a discriminator between data and samples otherwise
+    grows without limit);
+  - preferences are a dataset of `preference_pairs` base-model pairs collected at the start, as the pipeline's are,
+    and the reward is warmed up on them (and the demonstrations) before the first policy step.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from methods.preferences import collect_preferences, new_reward_model, preference_accuracy
+from methods.trainer import Trainer, make_optimizer, prompt_groups
+from rewards.learned import bradley_terry_loss
+
+
+@dataclass(frozen=True)
+class Config:
+    preference_pairs: int = 300
+    """Labelled pairs of base-model samples (the label budget)."""
+    demo_weight: float = 0.5
+    """w: the demonstrations' share of both objectives; 1 - w goes to the preferences."""
+    prompts_per_iter: int = 8
+    """Distinct train prompts per iteration."""
+    samples_per_prompt: int = 8
+    """Samples per prompt drawn from the current policy each iteration."""
+    sample_steps: int | None = None
+    """Sampler steps of those samples and of the preference pairs; None: the model's default."""
+    demo_batch: int = 32
+    """Demonstrations per step."""
+    tau: float = 1.0
+    """Temperature of the policy step's weights, in units of the batch's learned-reward std."""
+    updates_per_iter: int = 2
+    """Policy gradient steps per iteration."""
+    reward_updates_per_iter: int = 4
+    """Reward gradient steps per iteration (one preference minibatch of `demo_batch` pairs each)."""
+    warmup_reward_steps: int = 200
+    """Reward steps before the first policy step, against the base model's samples."""
+    reward_l2: float = 0.1
+    """Weight of the squared scores that bound the IRL term."""
+    learning_rate: float = 3e-5
+    """AdamW learning rate of the policy."""
+    reward_learning_rate: float = 1e-3
+    """AdamW learning rate of the reward model."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold of the policy (L2 norm)."""
+
+    def __post_init__(self):
+        if self.preference_pairs < 1:
+            raise ValueError(f"aihf.preference_pairs must be >= 1, got {self.preference_pairs}")
+        if not 0 <= self.demo_weight <= 1:
+            raise ValueError(f"aihf.demo_weight must be in [0, 1], got {self.demo_weight}")
+        if self.tau <= 0:
+            raise ValueError(f"aihf.tau must be > 0, got {self.tau}")
+
+
+def reward_objective(demo_scores: torch.Tensor, sample_scores: torch.Tensor, win: torch.Tensor, lose: torch.Tensor,
+                     demo_weight: float, l2: float) -> torch.Tensor:
+    """The reward step's loss: the IRL term on demonstration and policy scores (B,), (B',) plus the Bradley-Terry
+    term on scores of the preferred and the other image of each pair (P,), (P,)."""
+    irl = sample_scores.mean() - demo_scores.mean() + l2 * ((demo_scores**2).mean() + (sample_scores**2).mean())
+    preference = bradley_terry_loss(win, lose, torch.ones_like(win))
+    return demo_weight * irl + (1 - demo_weight) * preference
+
+
+def tilted_weights(scores: torch.Tensor, tau: float) -> torch.Tensor:
+    """softmax(z / tau) of scores (B,) standardized over the batch: the self-normalized weights of
+    pi_ref exp(r / tau) on samples of the current policy. Equal scores give uniform weights."""
+    std = scores.std(unbiased=False)
+    z = (scores - scores.mean()) / std if std > 0 else torch.zeros_like(scores)
+    return torch.softmax(z / tau, dim=0)
+
+
+class AIHF(Trainer):
+    name = "aihf"
+    version = "1"
+    Config = Config
+    learns_from_feedback = True
+
+    def __init__(self, policy, feedback, prompts, config: Config, seed: int):
+        super().__init__(policy, feedback, prompts, config, seed)
+        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
+        self.reward_model = new_reward_model(policy.image_shape, seed)
+        self.reward_optimizer = make_optimizer(self.reward_model.parameters(), config.reward_learning_rate)
+        self.demo_images, self.demo_prompts = feedback.demonstrations
+        self.preferences = None  # collected on the first step, from the base model
+
+    def _demos(self) -> tuple[torch.Tensor, list[str]]:
+        index = torch.randint(0, len(self.demo_prompts), (self.config.demo_batch,), generator=self.generator)
+        return self.demo_images[index], [self.demo_prompts[i] for i in index.tolist()]
+
+    def _reward_step(self, samples: torch.Tensor, sample_prompts: list[str]) -> float:
+        cfg = self.config
+        demos, demo_prompts = self._demos()
+        a, b, pair_prompts, labels = self.preferences.batch(cfg.demo_batch, self.generator)
+        preferred = labels[:, None, None, None] > 0.5
+        win, lose = torch.where(preferred, a, b), torch.where(preferred, b, a)
+        loss = reward_objective(self.reward_model(demos, demo_prompts), self.reward_model(samples, sample_prompts),
+                                self.reward_model(win, pair_prompts), self.reward_model(lose, pair_prompts),
+                                cfg.demo_weight, cfg.reward_l2)
+        self.reward_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.reward_optimizer.step()
+        return loss.item()
+
+    def step(self) -> dict[str, float]:
+        cfg = self.config
+        steps = self.sampler_steps(cfg.sample_steps)
+        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
+        with torch.no_grad():
+            samples = self.policy.sample(prompts, steps, self.generator).images.cpu()
+        stats = {}
+        if self.preferences is None:
+            self.preferences = collect_preferences(self.policy, self.reward, self.prompts, cfg.preference_pairs,
+                                                   steps, self.seed)
+            for _ in range(cfg.warmup_reward_steps):
+                self._reward_step(samples, prompts)
+        for _ in range(cfg.reward_updates_per_iter):
+            stats["reward_loss"] = self._reward_step(samples, prompts)
+        with torch.no_grad():
+            scores = self.reward_model(samples, prompts)
+        weights = tilted_weights(scores, cfg.tau)
+        for _ in range(cfg.updates_per_iter):
+            demos, demo_prompts = self._demos()
+            loss = (cfg.demo_weight * self.policy.loss(demos, demo_prompts, self.generator)
+                    + (1 - cfg.demo_weight) * self.policy.loss(samples, prompts, self.generator, weights))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+        return {**stats, "policy_loss": loss.item(), "learned_reward": scores.mean().item(),
+                "preference_acc": preference_accuracy(self.reward_model, self.preferences),
+                "effective_samples": (1 / (weights**2).sum()).item()}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "reward_model": self.reward_model.state_dict(),
+                "reward_optimizer": copy.deepcopy(self.reward_optimizer.state_dict()), "preferences": self.preferences}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.reward_model.load_state_dict(state["reward_model"])
+        self.reward_optimizer.load_state_dict(state["reward_optimizer"])
+        self.preferences = state["preferences"]

@@ -1,0 +1,45 @@
+"""`sft`: supervised fine-tuning on the annotator's demonstrations, the first stage of the classic RLHF recipe
+(Ouyang et al. 2022) and the demonstrations-only baseline of `aihf`.
+
+  L(theta) = E_{(x, c) ~ demonstrations} L_family(theta; x, c),
+the model's own training loss (denoising, consistency or flow matching) on minibatches of the demonstrations.
+It reads no preferences and no reward: its results do not depend on a label budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.trainer import Trainer, make_optimizer
+
+
+@dataclass(frozen=True)
+class Config:
+    batch: int = 32
+    """Demonstrations per gradient step."""
+    learning_rate: float = 3e-5
+    """AdamW learning rate."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (L2 norm)."""
+
+
+class SFT(Trainer):
+    name = "sft"
+    version = "1"
+    Config = Config
+    learns_from_feedback = True
+
+    def __init__(self, policy, feedback, prompts, config: Config, seed: int):
+        super().__init__(policy, feedback, prompts, config, seed)
+        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
+        self.demo_images, self.demo_prompts = feedback.demonstrations
+
+    def step(self) -> dict[str, float]:
+        index = torch.randint(0, len(self.demo_prompts), (self.config.batch,), generator=self.generator)
+        loss = self.policy.loss(self.demo_images[index], [self.demo_prompts[i] for i in index.tolist()], self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        return {"loss": loss.item()}
