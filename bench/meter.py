@@ -1,13 +1,15 @@
 """Compute accounting owned by the harness: methods only ever see metered policies and rewards.
 
-Units (budgets are expressed in any of them):
+Units (budgets are expressed in any of them but labels):
   nfe             network function evaluations, per image: a forward pass of a generator network on
                   B images costs B, a backward pass through it 2B (every generator network a method
                   can reach is hooked, reference copies included, since `frozen_copy` deep-copies the
                   hooks along with the module);
   reward_queries  images scored by the reward;
   samples         images produced by the sampler;
-  labels          human-feedback labels (preference pairs) an annotator gave (rewards/feedback.py);
+  labels          human-feedback labels (preference pairs) an annotator gave (rewards/feedback.py); recorded,
+                  not a run budget: the methods collect their labels once, at the start (their
+                  `preference_pairs` is the label budget), so a run limited by labels would never end;
   wall_s          wall-clock seconds, timed by the runner around each training step.
 Usage is kept in accounts: `train` (what the budget limits) and `eval` (the harness's evaluation;
 for inference-time methods such as best-of-N this is their whole cost).
@@ -22,7 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-UNITS = ("nfe", "reward_queries", "samples", "labels", "wall_s")
+UNITS = ("nfe", "reward_queries", "samples", "wall_s")
+"""The units a run's budget can be expressed in."""
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from bench.stats import bootstrap_ci, stratified_bootstrap_ci
+from models.digits import GENERATORS
 from models.io import atomic_write_bytes
 
 PRIMARY_SPLIT = "eval_unseen"
@@ -131,12 +132,100 @@ def write_settings_table(results: pd.DataFrame, out: Path, name: str, title: str
     return path
 
 
+def _final(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["budget"] == results["budget"].max()]
+
+
+def _values(cell: pd.DataFrame, split: str, metric: str) -> pd.Series:
+    """One value per seed, indexed by seed."""
+    rows = cell[(cell["split"] == split) & (cell["metric"] == metric)]
+    return rows.set_index("seed")["value"].sort_index()
+
+
+def _step_splits(results: pd.DataFrame) -> list[tuple[int | None, str]]:
+    """(steps, split) of the primary split's evaluations: (None, eval_unseen) for the default steps, then the
+    `eval_unseen@<steps>` ones, by step count."""
+    extra = sorted(int(s.rpartition("@")[2]) for s in results["split"].unique() if s.startswith(f"{PRIMARY_SPLIT}@"))
+    return [(None, PRIMARY_SPLIT)] + [(n, f"{PRIMARY_SPLIT}@{n}") for n in extra]
+
+
+def write_discretization(results: pd.DataFrame, out: Path) -> Path:
+    final = _final(results)
+    base_label = "base@diffusion"
+    base = final[final["label"] == base_label]
+    if base.empty:
+        raise ValueError(f"the discretization study needs {base_label} runs: gains are measured against them")
+    trained = final[final["label"] != base_label]
+    trained_steps = (json.loads(trained["config_json"].iloc[0])["eval"].get("steps")
+                     or GENERATORS[trained["model"].iloc[0]][1].default_steps)
+    splits = _step_splits(final)
+    names = [f"{n} steps" if n else f"{trained_steps} steps (trained)" for n, _ in splits]
+    lines = ["# Discretization: the reward gain kept with other sampler steps", "",
+             f"Reward `{final['reward'].iloc[0]}` on `{PRIMARY_SPLIT}` prompts, budget {final['budget_unit'].iloc[0]} "
+             f"{final['budget'].iloc[0]:g}. Each method trains with the model's {trained_steps} sampler steps and is "
+             "evaluated with its deterministic sampler at each step count; the gain is its reward minus the base "
+             f"model's with the same steps, and 'kept' is the gain at that count over the gain at {trained_steps} "
+             "steps (1: all of it). Mean [95% bootstrap CI] over seeds; kept resamples seeds, pairing each seed's "
+             "two gains.", "",
+             "| method | seeds | " + " | ".join(f"gain, {n} ↑" for n in names)
+             + " | " + " | ".join(f"kept, {n} ↑" for (steps, _), n in zip(splits, names) if steps)
+             + " | " + " | ".join(f"judge acc, {n} ↑" for n in names) + " |",
+             "|---|---|" + "---|" * (3 * len(splits) - 1)]
+    for label, cell in final[final["label"] != base_label].groupby("label", sort=False):
+        gains = {split: _values(cell, split, "reward") - _values(base, split, "reward").mean() for _, split in splits}
+        trained = gains[PRIMARY_SPLIT].to_numpy()
+        kept = []
+        for steps, split in splits:
+            if steps is None:
+                continue
+            other = gains[split].to_numpy()
+
+            def share(seeds, axis=-1, other=other):
+                seeds = seeds.astype(int)
+                return other[seeds].mean(axis=axis) / trained[seeds].mean(axis=axis)
+
+            kept.append(_ci(bootstrap_ci(np.arange(len(trained), dtype=float), share)))
+        judge = [_ci(_values(cell, split, "judge_acc").to_numpy()) for _, split in splits]
+        lines.append(f"| {label} | {cell['seed'].nunique()} | " + " | ".join(_ci(g.to_numpy()) for g in gains.values())
+                     + " | " + " | ".join(kept) + " | " + " | ".join(judge) + " |")
+    base_row = [_ci(_values(base, split, "judge_acc").to_numpy()) for _, split in splits]
+    lines += ["", f"The base model's judge accuracy: " + ", ".join(f"{n}: {v}" for n, v in zip(names, base_row)) + "."]
+    path = out / "discretization.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
+def write_preference_budget(results: pd.DataFrame, out: Path) -> Path:
+    final = _final(results)
+    columns = [("reward", "hidden reward ↑"), ("judge_acc", "judge acc ↑"), ("diversity", "diversity ↑"), ("fid", "FID ↓")]
+    budgets = {label: json.loads(cell["config_json"].iloc[0])["method_config"].get("preference_pairs")
+               for label, cell in final.groupby("label")}
+    lines = ["# Learning from feedback: by preference budget", "",
+             f"The annotator holds the hidden reward `{final['reward'].iloc[0]}`; methods see only its preference labels "
+             f"(Bradley-Terry) and demonstrations. Unseen phrasings (`{PRIMARY_SPLIT}`), budget "
+             f"{final['budget_unit'].iloc[0]} {final['budget'].iloc[0]:g}, mean [95% bootstrap CI] over seeds. "
+             "Methods without a preference budget (the base model, sft) use no labels and are listed once.", "",
+             "| preference pairs | method | seeds | labels used | " + " | ".join(c[1] for c in columns) + " |",
+             "|---|---|---|---|" + "---|" * len(columns)]
+    order = sorted(budgets, key=lambda label: (budgets[label] is not None, budgets[label] or 0, label))
+    for label in order:
+        cell = final[final["label"] == label]
+        metrics = [_ci(_values(cell, PRIMARY_SPLIT, metric).to_numpy()) for metric, _ in columns]
+        pairs = budgets[label] if budgets[label] is not None else "—"
+        lines.append(f"| {pairs} | {label} | {cell['seed'].nunique()} | {cell['labels'].mean():g} | " + " | ".join(metrics) + " |")
+    path = out / "preference_budget.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
 STUDIES = {
     "efficiency": write_efficiency,
     "regularization": functools.partial(write_settings_table, name="regularization", settings=("divergence", "beta"),
                                         title="Regularization: divergence x beta at the largest budget"),
     "alpha": functools.partial(write_settings_table, name="alpha", settings=("alpha",),
                                title="The W2 bound's weight alpha at the largest budget"),
+    "discretization": write_discretization,
+    "preference_budget": write_preference_budget,
 }
 
 

@@ -134,7 +134,7 @@ def sas_discretization() -> Suite:
     """SAS and DDPO trained with the diffusion model's 20 sampler steps, evaluated with 20 and also with 10 and
     40 steps, on `digit`: how much of the reward gain each keeps under another discretization."""
     return Suite("sas-discretization", methods=("base", "sas", "ddpo"), rewards=("digit",),
-                 eval=EvalConfig(also_steps=DISCRETIZATION_STEPS))
+                 eval=EvalConfig(also_steps=DISCRETIZATION_STEPS), studies=("discretization",))
 
 
 PREFERENCE_BUDGETS = (100, 300, 1000)
@@ -145,7 +145,8 @@ def feedback() -> Suite:
     (a Bradley-Terry reward model, then DDPO on it) at three preference budgets, on the diffusion model."""
     variants = {f"{method}/pairs-{pairs}": {"preference_pairs": pairs}
                 for method in ("aihf", "pipeline") for pairs in PREFERENCE_BUDGETS}
-    return Suite("feedback", methods=("base", "sft", *variants), rewards=("gold",), variants=variants)
+    return Suite("feedback", methods=("base", "sft", *variants), rewards=("gold",), variants=variants,
+                 studies=("preference_budget",))
 
 
 SUITES = {"default": default, "smoke": smoke, "rocm-efficiency": rocm_efficiency,

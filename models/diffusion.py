@@ -30,8 +30,9 @@ class NoiseSchedule:
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         """The `steps` timesteps a DDIM sampler visits, descending, shape (steps,), int64."""
-        if not 1 <= steps <= self.num_train_timesteps:
-            raise ValueError(f"steps must be in [1, {self.num_train_timesteps}], got {steps}")
+        # with the offset, a grid of more steps would start past the last timestep
+        if not 1 <= steps <= self.num_train_timesteps - self.steps_offset:
+            raise ValueError(f"steps must be in [1, {self.num_train_timesteps - self.steps_offset}], got {steps}")
         ratio = self.num_train_timesteps // steps
         return (torch.arange(steps - 1, -1, -1, dtype=torch.int64) * ratio) + self.steps_offset
 

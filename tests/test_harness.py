@@ -16,7 +16,7 @@ from methods.ddpo import DDPO
     (["run", "--method", "dpo"], "unknown method 'dpo'; valid: base, best_of_n, raft, ddpo"),
     (["run", "--reward", "aesthetic"], "unknown reward 'aesthetic'; valid: digit, compress"),
     (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid: default, smoke"),
-    (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, labels, wall_s"),
+    (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, wall_s"),
     (["run", "--seeds", "0"], "expected a positive integer"),
     (["run", "--ddpo.lr", "1e-4"], "ddpo options: prompts_per_iter, samples_per_prompt"),
     (["run", "--ddpo.clip_range", "big"], "invalid float value: 'big'"),
