@@ -132,9 +132,11 @@ DISCRETIZATION_STEPS = (10, 40)
 
 def sas_discretization() -> Suite:
     """SAS and DDPO trained with the diffusion model's 20 sampler steps, evaluated with 20 and also with 10 and
-    40 steps, on `digit`: how much of the reward gain each keeps under another discretization."""
-    return Suite("sas-discretization", methods=("base", "sas", "ddpo"), rewards=("digit",),
-                 eval=EvalConfig(also_steps=DISCRETIZATION_STEPS), studies=("discretization",))
+    40 steps, on `digit`: how much of the reward gain each keeps under another discretization. SAS also
+    trains on the fixed grid, to tell its objective from its random grids."""
+    return Suite("sas-discretization", methods=("base", "sas", "sas/fixed-grid", "ddpo"), rewards=("digit",),
+                 variants={"sas/fixed-grid": {"grid": "fixed"}}, eval=EvalConfig(also_steps=DISCRETIZATION_STEPS),
+                 studies=("discretization",))
 
 
 PREFERENCE_BUDGETS = (100, 300, 1000)
