@@ -41,7 +41,6 @@ from methods.divergences import closed_form
 from methods.ppo import ppo_clipped_loss
 from methods.trainer import Trainer, make_optimizer, prompt_groups
 from models.diffusion import gaussian_log_prob
-from models.policy import model_space_to_images
 
 GRIDS = ("stratified", "fixed")
 
@@ -127,7 +126,7 @@ class ScoresAsActions(Trainer):
         with torch.no_grad():
             trajectory = self.policy.sample(prompts, self.training_grid(), self.generator, eta=1.0)
             steps = len(trajectory.timesteps)
-            predicted = torch.stack([self.reward(model_space_to_images(trajectory.predictions[:, k]), prompts)
+            predicted = torch.stack([self.reward(self.policy.decode(trajectory.predictions[:, k]), prompts)
                                      for k in range(steps)], dim=1).float().cpu()
             values = calibrated_values(predicted, self.reward(trajectory.images, prompts).float().cpu())
         scale = float(values[:, -1].std(unbiased=False)) + 1e-6

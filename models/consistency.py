@@ -20,7 +20,7 @@ import math
 import torch
 
 from models.diffusion import add_noise
-from models.policy import ChainPolicy, Transition, images_to_model_space, reduce_per_image
+from models.policy import ChainPolicy, Transition, reduce_per_image
 
 ORIGINAL_STEPS = 50
 TIMESTEP_SCALING = 10.0
@@ -85,7 +85,7 @@ class ConsistencyPolicy(ChainPolicy):
         E ||f_theta(x_{t_n}, t_n) - sg[f_theta(x_{t_{n-1}}, t_{n-1})]||^2 over adjacent grid timesteps, both
         noised with the same eps, so that the model's own low-noise prediction (anchored by f(x, 0) = x)
         is the target."""
-        x0 = images_to_model_space(images.to(self.device))
+        x0 = self.encode(images)
         grid = distillation_grid(self.schedule.num_train_timesteps)
         n = torch.randint(1, len(grid), (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from models.policy import ChainPolicy, Transition, images_to_model_space, reduce_per_image
+from models.policy import ChainPolicy, Transition, reduce_per_image
 
 TIMESTEP_SCALE = 1000.0
 
@@ -57,7 +57,7 @@ class FlowPolicy(ChainPolicy):
 
     def flow_matching_pair(self, images: torch.Tensor, generator: torch.Generator):
         """A point on each image's path and the velocity to regress there: (x_t, t (B,), target v)."""
-        x0 = images_to_model_space(images.to(self.device))
+        x0 = self.encode(images)
         t = torch.rand(len(x0), generator=generator, dtype=torch.float64)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         t_ = t.to(self.device, torch.float32).view(-1, *(1,) * (x0.dim() - 1))

@@ -120,7 +120,10 @@ class ChainPolicy(ABC):
         self.encoder = encoder
         self.schedule = schedule or NoiseSchedule()
         self.alphas_cumprod = self.schedule.alphas_cumprod()
-        self.image_shape = tuple(network.image_shape)
+        self.latent_shape = tuple(network.image_shape)
+        """The shape of the chain's states x (B, *latent_shape): the image itself for pixel-space models."""
+        self.image_shape = self.latent_shape
+        """The shape of the decoded images (B, *image_shape) in [0, 1]."""
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +131,14 @@ class ChainPolicy(ABC):
 
     def _text(self, prompts: list[str]) -> torch.Tensor:
         return self.encoder(prompts).to(self.device)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, *image_shape) in [0, 1] from chain states x (differentiable); latent models decode here."""
+        return model_space_to_images(x)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Chain states (model space) of images in [0, 1]: what the family's training loss noises."""
+        return images_to_model_space(images.to(self.device))
 
     @abstractmethod
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
@@ -154,7 +165,7 @@ class ChainPolicy(ABC):
             raise ValueError(f"eta must be >= 0, got {eta}")
         timesteps = steps if isinstance(steps, torch.Tensor) else self.sampling_timesteps(steps)
         text = self._text(prompts)
-        x = torch.randn((len(prompts), *self.image_shape), generator=generator).to(self.device)
+        x = torch.randn((len(prompts), *self.latent_shape), generator=generator).to(self.device)
         latents, means, stds, log_probs, predictions = [x], [], [], [], []
         with torch.set_grad_enabled(grad):
             for step in range(len(timesteps)):
@@ -182,7 +193,7 @@ class ChainPolicy(ABC):
             predictions=torch.stack(predictions, dim=1),
             stds=torch.tensor(stds, dtype=torch.float32),
             log_probs=torch.stack(log_probs, dim=1) if any(std > 0 for std in stds) else None,
-            images=model_space_to_images(x),
+            images=self.decode(x),
             eta=eta,
         )
 
@@ -233,7 +244,7 @@ class DiffusionPolicy(ChainPolicy):
 
     def loss(self, images, prompts, generator, weights=None):
         """The denoising loss E_t,eps ||eps - eps_theta(x_t, t)||^2 on images in [0, 1]."""
-        x0 = images_to_model_space(images.to(self.device))
+        x0 = self.encode(images)
         t = torch.randint(0, self.schedule.num_train_timesteps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         x_t = add_noise(x0, noise, self.alphas_cumprod[t].to(self.device))
