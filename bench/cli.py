@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--ray-address needs --backend ray")
         if args.backend == "ray" and importlib.util.find_spec("ray") is None:
             parser.error("--backend ray needs the ray package: pip install -e '.[ray]'")
+        if launched_processes() > 1 and (args.workers > 1 or args.backend == "ray"):
+            parser.error("under `accelerate launch` every process trains each run together (data-parallel); "
+                         "drop --workers and --backend ray")
     if args.command in ("models", "run"):
         os.environ["BENCH_PROGRESS"] = args.progress  # worker processes inherit it
     # Heavy imports only after the command line is known to be valid.
@@ -226,8 +229,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}` first")
         sweep.write_tables(store, store.parent, SUITES[args.suite[0]]().studies)
         return 0
+    if launched_processes() > 1:
+        from bench.parallel import start_data_parallel
+
+        return sweep.run_suite(suite, store, loggers=args.logger, parallel=start_data_parallel())
     return sweep.run_suite(suite, store, workers=args.workers, use_ray=args.backend == "ray",
                            ray_address=args.ray_address, loggers=args.logger)
+
+
+def launched_processes() -> int:
+    """The number of processes `accelerate launch` (or torchrun) started this one among: 1 when run directly."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def mean_pairwise_distance(features: torch.Tensor, groups: int) -> float:
 
 
 def frechet_distance(judge: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor) -> float:
-    fid = FrechetInceptionDistance(feature=FeatureExtractor(judge), normalize=True)
+    # sync_on_compute=False: in a data-parallel run only the main process evaluates; it must not wait for the others
+    fid = FrechetInceptionDistance(feature=FeatureExtractor(judge), normalize=True, sync_on_compute=False)
     fid.update(real, real=True)
     fid.update(fake, real=False)
     return float(fid.compute())

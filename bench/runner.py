@@ -24,8 +24,9 @@ import torch
 from bench.evaluate import EvalConfig, evaluate
 from bench.loggers import ExperimentLoggers
 from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
-from bench.store import RunRecord, Store
+from bench.store import USED_KEYS, RunRecord, Store
 from methods import METHODS
+from methods.trainer import DataParallel
 from models.io import atomic_torch_save
 from models.progress import progress
 from rewards import REWARDS
@@ -103,8 +104,12 @@ def _check_finite(values: dict[str, float], where: str) -> None:
 
 
 def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpoint_every_s: float = 60.0,
-            log=print, loggers: ExperimentLoggers = ExperimentLoggers()) -> str:
-    """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a."""
+            log=print, loggers: ExperimentLoggers = ExperimentLoggers(), parallel: DataParallel = DataParallel()) -> str:
+    """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a.
+
+    Data-parallel (every process of an `accelerate launch` calls this with its `parallel`): all processes train,
+    their compute adds up against the budget, and only the main one evaluates and writes the store; each
+    process checkpoints its own random state, so a resumed run continues every process where it stopped."""
     method = METHODS[spec.method]
     reward_cls = REWARDS[spec.reward]
     raw_reward = reward_cls.from_world(world)
@@ -115,11 +120,16 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
         return status
     reason = method.incompatibility(reward_cls, spec.budget.unit)
     if reason is not None:
-        store.record_not_applicable(record, reason)
+        if parallel.main:
+            store.record_not_applicable(record, reason)
         log(f"{record.run_id}: n/a ({reason})")
         return "n/a"
+    if not parallel.main:
+        log, loggers = (lambda *_: None), ExperimentLoggers()
 
-    store.start_run(record)
+    if parallel.main:
+        store.start_run(record)
+    parallel.barrier()  # the others read the store only after the main process has started the run
     torch.manual_seed(spec.seed)
     meter = Meter()
     # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
@@ -127,7 +137,9 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
               else MeteredReward(raw_reward, meter))
     trainer = method(MeteredPolicy(world.make_policy(spec.model), meter), signal, world.prompts["train"],
                      spec.method_config, spec.seed)
-    checkpoint = checkpoint_dir / f"{record.run_id}.pt"
+    trainer.distribute(parallel)
+    suffix = f".rank{parallel.rank}" if parallel.world_size > 1 else ""
+    checkpoint = checkpoint_dir / f"{record.run_id}{suffix}.pt"
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         trainer.load_state_dict(state["trainer"])
@@ -137,6 +149,13 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
     def save() -> None:
         atomic_torch_save({"trainer": trainer.state_dict(), "meter": meter.state_dict()}, checkpoint)
 
+    def spent() -> float:
+        """The budget's fraction spent by all processes together."""
+        return parallel.total([getattr(meter.accounts["train"], spec.budget.unit)])[0] / spec.budget.amount
+
+    def used() -> dict[str, float]:
+        return dict(zip(USED_KEYS, parallel.total([meter.accounts["train"].as_dict()[k] for k in USED_KEYS])))
+
     recorded = store.milestones_recorded(record.run_id)
     started = time.monotonic()
     run_log = loggers.open(record)
@@ -145,7 +164,7 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
             if index in recorded:
                 continue
             last_save = time.monotonic()
-            while trainer.trains and meter.spent(spec.budget) < fraction:
+            while trainer.trains and spent() < fraction:
                 with meter.timed():
                     stats = trainer.step()
                     _check_finite(stats, "in a training step")
@@ -156,21 +175,28 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
             if trainer.trains:
                 save()
             milestone_budget = Budget(spec.budget.unit, spec.budget.amount * fraction)
+            train_used = used()
+            if not parallel.main:
+                parallel.barrier()  # wait while the main process evaluates and records
+                continue
             metrics, samples, generation = evaluate(trainer, world, raw_reward, meter, milestone_budget, spec.eval)
             _check_finite({f"{s}/{m}": v for s, m, v, _ in metrics}, "in evaluation")
             # Training compute for trained methods; for inference-time methods, their whole cost:
             # generating the primary evaluation set.
-            used = meter.accounts["train"].as_dict() if trainer.trains else generation[spec.eval.splits[-1]]
-            store.record_milestone(record.run_id, index, milestone_budget.amount, used, metrics, samples)
+            milestone_used = train_used if trainer.trains else generation[spec.eval.splits[-1]]
+            store.record_milestone(record.run_id, index, milestone_budget.amount, milestone_used, metrics, samples)
+            parallel.barrier()
             run_log.log({f"{s}/{m}": v for s, m, v, _ in metrics}, meter.accounts["train"].nfe)
             summary = ", ".join(f"{s.removeprefix('eval_')}/{m}={v:.3f}" for s, m, v, _ in metrics)
             log(f"{record.run_id}: {fraction:.0%} of {spec.budget} ({time.monotonic() - started:.0f}s) {summary}")
     except Exception as error:  # a failing run is recorded with its reason; the sweep goes on
-        store.finish_run(record.run_id, "failed", f"{type(error).__name__}: {error}")
+        if parallel.main:
+            store.finish_run(record.run_id, "failed", f"{type(error).__name__}: {error}")
         log(f"{record.run_id}: FAILED: {type(error).__name__}: {error}")
         return "failed"
     finally:
         run_log.close()
-    store.finish_run(record.run_id, "done")
+    if parallel.main:
+        store.finish_run(record.run_id, "done")
     checkpoint.unlink(missing_ok=True)
     return "done"

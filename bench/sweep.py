@@ -24,6 +24,7 @@ from bench.runner import RunSpec, execute
 from bench.store import Store
 from bench.suites import Suite
 from bench.world import ensure_world, load_world
+from methods.trainer import DataParallel
 from models.progress import progress
 
 
@@ -75,22 +76,27 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def run_cell(spec: RunSpec, store_path: Path, loggers: tuple[str, ...] = ()) -> str:
-    """One cell, in whatever process runs it (this one, a local worker, a Ray task): opens the store,
-    runs (or resumes, or skips) the run, returns its status. Safe to run concurrently with other cells
-    on the same store: the store serializes writes, and each run has its own checkpoint."""
+def run_cell(spec: RunSpec, store_path: Path, loggers: tuple[str, ...] = (),
+             parallel: DataParallel = DataParallel()) -> str:
+    """One cell, in whatever process runs it (this one, a local worker, a Ray task, or each process of a
+    data-parallel launch): opens the store, runs (or resumes, or skips) the run, returns its status. Safe to
+    run concurrently with other cells on the same store: the store serializes writes, and each run has its
+    own checkpoint."""
     runs = work_dir(store_path)
     with Store(store_path) as store, _one_torch_thread():
         return execute(spec, _world(spec.world), store, runs / "checkpoints",
-                       loggers=ExperimentLoggers(loggers, runs / "logs"))
+                       loggers=ExperimentLoggers(loggers, runs / "logs"), parallel=parallel)
 
 
 def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: str | None = None,
-              use_ray: bool = False, loggers: tuple[str, ...] = ()) -> int:
-    """Runs every cell, in this process, in `workers` local processes, or as Ray tasks; returns 0 if all
-    cells are done or not applicable, 1 if any failed. Every way runs the same `run_cell`, so the
-    store, resume and failure isolation are the same."""
-    ensure_world(suite.world)  # built once here, before parallel workers could race to build it
+              use_ray: bool = False, loggers: tuple[str, ...] = (), parallel: DataParallel = DataParallel()) -> int:
+    """Runs every cell, in this process, in `workers` local processes, or as Ray tasks, or, data-parallel,
+    in this process together with the other launched ones; returns 0 if all cells are done or not
+    applicable, 1 if any failed. Every way runs the same `run_cell`, so the store, resume and failure
+    isolation are the same."""
+    if parallel.main:
+        ensure_world(suite.world)  # built once here, before parallel workers could race to build it
+    parallel.barrier()
     cells = specs(suite)
     start = time.monotonic()
     if use_ray:
@@ -103,8 +109,10 @@ def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: 
             jobs = pool.map(run_cell, cells, repeat(store_path), repeat(loggers))
             statuses = list(progress(jobs, total=len(cells), desc="cells"))
     else:
-        statuses = [run_cell(spec, store_path, loggers) for spec in progress(cells, desc="cells")]
+        statuses = [run_cell(spec, store_path, loggers, parallel) for spec in progress(cells, desc="cells")]
     failed = statuses.count("failed")
+    if not parallel.main:
+        return 1 if failed else 0
     print(f"suite {suite.name!r}: {len(statuses)} runs, {statuses.count('done')} done, "
           f"{statuses.count('n/a')} n/a, {failed} failed ({time.monotonic() - start:.0f}s)")
     write_tables(store_path, store_path.parent, suite.studies)

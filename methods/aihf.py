@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.preferences import collect_preferences, new_reward_model, preference_accuracy
-from methods.trainer import Trainer, make_optimizer, prompt_groups
+from methods.trainer import Trainer, make_optimizer
 from rewards.learned import bradley_terry_loss
 
 
@@ -95,6 +95,7 @@ class AIHF(Trainer):
     version = "1"
     Config = Config
     learns_from_feedback = True
+    data_parallel = False  # its preference dataset is collected once, at the start, by one process
 
     def __init__(self, policy, feedback, prompts, config: Config, seed: int):
         super().__init__(policy, feedback, prompts, config, seed)
@@ -125,7 +126,7 @@ class AIHF(Trainer):
     def step(self) -> dict[str, float]:
         cfg = self.config
         steps = self.sampler_steps(cfg.sample_steps)
-        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
+        prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
             samples = self.policy.sample(prompts, steps, self.generator).images.cpu()
         stats = {}
@@ -145,8 +146,7 @@ class AIHF(Trainer):
                     + (1 - cfg.demo_weight) * self.policy.loss(samples, prompts, self.generator, weights))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
+            self.apply_gradients(cfg.max_grad_norm)
         return {**stats, "policy_loss": loss.item(), "learned_reward": scores.mean().item(),
                 "preference_acc": preference_accuracy(self.reward_model, self.preferences),
                 "effective_samples": (1 / (weights**2).sum()).item()}

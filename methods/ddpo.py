@@ -24,7 +24,7 @@ import torch
 from methods.divergences import closed_form
 from models.diffusion import gaussian_log_prob
 from methods.ppo import ppo_clipped_loss
-from methods.trainer import Trainer, make_optimizer, prompt_groups
+from methods.trainer import Trainer, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -94,20 +94,21 @@ class DDPO(Trainer):
 
     def step(self) -> dict[str, float]:
         cfg = self.config
-        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
+        prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
             trajectory = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.eta)
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         if not trajectory.stochastic_steps:
             raise ValueError("ddpo needs a stochastic sampling step to train on; a 1-step consistency sampler "
                              "has none (set ddpo.sample_steps >= 2)")
-        advantages = group_normalized_advantages(rewards, cfg.prompts_per_iter, cfg.adv_clip)
+        advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         steps_trained = max(1, round(cfg.step_fraction * len(trajectory.stochastic_steps)))
         stats = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
         for _ in range(cfg.inner_epochs):
             order = torch.randperm(len(prompts), generator=self.generator)
-            for start in range(0, len(order), cfg.minibatch):
-                index = order[start:start + cfg.minibatch]
+            minibatch = self.parallel.share(cfg.minibatch, "ddpo.minibatch")
+            for start in range(0, len(order), minibatch):
+                index = order[start:start + minibatch]
                 self._update(trajectory, index, advantages[index], steps_trained, stats)
         summary = {name: sum(values) / len(values) for name, values in stats.items() if values}
         return {"reward": rewards.mean().item(), **summary}
@@ -133,6 +134,5 @@ class DDPO(Trainer):
             stats["loss"].append(loss.item())
             stats["ratio_dev"].append((ratio - 1).abs().mean().item())
             stats["clip_frac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
-        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        self.apply_gradients(cfg.max_grad_norm)
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.trainer import Trainer, make_optimizer, prompt_groups
+from methods.trainer import Trainer, make_optimizer
 
 WEIGHTINGS = ("exp", "linear", "rank", "uniform")
 
@@ -97,11 +97,14 @@ class ORWCFMW2(Trainer):
 
     def step(self) -> dict[str, float]:
         cfg = self.config
-        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
+        prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
             images = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator).images
             rewards = self.reward(images, prompts).float().cpu()
-        weights = reward_weights(rewards, cfg.weighting, cfg.tau)
+        # normalized over the whole batch of all processes; each process's gradient is averaged with the others'
+        # so its share of the weights is scaled back up by their number
+        weights = self.parallel.local(reward_weights(self.parallel.gather(rewards), cfg.weighting, cfg.tau))
+        weights = weights * self.parallel.world_size
         for _ in range(cfg.updates_per_iter):
             x_t, t, target = self.policy.flow_matching_pair(images, self.generator)
             prediction = self.policy.velocity(x_t, t, prompts)
@@ -112,7 +115,6 @@ class ORWCFMW2(Trainer):
             loss, gap = orw_loss(prediction, target, reference, weights, cfg.alpha)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
+            self.apply_gradients(cfg.max_grad_norm)
         return {"reward": rewards.mean().item(), "loss": loss.item(), "w2_bound": gap.item(),
                 "effective_samples": (1 / (weights**2).sum()).item()}

@@ -49,6 +49,7 @@ class RewardModelPipeline(Trainer):
     version = "1"
     Config = Config
     learns_from_feedback = True
+    data_parallel = False  # its preference dataset is collected once, at the start, by one process
     families = ("diffusion", "consistency")
 
     def __init__(self, policy, feedback, prompts, config: Config, seed: int):

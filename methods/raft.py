@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.trainer import Trainer, make_optimizer, prompt_groups
+from methods.trainer import Trainer, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -67,16 +67,15 @@ class RAFT(Trainer):
 
     def step(self) -> dict[str, float]:
         cfg = self.config
-        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
+        prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
             images = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator).images
             rewards = self.reward(images, prompts).float()
-        keep = top_k_per_group(rewards.cpu(), cfg.prompts_per_iter, cfg.keep_per_prompt)
+        keep = top_k_per_group(rewards.cpu(), len(prompts) // cfg.samples_per_prompt, cfg.keep_per_prompt)
         kept_images, kept_prompts = images[keep], [prompts[i] for i in keep.tolist()]
         for _ in range(cfg.updates_per_iter):
             loss = self.policy.loss(kept_images, kept_prompts, self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-            self.optimizer.step()
+            self.apply_gradients(cfg.max_grad_norm)
         return {"reward": rewards.mean().item(), "kept_reward": rewards[keep].mean().item(), "loss": loss.item()}

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.divergences import DIVERGENCES, step_divergence
-from methods.trainer import Trainer, make_optimizer, prompt_groups
+from methods.trainer import Trainer, make_optimizer
 
 NO_DIVERGENCE = "none"
 
@@ -86,7 +86,7 @@ class ROCM(Trainer):
 
     def step(self) -> dict[str, float]:
         cfg = self.config
-        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
+        prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         trajectory = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.eta,
                                         grad=True, checkpoint=cfg.gradient_checkpointing)
         rewards = self.reward(trajectory.images, prompts)
@@ -100,8 +100,7 @@ class ROCM(Trainer):
         loss = regularized_loss(rewards, divergences, cfg.beta)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        self.apply_gradients(cfg.max_grad_norm)
         stats = {"reward": rewards.mean().item(), "loss": loss.item()}
         if divergences:
             stats["divergence"] = torch.stack(divergences).sum(dim=0).mean().item()

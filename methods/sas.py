@@ -39,7 +39,7 @@ import torch
 
 from methods.divergences import closed_form
 from methods.ppo import ppo_clipped_loss
-from methods.trainer import Trainer, make_optimizer, prompt_groups
+from methods.trainer import Trainer, make_optimizer
 from models.diffusion import gaussian_log_prob
 
 GRIDS = ("stratified", "fixed")
@@ -122,19 +122,22 @@ class ScoresAsActions(Trainer):
 
     def step(self) -> dict[str, float]:
         cfg = self.config
-        prompts = prompt_groups(self.prompts, cfg.prompts_per_iter, cfg.samples_per_prompt, self.generator)
+        prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
             trajectory = self.policy.sample(prompts, self.training_grid(), self.generator, eta=1.0)
             steps = len(trajectory.timesteps)
             predicted = torch.stack([self.reward(self.policy.decode(trajectory.predictions[:, k]), prompts)
                                      for k in range(steps)], dim=1).float().cpu()
-            values = calibrated_values(predicted, self.reward(trajectory.images, prompts).float().cpu())
-        scale = float(values[:, -1].std(unbiased=False)) + 1e-6
+            terminal = self.reward(trajectory.images, prompts).float().cpu()
+        # the value's calibration and the advantages' scale are statistics of the whole batch, over all processes
+        values = self.parallel.local(calibrated_values(self.parallel.gather(predicted), self.parallel.gather(terminal)))
+        scale = float(self.parallel.gather(terminal).std(unbiased=False)) + 1e-6
         advantages = value_increments(values, scale, cfg.adv_clip)
         stats = {"ratio_dev": [], "clip_frac": [], "kl": []}
         order = torch.randperm(len(prompts), generator=self.generator)
-        for start in range(0, len(order), cfg.minibatch):
-            index = order[start:start + cfg.minibatch]
+        minibatch = self.parallel.share(cfg.minibatch, "sas.minibatch")
+        for start in range(0, len(order), minibatch):
+            index = order[start:start + minibatch]
             self._update(trajectory.subset(index), advantages[index], stats)
         summary = {name: sum(values) / len(values) for name, values in stats.items() if values}
         return {"reward": values[:, -1].mean().item(), **summary}
@@ -160,5 +163,4 @@ class ScoresAsActions(Trainer):
             stats["clip_frac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
         if self.reference is not None:
             stats["kl"].append(kl_total)
-        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        self.apply_gradients(cfg.max_grad_norm)

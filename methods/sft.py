@@ -36,10 +36,10 @@ class SFT(Trainer):
         self.demo_images, self.demo_prompts = feedback.demonstrations
 
     def step(self) -> dict[str, float]:
-        index = torch.randint(0, len(self.demo_prompts), (self.config.batch,), generator=self.generator)
+        batch = self.parallel.share(self.config.batch, "sft.batch")
+        index = torch.randint(0, len(self.demo_prompts), (batch,), generator=self.generator)
         loss = self.policy.loss(self.demo_images[index], [self.demo_prompts[i] for i in index.tolist()], self.generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.policy.trainable_parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
+        self.apply_gradients(self.config.max_grad_norm)
         return {"loss": loss.item()}

@@ -9,9 +9,74 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.distributed as dist
+
+PROCESS_SEED_STRIDE = 1_000_003
+"""Process r of a data-parallel run draws from seed + r * stride: its own samples, and process 0 the single-process ones."""
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's place in a data-parallel run of one trainer over `world_size` processes (started by
+    `accelerate launch`, which initialises torch.distributed): each process samples its share of every batch
+    from its own random stream, and gradients are averaged once per optimizer step, so the effective batch is
+    the config's whatever the number of processes, and the parameters stay identical on every process."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Only the main process writes results and reports."""
+        return self.rank == 0
+
+    def share(self, total: int, what: str) -> int:
+        """This process's part of a batch of `total`; the config must split evenly."""
+        if total % self.world_size:
+            raise ValueError(f"{what} = {total} does not split over {self.world_size} processes; "
+                             f"use a multiple of {self.world_size}")
+        return total // self.world_size
+
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """All-reduce the mean of the gradients over processes, in one bucket (a missing gradient counts as 0)."""
+        if self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = torch.cat([g.flatten() for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        for p, piece in zip(parameters, flat.split([g.numel() for g in grads])):
+            p.grad = piece.view_as(p).clone()
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's (B, ...) tensor, concatenated rank-major: (world_size * B, ...), for batch statistics
+        that must be the whole batch's (every process passes the same shape)."""
+        if self.world_size == 1:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    def local(self, gathered: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a gathered tensor."""
+        size = len(gathered) // self.world_size
+        return gathered[self.rank * size:(self.rank + 1) * size]
+
+    def total(self, values: list[float]) -> list[float]:
+        """The sums over processes of per-process counts (e.g. the meter's usage)."""
+        if self.world_size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
 
 
 class Trainer(ABC):
@@ -26,6 +91,9 @@ class Trainer(ABC):
     then a rewards.feedback.Feedback, which hides the reward's values."""
     families: ClassVar[tuple[str, ...]] = ("diffusion", "consistency", "flow")
     """The generator families (Policy.family) the method can fine-tune; the first is its default."""
+    data_parallel: ClassVar[bool] = True
+    """False for methods that cannot split their work over processes (see `distribute`)."""
+    parallel: DataParallel = DataParallel()
 
     def __init__(self, policy, reward, prompts: list[str], config, seed: int):
         self.policy = policy
@@ -42,6 +110,28 @@ class Trainer(ABC):
         if cls.needs_differentiable_reward and not reward_cls.differentiable:
             return "needs a differentiable reward"
         return None
+
+    def distribute(self, parallel: DataParallel) -> None:
+        """Makes this trainer process `parallel.rank` of a data-parallel run; call before the first step."""
+        if parallel.world_size > 1 and not self.data_parallel:
+            raise ValueError(f"{self.name} cannot run data-parallel (it collects its feedback dataset once); "
+                             "run it on one process")
+        self.parallel = parallel
+        if parallel.world_size > 1:
+            self.generator.manual_seed(self.seed + PROCESS_SEED_STRIDE * parallel.rank)
+
+    def prompt_batch(self, groups: int, per_group: int) -> list[str]:
+        """This process's share of an iteration's prompts: `groups` train prompts over all processes, each
+        repeated `per_group` times (group-major)."""
+        return prompt_groups(self.prompts, self.parallel.share(groups, f"{self.name}.prompts_per_iter"), per_group,
+                             self.generator)
+
+    def apply_gradients(self, max_grad_norm: float) -> None:
+        """One optimizer step on the accumulated gradients: averaged over processes, clipped, applied."""
+        parameters = self.policy.trainable_parameters()
+        self.parallel.average_gradients(parameters)
+        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        self.optimizer.step()
 
     def sampler_steps(self, configured: int | None) -> int:
         """A config's `sample_steps`, where None means the model's own default."""

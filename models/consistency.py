@@ -66,7 +66,7 @@ class ConsistencyPolicy(ChainPolicy):
 
     def predict_x0(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, network=None) -> torch.Tensor:
         """f_theta(x_t, t) for per-sample timesteps t (B,); `network` overrides the policy's own."""
-        eps = (network or self.network)(x, t.to(x.device), text)
+        eps = self.predict(x, t.to(x.device), text, network)
         return consistency_output(x, eps, t, self.alphas_cumprod[t].to(x.device))
 
     def transition(self, x, step, timesteps, text, eta):

@@ -1,7 +1,8 @@
 """Epsilon-prediction diffusion: the noise schedule and the DDIM transition as pure functions.
 
 Conventions follow Stable Diffusion's scheduler config in diffusers (so that diffusers' own
-`DDIMScheduler` is an independent oracle for the tests): a 1000-step linear beta schedule,
+`DDIMScheduler` is an independent oracle for the tests): a 1000-step beta schedule (linear, DDPM's, for the
+embedded models; scaled_linear, Stable Diffusion's own),
 "leading" timestep spacing with `steps_offset = 1`, `set_alpha_to_one = False` (the last step
 lands on alpha_bar[0], not 1, so every step of a stochastic chain keeps a non-zero std and a
 finite log-probability) and no sample clipping.
@@ -14,18 +15,32 @@ from dataclasses import dataclass
 import torch
 
 
+BETA_SCHEDULES = ("linear", "scaled_linear")
+
+
 @dataclass(frozen=True)
 class NoiseSchedule:
-    """Linear betas in [beta_start, beta_end] over `num_train_timesteps` (DDPM's schedule)."""
+    """Betas from beta_start to beta_end over `num_train_timesteps`: DDPM's linear schedule by default."""
 
     num_train_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
     steps_offset: int = 1
+    beta_schedule: str = "linear"
+    """linear: betas evenly spaced (DDPM); scaled_linear: sqrt(beta) evenly spaced (Stable Diffusion and its
+    latent consistency models, with beta_start 0.00085 and beta_end 0.012), as diffusers' schedulers name them."""
+
+    def __post_init__(self):
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {self.beta_schedule!r}")
 
     def alphas_cumprod(self) -> torch.Tensor:
         """alpha_bar_t for t = 0..T-1, float64 for exactness, shape (T,)."""
-        betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64)
+        if self.beta_schedule == "linear":
+            betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64)
+        else:
+            betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, self.num_train_timesteps,
+                                   dtype=torch.float64) ** 2
         return torch.cumprod(1.0 - betas, dim=0)
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:

@@ -42,12 +42,13 @@ class FlowPolicy(ChainPolicy):
             raise ValueError(f"a flow model samples with at least 1 step, got {steps}")
         return 1 - torch.arange(steps, dtype=torch.float64) / steps
 
-    def _velocity(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.network(x, (t * TIMESTEP_SCALE).to(x.device, torch.float32), text)
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor, text, *, guided: bool = True) -> torch.Tensor:
+        return self.predict(x, (t * TIMESTEP_SCALE).to(x.device, torch.float32), text, guided=guided)
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """v_theta(x_t, t) for per-sample times t (B,) in [0, 1]."""
-        return self._velocity(x, t, self._text(prompts))
+        """v_theta(x_t, t) for per-sample times t (B,) in [0, 1]: the conditional velocity flow matching regresses
+        (no classifier-free guidance, where a family has it)."""
+        return self._velocity(x, t, self._text(prompts), guided=False)
 
     def transition(self, x, step, timesteps, text, eta):
         t = float(timesteps[step])

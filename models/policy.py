@@ -130,7 +130,17 @@ class ChainPolicy(ABC):
         return next(self.network.parameters()).device
 
     def _text(self, prompts: list[str]) -> torch.Tensor:
+        """The conditioning of `prompts` that `predict` hands the network; opaque to the samplers and losses."""
         return self.encoder(prompts).to(self.device)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, text, network: nn.Module | None = None, *,
+                guided: bool = True) -> torch.Tensor:
+        """The network's output (the family's eps or velocity) at states x (B, *latent_shape) and per-sample
+        timesteps t (B,) in the network's units, conditioned on `text` from `_text`: (B, *latent_shape).
+        `network` overrides the policy's own (a distillation target). `guided`: the prediction the sampler
+        follows (classifier-free guidance, where a family has it) rather than the plain conditional one the
+        training losses regress; the embedded models have no guidance and ignore it."""
+        return (self.network if network is None else network)(x, t, text)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, *image_shape) in [0, 1] from chain states x (differentiable); latent models decode here."""
@@ -235,7 +245,7 @@ class DiffusionPolicy(ChainPolicy):
 
     def transition(self, x, step, timesteps, text, eta):
         t = int(timesteps[step])
-        eps = self.network(x, torch.full((x.shape[0],), t, device=x.device), text)
+        eps = self.predict(x, torch.full((x.shape[0],), t, device=x.device), text)
         # after the last timestep the chain lands on alpha_bar_0 (alpha_bar_at's convention for t < 0)
         t_prev = int(timesteps[step + 1]) if step + 1 < len(timesteps) else -1
         alpha_bar = alpha_bar_at(self.alphas_cumprod, t)
@@ -248,5 +258,5 @@ class DiffusionPolicy(ChainPolicy):
         t = torch.randint(0, self.schedule.num_train_timesteps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         x_t = add_noise(x0, noise, self.alphas_cumprod[t].to(self.device))
-        eps = self.network(x_t, t.to(self.device), self._text(prompts))
+        eps = self.predict(x_t, t.to(self.device), self._text(prompts), guided=False)
         return reduce_per_image((eps - noise) ** 2, weights)

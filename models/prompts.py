@@ -1,0 +1,48 @@
+"""Prompt sets: plain text files, one prompt a line, in three splits.
+
+A prompt set is either a directory of `prompts/` holding train.txt, eval_seen.txt and eval_unseen.txt (e.g.
+`prompts/animals/`, DDPO's 45 common animals: 36 to train on, 9 held out), or any single prompt file a user
+passes, split here deterministically: every fifth prompt is held out (eval_unseen), the rest is the train split,
+and every fourth train prompt is also evaluated (eval_seen). Blank lines and lines starting with '#' are skipped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PROMPT_ROOT = Path(__file__).resolve().parents[1] / "prompts"
+SPLITS = ("train", "eval_seen", "eval_unseen")
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise ValueError(f"prompt file {path} holds no prompts (one prompt a line)")
+    return prompts
+
+
+def split_prompts(prompts: list[str]) -> dict[str, list[str]]:
+    """The three splits of one list of prompts: every fifth held out, every fourth train prompt also evaluated."""
+    if len(prompts) < 5:
+        raise ValueError(f"a prompt file needs at least 5 prompts to hold one out for evaluation, got {len(prompts)}")
+    unseen = prompts[4::5]
+    train = [p for i, p in enumerate(prompts) if i % 5 != 4]
+    return {"train": train, "eval_seen": train[::4], "eval_unseen": unseen}
+
+
+def load_prompt_set(name_or_path: str | Path) -> dict[str, list[str]]:
+    """split -> prompts, from a set under prompts/ by name, a directory of split files, or a single prompt file."""
+    path = Path(name_or_path)
+    if not path.exists() and (PROMPT_ROOT / str(name_or_path)).is_dir():
+        path = PROMPT_ROOT / str(name_or_path)
+    if path.is_dir():
+        missing = [s for s in SPLITS if not (path / f"{s}.txt").is_file()]
+        if missing:
+            raise ValueError(f"prompt set {path} lacks {', '.join(f'{s}.txt' for s in missing)}; a set directory holds "
+                             f"{', '.join(f'{s}.txt' for s in SPLITS)}")
+        return {split: read_prompt_file(path / f"{split}.txt") for split in SPLITS}
+    if path.is_file():
+        return split_prompts(read_prompt_file(path))
+    sets = sorted(p.name for p in PROMPT_ROOT.iterdir() if p.is_dir())
+    raise ValueError(f"no prompt set {str(name_or_path)!r}: give a set under prompts/ ({', '.join(sets)}), "
+                     "a directory of train/eval_seen/eval_unseen.txt, or a file with one prompt a line")

@@ -1,0 +1,243 @@
+"""`clip_score`: 100 * cos(CLIP image embedding, CLIP text embedding) (Hessel et al. 2021; differentiable).
+
+Any transformers `CLIPModel` with its `CLIPTokenizer`; the default is OpenAI's ViT-L/14
+(`openai/clip-vit-large-patch14`). Images go through CLIP's own preprocessing, in torch so gradients reach
+the pixels (rewards.image_preprocess.clip_preprocess, at the model's `vision_config.image_size`); prompts are
+tokenized to the model's context length (77), truncated.
+
+CLIPScore as Hessel et al. define it is w * max(cos, 0) with w = 2.5, and torchmetrics' CLIPScore is
+max(100 * cos, 0). The clamp at zero is left out here: a reward with a flat region gives no gradient there,
+and the CLIP cosine of an image and a related caption is positive in practice, so the clamp rarely acts.
+
+This module also holds the loading helpers the other reward models share (hub id or local path, cache-only,
+clear errors; tokenizers checked for a real vocabulary), since every one of them loads a transformers model
+and tokenizer the same way.
+
+On disk (`from_pretrained(source)`): a hub id present in the local Hugging Face cache
+(`huggingface-cli download openai/clip-vit-large-patch14`), or a directory holding what
+`CLIPModel.save_pretrained` and `CLIPTokenizer.save_pretrained` write (config.json, model.safetensors,
+vocab.json, merges.txt / tokenizer.json, ...). `tokenizer_source` defaults to `source`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rewards.image_preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_images, clip_preprocess
+
+DEFAULT_SOURCE = "openai/clip-vit-large-patch14"
+# Real CLIP/BERT vocabularies have ~30k-50k tokens. An offline `CLIPTokenizer.from_pretrained(<hub id>)`
+# that finds nothing can return a tokenizer of length 2 instead of failing, which then tokenizes every
+# prompt to unknown tokens; refusing tiny vocabularies turns that into an error.
+MIN_VOCAB = 1000
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading helpers shared by the reward models
+# ----------------------------------------------------------------------------------------------------------
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _how_to_get(source: str, filename: str | None = None) -> str:
+    target = f"{source} {filename}" if filename else source
+    return (f"download it on a networked machine with `huggingface-cli download {target}` "
+            f"(`hf download {target}` with newer huggingface_hub), or pass a local path instead")
+
+
+def is_hub_id(source: str | Path) -> bool:
+    """Whether `source` names a Hugging Face hub repository rather than a local path."""
+    if isinstance(source, Path):
+        return False
+    text = str(source)
+    return bool(_HUB_ID.match(text)) and ".." not in text and not Path(text).exists()
+
+
+def resolve_directory(source: str | Path, what: str) -> Path:
+    """A local directory for `source`: the directory itself, or the cached snapshot of a hub id.
+
+    Never downloads. Raises ValueError naming `what` and how to obtain it when neither exists.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{what}: expected a directory at {path}, found a file")
+    if not is_hub_id(source):
+        raise ValueError(f"{what}: no such directory {path}")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=str(source), local_files_only=True))
+    except Exception as error:  # LocalEntryNotFoundError, HFValidationError, ...: all mean "not here"
+        raise ValueError(f"{what} '{source}' is not in the local Hugging Face cache ({type(error).__name__}): "
+                         f"{_how_to_get(str(source))}") from error
+
+
+def resolve_file(source: str | Path, filename: str, what: str) -> Path:
+    """A local file: `source` itself if it is a file, `source/filename` for a directory, or `filename` from the
+    cached snapshot of hub id `source`. Never downloads; ValueError naming `what` and how to obtain it."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if not (path / filename).is_file():
+            raise ValueError(f"{what}: {path} has no {filename}")
+        return path / filename
+    if not is_hub_id(source):
+        raise ValueError(f"{what}: no such file or directory {path}")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=str(source), filename=filename, local_files_only=True))
+    except Exception as error:
+        raise ValueError(f"{what} ('{filename}' of '{source}') is not in the local Hugging Face cache "
+                         f"({type(error).__name__}): {_how_to_get(str(source), filename)}") from error
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode (dropout off) and no parameter gradients; gradients still flow through to the inputs."""
+    return module.eval().requires_grad_(False)
+
+
+def load_frozen(model_cls, source: str | Path, what: str, *, device=None, dtype=None) -> nn.Module:
+    """`model_cls.from_pretrained` from a local directory or the local cache only, frozen, on device/dtype."""
+    directory = resolve_directory(source, what)
+    try:
+        model = model_cls.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as error:
+        hint = _how_to_get(str(source)) if is_hub_id(source) else "pass a directory written by save_pretrained"
+        raise ValueError(f"{what}: no loadable {model_cls.__name__} weights in {directory} "
+                         f"({_one_line(error)[:300]}); {hint}") from error
+    # Cast after loading: from_pretrained's dtype argument is `torch_dtype` in transformers 4 and `dtype` in 5.
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return freeze(model)
+
+
+def load_tokenizer(tokenizer_cls, source: str | Path, what: str, *, min_vocab: int = MIN_VOCAB):
+    """`tokenizer_cls.from_pretrained` from a local directory or the local cache only, refusing a vocabulary
+    smaller than `min_vocab` (the silent offline failure; pass a smaller `min_vocab` for a deliberately tiny
+    tokenizer, as the tests do)."""
+    directory = resolve_directory(source, what)
+    try:
+        tokenizer = tokenizer_cls.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{what}: no loadable {tokenizer_cls.__name__} in {directory} "
+                         f"({_one_line(error)[:300]})") from error
+    if len(tokenizer) < min_vocab:
+        raise ValueError(f"{what} from {directory} has only {len(tokenizer)} tokens (< min_vocab={min_vocab}): "
+                         f"its vocabulary files are missing or broken; pass a directory with the real tokenizer, "
+                         f"or a smaller min_vocab if the tiny vocabulary is deliberate")
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CLIP embeddings
+# ----------------------------------------------------------------------------------------------------------
+
+def check_batch(images: torch.Tensor, prompts) -> list[str]:
+    """Validate a reward call's inputs: images (B, 3, H, W) floating, one prompt string per image."""
+    check_images(images)
+    prompts = list(prompts)
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts: need one prompt per image")
+    if not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be strings")
+    return prompts
+
+
+def check_clip_tokenizer(model: nn.Module, tokenizer) -> None:
+    """Raise ValueError unless the tokenizer's ids fit the CLIP text tower.
+
+    transformers' CLIP text tower pools at the first `eos_token_id` of its config (at the largest id when the
+    config holds the legacy value 2, where end-of-text is the last vocabulary entry); a tokenizer with another
+    end-of-text id would pool the wrong token without any error.
+    """
+    text_config = model.config.text_config
+    if len(tokenizer) > text_config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the CLIP text tower only "
+                         f"{text_config.vocab_size} embeddings: tokenizer and weights do not belong together")
+    if text_config.eos_token_id != 2 and tokenizer.eos_token_id != text_config.eos_token_id:
+        raise ValueError(f"the tokenizer's end-of-text id is {tokenizer.eos_token_id} but the CLIP text tower pools "
+                         f"at id {text_config.eos_token_id}: tokenizer and weights do not belong together")
+
+
+def pooled(output) -> torch.Tensor:
+    """The embedding from `get_image_features` / `get_text_features`: a tensor in transformers 4, a
+    `BaseModelOutputWithPooling` whose `pooler_output` holds the projected embedding in transformers 5."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    # The patch embedding, not next(parameters()) (CLIPModel's first parameter is the scalar logit_scale).
+    weight = model.vision_model.embeddings.patch_embedding.weight
+    return weight.device, weight.dtype
+
+
+def clip_image_embeddings(model: nn.Module, images: torch.Tensor,
+                          mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
+    """Unit-norm image embeddings (B, D) float32 of images (B, 3, H, W) in [0, 1]; differentiable."""
+    device, dtype = _model_device_dtype(model)
+    pixels = clip_preprocess(images, model.config.vision_config.image_size, mean, std)
+    features = pooled(model.get_image_features(pixel_values=pixels.to(device=device, dtype=dtype)))
+    return F.normalize(features.float(), dim=-1)
+
+
+def clip_text_embeddings(model: nn.Module, tokenizer, prompts: list[str]) -> torch.Tensor:
+    """Unit-norm text embeddings (B, D) float32 of B prompts, truncated to the model's context length."""
+    device, _ = _model_device_dtype(model)
+    tokens = tokenizer(prompts, padding=True, truncation=True,
+                       max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
+    features = pooled(model.get_text_features(input_ids=tokens["input_ids"].to(device),
+                                              attention_mask=tokens["attention_mask"].to(device)))
+    return F.normalize(features.float(), dim=-1)
+
+
+def clip_cosine(model: nn.Module, tokenizer, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """cos(image_b, text_b) (B,) float32 for each image and its own prompt; differentiable in the images."""
+    image_emb = clip_image_embeddings(model, images)
+    text_emb = clip_text_embeddings(model, tokenizer, prompts)
+    return (image_emb * text_emb).sum(-1)
+
+
+def source_tag(source: str | Path) -> str:
+    """A short name for the weights a reward was loaded from, for its version string."""
+    return Path(str(source).rstrip("/")).name or str(source)
+
+
+class ClipScoreReward:
+    """100 * cos(image, prompt) under a CLIP model."""
+
+    name = "clip_score"
+    version = "1"
+    differentiable = True
+    higher_is_better = True
+
+    def __init__(self, model: nn.Module, tokenizer, *, tag: str = source_tag(DEFAULT_SOURCE)):
+        check_clip_tokenizer(model, tokenizer)
+        self.model = freeze(model)
+        self.tokenizer = tokenizer
+        # The backbone is a free choice, so scores from two backbones must not share a version.
+        self.version = f"{type(self).version}-{tag}"
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *, tokenizer_source: str | Path | None = None,
+                        device=None, dtype=None, min_vocab: int = MIN_VOCAB) -> "ClipScoreReward":
+        from transformers import CLIPModel, CLIPTokenizer
+
+        model = load_frozen(CLIPModel, source, "CLIP weights", device=device, dtype=dtype)
+        tokenizer = load_tokenizer(CLIPTokenizer, tokenizer_source or source, "CLIP tokenizer",
+                                   min_vocab=min_vocab)
+        return cls(model, tokenizer, tag=source_tag(source))
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        prompts = check_batch(images, prompts)
+        return (100.0 * clip_cosine(self.model, self.tokenizer, images, prompts)).to(images.device)

@@ -1,0 +1,105 @@
+"""Data-parallel training of one run over processes (gloo on CPU stands in for NCCL on GPUs)."""
+import dataclasses
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from methods.trainer import DataParallel
+
+SMALL = {"prompts_per_iter": 4, "samples_per_prompt": 2, "sample_steps": 3}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(rank: int, world_size: int, port: int, method: str, model: str, out: dict) -> None:
+    from bench.meter import Meter, MeteredPolicy, MeteredReward
+    from bench.world import load_world
+    from methods import METHODS
+    from rewards import REWARDS
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    world = load_world("digits-tiny", log=lambda *_: None)
+    meter = Meter()
+    cls = METHODS[method]
+    options = {**SMALL, **({"minibatch": 4} if method in ("ddpo", "sas") else {})}
+    trainer = cls(MeteredPolicy(world.make_policy(model), meter),
+                  MeteredReward(REWARDS["digit"].from_world(world), meter), world.prompts["train"],
+                  dataclasses.replace(cls.Config(), **options), seed=0)
+    trainer.distribute(DataParallel(rank, world_size))
+    trainer.step()
+    out[rank] = (torch.cat([p.detach().flatten() for p in trainer.policy.trainable_parameters()]),
+                 meter.accounts["train"].samples)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method, model", [("ddpo", "diffusion"), ("raft", "diffusion"), ("sas", "diffusion"),
+                                           ("orw_cfm_w2", "flow")])
+def test_processes_split_the_batch_and_stay_identical(method, model):
+    out = mp.Manager().dict()
+    mp.spawn(_train, args=(2, _free_port(), method, model, out), nprocs=2, join=True)
+    (params0, samples0), (params1, samples1) = out[0], out[1]
+    assert torch.equal(params0, params1)  # gradients averaged once per step: the same update everywhere
+    assert samples0 == samples1 == SMALL["prompts_per_iter"] * SMALL["samples_per_prompt"] / 2  # the config's batch in all
+
+
+def test_a_batch_that_does_not_split_is_refused():
+    with pytest.raises(ValueError, match="use a multiple of 3"):
+        DataParallel(0, 3).share(8, "ddpo.prompts_per_iter")
+
+
+def test_methods_collecting_feedback_once_refuse_to_run_data_parallel(tiny_world):
+    from bench.meter import Meter, MeteredPolicy
+    from methods import METHODS
+    from rewards import REWARDS
+    from rewards.feedback import Feedback
+
+    meter = Meter()
+    trainer = METHODS["aihf"](MeteredPolicy(tiny_world.make_policy("diffusion"), meter),
+                              Feedback.from_world(tiny_world, REWARDS["digit"].from_world(tiny_world), meter),
+                              tiny_world.prompts["train"], METHODS["aihf"].Config(), seed=0)
+    with pytest.raises(ValueError, match="cannot run data-parallel"):
+        trainer.distribute(DataParallel(0, 2))
+
+
+def _run(rank: int, world_size: int, port: int, store_path: str) -> None:
+    from bench.evaluate import EvalConfig
+    from bench.meter import Budget
+    from bench.runner import RunSpec, execute
+    from bench.store import Store
+    from bench.world import load_world
+    from methods import METHODS
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    spec = RunSpec(suite="dp", world="digits-tiny", method="ddpo", variant="", model="diffusion",
+                   method_config=dataclasses.replace(METHODS["ddpo"].Config(), minibatch=4, **SMALL), reward="digit",
+                   seed=0, budget=Budget("samples", 32), milestones=(0.5, 1.0), eval=EvalConfig(steps=3))
+    with Store(store_path) as store:
+        assert execute(spec, load_world("digits-tiny", log=lambda *_: None), store, store.path.parent / "ckpt",
+                       log=lambda *_: None, parallel=DataParallel(rank, world_size)) == "done"
+    dist.destroy_process_group()
+
+
+def test_a_data_parallel_run_counts_every_process_and_only_the_main_one_writes(tmp_path):
+    from bench.store import Store
+
+    store_path = tmp_path / "store.sqlite"
+    Store(store_path).close()
+    mp.spawn(_run, args=(2, _free_port(), str(store_path)), nprocs=2, join=True)
+    with Store(store_path) as store:
+        runs, results = store.runs_frame(), store.results_frame()
+    assert list(runs["status"]) == ["done"]
+    # 8 samples an iteration over both processes: milestones at 16 and 32 samples, whoever sampled them
+    assert sorted(results.drop_duplicates("milestone")["samples"]) == [16.0, 32.0]
+    assert not list((tmp_path / "ckpt").glob("*.pt"))  # every process removed its checkpoint

@@ -1,0 +1,383 @@
+"""The diffusers families (SD, LCM, SD3) on tiny random-initialised models of the real classes, saved in the
+pipeline layout and loaded back through `from_pretrained`: offline, on the CPU. Their samplers are checked
+against diffusers' own pipelines and schedulers; LoRA, the reference, the meter and loading against the contract."""
+import json
+import string
+import time
+
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, LatentConsistencyModelPipeline, LCMScheduler,
+    SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline, UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel,
+)
+
+from bench.meter import MeteredPolicy, Meter
+from models.diffusers_policies import (
+    LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
+    StableDiffusionConfig, StableDiffusionPolicy, guidance_scale_embedding, noise_schedule_from,
+)
+from models.diffusion import NoiseSchedule
+
+MAX_TOKENS = 16
+RESOLUTION = 16  # the tiny VAE downsamples by 2: 8 x 8 latents
+PROMPTS = ["a red cat", "the number 7"]
+SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+# -- tiny pipelines ------------------------------------------------------------------------------------------
+def clip_tokenizer(folder) -> CLIPTokenizer:
+    """A real CLIP BPE tokenizer on a tiny vocabulary (letters, digits and one merge)."""
+    folder.mkdir(parents=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    characters = [c + suffix for c in string.ascii_lowercase + string.digits for suffix in ("", "</w>")]
+    for token in characters + ["th", "the</w>"]:
+        vocab[token] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\nt h\nth e</w>\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": MAX_TOKENS,
+                                                              "tokenizer_class": "CLIPTokenizer"}))
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def clip_config(hidden: int, projection: int = 32) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=100, hidden_size=hidden, intermediate_size=37, num_attention_heads=4,
+                          num_hidden_layers=2, max_position_embeddings=MAX_TOKENS, projection_dim=projection,
+                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+
+
+def tiny_unet(time_cond_proj_dim=None) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, time_cond_proj_dim=time_cond_proj_dim)
+
+
+def tiny_vae(**kwargs) -> AutoencoderKL:
+    return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, layers_per_block=1,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         sample_size=RESOLUTION, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    """Directories in diffusers' pipeline layout, written by the pipelines' own save_pretrained."""
+    root = tmp_path_factory.mktemp("pipelines")
+    tokenizer = clip_tokenizer(root / "vocab")
+    torch.manual_seed(0)
+    StableDiffusionPipeline(
+        vae=tiny_vae(latent_channels=4), text_encoder=CLIPTextModel(clip_config(32)), tokenizer=tokenizer,
+        unet=tiny_unet(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        scheduler=DDIMScheduler(**SD_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
+    ).save_pretrained(root / "sd")
+    LatentConsistencyModelPipeline(
+        vae=tiny_vae(latent_channels=4), text_encoder=CLIPTextModel(clip_config(32)), tokenizer=tokenizer,
+        unet=tiny_unet(time_cond_proj_dim=32), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+        scheduler=LCMScheduler(**SD_SCHEDULER, original_inference_steps=50, timestep_scaling=10.0,
+                               set_alpha_to_one=True, clip_sample=False, steps_offset=1),
+    ).save_pretrained(root / "lcm")
+    sd3 = dict(
+        # SD3's VAE: 16 channels, its shift and scale, no quant convs
+        vae=tiny_vae(latent_channels=16, shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False,
+                     use_post_quant_conv=False),
+        transformer=SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                          attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
+                                          caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=8),
+        text_encoder=CLIPTextModelWithProjection(clip_config(16, projection=16)), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(clip_config(16, projection=16)), tokenizer_2=tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    StableDiffusion3Pipeline(**sd3, text_encoder_3=None, tokenizer_3=None).save_pretrained(root / "sd3")
+    t5 = T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
+    StableDiffusion3Pipeline(**sd3, text_encoder_3=t5, tokenizer_3=tokenizer).save_pretrained(root / "sd3-t5")
+    return root
+
+
+FAMILIES = {
+    "sd": (StableDiffusionPolicy, StableDiffusionConfig),
+    "lcm": (LatentConsistencyPolicy, LatentConsistencyConfig),
+    "sd3": (StableDiffusion3Policy, StableDiffusion3Config),
+}
+
+
+def load(pipelines, family: str, **overrides):
+    """The family's tiny policy: CFG 3, and SD3 with the UNets' LoRA size and 8 (zero) T5 tokens."""
+    policy_class, config_class = FAMILIES[family]
+    fields = dict(resolution=RESOLUTION, guidance_scale=3.0, min_vocab=50)
+    if family == "sd3":
+        fields.update(lora_rank=4, lora_alpha=4.0, t5_max_length=8)
+    return policy_class.from_pretrained(pipelines / family, config=config_class(**{**fields, **overrides}))
+
+
+def lora_names(policy) -> set[str]:
+    return set(policy.state_dict())
+
+
+def all_parameters(policy):
+    """Every parameter a policy holds, by module: the denoiser's, the VAE's and the text encoders'."""
+    modules = {"denoiser": policy.backbone, "vae": policy.vae}
+    modules.update({f"text_encoder_{i}": e for i, e in enumerate(policy.text_encoders) if e is not None})
+    for prefix, module in modules.items():
+        for name, p in module.named_parameters():
+            yield prefix, name, p
+
+
+def train_one_step(policy, seed: int = 3):
+    """One Adam step on the family's loss, on images the policy sampled."""
+    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-2)
+    with torch.no_grad():
+        images = policy.sample(PROMPTS, 2, torch.Generator().manual_seed(seed)).images
+    policy.loss(images, PROMPTS, torch.Generator().manual_seed(seed)).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+# -- the samplers -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampling_gives_images_in_the_unit_interval(pipelines, family):
+    policy = load(pipelines, family)
+    with torch.no_grad():
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(0), eta=1.0)
+    assert policy.image_shape == (3, RESOLUTION, RESOLUTION)
+    # the config asks for bfloat16 (the default), which only CUDA gets: on the CPU everything is float32
+    assert policy.config.dtype == "bfloat16"
+    assert all(p.dtype == torch.float32 for _, _, p in all_parameters(policy))
+    assert trajectory.images.shape == (2, *policy.image_shape)
+    assert trajectory.latents.shape == (2, 4, *policy.latent_shape)
+    assert torch.isfinite(trajectory.images).all()
+    assert trajectory.images.min() >= 0 and trajectory.images.max() <= 1
+
+
+@pytest.mark.parametrize("family, stochastic", [("sd", 3), ("lcm", 2), ("sd3", 2)])
+def test_recorded_log_probs_are_reproduced_under_unchanged_parameters(pipelines, family, stochastic):
+    policy = load(pipelines, family)
+    with torch.no_grad():
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(1), eta=1.0)
+        assert len(trajectory.stochastic_steps) == stochastic
+        for s in trajectory.stochastic_steps:
+            assert torch.isfinite(trajectory.log_probs[:, s]).all()
+            assert torch.allclose(policy.log_prob(trajectory, s), trajectory.log_probs[:, s], rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", ["sd", "lcm", "sd3", "sd3-t5"])
+def test_the_deterministic_sampler_is_diffusers_pipeline(pipelines, family):
+    """Prompt encoding, guidance, the sampler and the VAE's scaling, all at once: our chain and the pipeline's
+    give the same images from the same starting latents (and, for LCM, the same re-noising draws)."""
+    steps, guidance = 3, 3.0
+    if family == "sd":
+        policy, pipeline = load(pipelines, "sd"), StableDiffusionPipeline.from_pretrained(pipelines / "sd")  # DDIM
+        kwargs = dict(eta=0.0)
+    elif family == "lcm":
+        policy = load(pipelines, "lcm")
+        pipeline = LatentConsistencyModelPipeline.from_pretrained(pipelines / "lcm")
+        kwargs = {}
+    else:
+        policy = StableDiffusion3Policy.from_pretrained(pipelines / family, config=StableDiffusion3Config(
+            resolution=RESOLUTION, guidance_scale=guidance, min_vocab=50, t5_max_length=8))
+        assert (policy.text_encoders[2] is None) == (family == "sd3")
+        t5 = {} if family == "sd3-t5" else dict(text_encoder_3=None, tokenizer_3=None)
+        pipeline = StableDiffusion3Pipeline.from_pretrained(pipelines / family, **t5)
+        kwargs = dict(max_sequence_length=8)
+    with torch.no_grad():
+        ours = policy.sample(PROMPTS, steps, torch.Generator().manual_seed(2)).images
+    generator = torch.Generator().manual_seed(2)
+    latents = torch.randn((2, *policy.latent_shape), generator=generator)
+    theirs = pipeline(PROMPTS, height=RESOLUTION, width=RESOLUTION, num_inference_steps=steps, guidance_scale=guidance,
+                      latents=latents, generator=generator, output_type="pt", **kwargs).images
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=2e-4), (ours - theirs).abs().max()
+
+
+def test_scaled_linear_schedule_matches_diffusers_ddim(pipelines):
+    schedule = NoiseSchedule(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    assert noise_schedule_from(pipelines / "sd") == schedule
+    scheduler = DDIMScheduler(**SD_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    # diffusers keeps alpha_bar in float32, the schedule in float64
+    assert torch.allclose(schedule.alphas_cumprod().float(), scheduler.alphas_cumprod, atol=1e-6, rtol=0)
+    assert not torch.allclose(NoiseSchedule().alphas_cumprod().float(), scheduler.alphas_cumprod, atol=1e-3)
+    for steps in (1, 4, 20, 50):
+        scheduler.set_timesteps(steps)
+        assert schedule.sampling_timesteps(steps).tolist() == scheduler.timesteps.tolist()
+    with pytest.raises(ValueError, match="beta_schedule must be one of linear, scaled_linear"):
+        NoiseSchedule(beta_schedule="cosine")
+
+
+def test_sd3_grid_is_the_shifted_flow_match_grid(pipelines):
+    policy = load(pipelines, "sd3")
+    assert policy.shift == 3.0
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    for steps in (1, 4, 10, 28):
+        scheduler.set_timesteps(steps)
+        grid = policy.sampling_timesteps(steps)
+        assert grid.dtype == torch.float64 and grid[0] == 1
+        assert torch.allclose(grid.float(), scheduler.sigmas[:-1], atol=1e-6, rtol=0)
+        assert scheduler.sigmas[-1] == 0  # the chain's last step lands on 0 too
+    # the shift itself: sigma' = 3 s / (1 + 2 s) of the evenly spaced grid from 1 to the smallest training sigma
+    smallest = 3 * 0.001 / (1 + 2 * 0.001)
+    s = torch.linspace(1, smallest, 10, dtype=torch.float64)
+    assert torch.allclose(policy.sampling_timesteps(10), 3 * s / (1 + 2 * s))
+
+
+def test_guidance_embedding_is_lcms():
+    w = torch.tensor([0.0, 2.5, 7.5])
+    for dim in (32, 33, 256):
+        expected = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim)
+        assert torch.equal(guidance_scale_embedding(w, dim), expected)
+
+
+# -- LoRA, gradients and the reference ----------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_loss_trains_only_the_lora_weights(pipelines, family):
+    policy = load(pipelines, family)
+    lora = lora_names(policy)
+    assert lora and all("lora_" in name for name in lora)
+    assert {id(p) for p in policy.trainable_parameters()} == {id(p) for name, p in policy.backbone.named_parameters()
+                                                             if name in lora}
+    images = torch.rand(2, *policy.image_shape, generator=torch.Generator().manual_seed(0))
+    loss = policy.loss(images, PROMPTS, torch.Generator().manual_seed(0))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    for module, name, p in all_parameters(policy):
+        assert (p.grad is not None) == (module == "denoiser" and name in lora), (module, name)
+    # LoRA starts with B = 0, so only B has a gradient at first
+    assert any(p.grad.abs().sum() > 0 for name, p in policy.backbone.named_parameters() if "lora_B" in name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_reward_on_the_decoded_images_backpropagates_into_lora(pipelines, family):
+    policy = load(pipelines, family)
+    trajectory = policy.sample(PROMPTS, 2, torch.Generator().manual_seed(0), eta=1.0, grad=True,
+                               checkpoint=family == "sd")
+    # the reward sees only the images: its gradient reaches the chain through the VAE decoder
+    (trajectory.images * torch.linspace(-1, 1, RESOLUTION)).mean().backward()
+    grads = [p.grad for p in policy.trainable_parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None for module, _, p in all_parameters(policy) if module != "denoiser")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_reference_keeps_the_base_model_after_training(pipelines, family):
+    policy = load(pipelines, family)
+    reference = policy.frozen_copy()
+    assert reference.trainable_parameters() == [] and reference.vae is policy.vae
+    with torch.no_grad():
+        trajectory = policy.sample(PROMPTS, 2, torch.Generator().manual_seed(4), eta=1.0)
+        before = policy.step_mean(trajectory, 0)
+    train_one_step(policy)
+    with torch.no_grad():
+        assert torch.allclose(reference.step_mean(trajectory, 0), before, atol=1e-6)
+        assert not torch.allclose(policy.step_mean(trajectory, 0), before, atol=1e-4)
+    # the policy's adapters are on again after the reference's call
+    assert len(policy.trainable_parameters()) == len(lora_names(policy))
+    assert all(p.requires_grad for p in policy.trainable_parameters())
+
+
+def test_the_reference_under_gradient_checkpointing_is_still_the_base_model(pipelines):
+    """diffusers' checkpointing recomputes blocks in the backward pass, after the reference's call has switched
+    the adapters back on: the reference's input gradient must still be the base model's."""
+    trained = load(pipelines, "sd")
+    train_one_step(trained)
+    x = torch.randn(2, *trained.latent_shape, generator=torch.Generator().manual_seed(5))
+    t = torch.full((2,), 500)
+
+    def input_gradient(policy):
+        x_ = x.clone().requires_grad_(True)
+        (policy.predict(x_, t, policy._text(PROMPTS)) ** 2).sum().backward()
+        return x_.grad
+
+    grads = {}
+    for checkpointing in (False, True):
+        policy = load(pipelines, "sd", gradient_checkpointing=checkpointing)
+        policy.load_state_dict(trained.state_dict())
+        grads[checkpointing] = input_gradient(policy.frozen_copy()), input_gradient(policy)
+    assert torch.allclose(grads[True][0], grads[False][0], atol=1e-5)  # reference
+    assert torch.allclose(grads[True][1], grads[False][1], atol=1e-5)  # policy
+    assert not torch.allclose(grads[True][0], grads[True][1], atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_state_dict_round_trip_carries_only_lora(pipelines, family):
+    policy = load(pipelines, family)
+    initial = policy.state_dict()
+    train_one_step(policy)
+    trained = policy.state_dict()
+    assert set(trained) == set(initial) and all("lora_" in name for name in trained)
+    with torch.no_grad():
+        trajectory = policy.sample(PROMPTS, 2, torch.Generator().manual_seed(6), eta=1.0)
+        trained_mean = policy.step_mean(trajectory, 0)
+        fresh = load(pipelines, family)
+        assert not torch.allclose(fresh.step_mean(trajectory, 0), trained_mean, atol=1e-4)
+        fresh.load_state_dict(trained)
+        assert torch.allclose(fresh.step_mean(trajectory, 0), trained_mean, atol=1e-6)
+        policy.load_state_dict(initial)
+        assert torch.allclose(policy.step_mean(trajectory, 0), policy.frozen_copy().step_mean(trajectory, 0), atol=1e-6)
+    with pytest.raises(ValueError, match="not this policy's LoRA weights"):
+        policy.load_state_dict({"unet.conv_in.weight": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("family, guidance, per_image", [("sd", 3.0, 2), ("sd", 1.0, 1), ("lcm", 3.0, 1),
+                                                         ("sd3", 3.0, 2)])
+def test_the_meter_counts_both_halves_of_a_guided_step(pipelines, family, guidance, per_image):
+    meter = Meter()
+    policy = MeteredPolicy(load(pipelines, family, guidance_scale=guidance), meter)
+    with torch.no_grad():
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(0), eta=1.0)
+    assert meter.usage.nfe == 3 * per_image * len(PROMPTS) and meter.usage.samples == 2
+    with torch.no_grad():
+        policy.frozen_copy().step_mean(trajectory, 0)  # the reference shares the watched network
+    assert meter.usage.nfe == 4 * per_image * len(PROMPTS)
+    # the training loss regresses the conditional prediction: one evaluation per image
+    policy.loss(trajectory.images, PROMPTS, torch.Generator().manual_seed(0)).backward()
+    loss_calls = 2 if family == "lcm" else 1  # consistency training: the target is a second (no-grad) call
+    assert meter.usage.nfe == 4 * per_image * len(PROMPTS) + (loss_calls + 2) * len(PROMPTS)
+
+
+# -- loading ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", FAMILIES)
+def test_an_uncached_hub_id_fails_fast_offline(family, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever this machine holds
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    policy_class, config_class = FAMILIES[family]
+    source = config_class().source
+    start = time.monotonic()
+    expected = f"{source}.*not in the local Hugging Face cache.*huggingface-cli download {source}"
+    with pytest.raises(ValueError, match=expected):
+        policy_class.from_pretrained()
+    assert time.monotonic() - start < 5
+    with pytest.raises(ValueError, match="neither an existing directory nor a hub id"):
+        policy_class.from_pretrained(str(tmp_path / "no" / "such" / "directory"))
+
+
+def test_a_nearly_empty_tokenizer_is_refused(pipelines):
+    with pytest.raises(ValueError, match=r"has only 76 tokens \(min_vocab 10000\)"):
+        StableDiffusionPolicy.from_pretrained(pipelines / "sd", config=StableDiffusionConfig(resolution=RESOLUTION))
+
+
+def test_bad_configs_and_mismatched_models_are_refused(pipelines):
+    with pytest.raises(ValueError, match="dtype must be one of float32, bfloat16, float16"):
+        StableDiffusionConfig(dtype="fp8")
+    with pytest.raises(ValueError, match="guidance_scale must be >= 1"):
+        StableDiffusion3Config(guidance_scale=0.5)
+    with pytest.raises(ValueError, match="lora_target_modules must be module names"):
+        LatentConsistencyConfig(lora_target_modules=())
+    with pytest.raises(ValueError, match="resolution must be a multiple of 4"):
+        load(pipelines, "sd", resolution=18)
+    with pytest.raises(ValueError, match="do not fit the UNet2DConditionModel"):
+        load(pipelines, "sd", lora_target_modules=("no_such_layer",))
+    with pytest.raises(ValueError, match="no time_cond_proj_dim"):
+        LatentConsistencyPolicy.from_pretrained(pipelines / "sd", config=LatentConsistencyConfig(
+            resolution=RESOLUTION, min_vocab=50))
+    with pytest.raises(ValueError, match="has no unet/ component"):
+        StableDiffusionPolicy.from_pretrained(pipelines / "sd3", config=StableDiffusionConfig(
+            resolution=RESOLUTION, min_vocab=50))
+    with pytest.raises(ValueError, match="takes a StableDiffusion3Config"):
+        StableDiffusion3Policy.from_pretrained(pipelines / "sd3", config=StableDiffusionConfig())
+    policy = load(pipelines, "sd")
+    with pytest.raises(ValueError, match=r"images must be \(B, 3, 16, 16\)"):
+        policy.encode(torch.rand(1, 3, 8, 8))
