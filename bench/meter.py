@@ -102,10 +102,6 @@ class Meter:
 
         module.register_forward_hook(count)
 
-    def spent(self, budget: Budget) -> float:
-        """Fraction of `budget` the train account has used."""
-        return getattr(self.accounts["train"], budget.unit) / budget.amount
-
     def state_dict(self) -> dict:
         return {name: usage.as_dict() for name, usage in self.accounts.items()}
 

@@ -130,8 +130,9 @@ class ScoresAsActions(Trainer):
                                      for k in range(steps)], dim=1).float().cpu()
             terminal = self.reward(trajectory.images, prompts).float().cpu()
         # the value's calibration and the advantages' scale are statistics of the whole batch, over all processes
-        values = self.parallel.local(calibrated_values(self.parallel.gather(predicted), self.parallel.gather(terminal)))
-        scale = float(self.parallel.gather(terminal).std(unbiased=False)) + 1e-6
+        all_terminal = self.parallel.gather(terminal)
+        values = self.parallel.local(calibrated_values(self.parallel.gather(predicted), all_terminal))
+        scale = float(all_terminal.std(unbiased=False)) + 1e-6
         advantages = value_increments(values, scale, cfg.adv_clip)
         stats = {"ratio_dev": [], "clip_frac": [], "kl": []}
         order = torch.randperm(len(prompts), generator=self.generator)
