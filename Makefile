@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all models bench leaderboard clean
+.PHONY: install test test-all models bench leaderboard throughput clean
 
 install: $(STAMP)
 
@@ -45,7 +45,11 @@ bench: $(STAMP)
 		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 leaderboard: $(STAMP)
-	$(PY) -m bench leaderboard --suite $(SUITE)
+	$(PY) -m bench leaderboard --suite $(SUITE) $(ARGS)
+
+# Training-step images/s, peak memory and MFU on real-size random-weight SD 1.5, LCM and SD3 (a GPU benchmark).
+throughput: $(STAMP)
+	$(PY) -m bench throughput $(if $(METHOD),--method $(METHOD)) $(ARGS)
 
 clean:
 	rm -rf results/*/*.runs .pytest_cache

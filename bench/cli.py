@@ -18,8 +18,10 @@ from pathlib import Path
 
 from bench.loggers import LOGGERS, check_loggers
 from bench.meter import UNITS, Budget
-from bench.suites import SUITES, check_names, parse_entry, validate
+from bench.suites import SUITES, build_suite, check_names, parse_entry, validate
 from bench.world import MODELS, WORLDS
+
+THROUGHPUT_MODELS = ("sd15", "lcm", "sd3")
 from methods import METHODS
 from models.progress import MODES as PROGRESS_MODES
 from rewards import REWARDS
@@ -135,6 +137,9 @@ def build_parser() -> Parser:
     )
     run.add_argument("--suite", default="default", type=_names("suite", SUITES),
                      help=f"preset grid ({', '.join(SUITES)}); flags below override its parts")
+    run.add_argument("--smoke", action="store_true",
+                     help="the suite's CPU-sized twin (tiny random models, minutes; results/<suite>-smoke/), for the "
+                          "suites that have one (nightly-gpu)")
     run.add_argument("--method", type=_entries,
                      help=f"comma-separated METHOD[/VARIANT][@MODEL] (VARIANT: one of the suite's), METHOD in: "
                           f"{', '.join(METHODS)}; "
@@ -162,8 +167,28 @@ def build_parser() -> Parser:
             group.add_argument(f"--{name}.{f.name}", dest=f"{name}.{f.name}", type=kind, metavar=str(f.type).upper(),
                                help=f"{docs.get(f.name, '')} (default: {f.default})")
 
+    speed = commands.add_parser(
+        "throughput", help="images/s, peak memory and MFU of each method's training step on real-size random-weight "
+                           "SD 1.5, LCM and SD3 architectures (a GPU benchmark; --size tiny runs anywhere)",
+        description="Builds each architecture with random weights (nothing is downloaded), runs one warm-up and "
+                    "--repeats timed training steps of each method with the nightly suite's batch sizes, and prints a "
+                    "table; bench/throughput.py documents every column.")
+    speed.add_argument("--model", type=_names("model", THROUGHPUT_MODELS), default=THROUGHPUT_MODELS,
+                       help=f"comma-separated subset of {', '.join(THROUGHPUT_MODELS)} (default: all)")
+    speed.add_argument("--method", type=_names("method", METHODS),
+                       help="comma-separated methods (default: every method that trains the model)")
+    speed.add_argument("--size", choices=("real", "tiny"), default="real",
+                       help="real: the published architectures at 512 px (SD3: 1024 px); tiny: toy models, for tests")
+    speed.add_argument("--sample-steps", type=_positive_int,
+                       help="sampler steps of each training step (default: the model's own: 50, 4, 28)")
+    speed.add_argument("--repeats", type=_positive_int, default=2, help="timed steps after one warm-up (default 2)")
+    speed.add_argument("--no-checkpointing", action="store_true",
+                       help="no gradient checkpointing: more memory, and MFU without recomputed forwards")
+    speed.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
     board = commands.add_parser("leaderboard", help="regenerate results/<suite>/ (tables, plots, report.html) from the store alone")
     board.add_argument("--suite", default="default", type=_names("suite", SUITES), help=f"one of {', '.join(SUITES)}")
+    board.add_argument("--smoke", action="store_true", help="the suite's --smoke twin's results")
     board.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
     return parser
 
@@ -181,7 +206,7 @@ def _select(entries: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...
 
 
 def suite_from_args(args):
-    suite = SUITES[args.suite[0]]()
+    suite = build_suite(args.suite[0], args.smoke)
     overrides = {m: dict(v) for m, v in suite.overrides.items()}
     for key, value in vars(args).items():
         if "." in key and value is not None:
@@ -215,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         if launched_processes() > 1 and (args.workers > 1 or args.backend == "ray"):
             parser.error("under `accelerate launch` every process trains each run together (data-parallel); "
                          "drop --workers and --backend ray")
+    if args.command == "leaderboard":
+        try:
+            suite = build_suite(args.suite[0], args.smoke)
+        except ValueError as error:
+            parser.error(str(error))
     if args.command in ("models", "run"):
         os.environ["BENCH_PROGRESS"] = args.progress  # worker processes inherit it
     # Heavy imports only after the command line is known to be valid.
@@ -223,11 +253,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         sweep.build_models(args.world)
         return 0
-    store = args.store or ROOT / "results" / args.suite[0] / "store.sqlite"
+    if args.command == "throughput":
+        from bench import throughput
+
+        results = throughput.run(list(args.model), list(args.method) if args.method else None, size=args.size,
+                                 sample_steps=args.sample_steps, repeats=args.repeats,
+                                 checkpointing=not args.no_checkpointing, device=args.device)
+        print(throughput.table(results))
+        return 0
+    store = args.store or ROOT / "results" / suite.name / "store.sqlite"
     if args.command == "leaderboard":
         if not store.exists():
-            parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}` first")
-        sweep.write_tables(store, store.parent, SUITES[args.suite[0]]().studies)
+            smoke = " --smoke" if args.smoke else ""
+            parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
+        sweep.write_tables(store, store.parent, suite.studies)
         return 0
     if launched_processes() > 1:
         from bench.parallel import start_data_parallel

@@ -1,6 +1,8 @@
 """Evaluation at a budget milestone: fixed prompts, fixed noise, the same for every method and seed.
 
-Per evaluation prompt set (eval_seen: train phrasings; eval_unseen: phrasings never trained on):
+Each world scores images with its own metrics (`world.score_images`, `world.metrics`); the scale worlds' are in
+bench/scale_world.py. The digits world's, per evaluation prompt set (eval_seen: train phrasings; eval_unseen:
+phrasings never trained on):
   reward     mean of the run's training reward (the proxy being optimised);
   judge_acc  fraction of images the judge reads as the prompted digit (the held-out measure of success);
   diversity  mean pairwise L2 distance between the judge features of images of the same prompt;
@@ -19,7 +21,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from models.digits import digit_of
 from models.networks import FeatureExtractor
 
-METRICS = {"reward": True, "judge_acc": True, "diversity": True, "fid": False}  # name -> higher is better
+DIGIT_METRICS = {"reward": True, "judge_acc": True, "diversity": True, "fid": False}  # name -> higher is better
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,8 @@ def frechet_distance(judge: torch.nn.Module, fake: torch.Tensor, real: torch.Ten
     return float(fid.compute())
 
 
-def score_images(images: torch.Tensor, prompts: list[str], samples_per_prompt: int, world, reward) -> dict[str, float]:
-    """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
+def score_digit_images(images: torch.Tensor, prompts: list[str], samples_per_prompt: int, world, reward) -> dict[str, float]:
+    """The digits world's metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
     labels = torch.tensor([digit_of(p) for p in prompts])
     real_images, real_labels = world.splits["test"]
     real = real_images[torch.isin(real_labels, labels.unique())]
@@ -92,7 +94,7 @@ def evaluate(trainer, world, reward, meter, budget, cfg: EvalConfig):
         with meter.charging("eval"), meter.timed():
             images = trainer.generate(prompts, steps, generator, budget).detach().float().cpu()
         usage[name] = {k: v - before[k] for k, v in meter.accounts["eval"].as_dict().items()}
-        for metric, value in score_images(images, prompts, cfg.samples_per_prompt, world, reward).items():
-            rows.append((name, metric, value, METRICS[metric]))
+        for metric, value in world.score_images(images, prompts, cfg.samples_per_prompt, reward).items():
+            rows.append((name, metric, value, world.metrics[metric]))
         samples[name] = (prompts, (images * 255).round().clamp(0, 255).to(torch.uint8).numpy().astype(np.uint8))
     return rows, samples, usage

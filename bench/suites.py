@@ -5,12 +5,13 @@ fine-tune (default: the method's first supported family), and `/variant` names o
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 
 from bench.evaluate import EvalConfig
 from bench.meter import Budget
 from bench.studies import STUDIES
-from bench.world import MODELS, model_family
+from bench.world import MODELS, model_family, world_has_annotator, world_models, world_rewards
 from methods import METHODS
 from rewards import REWARDS
 
@@ -39,17 +40,19 @@ class Suite:
 
     def entries(self) -> list[tuple[str, str, str]]:
         """(method, variant, model) of every method entry."""
-        return [parse_entry(entry, self.variants) for entry in self.methods]
+        return [parse_entry(entry, self.variants, self.world) for entry in self.methods]
 
 
-def default_model(method: str) -> str:
+def default_model(method: str, world: str = "digits") -> str:
+    """The world's first generator of the method's first family."""
     family = METHODS[method].families[0]
-    return next(m for m in MODELS if model_family(m) == family)
+    return next(m for m in world_models(world) if model_family(m) == family)
 
 
-def parse_entry(entry: str, variants: dict[str, dict] | None = None) -> tuple[str, str, str]:
-    """`method[/variant][@model]` -> (method, variant, model), validated against the registries and the
-    suite's variants (None: any variant name is accepted, for checks made before the suite is known)."""
+def parse_entry(entry: str, variants: dict[str, dict] | None = None, world: str | None = None) -> tuple[str, str, str]:
+    """`method[/variant][@model]` -> (method, variant, model), validated against the registries, the suite's
+    variants and its world's generators (None: any variant name and any world's model are accepted, for checks
+    made before the suite is known)."""
     name, _, model = entry.partition("@")
     method, _, variant = name.partition("/")
     check_names("method", [method], METHODS)
@@ -57,8 +60,8 @@ def parse_entry(entry: str, variants: dict[str, dict] | None = None) -> tuple[st
         valid = [v for v in variants if v.startswith(f"{method}/")]
         raise ValueError(f"unknown variant {name!r}; valid: {', '.join(valid) or 'none in this suite'}")
     if not model:
-        return method, variant, default_model(method)
-    check_names("model", [model], MODELS)
+        return method, variant, default_model(method, world or "digits")
+    check_names("model", [model], MODELS if world is None else world_models(world))
     if model_family(model) not in METHODS[method].families:
         raise ValueError(f"{method} cannot fine-tune {model!r} (a {model_family(model)} model); "
                          f"it runs on {', '.join(METHODS[method].families)} models")
@@ -151,9 +154,55 @@ def feedback() -> Suite:
                  studies=("preference_budget",))
 
 
+# Every method that runs at scale (AIHF and its baselines learn from the digits world's annotator): SD 1.5 for the
+# policy-gradient, ranking and inference-time methods, the LCM for ROCM (whose backward through 50 SD steps would
+# not fit a night), SD3 for ORW-CFM-W2, with DDPO on all three as the common reference.
+NIGHTLY_METHODS = ("base@sd15", "best_of_n@sd15", "raft@sd15", "ddpo@sd15", "sas@sd15",
+                   "base@lcm", "rocm@lcm", "ddpo@lcm",
+                   "base@sd3", "orw_cfm_w2@sd3", "ddpo@sd3")
+# Batches a LoRA step fits in one 80 GB GPU with gradient checkpointing at 512 px (SD3: 1024 px).
+NIGHTLY_OVERRIDES = {
+    "best_of_n": {"max_candidates": 8},
+    "raft": {"prompts_per_iter": 8, "samples_per_prompt": 4, "updates_per_iter": 1},
+    "ddpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
+    "sas": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
+    "rocm": {"prompts_per_iter": 2, "samples_per_prompt": 2, "gradient_checkpointing": True},
+    "orw_cfm_w2": {"prompts_per_iter": 4, "samples_per_prompt": 4, "updates_per_iter": 1},
+}
+
+
+def nightly_gpu(smoke: bool = False) -> Suite:
+    """The nightly GPU run: every method at scale on its families, PickScore (differentiable) and JPEG
+    compressibility (not), 50k NFE, on one GPU through the night. With `smoke`, the same grid on the tiny scale
+    world with a few hundred NFE: minutes on a CPU, what the tests run."""
+    suite = Suite("nightly-gpu", methods=NIGHTLY_METHODS, rewards=("pickscore", "jpeg"), seeds=(0,),
+                  budget=Budget("nfe", 50_000), milestones=(0.5, 1.0), world="scale",
+                  eval=EvalConfig(samples_per_prompt=2), overrides=NIGHTLY_OVERRIDES)
+    if not smoke:
+        return suite
+    tiny = {"prompts_per_iter": 2, "samples_per_prompt": 2, "sample_steps": 3}
+    return dataclasses.replace(
+        suite, name="nightly-gpu-smoke", world="scale-tiny", budget=Budget("nfe", 240),
+        eval=EvalConfig(steps=3, samples_per_prompt=2),
+        overrides={**NIGHTLY_OVERRIDES, "best_of_n": {"max_candidates": 2}, "rocm": tiny,
+                   "raft": {**tiny, "updates_per_iter": 1}, "ddpo": {**tiny, "minibatch": 2},
+                   "sas": {**tiny, "minibatch": 2}, "orw_cfm_w2": {**tiny, "updates_per_iter": 1}})
+
+
 SUITES = {"default": default, "smoke": smoke, "rocm-efficiency": rocm_efficiency,
           "rocm-regularization": rocm_regularization, "orw-alpha": orw_alpha,
-          "sas-discretization": sas_discretization, "feedback": feedback}
+          "sas-discretization": sas_discretization, "feedback": feedback, "nightly-gpu": nightly_gpu}
+
+
+def build_suite(name: str, smoke: bool = False) -> Suite:
+    """Suite `name`, or with `smoke` its CPU-sized twin (for the suites that have one)."""
+    check_names("suite", [name], SUITES)
+    if not smoke:
+        return SUITES[name]()
+    sized = [n for n, make in SUITES.items() if "smoke" in inspect.signature(make).parameters]
+    if name not in sized:
+        raise ValueError(f"suite {name!r} has no --smoke size; suites with one: {', '.join(sized)}")
+    return SUITES[name](smoke=True)
 
 
 def check_names(kind: str, names, valid) -> tuple[str, ...]:
@@ -170,6 +219,15 @@ def validate(suite: Suite) -> Suite:
         raise ValueError("a suite needs at least one method")
     entries = suite.entries()
     check_names("reward", suite.rewards, REWARDS)
+    offered = world_rewards(suite.world)
+    missing = [r for r in suite.rewards if r not in offered]
+    if missing:
+        raise ValueError(f"world {suite.world!r} offers no {', '.join(map(repr, missing))} reward; valid: {', '.join(offered)}")
+    if not world_has_annotator(suite.world):
+        learners = sorted({m for m, _, _ in entries if METHODS[m].learns_from_feedback})
+        if learners:
+            raise ValueError(f"{', '.join(learners)} learn from the digits world's annotator (its held-out images as "
+                             f"demonstrations, reward models that read digits); world {suite.world!r} has none")
     named = {**suite.overrides, **{name.partition("/")[0]: values for name, values in suite.variants.items()}}
     for method, values in named.items():
         check_names("method", [method], METHODS)

@@ -1,11 +1,24 @@
 """Reward models, by name: plain classes with a `from_world` constructor and a class-level
-`differentiable`, so a config can be checked against a method before any weights load."""
+`differentiable`, so a config can be checked against a method before any weights load. A world offers a subset
+(bench/world.py: `world_rewards`): the digits worlds the first three, the scale worlds the published models."""
+from rewards.aesthetic import AestheticReward
+from rewards.clip_score import ClipScoreReward
 from rewards.compress import CompressReward
 from rewards.digit import DigitReward
 from rewards.gold import GoldReward
+from rewards.hpsv2 import HPSv2Reward
+from rewards.imagereward import ImageRewardReward
+from rewards.jpeg import JpegCompressibilityReward
+from rewards.pickscore import PickScoreReward
 
 REWARDS = {
     "digit": DigitReward,
     "compress": CompressReward,
     "gold": GoldReward,
+    "aesthetic": AestheticReward,
+    "pickscore": PickScoreReward,
+    "clip_score": ClipScoreReward,
+    "imagereward": ImageRewardReward,
+    "hpsv2": HPSv2Reward,
+    "jpeg": JpegCompressibilityReward,
 }

@@ -124,6 +124,11 @@ class AestheticReward:
         self.head = freeze(head).to(next(clip.parameters()).device)
 
     @classmethod
+    def from_world(cls, world) -> "AestheticReward":
+        """As the scale world configures it: its weights' location, on the generators' device."""
+        return cls.from_pretrained(**world.reward_options(cls.name))
+
+    @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *, head: str | Path | None = None,
                         device=None, dtype=None) -> "AestheticReward":
         from transformers import CLIPModel

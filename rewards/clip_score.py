@@ -229,6 +229,11 @@ class ClipScoreReward:
         self.version = f"{type(self).version}-{tag}"
 
     @classmethod
+    def from_world(cls, world) -> "ClipScoreReward":
+        """As the scale world configures it: its weights' location, on the generators' device."""
+        return cls.from_pretrained(**world.reward_options(cls.name))
+
+    @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *, tokenizer_source: str | Path | None = None,
                         device=None, dtype=None, min_vocab: int = MIN_VOCAB) -> "ClipScoreReward":
         from transformers import CLIPModel, CLIPTokenizer

@@ -189,6 +189,11 @@ class HPSv2Reward:
         self.version = f"{type(self).version}-{tag}"
 
     @classmethod
+    def from_world(cls, world) -> "HPSv2Reward":
+        """As the scale world configures it: its weights' location, on the generators' device."""
+        return cls.from_pretrained(**world.reward_options(cls.name))
+
+    @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *, hps_version: str = DEFAULT_VERSION,
                         tokenizer_source: str | Path = DEFAULT_TOKENIZER, config=None, device=None, dtype=None,
                         min_vocab: int = MIN_VOCAB) -> "HPSv2Reward":

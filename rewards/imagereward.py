@@ -240,6 +240,11 @@ class ImageRewardReward:
         self.tokenizer = tokenizer
 
     @classmethod
+    def from_world(cls, world) -> "ImageRewardReward":
+        """As the scale world configures it: its weights' location, on the generators' device."""
+        return cls.from_pretrained(**world.reward_options(cls.name))
+
+    @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *, tokenizer_source: str | Path = DEFAULT_TOKENIZER,
                         vision_config=None, text_config=None, device=None, dtype=None,
                         min_vocab: int = MIN_VOCAB) -> "ImageRewardReward":

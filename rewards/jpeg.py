@@ -45,6 +45,11 @@ class JpegCompressibilityReward:
             self.version = f"{type(self).version}-q{quality}"
 
     @classmethod
+    def from_world(cls, world) -> "JpegCompressibilityReward":
+        """As the scale world configures it: its weights' location, on the generators' device."""
+        return cls.from_pretrained(**world.reward_options(cls.name))
+
+    @classmethod
     def from_pretrained(cls, source=None, *, device=None, dtype=None, quality: int = QUALITY) \
             -> "JpegCompressibilityReward":
         """No weights: the same construction interface as the learned rewards."""

@@ -43,6 +43,11 @@ class PickScoreReward:
         self.tokenizer = tokenizer
 
     @classmethod
+    def from_world(cls, world) -> "PickScoreReward":
+        """As the scale world configures it: its weights' location, on the generators' device."""
+        return cls.from_pretrained(**world.reward_options(cls.name))
+
+    @classmethod
     def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *,
                         tokenizer_source: str | Path = DEFAULT_TOKENIZER, device=None, dtype=None,
                         min_vocab: int = MIN_VOCAB) -> "PickScoreReward":

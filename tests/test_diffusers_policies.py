@@ -1,18 +1,13 @@
 """The diffusers families (SD, LCM, SD3) on tiny random-initialised models of the real classes, saved in the
 pipeline layout and loaded back through `from_pretrained`: offline, on the CPU. Their samplers are checked
 against diffusers' own pipelines and schedulers; LoRA, the reference, the meter and loading against the contract."""
-import json
-import string
 import time
 
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, LatentConsistencyModelPipeline, LCMScheduler,
-    SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline, UNet2DConditionModel,
-)
-from transformers import (
-    CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel,
+    DDIMScheduler, FlowMatchEulerDiscreteScheduler, LatentConsistencyModelPipeline, StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
 )
 
 from bench.meter import MeteredPolicy, Meter
@@ -21,79 +16,15 @@ from models.diffusers_policies import (
     StableDiffusionConfig, StableDiffusionPolicy, guidance_scale_embedding, noise_schedule_from,
 )
 from models.diffusion import NoiseSchedule
+from models.tiny_pipelines import RESOLUTION, SD_SCHEDULER, write_tiny_pipelines
 
-MAX_TOKENS = 16
-RESOLUTION = 16  # the tiny VAE downsamples by 2: 8 x 8 latents
 PROMPTS = ["a red cat", "the number 7"]
-SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
-# -- tiny pipelines ------------------------------------------------------------------------------------------
-def clip_tokenizer(folder) -> CLIPTokenizer:
-    """A real CLIP BPE tokenizer on a tiny vocabulary (letters, digits and one merge)."""
-    folder.mkdir(parents=True)
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    characters = [c + suffix for c in string.ascii_lowercase + string.digits for suffix in ("", "</w>")]
-    for token in characters + ["th", "the</w>"]:
-        vocab[token] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\nt h\nth e</w>\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": MAX_TOKENS,
-                                                              "tokenizer_class": "CLIPTokenizer"}))
-    return CLIPTokenizer.from_pretrained(folder)
-
-
-def clip_config(hidden: int, projection: int = 32) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=100, hidden_size=hidden, intermediate_size=37, num_attention_heads=4,
-                          num_hidden_layers=2, max_position_embeddings=MAX_TOKENS, projection_dim=projection,
-                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
-
-
-def tiny_unet(time_cond_proj_dim=None) -> UNet2DConditionModel:
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, time_cond_proj_dim=time_cond_proj_dim)
-
-
-def tiny_vae(**kwargs) -> AutoencoderKL:
-    return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, layers_per_block=1,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         sample_size=RESOLUTION, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
     """Directories in diffusers' pipeline layout, written by the pipelines' own save_pretrained."""
-    root = tmp_path_factory.mktemp("pipelines")
-    tokenizer = clip_tokenizer(root / "vocab")
-    torch.manual_seed(0)
-    StableDiffusionPipeline(
-        vae=tiny_vae(latent_channels=4), text_encoder=CLIPTextModel(clip_config(32)), tokenizer=tokenizer,
-        unet=tiny_unet(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        scheduler=DDIMScheduler(**SD_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-    ).save_pretrained(root / "sd")
-    LatentConsistencyModelPipeline(
-        vae=tiny_vae(latent_channels=4), text_encoder=CLIPTextModel(clip_config(32)), tokenizer=tokenizer,
-        unet=tiny_unet(time_cond_proj_dim=32), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-        scheduler=LCMScheduler(**SD_SCHEDULER, original_inference_steps=50, timestep_scaling=10.0,
-                               set_alpha_to_one=True, clip_sample=False, steps_offset=1),
-    ).save_pretrained(root / "lcm")
-    sd3 = dict(
-        # SD3's VAE: 16 channels, its shift and scale, no quant convs
-        vae=tiny_vae(latent_channels=16, shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False,
-                     use_post_quant_conv=False),
-        transformer=SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
-                                          attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
-                                          caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=8),
-        text_encoder=CLIPTextModelWithProjection(clip_config(16, projection=16)), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(clip_config(16, projection=16)), tokenizer_2=tokenizer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
-    StableDiffusion3Pipeline(**sd3, text_encoder_3=None, tokenizer_3=None).save_pretrained(root / "sd3")
-    t5 = T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
-    StableDiffusion3Pipeline(**sd3, text_encoder_3=t5, tokenizer_3=tokenizer).save_pretrained(root / "sd3-t5")
-    return root
+    return write_tiny_pipelines(tmp_path_factory.mktemp("pipelines"), t5=True)
 
 
 FAMILIES = {

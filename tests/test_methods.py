@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
-from bench.world import MODELS, model_family
+from bench.world import model_family, world_models, world_rewards
 from methods import METHODS
 from models.digits import GENERATORS
 from methods.best_of_n import candidates_for_budget
@@ -22,11 +22,12 @@ SMALL_CONFIGS = {"raft": {**SMALL, "updates_per_iter": 2}, "ddpo": {**SMALL, "mi
                  "sft": {"batch": 4}, "pipeline": {"preference_pairs": 6, "collect_steps": 4, "reward_steps": 3},
                  "aihf": {**SMALL, "preference_pairs": 6, "demo_batch": 4, "warmup_reward_steps": 2,
                           "reward_updates_per_iter": 1, "updates_per_iter": 1}}
-# every (method, model) pairing the world offers
+# every (method, model) pairing the digits world offers (the scale world's: tests/test_scale_world.py)
+MODELS, WORLD_REWARDS = world_models("digits"), world_rewards("digits")
 PAIRS = [(name, model) for name in METHODS for model in MODELS if model_family(model) in METHODS[name].families]
 TRAINING = [pair for pair in PAIRS if METHODS[pair[0]].trains]
 INFERENCE = [pair for pair in PAIRS if not METHODS[pair[0]].trains]
-CONTRACT_REWARDS = {name: [r for r in REWARDS if METHODS[name].incompatibility(REWARDS[r], "nfe") is None]
+CONTRACT_REWARDS = {name: [r for r in WORLD_REWARDS if METHODS[name].incompatibility(REWARDS[r], "nfe") is None]
                     for name in METHODS}
 
 
@@ -52,7 +53,7 @@ def test_every_method_is_in_exactly_one_contract_on_every_model_it_supports():
 
 
 @pytest.mark.parametrize("name, model", TRAINING)
-@pytest.mark.parametrize("reward", list(REWARDS))
+@pytest.mark.parametrize("reward", WORLD_REWARDS)
 def test_step_is_finite_and_changes_parameters(tiny_world, name, model, reward):
     if reward not in CONTRACT_REWARDS[name]:
         pytest.skip(f"{name} refuses {reward}: {METHODS[name].incompatibility(REWARDS[reward], 'nfe')}")

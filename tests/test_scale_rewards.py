@@ -6,7 +6,6 @@ below from the original code (BLIP's ViT and BERT with cross-attention, open_cli
 nn.MultiheadAttention), on synthetic state dicts that carry the published key names at tiny sizes.
 """
 import io
-import json
 import math
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig, CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig, CLIPModel, CLIPTokenizer
 
 from rewards.aesthetic import HEAD_FILENAME, AestheticReward, ScoreMLP, head_state_dict
 from rewards.clip_score import ClipScoreReward, load_tokenizer
@@ -23,10 +22,13 @@ from rewards.image_preprocess import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, blip_pr
                                       clip_preprocess, resize_shorter_side)
 from rewards.imagereward import SCORE_MEAN, SCORE_STD, ImageRewardReward, imagereward_state_dicts
 from rewards.jpeg import JpegCompressibilityReward
+from models.tiny_pipelines import (CLIP_EMBED, CLIP_IMAGE, CLIP_PATCH, CLIP_WIDTH, ascii_clip_tokenizer,
+                                   random_aesthetic_head, tiny_clip_config)
 from rewards.pickscore import PickScoreReward
 
 PROMPTS = ["a red cat", "two dogs on grass!"]
-WIDTH, LAYERS, HEADS, MLP_WIDTH, IMAGE, PATCH, EMBED = 32, 2, 4, 64, 32, 8, 16
+# the tiny CLIP's sizes (models/tiny_pipelines.py); the BLIP and open_clip fakes below use them too
+WIDTH, LAYERS, HEADS, MLP_WIDTH, IMAGE, PATCH, EMBED = CLIP_WIDTH, 2, 4, 2 * CLIP_WIDTH, CLIP_IMAGE, CLIP_PATCH, CLIP_EMBED
 HEAD_WIDTHS = (EMBED, 24, 12, 8, 4, 1)
 ABSENT = "rlhf-bench-tests/absent-model"
 
@@ -41,26 +43,9 @@ def images(batch=2, height=40, width=48, seed=0):
 
 @pytest.fixture(scope="module")
 def clip_tokenizer_dir(tmp_path_factory):
-    """A byte-level BPE CLIP tokenizer with no merges over printable ASCII: 190 tokens, <|endoftext|> last."""
     directory = tmp_path_factory.mktemp("clip_tokenizer")
-    chars = [chr(i) for i in range(33, 127)]
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
+    ascii_clip_tokenizer(directory)
     return directory
-
-
-def tiny_clip_config(vocab_size=190, logit_scale=math.log(1 / 0.07)):
-    return CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=MLP_WIDTH,
-                         num_hidden_layers=LAYERS, num_attention_heads=HEADS, max_position_embeddings=77,
-                         hidden_act="gelu", bos_token_id=188, eos_token_id=189, pad_token_id=189),
-        vision_config=dict(hidden_size=WIDTH, intermediate_size=MLP_WIDTH, num_hidden_layers=LAYERS,
-                           num_attention_heads=HEADS, image_size=IMAGE, patch_size=PATCH, hidden_act="gelu"),
-        projection_dim=EMBED, logit_scale_init_value=logit_scale)
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +86,7 @@ def reference_score_mlp(head: dict, features: torch.Tensor) -> torch.Tensor:
 
 
 def random_head(generator, prefix=""):
-    widths = HEAD_WIDTHS
-    state = {}
-    for (fan_in, fan_out), i in zip(zip(widths[:-1], widths[1:]), (0, 2, 4, 6, 7)):
-        state[f"{prefix}layers.{i}.weight"] = torch.randn(fan_out, fan_in, generator=generator) / math.sqrt(fan_in)
-        state[f"{prefix}layers.{i}.bias"] = 0.1 * torch.randn(fan_out, generator=generator)
-    return state
+    return random_aesthetic_head(generator, HEAD_WIDTHS, prefix)
 
 
 def assert_scores(scores, batch):

@@ -1,0 +1,193 @@
+"""The scale worlds: diffusers generators (Stable Diffusion 1.5, a latent consistency model, Stable Diffusion 3)
+fine-tuned with LoRA against the published reward models, on a prompt set under prompts/.
+
+  scale       the public checkpoints by hub id (SD 1.5, LCM-Dreamshaper-v7, SD3-medium; CLIP ViT-L/14, PickScore,
+              ImageReward, HPSv2.1, the LAION aesthetic head), read from the local Hugging Face cache: nothing is
+              downloaded at run time, and a missing checkpoint fails naming the `hf download` that fetches it.
+  scale-tiny  the same classes at toy sizes with random weights (models/tiny_pipelines.py), built once into
+              artifacts/scale-tiny/: the CPU-sized twin that tests and `--smoke` runs use. Never results.
+
+Evaluation (per prompt set, each image scored at its prompt):
+  reward      mean of the run's reward;
+  clip_score  100 cos(image, prompt) under the evaluation CLIP (ViT-L/14): prompt fidelity, which reward hacking
+              (an aesthetic or compressibility reward drifting off the prompt) loses;
+  diversity   mean pairwise L2 distance between the unit CLIP image embeddings of a prompt's images.
+A world's identity (its model hash) is the SHA-256 of the generator's weight files and of its loading config, so
+a result names exactly what it fine-tuned.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.evaluate import mean_pairwise_distance
+from models.diffusers_policies import (
+    DiffusersConfig, LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
+    StableDiffusionConfig, StableDiffusionPolicy, resolve_source,
+)
+from models.prompts import load_prompt_set
+from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
+from models.tiny_pipelines import write_tiny_clip, write_tiny_pipelines
+from rewards.clip_score import ClipScoreReward, clip_image_embeddings
+
+POLICIES = {StableDiffusionConfig: StableDiffusionPolicy, LatentConsistencyConfig: LatentConsistencyPolicy,
+            StableDiffusion3Config: StableDiffusion3Policy}
+METRICS = {"reward": True, "clip_score": True, "diversity": True}  # name -> higher is better
+PATH_OPTIONS = ("source", "head", "tokenizer_source")
+"""The reward options that name weights: relative to the world's directory in a world built here."""
+EVAL_BATCH = 32
+"""Images per evaluation CLIP forward pass."""
+
+
+@dataclass(frozen=True)
+class ScaleWorldConfig:
+    models: dict[str, DiffusersConfig]
+    """Model name -> how its pipeline is loaded and fine-tuned (source, resolution, LoRA, precision)."""
+    rewards: dict[str, dict] = field(default_factory=dict)
+    """Reward name -> the options of its `from_pretrained` (where its weights are)."""
+    eval_clip: dict = field(default_factory=lambda: {"source": "openai/clip-vit-large-patch14"})
+    """Options of the evaluation CLIP (ClipScoreReward.from_pretrained)."""
+    prompts: str = "animals"
+    """A prompt set under prompts/, or a path (models/prompts.py)."""
+    built_here: bool = False
+    """True: the sources are paths inside artifacts/<world>/, written by `build_tiny` on first use."""
+
+    def families(self) -> dict[str, str]:
+        return {name: POLICIES[type(config)].family for name, config in self.models.items()}
+
+
+# The public checkpoints: the issue's defaults, each trainable at its native resolution in bf16 on one GPU.
+AESTHETIC_HEAD_REPO = "camenduru/improved-aesthetic-predictor"
+"""A hub mirror of the LAION aesthetic head file (sac+logos+ava1-l14-linearMSE.pth)."""
+SCALE = ScaleWorldConfig(
+    models={"sd15": StableDiffusionConfig(gradient_checkpointing=True),
+            "lcm": LatentConsistencyConfig(gradient_checkpointing=True),
+            "sd3": StableDiffusion3Config(gradient_checkpointing=True)},
+    rewards={"aesthetic": {"source": "openai/clip-vit-large-patch14", "head": AESTHETIC_HEAD_REPO},
+             "pickscore": {}, "clip_score": {}, "imagereward": {}, "hpsv2": {}, "jpeg": {}},
+)
+
+_TINY = dict(resolution=TINY_RESOLUTION, min_vocab=0, dtype="float32")
+SCALE_TINY = ScaleWorldConfig(
+    models={"sd15": StableDiffusionConfig(source="sd", guidance_scale=3.0, **_TINY),
+            "lcm": LatentConsistencyConfig(source="lcm", **_TINY),
+            "sd3": StableDiffusion3Config(source="sd3", guidance_scale=3.0, lora_rank=4, lora_alpha=4.0, **_TINY)},
+    rewards={"aesthetic": {"source": "clip", "head": "clip"},
+             "pickscore": {"source": "clip", "tokenizer_source": "clip", "min_vocab": 0},
+             "clip_score": {"source": "clip", "min_vocab": 0}, "jpeg": {}},
+    eval_clip={"source": "clip", "min_vocab": 0},
+    built_here=True,
+)
+"""The scale world's classes at toy sizes (16 px, 8 x 8 latents; no T5 in SD3), for tests and smoke runs. ImageReward
+and HPSv2 are left out: their published checkpoints have no tiny form (tests/test_scale_rewards.py covers them)."""
+
+TINY_BUILD_SEED = 0
+
+
+def build_tiny(directory: Path, log=print) -> None:
+    """Writes the tiny world's pipelines and CLIP into `directory`, atomically (a half-built world is never seen)."""
+    if (directory / "sd").is_dir():
+        return
+    log(f"building the tiny scale world into {directory} (once; later runs reuse it)")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+    try:
+        write_tiny_pipelines(staging, seed=TINY_BUILD_SEED)
+        write_tiny_clip(staging / "clip", seed=TINY_BUILD_SEED)
+        staging.rename(directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@functools.cache
+def weights_fingerprint(root: Path) -> str:
+    """SHA-256 over the weight files under `root` (a pipeline directory): their relative paths and contents. A hub
+    snapshot is named by its commit already, so its weights are fingerprinted by that name without reading them."""
+    if root.parent.name == "snapshots":
+        return hashlib.sha256(f"hub-commit:{root.name}".encode()).hexdigest()
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")):
+        digest.update(str(path.relative_to(root)).encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ScaleWorld:
+    def __init__(self, name: str, config: ScaleWorldConfig, directory: Path | None):
+        self.name = name
+        self.config = config
+        self.directory = directory
+        self.prompts = load_prompt_set(config.prompts)
+        self.metrics = METRICS
+        self._eval_clip: ClipScoreReward | None = None
+
+    def _local(self, options: dict) -> dict:
+        if not self.config.built_here:
+            return dict(options)
+        return {k: str(self.directory / v) if k in PATH_OPTIONS else v for k, v in options.items()}
+
+    def model_config(self, model: str) -> DiffusersConfig:
+        """The model's loading config, its source made a path in a world built here."""
+        if model not in self.config.models:
+            raise ValueError(f"unknown model {model!r} in world {self.name!r}; valid: {', '.join(self.config.models)}")
+        config = self.config.models[model]
+        return dataclasses.replace(config, source=self._local({"source": config.source})["source"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.config.models.values())).torch_device()
+
+    def model_hash(self, model: str) -> str:
+        """The weights' fingerprint and the loading config (as declared, device aside): the base model's identity."""
+        config = self.model_config(model)
+        root = resolve_source(config.source, ["model_index.json", "*/*"])
+        declared = {k: v for k, v in dataclasses.asdict(self.config.models[model]).items() if k != "device"}
+        identity = json.dumps({"weights": weights_fingerprint(root), "config": declared}, sort_keys=True, default=list)
+        return hashlib.sha256(identity.encode()).hexdigest()
+
+    def make_policy(self, model: str):
+        """A fresh policy: the pipeline's frozen weights with new (zero-effect) LoRA adapters."""
+        config = self.model_config(model)
+        return POLICIES[type(config)].from_pretrained(config=config)
+
+    def reward_options(self, reward: str) -> dict:
+        """The keyword arguments that load `reward` in this world: where its weights are, on the generators' device
+        (in their precision on a GPU)."""
+        if reward not in self.config.rewards:
+            raise ValueError(f"world {self.name!r} offers no {reward!r} reward; valid: {', '.join(self.config.rewards)}")
+        model = next(iter(self.config.models.values()))
+        precision = {"dtype": model.weight_dtype()} if self.device.type == "cuda" else {}
+        return {**self._local(self.config.rewards[reward]), "device": self.device, **precision}
+
+    def score_images(self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward) -> dict[str, float]:
+        """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
+        if self._eval_clip is None:
+            self._eval_clip = ClipScoreReward.from_pretrained(**self._local(self.config.eval_clip), device=self.device)
+        chunks = [(images[i:i + EVAL_BATCH], prompts[i:i + EVAL_BATCH]) for i in range(0, len(prompts), EVAL_BATCH)]
+        with torch.no_grad():
+            rewards = torch.cat([reward(x, p).float().cpu() for x, p in chunks])
+            clip_scores = torch.cat([self._eval_clip(x, p).float().cpu() for x, p in chunks])
+            embeddings = torch.cat([clip_image_embeddings(self._eval_clip.model, x).cpu() for x, _ in chunks])
+        return {"reward": float(rewards.mean()), "clip_score": float(clip_scores.mean()),
+                "diversity": mean_pairwise_distance(embeddings, len(prompts) // samples_per_prompt)}
+
+
+def load_scale_world(name: str, config: ScaleWorldConfig, root: Path, log=print) -> ScaleWorld:
+    from transformers.utils import logging as transformers_logging
+
+    # every run loads its generator afresh: a weight-loading progress bar per run would bury the sweep's own log
+    transformers_logging.disable_progress_bar()
+    directory = root / name if config.built_here else None
+    if directory is not None:
+        build_tiny(directory, log)
+    return ScaleWorld(name, config, directory)

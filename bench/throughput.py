@@ -1,0 +1,269 @@
+"""`python -m bench throughput`: images per second, peak memory and model FLOPs utilization of each method's
+training step on the real-size architectures, with random weights (nothing to download).
+
+  sd15  Stable Diffusion 1.5: its UNet (860M), VAE and CLIP ViT-L/14 text encoder, at 512 px;
+  lcm   the same UNet with LCM's guidance embedding (LCM-Dreamshaper-v7's architecture), at 512 px;
+  sd3   SD3-medium: its MMDiT (2B), 16-channel VAE and both CLIP text encoders, at 1024 px; T5-XXL is replaced by
+        the zeros diffusers' pipeline uses without it (its 4.7B parameters would only encode prompts), so the joint
+        attention still sees all 333 text tokens.
+The reward is the LAION aesthetic predictor's architecture (CLIP ViT-L/14 + MLP head), differentiable, so every
+method runs. Each method takes the nightly suite's batch sizes (bench/suites.py) and LoRA in the model's precision
+(bf16 on a GPU); one step warms up, then `repeats` steps are timed. Reported per step:
+  images/s     images the step trained on (prompts_per_iter x samples_per_prompt) / wall seconds;
+  peak GiB     torch.cuda.max_memory_allocated (CUDA only);
+  bwd TFLOP/s  FLOPs inside the step's backward pass(es), counted by torch's FlopCounterMode, over their wall time;
+  MFU          that over the GPU's dense bf16 peak (`--peak-tflops`, or known from the device name). With gradient
+               checkpointing the backward also recomputes forwards; those FLOPs are counted too (hardware FLOPs),
+               so compare MFU without it (`--no-checkpointing`) where memory allows.
+`--size tiny` runs the same code on the toy models of models/tiny_pipelines.py: what the tests run on a CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.suites import NIGHTLY_OVERRIDES
+from methods import METHODS
+from models.diffusers_policies import (
+    LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
+    StableDiffusionConfig, StableDiffusionPolicy,
+)
+from models.tiny_pipelines import letters_tokenizer
+
+FAMILY_OF = {"sd15": "diffusion", "lcm": "consistency", "sd3": "flow"}
+RESOLUTIONS = {"real": {"sd15": 512, "lcm": 512, "sd3": 1024}, "tiny": {"sd15": 16, "lcm": 16, "sd3": 16}}
+PEAK_BF16_TFLOPS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0,
+                    "H200": 989.4, "A100": 312.0, "L40S": 362.0}
+"""Dense bf16 tensor-core peaks (NVIDIA data sheets), by a substring of torch.cuda.get_device_name()."""
+TINY_BATCH = {"prompts_per_iter": 2, "samples_per_prompt": 2, "minibatch": 2, "max_candidates": 2}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+# -- the architectures ---------------------------------------------------------------------------------------
+def clip_text(size: str, hidden: int, layers: int, heads: int, projection: int | None = None):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if size == "tiny":  # SD3's two CLIPs side by side must fit the tiny MMDiT's 32-d context
+        hidden, layers, heads, projection = (16, 2, 4, 16) if projection else (32, 2, 4, None)
+    config = CLIPTextConfig(vocab_size=49408 if size == "real" else 100, hidden_size=hidden,
+                            intermediate_size=4 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                            max_position_embeddings=77, hidden_act="quick_gelu" if hidden == 768 else "gelu",
+                            projection_dim=projection or hidden, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def vae(size: str, latent_channels: int):
+    from diffusers import AutoencoderKL
+
+    blocks = (128, 256, 512, 512) if size == "real" else (32, 64)
+    sd3 = dict(shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
+    return AutoencoderKL(block_out_channels=blocks, in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         layers_per_block=2 if size == "real" else 1, down_block_types=("DownEncoderBlock2D",) * len(blocks),
+                         up_block_types=("UpDecoderBlock2D",) * len(blocks),
+                         **(sd3 if latent_channels == 16 else {}))
+
+
+def unet(size: str, guidance_embedding: bool):
+    from diffusers import UNet2DConditionModel
+
+    if size == "real":  # SD 1.5's (diffusers' defaults but the 768-d CLIP context)
+        return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                    time_cond_proj_dim=256 if guidance_embedding else None)
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, time_cond_proj_dim=32 if guidance_embedding else None)
+
+
+def mmdit(size: str):
+    from diffusers import SD3Transformer2DModel
+
+    if size == "real":  # SD3-medium's
+        return SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                                     attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                     caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192)
+    return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                 attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
+                                 caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=8)
+
+
+def prompt_tokenizer(size: str):
+    """A real CLIP tokenizer class on a letters-only vocabulary (the weights are random anyway), padding to CLIP's 77
+    tokens at the real size."""
+    with tempfile.TemporaryDirectory() as folder:
+        return letters_tokenizer(Path(folder), max_length=77 if size == "real" else 16)
+
+
+def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, device: str | None):
+    common = dict(source="random-weights", resolution=RESOLUTIONS[size][model], min_vocab=0,
+                  gradient_checkpointing=checkpointing, device=device)
+    if model == "sd3":
+        config = StableDiffusion3Config(**common, use_t5=False, t5_max_length=256 if size == "real" else 8,
+                                        **({} if size == "real" else {"lora_rank": 4, "lora_alpha": 4.0}))
+        encoders = [clip_text(size, 768, 12, 12, projection=768), clip_text(size, 1280, 32, 20, projection=1280)]
+        return StableDiffusion3Policy(mmdit(size), vae(size, 16), [*encoders, None], [tokenizer, tokenizer, None],
+                                      config)
+    if model == "lcm":
+        return LatentConsistencyPolicy(unet(size, True), vae(size, 4), clip_text(size, 768, 12, 12), tokenizer,
+                                       LatentConsistencyConfig(**common))
+    return StableDiffusionPolicy(unet(size, False), vae(size, 4), clip_text(size, 768, 12, 12), tokenizer,
+                                 StableDiffusionConfig(**common))
+
+
+def aesthetic_reward(size: str, device: torch.device, dtype: torch.dtype):
+    from transformers import CLIPConfig, CLIPModel
+
+    from models.tiny_pipelines import tiny_clip_config
+    from rewards.aesthetic import PUBLISHED_WIDTHS, AestheticReward, ScoreMLP
+
+    if size == "real":  # CLIP ViT-L/14
+        config = CLIPConfig(text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                             num_attention_heads=12),
+                            vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                               num_attention_heads=16, image_size=224, patch_size=14),
+                            projection_dim=768)
+        widths = PUBLISHED_WIDTHS
+    else:
+        config, widths = tiny_clip_config(), (16, 24, 12, 8, 4, 1)
+    return AestheticReward(CLIPModel(config).to(device=device, dtype=dtype), ScoreMLP(widths))
+
+
+# -- measuring -----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class BackwardMeter:
+    """Wall time and FLOPs spent inside Tensor.backward while `watching`."""
+    seconds: float = 0.0
+    flops: int = 0
+    count_flops: bool = False
+
+    @contextlib.contextmanager
+    def watching(self, device: torch.device):
+        original = torch.Tensor.backward
+
+        def timed_backward(tensor, *args, **kwargs):
+            synchronize(device)
+            start = time.perf_counter()
+            if self.count_flops:
+                with FlopCounterMode(display=False) as counter:
+                    original(tensor, *args, **kwargs)
+                self.flops += counter.get_total_flops()
+            else:
+                original(tensor, *args, **kwargs)
+            synchronize(device)
+            self.seconds += time.perf_counter() - start
+
+        torch.Tensor.backward = timed_backward
+        try:
+            yield self
+        finally:
+            torch.Tensor.backward = original
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    model: str
+    method: str
+    images_per_step: int
+    sample_steps: int
+    seconds_per_step: float
+    peak_gib: float | None
+    backward_tflops: float | None
+    mfu: float | None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_per_step / self.seconds_per_step
+
+
+def method_config(method: str, size: str, sample_steps: int):
+    fields = {f.name for f in dataclasses.fields(METHODS[method].Config)}
+    options = {**NIGHTLY_OVERRIDES.get(method, {}), **(TINY_BATCH if size == "tiny" else {}),
+               "sample_steps": sample_steps}
+    return dataclasses.replace(METHODS[method].Config(), **{k: v for k, v in options.items() if k in fields})
+
+
+def measure(model: str, method: str, *, size: str = "real", sample_steps: int | None = None, repeats: int = 2,
+            checkpointing: bool = True, device: str | None = None, tokenizer=None, reward=None) -> Measurement:
+    """One method's training step on one architecture: warm-up, then `repeats` timed steps, then a FLOP count."""
+    from bench.meter import Meter, MeteredPolicy, MeteredReward
+
+    policy = build_policy(model, size, tokenizer or prompt_tokenizer(size), checkpointing=checkpointing, device=device)
+    torch_device = policy.config.torch_device()
+    reward = reward or aesthetic_reward(size, torch_device, policy.config.weight_dtype())
+    steps = sample_steps or policy.default_steps
+    config = method_config(method, size, steps)
+    meter = Meter()
+    trainer = METHODS[method](MeteredPolicy(policy, meter), MeteredReward(reward, meter), ["a photo of a cat"] * 8,
+                              config, seed=0)
+    trainer.step()  # warm-up: kernels chosen, optimizer state allocated
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    backward = BackwardMeter()
+    with backward.watching(torch_device):
+        synchronize(torch_device)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            trainer.step()
+        synchronize(torch_device)
+        seconds = (time.perf_counter() - start) / repeats
+    backward_seconds = backward.seconds / repeats
+    peak = torch.cuda.max_memory_allocated(torch_device) / 2 ** 30 if torch_device.type == "cuda" else None
+    counter = BackwardMeter(count_flops=True)
+    with counter.watching(torch_device):
+        trainer.step()
+    tflops = counter.flops / backward_seconds / 1e12 if backward_seconds > 0 else None
+    peak_flops = peak_tflops(torch_device)
+    images = config.prompts_per_iter * config.samples_per_prompt
+    return Measurement(model, method, images, steps, seconds, peak, tflops,
+                       tflops / peak_flops if tflops and peak_flops else None)
+
+
+def training_methods(model: str) -> list[str]:
+    return [name for name, m in METHODS.items()
+            if m.trains and not m.learns_from_feedback and FAMILY_OF[model] in m.families]
+
+
+def run(models: list[str], methods: list[str] | None, *, size: str, sample_steps: int | None, repeats: int,
+        checkpointing: bool, device: str | None, log=print) -> list[Measurement]:
+    results, tokenizer = [], prompt_tokenizer(size)
+    for model in models:
+        for method in methods or training_methods(model):
+            if method not in training_methods(model):
+                log(f"{method} does not train {model}: skipped")
+                continue
+            results.append(measure(model, method, size=size, sample_steps=sample_steps, repeats=repeats,
+                                   checkpointing=checkpointing, device=device, tokenizer=tokenizer))
+            log(table([results[-1]], header=False))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return results
+
+
+def table(results: list[Measurement], header: bool = True) -> str:
+    def number(value, digits=2):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = ["| model | method | images/step | sampler steps | s/step | images/s | peak GiB | bwd TFLOP/s | MFU |",
+             "|---|---|---|---|---|---|---|---|---|"] if header else []
+    for r in results:
+        lines.append(f"| {r.model} | {r.method} | {r.images_per_step} | {r.sample_steps} | {r.seconds_per_step:.3f} | "
+                     f"{r.images_per_second:.2f} | {number(r.peak_gib, 1)} | {number(r.backward_tflops, 1)} | "
+                     f"{number(r.mfu and 100 * r.mfu, 1)}{'%' if r.mfu else ''} |")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The scale world on its tiny twin (random-initialised models of the real diffusers and transformers classes,
+saved with save_pretrained and loaded back): one training step of every method x diffusers family pairing, its
+evaluation metrics, its identity, the suite's validation, and the nightly GPU suite end to end at --smoke size."""
+import dataclasses
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
+from bench.scale_world import SCALE, SCALE_TINY, ScaleWorld, weights_fingerprint
+from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
+from bench.world import model_family, world_models, world_rewards
+from methods import METHODS
+from rewards import REWARDS
+
+TINY = {"prompts_per_iter": 2, "samples_per_prompt": 2, "sample_steps": 3}
+CONFIGS = {"raft": {**TINY, "updates_per_iter": 1}, "ddpo": {**TINY, "minibatch": 2}, "rocm": TINY,
+           "orw_cfm_w2": {**TINY, "updates_per_iter": 1}, "sas": {**TINY, "minibatch": 2}}
+# every pairing of a method with a scale generator of a family it supports (those that learn from feedback need the
+# digits world's annotator: test_the_feedback_methods_are_refused_at_scale)
+PAIRS = [(name, model) for name in METHODS for model in world_models("scale")
+         if model_family(model) in METHODS[name].families and not METHODS[name].learns_from_feedback]
+
+
+@pytest.fixture(scope="module")
+def world():
+    from bench.world import load_world
+
+    return load_world("scale-tiny", log=lambda *_: None)
+
+
+def make(world, name, model, reward="pickscore"):
+    meter = Meter()
+    config = dataclasses.replace(METHODS[name].Config(), **CONFIGS.get(name, {}))
+    trainer = METHODS[name](MeteredPolicy(world.make_policy(model), meter),
+                            MeteredReward(REWARDS[reward].from_world(world), meter), world.prompts["train"], config, 0)
+    return trainer, meter
+
+
+def test_every_family_has_a_model_in_both_scale_worlds_and_every_method_a_pairing():
+    assert {model_family(m) for m in world_models("scale")} == {"diffusion", "consistency", "flow"}
+    assert world_models("scale") == world_models("scale-tiny")
+    assert set(world_rewards("scale")) == {"aesthetic", "pickscore", "clip_score", "imagereward", "hpsv2", "jpeg"}
+    assert set(world_rewards("scale-tiny")) < set(world_rewards("scale"))
+    assert {name for name, _ in PAIRS} == {n for n, m in METHODS.items() if not m.learns_from_feedback}
+
+
+@pytest.mark.parametrize("name, model", PAIRS)
+def test_one_step_of_every_pairing_is_finite_and_trains_only_lora(world, name, model):
+    trainer, meter = make(world, name, model)
+    if not trainer.trains:
+        images = trainer.generate(world.prompts["eval_unseen"][:2], 3, torch.Generator().manual_seed(0),
+                                  Budget("nfe", 100))
+        assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+        return
+    policy = trainer.policy
+    lora = {n: p.detach().clone() for n, p in policy.state_dict().items()}
+    frozen = [p.detach().clone() for p in policy.backbone.parameters() if not p.requires_grad][:4]
+    stats = trainer.step()
+    assert stats and all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+    assert any(not torch.equal(lora[n], p) for n, p in policy.state_dict().items()), "no LoRA weight moved"
+    assert all(torch.equal(a, b) for a, b in zip(frozen, [p for p in policy.backbone.parameters()
+                                                             if not p.requires_grad][:4]))
+    assert meter.accounts["train"].nfe > 0 and meter.accounts["train"].reward_queries > 0
+
+
+@pytest.mark.parametrize("reward", sorted(SCALE_TINY.rewards))
+def test_the_world_scores_images_with_every_reward_it_offers(world, reward):
+    prompts = [p for p in world.prompts["eval_unseen"][:3] for _ in range(2)]
+    images = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    metrics = world.score_images(images, prompts, 2, REWARDS[reward].from_world(world))
+    assert set(metrics) == set(world.metrics) == {"reward", "clip_score", "diversity"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values()) and metrics["diversity"] > 0
+    same = world.score_images(images[[0, 0, 2, 2, 4, 4]], prompts, 2, REWARDS[reward].from_world(world))
+    assert same["diversity"] == pytest.approx(0, abs=1e-5)  # identical images of a prompt are not diverse
+
+
+def test_the_model_hash_names_the_weights_and_the_config(world, tmp_path):
+    assert world.model_hash("sd15") == world.model_hash("sd15") != world.model_hash("lcm")
+    lower_rank = dataclasses.replace(SCALE_TINY, models={**SCALE_TINY.models, "sd15": dataclasses.replace(
+        SCALE_TINY.models["sd15"], lora_rank=2)})
+    assert ScaleWorld("scale-tiny", lower_rank, world.directory).model_hash("sd15") != world.model_hash("sd15")
+    # a hub snapshot is named by its commit; a local directory by its weights' contents
+    snapshot = tmp_path / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    assert weights_fingerprint(snapshot) != weights_fingerprint(world.directory / "sd")
+
+
+def test_a_hub_checkpoint_missing_offline_fails_naming_the_download(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ValueError, match="hf download stable-diffusion-v1-5/stable-diffusion-v1-5"):
+        ScaleWorld("scale", SCALE, None).make_policy("sd15")
+
+
+def test_suites_are_checked_against_their_world():
+    with pytest.raises(ValueError, match="unknown model 'sd15'; valid: diffusion, consistency, flow"):
+        parse_entry("ddpo@sd15", world="digits")
+    with pytest.raises(ValueError, match="unknown model 'flow'; valid: sd15, lcm, sd3"):
+        parse_entry("ddpo@flow", world="scale")
+    assert parse_entry("rocm", world="scale") == ("rocm", "", "lcm")
+    with pytest.raises(ValueError, match="world 'scale' offers no 'digit' reward; valid: aesthetic, pickscore"):
+        validate(Suite("x", methods=("ddpo@sd15",), rewards=("digit",), world="scale"))
+    with pytest.raises(ValueError, match="world 'digits' offers no 'pickscore' reward; valid: digit, compress, gold"):
+        validate(Suite("x", methods=("ddpo",), rewards=("pickscore",)))
+    with pytest.raises(ValueError, match="has no --smoke size; suites with one: nightly-gpu"):
+        build_suite("default", smoke=True)
+
+
+def test_the_feedback_methods_are_refused_at_scale():
+    with pytest.raises(ValueError, match="aihf, sft learn from the digits world's annotator"):
+        validate(Suite("x", methods=("sft@sd15", "aihf@sd15"), rewards=("pickscore",), world="scale"))
+
+
+def test_the_nightly_suite_and_its_smoke_twin_are_the_same_grid():
+    full, smoke = build_suite("nightly-gpu"), build_suite("nightly-gpu", smoke=True)
+    assert validate(full).world == "scale" and validate(smoke).world == "scale-tiny"
+    assert full.methods == smoke.methods == NIGHTLY_METHODS and full.rewards == smoke.rewards
+    assert {name for name, _ in PAIRS} == {e.partition("@")[0] for e in NIGHTLY_METHODS}
+
+
+def test_nightly_gpu_smoke_end_to_end(tmp_path, capsys):
+    store = tmp_path / "nightly-gpu-smoke" / "store.sqlite"
+    assert main(["run", "--suite", "nightly-gpu", "--smoke", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    runs = len(NIGHTLY_METHODS) * 2
+    assert f"{runs} runs, {runs - 1} done, 1 n/a, 0 failed" in out  # rocm cannot use jpeg
+    board = (store.parent / "leaderboard.md").read_text()
+    for text in ("| ddpo | sd15 |", "| rocm | lcm |", "| orw_cfm_w2 | sd3 |", "clip_score ↑", "Reward: pickscore",
+                 "Reward: jpeg"):
+        assert text in board, text
+    assert main(["leaderboard", "--suite", "nightly-gpu", "--smoke", "--store", str(store)]) == 0
+
+
+def test_the_throughput_benchmark_measures_every_training_method_on_every_family(capsys):
+    assert main(["throughput", "--size", "tiny", "--sample-steps", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("| sd15 | ddpo |", "| sd15 | sas |", "| sd15 | rocm |", "| lcm | rocm |", "| sd3 | orw_cfm_w2 |",
+                "| sd3 | raft |"):
+        assert row in out, row
+    assert "| sd3 | rocm |" not in out and "| sd15 | aihf |" not in out  # not its family; needs the digits world
+
+
+def test_the_backward_flops_of_a_rocm_step_are_counted():
+    from bench.throughput import measure
+
+    result = measure("lcm", "rocm", size="tiny", sample_steps=2, repeats=1)
+    assert result.images_per_step == 4 and result.seconds_per_step > 0 and result.backward_tflops > 0
+    assert result.peak_gib is None and result.mfu is None  # a CPU has neither
