@@ -251,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench import sweep
 
     if args.command == "models":
-        sweep.build_models(args.world)
+        try:
+            sweep.build_models(args.world)
+        except ValueError as error:  # a checkpoint missing from the cache: say which and how to get it
+            parser.exit(1, f"{parser.prog}: error: {error}\n")
         return 0
     if args.command == "throughput":
         from bench import throughput

@@ -237,9 +237,10 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
         "",
         f"Each cell is the mean [95% bootstrap CI] over `seeds` seeds, on the `{primary_split}` prompts "
         "unless a split is named, after training for `budget`; ↑ higher is better, ↓ lower is better. "
-        f"Δ {HEADLINE_METRIC} vs base is the per-seed paired difference to the base model at the same reward "
-        "and budget (against its single value where the base is deterministic across seeds). "
-        "NFE, reward queries and wall s are the compute used, means over seeds. "
+        + (f"Δ {HEADLINE_METRIC} vs base is the per-seed paired difference to the base model at the same reward "
+           "and budget (against its single value where the base is deterministic across seeds). "
+           if HEADLINE_METRIC in arrows else "")
+        + "NFE, reward queries and wall s are the compute used, means over seeds. "
         "`version` is the method's version; "
         f"code at git {', '.join(sorted(runs['git_sha'].unique()))}, "
         "base models " + ", ".join(f"{model} {', '.join(sorted(hashes))}"

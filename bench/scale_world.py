@@ -169,6 +169,19 @@ class ScaleWorld:
         precision = {"dtype": model.weight_dtype()} if self.device.type == "cuda" else {}
         return {**self._local(self.config.rewards[reward]), "device": self.device, **precision}
 
+    def verify(self, log=print) -> None:
+        """Loads every generator's pipeline config and every reward once: a missing checkpoint fails here, naming the
+        download that fetches it, instead of in the middle of a night's sweep."""
+        from rewards import REWARDS
+
+        for model in self.config.models:
+            root = resolve_source(self.model_config(model).source, ["model_index.json", "*/*"])
+            log(f"{model}: {root}")
+        for reward in self.config.rewards:
+            log(f"{reward}: version {REWARDS[reward].from_world(self).version}")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
     def score_images(self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward) -> dict[str, float]:
         """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
         if self._eval_clip is None:

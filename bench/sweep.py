@@ -23,13 +23,18 @@ from bench.report import write_results
 from bench.runner import RunSpec, execute
 from bench.store import Store
 from bench.suites import Suite
-from bench.world import ensure_world, load_world
+from bench.world import ensure_world, is_scale_world, load_world
 from methods.trainer import DataParallel
 from models.progress import progress
 
 
 def build_models(world: str) -> None:
+    """Builds the world's networks, or for a scale world checks that every checkpoint it names is in the cache."""
     start = time.monotonic()
+    if is_scale_world(world):
+        load_world(world).verify()
+        print(f"world {world!r}: every checkpoint present ({time.monotonic() - start:.0f}s)")
+        return
     directory = ensure_world(world)
     print(f"world {world!r} ready in {directory} ({time.monotonic() - start:.0f}s)")
 
@@ -94,6 +99,10 @@ def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: 
     in this process together with the other launched ones; returns 0 if all cells are done or not
     applicable, 1 if any failed. Every way runs the same `run_cell`, so the store, resume and failure
     isolation are the same."""
+    if workers > 1 and is_scale_world(suite.world):
+        # every worker would load its own generator onto the same GPU; several GPUs train one run together instead
+        print(f"world {suite.world!r}: one run at a time (for several GPUs: accelerate launch -m bench run ...)")
+        workers = 1
     if parallel.main:
         ensure_world(suite.world)  # built once here, before parallel workers could race to build it
     parallel.barrier()

@@ -52,10 +52,14 @@ def world_rewards(name: str) -> tuple[str, ...]:
     return tuple(config.rewards) if isinstance(config, ScaleWorldConfig) else DIGIT_REWARDS
 
 
+def is_scale_world(name: str) -> bool:
+    return isinstance(WORLDS[check_world_name(name)], ScaleWorldConfig)
+
+
 def world_has_annotator(name: str) -> bool:
     """Whether methods that learn from feedback can run in world `name`: its annotator's demonstrations are the
     digits world's held-out images, and their reward models read its digits."""
-    return not isinstance(WORLDS[check_world_name(name)], ScaleWorldConfig)
+    return not is_scale_world(name)
 
 
 @dataclass

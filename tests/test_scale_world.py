@@ -87,10 +87,17 @@ def test_the_model_hash_names_the_weights_and_the_config(world, tmp_path):
     assert weights_fingerprint(snapshot) != weights_fingerprint(world.directory / "sd")
 
 
-def test_a_hub_checkpoint_missing_offline_fails_naming_the_download(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+def test_a_hub_checkpoint_missing_offline_fails_naming_the_download(monkeypatch, tmp_path, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever this machine holds
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="hf download stable-diffusion-v1-5/stable-diffusion-v1-5"):
         ScaleWorld("scale", SCALE, None).make_policy("sd15")
+    with pytest.raises(SystemExit) as exit:  # the nightly run's preflight
+        main(["models", "--world", "scale"])
+    error = capsys.readouterr().err
+    assert exit.value.code == 1 and len(error.strip().splitlines()) == 1 and "hf download stable-diff" in error
 
 
 def test_suites_are_checked_against_their_world():
