@@ -2,8 +2,9 @@
 fine-tuned with LoRA against the published reward models, on a prompt set under prompts/.
 
   scale       the public checkpoints by hub id (SD 1.5, LCM-Dreamshaper-v7, SD3-medium; CLIP ViT-L/14, PickScore,
-              ImageReward, HPSv2.1, the LAION aesthetic head), read from the local Hugging Face cache: nothing is
-              downloaded at run time, and a missing checkpoint fails naming the `hf download` that fetches it.
+              ImageReward, HPSv2.1), read from the local Hugging Face cache, and the LAION aesthetic head from
+              artifacts/scale/: nothing is downloaded at run time, and a missing checkpoint fails naming the download
+              that fetches it.
   scale-tiny  the same classes at toy sizes with random weights (models/tiny_pipelines.py), built once into
               artifacts/scale-tiny/: the CPU-sized twin that tests and `--smoke` runs use. Never results.
 
@@ -36,6 +37,7 @@ from models.diffusers_policies import (
 from models.prompts import load_prompt_set
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from models.tiny_pipelines import write_tiny_clip, write_tiny_pipelines
+from rewards.aesthetic import HEAD_FILENAME
 from rewards.clip_score import ClipScoreReward, clip_image_embeddings
 
 POLICIES = {StableDiffusionConfig: StableDiffusionPolicy, LatentConsistencyConfig: LatentConsistencyPolicy,
@@ -65,13 +67,13 @@ class ScaleWorldConfig:
 
 
 # The public checkpoints: the issue's defaults, each trainable at its native resolution in bf16 on one GPU.
-AESTHETIC_HEAD_REPO = "camenduru/improved-aesthetic-predictor"
-"""A hub mirror of the LAION aesthetic head file (sac+logos+ava1-l14-linearMSE.pth)."""
+AESTHETIC_HEAD = Path(__file__).resolve().parents[1] / "artifacts" / "scale" / HEAD_FILENAME
+"""Where the scale world reads the LAION aesthetic head, which no model hub hosts officially (README: Scale)."""
 SCALE = ScaleWorldConfig(
     models={"sd15": StableDiffusionConfig(gradient_checkpointing=True),
             "lcm": LatentConsistencyConfig(gradient_checkpointing=True),
             "sd3": StableDiffusion3Config(gradient_checkpointing=True)},
-    rewards={"aesthetic": {"source": "openai/clip-vit-large-patch14", "head": AESTHETIC_HEAD_REPO},
+    rewards={"aesthetic": {"source": "openai/clip-vit-large-patch14", "head": str(AESTHETIC_HEAD)},
              "pickscore": {}, "clip_score": {}, "imagereward": {}, "hpsv2": {}, "jpeg": {}},
 )
 

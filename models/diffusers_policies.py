@@ -46,6 +46,8 @@ from models.policy import ChainPolicy, DiffusionPolicy, images_to_model_space, m
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 SD3_ATTENTION_PROJECTIONS = ATTENTION_PROJECTIONS + ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+DECODE_BATCH = 4
+"""Images per VAE decoder pass when no gradient is needed (evaluation, sampling without grad)."""
 SD_SCHEDULE = NoiseSchedule(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 """Stable Diffusion 1.x's training schedule (its LCMs' too), for a source without a scheduler config."""
 
@@ -438,8 +440,11 @@ class LoRALatentPolicy(ChainPolicy):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] from latents x (B, *latent_shape): the VAE decoder on
         x / scaling_factor + shift_factor, differentiable (reward gradients reach the chain through it)."""
+        latents = x / self._scaling_factor + self._shift_factor
+        # without a graph to keep, a few images at a time: a 1024 px decode holds GBs of activations per image
+        chunk = len(latents) if torch.is_grad_enabled() else DECODE_BATCH
         with self._autocast():
-            images = self.vae.decode(x / self._scaling_factor + self._shift_factor, return_dict=False)[0]
+            images = torch.cat([self.vae.decode(part, return_dict=False)[0] for part in latents.split(chunk)])
         return model_space_to_images(images.float())
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from diffusers import (
 
 from bench.meter import MeteredPolicy, Meter
 from models.diffusers_policies import (
-    LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
+    DECODE_BATCH, LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
     StableDiffusionConfig, StableDiffusionPolicy, guidance_scale_embedding, noise_schedule_from,
 )
 from models.diffusion import NoiseSchedule
@@ -312,3 +312,11 @@ def test_bad_configs_and_mismatched_models_are_refused(pipelines):
     policy = load(pipelines, "sd")
     with pytest.raises(ValueError, match=r"images must be \(B, 3, 16, 16\)"):
         policy.encode(torch.rand(1, 3, 8, 8))
+
+
+def test_decoding_without_gradients_in_chunks_is_decoding_at_once(pipelines):
+    policy = load(pipelines, "sd")
+    latents = torch.randn(DECODE_BATCH + 1, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        chunked = policy.decode(latents)
+    torch.testing.assert_close(chunked, policy.decode(latents).detach(), atol=1e-5, rtol=1e-5)
