@@ -19,6 +19,14 @@ PROCESS_SEED_STRIDE = 1_000_003
 """Process r of a data-parallel run draws from seed + r * stride: its own samples, and process 0 the single-process ones."""
 
 
+def collective_device() -> torch.device:
+    """Where tensors must be for the process group's collectives: this process's GPU under NCCL (which only moves
+    CUDA memory), the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 @dataclass(frozen=True)
 class DataParallel:
     """This process's place in a data-parallel run of one trainer over `world_size` processes (started by
@@ -57,9 +65,10 @@ class DataParallel:
         that must be the whole batch's (every process passes the same shape)."""
         if self.world_size == 1:
             return tensor
-        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        sent = tensor.to(collective_device()).contiguous()
+        parts = [torch.empty_like(sent) for _ in range(self.world_size)]
+        dist.all_gather(parts, sent)
+        return torch.cat(parts).to(tensor.device)
 
     def local(self, gathered: torch.Tensor) -> torch.Tensor:
         """This process's rows of a gathered tensor."""
@@ -70,7 +79,7 @@ class DataParallel:
         """The sums over processes of per-process counts (e.g. the meter's usage)."""
         if self.world_size == 1:
             return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64)
+        tensor = torch.tensor(values, dtype=torch.float64, device=collective_device())
         dist.all_reduce(tensor)
         return tensor.tolist()
 

@@ -44,8 +44,8 @@ def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def consistency_output(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
     """f(x_t, t) from the network's noise prediction. x_t, eps: (B, ...); t, alpha_bar_t: (B,)."""
     shape = (-1,) + (1,) * (x_t.dim() - 1)
-    a = alpha_bar_t.to(x_t.dtype).view(shape)
-    c_skip, c_out = (c.to(x_t.dtype).view(shape) for c in boundary_scalings(t))
+    a = alpha_bar_t.to(x_t.device, x_t.dtype).view(shape)
+    c_skip, c_out = (c.to(x_t.device, x_t.dtype).view(shape) for c in boundary_scalings(t))
     x0_hat = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
     return c_skip * x_t + c_out * x0_hat
 

@@ -1,6 +1,7 @@
 """The scale world on its tiny twin (random-initialised models of the real diffusers and transformers classes,
 saved with save_pretrained and loaded back): one training step of every method x diffusers family pairing, its
 evaluation metrics, its identity, the suite's validation, and the nightly GPU suite end to end at --smoke size."""
+import contextlib
 import dataclasses
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from bench.cli import main
 from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
-from bench.scale_world import SCALE, SCALE_TINY, ScaleWorld, weights_fingerprint
+from bench.scale_world import POLICIES, SCALE, SCALE_TINY, ScaleWorld, weights_fingerprint
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.world import model_family, world_models, world_rewards
 from methods import METHODS
@@ -63,6 +64,45 @@ def test_one_step_of_every_pairing_is_finite_and_trains_only_lora(world, name, m
     assert all(torch.equal(a, b) for a, b in zip(frozen, [p for p in policy.backbone.parameters()
                                                              if not p.requires_grad][:4]))
     assert meter.accounts["train"].nfe > 0 and meter.accounts["train"].reward_queries > 0
+
+
+@contextlib.contextmanager
+def host_reads_of_meta_tensors():
+    """Device-to-host reads of meta tensors (which hold no data) give zeros, as a GPU's would give numbers, so a
+    training step can run on the meta device: it refuses to mix devices in one op as CUDA does (CPU scalars
+    aside), which is how a CPU-only machine finds a CPU tensor meeting a GPU one."""
+    saved = {name: getattr(torch.Tensor, name) for name in ("cpu", "item", "tolist", "__float__")}
+    torch.Tensor.cpu = lambda t, *a, **k: torch.zeros(t.shape, dtype=t.dtype) if t.is_meta else saved["cpu"](t, *a, **k)
+    torch.Tensor.item = lambda t: 0.5 if t.is_meta else saved["item"](t)
+    torch.Tensor.tolist = lambda t: torch.zeros(t.shape, dtype=t.dtype).tolist() if t.is_meta else saved["tolist"](t)
+    torch.Tensor.__float__ = lambda t: 0.5 if t.is_meta else saved["__float__"](t)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+class Brightness:
+    """A differentiable reward with no network of its own: the meta device runs the policy, not CLIP's internals."""
+    name, version, differentiable, higher_is_better = "brightness", "1", True, True
+
+    def __call__(self, images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("name, model", PAIRS)
+def test_a_step_on_an_accelerator_keeps_every_tensor_on_its_device(world, name, model):
+    config = dataclasses.replace(world.model_config(model), device="meta")
+    with host_reads_of_meta_tensors():
+        policy = POLICIES[type(config)].from_pretrained(config=config)
+        trainer = METHODS[name](MeteredPolicy(policy, Meter()), MeteredReward(Brightness(), Meter()),
+                                world.prompts["train"],
+                                dataclasses.replace(METHODS[name].Config(), **CONFIGS.get(name, {})), 0)
+        if trainer.trains:
+            trainer.step()
+        images = trainer.generate(["a cat", "a dog"], 3, torch.Generator().manual_seed(0), Budget("nfe", 100))
+    assert images.is_meta and images.shape == (2, 3, 16, 16)
 
 
 @pytest.mark.parametrize("reward", sorted(SCALE_TINY.rewards))
