@@ -333,7 +333,7 @@ class LoRALatentPolicy(ChainPolicy):
         self._embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
         device, dtype = config.torch_device(), config.weight_dtype()
-        self._autocast_dtype = dtype if device.type == "cuda" and dtype != torch.float32 else None
+        self._autocast_dtype = dtype if dtype != torch.float32 else None
         for module in [network, vae, *self.text_encoders]:
             if module is not None:
                 module.to(device).eval().requires_grad_(False)
@@ -370,7 +370,7 @@ class LoRALatentPolicy(ChainPolicy):
     def _autocast(self):
         if self._autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self._autocast_dtype)
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
     # -- text ---------------------------------------------------------------------------------------------
     @abstractmethod

@@ -12,6 +12,7 @@ from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from bench.scale_world import POLICIES, SCALE, SCALE_TINY, ScaleWorld, weights_fingerprint
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.world import model_family, world_models, world_rewards
+from models.diffusers_policies import DiffusersConfig
 from methods import METHODS
 from rewards import REWARDS
 
@@ -103,6 +104,21 @@ def test_a_step_on_an_accelerator_keeps_every_tensor_on_its_device(world, name, 
             trainer.step()
         images = trainer.generate(["a cat", "a dog"], 3, torch.Generator().manual_seed(0), Budget("nfe", 100))
     assert images.is_meta and images.shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("name, model", [pair for pair in PAIRS if METHODS[pair[0]].trains])
+def test_a_bf16_step_trains_float32_lora_weights(world, monkeypatch, name, model):
+    """The mixed precision a GPU runs (frozen weights in bf16 under autocast, LoRA in float32), here on the CPU's
+    bf16 kernels: the dtypes must meet, and the step must stay finite."""
+    monkeypatch.setattr(DiffusersConfig, "weight_dtype", lambda self: torch.bfloat16)
+    trainer, _ = make(world, name, model)
+    policy = trainer.policy
+    assert {p.dtype for p in policy.backbone.parameters() if not p.requires_grad} == {torch.bfloat16}
+    before = {n: p.detach().clone() for n, p in policy.state_dict().items()}
+    stats = trainer.step()
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
+    assert {p.dtype for p in policy.trainable_parameters()} == {torch.float32}
+    assert any(not torch.equal(before[n], p) for n, p in policy.state_dict().items())
 
 
 @pytest.mark.parametrize("reward", sorted(SCALE_TINY.rewards))
