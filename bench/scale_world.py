@@ -104,7 +104,11 @@ def build_tiny(directory: Path, log=print) -> None:
     try:
         write_tiny_pipelines(staging, seed=TINY_BUILD_SEED)
         write_tiny_clip(staging / "clip", seed=TINY_BUILD_SEED)
-        staging.rename(directory)
+        try:
+            staging.rename(directory)
+        except OSError:  # another process built it meanwhile: theirs is the same
+            if not (directory / "sd").is_dir():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

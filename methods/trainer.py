@@ -60,6 +60,16 @@ class DataParallel:
         for p, piece in zip(parameters, flat.split([g.numel() for g in grads])):
             p.grad = piece.view_as(p).clone()
 
+    def broadcast(self, parameters: list[torch.nn.Parameter]) -> None:
+        """The main process's values of `parameters` in every process (as DDP starts): freshly initialised weights,
+        such as LoRA adapters drawn from each process's own random state, start identical."""
+        if self.world_size == 1:
+            return
+        for p in parameters:
+            sent = p.data.to(collective_device())
+            dist.broadcast(sent, src=0)
+            p.data.copy_(sent)
+
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every process's (B, ...) tensor, concatenated rank-major: (world_size * B, ...), for batch statistics
         that must be the whole batch's (every process passes the same shape)."""
@@ -128,6 +138,7 @@ class Trainer(ABC):
         self.parallel = parallel
         if parallel.world_size > 1:
             self.generator.manual_seed(self.seed + PROCESS_SEED_STRIDE * parallel.rank)
+            parallel.broadcast(self.policy.trainable_parameters())
 
     def prompt_batch(self, groups: int, per_group: int) -> list[str]:
         """This process's share of an iteration's prompts: `groups` train prompts over all processes, each

@@ -21,19 +21,21 @@ def _free_port() -> int:
 
 def _train(rank: int, world_size: int, port: int, method: str, model: str, out: dict) -> None:
     from bench.meter import Meter, MeteredPolicy, MeteredReward
-    from bench.world import load_world
+    from bench.world import load_world, world_models
     from methods import METHODS
     from rewards import REWARDS
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
-    world = load_world("digits-tiny", log=lambda *_: None)
+    scale = model in world_models("scale")
+    world = load_world("scale-tiny" if scale else "digits-tiny", log=lambda *_: None)
     meter = Meter()
     cls = METHODS[method]
     options = {**SMALL, **({"minibatch": 4} if method in ("ddpo", "sas") else {})}
     trainer = cls(MeteredPolicy(world.make_policy(model), meter),
-                  MeteredReward(REWARDS["digit"].from_world(world), meter), world.prompts["train"],
+                  MeteredReward(REWARDS["pickscore" if scale else "digit"].from_world(world), meter),
+                  world.prompts["train"],
                   dataclasses.replace(cls.Config(), **options), seed=0)
     trainer.distribute(DataParallel(rank, world_size))
     trainer.step()
@@ -43,7 +45,7 @@ def _train(rank: int, world_size: int, port: int, method: str, model: str, out: 
 
 
 @pytest.mark.parametrize("method, model", [("ddpo", "diffusion"), ("raft", "diffusion"), ("sas", "diffusion"),
-                                           ("orw_cfm_w2", "flow")])
+                                           ("orw_cfm_w2", "flow"), ("ddpo", "sd15"), ("rocm", "lcm")])
 def test_processes_split_the_batch_and_stay_identical(method, model):
     out = mp.Manager().dict()
     mp.spawn(_train, args=(2, _free_port(), method, model, out), nprocs=2, join=True)
