@@ -19,9 +19,10 @@ from pathlib import Path
 from bench.loggers import LOGGERS, check_loggers
 from bench.meter import UNITS, Budget
 from bench.suites import SUITES, build_suite, check_names, parse_entry, validate
-from bench.world import MODELS, WORLDS
+from bench.scale_world import SOURCES_ENV
+from bench.world import MODELS, WORLDS, is_scale_world, world_models
 
-THROUGHPUT_MODELS = ("sd15", "lcm", "sd3")
+SCALE_MODELS = world_models("scale")
 from methods import METHODS
 from models.progress import MODES as PROGRESS_MODES
 from rewards import REWARDS
@@ -67,6 +68,13 @@ def _entries(text: str) -> tuple[str, ...]:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return entries
+
+
+def _source(text: str) -> str:
+    model, _, source = text.partition("=")
+    if model not in SCALE_MODELS or not source:
+        raise argparse.ArgumentTypeError(f"expected MODEL=SOURCE with MODEL in {', '.join(SCALE_MODELS)}, got {text!r}")
+    return text
 
 
 def _budget(text: str) -> Budget:
@@ -144,6 +152,9 @@ def build_parser() -> Parser:
                      help=f"comma-separated METHOD[/VARIANT][@MODEL] (VARIANT: one of the suite's), METHOD in: "
                           f"{', '.join(METHODS)}; "
                           f"MODEL in: {', '.join(MODELS)} (default: the method's first supported family)")
+    run.add_argument("--source", action="append", type=_source, metavar="MODEL=SOURCE",
+                     help=f"fine-tune this checkpoint (a hub id in the local cache, or a pipeline directory) as a scale "
+                          f"world's MODEL ({', '.join(SCALE_MODELS)}), e.g. a fine-tuned SD 1.5 as sd15; repeatable")
     run.add_argument("--reward", type=_names("reward", REWARDS), help=f"comma-separated subset of: {', '.join(REWARDS)}")
     run.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
     run.add_argument("--budget", type=_budget,
@@ -173,8 +184,8 @@ def build_parser() -> Parser:
         description="Builds each architecture with random weights (nothing is downloaded), runs one warm-up and "
                     "--repeats timed training steps of each method with the nightly suite's batch sizes, and prints a "
                     "table; bench/throughput.py documents every column.")
-    speed.add_argument("--model", type=_names("model", THROUGHPUT_MODELS), default=THROUGHPUT_MODELS,
-                       help=f"comma-separated subset of {', '.join(THROUGHPUT_MODELS)} (default: all)")
+    speed.add_argument("--model", type=_names("model", SCALE_MODELS), default=SCALE_MODELS,
+                       help=f"comma-separated subset of {', '.join(SCALE_MODELS)} (default: all)")
     speed.add_argument("--method", type=_names("method", METHODS),
                        help="comma-separated methods (default: every method that trains the model)")
     speed.add_argument("--size", choices=("real", "tiny"), default="real",
@@ -231,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
             suite = suite_from_args(args)
         except (ValueError, TypeError) as error:
             parser.error(str(error))
+        if args.source and not is_scale_world(suite.world):
+            parser.error(f"--source replaces a scale world's checkpoints; suite {suite.name!r} runs in world "
+                         f"{suite.world!r}")
         if args.backend == "ray" and args.workers > 1:
             parser.error("--workers is for the local backend; with --backend ray the cluster's CPUs set the parallelism")
         if args.ray_address and args.backend != "ray":
@@ -247,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
     if args.command in ("models", "run"):
         os.environ["BENCH_PROGRESS"] = args.progress  # worker processes inherit it
+    if args.command == "run" and args.source:
+        os.environ[SOURCES_ENV] = ",".join(args.source)  # as the worker processes will see it
     # Heavy imports only after the command line is known to be valid.
     from bench import sweep
 

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -92,6 +93,20 @@ SCALE_TINY = ScaleWorldConfig(
 and HPSv2 are left out: their published checkpoints have no tiny form (tests/test_scale_rewards.py covers them)."""
 
 TINY_BUILD_SEED = 0
+SOURCES_ENV = "BENCH_MODEL_SOURCES"
+"""Comma-separated MODEL=SOURCE pairs (set by `bench run --source`): checkpoints (a hub id or a pipeline directory)
+in place of the world's own, e.g. a fine-tuned SD 1.5 as `sd15`; their weights and source name the base model."""
+
+
+def source_overrides(models) -> dict[str, str]:
+    """The MODEL=SOURCE pairs of $BENCH_MODEL_SOURCES, checked against the world's `models`."""
+    overrides = {}
+    for pair in filter(None, (p.strip() for p in os.environ.get(SOURCES_ENV, "").split(","))):
+        model, _, source = pair.partition("=")
+        if model not in models or not source:
+            raise ValueError(f"{SOURCES_ENV}: expected MODEL=SOURCE with MODEL in {', '.join(models)}, got {pair!r}")
+        overrides[model] = source
+    return overrides
 
 
 def build_tiny(directory: Path, log=print) -> None:
@@ -147,7 +162,8 @@ class ScaleWorld:
         if model not in self.config.models:
             raise ValueError(f"unknown model {model!r} in world {self.name!r}; valid: {', '.join(self.config.models)}")
         config = self.config.models[model]
-        return dataclasses.replace(config, source=self._local({"source": config.source})["source"])
+        override = source_overrides(self.config.models).get(model)
+        return dataclasses.replace(config, source=override or self._local({"source": config.source})["source"])
 
     @property
     def device(self) -> torch.device:
@@ -158,6 +174,9 @@ class ScaleWorld:
         config = self.model_config(model)
         root = resolve_source(config.source, ["model_index.json", "*/*"])
         declared = {k: v for k, v in dataclasses.asdict(self.config.models[model]).items() if k != "device"}
+        override = source_overrides(self.config.models).get(model)
+        if override:
+            declared["source"] = override
         identity = json.dumps({"weights": weights_fingerprint(root), "config": declared}, sort_keys=True, default=list)
         return hashlib.sha256(identity.encode()).hexdigest()
 

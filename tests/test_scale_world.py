@@ -210,3 +210,27 @@ def test_the_backward_flops_of_a_rocm_step_are_counted():
     result = measure("lcm", "rocm", size="tiny", sample_steps=2, repeats=1)
     assert result.images_per_step == 4 and result.seconds_per_step > 0 and result.backward_tflops > 0
     assert result.peak_gib is None and result.mfu is None  # a CPU has neither
+
+
+def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, monkeypatch, tmp_path):
+    import shutil
+
+    mine = shutil.copytree(world.directory / "sd", tmp_path / "my-sd")
+    before = world.model_hash("sd15")
+    monkeypatch.setenv("BENCH_MODEL_SOURCES", f"sd15={mine}")
+    assert world.model_config("sd15").source == str(mine) and world.make_policy("sd15").image_shape == (3, 16, 16)
+    assert world.model_hash("sd15") != before and world.model_hash("lcm") == world.model_hash("lcm")
+    monkeypatch.setenv("BENCH_MODEL_SOURCES", "sd2=/somewhere")
+    with pytest.raises(ValueError, match="expected MODEL=SOURCE with MODEL in sd15, lcm, sd3, got 'sd2=/somewhere'"):
+        world.model_config("sd15")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--source", "sdxl=/x"], "expected MODEL=SOURCE with MODEL in sd15, lcm, sd3, got 'sdxl=/x'"),
+    (["run", "--source", "sd15=/x"], "--source replaces a scale world's checkpoints; suite 'default' runs in world"),
+])
+def test_bad_sources_are_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    error = capsys.readouterr().err
+    assert len(error.strip().splitlines()) == 1 and message in error, error
