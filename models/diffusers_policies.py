@@ -72,7 +72,8 @@ class DiffusersConfig:
     """Names (suffixes) of the denoiser's linear layers that get adapters."""
     dtype: str = "bfloat16"
     """float32, bfloat16 or float16: the frozen weights' storage and the denoiser's and VAE's autocast dtype on
-    CUDA (LoRA weights stay float32); ignored on CPU, where everything runs in float32."""
+    CUDA (LoRA weights stay float32); ignored on CPU, where everything runs in float32. Train in bfloat16: float16
+    halves memory the same way but its gradients run without loss scaling, so small ones underflow to zero."""
     gradient_checkpointing: bool = False
     """Recompute the denoiser's and the VAE decoder's activations in the backward pass: less memory, one more
     forward."""
