@@ -54,7 +54,7 @@ class RunSpec:
     def config_dict(self) -> dict:
         config = {
             "world": self.world, "method": self.method, "method_version": METHODS[self.method].version,
-            "variant": self.variant, "model": self.model, "method_config": dataclasses.asdict(self.method_config),
+            "variant": self.variant, "model": self.model, "method_config": config_identity(self.method_config),
             "reward": self.reward, "seed": self.seed, "budget": str(self.budget), "milestones": list(self.milestones),
             "eval": self.eval.identity(),
         }
@@ -78,6 +78,12 @@ class RunSpec:
             config_json=json.dumps({**self.config_dict(), "reward_version": reward_version}, sort_keys=True),
             config_hash=self.config_hash(), git_sha=git_sha(), base_model_hash=base_model_hash,
         )
+
+
+def config_identity(config) -> dict:
+    """A method config's fields, those at an empty default ("" or ()) left out: adding such an option to a method
+    keeps the identity (and run ids) of its earlier runs."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if v not in ("", ())}
 
 
 CODE_PATHS = ("bench", "methods", "models", "rewards", "prompts", "pyproject.toml")
@@ -133,10 +139,10 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
     torch.manual_seed(spec.seed)
     meter = Meter()
     # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
-    signal = (Feedback.from_world(world, raw_reward, meter) if method.learns_from_feedback
+    policy = world.make_policy(spec.model)
+    signal = (Feedback.from_world(world, raw_reward, meter, policy) if method.learns_from_feedback
               else MeteredReward(raw_reward, meter))
-    trainer = method(MeteredPolicy(world.make_policy(spec.model), meter), signal, world.prompts["train"],
-                     spec.method_config, spec.seed)
+    trainer = method(MeteredPolicy(policy, meter), signal, world.prompts["train"], spec.method_config, spec.seed)
     trainer.distribute(parallel)
     suffix = f".rank{parallel.rank}" if parallel.world_size > 1 else ""
     checkpoint = checkpoint_dir / f"{record.run_id}{suffix}.pt"

@@ -48,6 +48,10 @@ PATH_OPTIONS = ("source", "head", "tokenizer_source")
 """The reward options that name weights: relative to the world's directory in a world built here."""
 EVAL_BATCH = 32
 """Images per evaluation CLIP forward pass."""
+DEMONSTRATION_CANDIDATES = 4
+"""Base-model samples per train prompt the annotator chooses its demonstrations from."""
+DEMONSTRATION_SEED = 4321
+"""Seed of those samples' noise: the same demonstrations for every method and seed of a model."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class ScaleWorldConfig:
     """A prompt set under prompts/, or a path (models/prompts.py)."""
     built_here: bool = False
     """True: the sources are paths inside artifacts/<world>/, written by `build_tiny` on first use."""
+    demonstration_steps: int | None = None
+    """Sampler steps of the base-model samples the annotator demonstrates from; None: each model's default."""
 
     def families(self) -> dict[str, str]:
         return {name: POLICIES[type(config)].family for name, config in self.models.items()}
@@ -88,6 +94,7 @@ SCALE_TINY = ScaleWorldConfig(
              "clip_score": {"source": "clip", "min_vocab": 0}, "jpeg": {}},
     eval_clip={"source": "clip", "min_vocab": 0},
     built_here=True,
+    demonstration_steps=3,
 )
 """The scale world's classes at toy sizes (16 px, 8 x 8 latents; no T5 in SD3), for tests and smoke runs. ImageReward
 and HPSv2 are left out: their published checkpoints have no tiny form (tests/test_scale_rewards.py covers them)."""
@@ -150,6 +157,7 @@ class ScaleWorld:
         self.directory = directory
         self.prompts = load_prompt_set(config.prompts)
         self.metrics = METRICS
+        self.learned_reward_model = "prompt"
         self._eval_clip: ClipScoreReward | None = None
 
     def _local(self, options: dict) -> dict:
@@ -206,6 +214,25 @@ class ScaleWorld:
             log(f"{reward}: version {REWARDS[reward].from_world(self).version}")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def demonstrations(self, reward, fraction: float, base_policy) -> tuple[torch.Tensor, list[str]]:
+        """The annotator's: no image set ships at scale, so the best `fraction` by `reward` of the base model's
+        DEMONSTRATION_CANDIDATES samples of each train prompt (its deterministic sampler; the annotator's work, not
+        charged to the run). Images on the CPU, prompt-major."""
+        from methods.raft import top_k_per_group
+
+        prompts = [p for p in self.prompts["train"] for _ in range(DEMONSTRATION_CANDIDATES)]
+        generator = torch.Generator().manual_seed(DEMONSTRATION_SEED)
+        steps = self.config.demonstration_steps or base_policy.default_steps
+        chunks = range(0, len(prompts), EVAL_BATCH)
+        with torch.no_grad():
+            images = torch.cat([base_policy.sample(prompts[i:i + EVAL_BATCH], steps, generator).images.float().cpu()
+                                for i in chunks])
+            scores = torch.cat([reward(images[i:i + EVAL_BATCH], prompts[i:i + EVAL_BATCH]).float().cpu()
+                                for i in chunks])
+        keep = top_k_per_group(scores, len(self.prompts["train"]),
+                               max(1, round(fraction * DEMONSTRATION_CANDIDATES)))
+        return images[keep], [prompts[i] for i in keep.tolist()]
 
     def score_images(self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward) -> dict[str, float]:
         """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""

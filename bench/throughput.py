@@ -7,9 +7,10 @@ training step on the real-size architectures, with random weights (nothing to do
         the zeros diffusers' pipeline uses without it (its 4.7B parameters would only encode prompts), so the joint
         attention still sees all 333 text tokens.
 The reward is the LAION aesthetic predictor's architecture (CLIP ViT-L/14 + MLP head), differentiable, so every
-method runs. Each method takes the nightly suite's batch sizes (bench/suites.py) and LoRA in the model's precision
+method runs (those that learn from feedback label by it, with random pixels as demonstrations). Each method takes the nightly suite's batch sizes (bench/suites.py) and LoRA in the model's precision
 (bf16 on a GPU); one step warms up, then `repeats` steps are timed. Reported per step:
-  images/s     images the step trained on (prompts_per_iter x samples_per_prompt) / wall seconds;
+  images/s     images the step sampled and trained on (prompts_per_iter x samples_per_prompt; sft: its batch) /
+               wall seconds;
   peak GiB     torch.cuda.max_memory_allocated (CUDA only);
   bwd TFLOP/s  FLOPs inside the step's backward pass(es), counted by torch's FlopCounterMode, over their wall time;
   MFU          that over the GPU's dense bf16 peak (`--peak-tflops`, or known from the device name). With gradient
@@ -35,13 +36,16 @@ from models.diffusers_policies import (
     StableDiffusionConfig, StableDiffusionPolicy,
 )
 from models.tiny_pipelines import letters_tokenizer
+from rewards.feedback import Feedback
 
 FAMILY_OF = {"sd15": "diffusion", "lcm": "consistency", "sd3": "flow"}
 RESOLUTIONS = {"real": {"sd15": 512, "lcm": 512, "sd3": 1024}, "tiny": {"sd15": 16, "lcm": 16, "sd3": 16}}
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0,
                     "H200": 989.4, "A100": 312.0, "L40S": 362.0}
 """Dense bf16 tensor-core peaks (NVIDIA data sheets), by a substring of torch.cuda.get_device_name()."""
-TINY_BATCH = {"prompts_per_iter": 2, "samples_per_prompt": 2, "minibatch": 2, "max_candidates": 2}
+TINY_BATCH = {"prompts_per_iter": 2, "samples_per_prompt": 2, "minibatch": 2, "max_candidates": 2, "batch": 4,
+              "demo_batch": 4, "preference_pairs": 4, "warmup_reward_steps": 2, "reward_steps": 2,
+              "reward_batch": 4}
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -192,11 +196,31 @@ class Measurement:
         return self.images_per_step / self.seconds_per_step
 
 
+def images_per_step(config) -> int:
+    """The images one training step samples and trains on (the pipeline's: its second stage's; sft's: its batch of
+    demonstrations)."""
+    if hasattr(config, "rl_config"):
+        config = config.rl_config()
+    if hasattr(config, "prompts_per_iter"):
+        return config.prompts_per_iter * config.samples_per_prompt
+    return config.batch
+
+
 def method_config(method: str, size: str, sample_steps: int):
-    fields = {f.name for f in dataclasses.fields(METHODS[method].Config)}
+    """The nightly suite's config of `method` with `sample_steps` (and the tiny batches at --size tiny); the
+    pipeline's second stage gets them too, through its rl_options."""
+    config = METHODS[method].Config()
+    fields = {f.name for f in dataclasses.fields(config)}
     options = {**NIGHTLY_OVERRIDES.get(method, {}), **(TINY_BATCH if size == "tiny" else {}),
                "sample_steps": sample_steps}
-    return dataclasses.replace(METHODS[method].Config(), **{k: v for k, v in options.items() if k in fields})
+    config = dataclasses.replace(config, **{k: v for k, v in options.items() if k in fields})
+    if not hasattr(config, "rl_config"):
+        return config
+    stage2 = dataclasses.asdict(config.rl_config())
+    stage2_options = {k: v for k, v in {**(TINY_BATCH if size == "tiny" else {}), "sample_steps": sample_steps}.items()
+                      if k in stage2}
+    rl_options = ",".join(filter(None, [config.rl_options, *(f"{k}={v}" for k, v in stage2_options.items())]))
+    return dataclasses.replace(config, rl_options=rl_options)
 
 
 def measure(model: str, method: str, *, size: str = "real", sample_steps: int | None = None, repeats: int = 2,
@@ -210,8 +234,13 @@ def measure(model: str, method: str, *, size: str = "real", sample_steps: int | 
     steps = sample_steps or policy.default_steps
     config = method_config(method, size, steps)
     meter = Meter()
-    trainer = METHODS[method](MeteredPolicy(policy, meter), MeteredReward(reward, meter), ["a photo of a cat"] * 8,
-                              config, seed=0)
+    prompts = ["a photo of a cat"] * 8
+    if METHODS[method].learns_from_feedback:  # random pixels as demonstrations: only their shape costs time
+        demonstrations = (torch.rand(8, *policy.image_shape), prompts)
+        signal = Feedback(reward, demonstrations, meter, reward_model="prompt")
+    else:
+        signal = MeteredReward(reward, meter)
+    trainer = METHODS[method](MeteredPolicy(policy, meter), signal, prompts, config, seed=0)
     trainer.step()  # warm-up: kernels chosen, optimizer state allocated
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
@@ -230,14 +259,13 @@ def measure(model: str, method: str, *, size: str = "real", sample_steps: int | 
         trainer.step()
     tflops = counter.flops / backward_seconds / 1e12 if backward_seconds > 0 else None
     peak_flops = peak_tflops(torch_device)
-    images = config.prompts_per_iter * config.samples_per_prompt
-    return Measurement(model, method, images, steps, seconds, peak, tflops,
+    return Measurement(model, method, images_per_step(config), steps, seconds, peak, tflops,
                        tflops / peak_flops if tflops and peak_flops else None)
 
 
 def training_methods(model: str) -> list[str]:
     return [name for name, m in METHODS.items()
-            if m.trains and not m.learns_from_feedback and FAMILY_OF[model] in m.families]
+            if m.trains and FAMILY_OF[model] in m.families]
 
 
 def run(models: list[str], methods: list[str] | None, *, size: str, sample_steps: int | None, repeats: int,

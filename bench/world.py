@@ -24,6 +24,7 @@ from models.digits import (
 from models.networks import CNNClassifier, MLPClassifier
 from models.policy import ChainPolicy
 from models.text import PromptEncoder
+from rewards.feedback import top_demonstrations
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 WORLDS = {
@@ -56,12 +57,6 @@ def is_scale_world(name: str) -> bool:
     return isinstance(WORLDS[check_world_name(name)], ScaleWorldConfig)
 
 
-def world_has_annotator(name: str) -> bool:
-    """Whether methods that learn from feedback can run in world `name`: its annotator's demonstrations are the
-    digits world's held-out images, and their reward models read its digits."""
-    return not is_scale_world(name)
-
-
 @dataclass
 class World:
     name: str
@@ -74,6 +69,7 @@ class World:
     prompts: dict[str, list[str]]
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
     metrics = DIGIT_METRICS
+    learned_reward_model = "digit"
 
     def hash_of(self, component: str) -> str:
         return self.manifest["components"][component]["hash"]
@@ -96,6 +92,11 @@ class World:
 
     def score_images(self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward) -> dict[str, float]:
         return score_digit_images(images, prompts, samples_per_prompt, self, reward)
+
+    def demonstrations(self, reward, fraction: float, base_policy) -> tuple[torch.Tensor, list[str]]:
+        """The annotator's: the best `fraction` of each digit's held-out judge-split images by `reward`."""
+        images, labels = self.splits["judge"]
+        return top_demonstrations(images, labels, self.prompts["train"], reward, fraction)
 
 
 def check_world_name(name: str) -> str:

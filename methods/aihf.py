@@ -100,7 +100,7 @@ class AIHF(Trainer):
     def __init__(self, policy, feedback, prompts, config: Config, seed: int):
         super().__init__(policy, feedback, prompts, config, seed)
         self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
-        self.reward_model = new_reward_model(policy.image_shape, seed)
+        self.reward_model = new_reward_model(feedback, policy, seed)
         self.reward_optimizer = make_optimizer(self.reward_model.parameters(), config.reward_learning_rate)
         self.demo_images, self.demo_prompts = feedback.demonstrations
         self.preferences = None  # collected on the first step, from the base model
@@ -138,7 +138,7 @@ class AIHF(Trainer):
         for _ in range(cfg.reward_updates_per_iter):
             stats["reward_loss"] = self._reward_step(samples, prompts)
         with torch.no_grad():
-            scores = self.reward_model(samples, prompts)
+            scores = self.reward_model(samples, prompts).cpu()  # batch statistics, on the CPU like the samples
         weights = tilted_weights(scores, cfg.tau)
         for _ in range(cfg.updates_per_iter):
             demos, demo_prompts = self._demos()

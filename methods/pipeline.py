@@ -4,13 +4,15 @@ then fine-tune the generator against it with a reward-driven method, DDPO (PPO) 
 
 Stage 1: r_phi = argmin_phi - sum_(a, b, c, y) log sigmoid(+-(r_phi(a, c) - r_phi(b, c))) (Bradley-Terry) over
 `preference_pairs` labelled pairs of the base model's samples. Stage 2: the method `rl_method` (any reward-driven
-method of the registry, with its default config) maximises r_phi, frozen, for the rest of the budget.
+method of the registry, with its default config but for `rl_options`) maximises r_phi, frozen, for the rest of the
+budget.
 Demonstrations are not used: that is the pipeline's point of comparison with `aihf` and `sft`.
 Departures: the reward model is trained from scratch (no pretrained backbone exists in this world), and stage 2
 runs a registered method rather than a copy of it (composition: the one method that builds another).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -35,13 +37,43 @@ class Config:
     reward_learning_rate: float = 1e-3
     """AdamW learning rate of the reward model."""
     rl_method: str = "ddpo"
-    """The reward-driven method of stage 2: ddpo, rocm or raft, with its default config."""
+    """The reward-driven method of stage 2: ddpo, rocm or raft, with its default config but for rl_options."""
+    rl_options: str = ""
+    """Comma-separated FIELD=VALUE options of stage 2's method, e.g. prompts_per_iter=4,minibatch=4 (none: none)."""
 
     def __post_init__(self):
         if self.preference_pairs < 1:
             raise ValueError(f"pipeline.preference_pairs must be >= 1, got {self.preference_pairs}")
         if self.rl_method not in RL_METHODS:
             raise ValueError(f"pipeline.rl_method must be one of {', '.join(RL_METHODS)}; got {self.rl_method!r}")
+        self.rl_config()  # its options checked now, not when stage 2 starts
+
+    def rl_config(self):
+        """Stage 2's method's Config with `rl_options` applied."""
+        from methods import METHODS  # the registry imports this module
+
+        rl_config = METHODS[self.rl_method].Config
+        fields = {f.name for f in dataclasses.fields(rl_config)}
+        options = {}
+        for pair in filter(None, (p.strip() for p in self.rl_options.split(","))):
+            name, _, value = pair.partition("=")
+            if name not in fields or not value:
+                raise ValueError(f"pipeline.rl_options: expected FIELD=VALUE with FIELD an option of "
+                                 f"{self.rl_method} ({', '.join(sorted(fields))}), got {pair!r}")
+            options[name] = _option_value(value)
+        return dataclasses.replace(rl_config(), **options)
+
+
+def _option_value(text: str):
+    """An option's value from its text: none, an int, a float or else the string itself."""
+    if text.lower() == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 class RewardModelPipeline(Trainer):
@@ -54,7 +86,7 @@ class RewardModelPipeline(Trainer):
 
     def __init__(self, policy, feedback, prompts, config: Config, seed: int):
         super().__init__(policy, feedback, prompts, config, seed)
-        self.reward_model = new_reward_model(policy.image_shape, seed)
+        self.reward_model = new_reward_model(feedback, policy, seed)
         self.reward_optimizer = make_optimizer(self.reward_model.parameters(), config.reward_learning_rate)
         self.rl = None  # stage 2's trainer, built once the reward model is fitted
 
@@ -62,7 +94,7 @@ class RewardModelPipeline(Trainer):
         from methods import METHODS  # the registry imports this module
 
         method = METHODS[self.config.rl_method]
-        self.rl = method(self.policy, LearnedReward(self.reward_model), self.prompts, method.Config(), self.seed)
+        self.rl = method(self.policy, LearnedReward(self.reward_model), self.prompts, self.config.rl_config(), self.seed)
         self.rl.generator = self.generator  # one random stream for the whole run
 
     def step(self) -> dict[str, float]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.trainer import prompt_groups
-from rewards.learned import RewardModel, bradley_terry_loss
+from rewards.learned import REWARD_MODELS, RewardModel, bradley_terry_loss
 
 PREFERENCE_SEED_OFFSET = 7919
 """Offsets the preference generator's seed from the trainer's, so the pairs do not reuse the training noise."""
@@ -48,7 +48,7 @@ def preference_accuracy(model: RewardModel, preferences: Preferences) -> float:
     """Fraction of the labels the model's scores agree with."""
     with torch.no_grad():
         margin = model(preferences.images_a, preferences.prompts) - model(preferences.images_b, preferences.prompts)
-    return float(((margin > 0).float() == preferences.labels).float().mean())
+    return float(((margin > 0).float().cpu() == preferences.labels).float().mean())
 
 
 def fit_bradley_terry(model: RewardModel, optimizer: torch.optim.Optimizer, preferences: Preferences, steps: int,
@@ -63,8 +63,10 @@ def fit_bradley_terry(model: RewardModel, optimizer: torch.optim.Optimizer, pref
     return loss.item()
 
 
-def new_reward_model(image_shape: tuple[int, int, int], seed: int) -> RewardModel:
-    """A freshly initialised reward model, the same for a seed whatever ran before."""
+def new_reward_model(feedback, policy, seed: int) -> torch.nn.Module:
+    """A freshly initialised reward model of the architecture the annotator's world calls for (rewards.learned), on
+    the policy's device; the same for a seed whatever ran before."""
     with torch.random.fork_rng():
         torch.manual_seed(seed + PREFERENCE_SEED_OFFSET)
-        return RewardModel(image_shape)
+        model = REWARD_MODELS[feedback.reward_model](policy.image_shape)
+    return model.to(policy.device)

@@ -4,9 +4,10 @@ Methods that learn from feedback (Trainer.learns_from_feedback) receive a `Feedb
   preference labels  `prefer(a, b, prompts)`: for each pair, 1.0 if the annotator prefers image a, drawn from
                      Bradley-Terry, P(a > b) = sigmoid((g(a) - g(b)) / temperature), then flipped with
                      probability `label_noise`; every label is counted by the meter (budget unit `labels`);
-  demonstrations     held-out real images (the world's judge split, never seen by the generators), the best
-                     `demonstration_fraction` of each digit by the hidden reward, each with a train prompt
-                     naming its digit: what an annotator would show as "like this".
+  demonstrations     what an annotator would show as "like this", chosen by the hidden reward (`world.demonstrations`):
+                     in the digits world held-out real images (its judge split, never seen by the generators), the
+                     best `demonstration_fraction` of each digit, each with a train prompt naming its digit; at
+                     scale, where no image set ships, the best of the base model's own samples of each train prompt.
 The hidden reward g is the run's reward (the `gold` reward in the feedback suite); its scores never leave
 this object.
 """
@@ -60,17 +61,20 @@ class Feedback:
     """The annotator as a method sees it: labels and demonstrations, never the hidden reward's values."""
 
     def __init__(self, reward, demonstrations: tuple[torch.Tensor, list[str]], meter,
-                 config: AnnotatorConfig = AnnotatorConfig()):
+                 config: AnnotatorConfig = AnnotatorConfig(), reward_model: str = "digit"):
         self._reward = reward
         self._meter = meter
         self.config = config
         self.demonstrations = demonstrations
+        self.reward_model = reward_model
+        """The learned reward's architecture for this world's images and prompts (rewards.learned.REWARD_MODELS)."""
 
     @classmethod
-    def from_world(cls, world, reward, meter, config: AnnotatorConfig = AnnotatorConfig()) -> "Feedback":
-        images, labels = world.splits["judge"]
-        demos = top_demonstrations(images, labels, world.prompts["train"], reward, config.demonstration_fraction)
-        return cls(reward, demos, meter, config)
+    def from_world(cls, world, reward, meter, base_policy, config: AnnotatorConfig = AnnotatorConfig()) -> "Feedback":
+        """The annotator of `world` holding `reward`; `base_policy` is the run's untrained model (the scale worlds
+        draw demonstrations from it)."""
+        demos = world.demonstrations(reward, config.demonstration_fraction, base_policy)
+        return cls(reward, demos, meter, config, world.learned_reward_model)
 
     def prefer(self, images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str],
                generator: torch.Generator) -> torch.Tensor:

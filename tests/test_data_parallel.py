@@ -66,8 +66,9 @@ def test_methods_collecting_feedback_once_refuse_to_run_data_parallel(tiny_world
     from rewards.feedback import Feedback
 
     meter = Meter()
-    trainer = METHODS["aihf"](MeteredPolicy(tiny_world.make_policy("diffusion"), meter),
-                              Feedback.from_world(tiny_world, REWARDS["digit"].from_world(tiny_world), meter),
+    policy = tiny_world.make_policy("diffusion")
+    trainer = METHODS["aihf"](MeteredPolicy(policy, meter),
+                              Feedback.from_world(tiny_world, REWARDS["digit"].from_world(tiny_world), meter, policy),
                               tiny_world.prompts["train"], METHODS["aihf"].Config(), seed=0)
     with pytest.raises(ValueError, match="cannot run data-parallel"):
         trainer.distribute(DataParallel(0, 2))

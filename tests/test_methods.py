@@ -36,9 +36,10 @@ def make(world, name, model="diffusion", seed=0, reward="digit", **overrides):
     method = METHODS[name]
     config = dataclasses.replace(method.Config(), **{**SMALL_CONFIGS.get(name, {}), **overrides})
     raw_reward = REWARDS[reward].from_world(world)
-    signal = (Feedback.from_world(world, raw_reward, meter) if method.learns_from_feedback
+    policy = world.make_policy(model)
+    signal = (Feedback.from_world(world, raw_reward, meter, policy) if method.learns_from_feedback
               else MeteredReward(raw_reward, meter))
-    trainer = method(MeteredPolicy(world.make_policy(model), meter), signal, world.prompts["train"], config, seed)
+    trainer = method(MeteredPolicy(policy, meter), signal, world.prompts["train"], config, seed)
     return trainer, meter
 
 
@@ -238,3 +239,13 @@ def test_raft_top_k_per_group():
     assert top_k_per_group(rewards, groups=2, k=2).tolist() == [1, 2, 3, 5]
     with pytest.raises(ValueError, match="keep_per_prompt"):
         top_k_per_group(rewards, groups=2, k=4)
+
+
+def test_the_pipelines_second_stage_takes_its_options():
+    from methods.pipeline import Config as PipelineConfig
+
+    ddpo = PipelineConfig(rl_options="prompts_per_iter=4, minibatch=4,learning_rate=1e-5,sample_steps=none").rl_config()
+    assert (ddpo.prompts_per_iter, ddpo.minibatch, ddpo.learning_rate, ddpo.sample_steps) == (4, 4, 1e-5, None)
+    assert PipelineConfig().rl_config() == METHODS["ddpo"].Config()
+    with pytest.raises(ValueError, match="expected FIELD=VALUE with FIELD an option of raft .*got 'minibatch=4'"):
+        PipelineConfig(rl_method="raft", rl_options="minibatch=4")

@@ -9,20 +9,25 @@ import torch
 
 from bench.cli import main
 from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
-from bench.scale_world import POLICIES, SCALE, SCALE_TINY, ScaleWorld, weights_fingerprint
+from bench.scale_world import (DEMONSTRATION_CANDIDATES, DEMONSTRATION_SEED, POLICIES, SCALE, SCALE_TINY, ScaleWorld,
+                               weights_fingerprint)
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.world import model_family, world_models, world_rewards
 from models.diffusers_policies import DiffusersConfig
 from methods import METHODS
 from rewards import REWARDS
+from rewards.feedback import Feedback
 
 TINY = {"prompts_per_iter": 2, "samples_per_prompt": 2, "sample_steps": 3}
 CONFIGS = {"raft": {**TINY, "updates_per_iter": 1}, "ddpo": {**TINY, "minibatch": 2}, "rocm": TINY,
-           "orw_cfm_w2": {**TINY, "updates_per_iter": 1}, "sas": {**TINY, "minibatch": 2}}
-# every pairing of a method with a scale generator of a family it supports (those that learn from feedback need the
-# digits world's annotator: test_the_feedback_methods_are_refused_at_scale)
+           "orw_cfm_w2": {**TINY, "updates_per_iter": 1}, "sas": {**TINY, "minibatch": 2}, "sft": {"batch": 4},
+           "pipeline": {"preference_pairs": 4, "collect_steps": 3, "reward_steps": 2, "reward_batch": 4,
+                        "rl_options": "prompts_per_iter=2,samples_per_prompt=2,minibatch=2,sample_steps=3"},
+           "aihf": {**TINY, "preference_pairs": 4, "demo_batch": 4, "warmup_reward_steps": 2,
+                    "reward_updates_per_iter": 1, "updates_per_iter": 1}}
+# every pairing of a method with a scale generator of a family it supports
 PAIRS = [(name, model) for name in METHODS for model in world_models("scale")
-         if model_family(model) in METHODS[name].families and not METHODS[name].learns_from_feedback]
+         if model_family(model) in METHODS[name].families]
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +37,15 @@ def world():
     return load_world("scale-tiny", log=lambda *_: None)
 
 
-def make(world, name, model, reward="pickscore"):
+def make(world, name, model, reward="pickscore", policy=None, raw_reward=None):
     meter = Meter()
-    config = dataclasses.replace(METHODS[name].Config(), **CONFIGS.get(name, {}))
-    trainer = METHODS[name](MeteredPolicy(world.make_policy(model), meter),
-                            MeteredReward(REWARDS[reward].from_world(world), meter), world.prompts["train"], config, 0)
-    return trainer, meter
+    method = METHODS[name]
+    config = dataclasses.replace(method.Config(), **CONFIGS.get(name, {}))
+    policy = policy or world.make_policy(model)
+    raw_reward = raw_reward or REWARDS[reward].from_world(world)
+    signal = (Feedback.from_world(world, raw_reward, meter, policy) if method.learns_from_feedback
+              else MeteredReward(raw_reward, meter))
+    return method(MeteredPolicy(policy, meter), signal, world.prompts["train"], config, 0), meter
 
 
 def test_every_family_has_a_model_in_both_scale_worlds_and_every_method_a_pairing():
@@ -45,7 +53,7 @@ def test_every_family_has_a_model_in_both_scale_worlds_and_every_method_a_pairin
     assert world_models("scale") == world_models("scale-tiny")
     assert set(world_rewards("scale")) == {"aesthetic", "pickscore", "clip_score", "imagereward", "hpsv2", "jpeg"}
     assert set(world_rewards("scale-tiny")) < set(world_rewards("scale"))
-    assert {name for name, _ in PAIRS} == {n for n, m in METHODS.items() if not m.learns_from_feedback}
+    assert {name for name, _ in PAIRS} == set(METHODS)
 
 
 @pytest.mark.parametrize("name, model", PAIRS)
@@ -64,7 +72,10 @@ def test_one_step_of_every_pairing_is_finite_and_trains_only_lora(world, name, m
     assert any(not torch.equal(lora[n], p) for n, p in policy.state_dict().items()), "no LoRA weight moved"
     assert all(torch.equal(a, b) for a, b in zip(frozen, [p for p in policy.backbone.parameters()
                                                              if not p.requires_grad][:4]))
-    assert meter.accounts["train"].nfe > 0 and meter.accounts["train"].reward_queries > 0
+    usage = meter.accounts["train"]
+    # feedback methods never query the reward: they count labels (sft: only its demonstrations, no query at all)
+    queries = usage.labels if METHODS[name].learns_from_feedback else usage.reward_queries
+    assert usage.nfe > 0 and (queries > 0 or name == "sft")
 
 
 @contextlib.contextmanager
@@ -97,9 +108,7 @@ def test_a_step_on_an_accelerator_keeps_every_tensor_on_its_device(world, name, 
     config = dataclasses.replace(world.model_config(model), device="meta")
     with host_reads_of_meta_tensors():
         policy = POLICIES[type(config)].from_pretrained(config=config)
-        trainer = METHODS[name](MeteredPolicy(policy, Meter()), MeteredReward(Brightness(), Meter()),
-                                world.prompts["train"],
-                                dataclasses.replace(METHODS[name].Config(), **CONFIGS.get(name, {})), 0)
+        trainer, _ = make(world, name, model, policy=policy, raw_reward=Brightness())
         if trainer.trains:
             trainer.step()
         images = trainer.generate(["a cat", "a dog"], 3, torch.Generator().manual_seed(0), Budget("nfe", 100))
@@ -170,9 +179,21 @@ def test_suites_are_checked_against_their_world():
         build_suite("default", smoke=True)
 
 
-def test_the_feedback_methods_are_refused_at_scale():
-    with pytest.raises(ValueError, match="aihf, sft learn from the digits world's annotator"):
-        validate(Suite("x", methods=("sft@sd15", "aihf@sd15"), rewards=("pickscore",), world="scale"))
+def test_the_annotator_demonstrates_the_best_of_the_base_models_samples_of_each_prompt(world):
+    reward = REWARDS["pickscore"].from_world(world)
+    policy = world.make_policy("sd15")
+    images, prompts = world.demonstrations(reward, 0.5, policy)
+    train = world.prompts["train"]
+    assert images.shape == (2 * len(train), 3, 16, 16) and prompts == [p for p in train for _ in range(2)]
+    # every demonstration beats the candidates of its prompt that were left out
+    candidates = [p for p in train for _ in range(DEMONSTRATION_CANDIDATES)]
+    with torch.no_grad():
+        pool = policy.sample(candidates, SCALE_TINY.demonstration_steps,
+                             torch.Generator().manual_seed(DEMONSTRATION_SEED)).images
+        scores = reward(pool, candidates).view(len(train), -1).sort(dim=1, descending=True).values
+        kept = reward(images, prompts).view(len(train), 2)
+    torch.testing.assert_close(kept, scores[:, :2], atol=1e-4, rtol=1e-4)
+    assert Feedback.from_world(world, reward, Meter(), policy).reward_model == "prompt"
 
 
 def test_the_nightly_suite_and_its_smoke_twin_are_the_same_grid():
@@ -198,10 +219,8 @@ def test_nightly_gpu_smoke_end_to_end(tmp_path, capsys):
 def test_the_throughput_benchmark_measures_every_training_method_on_every_family(capsys):
     assert main(["throughput", "--size", "tiny", "--sample-steps", "2", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
-    for row in ("| sd15 | ddpo |", "| sd15 | sas |", "| sd15 | rocm |", "| lcm | rocm |", "| sd3 | orw_cfm_w2 |",
-                "| sd3 | raft |"):
-        assert row in out, row
-    assert "| sd3 | rocm |" not in out and "| sd15 | aihf |" not in out  # not its family; needs the digits world
+    for name, model in PAIRS:
+        assert (f"| {model} | {name} |" in out) == METHODS[name].trains, (name, model)
 
 
 def test_the_backward_flops_of_a_rocm_step_are_counted():
