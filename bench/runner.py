@@ -115,7 +115,8 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
 
     Data-parallel (every process of an `accelerate launch` calls this with its `parallel`): all processes train,
     their compute adds up against the budget, and only the main one evaluates and writes the store; each
-    process checkpoints its own random state, so a resumed run continues every process where it stopped."""
+    process checkpoints its own random state, so a resumed run continues every process where it stopped. A
+    process that fails raises, ending the launch: the others could not go on without it."""
     method = METHODS[spec.method]
     reward_cls = REWARDS[spec.reward]
     raw_reward = reward_cls.from_world(world)
@@ -199,6 +200,10 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
         if parallel.main:
             store.finish_run(record.run_id, "failed", f"{type(error).__name__}: {error}")
         log(f"{record.run_id}: FAILED: {type(error).__name__}: {error}")
+        if parallel.world_size > 1:
+            # the other processes wait in a collective this one will never join: end them all (the launcher stops
+            # the rest when one process fails) rather than leave them waiting for the collectives' timeout
+            raise
         return "failed"
     finally:
         run_log.close()

@@ -2,6 +2,7 @@
 import dataclasses
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -74,7 +75,12 @@ def test_methods_collecting_feedback_once_refuse_to_run_data_parallel(tiny_world
         trainer.distribute(DataParallel(0, 2))
 
 
-def _run(rank: int, world_size: int, port: int, store_path: str) -> None:
+class Failing(torch.nn.Module):
+    def forward(self, images):
+        return 1 / 0
+
+
+def _run(rank: int, world_size: int, port: int, store_path: str, failing_rank: int | None = None) -> None:
     from bench.evaluate import EvalConfig
     from bench.meter import Budget
     from bench.runner import RunSpec, execute
@@ -88,9 +94,14 @@ def _run(rank: int, world_size: int, port: int, store_path: str) -> None:
     spec = RunSpec(suite="dp", world="digits-tiny", method="ddpo", variant="", model="diffusion",
                    method_config=dataclasses.replace(METHODS["ddpo"].Config(), minibatch=4, **SMALL), reward="digit",
                    seed=0, budget=Budget("samples", 32), milestones=(0.5, 1.0), eval=EvalConfig(steps=3))
+    world = load_world("digits-tiny", log=lambda *_: None)
+    if rank == failing_rank:  # this process fails in its first step, while the other waits for its gradients
+        world.reward_classifier = Failing()
+    parallel = DataParallel(rank, world_size)
     with Store(store_path) as store:
-        assert execute(spec, load_world("digits-tiny", log=lambda *_: None), store, store.path.parent / "ckpt",
-                       log=lambda *_: None, parallel=DataParallel(rank, world_size)) == "done"
+        status = execute(spec, world, store, store.path.parent / "ckpt", log=lambda *_: None, parallel=parallel)
+    parallel.barrier()  # as the sweep's next run would start
+    assert status == "done"
     dist.destroy_process_group()
 
 
@@ -106,3 +117,20 @@ def test_a_data_parallel_run_counts_every_process_and_only_the_main_one_writes(t
     # 8 samples an iteration over both processes: milestones at 16 and 32 samples, whoever sampled them
     assert sorted(results.drop_duplicates("milestone")["samples"]) == [16.0, 32.0]
     assert not list((tmp_path / "ckpt").glob("*.pt"))  # every process removed its checkpoint
+
+
+@pytest.mark.parametrize("failing_rank", [0, 1])
+def test_a_process_that_fails_ends_the_run_instead_of_leaving_the_others_waiting(tmp_path, failing_rank):
+    from bench.store import Store
+
+    store_path = tmp_path / "store.sqlite"
+    Store(store_path).close()
+    start = time.monotonic()
+    with pytest.raises(mp.ProcessRaisedException, match="ZeroDivisionError"):
+        mp.spawn(_run, args=(2, _free_port(), str(store_path), failing_rank), nprocs=2, join=True)
+    assert time.monotonic() - start < 120  # not the collectives' timeout
+    with Store(store_path) as store:
+        status = list(store.runs_frame()["status"])
+    # only the main process writes: it records its own failure, and another's when its collective breaks off before
+    # the launcher stops it
+    assert status == ["failed"] if failing_rank == 0 else status in (["failed"], ["running"])
