@@ -206,13 +206,13 @@ def images_per_step(config) -> int:
     return config.batch
 
 
-def method_config(method: str, size: str, sample_steps: int):
-    """The nightly suite's config of `method` with `sample_steps` (and the tiny batches at --size tiny); the
-    pipeline's second stage gets them too, through its rl_options."""
+def method_config(method: str, size: str, sample_steps: int, checkpointing: bool = True):
+    """The nightly suite's config of `method` with `sample_steps` and `checkpointing` (ROCM's own, through the
+    sampling chain) and, at --size tiny, the tiny batches; the pipeline's second stage gets them through rl_options."""
     config = METHODS[method].Config()
     fields = {f.name for f in dataclasses.fields(config)}
     options = {**NIGHTLY_OVERRIDES.get(method, {}), **(TINY_BATCH if size == "tiny" else {}),
-               "sample_steps": sample_steps}
+               "sample_steps": sample_steps, "gradient_checkpointing": checkpointing}
     config = dataclasses.replace(config, **{k: v for k, v in options.items() if k in fields})
     if not hasattr(config, "rl_config"):
         return config
@@ -232,7 +232,7 @@ def measure(model: str, method: str, *, size: str = "real", sample_steps: int | 
     torch_device = policy.config.torch_device()
     reward = reward or aesthetic_reward(size, torch_device, policy.config.weight_dtype())
     steps = sample_steps or policy.default_steps
-    config = method_config(method, size, steps)
+    config = method_config(method, size, steps, checkpointing)
     meter = Meter()
     prompts = ["a photo of a cat"] * 8
     if METHODS[method].learns_from_feedback:  # random pixels as demonstrations: only their shape costs time
