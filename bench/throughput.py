@@ -111,19 +111,24 @@ def prompt_tokenizer(size: str):
 
 
 def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, device: str | None):
+    """The model's policy with random weights, initialised on its device (fast on a GPU; free on the meta device)."""
     common = dict(source="random-weights", resolution=RESOLUTIONS[size][model], min_vocab=0,
                   gradient_checkpointing=checkpointing, device=device)
     if model == "sd3":
         config = StableDiffusion3Config(**common, use_t5=False, t5_max_length=256 if size == "real" else 8,
                                         **({} if size == "real" else {"lora_rank": 4, "lora_alpha": 4.0}))
-        encoders = [clip_text(size, 768, 12, 12, projection=768), clip_text(size, 1280, 32, 20, projection=1280)]
-        return StableDiffusion3Policy(mmdit(size), vae(size, 16), [*encoders, None], [tokenizer, tokenizer, None],
-                                      config)
+        with config.torch_device():
+            encoders = [clip_text(size, 768, 12, 12, projection=768), clip_text(size, 1280, 32, 20, projection=1280)]
+            return StableDiffusion3Policy(mmdit(size), vae(size, 16), [*encoders, None], [tokenizer, tokenizer, None],
+                                          config)
     if model == "lcm":
-        return LatentConsistencyPolicy(unet(size, True), vae(size, 4), clip_text(size, 768, 12, 12), tokenizer,
-                                       LatentConsistencyConfig(**common))
-    return StableDiffusionPolicy(unet(size, False), vae(size, 4), clip_text(size, 768, 12, 12), tokenizer,
-                                 StableDiffusionConfig(**common))
+        config = LatentConsistencyConfig(**common)
+        with config.torch_device():
+            return LatentConsistencyPolicy(unet(size, True), vae(size, 4), clip_text(size, 768, 12, 12), tokenizer,
+                                           config)
+    config = StableDiffusionConfig(**common)
+    with config.torch_device():
+        return StableDiffusionPolicy(unet(size, False), vae(size, 4), clip_text(size, 768, 12, 12), tokenizer, config)
 
 
 def aesthetic_reward(size: str, device: torch.device, dtype: torch.dtype):
@@ -141,23 +146,43 @@ def aesthetic_reward(size: str, device: torch.device, dtype: torch.dtype):
         widths = PUBLISHED_WIDTHS
     else:
         config, widths = tiny_clip_config(), (16, 24, 12, 8, 4, 1)
-    return AestheticReward(CLIPModel(config).to(device=device, dtype=dtype), ScoreMLP(widths))
+    with torch.device(device):
+        return AestheticReward(CLIPModel(config).to(dtype=dtype), ScoreMLP(widths))
 
 
 # -- measuring -----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def host_reads_of_meta_tensors():
+    """Device-to-host reads of meta tensors (which hold no data) give zeros, as a GPU's would give numbers, so a
+    training step runs on the meta device: shapes and FLOPs without compute, and every op refusing to mix devices
+    as CUDA does (CPU scalars aside), which is how a CPU-only machine finds a CPU tensor meeting a GPU one."""
+    saved = {name: getattr(torch.Tensor, name) for name in ("cpu", "item", "tolist", "__float__")}
+    torch.Tensor.cpu = lambda t, *a, **k: torch.zeros(t.shape, dtype=t.dtype) if t.is_meta else saved["cpu"](t, *a, **k)
+    torch.Tensor.item = lambda t: 0.5 if t.is_meta else saved["item"](t)
+    torch.Tensor.tolist = lambda t: torch.zeros(t.shape, dtype=t.dtype).tolist() if t.is_meta else saved["tolist"](t)
+    torch.Tensor.__float__ = lambda t: 0.5 if t.is_meta else saved["__float__"](t)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
 @dataclasses.dataclass
 class BackwardMeter:
     """Wall time and FLOPs spent inside Tensor.backward while `watching`."""
     seconds: float = 0.0
     flops: int = 0
     count_flops: bool = False
+    timed: bool = True
 
     @contextlib.contextmanager
     def watching(self, device: torch.device):
         original = torch.Tensor.backward
 
         def timed_backward(tensor, *args, **kwargs):
-            synchronize(device)
+            if self.timed:
+                synchronize(device)
             start = time.perf_counter()
             if self.count_flops:
                 with FlopCounterMode(display=False) as counter:
@@ -165,7 +190,8 @@ class BackwardMeter:
                 self.flops += counter.get_total_flops()
             else:
                 original(tensor, *args, **kwargs)
-            synchronize(device)
+            if self.timed:
+                synchronize(device)
             self.seconds += time.perf_counter() - start
 
         torch.Tensor.backward = timed_backward
@@ -186,14 +212,28 @@ class Measurement:
     method: str
     images_per_step: int
     sample_steps: int
-    seconds_per_step: float
+    seconds_per_step: float | None
+    """None on the meta device, which only counts."""
     peak_gib: float | None
-    backward_tflops: float | None
-    mfu: float | None
+    backward_flops: int
+    """FLOPs inside one step's backward pass(es)."""
+    backward_seconds: float | None
+    """Their wall time in one step."""
+    device_peak_tflops: float | None
 
     @property
-    def images_per_second(self) -> float:
-        return self.images_per_step / self.seconds_per_step
+    def images_per_second(self) -> float | None:
+        return self.images_per_step / self.seconds_per_step if self.seconds_per_step else None
+
+    @property
+    def backward_tflops(self) -> float | None:
+        """Achieved TFLOP/s of the backward pass."""
+        return self.backward_flops / self.backward_seconds / 1e12 if self.backward_seconds else None
+
+    @property
+    def mfu(self) -> float | None:
+        achieved = self.backward_tflops
+        return achieved / self.device_peak_tflops if achieved and self.device_peak_tflops else None
 
 
 def images_per_step(config) -> int:
@@ -224,43 +264,47 @@ def method_config(method: str, size: str, sample_steps: int, checkpointing: bool
 
 
 def measure(model: str, method: str, *, size: str = "real", sample_steps: int | None = None, repeats: int = 2,
-            checkpointing: bool = True, device: str | None = None, tokenizer=None, reward=None) -> Measurement:
-    """One method's training step on one architecture: warm-up, then `repeats` timed steps, then a FLOP count."""
+            checkpointing: bool = True, device: str | None = None, tokenizer=None) -> Measurement:
+    """One method's training step on one architecture: warm-up, then `repeats` timed steps, then a FLOP count. On
+    the meta device (no data, no time) only the FLOPs are counted: a GPU's work, measured on any machine."""
     from bench.meter import Meter, MeteredPolicy, MeteredReward
 
-    policy = build_policy(model, size, tokenizer or prompt_tokenizer(size), checkpointing=checkpointing, device=device)
-    torch_device = policy.config.torch_device()
-    reward = reward or aesthetic_reward(size, torch_device, policy.config.weight_dtype())
-    steps = sample_steps or policy.default_steps
-    config = method_config(method, size, steps, checkpointing)
-    meter = Meter()
-    prompts = ["a photo of a cat"] * 8
-    if METHODS[method].learns_from_feedback:  # random pixels as demonstrations: only their shape costs time
-        demonstrations = (torch.rand(8, *policy.image_shape), prompts)
-        signal = Feedback(reward, demonstrations, meter, reward_model="prompt")
-    else:
-        signal = MeteredReward(reward, meter)
-    trainer = METHODS[method](MeteredPolicy(policy, meter), signal, prompts, config, seed=0)
-    trainer.step()  # warm-up: kernels chosen, optimizer state allocated
-    if torch_device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(torch_device)
-    backward = BackwardMeter()
-    with backward.watching(torch_device):
-        synchronize(torch_device)
-        start = time.perf_counter()
-        for _ in range(repeats):
+    meta = device is not None and torch.device(device).type == "meta"
+    with host_reads_of_meta_tensors() if meta else contextlib.nullcontext():
+        policy = build_policy(model, size, tokenizer or prompt_tokenizer(size), checkpointing=checkpointing,
+                              device=device)
+        torch_device = policy.config.torch_device()
+        reward = aesthetic_reward(size, torch_device, policy.config.weight_dtype())
+        steps = sample_steps or policy.default_steps
+        config = method_config(method, size, steps, checkpointing)
+        meter = Meter()
+        prompts = ["a photo of a cat"] * 8
+        if METHODS[method].learns_from_feedback:  # random pixels as demonstrations: only their shape costs time
+            demonstrations = (torch.rand(8, *policy.image_shape), prompts)
+            signal = Feedback(reward, demonstrations, meter, reward_model="prompt")
+        else:
+            signal = MeteredReward(reward, meter)
+        trainer = METHODS[method](MeteredPolicy(policy, meter), signal, prompts, config, seed=0)
+        seconds = backward_seconds = peak = None
+        if not meta:
+            trainer.step()  # warm-up: kernels chosen, optimizer state allocated
+            if torch_device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(torch_device)
+            timer = BackwardMeter()
+            with timer.watching(torch_device):
+                synchronize(torch_device)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    trainer.step()
+                synchronize(torch_device)
+            seconds, backward_seconds = (time.perf_counter() - start) / repeats, timer.seconds / repeats
+            if torch_device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(torch_device) / 2 ** 30
+        counter = BackwardMeter(count_flops=True, timed=not meta)
+        with counter.watching(torch_device):
             trainer.step()
-        synchronize(torch_device)
-        seconds = (time.perf_counter() - start) / repeats
-    backward_seconds = backward.seconds / repeats
-    peak = torch.cuda.max_memory_allocated(torch_device) / 2 ** 30 if torch_device.type == "cuda" else None
-    counter = BackwardMeter(count_flops=True)
-    with counter.watching(torch_device):
-        trainer.step()
-    tflops = counter.flops / backward_seconds / 1e12 if backward_seconds > 0 else None
-    peak_flops = peak_tflops(torch_device)
-    return Measurement(model, method, images_per_step(config), steps, seconds, peak, tflops,
-                       tflops / peak_flops if tflops and peak_flops else None)
+    return Measurement(model, method, images_per_step(config), steps, seconds, peak, counter.flops, backward_seconds,
+                       peak_tflops(torch_device))
 
 
 def training_methods(model: str) -> list[str]:
@@ -285,13 +329,14 @@ def run(models: list[str], methods: list[str] | None, *, size: str, sample_steps
 
 
 def table(results: list[Measurement], header: bool = True) -> str:
-    def number(value, digits=2):
-        return "n/a" if value is None else f"{value:.{digits}f}"
+    def number(value, digits=2, unit=""):
+        return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
-    lines = ["| model | method | images/step | sampler steps | s/step | images/s | peak GiB | bwd TFLOP/s | MFU |",
-             "|---|---|---|---|---|---|---|---|---|"] if header else []
+    lines = ["| model | method | images/step | sampler steps | s/step | images/s | peak GiB | bwd TFLOP/step | "
+             "bwd TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|"] if header else []
     for r in results:
-        lines.append(f"| {r.model} | {r.method} | {r.images_per_step} | {r.sample_steps} | {r.seconds_per_step:.3f} | "
-                     f"{r.images_per_second:.2f} | {number(r.peak_gib, 1)} | {number(r.backward_tflops, 1)} | "
-                     f"{number(r.mfu and 100 * r.mfu, 1)}{'%' if r.mfu else ''} |")
+        lines.append(f"| {r.model} | {r.method} | {r.images_per_step} | {r.sample_steps} | "
+                     f"{number(r.seconds_per_step, 3)} | {number(r.images_per_second)} | {number(r.peak_gib, 1)} | "
+                     f"{number(r.backward_flops / 1e12, 3)} | {number(r.backward_tflops, 1)} | "
+                     f"{number(r.mfu and 100 * r.mfu, 1, '%')} |")
     return "\n".join(lines)

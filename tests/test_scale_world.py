@@ -1,7 +1,6 @@
 """The scale world on its tiny twin (random-initialised models of the real diffusers and transformers classes,
 saved with save_pretrained and loaded back): one training step of every method x diffusers family pairing, its
 evaluation metrics, its identity, the suite's validation, and the nightly GPU suite end to end at --smoke size."""
-import contextlib
 import dataclasses
 
 import pytest
@@ -12,6 +11,7 @@ from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from bench.scale_world import (DEMONSTRATION_CANDIDATES, DEMONSTRATION_SEED, POLICIES, SCALE, SCALE_TINY, ScaleWorld,
                                weights_fingerprint)
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
+from bench.throughput import host_reads_of_meta_tensors
 from bench.world import model_family, world_models, world_rewards
 from models.diffusers_policies import DiffusersConfig
 from methods import METHODS
@@ -76,23 +76,6 @@ def test_one_step_of_every_pairing_is_finite_and_trains_only_lora(world, name, m
     # feedback methods never query the reward: they count labels (sft: only its demonstrations, no query at all)
     queries = usage.labels if METHODS[name].learns_from_feedback else usage.reward_queries
     assert usage.nfe > 0 and (queries > 0 or name == "sft")
-
-
-@contextlib.contextmanager
-def host_reads_of_meta_tensors():
-    """Device-to-host reads of meta tensors (which hold no data) give zeros, as a GPU's would give numbers, so a
-    training step can run on the meta device: it refuses to mix devices in one op as CUDA does (CPU scalars
-    aside), which is how a CPU-only machine finds a CPU tensor meeting a GPU one."""
-    saved = {name: getattr(torch.Tensor, name) for name in ("cpu", "item", "tolist", "__float__")}
-    torch.Tensor.cpu = lambda t, *a, **k: torch.zeros(t.shape, dtype=t.dtype) if t.is_meta else saved["cpu"](t, *a, **k)
-    torch.Tensor.item = lambda t: 0.5 if t.is_meta else saved["item"](t)
-    torch.Tensor.tolist = lambda t: torch.zeros(t.shape, dtype=t.dtype).tolist() if t.is_meta else saved["tolist"](t)
-    torch.Tensor.__float__ = lambda t: 0.5 if t.is_meta else saved["__float__"](t)
-    try:
-        yield
-    finally:
-        for name, method in saved.items():
-            setattr(torch.Tensor, name, method)
 
 
 class Brightness:
@@ -229,6 +212,10 @@ def test_the_backward_flops_of_a_rocm_step_are_counted():
     result = measure("lcm", "rocm", size="tiny", sample_steps=2, repeats=1)
     assert result.images_per_step == 4 and result.seconds_per_step > 0 and result.backward_tflops > 0
     assert result.peak_gib is None and result.mfu is None  # a CPU has neither
+    counted = measure("lcm", "rocm", size="tiny", sample_steps=2, device="meta")  # counts without computing
+    # the same ops but attention's: the meta device and the CPU pick different attention kernels to count
+    assert counted.backward_flops == pytest.approx(result.backward_flops, rel=0.05)
+    assert counted.seconds_per_step is None
 
 
 def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, monkeypatch, tmp_path):
