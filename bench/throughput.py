@@ -111,24 +111,23 @@ def prompt_tokenizer(size: str):
 
 
 def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, device: str | None):
-    """The model's policy with random weights, initialised on its device (fast on a GPU; free on the meta device)."""
+    """The model's policy with random weights, its modules initialised on their device (fast on a GPU; free on the
+    meta device); the policy itself is built outside that context, so its schedule stays on the CPU as it loads."""
     common = dict(source="random-weights", resolution=RESOLUTIONS[size][model], min_vocab=0,
                   gradient_checkpointing=checkpointing, device=device)
     if model == "sd3":
         config = StableDiffusion3Config(**common, use_t5=False, t5_max_length=256 if size == "real" else 8,
                                         **({} if size == "real" else {"lora_rank": 4, "lora_alpha": 4.0}))
         with config.torch_device():
-            encoders = [clip_text(size, 768, 12, 12, projection=768), clip_text(size, 1280, 32, 20, projection=1280)]
-            return StableDiffusion3Policy(mmdit(size), vae(size, 16), [*encoders, None], [tokenizer, tokenizer, None],
-                                          config)
-    if model == "lcm":
-        config = LatentConsistencyConfig(**common)
-        with config.torch_device():
-            return LatentConsistencyPolicy(unet(size, True), vae(size, 4), clip_text(size, 768, 12, 12), tokenizer,
-                                           config)
-    config = StableDiffusionConfig(**common)
+            modules = (mmdit(size), vae(size, 16),
+                       [clip_text(size, 768, 12, 12, projection=768), clip_text(size, 1280, 32, 20, projection=1280)])
+        transformer, autoencoder, encoders = modules
+        return StableDiffusion3Policy(transformer, autoencoder, [*encoders, None], [tokenizer, tokenizer, None], config)
+    policy_class, config = ((LatentConsistencyPolicy, LatentConsistencyConfig(**common)) if model == "lcm"
+                            else (StableDiffusionPolicy, StableDiffusionConfig(**common)))
     with config.torch_device():
-        return StableDiffusionPolicy(unet(size, False), vae(size, 4), clip_text(size, 768, 12, 12), tokenizer, config)
+        modules = (unet(size, model == "lcm"), vae(size, 4), clip_text(size, 768, 12, 12))
+    return policy_class(*modules, tokenizer, config)
 
 
 def aesthetic_reward(size: str, device: torch.device, dtype: torch.dtype):
