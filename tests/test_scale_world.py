@@ -240,3 +240,17 @@ def test_bad_sources_are_one_line_errors(argv, message, capsys):
         main(argv)
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and message in error, error
+
+
+def test_the_real_size_architectures_have_the_published_parameter_counts():
+    from bench.throughput import clip_text, mmdit, unet, vae
+
+    def count(module):
+        return sum(p.numel() for p in module.parameters())
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        assert count(unet("real", guidance_embedding=False)) == 859_520_964  # SD 1.5's UNet
+        assert count(vae("real", 4)) == 83_653_863  # SD 1.x's VAE
+        assert count(clip_text("real", 768, 12, 12)) == 123_060_480  # CLIP ViT-L/14's text encoder
+        assert count(clip_text("real", 1280, 32, 20, projection=1280)) == 694_659_840  # OpenCLIP bigG's, SD3's second
+        assert count(mmdit("real")) == 2_028_328_000  # SD3-medium's MMDiT
