@@ -155,7 +155,17 @@ def host_reads_of_meta_tensors():
     """Device-to-host reads of meta tensors (which hold no data) give zeros, as a GPU's would give numbers, so a
     training step runs on the meta device: shapes and FLOPs without compute, and every op refusing to mix devices
     as CUDA does (CPU scalars aside), which is how a CPU-only machine finds a CPU tensor meeting a GPU one."""
-    saved = {name: getattr(torch.Tensor, name) for name in ("cpu", "item", "tolist", "__float__")}
+    saved = {name: getattr(torch.Tensor, name) for name in ("cpu", "to", "item", "tolist", "__float__")}
+
+    def to(t, *args, **kwargs):
+        try:
+            return saved["to"](t, *args, **kwargs)
+        except NotImplementedError:  # "cannot copy out of meta tensor": a move off the meta device
+            if not t.is_meta:
+                raise
+            return saved["to"](torch.zeros(t.shape, dtype=t.dtype), *args, **kwargs)
+
+    torch.Tensor.to = to
     torch.Tensor.cpu = lambda t, *a, **k: torch.zeros(t.shape, dtype=t.dtype) if t.is_meta else saved["cpu"](t, *a, **k)
     torch.Tensor.item = lambda t: 0.5 if t.is_meta else saved["item"](t)
     torch.Tensor.tolist = lambda t: torch.zeros(t.shape, dtype=t.dtype).tolist() if t.is_meta else saved["tolist"](t)
@@ -219,6 +229,8 @@ class Measurement:
     backward_seconds: float | None
     """Their wall time in one step."""
     device_peak_tflops: float | None
+    failure: str = ""
+    """Why the step could not be measured (empty when it was)."""
 
     @property
     def images_per_second(self) -> float | None:
@@ -319,8 +331,12 @@ def run(models: list[str], methods: list[str] | None, *, size: str, sample_steps
             if method not in training_methods(model):
                 log(f"{method} does not train {model}: skipped")
                 continue
-            results.append(measure(model, method, size=size, sample_steps=sample_steps, repeats=repeats,
-                                   checkpointing=checkpointing, device=device, tokenizer=tokenizer))
+            try:
+                results.append(measure(model, method, size=size, sample_steps=sample_steps, repeats=repeats,
+                                       checkpointing=checkpointing, device=device, tokenizer=tokenizer))
+            except Exception as error:  # out of memory, say: the row says so and the table goes on
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+                results.append(Measurement(model, method, 0, sample_steps or 0, None, None, 0, None, None, reason))
             log(table([results[-1]], header=False))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -334,6 +350,9 @@ def table(results: list[Measurement], header: bool = True) -> str:
     lines = ["| model | method | images/step | sampler steps | s/step | images/s | peak GiB | bwd TFLOP/step | "
              "bwd TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|"] if header else []
     for r in results:
+        if r.failure:
+            lines.append(f"| {r.model} | {r.method} | failed: {r.failure} |")
+            continue
         lines.append(f"| {r.model} | {r.method} | {r.images_per_step} | {r.sample_steps} | "
                      f"{number(r.seconds_per_step, 3)} | {number(r.images_per_second)} | {number(r.peak_gib, 1)} | "
                      f"{number(r.backward_flops / 1e12, 3)} | {number(r.backward_tflops, 1)} | "
