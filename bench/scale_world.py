@@ -116,9 +116,18 @@ def source_overrides(models) -> dict[str, str]:
     return overrides
 
 
+TINY_WEIGHTS = tuple(f"{pipeline}/{component}/{file}" for pipeline, components in (
+    ("sd", ("unet", "vae", "text_encoder")), ("lcm", ("unet", "vae", "text_encoder")),
+    ("sd3", ("transformer", "vae", "text_encoder", "text_encoder_2"))) for component in components
+    for file in ["model.safetensors" if component.startswith("text_encoder") else "diffusion_pytorch_model.safetensors"]
+) + ("clip/model.safetensors",)
+"""Every weight file of the tiny world: it is built when they are all there."""
+
+
 def build_tiny(directory: Path, log=print) -> None:
-    """Writes the tiny world's pipelines and CLIP into `directory`, atomically (a half-built world is never seen)."""
-    if (directory / "sd").is_dir():
+    """Writes the tiny world's pipelines and CLIP into `directory`, atomically (a half-built world is never seen);
+    a directory missing any weight file is built again."""
+    if all((directory / f).is_file() for f in TINY_WEIGHTS):
         return
     log(f"building the tiny scale world into {directory} (once; later runs reuse it)")
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -126,10 +135,15 @@ def build_tiny(directory: Path, log=print) -> None:
     try:
         write_tiny_pipelines(staging, seed=TINY_BUILD_SEED)
         write_tiny_clip(staging / "clip", seed=TINY_BUILD_SEED)
+        missing = [f for f in TINY_WEIGHTS if not (staging / f).is_file()]
+        if missing:  # transformers saves from the main process of a torch.distributed group only
+            raise RuntimeError(f"building the tiny scale world wrote no {missing[0]}: build it from one process "
+                               f"(python -m bench models --world scale-tiny)")
+        shutil.rmtree(directory, ignore_errors=True)  # an incomplete earlier build
         try:
             staging.rename(directory)
         except OSError:  # another process built it meanwhile: theirs is the same
-            if not (directory / "sd").is_dir():
+            if not all((directory / f).is_file() for f in TINY_WEIGHTS):
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

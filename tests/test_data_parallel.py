@@ -48,6 +48,9 @@ def _train(rank: int, world_size: int, port: int, method: str, model: str, out: 
 @pytest.mark.parametrize("method, model", [("ddpo", "diffusion"), ("raft", "diffusion"), ("sas", "diffusion"),
                                            ("orw_cfm_w2", "flow"), ("ddpo", "sd15"), ("rocm", "lcm")])
 def test_processes_split_the_batch_and_stay_identical(method, model):
+    from bench.world import load_world
+
+    load_world("scale-tiny", log=lambda *_: None)  # built by one process, as the sweep's main process does
     out = mp.Manager().dict()
     mp.spawn(_train, args=(2, _free_port(), method, model, out), nprocs=2, join=True)
     (params0, samples0), (params1, samples1) = out[0], out[1]
