@@ -137,3 +137,20 @@ def test_a_process_that_fails_ends_the_run_instead_of_leaving_the_others_waiting
     # only the main process writes: it records its own failure, and another's when its collective breaks off before
     # the launcher stops it
     assert status == ["failed"] if failing_rank == 0 else status in (["failed"], ["running"])
+
+
+def test_a_data_parallel_sweep_leaves_the_methods_that_cannot_split_to_a_single_process(tiny_world, tmp_path):
+    from bench.evaluate import EvalConfig
+    from bench.meter import Budget
+    from bench.runner import RunSpec, execute
+    from bench.store import Store
+    from methods import METHODS
+
+    spec = RunSpec(suite="dp", world="digits-tiny", method="aihf", variant="", model="diffusion",
+                   method_config=METHODS["aihf"].Config(), reward="gold", seed=0, budget=Budget("samples", 32),
+                   milestones=(1.0,), eval=EvalConfig(steps=3))
+    lines = []
+    with Store(tmp_path / "store.sqlite") as store:
+        assert execute(spec, tiny_world, store, tmp_path, log=lines.append, parallel=DataParallel(0, 2)) == "n/a"
+        assert store.runs_frame().empty  # nothing recorded: a single-process run of the same suite runs it
+    assert "run it without accelerate launch" in lines[-1]
