@@ -131,13 +131,13 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
             store.record_not_applicable(record, reason)
         log(f"{record.run_id}: n/a ({reason})")
         return "n/a"
+    if not parallel.main:
+        log, loggers = (lambda *_: None), ExperimentLoggers()
     if parallel.world_size > 1 and not method.data_parallel:
         # not recorded: the same command without `accelerate launch` runs it
         log(f"{record.run_id}: not run data-parallel ({spec.method} collects its feedback once, on one process); "
             f"run it without accelerate launch")
         return "n/a"
-    if not parallel.main:
-        log, loggers = (lambda *_: None), ExperimentLoggers()
 
     if parallel.main:
         store.start_run(record)

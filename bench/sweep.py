@@ -101,7 +101,7 @@ def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: 
     isolation are the same."""
     if workers > 1 and is_scale_world(suite.world):
         # every worker would load its own generator onto the same GPU; several GPUs train one run together instead
-        print(f"world {suite.world!r}: one run at a time (for several GPUs: accelerate launch -m bench run ...)")
+        print(f"world {suite.world!r}: one run at a time (for several GPUs: accelerate launch --multi_gpu -m bench run ...)")
         workers = 1
     if parallel.main:
         ensure_world(suite.world)  # built once here, before parallel workers could race to build it

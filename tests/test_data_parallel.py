@@ -154,3 +154,26 @@ def test_a_data_parallel_sweep_leaves_the_methods_that_cannot_split_to_a_single_
         assert execute(spec, tiny_world, store, tmp_path, log=lines.append, parallel=DataParallel(0, 2)) == "n/a"
         assert store.runs_frame().empty  # nothing recorded: a single-process run of the same suite runs it
     assert "run it without accelerate launch" in lines[-1]
+
+
+def test_the_command_line_under_a_launcher_trains_each_run_in_every_process(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.store import Store
+    from bench.world import load_world
+
+    load_world("scale-tiny", log=lambda *_: None)  # built once, before the processes start
+    store = tmp_path / "store.sqlite"
+    launcher = Path(sys.executable).with_name("torchrun")  # what `accelerate launch` also does: the env:// group
+    command = [str(launcher), "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "bench", "run",
+               "--suite", "nightly-gpu", "--smoke", "--method", "ddpo@sd15,aihf", "--reward", "pickscore",
+               "--store", str(store), "--progress", "never"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.count("runs,") == 1 and "2 runs, 1 done, 1 n/a, 0 failed" in out, out  # one report, by the main process
+    assert out.count("not run data-parallel") == 1
+    with Store(store) as s:
+        runs = s.runs_frame()
+    assert list(runs["method"]) == ["ddpo"] and list(runs["status"]) == ["done"]
