@@ -102,9 +102,10 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
 def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str) -> str:
     metrics = sorted((m for m in directions if f"{split}/{m}/mean" in cells), key=lambda m: (m != HEADLINE_METRIC, m))
     delta = f"{split}/{HEADLINE_METRIC}/delta_vs_base"
+    has_delta = HEADLINE_METRIC in metrics  # a world without the judge (the scale worlds) has no such column
     header = [*ENTRY_KEYS, "version", "budget", "seeds"]
     header += [f"{m} {'↑' if directions[m] else '↓'}" for m in metrics]
-    header += [f"Δ {HEADLINE_METRIC} vs base", "NFE", "reward queries", "wall s", "note"]
+    header += [f"Δ {HEADLINE_METRIC} vs base"] * has_delta + ["NFE", "reward queries", "wall s", "note"]
     rows = []
     for r in cells.to_dict("records"):
         done = r["status"] == "done"
@@ -116,7 +117,8 @@ def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str) ->
             iqm = _interval(r, f"{split}/{m}/iqm", f"{split}/{m}/iqm_lo", f"{split}/{m}/iqm_hi")
             cols.append(f'<td class="num">{_e(mean)}<br><span class="note">IQM {_e(iqm)}</span></td>' if done
                         else _num("—"))
-        cols.append(_num(_interval(r, f"{delta}/mean", f"{delta}/lo", f"{delta}/hi", signed=True)))
+        if has_delta:
+            cols.append(_num(_interval(r, f"{delta}/mean", f"{delta}/lo", f"{delta}/hi", signed=True)))
         cols += [_num(_human(r[k]) if done else "—") for k in USED_KEYS if k != "samples"]
         note = f"{r['failed']} failed run(s)" if done and r["failed"] else r["note"]
         cols.append(_e(note if isinstance(note, str) else ""))
