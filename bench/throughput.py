@@ -35,7 +35,7 @@ from models.diffusers_policies import (
     LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
     StableDiffusionConfig, StableDiffusionPolicy,
 )
-from models.tiny_pipelines import letters_tokenizer
+from models.tiny_pipelines import SD3_VAE, letters_tokenizer, text_config, tiny_mmdit, tiny_unet, tiny_vae
 from rewards.feedback import Feedback
 
 FAMILY_OF = {"sd15": "diffusion", "lcm": "consistency", "sd3": "flow"}
@@ -57,50 +57,51 @@ def peak_tflops(device: torch.device) -> float | None:
 
 # -- the architectures ---------------------------------------------------------------------------------------
 def clip_text(size: str, hidden: int, layers: int, heads: int, projection: int | None = None):
+    """A CLIP text encoder of that size (with a projection: SD3's kind), or at --size tiny the tiny pipelines' one."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     if size == "tiny":  # SD3's two CLIPs side by side must fit the tiny MMDiT's 32-d context
-        hidden, layers, heads, projection = (16, 2, 4, 16) if projection else (32, 2, 4, None)
-    config = CLIPTextConfig(vocab_size=49408 if size == "real" else 100, hidden_size=hidden,
-                            intermediate_size=4 * hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                            max_position_embeddings=77, hidden_act="quick_gelu" if hidden == 768 else "gelu",
-                            projection_dim=projection or hidden, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        return CLIPTextModelWithProjection(text_config(16, projection=16)) if projection else CLIPTextModel(text_config(32))
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
+                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                            hidden_act="quick_gelu" if hidden == 768 else "gelu", projection_dim=projection or hidden,
+                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
 def vae(size: str, latent_channels: int):
+    """SD's VAE (SD3's with 16 latent channels), or at --size tiny the tiny pipelines' one."""
     from diffusers import AutoencoderKL
 
-    blocks = (128, 256, 512, 512) if size == "real" else (32, 64)
-    sd3 = dict(shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
+    sd3 = SD3_VAE if latent_channels == 16 else {}
+    if size == "tiny":
+        return tiny_vae(latent_channels=latent_channels, **sd3)
+    blocks = (128, 256, 512, 512)
     return AutoencoderKL(block_out_channels=blocks, in_channels=3, out_channels=3, latent_channels=latent_channels,
-                         layers_per_block=2 if size == "real" else 1, down_block_types=("DownEncoderBlock2D",) * len(blocks),
-                         up_block_types=("UpDecoderBlock2D",) * len(blocks),
-                         **(sd3 if latent_channels == 16 else {}))
+                         layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * len(blocks),
+                         up_block_types=("UpDecoderBlock2D",) * len(blocks), **sd3)
 
 
 def unet(size: str, guidance_embedding: bool):
+    """SD 1.5's UNet (with LCM's guidance embedding: LCM-Dreamshaper-v7's), or at --size tiny the tiny pipelines'."""
     from diffusers import UNet2DConditionModel
 
-    if size == "real":  # SD 1.5's (diffusers' defaults but the 768-d CLIP context)
-        return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                    time_cond_proj_dim=256 if guidance_embedding else None)
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, time_cond_proj_dim=32 if guidance_embedding else None)
+    if size == "tiny":
+        return tiny_unet(time_cond_proj_dim=32 if guidance_embedding else None)
+    # diffusers' defaults but the 768-d CLIP context
+    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                time_cond_proj_dim=256 if guidance_embedding else None)
 
 
 def mmdit(size: str):
+    """SD3-medium's MMDiT, or at --size tiny the tiny pipelines' one."""
     from diffusers import SD3Transformer2DModel
 
-    if size == "real":  # SD3-medium's
-        return SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
-                                     attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
-                                     caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192)
-    return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
-                                 attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
-                                 caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=8)
+    if size == "tiny":
+        return tiny_mmdit()
+    return SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
+                                 attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                 caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192)
 
 
 def prompt_tokenizer(size: str):

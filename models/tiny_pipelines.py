@@ -66,10 +66,22 @@ def tiny_vae(**kwargs):
                          sample_size=RESOLUTION, **kwargs)
 
 
+SD3_VAE = dict(shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
+"""What sets SD3's VAE apart from SD 1.x's (besides its 16 latent channels): its shift and scale, no quant convs."""
+
+
+def tiny_mmdit():
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                 attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
+                                 caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=8)
+
+
 def write_tiny_pipelines(root: Path, *, t5: bool = False, seed: int = 0) -> Path:
     """Writes the tiny SD, LCM and SD3 pipelines (see the module docstring) with the pipelines' own save_pretrained."""
     from diffusers import (DDIMScheduler, FlowMatchEulerDiscreteScheduler, LatentConsistencyModelPipeline,
-                           LCMScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline)
+                           LCMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline)
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     root = Path(root)
@@ -88,12 +100,7 @@ def write_tiny_pipelines(root: Path, *, t5: bool = False, seed: int = 0) -> Path
                                set_alpha_to_one=True, clip_sample=False, steps_offset=1),
     ).save_pretrained(root / "lcm")
     sd3 = dict(
-        # SD3's VAE: 16 channels, its shift and scale, no quant convs
-        vae=tiny_vae(latent_channels=16, shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False,
-                     use_post_quant_conv=False),
-        transformer=SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
-                                          attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
-                                          caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=8),
+        vae=tiny_vae(latent_channels=16, **SD3_VAE), transformer=tiny_mmdit(),
         text_encoder=CLIPTextModelWithProjection(text_config(16, projection=16)), tokenizer=tokenizer,
         text_encoder_2=CLIPTextModelWithProjection(text_config(16, projection=16)), tokenizer_2=tokenizer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
