@@ -7,13 +7,14 @@ training step on the real-size architectures, with random weights (nothing to do
         the zeros diffusers' pipeline uses without it (its 4.7B parameters would only encode prompts), so the joint
         attention still sees all 333 text tokens.
 The reward is the LAION aesthetic predictor's architecture (CLIP ViT-L/14 + MLP head), differentiable, so every
-method runs (those that learn from feedback label by it, with random pixels as demonstrations). Each method takes the nightly suite's batch sizes (bench/suites.py) and LoRA in the model's precision
-(bf16 on a GPU); one step warms up, then `repeats` steps are timed. Reported per step:
+method runs (those that learn from feedback label by it, with random pixels as demonstrations). Each method takes
+the nightly suite's config (bench/suites.py) and LoRA in the model's precision (bf16 on a GPU); one step warms up,
+then `repeats` steps are timed. Reported per step:
   images/s     images the step sampled and trained on (prompts_per_iter x samples_per_prompt; sft: its batch) /
                wall seconds;
   peak GiB     torch.cuda.max_memory_allocated (CUDA only);
   bwd TFLOP/s  FLOPs inside the step's backward pass(es), counted by torch's FlopCounterMode, over their wall time;
-  MFU          that over the GPU's dense bf16 peak (`--peak-tflops`, or known from the device name). With gradient
+  MFU          that over the GPU's dense bf16 peak, known from its name (PEAK_BF16_TFLOPS). With gradient
                checkpointing the backward also recomputes forwards; those FLOPs are counted too (hardware FLOPs),
                so compare MFU without it (`--no-checkpointing`) where memory allows.
 `--size tiny` runs the same code on the toy models of models/tiny_pipelines.py: what the tests run on a CPU.
@@ -29,23 +30,20 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.suites import NIGHTLY_OVERRIDES
+from bench.suites import build_suite
+from bench.world import model_family
 from methods import METHODS
 from models.diffusers_policies import (
     LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
     StableDiffusionConfig, StableDiffusionPolicy,
 )
+from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from models.tiny_pipelines import SD3_VAE, letters_tokenizer, text_config, tiny_mmdit, tiny_unet, tiny_vae
 from rewards.feedback import Feedback
 
-FAMILY_OF = {"sd15": "diffusion", "lcm": "consistency", "sd3": "flow"}
-RESOLUTIONS = {"real": {"sd15": 512, "lcm": 512, "sd3": 1024}, "tiny": {"sd15": 16, "lcm": 16, "sd3": 16}}
 PEAK_BF16_TFLOPS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0,
                     "H200": 989.4, "A100": 312.0, "L40S": 362.0}
 """Dense bf16 tensor-core peaks (NVIDIA data sheets), by a substring of torch.cuda.get_device_name()."""
-TINY_BATCH = {"prompts_per_iter": 2, "samples_per_prompt": 2, "minibatch": 2, "max_candidates": 2, "batch": 4,
-              "demo_batch": 4, "preference_pairs": 4, "warmup_reward_steps": 2, "reward_steps": 2,
-              "reward_batch": 4}
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -114,8 +112,9 @@ def prompt_tokenizer(size: str):
 def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, device: str | None):
     """The model's policy with random weights, its modules initialised on their device (fast on a GPU; free on the
     meta device); the policy itself is built outside that context, so its schedule stays on the CPU as it loads."""
-    common = dict(source="random-weights", resolution=RESOLUTIONS[size][model], min_vocab=0,
-                  gradient_checkpointing=checkpointing, device=device)
+    # the real size at each config's own resolution (512 px, SD3's 1024 px)
+    common = dict(source="random-weights", min_vocab=0, gradient_checkpointing=checkpointing, device=device,
+                  **({"resolution": TINY_RESOLUTION} if size == "tiny" else {}))
     if model == "sd3":
         config = StableDiffusion3Config(**common, use_t5=False, t5_max_length=256 if size == "real" else 8,
                                         **({} if size == "real" else {"lora_rank": 4, "lora_alpha": 4.0}))
@@ -259,20 +258,17 @@ def images_per_step(config) -> int:
 
 
 def method_config(method: str, size: str, sample_steps: int, checkpointing: bool = True):
-    """The nightly suite's config of `method` with `sample_steps` and `checkpointing` (ROCM's own, through the
-    sampling chain) and, at --size tiny, the tiny batches; the pipeline's second stage gets them through rl_options."""
-    config = METHODS[method].Config()
+    """The nightly suite's config of `method` (its --smoke twin's at --size tiny) with `sample_steps` and
+    `checkpointing` (ROCM's own, through the sampling chain); the pipeline's second stage gets the steps through
+    its rl_options."""
+    config = build_suite("nightly-gpu", smoke=size == "tiny").method_config(method)
     fields = {f.name for f in dataclasses.fields(config)}
-    options = {**NIGHTLY_OVERRIDES.get(method, {}), **(TINY_BATCH if size == "tiny" else {}),
-               "sample_steps": sample_steps, "gradient_checkpointing": checkpointing}
+    options = {"sample_steps": sample_steps, "gradient_checkpointing": checkpointing}
     config = dataclasses.replace(config, **{k: v for k, v in options.items() if k in fields})
-    if not hasattr(config, "rl_config"):
-        return config
-    stage2 = dataclasses.asdict(config.rl_config())
-    stage2_options = {k: v for k, v in {**(TINY_BATCH if size == "tiny" else {}), "sample_steps": sample_steps}.items()
-                      if k in stage2}
-    rl_options = ",".join(filter(None, [config.rl_options, *(f"{k}={v}" for k, v in stage2_options.items())]))
-    return dataclasses.replace(config, rl_options=rl_options)
+    if hasattr(config, "rl_config"):
+        config = dataclasses.replace(config, rl_options=",".join(filter(None, [config.rl_options,
+                                                                               f"sample_steps={sample_steps}"])))
+    return config
 
 
 def measure(model: str, method: str, *, size: str = "real", sample_steps: int | None = None, repeats: int = 2,
@@ -321,7 +317,7 @@ def measure(model: str, method: str, *, size: str = "real", sample_steps: int | 
 
 def training_methods(model: str) -> list[str]:
     return [name for name, m in METHODS.items()
-            if m.trains and FAMILY_OF[model] in m.families]
+            if m.trains and model_family(model) in m.families]
 
 
 def run(models: list[str], methods: list[str] | None, *, size: str, sample_steps: int | None, repeats: int,
