@@ -18,13 +18,8 @@ from methods import METHODS
 from rewards import REWARDS
 from rewards.feedback import Feedback
 
-TINY = {"prompts_per_iter": 2, "samples_per_prompt": 2, "sample_steps": 3}
-CONFIGS = {"raft": {**TINY, "updates_per_iter": 1}, "ddpo": {**TINY, "minibatch": 2}, "rocm": TINY,
-           "orw_cfm_w2": {**TINY, "updates_per_iter": 1}, "sas": {**TINY, "minibatch": 2}, "sft": {"batch": 4},
-           "pipeline": {"preference_pairs": 4, "collect_steps": 3, "reward_steps": 2, "reward_batch": 4,
-                        "rl_options": "prompts_per_iter=2,samples_per_prompt=2,minibatch=2,sample_steps=3"},
-           "aihf": {**TINY, "preference_pairs": 4, "demo_batch": 4, "warmup_reward_steps": 2,
-                    "reward_updates_per_iter": 1, "updates_per_iter": 1}}
+SMOKE = build_suite("nightly-gpu", smoke=True)
+"""Its tiny configs (a step well under a second) are the ones every test here trains with."""
 # every pairing of a method with a scale generator of a family it supports
 PAIRS = [(name, model) for name in METHODS for model in world_models("scale")
          if model_family(model) in METHODS[name].families]
@@ -40,7 +35,7 @@ def world():
 def make(world, name, model, reward="pickscore", policy=None, raw_reward=None):
     meter = Meter()
     method = METHODS[name]
-    config = dataclasses.replace(method.Config(), **CONFIGS.get(name, {}))
+    config = SMOKE.method_config(name)
     policy = policy or world.make_policy(model)
     raw_reward = raw_reward or REWARDS[reward].from_world(world)
     signal = (Feedback.from_world(world, raw_reward, meter, policy) if method.learns_from_feedback
