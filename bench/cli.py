@@ -21,11 +21,11 @@ from bench.meter import UNITS, Budget
 from bench.suites import SUITES, build_suite, check_names, parse_entry, validate
 from bench.scale_world import SOURCES_ENV
 from bench.world import MODELS, WORLDS, is_scale_world, world_models
-
-SCALE_MODELS = world_models("scale")
 from methods import METHODS
 from models.progress import MODES as PROGRESS_MODES
 from rewards import REWARDS
+
+SCALE_MODELS = world_models("scale")
 
 ROOT = Path(__file__).resolve().parents[1]
 

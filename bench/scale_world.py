@@ -165,13 +165,14 @@ def weights_fingerprint(root: Path) -> str:
 
 
 class ScaleWorld:
+    metrics = METRICS
+    learned_reward_model = "prompt"
+
     def __init__(self, name: str, config: ScaleWorldConfig, directory: Path | None):
         self.name = name
         self.config = config
         self.directory = directory
         self.prompts = load_prompt_set(config.prompts)
-        self.metrics = METRICS
-        self.learned_reward_model = "prompt"
         self._eval_clip: ClipScoreReward | None = None
 
     def _local(self, options: dict) -> dict:
@@ -191,10 +192,13 @@ class ScaleWorld:
     def device(self) -> torch.device:
         return next(iter(self.config.models.values())).torch_device()
 
+    def checkpoint_root(self, model: str) -> Path:
+        """The local pipeline directory of the model (a hub id's cached snapshot); fails naming how to get it."""
+        return resolve_source(self.model_config(model).source, ["model_index.json", "*/*"])
+
     def model_hash(self, model: str) -> str:
         """The weights' fingerprint and the loading config (as declared, device aside): the base model's identity."""
-        config = self.model_config(model)
-        root = resolve_source(config.source, ["model_index.json", "*/*"])
+        root = self.checkpoint_root(model)
         declared = {k: v for k, v in dataclasses.asdict(self.config.models[model]).items() if k != "device"}
         override = source_overrides(self.config.models).get(model)
         if override:
@@ -222,8 +226,7 @@ class ScaleWorld:
         from rewards import REWARDS
 
         for model in self.config.models:
-            root = resolve_source(self.model_config(model).source, ["model_index.json", "*/*"])
-            log(f"{model}: {root}")
+            log(f"{model}: {self.checkpoint_root(model)}")
         for reward in self.config.rewards:
             log(f"{reward}: version {REWARDS[reward].from_world(self).version}")
             if self.device.type == "cuda":

@@ -172,7 +172,7 @@ NIGHTLY_OVERRIDES = {
     "sft": {"batch": 8},
     # the preference pairs are sampled in 20 steps: 100 pairs at 50 guided steps would take 20k of the 50k NFE
     "pipeline": {"preference_pairs": 100, "collect_steps": 20, "reward_batch": 32,
-                 "rl_options": "prompts_per_iter=4,samples_per_prompt=8,minibatch=4"},  # as ddpo's below
+                 "rl_options": "prompts_per_iter=4,samples_per_prompt=8,minibatch=4"},  # as ddpo's above
     "aihf": {"preference_pairs": 100, "prompts_per_iter": 4, "samples_per_prompt": 4, "sample_steps": 20,
              "demo_batch": 8, "updates_per_iter": 1},
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from bench.evaluate import DIGIT_METRICS, score_digit_images
-from bench.scale_world import SCALE, SCALE_TINY, ScaleWorldConfig, load_scale_world
+from bench.scale_world import SCALE, SCALE_TINY, ScaleWorldConfig, build_tiny, load_scale_world
 from models.digits import (
     COMPONENTS, GENERATORS, PROMPT_SETS, WorldConfig, build_world, load_prompts, load_splits, read_manifest,
     stale_components, tiny_world_config,
@@ -43,14 +43,12 @@ MODELS = tuple(MODEL_FAMILIES)
 
 def world_models(name: str) -> tuple[str, ...]:
     """The generators world `name` offers, known without loading it."""
-    config = WORLDS[check_world_name(name)]
-    return tuple(config.models) if isinstance(config, ScaleWorldConfig) else tuple(GENERATORS)
+    return tuple(WORLDS[name].models) if is_scale_world(name) else tuple(GENERATORS)
 
 
 def world_rewards(name: str) -> tuple[str, ...]:
     """The rewards world `name` offers, known without loading it."""
-    config = WORLDS[check_world_name(name)]
-    return tuple(config.rewards) if isinstance(config, ScaleWorldConfig) else DIGIT_REWARDS
+    return tuple(WORLDS[name].rewards) if is_scale_world(name) else DIGIT_REWARDS
 
 
 def is_scale_world(name: str) -> bool:
@@ -120,8 +118,9 @@ def ensure_world(name: str, root: Path = ARTIFACTS, log=print) -> Path:
     generators are checkpoints in the model cache: nothing to build, except the tiny twin's toy models."""
     config = WORLDS[check_world_name(name)]
     directory = root / name
-    if isinstance(config, ScaleWorldConfig):
-        load_scale_world(name, config, root, log)
+    if is_scale_world(name):
+        if config.built_here:
+            build_tiny(directory, log)
         return directory
     stale = stale_components(directory, config)
     if stale:
@@ -133,7 +132,7 @@ def ensure_world(name: str, root: Path = ARTIFACTS, log=print) -> Path:
 def load_world(name: str, root: Path = ARTIFACTS, log=print):
     """The world `name`: a World (digits) or a ScaleWorld."""
     config = WORLDS[check_world_name(name)]
-    if isinstance(config, ScaleWorldConfig):
+    if is_scale_world(name):
         return load_scale_world(name, config, root, log)
     directory = ensure_world(name, root, log)
 
