@@ -52,20 +52,25 @@ class Config:
         """Stage 2's method's Config with `rl_options` applied."""
         from methods import METHODS  # the registry imports this module
 
-        rl_config = METHODS[self.rl_method].Config
-        fields = {f.name for f in dataclasses.fields(rl_config)}
+        defaults = METHODS[self.rl_method].Config()
+        fields = {f.name for f in dataclasses.fields(defaults)}
         options = {}
         for pair in filter(None, (p.strip() for p in self.rl_options.split(","))):
             name, _, value = pair.partition("=")
             if name not in fields or not value:
                 raise ValueError(f"pipeline.rl_options: expected FIELD=VALUE with FIELD an option of "
                                  f"{self.rl_method} ({', '.join(sorted(fields))}), got {pair!r}")
-            options[name] = _option_value(value)
-        return dataclasses.replace(rl_config(), **options)
+            options[name] = _option_value(value, getattr(defaults, name))
+        return dataclasses.replace(defaults, **options)
 
 
-def _option_value(text: str):
-    """An option's value from its text: none, an int, a float or else the string itself."""
+def _option_value(text: str, default):
+    """An option's value from its text, by its default's kind: true or false for a flag; else none, an int, a float
+    or the string itself."""
+    if isinstance(default, bool):
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"pipeline.rl_options: expected true or false, got {text!r}")
+        return text.lower() == "true"
     if text.lower() == "none":
         return None
     for kind in (int, float):

@@ -249,3 +249,8 @@ def test_the_pipelines_second_stage_takes_its_options():
     assert PipelineConfig().rl_config() == METHODS["ddpo"].Config()
     with pytest.raises(ValueError, match="expected FIELD=VALUE with FIELD an option of raft .*got 'minibatch=4'"):
         PipelineConfig(rl_method="raft", rl_options="minibatch=4")
+    rocm = PipelineConfig(rl_method="rocm", rl_options="gradient_checkpointing=false").rl_config()
+    assert rocm.gradient_checkpointing is False
+    assert PipelineConfig(rl_method="rocm", rl_options="gradient_checkpointing=true").rl_config().gradient_checkpointing
+    with pytest.raises(ValueError, match="expected true or false, got 'no'"):
+        PipelineConfig(rl_method="rocm", rl_options="gradient_checkpointing=no")
