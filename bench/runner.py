@@ -26,7 +26,7 @@ from bench.loggers import ExperimentLoggers
 from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
 from bench.store import USED_KEYS, RunRecord, Store
 from methods import METHODS
-from methods.trainer import DataParallel
+from bench.parallel import DataParallel
 from models.io import atomic_torch_save
 from models.progress import progress
 from rewards import REWARDS

@@ -40,6 +40,7 @@ from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from models.tiny_pipelines import write_tiny_clip, write_tiny_pipelines
 from rewards.aesthetic import HEAD_FILENAME
 from rewards.clip_score import ClipScoreReward, clip_image_embeddings
+from rewards.ranking import top_k_per_group
 
 POLICIES = {StableDiffusionConfig: StableDiffusionPolicy, LatentConsistencyConfig: LatentConsistencyPolicy,
             StableDiffusion3Config: StableDiffusion3Policy}
@@ -236,8 +237,6 @@ class ScaleWorld:
         """The annotator's: no image set ships at scale, so the best `fraction` by `reward` of the base model's
         DEMONSTRATION_CANDIDATES samples of each train prompt (its deterministic sampler; the annotator's work, not
         charged to the run). Images on the CPU, prompt-major."""
-        from methods.raft import top_k_per_group
-
         prompts = [p for p in self.prompts["train"] for _ in range(DEMONSTRATION_CANDIDATES)]
         generator = torch.Generator().manual_seed(DEMONSTRATION_SEED)
         steps = self.config.demonstration_steps or base_policy.default_steps

@@ -24,7 +24,7 @@ from bench.runner import RunSpec, execute
 from bench.store import Store
 from bench.suites import Suite
 from bench.world import ensure_world, is_scale_world, load_world
-from methods.trainer import DataParallel
+from bench.parallel import DataParallel
 from models.progress import progress
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.preferences import collect_preferences, new_reward_model, preference_accuracy
+from methods.toolkit.preferences import collect_preferences, new_reward_model, preference_accuracy
+from methods.toolkit.weightings import reward_weights
 from methods.trainer import Trainer, make_optimizer
 from rewards.learned import bradley_terry_loss
 
@@ -82,14 +83,6 @@ def reward_objective(demo_scores: torch.Tensor, sample_scores: torch.Tensor, win
     return demo_weight * irl + (1 - demo_weight) * preference
 
 
-def tilted_weights(scores: torch.Tensor, tau: float) -> torch.Tensor:
-    """softmax(z / tau) of scores (B,) standardized over the batch: the self-normalized weights of
-    pi_ref exp(r / tau) on samples of the current policy. Equal scores give uniform weights."""
-    std = scores.std(unbiased=False)
-    z = (scores - scores.mean()) / std if std > 0 else torch.zeros_like(scores)
-    return torch.softmax(z / tau, dim=0)
-
-
 class AIHF(Trainer):
     name = "aihf"
     version = "1"
@@ -139,7 +132,7 @@ class AIHF(Trainer):
             stats["reward_loss"] = self._reward_step(samples, prompts)
         with torch.no_grad():
             scores = self.reward_model(samples, prompts).cpu()  # batch statistics, on the CPU like the samples
-        weights = tilted_weights(scores, cfg.tau)
+        weights = reward_weights(scores, "exp", cfg.tau)
         for _ in range(cfg.updates_per_iter):
             demos, demo_prompts = self._demos()
             loss = (cfg.demo_weight * self.policy.loss(demos, demo_prompts, self.generator)

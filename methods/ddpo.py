@@ -8,7 +8,7 @@ the old policy with advantage A (the terminal reward, normalised):
   L(theta) = E_{s, traj} [ max(-A * rho_s, -A * clip(rho_s, 1 - eps, 1 + eps)) ] + kl_coef * E [ KL_s ],
   rho_s = pi_theta(x_{s+1} | x_s, c) / pi_old(x_{s+1} | x_s, c),
 with KL_s the closed-form KL between the step's Gaussian transitions under theta and the frozen base
-model, per dimension as methods/divergences.py normalizes it (an optional regulariser; DDPO itself has none).
+model, per dimension as methods/toolkit/divergences.py normalizes it (an optional regulariser; DDPO itself has none).
 Departures from the paper: log-probabilities are the exact Gaussian log-densities, summed over pixels
 (the reference code averages them, which rescales the clip range; `clip_range` is set for sums);
 advantages are normalised per prompt within each iteration's batch (the paper keeps a per-prompt
@@ -21,9 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.divergences import closed_form
-from models.diffusion import gaussian_log_prob
-from methods.ppo import ppo_clipped_loss
+from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_chain_backward
 from methods.trainer import Trainer, make_optimizer
 
 
@@ -69,20 +67,9 @@ class Config:
 LEARNING_RATES = {"diffusion": 3e-5, "consistency": 1e-5, "flow": 3e-5}
 
 
-def group_normalized_advantages(rewards: torch.Tensor, groups: int, clip: float) -> torch.Tensor:
-    """(r - mean_g) / (std_g + 1e-6) within each group of a group-major (G * K,) vector, clipped.
-
-    A group whose rewards are all equal carries no preference and gets advantage 0.
-    """
-    grouped = rewards.view(groups, -1)
-    centered = grouped - grouped.mean(dim=1, keepdim=True)
-    std = grouped.std(dim=1, keepdim=True, unbiased=False)
-    return (centered / (std + 1e-6)).clamp(-clip, clip).flatten()
-
-
 class DDPO(Trainer):
     name = "ddpo"
-    version = "3"  # 2: the KL penalty is per dimension (methods/divergences.py), sample_steps follows the model;
+    version = "3"  # 2: the KL penalty is per dimension (methods/toolkit/divergences.py), sample_steps follows the model;
     # 3: only stochastic steps are actions (a consistency model's last step is deterministic)
     Config = Config
 
@@ -119,20 +106,8 @@ class DDPO(Trainer):
         actions = part.stochastic_steps
         chosen = [actions[i] for i in torch.randperm(len(actions), generator=self.generator)[:steps_trained].tolist()]
         self.optimizer.zero_grad(set_to_none=True)
-        for s in chosen:
-            mean = self.policy.step_mean(part, s)
-            std = float(part.stds[s])
-            log_prob = gaussian_log_prob(part.latents[:, s + 1], mean, std)
-            loss, ratio = ppo_clipped_loss(log_prob, part.log_probs[:, s], advantages, cfg.clip_range)
-            if self.reference is not None:
-                with torch.no_grad():
-                    ref_mean = self.reference.step_mean(part, s)
-                kl = closed_form("kl", mean, std, ref_mean, std).mean()
-                loss = loss + cfg.kl_coef * kl
-                stats["kl"].append(kl.item())
-            (loss / len(chosen)).backward()
-            stats["loss"].append(loss.item())
-            stats["ratio_dev"].append((ratio - 1).abs().mean().item())
-            stats["clip_frac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
+        step_stats = ppo_chain_backward(self.policy, self.reference, part, chosen, advantages, cfg.clip_range,
+                                        cfg.kl_coef, average=True)
+        for name, values in step_stats.items():
+            stats[name] += values
         self.apply_gradients(cfg.max_grad_norm)
-

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.toolkit.weightings import WEIGHTINGS, reward_weights
 from methods.trainer import Trainer, make_optimizer
-
-WEIGHTINGS = ("exp", "linear", "rank", "uniform")
 
 
 @dataclass(frozen=True)
@@ -56,21 +55,6 @@ class Config:
             raise ValueError(f"orw_cfm_w2.tau must be > 0, got {self.tau}")
         if self.alpha < 0:
             raise ValueError(f"orw_cfm_w2.alpha must be >= 0, got {self.alpha}")
-
-
-def reward_weights(rewards: torch.Tensor, weighting: str, tau: float) -> torch.Tensor:
-    """Normalized weights (B,) summing to 1 for rewards (B,). A batch of equal rewards gets uniform weights."""
-    if weighting == "uniform":
-        return torch.full_like(rewards, 1 / len(rewards))
-    if weighting == "rank":
-        ranks = rewards.argsort().argsort().to(rewards.dtype) + 1
-        return ranks / ranks.sum()
-    std = rewards.std(unbiased=False)
-    z = (rewards - rewards.mean()) / std if std > 0 else torch.zeros_like(rewards)
-    if weighting == "exp":
-        return torch.softmax(z / tau, dim=0)
-    shifted = z - z.min()
-    return shifted / shifted.sum() if shifted.sum() > 0 else torch.full_like(rewards, 1 / len(rewards))
 
 
 def orw_loss(prediction: torch.Tensor, target: torch.Tensor, reference: torch.Tensor | None, weights: torch.Tensor,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.preferences import collect_preferences, fit_bradley_terry, new_reward_model, preference_accuracy
+from methods.toolkit.preferences import collect_preferences, fit_bradley_terry, new_reward_model, preference_accuracy
 from methods.trainer import Trainer, make_optimizer
 from rewards.learned import LearnedReward
 

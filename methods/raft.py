@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.trainer import Trainer, make_optimizer
+from rewards.ranking import top_k_per_group
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,6 @@ class Config:
         if not 1 <= self.keep_per_prompt <= self.samples_per_prompt:
             raise ValueError(f"raft.keep_per_prompt must be in [1, samples_per_prompt={self.samples_per_prompt}], "
                              f"got {self.keep_per_prompt}")
-
-
-def top_k_per_group(rewards: torch.Tensor, groups: int, k: int) -> torch.Tensor:
-    """Indices of the k highest rewards in each group of a (groups * size,) vector laid out group-major.
-
-    rewards: (G * S,) -> (G * k,) indices into rewards, best first within each group.
-    """
-    if rewards.numel() % groups:
-        raise ValueError(f"{rewards.numel()} rewards do not split into {groups} equal groups")
-    size = rewards.numel() // groups
-    if not 1 <= k <= size:
-        raise ValueError(f"keep_per_prompt must be in [1, {size}], got {k}")
-    top = rewards.view(groups, size).topk(k, dim=1).indices
-    return (top + torch.arange(groups)[:, None] * size).flatten()
 
 
 class RAFT(Trainer):

@@ -6,7 +6,7 @@ written with the reparameterization trick x_{s+1} = mu_theta(x_s) + sigma_s * ep
 function of theta and the noise, so the objective is minimised by first-order gradients through every step:
   L(theta) = E_{c, eps} [ -r(x_0, c) + beta * sum_s D_f( pi_theta(. | x_s, c) || pi_ref(. | x_s, c) ) ],
 where pi_ref is the frozen starting model, x_s runs along the policy's own trajectory, and D_f is one of
-methods/divergences.py's f-divergences between the two Gaussians (per dimension, averaged over dimensions).
+methods/toolkit/divergences.py's f-divergences between the two Gaussians (per dimension, averaged over dimensions).
 Gradients flow through the states x_s too (the full pathwise gradient of L), including through the frozen
 reference network's input.
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.divergences import DIVERGENCES, step_divergence
+from methods.toolkit.divergences import DIVERGENCES, step_divergence
 from methods.trainer import Trainer, make_optimizer
 
 NO_DIVERGENCE = "none"

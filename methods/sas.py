@@ -16,7 +16,7 @@ log-density's gradient carries the action's, and each step's advantage is the va
 so the objective has the same scale on a grid of 10 steps or 40 (DDPO gives every step the whole return).
 The KL term is the sum of the steps' closed-form Gaussian KLs, ||mu_theta - mu_ref||^2 / (2 sigma_k^2) =
 (g^2 dt / 2) ||a_theta - a_ref||^2: the Riemann sum of the Girsanov integral (per dimension, as
-methods/divergences.py normalizes divergences).
+methods/toolkit/divergences.py normalizes divergences).
 The value function uses the diffusion model's structure, as the papers propose: V(t_k, x) = a_k r(x0_hat(t_k, x)) + c_k,
 built on the reward of the model's own Tweedie prediction of the final image (which the sampler computes at
 every step anyway; at the end of the chain it is the image), calibrated at each step by the least-squares line
@@ -37,10 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.divergences import closed_form
-from methods.ppo import ppo_clipped_loss
+from methods.toolkit.policy_gradient import ppo_chain_backward
 from methods.trainer import Trainer, make_optimizer
-from models.diffusion import gaussian_log_prob
 
 GRIDS = ("stratified", "fixed")
 
@@ -96,15 +94,6 @@ def value_increments(values: torch.Tensor, scale: float, clip: float) -> torch.T
     return ((values[:, 1:] - values[:, :-1]) / scale).clamp(-clip, clip)
 
 
-def path_kl(policy, reference, trajectory) -> torch.Tensor:
-    """KL between the two policies' path measures along the chains, per dimension: (B,). The Riemann sum of
-    Girsanov's integral on the trajectory's grid: the sum of the stochastic steps' Gaussian KLs."""
-    terms = [closed_form("kl", policy.step_mean(trajectory, s), float(trajectory.stds[s]),
-                         reference.step_mean(trajectory, s), float(trajectory.stds[s]))
-             for s in trajectory.stochastic_steps]
-    return torch.stack(terms).sum(dim=0)
-
-
 class ScoresAsActions(Trainer):
     name = "sas"
     version = "1"
@@ -147,21 +136,10 @@ class ScoresAsActions(Trainer):
         """One optimizer step on a minibatch: the per-step surrogates and KLs summed over the whole grid."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        kl_total = 0.0
-        for s in part.stochastic_steps:
-            mean = self.policy.step_mean(part, s)
-            std = float(part.stds[s])
-            log_prob = gaussian_log_prob(part.latents[:, s + 1], mean, std)
-            loss, ratio = ppo_clipped_loss(log_prob, part.log_probs[:, s], advantages[:, s], cfg.clip_range)
-            if self.reference is not None:
-                with torch.no_grad():
-                    reference_mean = self.reference.step_mean(part, s)
-                kl = closed_form("kl", mean, std, reference_mean, std).mean()
-                loss = loss + cfg.beta * kl
-                kl_total += kl.item()
-            loss.backward()
-            stats["ratio_dev"].append((ratio - 1).abs().mean().item())
-            stats["clip_frac"].append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
+        step_stats = ppo_chain_backward(self.policy, self.reference, part, part.stochastic_steps, advantages,
+                                        cfg.clip_range, cfg.beta, average=False)
+        stats["ratio_dev"] += step_stats["ratio_dev"]
+        stats["clip_frac"] += step_stats["clip_frac"]
         if self.reference is not None:
-            stats["kl"].append(kl_total)
+            stats["kl"].append(sum(step_stats["kl"]))  # the path KL of the minibatch
         self.apply_gradients(cfg.max_grad_norm)

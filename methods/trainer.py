@@ -10,92 +10,64 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
-import torch.distributed as dist
 
 PROCESS_SEED_STRIDE = 1_000_003
 """Process r of a data-parallel run draws from seed + r * stride: its own samples, and process 0 the single-process ones."""
 
 
-def collective_device() -> torch.device:
-    """Where tensors must be for the process group's collectives: this process's GPU under NCCL (which only moves
-    CUDA memory), the CPU under gloo."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+class Parallel(Protocol):
+    """This process's place in a data-parallel run of one trainer over `world_size` processes, as a method sees it
+    (bench.parallel.DataParallel is the torch.distributed one): each process samples its share of every batch from
+    its own random stream, and gradients are averaged once per optimizer step, so the effective batch is the
+    config's whatever the number of processes, and the parameters stay identical on every process."""
 
-
-@dataclass(frozen=True)
-class DataParallel:
-    """This process's place in a data-parallel run of one trainer over `world_size` processes (started by
-    `accelerate launch`, which initialises torch.distributed): each process samples its share of every batch
-    from its own random stream, and gradients are averaged once per optimizer step, so the effective batch is
-    the config's whatever the number of processes, and the parameters stay identical on every process."""
-
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        """Only the main process writes results and reports."""
-        return self.rank == 0
+    rank: int
+    world_size: int
 
     def share(self, total: int, what: str) -> int:
-        """This process's part of a batch of `total`; the config must split evenly."""
-        if total % self.world_size:
-            raise ValueError(f"{what} = {total} does not split over {self.world_size} processes; "
-                             f"use a multiple of {self.world_size}")
-        return total // self.world_size
+        """This process's part of a batch of `total` (`what` names the option in the error if it does not split)."""
+        ...
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
-        """All-reduce the mean of the gradients over processes, in one bucket (a missing gradient counts as 0)."""
-        if self.world_size == 1:
-            return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = torch.cat([g.flatten() for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        for p, piece in zip(parameters, flat.split([g.numel() for g in grads])):
-            p.grad = piece.view_as(p).clone()
+        """The mean of every process's gradients, in each process."""
+        ...
 
     def broadcast(self, parameters: list[torch.nn.Parameter]) -> None:
-        """The main process's values of `parameters` in every process (as DDP starts): freshly initialised weights,
-        such as LoRA adapters drawn from each process's own random state, start identical."""
-        if self.world_size == 1:
-            return
-        for p in parameters:
-            sent = p.data.to(collective_device())
-            dist.broadcast(sent, src=0)
-            p.data.copy_(sent)
+        """The main process's values of `parameters`, in each process."""
+        ...
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Every process's (B, ...) tensor, concatenated rank-major: (world_size * B, ...), for batch statistics
-        that must be the whole batch's (every process passes the same shape)."""
-        if self.world_size == 1:
-            return tensor
-        sent = tensor.to(collective_device()).contiguous()
-        parts = [torch.empty_like(sent) for _ in range(self.world_size)]
-        dist.all_gather(parts, sent)
-        return torch.cat(parts).to(tensor.device)
+        """Every process's (B, ...) tensor, concatenated rank-major: (world_size * B, ...)."""
+        ...
 
     def local(self, gathered: torch.Tensor) -> torch.Tensor:
         """This process's rows of a gathered tensor."""
-        size = len(gathered) // self.world_size
-        return gathered[self.rank * size:(self.rank + 1) * size]
+        ...
 
-    def total(self, values: list[float]) -> list[float]:
-        """The sums over processes of per-process counts (e.g. the meter's usage)."""
-        if self.world_size == 1:
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64, device=collective_device())
-        dist.all_reduce(tensor)
-        return tensor.tolist()
 
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
+class SingleProcess:
+    """A run on one process: the whole batch is this process's, and there is nothing to exchange."""
+
+    rank = 0
+    world_size = 1
+
+    def share(self, total: int, what: str) -> int:
+        return total
+
+    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        pass
+
+    def broadcast(self, parameters: list[torch.nn.Parameter]) -> None:
+        pass
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def local(self, gathered: torch.Tensor) -> torch.Tensor:
+        return gathered
 
 
 class Trainer(ABC):
@@ -112,7 +84,7 @@ class Trainer(ABC):
     """The generator families (Policy.family) the method can fine-tune; the first is its default."""
     data_parallel: ClassVar[bool] = True
     """False for methods that cannot split their work over processes (see `distribute`)."""
-    parallel: DataParallel = DataParallel()
+    parallel: Parallel = SingleProcess()
 
     def __init__(self, policy, reward, prompts: list[str], config, seed: int):
         self.policy = policy
@@ -130,7 +102,7 @@ class Trainer(ABC):
             return "needs a differentiable reward"
         return None
 
-    def distribute(self, parallel: DataParallel) -> None:
+    def distribute(self, parallel: Parallel) -> None:
         """Makes this trainer process `parallel.rank` of a data-parallel run; call before the first step."""
         if parallel.world_size > 1 and not self.data_parallel:
             raise ValueError(f"{self.name} cannot run data-parallel (it collects its feedback dataset once); "

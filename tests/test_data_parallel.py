@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from methods.trainer import DataParallel
+from bench.parallel import DataParallel
 
 SMALL = {"prompts_per_iter": 4, "samples_per_prompt": 2, "sample_steps": 3}
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from methods.divergences import DIVERGENCES, closed_form, monte_carlo, step_divergence
+from methods.toolkit.divergences import DIVERGENCES, closed_form, monte_carlo, step_divergence
 
 CLOSED = [name for name, d in DIVERGENCES.items() if d.closed_form is not None]
 

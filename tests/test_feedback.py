@@ -7,7 +7,8 @@ import torch
 
 from bench.meter import Meter
 from bench.store import SCHEMA_VERSION, Store
-from methods.aihf import reward_objective, tilted_weights
+from methods.aihf import reward_objective
+from methods.toolkit.weightings import reward_weights
 from rewards.feedback import AnnotatorConfig, Feedback, top_demonstrations
 from rewards.gold import INK_WEIGHT, GoldReward
 from rewards.learned import bradley_terry_loss
@@ -86,8 +87,8 @@ def test_aihf_reward_objective_known_values():
 
 
 def test_tilted_weights_are_a_softmax_of_standardized_scores():
-    assert torch.equal(tilted_weights(torch.full((4,), 3.0), tau=1.0), torch.full((4,), 0.25))
-    weights = tilted_weights(torch.tensor([0.0, 10.0]), tau=1.0)  # standardized: -1, 1
+    assert torch.equal(reward_weights(torch.full((4,), 3.0), "exp", tau=1.0), torch.full((4,), 0.25))
+    weights = reward_weights(torch.tensor([0.0, 10.0]), "exp", tau=1.0)  # standardized: -1, 1
     torch.testing.assert_close(weights, torch.softmax(torch.tensor([-1.0, 1.0]), dim=0))
 
 

@@ -9,11 +9,10 @@ from bench.world import model_family, world_models, world_rewards
 from methods import METHODS
 from models.digits import GENERATORS
 from methods.best_of_n import candidates_for_budget
-from methods.ddpo import group_normalized_advantages
-from methods.ppo import ppo_clipped_loss
-from methods.raft import top_k_per_group
+from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss
 from rewards import REWARDS
 from rewards.feedback import Feedback
+from rewards.ranking import top_k_per_group
 
 # Small settings so that every method's step takes well under a second on the tiny world.
 SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
@@ -234,10 +233,10 @@ def test_group_normalized_advantages():
     assert group_normalized_advantages(torch.tensor([0.0, 100.0]), 1, clip=0.5).abs().max() == 0.5
 
 
-def test_raft_top_k_per_group():
+def test_top_k_per_group():
     rewards = torch.tensor([0.1, 0.9, 0.5, 3.0, 1.0, 2.0])
     assert top_k_per_group(rewards, groups=2, k=2).tolist() == [1, 2, 3, 5]
-    with pytest.raises(ValueError, match="keep_per_prompt"):
+    with pytest.raises(ValueError, match="the group size"):
         top_k_per_group(rewards, groups=2, k=4)
 
 

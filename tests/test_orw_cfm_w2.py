@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from methods.orw_cfm_w2 import Config, ORWCFMW2, orw_loss, reward_weights
+from methods.orw_cfm_w2 import Config, ORWCFMW2, orw_loss
+from methods.toolkit.weightings import reward_weights
 from models.flow import TIMESTEP_SCALE, FlowPolicy
 from rewards import REWARDS
 

@@ -1,0 +1,81 @@
+"""Policy gradients over the sampling chain, shared by the methods that treat it as an MDP (ddpo, sas).
+
+The chain's stochastic steps are the MDP's actions: x_{s+1} ~ pi_theta(. | x_s, c) = N(mu_theta(x_s), sigma_s^2 I).
+For trajectories sampled from the old policy, with advantage A_s at step s,
+  L(theta) = sum_{s in S} [ max(-A_s rho_s, -A_s clip(rho_s, 1 - eps, 1 + eps)) + kl_coef * KL_s ] / n,
+  rho_s = pi_theta(x_{s+1} | x_s, c) / pi_old(x_{s+1} | x_s, c),
+with KL_s the closed-form KL between the step's Gaussians under theta and a frozen reference (per dimension, as
+divergences.py normalizes it), taken at the visited states, and n = |S| (an average over steps, as DDPO's) or 1 (a
+sum, the Riemann sum of a continuous-time objective, as Scores-as-Actions').
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from methods.toolkit.divergences import closed_form
+from models.diffusion import gaussian_log_prob
+
+
+def ppo_clipped_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PPO clipped surrogate (to minimise) and the ratio. All inputs (B,); returns (scalar, (B,)) on log_prob's
+    device (advantages come from rewards, which are computed on the CPU)."""
+    advantages = advantages.to(log_prob.device)
+    ratio = torch.exp(log_prob - old_log_prob.to(log_prob.device))
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    return torch.maximum(unclipped, clipped).mean(), ratio
+
+
+def group_normalized_advantages(rewards: torch.Tensor, groups: int, clip: float) -> torch.Tensor:
+    """(r - mean_g) / (std_g + 1e-6) within each group of a group-major (G * K,) vector, clipped.
+
+    A group whose rewards are all equal carries no preference and gets advantage 0.
+    """
+    grouped = rewards.view(groups, -1)
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True, unbiased=False)
+    return (centered / (std + 1e-6)).clamp(-clip, clip).flatten()
+
+
+def ppo_chain_backward(
+    policy,
+    reference,
+    trajectory,
+    steps: Sequence[int],
+    advantages: torch.Tensor,
+    clip_range: float,
+    kl_coef: float,
+    average: bool,
+) -> dict[str, list[float]]:
+    """Backpropagates L(theta) above over the chosen stochastic `steps` of a (sub)trajectory of B chains, one step
+    at a time (each step's graph is freed before the next is built); the caller zeroes and applies the gradients.
+
+    advantages: (B,), the same for every step (the chain's normalised return), or (B, N), one column per step.
+    reference: the frozen policy of the KL term, or None (no KL, and no reference passes).
+    average: divide by the number of steps (a mean over steps) instead of summing them.
+    Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), clip_frac, and kl where there is a reference.
+    """
+    stats: dict[str, list[float]] = {"loss": [], "ratio_dev": [], "clip_frac": [], "kl": []}
+    divisor = len(steps) if average else 1
+    for s in steps:
+        mean = policy.step_mean(trajectory, s)
+        std = float(trajectory.stds[s])
+        log_prob = gaussian_log_prob(trajectory.latents[:, s + 1], mean, std)
+        step_advantages = advantages if advantages.dim() == 1 else advantages[:, s]
+        loss, ratio = ppo_clipped_loss(log_prob, trajectory.log_probs[:, s], step_advantages, clip_range)
+        if reference is not None:
+            with torch.no_grad():
+                reference_mean = reference.step_mean(trajectory, s)
+            kl = closed_form("kl", mean, std, reference_mean, std).mean()
+            loss = loss + kl_coef * kl
+            stats["kl"].append(kl.item())
+        (loss / divisor).backward()
+        stats["loss"].append(loss.item())
+        stats["ratio_dev"].append((ratio - 1).abs().mean().item())
+        stats["clip_frac"].append(((ratio - 1).abs() > clip_range).float().mean().item())
+    return stats
