@@ -19,13 +19,13 @@ from pathlib import Path
 from bench.loggers import LOGGERS, check_loggers
 from bench.meter import UNITS, Budget
 from bench.suites import SUITES, build_suite, check_names, parse_entry, validate
-from bench.scale_world import SOURCES_ENV
-from bench.world import MODELS, WORLDS, is_scale_world, world_models
+from worlds import MODELS, WORLDS, world_entry
+from worlds.scale import SOURCES_ENV
 from methods import METHODS
 from models.progress import MODES as PROGRESS_MODES
 from rewards import REWARDS
 
-SCALE_MODELS = world_models("scale")
+SCALE_MODELS = tuple(WORLDS["scale"].models)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             suite = suite_from_args(args)
         except (ValueError, TypeError) as error:
             parser.error(str(error))
-        if args.source and not is_scale_world(suite.world):
+        if args.source and not world_entry(suite.world).takes_sources:
             parser.error(f"--source replaces a scale world's checkpoints; suite {suite.name!r} runs in world "
                          f"{suite.world!r}")
         if args.backend == "ray" and args.workers > 1:
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                                  sample_steps=args.sample_steps, repeats=args.repeats,
                                  checkpointing=not args.no_checkpointing, device=args.device)
         print(throughput.table(results))
-        return 0
+        return 1 if any(r.failure for r in results) else 0
     store = args.store or ROOT / "results" / suite.name / "store.sqlite"
     if args.command == "leaderboard":
         if not store.exists():

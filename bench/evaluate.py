@@ -1,13 +1,6 @@
 """Evaluation at a budget milestone: fixed prompts, fixed noise, the same for every method and seed.
 
-Each world scores images with its own metrics (`world.score_images`, `world.metrics`); the scale worlds' are in
-bench/scale_world.py. The digits world's, per evaluation prompt set (eval_seen: train phrasings; eval_unseen:
-phrasings never trained on):
-  reward     mean of the run's training reward (the proxy being optimised);
-  judge_acc  fraction of images the judge reads as the prompted digit (the held-out measure of success);
-  diversity  mean pairwise L2 distance between the judge features of images of the same prompt;
-  fid        Frechet distance, in the judge's feature space, between all images of the set and the held-out
-             test images of the prompted digits (torchmetrics' FID with the judge as `feature=` module).
+Each world scores images with its own metrics (`world.score_images`, `world.metrics`; worlds/).
 """
 from __future__ import annotations
 
@@ -16,12 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchmetrics.image.fid import FrechetInceptionDistance
-
-from models.digits import digit_of
-from models.networks import FeatureExtractor
-
-DIGIT_METRICS = {"reward": True, "judge_acc": True, "diversity": True, "fid": False}  # name -> higher is better
 
 
 @dataclass(frozen=True)
@@ -43,36 +30,6 @@ class EvalConfig:
         """The fields that determine results; an option at its empty default is left out, so that adding
         one keeps the identity (and run ids) of every earlier run."""
         return {k: v for k, v in dataclasses.asdict(self).items() if v != ()}
-
-
-def mean_pairwise_distance(features: torch.Tensor, groups: int) -> float:
-    """Mean over groups of the mean pairwise L2 distance within a group. features: (G * K, F), group-major."""
-    grouped = features.view(groups, -1, features.shape[1])
-    k = grouped.shape[1]
-    distances = torch.cdist(grouped, grouped)
-    return float((distances.sum(dim=(1, 2)) / (k * (k - 1))).mean())
-
-
-def frechet_distance(judge: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor) -> float:
-    # sync_on_compute=False: in a data-parallel run only the main process evaluates; it must not wait for the others
-    fid = FrechetInceptionDistance(feature=FeatureExtractor(judge), normalize=True, sync_on_compute=False)
-    fid.update(real, real=True)
-    fid.update(fake, real=False)
-    return float(fid.compute())
-
-
-def score_digit_images(images: torch.Tensor, prompts: list[str], samples_per_prompt: int, world, reward) -> dict[str, float]:
-    """The digits world's metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
-    labels = torch.tensor([digit_of(p) for p in prompts])
-    real_images, real_labels = world.splits["test"]
-    real = real_images[torch.isin(real_labels, labels.unique())]
-    with torch.no_grad():
-        return {
-            "reward": float(reward(images, prompts).mean()),
-            "judge_acc": float((world.judge(images).argmax(dim=1) == labels).float().mean()),
-            "diversity": mean_pairwise_distance(world.judge.features(images), len(prompts) // samples_per_prompt),
-            "fid": frechet_distance(world.judge, images, real),
-        }
 
 
 def evaluate(trainer, world, reward, meter, budget, cfg: EvalConfig):

@@ -1,6 +1,6 @@
 """Sweeps beyond one machine: the cells of a suite as Ray tasks (the optional `ray` extra).
 
-Each task runs `bench.sweep.run_cell`, exactly what the local runner runs, so the store, resume and
+Each task runs `bench.cell.run_cell`, exactly what the local runner runs, so the store, resume and
 failure isolation are the same: a task writes its run straight into the suite's SQLite store, a failing
 run is recorded as failed and the other tasks go on, and a task whose worker dies is retried by Ray
 (its default for system failures), resuming from the run's last checkpoint. On a cluster of several
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.runner import RunSpec
-from bench.sweep import run_cell
+from bench.cell import run_cell
 from models.progress import progress
 
 

@@ -43,7 +43,7 @@ class RunSpec:
     variant: str
     """The label of the method's config within its suite ('' for the suite's plain config)."""
     model: str
-    """The world's generator the method starts from (see bench.world.MODELS)."""
+    """The world's generator the method starts from (see worlds.MODELS)."""
     method_config: object
     reward: str
     seed: int
@@ -86,7 +86,7 @@ def config_identity(config) -> dict:
     return {k: v for k, v in dataclasses.asdict(config).items() if v not in ("", ())}
 
 
-CODE_PATHS = ("bench", "methods", "models", "rewards", "prompts", "pyproject.toml")
+CODE_PATHS = ("bench", "methods", "models", "rewards", "worlds", "prompts", "pyproject.toml")
 
 
 @functools.cache

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from bench.evaluate import EvalConfig
 from bench.meter import Budget
 from bench.studies import STUDIES
-from bench.world import MODELS, model_family, world_models, world_rewards
+from worlds import MODELS, model_family, world_entry
 from methods import METHODS
 from rewards import REWARDS
 
@@ -46,7 +46,7 @@ class Suite:
 def default_model(method: str, world: str = "digits") -> str:
     """The world's first generator of the method's first family."""
     family = METHODS[method].families[0]
-    return next(m for m in world_models(world) if model_family(m) == family)
+    return next(m for m, f in world_entry(world).models.items() if f == family)
 
 
 def parse_entry(entry: str, variants: dict[str, dict] | None = None, world: str | None = None) -> tuple[str, str, str]:
@@ -61,7 +61,7 @@ def parse_entry(entry: str, variants: dict[str, dict] | None = None, world: str 
         raise ValueError(f"unknown variant {name!r}; valid: {', '.join(valid) or 'none in this suite'}")
     if not model:
         return method, variant, default_model(method, world or "digits")
-    check_names("model", [model], MODELS if world is None else world_models(world))
+    check_names("model", [model], MODELS if world is None else tuple(world_entry(world).models))
     if model_family(model) not in METHODS[method].families:
         raise ValueError(f"{method} cannot fine-tune {model!r} (a {model_family(model)} model); "
                          f"it runs on {', '.join(METHODS[method].families)} models")
@@ -231,7 +231,7 @@ def validate(suite: Suite) -> Suite:
         raise ValueError("a suite needs at least one method")
     entries = suite.entries()
     check_names("reward", suite.rewards, REWARDS)
-    offered = world_rewards(suite.world)
+    offered = world_entry(suite.world).rewards
     missing = [r for r in suite.rewards if r not in offered]
     if missing:
         raise ValueError(f"world {suite.world!r} offers no {', '.join(map(repr, missing))} reward; valid: {', '.join(offered)}")

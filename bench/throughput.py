@@ -31,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.suites import build_suite
-from bench.world import model_family
+from worlds import model_family
 from methods import METHODS
 from models.diffusers_policies import (
     LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,

@@ -5,8 +5,8 @@ paths as the full-size checkpoints, offline and on a CPU in seconds. They are ne
   write_tiny_pipelines(root)     root/sd (UNet + DDIM), root/lcm (UNet with a w-embedding + LCMScheduler),
                                  root/sd3 (SD3Transformer2DModel + FlowMatchEulerDiscreteScheduler, no T5) and,
                                  with t5=True, root/sd3-t5; 16 px images, 8 x 8 latents.
-  write_tiny_clip(directory)     a CLIPModel with its tokenizer (byte-level, printable ASCII) and, beside it,
-                                 a random LAION-aesthetic head file of the published layout.
+  write_tiny_clip(directory)     a CLIPModel with its tokenizer (byte-level, printable ASCII); the scale world writes
+                                 a random LAION-aesthetic head (rewards/aesthetic.py) beside it.
 """
 from __future__ import annotations
 
@@ -139,24 +139,12 @@ def tiny_clip_config(vocab_size: int = 190, logit_scale: float = math.log(1 / 0.
         projection_dim=CLIP_EMBED, logit_scale_init_value=logit_scale)
 
 
-def random_aesthetic_head(generator: torch.Generator, widths=AESTHETIC_WIDTHS, prefix: str = "") -> dict:
-    """A state dict in the published aesthetic head's layout (linear layers 0, 2, 4, 6, 7) at the given widths."""
-    state = {}
-    for (fan_in, fan_out), i in zip(zip(widths[:-1], widths[1:]), (0, 2, 4, 6, 7)):
-        state[f"{prefix}layers.{i}.weight"] = torch.randn(fan_out, fan_in, generator=generator) / math.sqrt(fan_in)
-        state[f"{prefix}layers.{i}.bias"] = 0.1 * torch.randn(fan_out, generator=generator)
-    return state
-
-
 def write_tiny_clip(directory: Path, *, logit_scale: float = math.log(1 / 0.07), seed: int = 0) -> Path:
-    """A tiny CLIPModel with its tokenizer in `directory`, as hub repositories hold them, and the aesthetic head."""
+    """A tiny CLIPModel with its tokenizer in `directory`, as hub repositories hold them."""
     from transformers import CLIPModel
-
-    from rewards.aesthetic import HEAD_FILENAME
 
     directory = Path(directory)
     torch.manual_seed(seed)
     CLIPModel(tiny_clip_config(logit_scale=logit_scale)).save_pretrained(directory)
     ascii_clip_tokenizer(directory)
-    torch.save(random_aesthetic_head(torch.Generator().manual_seed(seed + 1)), directory / HEAD_FILENAME)
     return directory

@@ -27,6 +27,7 @@ hub id, so it has no default and must be passed.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -75,6 +76,16 @@ class ScoreMLP(nn.Module):
             raise ValueError(f"head weights do not chain into one MLP (widths {widths}): "
                              f"{' '.join(str(error).split())[:300]}") from error
         return head
+
+
+def random_head(generator: torch.Generator, widths: Sequence[int], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A state dict in the published head's layout (linear layers 0, 2, 4, 6, 7) at the given widths, with random
+    weights: what the tiny scale world and the tests load in place of the published file."""
+    state = {}
+    for (fan_in, fan_out), i in zip(zip(widths[:-1], widths[1:]), LINEAR_INDICES):
+        state[f"{prefix}layers.{i}.weight"] = torch.randn(fan_out, fan_in, generator=generator) / math.sqrt(fan_in)
+        state[f"{prefix}layers.{i}.bias"] = 0.1 * torch.randn(fan_out, generator=generator)
+    return state
 
 
 def head_state_dict(published: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:

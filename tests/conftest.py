@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_world():
     """The digits world with barely trained networks (built once into artifacts/, then reused)."""
-    from bench.world import load_world
+    from worlds import load_world
 
     return load_world("digits-tiny", log=lambda *_: None)
 

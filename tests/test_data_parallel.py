@@ -22,14 +22,14 @@ def _free_port() -> int:
 
 def _train(rank: int, world_size: int, port: int, method: str, model: str, out: dict) -> None:
     from bench.meter import Meter, MeteredPolicy, MeteredReward
-    from bench.world import load_world, world_models
+    from worlds import WORLDS, load_world
     from methods import METHODS
     from rewards import REWARDS
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
-    scale = model in world_models("scale")
+    scale = model in WORLDS["scale"].models
     world = load_world("scale-tiny" if scale else "digits-tiny", log=lambda *_: None)
     meter = Meter()
     cls = METHODS[method]
@@ -47,8 +47,9 @@ def _train(rank: int, world_size: int, port: int, method: str, model: str, out: 
 
 @pytest.mark.parametrize("method, model", [("ddpo", "diffusion"), ("raft", "diffusion"), ("sas", "diffusion"),
                                            ("orw_cfm_w2", "flow"), ("ddpo", "sd15"), ("rocm", "lcm")])
+@pytest.mark.slow  # processes of their own, spawned and joined in a process group
 def test_processes_split_the_batch_and_stay_identical(method, model):
-    from bench.world import load_world
+    from worlds import load_world
 
     load_world("scale-tiny", log=lambda *_: None)  # built by one process, as the sweep's main process does
     out = mp.Manager().dict()
@@ -88,7 +89,7 @@ def _run(rank: int, world_size: int, port: int, store_path: str, failing_rank: i
     from bench.meter import Budget
     from bench.runner import RunSpec, execute
     from bench.store import Store
-    from bench.world import load_world
+    from worlds import load_world
     from methods import METHODS
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -108,6 +109,7 @@ def _run(rank: int, world_size: int, port: int, store_path: str, failing_rank: i
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # processes of their own, spawned and joined in a process group
 def test_a_data_parallel_run_counts_every_process_and_only_the_main_one_writes(tmp_path):
     from bench.store import Store
 
@@ -122,6 +124,7 @@ def test_a_data_parallel_run_counts_every_process_and_only_the_main_one_writes(t
     assert not list((tmp_path / "ckpt").glob("*.pt"))  # every process removed its checkpoint
 
 
+@pytest.mark.slow  # processes of their own, spawned and joined in a process group
 @pytest.mark.parametrize("failing_rank", [0, 1])
 def test_a_process_that_fails_ends_the_run_instead_of_leaving_the_others_waiting(tmp_path, failing_rank):
     from bench.store import Store
@@ -156,13 +159,14 @@ def test_a_data_parallel_sweep_leaves_the_methods_that_cannot_split_to_a_single_
     assert "run it without accelerate launch" in lines[-1]
 
 
+@pytest.mark.slow  # processes of their own, spawned and joined in a process group
 def test_the_command_line_under_a_launcher_trains_each_run_in_every_process(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
     from bench.store import Store
-    from bench.world import load_world
+    from worlds import load_world
 
     load_world("scale-tiny", log=lambda *_: None)  # built once, before the processes start
     store = tmp_path / "store.sqlite"

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-import bench.world
+import worlds
 from bench.cli import main
 from bench.meter import Budget
 from bench.runner import RunSpec, execute
@@ -36,7 +36,9 @@ def test_bad_input_is_one_line_naming_the_valid_choices_before_any_model_loads(a
     def must_not_load(*args, **kwargs):
         raise AssertionError("a model was loaded before the command line was validated")
 
-    monkeypatch.setattr(bench.world, "load_world", must_not_load)
+    for entry in {type(e) for e in worlds.WORLDS.values()}:
+        monkeypatch.setattr(entry, "load", must_not_load)
+        monkeypatch.setattr(entry, "ensure", must_not_load)
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     err = capsys.readouterr().err

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
-from bench.world import model_family, world_models, world_rewards
+from worlds import WORLDS, model_family
 from methods import METHODS
 from models.digits import GENERATORS
 from methods.best_of_n import candidates_for_budget
@@ -22,7 +22,7 @@ SMALL_CONFIGS = {"raft": {**SMALL, "updates_per_iter": 2}, "ddpo": {**SMALL, "mi
                  "aihf": {**SMALL, "preference_pairs": 6, "demo_batch": 4, "warmup_reward_steps": 2,
                           "reward_updates_per_iter": 1, "updates_per_iter": 1}}
 # every (method, model) pairing the digits world offers (the scale world's: tests/test_scale_world.py)
-MODELS, WORLD_REWARDS = world_models("digits"), world_rewards("digits")
+MODELS, WORLD_REWARDS = tuple(WORLDS["digits"].models), WORLDS["digits"].rewards
 PAIRS = [(name, model) for name in METHODS for model in MODELS if model_family(model) in METHODS[name].families]
 TRAINING = [pair for pair in PAIRS if METHODS[pair[0]].trains]
 INFERENCE = [pair for pair in PAIRS if not METHODS[pair[0]].trains]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig, CLIPModel, CLIPTokenizer
 
-from rewards.aesthetic import HEAD_FILENAME, AestheticReward, ScoreMLP, head_state_dict
+from rewards.aesthetic import HEAD_FILENAME, AestheticReward, ScoreMLP, head_state_dict, random_head
 from rewards.clip_score import ClipScoreReward, load_tokenizer
 from rewards.hpsv2 import HPSv2Reward, open_clip_to_transformers
 from rewards.image_preprocess import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, blip_preprocess, center_crop,
@@ -23,7 +23,7 @@ from rewards.image_preprocess import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, blip_pr
 from rewards.imagereward import SCORE_MEAN, SCORE_STD, ImageRewardReward, imagereward_state_dicts
 from rewards.jpeg import JpegCompressibilityReward
 from models.tiny_pipelines import (CLIP_EMBED, CLIP_IMAGE, CLIP_PATCH, CLIP_WIDTH, ascii_clip_tokenizer,
-                                   random_aesthetic_head, tiny_clip_config)
+                                   tiny_clip_config)
 from rewards.pickscore import PickScoreReward
 
 PROMPTS = ["a red cat", "two dogs on grass!"]
@@ -85,8 +85,8 @@ def reference_score_mlp(head: dict, features: torch.Tensor) -> torch.Tensor:
     return x.squeeze(-1)
 
 
-def random_head(generator, prefix=""):
-    return random_aesthetic_head(generator, HEAD_WIDTHS, prefix)
+def random_tiny_head(generator, prefix=""):
+    return random_head(generator, HEAD_WIDTHS, prefix)
 
 
 def assert_scores(scores, batch):
@@ -164,7 +164,7 @@ def test_pickscore_scales_the_cosine_by_the_learned_logit_scale(clip_dir, picksc
 
 @pytest.fixture(scope="module")
 def aesthetic_head_file(tmp_path_factory):
-    head = random_head(torch.Generator().manual_seed(1))
+    head = random_tiny_head(torch.Generator().manual_seed(1))
     path = tmp_path_factory.mktemp("aesthetic") / HEAD_FILENAME
     torch.save(head, path)
     return path
@@ -190,7 +190,7 @@ def test_aesthetic_head_loads_from_the_file_itself(clip_dir, aesthetic_head_file
 
 
 def test_head_mapping_refuses_missing_or_extra_keys():
-    head = random_head(torch.Generator().manual_seed(2))
+    head = random_tiny_head(torch.Generator().manual_seed(2))
     assert isinstance(ScoreMLP.from_state_dict(head_state_dict(head)), ScoreMLP)
     with pytest.raises(ValueError, match="missing.*layers.7.bias"):
         head_state_dict({k: v for k, v in head.items() if k != "layers.7.bias"})

@@ -8,11 +8,11 @@ import torch
 
 from bench.cli import main
 from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
-from bench.scale_world import (DEMONSTRATION_CANDIDATES, DEMONSTRATION_SEED, POLICIES, SCALE, SCALE_TINY, ScaleWorld,
+from worlds.scale import (DEMONSTRATION_CANDIDATES, DEMONSTRATION_SEED, POLICIES, SCALE, SCALE_TINY, ScaleWorld,
                                weights_fingerprint)
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.throughput import host_reads_of_meta_tensors
-from bench.world import model_family, world_models, world_rewards
+from worlds import WORLDS, model_family
 from models.diffusers_policies import DiffusersConfig
 from methods import METHODS
 from rewards import REWARDS
@@ -21,13 +21,13 @@ from rewards.feedback import Feedback
 SMOKE = build_suite("nightly-gpu", smoke=True)
 """Its tiny configs (a step well under a second) are the ones every test here trains with."""
 # every pairing of a method with a scale generator of a family it supports
-PAIRS = [(name, model) for name in METHODS for model in world_models("scale")
+PAIRS = [(name, model) for name in METHODS for model in tuple(WORLDS["scale"].models)
          if model_family(model) in METHODS[name].families]
 
 
 @pytest.fixture(scope="module")
 def world():
-    from bench.world import load_world
+    from worlds import load_world
 
     return load_world("scale-tiny", log=lambda *_: None)
 
@@ -44,10 +44,10 @@ def make(world, name, model, reward="pickscore", policy=None, raw_reward=None):
 
 
 def test_every_family_has_a_model_in_both_scale_worlds_and_every_method_a_pairing():
-    assert {model_family(m) for m in world_models("scale")} == {"diffusion", "consistency", "flow"}
-    assert world_models("scale") == world_models("scale-tiny")
-    assert set(world_rewards("scale")) == {"aesthetic", "pickscore", "clip_score", "imagereward", "hpsv2", "jpeg"}
-    assert set(world_rewards("scale-tiny")) < set(world_rewards("scale"))
+    assert {model_family(m) for m in tuple(WORLDS["scale"].models)} == {"diffusion", "consistency", "flow"}
+    assert tuple(WORLDS["scale"].models) == tuple(WORLDS["scale-tiny"].models)
+    assert set(WORLDS["scale"].rewards) == {"aesthetic", "pickscore", "clip_score", "imagereward", "hpsv2", "jpeg"}
+    assert set(WORLDS["scale-tiny"].rewards) < set(WORLDS["scale"].rewards)
     assert {name for name, _ in PAIRS} == set(METHODS)
 
 
@@ -181,6 +181,7 @@ def test_the_nightly_suite_and_its_smoke_twin_are_the_same_grid():
     assert {name for name, _ in PAIRS} == {e.partition("@")[0] for e in NIGHTLY_METHODS}
 
 
+@pytest.mark.slow
 def test_nightly_gpu_smoke_end_to_end(tmp_path, capsys):
     store = tmp_path / "nightly-gpu-smoke" / "store.sqlite"
     assert main(["run", "--suite", "nightly-gpu", "--smoke", "--store", str(store)]) == 0
@@ -194,9 +195,11 @@ def test_nightly_gpu_smoke_end_to_end(tmp_path, capsys):
     assert main(["leaderboard", "--suite", "nightly-gpu", "--smoke", "--store", str(store)]) == 0
 
 
+@pytest.mark.slow
 def test_the_throughput_benchmark_measures_every_training_method_on_every_family(capsys):
-    assert main(["throughput", "--size", "tiny", "--sample-steps", "2", "--repeats", "1"]) == 0
+    status = main(["throughput", "--size", "tiny", "--sample-steps", "2", "--repeats", "1"])
     out = capsys.readouterr().out
+    assert status == 0 and "failed" not in out, out
     for name, model in PAIRS:
         assert (f"| {model} | {name} |" in out) == METHODS[name].trains, (name, model)
 

@@ -43,12 +43,14 @@ def assert_same_suite(store_path: Path, reference: Path) -> None:
     pd.testing.assert_frame_equal(leaderboard(store_path), leaderboard(reference), check_exact=True)
 
 
+@pytest.mark.slow
 def test_parallel_local_workers_give_the_same_leaderboard(reference_sweep, tmp_path):
     store = tmp_path / "store.sqlite"
     assert main(["run", *SMALL_SWEEP, "--workers", "2", "--store", str(store)]) == 0
     assert_same_suite(store, reference_sweep)
 
 
+@pytest.mark.slow
 def test_the_ray_backend_gives_the_same_leaderboard(reference_sweep, tmp_path):
     store = tmp_path / "store.sqlite"
     assert main(["run", *SMALL_SWEEP, "--backend", "ray", "--store", str(store)]) == 0
@@ -59,6 +61,7 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_at_random_moments_resumes_to_the_same_leaderboard(reference_sweep, tmp_path):
     store, writes = tmp_path / "store.sqlite", tmp_path / "writes.log"
     env = {**os.environ, "SLOW_WRITES_LOG": str(writes), "SLOW_WRITES_S": "0.15", "BENCH_PROGRESS": "never"}

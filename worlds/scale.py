@@ -30,17 +30,17 @@ from pathlib import Path
 
 import torch
 
-from bench.evaluate import mean_pairwise_distance
 from models.diffusers_policies import (
     DiffusersConfig, LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
     StableDiffusionConfig, StableDiffusionPolicy, resolve_source,
 )
 from models.prompts import load_prompt_set
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
-from models.tiny_pipelines import write_tiny_clip, write_tiny_pipelines
-from rewards.aesthetic import HEAD_FILENAME
+from models.tiny_pipelines import AESTHETIC_WIDTHS, write_tiny_clip, write_tiny_pipelines
+from rewards.aesthetic import HEAD_FILENAME, random_head
 from rewards.clip_score import ClipScoreReward, clip_image_embeddings
 from rewards.ranking import top_k_per_group
+from worlds.metrics import mean_pairwise_distance
 
 POLICIES = {StableDiffusionConfig: StableDiffusionPolicy, LatentConsistencyConfig: LatentConsistencyPolicy,
             StableDiffusion3Config: StableDiffusion3Policy}
@@ -136,6 +136,8 @@ def build_tiny(directory: Path, log=print) -> None:
     try:
         write_tiny_pipelines(staging, seed=TINY_BUILD_SEED)
         write_tiny_clip(staging / "clip", seed=TINY_BUILD_SEED)
+        head = random_head(torch.Generator().manual_seed(TINY_BUILD_SEED + 1), AESTHETIC_WIDTHS)
+        torch.save(head, staging / "clip" / HEAD_FILENAME)
         missing = [f for f in TINY_WEIGHTS if not (staging / f).is_file()]
         if missing:  # transformers saves from the main process of a torch.distributed group only
             raise RuntimeError(f"building the tiny scale world wrote no {missing[0]}: build it from one process "
@@ -263,12 +265,38 @@ class ScaleWorld:
                 "diversity": mean_pairwise_distance(embeddings, len(prompts) // samples_per_prompt)}
 
 
-def load_scale_world(name: str, config: ScaleWorldConfig, root: Path, log=print) -> ScaleWorld:
-    from transformers.utils import logging as transformers_logging
+@dataclass(frozen=True)
+class ScaleEntry:
+    """A scale world as registered: its generators' and rewards' checkpoints."""
 
-    # every run loads its generator afresh: a weight-loading progress bar per run would bury the sweep's own log
-    transformers_logging.disable_progress_bar()
-    directory = root / name if config.built_here else None
-    if directory is not None:
-        build_tiny(directory, log)
-    return ScaleWorld(name, config, directory)
+    config: ScaleWorldConfig
+    headline_metric = "clip_score"
+    # a second worker would load a second model onto the same GPU; several GPUs train one run together instead
+    cells_side_by_side = False
+    takes_sources = True
+
+    @property
+    def models(self) -> dict[str, str]:
+        return self.config.families()
+
+    @property
+    def rewards(self) -> tuple[str, ...]:
+        return tuple(self.config.rewards)
+
+    def ensure(self, name: str, root: Path, log=print) -> Path:
+        """The generators are checkpoints in the model cache: nothing to build, except the tiny twin's toy models."""
+        directory = root / name
+        if self.config.built_here:
+            build_tiny(directory, log)
+        return directory
+
+    def prepare(self, name: str, root: Path, log=print) -> None:
+        self.load(name, root, log).verify(log)
+
+    def load(self, name: str, root: Path, log=print) -> ScaleWorld:
+        from transformers.utils import logging as transformers_logging
+
+        # every run loads its generator afresh: a weight-loading progress bar per run would bury the sweep's own log
+        transformers_logging.disable_progress_bar()
+        directory = self.ensure(name, root, log)
+        return ScaleWorld(name, self.config, directory if self.config.built_here else None)

@@ -1,0 +1,72 @@
+"""What the harness asks of a world, typed: bench/ talks to these two protocols and never asks which world it has.
+
+A `WorldEntry` is a registered world before it is loaded: the generators and rewards it offers (so a suite is
+checked before any weights load), how its cells may run, and how to build or check it. `load` gives the `World`:
+its prompt splits, generators, evaluation and annotator, which the run loop, the rewards and the methods use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+
+class World(Protocol):
+    """A loaded world."""
+
+    name: str
+    prompts: dict[str, list[str]]
+    """Prompt split -> prompts: `train` (what methods train on) and the evaluation splits (EvalConfig.splits)."""
+    metrics: dict[str, bool]
+    """The evaluation's metric -> higher is better."""
+    learned_reward_model: str
+    """The architecture a method that learns a reward from preferences uses here (rewards.learned.REWARD_MODELS)."""
+
+    def model_hash(self, model: str) -> str:
+        """The identity of a generator's weights: the base model a run starts from."""
+        ...
+
+    def make_policy(self, model: str) -> Any:
+        """A fresh, trainable copy of one of the world's generators (a models.policy.Policy)."""
+        ...
+
+    def score_images(
+        self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward
+    ) -> dict[str, float]:
+        """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
+        ...
+
+    def demonstrations(self, reward, fraction: float, base_policy) -> tuple[torch.Tensor, list[str]]:
+        """The annotator's demonstrations: the best `fraction` of the world's candidate images by the hidden
+        `reward`, with their prompts (images (N, C, H, W) in [0, 1] on the CPU)."""
+        ...
+
+
+class WorldEntry(Protocol):
+    """A registered world, known without loading it."""
+
+    models: dict[str, str]
+    """Generator name -> its family (diffusion, consistency or flow); the first of a family is its default."""
+    rewards: tuple[str, ...]
+    """The rewards (rewards.REWARDS) the world offers."""
+    headline_metric: str
+    """The held-out measure of success that tables lead with."""
+    cells_side_by_side: bool
+    """Whether a sweep may run several cells at once in worker processes (False where each loads a GPU's worth)."""
+    takes_sources: bool
+    """Whether `bench run --source MODEL=SOURCE` may replace a generator's checkpoint."""
+
+    def ensure(self, name: str, root: Path, log) -> Path:
+        """Builds whatever the world builds here and is missing or stale; returns its directory under `root`."""
+        ...
+
+    def prepare(self, name: str, root: Path, log) -> None:
+        """`bench models`: builds the world, or checks that every checkpoint it reads is there (failing, with a
+        ValueError naming how to get it, where one is missing)."""
+        ...
+
+    def load(self, name: str, root: Path, log) -> World:
+        """The world, ready to run cells (built first where it must be)."""
+        ...
