@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all models bench leaderboard throughput clean
+.PHONY: install lint test test-all test-slow models bench leaderboard throughput clean
 
 install: $(STAMP)
 
@@ -29,11 +29,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/basedpyright
+
+# The fast tests (CPU, a few minutes); test-all adds the slow ones (spawned processes, kill trials, the smoke suite).
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q -m '' $(ARGS)
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(ARGS)
+
+test-all: test test-slow
 
 models: $(STAMP)
 	$(PY) -m bench models --world $(WORLD)

@@ -8,9 +8,11 @@
   normalized and is left out, with a note.
 - improvement.csv: for every ordered pair of entries at each budget unit's largest budget, the
   probability that a run of A beats a run of B on a task drawn at random (rliable's probability of
-  improvement), with its stratified bootstrap interval, for the judge's accuracy and the training
-  reward on the primary split. Only tasks both entries ran count; `tasks` names them.
+  improvement), with its stratified bootstrap interval, for the world's headline metric (the judge's
+  accuracy in digits) and the training reward on the primary split. Only tasks both entries ran count; `tasks`
+  names them.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.leaderboard import BASE_METHOD, CELL_KEYS, HEADLINE_METRIC
+from bench.leaderboard import BASE_METHOD, CELL_KEYS
 from bench.stats import iqm, pooled, probability_of_improvement, stratified_bootstrap_ci
 from models.io import atomic_write_bytes
 
@@ -29,7 +31,6 @@ ENTRY_KEYS = [k for k in CELL_KEYS if k not in (TASK_KEY, "budget_unit", "budget
 # Scores are normalized within a task and budget unit, against the base of the same entry keys but method.
 NORMALIZE_KEYS = [k for k in CELL_KEYS if k not in ("method", "budget")]
 AGGREGATE_METRIC = "reward"
-IMPROVEMENT_METRICS = (HEADLINE_METRIC, "reward")
 
 
 def entry_label(entry: tuple) -> str:
@@ -69,15 +70,27 @@ def aggregate_table(scores: pd.DataFrame) -> pd.DataFrame:
         row["mean"], row["mean_lo"], row["mean_hi"] = stratified_bootstrap_ci(per_task, pooled(np.mean))
         row["iqm"], row["iqm_lo"], row["iqm_hi"] = stratified_bootstrap_ci(per_task, pooled(iqm))
         rows.append(row)
-    columns = [*ENTRY_KEYS, "budget_unit", "budget", "tasks", "n_runs",
-               "mean", "mean_lo", "mean_hi", "iqm", "iqm_lo", "iqm_hi"]
+    columns = [
+        *ENTRY_KEYS,
+        "budget_unit",
+        "budget",
+        "tasks",
+        "n_runs",
+        "mean",
+        "mean_lo",
+        "mean_hi",
+        "iqm",
+        "iqm_lo",
+        "iqm_hi",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
-def improvement_table(results: pd.DataFrame, split: str) -> pd.DataFrame:
-    """One row per (metric, budget unit, entry A, entry B): P(A beats B) at that unit's largest budget."""
+def improvement_table(results: pd.DataFrame, split: str, headline: str) -> pd.DataFrame:
+    """One row per (metric, budget unit, entry A, entry B): P(A beats B) at that unit's largest budget, for the headline
+    metric and the reward."""
     rows = []
-    ours = results[(results["split"] == split) & results["metric"].isin(IMPROVEMENT_METRICS)]
+    ours = results[(results["split"] == split) & results["metric"].isin((headline, "reward"))]
     for (metric, unit), frame in ours.groupby(["metric", "budget_unit"]):
         final = frame[frame["budget"] == frame["budget"].max()]
         sign = 1.0 if final["higher_is_better"].iloc[0] else -1.0  # P(improvement) reads higher as better
@@ -90,18 +103,39 @@ def improvement_table(results: pd.DataFrame, split: str) -> pd.DataFrame:
             if not tasks:
                 continue
             p, lo, hi = probability_of_improvement([per_entry[a][t] for t in tasks], [per_entry[b][t] for t in tasks])
-            rows.append({"metric": metric, "budget_unit": unit, "budget": final["budget"].iloc[0],
-                         **{f"{k}_a": v for k, v in zip(ENTRY_KEYS, a)}, **{f"{k}_b": v for k, v in zip(ENTRY_KEYS, b)},
-                         "tasks": ", ".join(tasks), "p": p, "lo": lo, "hi": hi})
-    columns = ["metric", "budget_unit", "budget", *(f"{k}_a" for k in ENTRY_KEYS), *(f"{k}_b" for k in ENTRY_KEYS),
-               "tasks", "p", "lo", "hi"]
+            rows.append(
+                {
+                    "metric": metric,
+                    "budget_unit": unit,
+                    "budget": final["budget"].iloc[0],
+                    **{f"{k}_a": v for k, v in zip(ENTRY_KEYS, a)},
+                    **{f"{k}_b": v for k, v in zip(ENTRY_KEYS, b)},
+                    "tasks": ", ".join(tasks),
+                    "p": p,
+                    "lo": lo,
+                    "hi": hi,
+                }
+            )
+    columns = [
+        "metric",
+        "budget_unit",
+        "budget",
+        *(f"{k}_a" for k in ENTRY_KEYS),
+        *(f"{k}_b" for k in ENTRY_KEYS),
+        "tasks",
+        "p",
+        "lo",
+        "hi",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
-def write_aggregates(results: pd.DataFrame, out_dir: Path, primary_split: str) -> tuple[list[Path], list[str]]:
+def write_aggregates(
+    results: pd.DataFrame, out_dir: Path, primary_split: str, headline: str
+) -> tuple[list[Path], list[str]]:
     """Write aggregate.csv and improvement.csv; return their paths and the normalization notes."""
     scores, notes = normalized_scores(results, primary_split)
     paths = [Path(out_dir) / "aggregate.csv", Path(out_dir) / "improvement.csv"]
     atomic_write_bytes(paths[0], aggregate_table(scores).to_csv(index=False).encode())
-    atomic_write_bytes(paths[1], improvement_table(results, primary_split).to_csv(index=False).encode())
+    atomic_write_bytes(paths[1], improvement_table(results, primary_split, headline).to_csv(index=False).encode())
     return paths, notes

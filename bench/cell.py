@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from bench.loggers import ExperimentLoggers
-from bench.parallel import DataParallel
+from bench.parallel import ONE_PROCESS, DataParallel
 from bench.runner import RunSpec, execute
 from bench.store import Store
 from worlds import load_world
@@ -45,13 +45,20 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def run_cell(spec: RunSpec, store_path: Path, loggers: tuple[str, ...] = (),
-             parallel: DataParallel = DataParallel()) -> str:
+def run_cell(
+    spec: RunSpec, store_path: Path, loggers: tuple[str, ...] = (), parallel: DataParallel = ONE_PROCESS
+) -> str:
     """One cell, in whatever process runs it (this one, a local worker, a Ray task, or each process of a
     data-parallel launch): opens the store, runs (or resumes, or skips) the run, returns its status. Safe to
     run concurrently with other cells on the same store: the store serializes writes, and each run has its
     own checkpoint."""
     runs = work_dir(store_path)
     with Store(store_path) as store, _one_torch_thread():
-        return execute(spec, _world(spec.world), store, runs / "checkpoints",
-                       loggers=ExperimentLoggers(loggers, runs / "logs"), parallel=parallel)
+        return execute(
+            spec,
+            _world(spec.world),
+            store,
+            runs / "checkpoints",
+            loggers=ExperimentLoggers(loggers, runs / "logs"),
+            parallel=parallel,
+        )

@@ -3,6 +3,7 @@
 Every method option is a flag `--<method>.<field>` whose help is the field's docstring in the
 method's Config, so `--help` documents them all. Everything is validated before any model loads.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,11 @@ from pathlib import Path
 from bench.loggers import LOGGERS, check_loggers
 from bench.meter import UNITS, Budget
 from bench.suites import SUITES, build_suite, check_names, parse_entry, validate
-from worlds import MODELS, WORLDS, world_entry
-from worlds.scale import SOURCES_ENV
 from methods import METHODS
 from models.progress import MODES as PROGRESS_MODES
 from rewards import REWARDS
+from worlds import MODELS, WORLDS, world_entry
+from worlds.scale import SOURCES_ENV
 
 SCALE_MODELS = tuple(WORLDS["scale"].models)
 
@@ -35,8 +36,12 @@ def field_docs(cls: type) -> dict[str, str]:
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
     docs = {}
     for node, following in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str)):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
             docs[node.target.id] = " ".join(following.value.value.split())
     return docs
 
@@ -55,6 +60,7 @@ def _names(kind: str, valid):
             return check_names(kind, [n.strip() for n in text.split(",") if n.strip()], valid)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
+
     return parse
 
 
@@ -92,6 +98,7 @@ def _positive_int(text: str) -> int:
 
 def _optional(kind: type, noun: str):
     """A parser for an `X | None` option, where None means the model's own default."""
+
     def parse(text: str):
         if text.lower() == "none":
             return None
@@ -99,11 +106,16 @@ def _optional(kind: type, noun: str):
             return kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {noun} or none, got {text!r}") from None
+
     return parse
 
 
-_OPTION_TYPES = {"int": int, "float": float, "int | None": _optional(int, "an integer"),
-                 "float | None": _optional(float, "a number")}
+_OPTION_TYPES = {
+    "int": int,
+    "float": float,
+    "int | None": _optional(int, "an integer"),
+    "float | None": _optional(float, "a number"),
+}
 
 
 class Parser(argparse.ArgumentParser):
@@ -125,8 +137,12 @@ def _loggers(text: str) -> tuple[str, ...]:
 
 
 def _add_progress(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--progress", choices=list(PROGRESS_MODES), default="auto",
-                         help="progress bars: auto (only when stderr is a terminal), always or never")
+    command.add_argument(
+        "--progress",
+        choices=list(PROGRESS_MODES),
+        default="auto",
+        help="progress bars: auto (only when stderr is a terminal), always or never",
+    )
 
 
 def build_parser() -> Parser:
@@ -138,66 +154,128 @@ def build_parser() -> Parser:
     _add_progress(models)
 
     run = commands.add_parser(
-        "run", help="run a suite (resumable) and write its leaderboard",
+        "run",
+        help="run a suite (resumable) and write its leaderboard",
         description="Runs every method x reward x seed of a suite, skipping finished runs and resuming "
-                    "interrupted ones, then writes results/<suite>/: leaderboard tables, aggregates, curves and "
-                    "report.html.",
+        "interrupted ones, then writes results/<suite>/: leaderboard tables, aggregates, curves and "
+        "report.html.",
     )
-    run.add_argument("--suite", default="default", type=_names("suite", SUITES),
-                     help=f"preset grid ({', '.join(SUITES)}); flags below override its parts")
-    run.add_argument("--smoke", action="store_true",
-                     help="the suite's CPU-sized twin (tiny random models, minutes; results/<suite>-smoke/), for the "
-                          "suites that have one (nightly-gpu)")
-    run.add_argument("--method", type=_entries,
-                     help=f"comma-separated METHOD[/VARIANT][@MODEL] (VARIANT: one of the suite's), METHOD in: "
-                          f"{', '.join(METHODS)}; "
-                          f"MODEL in: {', '.join(MODELS)} (default: the method's first supported family)")
-    run.add_argument("--source", action="append", type=_source, metavar="MODEL=SOURCE",
-                     help=f"fine-tune this checkpoint (a hub id in the local cache, or a pipeline directory) as a scale "
-                          f"world's MODEL ({', '.join(SCALE_MODELS)}), e.g. a fine-tuned SD 1.5 as sd15; repeatable")
-    run.add_argument("--reward", type=_names("reward", REWARDS), help=f"comma-separated subset of: {', '.join(REWARDS)}")
+    run.add_argument(
+        "--suite",
+        default="default",
+        type=_names("suite", SUITES),
+        help=f"preset grid ({', '.join(SUITES)}); flags below override its parts",
+    )
+    run.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the suite's CPU-sized twin (tiny random models, minutes; results/<suite>-smoke/), for the "
+        "suites that have one (nightly-gpu)",
+    )
+    run.add_argument(
+        "--method",
+        type=_entries,
+        help=f"comma-separated METHOD[/VARIANT][@MODEL] (VARIANT: one of the suite's), METHOD in: "
+        f"{', '.join(METHODS)}; "
+        f"MODEL in: {', '.join(MODELS)} (default: the method's first supported family)",
+    )
+    run.add_argument(
+        "--source",
+        action="append",
+        type=_source,
+        metavar="MODEL=SOURCE",
+        help=f"fine-tune this checkpoint (a hub id in the local cache, or a pipeline directory) as a scale "
+        f"world's MODEL ({', '.join(SCALE_MODELS)}), e.g. a fine-tuned SD 1.5 as sd15; repeatable",
+    )
+    run.add_argument(
+        "--reward", type=_names("reward", REWARDS), help=f"comma-separated subset of: {', '.join(REWARDS)}"
+    )
     run.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
-    run.add_argument("--budget", type=_budget,
-                     help=f"total budget per run, [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} (default nfe), e.g. nfe:300k")
+    run.add_argument(
+        "--budget",
+        type=_budget,
+        help=f"total budget per run, [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} (default nfe), e.g. nfe:300k",
+    )
     run.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
-    run.add_argument("--workers", type=_positive_int, default=1,
-                     help="run cells in this many parallel local worker processes sharing the store (default 1)")
-    run.add_argument("--backend", choices=("local", "ray"), default="local",
-                     help="local: this machine (default); ray: each cell a Ray task (needs the 'ray' extra)")
-    run.add_argument("--ray-address", metavar="ADDRESS",
-                     help="with --backend ray: a running Ray cluster's address, or 'auto' (default: start one here)")
-    run.add_argument("--logger", type=_loggers, default=(),
-                     help=f"comma-separated experiment loggers ({', '.join(LOGGERS)}; the 'loggers' extra), "
-                          "writing beside the store in <store>.runs/logs/")
+    run.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="run cells in this many parallel local worker processes sharing the store (default 1)",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine (default); ray: each cell a Ray task (needs the 'ray' extra)",
+    )
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --backend ray: a running Ray cluster's address, or 'auto' (default: start one here)",
+    )
+    run.add_argument(
+        "--logger",
+        type=_loggers,
+        default=(),
+        help=f"comma-separated experiment loggers ({', '.join(LOGGERS)}; the 'loggers' extra), "
+        "writing beside the store in <store>.runs/logs/",
+    )
     _add_progress(run)
     for name, method in METHODS.items():
         group = run.add_argument_group(f"{name} options", (method.__doc__ or "").strip().split("\n")[0] or None)
         docs = field_docs(method.Config)
         for f in dataclasses.fields(method.Config):
             kind = _parse_bool if f.type in (bool, "bool") else _OPTION_TYPES.get(str(f.type), str)
-            group.add_argument(f"--{name}.{f.name}", dest=f"{name}.{f.name}", type=kind, metavar=str(f.type).upper(),
-                               help=f"{docs.get(f.name, '')} (default: {f.default})")
+            group.add_argument(
+                f"--{name}.{f.name}",
+                dest=f"{name}.{f.name}",
+                type=kind,
+                metavar=str(f.type).upper(),
+                help=f"{docs.get(f.name, '')} (default: {f.default})",
+            )
 
     speed = commands.add_parser(
-        "throughput", help="images/s, peak memory and MFU of each method's training step on real-size random-weight "
-                           "SD 1.5, LCM and SD3 architectures (a GPU benchmark; --size tiny runs anywhere)",
+        "throughput",
+        help="images/s, peak memory and MFU of each method's training step on real-size random-weight "
+        "SD 1.5, LCM and SD3 architectures (a GPU benchmark; --size tiny runs anywhere)",
         description="Builds each architecture with random weights (nothing is downloaded), runs one warm-up and "
-                    "--repeats timed training steps of each method with the nightly suite's batch sizes, and prints a "
-                    "table; bench/throughput.py documents every column.")
-    speed.add_argument("--model", type=_names("model", SCALE_MODELS), default=SCALE_MODELS,
-                       help=f"comma-separated subset of {', '.join(SCALE_MODELS)} (default: all)")
-    speed.add_argument("--method", type=_names("method", METHODS),
-                       help="comma-separated methods (default: every method that trains the model)")
-    speed.add_argument("--size", choices=("real", "tiny"), default="real",
-                       help="real: the published architectures at 512 px (SD3: 1024 px); tiny: toy models, for tests")
-    speed.add_argument("--sample-steps", type=_positive_int,
-                       help="sampler steps of each training step (default: the model's own: 50, 4, 28)")
+        "--repeats timed training steps of each method with the nightly suite's batch sizes, and prints a "
+        "table; bench/throughput.py documents every column.",
+    )
+    speed.add_argument(
+        "--model",
+        type=_names("model", SCALE_MODELS),
+        default=SCALE_MODELS,
+        help=f"comma-separated subset of {', '.join(SCALE_MODELS)} (default: all)",
+    )
+    speed.add_argument(
+        "--method",
+        type=_names("method", METHODS),
+        help="comma-separated methods (default: every method that trains the model)",
+    )
+    speed.add_argument(
+        "--size",
+        choices=("real", "tiny"),
+        default="real",
+        help="real: the published architectures at 512 px (SD3: 1024 px); tiny: toy models, for tests",
+    )
+    speed.add_argument(
+        "--sample-steps",
+        type=_positive_int,
+        help="sampler steps of each training step (default: the model's own: 50, 4, 28)",
+    )
     speed.add_argument("--repeats", type=_positive_int, default=2, help="timed steps after one warm-up (default 2)")
-    speed.add_argument("--no-checkpointing", action="store_true",
-                       help="no gradient checkpointing: more memory, and MFU without recomputed forwards")
+    speed.add_argument(
+        "--no-checkpointing",
+        action="store_true",
+        help="no gradient checkpointing: more memory, and MFU without recomputed forwards",
+    )
     speed.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
-    board = commands.add_parser("leaderboard", help="regenerate results/<suite>/ (tables, plots, report.html) from the store alone")
+    board = commands.add_parser(
+        "leaderboard", help="regenerate results/<suite>/ (tables, plots, report.html) from the store alone"
+    )
     board.add_argument("--suite", default="default", type=_names("suite", SUITES), help=f"one of {', '.join(SUITES)}")
     board.add_argument("--smoke", action="store_true", help="the suite's --smoke twin's results")
     board.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
@@ -243,17 +321,22 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, TypeError) as error:
             parser.error(str(error))
         if args.source and not world_entry(suite.world).takes_sources:
-            parser.error(f"--source replaces a scale world's checkpoints; suite {suite.name!r} runs in world "
-                         f"{suite.world!r}")
+            parser.error(
+                f"--source replaces a scale world's checkpoints; suite {suite.name!r} runs in world {suite.world!r}"
+            )
         if args.backend == "ray" and args.workers > 1:
-            parser.error("--workers is for the local backend; with --backend ray the cluster's CPUs set the parallelism")
+            parser.error(
+                "--workers is for the local backend; with --backend ray the cluster's CPUs set the parallelism"
+            )
         if args.ray_address and args.backend != "ray":
             parser.error("--ray-address needs --backend ray")
         if args.backend == "ray" and importlib.util.find_spec("ray") is None:
             parser.error("--backend ray needs the ray package: pip install -e '.[ray]'")
         if launched_processes() > 1 and (args.workers > 1 or args.backend == "ray"):
-            parser.error("under `accelerate launch` every process trains each run together (data-parallel); "
-                         "drop --workers and --backend ray")
+            parser.error(
+                "under `accelerate launch` every process trains each run together (data-parallel); "
+                "drop --workers and --backend ray"
+            )
     if args.command == "leaderboard":
         try:
             suite = build_suite(args.suite[0], args.smoke)
@@ -275,9 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "throughput":
         from bench import throughput
 
-        results = throughput.run(list(args.model), list(args.method) if args.method else None, size=args.size,
-                                 sample_steps=args.sample_steps, repeats=args.repeats,
-                                 checkpointing=not args.no_checkpointing, device=args.device)
+        results = throughput.run(
+            list(args.model),
+            list(args.method) if args.method else None,
+            size=args.size,
+            sample_steps=args.sample_steps,
+            repeats=args.repeats,
+            checkpointing=not args.no_checkpointing,
+            device=args.device,
+        )
         print(throughput.table(results))
         return 1 if any(r.failure for r in results) else 0
     store = args.store or ROOT / "results" / suite.name / "store.sqlite"
@@ -291,8 +380,14 @@ def main(argv: list[str] | None = None) -> int:
         from bench.parallel import start_data_parallel
 
         return sweep.run_suite(suite, store, loggers=args.logger, parallel=start_data_parallel())
-    return sweep.run_suite(suite, store, workers=args.workers, use_ray=args.backend == "ray",
-                           ray_address=args.ray_address, loggers=args.logger)
+    return sweep.run_suite(
+        suite,
+        store,
+        workers=args.workers,
+        use_ray=args.backend == "ray",
+        ray_address=args.ray_address,
+        loggers=args.logger,
+    )
 
 
 def launched_processes() -> int:

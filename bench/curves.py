@@ -1,17 +1,19 @@
 """Anytime curves, drawn from the leaderboard table (one row per cell and milestone budget), one PNG per
-kind and reward, next to the tables:
+kind and reward, next to the tables. The headline is the world's (worlds/: the judge's accuracy in digits, the
+CLIP score at scale):
 
-- compute_<reward>.png: training reward and judge accuracy versus the compute used to reach each
+- compute_<reward>.png: training reward and the headline metric versus the compute used to reach each
   milestone (NFE, reward queries, wall seconds): mean over seeds with its 95% bootstrap band, one line
   per series (a ranked entry at one budget unit) through its milestones.
-- overoptimization_<reward>.png: judge accuracy versus training reward through the milestones, with
+- overoptimization_<reward>.png: the headline metric versus training reward through the milestones, with
   both intervals. A line that runs right while falling is a method optimizing the proxy past the point
-  where it tracks the held-out judge (the over-optimization curves of the reward-hacking literature).
+  where it tracks the held-out measure (the over-optimization curves of the reward-hacking literature).
 - pareto_<reward>.png: training reward versus diversity and versus FID, one point per cell; the cells
   no other cell beats on both axes are joined (the Pareto front).
 
 Figures are built with matplotlib's object API (no pyplot), so no global backend state is touched.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,7 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label
-from bench.leaderboard import HEADLINE_METRIC, safe_name
+from bench.leaderboard import safe_name
 from models.io import atomic_write_bytes
 
 PROXY_METRIC = "reward"
@@ -32,7 +34,14 @@ SERIES_KEYS = [*ENTRY_KEYS, "budget_unit"]
 _PANEL_INCHES = (4.2, 3.2)
 
 
-def write_curves(table: pd.DataFrame, directions: dict[str, bool], out_dir: Path, primary_split: str) -> list[Path]:
+def write_curves(
+    table: pd.DataFrame,
+    directions: dict[str, bool],
+    out_dir: Path,
+    primary_split: str,
+    headline: str,
+    headline_label: str,
+) -> list[Path]:
     """Write every figure whose metrics the table has; return their paths.
 
     table: leaderboard.csv as a frame. directions: metric -> higher is better.
@@ -43,7 +52,7 @@ def write_curves(table: pd.DataFrame, directions: dict[str, bool], out_dir: Path
     written = []
     for task, cells in done.groupby(TASK_KEY):
         for kind, draw in (("compute", _compute), ("overoptimization", _overoptimization), ("pareto", _pareto)):
-            figure = draw(cells, directions, colors, primary_split)
+            figure = draw(cells, directions, colors, primary_split, headline, headline_label)
             if figure is None:
                 continue
             figure.suptitle(f"{TASK_KEY}: {task} ({primary_split})")
@@ -77,11 +86,13 @@ def _axis_label(metric: str, directions: dict[str, bool]) -> str:
     return f"{metric} {'↑' if directions.get(metric, True) else '↓'}"
 
 
-def _compute(cells, directions, colors, split) -> Figure | None:
-    metrics = [m for m in (PROXY_METRIC, HEADLINE_METRIC) if _has(cells, split, m)]
+def _compute(cells, directions, colors, split, headline, headline_label) -> Figure | None:
+    metrics = [m for m in (PROXY_METRIC, headline) if _has(cells, split, m)]
     if not metrics:
         return None
-    figure = Figure(layout="constrained", figsize=(_PANEL_INCHES[0] * len(COMPUTE_UNITS), _PANEL_INCHES[1] * len(metrics)))
+    figure = Figure(
+        layout="constrained", figsize=(_PANEL_INCHES[0] * len(COMPUTE_UNITS), _PANEL_INCHES[1] * len(metrics))
+    )
     axes = figure.subplots(len(metrics), len(COMPUTE_UNITS), squeeze=False)
     for row, metric in enumerate(metrics):
         for col, (unit, unit_label) in enumerate(COMPUTE_UNITS.items()):
@@ -98,26 +109,34 @@ def _compute(cells, directions, colors, split) -> Figure | None:
     return figure
 
 
-def _overoptimization(cells, directions, colors, split) -> Figure | None:
-    if not _has(cells, split, PROXY_METRIC, HEADLINE_METRIC):
+def _overoptimization(cells, directions, colors, split, headline, headline_label) -> Figure | None:
+    if not _has(cells, split, PROXY_METRIC, headline):
         return None
     figure = Figure(layout="constrained", figsize=(_PANEL_INCHES[0] * 1.5, _PANEL_INCHES[1] * 1.5))
     ax = figure.subplots()
     for label, entry, series in _series(cells):
         x, x_lo, x_hi = _stat(series, split, PROXY_METRIC)
-        y, y_lo, y_hi = _stat(series, split, HEADLINE_METRIC)
-        ax.errorbar(x, y, xerr=[x - x_lo, x_hi - x], yerr=[y - y_lo, y_hi - y], marker="o", capsize=2,
-                    color=colors[entry], label=label)
+        y, y_lo, y_hi = _stat(series, split, headline)
+        ax.errorbar(
+            x,
+            y,
+            xerr=[x - x_lo, x_hi - x],
+            yerr=[y - y_lo, y_hi - y],
+            marker="o",
+            capsize=2,
+            color=colors[entry],
+            label=label,
+        )
         ax.plot(x[-1:], y[-1:], marker="*", markersize=14, color=colors[entry])  # the full budget
     ax.set_xlabel(f"training reward (proxy) {_axis_label(PROXY_METRIC, directions)[-1]}")
-    ax.set_ylabel(f"held-out judge: {_axis_label(HEADLINE_METRIC, directions)}")
+    ax.set_ylabel(f"{headline_label}: {_axis_label(headline, directions)}")
     ax.set_title("milestones in budget order; ★ = full budget", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return figure
 
 
-def _pareto(cells, directions, colors, split) -> Figure | None:
+def _pareto(cells, directions, colors, split, headline, headline_label) -> Figure | None:
     metrics = [m for m in PARETO_METRICS if _has(cells, split, PROXY_METRIC, m)]
     if not metrics:
         return None
@@ -131,8 +150,17 @@ def _pareto(cells, directions, colors, split) -> Figure | None:
         x, _, _ = _stat(cells, split, PROXY_METRIC)
         y, _, _ = _stat(cells, split, metric)
         front = pareto_front(x, y, directions.get(PROXY_METRIC, True), directions.get(metric, True))
-        ax.plot(x[front], y[front], linestyle="--", marker="o", markersize=12, markerfacecolor="none",
-                color="gray", zorder=0, label="Pareto front")
+        ax.plot(
+            x[front],
+            y[front],
+            linestyle="--",
+            marker="o",
+            markersize=12,
+            markerfacecolor="none",
+            color="gray",
+            zorder=0,
+            label="Pareto front",
+        )
         ax.set_xlabel(_axis_label(PROXY_METRIC, directions))
         ax.set_ylabel(_axis_label(metric, directions))
         ax.locator_params(axis="x", nbins=5)  # reward values such as -137.5 need room
@@ -147,7 +175,10 @@ def pareto_front(x: np.ndarray, y: np.ndarray, x_higher_better: bool, y_higher_b
     one), ordered by x. x, y: (N,)."""
     sx = np.where(x_higher_better, x, -x)
     sy = np.where(y_higher_better, y, -y)
-    beaten = ((sx[None, :] >= sx[:, None]) & (sy[None, :] >= sy[:, None])
-              & ((sx[None, :] > sx[:, None]) | (sy[None, :] > sy[:, None]))).any(axis=1)
+    beaten = (
+        (sx[None, :] >= sx[:, None])
+        & (sy[None, :] >= sy[:, None])
+        & ((sx[None, :] > sx[:, None]) | (sy[None, :] > sy[:, None]))
+    ).any(axis=1)
     front = np.flatnonzero(~beaten)
     return front[np.argsort(x[front], kind="stable")]

@@ -2,6 +2,7 @@
 
 Each world scores images with its own metrics (`world.score_images`, `world.metrics`; worlds/).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -11,12 +11,13 @@
 Every file is written atomically, so a reader (or a crashed writer) never sees half a table.
 
 Pairing against `base`: a method's seed is paired with the base run of the same model (the
-generator it fine-tunes) and seed at the same reward and budget. When the base model is deterministic across seeds for a metric (all
-its values equal, which includes having a single seed), every seed of the method is paired with
+generator it fine-tunes) and seed at the same reward and budget. When the base model is deterministic across
+seeds for a metric (all its values equal, which includes having a single seed), every seed of the method is paired with
 that one base value instead, and when the base was evaluated at a single budget of that reward
 (it does not train, so budget means nothing to it) that evaluation serves every budget.
 Seeds the base lacks otherwise drop out of the difference; `delta_vs_base/n` counts the pairs.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,10 +32,9 @@ from PIL import Image, ImageDraw, ImageFont
 from bench.stats import bootstrap_ci, iqm, paired_difference_ci
 from bench.store import USED_KEYS, Store
 from models.io import atomic_write_bytes
+from worlds import world_entry
 
 BASE_METHOD = "base"
-# The held-out judge's accuracy is the suite's headline: the only metric the tables name.
-HEADLINE_METRIC = "judge_acc"
 GRID_COLUMNS = 24
 MIN_CELL_PX = 32
 _PAD = 4
@@ -61,7 +61,7 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
 
     written = [out_dir / "leaderboard.csv", out_dir / "leaderboard.md"]
     atomic_write_bytes(written[0], table.to_csv(index=False).encode())
-    atomic_write_bytes(written[1], _markdown(table, runs, results, primary_split).encode())
+    atomic_write_bytes(written[1], _markdown(table, runs, results, primary_split, headline(runs)[0]).encode())
     for reward in sorted(results["reward"].unique()):
         grid = _sample_grid(store, results[results["reward"] == reward], primary_split)
         if grid is not None:
@@ -71,6 +71,16 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
             atomic_write_bytes(path, buffer.getvalue())
             written.append(path)
     return written
+
+
+def headline(runs: pd.DataFrame) -> tuple[str, str]:
+    """The headline metric of the store's world (the held-out measure of success the tables lead with, and the one
+    whose paired difference to `base` they show) and what it measures, for plots."""
+    worlds = runs["world"].unique()
+    if len(worlds) != 1:
+        raise ValueError(f"a store holds the runs of one world, this one of {', '.join(sorted(worlds))}")
+    entry = world_entry(worlds[0])
+    return entry.headline_metric, entry.headline_label
 
 
 def safe_name(name: str) -> str:
@@ -118,8 +128,19 @@ def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.
     rows.extend(_rows_without_results(runs, results, failed))
 
     table = pd.DataFrame(rows)
-    fixed = ["method", "model", "method_version", "reward", "budget_unit", "budget", "status", "n_seeds", "failed", "note",
-             *USED_KEYS]
+    fixed = [
+        "method",
+        "model",
+        "method_version",
+        "reward",
+        "budget_unit",
+        "budget",
+        "status",
+        "n_seeds",
+        "failed",
+        "note",
+        *USED_KEYS,
+    ]
     metric_columns = [
         f"{split}/{metric}/{stat}"
         for split, metric in sorted(set(zip(results["split"], results["metric"])))
@@ -163,16 +184,23 @@ def _check_cell(cell_runs: pd.DataFrame, where: str) -> None:
         raise ValueError(f"{where} has several done runs of seed(s) {duplicated}; keep one run per seed")
 
 
-def _put_ci(row: dict, prefix: str, ci: tuple[float, float, float],
-            suffixes: tuple[str, str, str] = ("/mean", "/lo", "/hi")) -> None:
+def _put_ci(
+    row: dict, prefix: str, ci: tuple[float, float, float], suffixes: tuple[str, str, str] = ("/mean", "/lo", "/hi")
+) -> None:
     for suffix, value in zip(suffixes, ci):
         row[prefix + suffix] = value
 
 
-def _base_values(base: pd.DataFrame, reward: str, unit: str, budget: float, split: str, metric: str) -> pd.Series | None:
+def _base_values(
+    base: pd.DataFrame, reward: str, unit: str, budget: float, split: str, metric: str
+) -> pd.Series | None:
     """The base method's values (indexed by seed) to compare a cell with, or None if it has none."""
-    base = base[(base["reward"] == reward) & (base["budget_unit"] == unit)
-                & (base["split"] == split) & (base["metric"] == metric)]
+    base = base[
+        (base["reward"] == reward)
+        & (base["budget_unit"] == unit)
+        & (base["split"] == split)
+        & (base["metric"] == metric)
+    ]
     budgets = base["budget"].unique()
     if budget in budgets:
         base = base[base["budget"] == budget]
@@ -198,23 +226,40 @@ def _rows_without_results(runs: pd.DataFrame, results: pd.DataFrame, failed: pd.
     rows = []
     not_applicable = runs[runs["status"] == "n/a"]
     for (method, model, reward, unit), cell in not_applicable.groupby(_RUN_KEYS):
-        rows.append({
-            "method": method, "model": model, "method_version": ", ".join(sorted(cell["method_version"].unique())),
-            "reward": reward, "budget_unit": unit, "budget": math.nan, "status": "n/a", "n_seeds": 0,
-            "failed": int(failed.get((method, model, reward, unit), 0)),
-            "note": "; ".join(sorted(cell["reason"].fillna("no reason given").unique())),
-        })
+        rows.append(
+            {
+                "method": method,
+                "model": model,
+                "method_version": ", ".join(sorted(cell["method_version"].unique())),
+                "reward": reward,
+                "budget_unit": unit,
+                "budget": math.nan,
+                "status": "n/a",
+                "n_seeds": 0,
+                "failed": int(failed.get((method, model, reward, unit), 0)),
+                "note": "; ".join(sorted(cell["reason"].fillna("no reason given").unique())),
+            }
+        )
     has_rows = set(results[_RUN_KEYS].itertuples(index=False, name=None))
     has_rows |= set(not_applicable[_RUN_KEYS].itertuples(index=False, name=None))
     for key, count in failed.items():
         if key not in has_rows:
             method, model, reward, unit = key
             cell = runs[(runs[_RUN_KEYS].apply(tuple, axis=1) == key) & (runs["status"] == "failed")]
-            rows.append({
-                "method": method, "model": model, "method_version": ", ".join(sorted(cell["method_version"].unique())),
-                "reward": reward, "budget_unit": unit, "budget": math.nan, "status": "failed", "n_seeds": 0,
-                "failed": int(count), "note": f"{count} failed, none done",
-            })
+            rows.append(
+                {
+                    "method": method,
+                    "model": model,
+                    "method_version": ", ".join(sorted(cell["method_version"].unique())),
+                    "reward": reward,
+                    "budget_unit": unit,
+                    "budget": math.nan,
+                    "status": "failed",
+                    "n_seeds": 0,
+                    "failed": int(count),
+                    "note": f"{count} failed, none done",
+                }
+            )
     return rows
 
 
@@ -223,13 +268,17 @@ def _directions(results: pd.DataFrame) -> dict[str, bool]:
     directions = results.groupby("metric")["higher_is_better"].unique()
     mixed = [m for m, d in directions.items() if len(d) > 1]
     if mixed:
-        raise ValueError(f"metric(s) {mixed} are stored as both higher- and lower-is-better; fix the reward/metric code")
+        raise ValueError(
+            f"metric(s) {mixed} are stored as both higher- and lower-is-better; fix the reward/metric code"
+        )
     return {m: bool(d[0]) for m, d in directions.items()}
 
 
 # -- markdown ---------------------------------------------------------------------------------
 
-def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> str:
+
+def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, primary_split: str, metric: str) -> str:
+    """leaderboard.md; `metric` is the headline."""
     arrows = {m: "↑" if up else "↓" for m, up in _directions(results).items()}
     suite = ", ".join(sorted(runs["suite"].unique()))
     lines = [
@@ -237,24 +286,41 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
         "",
         f"Each cell is the mean [95% bootstrap CI] over `seeds` seeds, on the `{primary_split}` prompts "
         "unless a split is named, after training for `budget`; ↑ higher is better, ↓ lower is better. "
-        + (f"Δ {HEADLINE_METRIC} vs base is the per-seed paired difference to the base model at the same reward "
-           "and budget (against its single value where the base is deterministic across seeds). "
-           if HEADLINE_METRIC in arrows else "")
+        + (
+            f"Δ {metric} vs base is the per-seed paired difference to the base model at the same reward "
+            "and budget (against its single value where the base is deterministic across seeds). "
+            if metric in arrows
+            else ""
+        )
         + "NFE, reward queries and wall s are the compute used, means over seeds. "
         "`version` is the method's version; "
         f"code at git {', '.join(sorted(runs['git_sha'].unique()))}, "
-        "base models " + ", ".join(f"{model} {', '.join(sorted(hashes))}"
-                                   for model, hashes in runs.groupby("model")["base_model_hash"].unique().items()) + ".",
+        "base models "
+        + ", ".join(
+            f"{model} {', '.join(sorted(hashes))}"
+            for model, hashes in runs.groupby("model")["base_model_hash"].unique().items()
+        )
+        + ".",
     ]
     for reward in sorted(table["reward"].unique()):
         lines += ["", f"## Reward: {reward}", ""]
-        lines += _reward_table(table[table["reward"] == reward], results[results["reward"] == reward],
-                               primary_split, arrows)
+        lines += _reward_table(
+            table[table["reward"] == reward], results[results["reward"] == reward], primary_split, arrows, metric
+        )
     # In name order, not start order: parallel workers start runs in no fixed order.
-    failed = runs[runs["status"] == "failed"].fillna({"reason": "no reason given"}).sort_values(
-        ["method", "reward", "seed", "run_id"])
+    failed = (
+        runs[runs["status"] == "failed"]
+        .fillna({"reason": "no reason given"})
+        .sort_values(["method", "reward", "seed", "run_id"])
+    )
     if not failed.empty:
-        lines += ["", "## Failed runs", "", "| run_id | method | model | reward | seed | reason |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Failed runs",
+            "",
+            "| run_id | method | model | reward | seed | reason |",
+            "|---|---|---|---|---|---|",
+        ]
         lines += [
             f"| {_md(r.run_id)} | {_md(r.method)} | {_md(r.model)} | {_md(r.reward)} | {r.seed} | {_md(r.reason)} |"
             for r in failed.itertuples()
@@ -262,29 +328,38 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
     return "\n".join(lines) + "\n"
 
 
-def _reward_table(table: pd.DataFrame, results: pd.DataFrame, primary_split: str, arrows: dict[str, str]) -> list[str]:
+def _reward_table(
+    table: pd.DataFrame, results: pd.DataFrame, primary_split: str, arrows: dict[str, str], metric: str
+) -> list[str]:
     # the headline first, then the rest in name order
-    primary_metrics = sorted(results.loc[results["split"] == primary_split, "metric"].unique(),
-                             key=lambda m: (m != HEADLINE_METRIC, m))
-    other_splits = sorted(results.loc[(results["metric"] == HEADLINE_METRIC)
-                                      & (results["split"] != primary_split), "split"].unique())
-    has_delta = HEADLINE_METRIC in primary_metrics
+    primary_metrics = sorted(
+        results.loc[results["split"] == primary_split, "metric"].unique(), key=lambda m: (m != metric, m)
+    )
+    other_splits = sorted(
+        results.loc[(results["metric"] == metric) & (results["split"] != primary_split), "split"].unique()
+    )
+    has_delta = metric in primary_metrics
     header = ["method", "model", "version", "budget", "seeds"]
     header += [f"{m} {arrows[m]}" for m in primary_metrics]
-    header += [f"Δ {HEADLINE_METRIC} vs base"] if has_delta else []
-    header += [f"{HEADLINE_METRIC} ({s}) {arrows[HEADLINE_METRIC]}" for s in other_splits]
+    header += [f"Δ {metric} vs base"] if has_delta else []
+    header += [f"{metric} ({s}) {arrows[metric]}" for s in other_splits]
     header += ["NFE", "reward queries", "wall s", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     for r in table.to_dict("records"):
         done = r["status"] == "done"
         empty = "n/a" if r["status"] == "n/a" else "—"
-        cells = [_md(r["method"]), _md(r["model"]), _md(r["method_version"]),
-                 f"{r['budget_unit']} {_human(r['budget'])}" if done else "—", str(r["n_seeds"])]
+        cells = [
+            _md(r["method"]),
+            _md(r["model"]),
+            _md(r["method_version"]),
+            f"{r['budget_unit']} {_human(r['budget'])}" if done else "—",
+            str(r["n_seeds"]),
+        ]
         cells += [_ci(r, f"{primary_split}/{m}") if done else empty for m in primary_metrics]
         if has_delta:
-            cells.append(_ci(r, f"{primary_split}/{HEADLINE_METRIC}/delta_vs_base", signed=True) if done else empty)
-        cells += [_ci(r, f"{s}/{HEADLINE_METRIC}") if done else empty for s in other_splits]
+            cells.append(_ci(r, f"{primary_split}/{metric}/delta_vs_base", signed=True) if done else empty)
+        cells += [_ci(r, f"{s}/{metric}") if done else empty for s in other_splits]
         cells += [_human(r[k]) if done else "—" for k in ("nfe", "reward_queries", "wall_s")]
         note = f"{r['failed']} failed run(s), see below" if done and r["failed"] else r["note"]
         cells.append(_md(note))
@@ -314,6 +389,7 @@ def _md(text: object) -> str:
 
 
 # -- sample grid ------------------------------------------------------------------------------
+
 
 def _sample_grid(store: Store, results: pd.DataFrame, primary_split: str) -> Image.Image | None:
     """Rows = (model, method) pairs with stored samples, columns = the first GRID_COLUMNS samples of

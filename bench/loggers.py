@@ -6,6 +6,7 @@ the NFE its training has used, into `<store>.runs/logs/<run_id>/{tensorboard,wan
 touches the network: its runs are written offline (`wandb sync` uploads them later, if wanted). The
 results store stays the record; loggers are for watching runs.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,8 +42,12 @@ class RunLogger:
 
             (directory / "wandb").mkdir(parents=True, exist_ok=True)
             self._wandb = wandb.init(
-                mode="offline", dir=directory / "wandb", project=record.suite, name=record.run_id,
-                config=json.loads(record.config_json), settings=wandb.Settings(silent=True, console="off"),
+                mode="offline",
+                dir=directory / "wandb",
+                project=record.suite,
+                name=record.run_id,
+                config=json.loads(record.config_json),
+                settings=wandb.Settings(silent=True, console="off"),
                 reinit="create_new",  # one process runs many cells, one W&B run each
             )
 
@@ -70,3 +75,7 @@ class ExperimentLoggers:
 
     def open(self, record: RunRecord) -> RunLogger:
         return RunLogger(self.names, self.directory / record.run_id, record)
+
+
+NO_LOGGERS = ExperimentLoggers()
+"""Logs nothing: the default, and what the processes other than the main one of a data-parallel run get."""

@@ -14,6 +14,7 @@ Units (budgets are expressed in any of them but labels):
 Usage is kept in accounts: `train` (what the budget limits) and `eval` (the harness's evaluation;
 for inference-time methods such as best-of-N this is their whole cost).
 """
+
 from __future__ import annotations
 
 import re
@@ -49,13 +50,15 @@ class Budget:
     amount: float
 
     @classmethod
-    def parse(cls, text: str) -> "Budget":
+    def parse(cls, text: str) -> Budget:
         unit, _, amount = text.rpartition(":")
         unit = unit or "nfe"
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgG]?)\s*", amount)
         if unit not in UNITS or not match or float(match[1]) <= 0:
-            raise ValueError(f"bad budget {text!r}: expected [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} "
-                             f"(default nfe) and AMOUNT > 0, e.g. nfe:200k or reward_queries:5000")
+            raise ValueError(
+                f"bad budget {text!r}: expected [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} "
+                f"(default nfe) and AMOUNT > 0, e.g. nfe:200k or reward_queries:5000"
+            )
         return cls(unit, float(match[1]) * _SUFFIX[match[2].lower()])
 
     def __str__(self) -> str:
@@ -96,8 +99,10 @@ class Meter:
             batch = output.shape[0]
             meter.usage.nfe += batch
             if output.requires_grad:
+
                 def count_backward(grad):
                     meter.usage.nfe += 2 * batch
+
                 output.register_hook(count_backward)
 
         module.register_forward_hook(count)
@@ -129,7 +134,7 @@ class MeteredPolicy:
         self._meter.usage.samples += len(prompts)
         return trajectory
 
-    def frozen_copy(self) -> "MeteredPolicy":
+    def frozen_copy(self) -> MeteredPolicy:
         return MeteredPolicy(self._policy.frozen_copy(), self._meter, watch=False)
 
 

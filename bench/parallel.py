@@ -7,6 +7,7 @@ process group the launcher describes in its environment (NCCL on GPUs, one GPU p
 DataParallel splits every batch and averages gradients once per optimizer step. Only the main
 process evaluates and writes the store and the tables.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-
 
 # The others wait at a barrier while the main process evaluates a milestone; NCCL's default timeout (10 min)
 # is shorter than a large model's evaluation.
@@ -59,8 +59,9 @@ class DataParallel:
     def share(self, total: int, what: str) -> int:
         """This process's part of a batch of `total`; the config must split evenly."""
         if total % self.world_size:
-            raise ValueError(f"{what} = {total} does not split over {self.world_size} processes; "
-                             f"use a multiple of {self.world_size}")
+            raise ValueError(
+                f"{what} = {total} does not split over {self.world_size} processes; use a multiple of {self.world_size}"
+            )
         return total // self.world_size
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
@@ -97,7 +98,7 @@ class DataParallel:
     def local(self, gathered: torch.Tensor) -> torch.Tensor:
         """This process's rows of a gathered tensor."""
         size = len(gathered) // self.world_size
-        return gathered[self.rank * size:(self.rank + 1) * size]
+        return gathered[self.rank * size : (self.rank + 1) * size]
 
     def total(self, values: list[float]) -> list[float]:
         """The sums over processes of per-process counts (e.g. the meter's usage)."""
@@ -110,3 +111,7 @@ class DataParallel:
     def barrier(self) -> None:
         if self.world_size > 1:
             dist.barrier()
+
+
+ONE_PROCESS = DataParallel()
+"""A run on this process alone (the default everywhere but under a launcher)."""

@@ -10,12 +10,13 @@ filesystem they all share.
 Each cell asks for one CPU. The harness places every network on the CPU today, so cells request no
 GPU; a world that trains on GPUs would ask for `num_gpus` here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.runner import RunSpec
 from bench.cell import run_cell
+from bench.runner import RunSpec
 from models.progress import progress
 
 

@@ -8,6 +8,7 @@
   script) with the tables, plots and sample grids of every reward, the aggregates across rewards,
   the studies, every run's status, git sha and config, and the failed runs with their reasons.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,16 +21,18 @@ import pandas as pd
 
 from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label, write_aggregates
 from bench.curves import write_curves
-from bench.leaderboard import HEADLINE_METRIC, _human, ranked_frames, safe_name, write_leaderboard
+from bench.leaderboard import _human, headline, ranked_frames, safe_name, write_leaderboard
 from bench.store import USED_KEYS, Store
 from bench.studies import write_studies
 from models.io import atomic_write_bytes
 
 PRIMARY_SPLIT = "eval_unseen"
-FIGURE_KINDS = (("compute", "Anytime curves: reward and judge versus compute"),
-                ("overoptimization", "Over-optimization: held-out judge versus training reward"),
-                ("pareto", "Trade-offs: reward versus diversity and FID"),
-                ("samples", "Samples at the full budget (first seed)"))
+FIGURE_KINDS = (
+    ("compute", "Anytime curves: reward and judge versus compute"),
+    ("overoptimization", "Over-optimization: held-out judge versus training reward"),
+    ("pareto", "Trade-offs: reward versus diversity and FID"),
+    ("samples", "Samples at the full budget (first seed)"),
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
@@ -44,8 +47,9 @@ pre { white-space: pre-wrap; font-size: 0.8em; margin: 0; }
 """
 
 
-def write_results(store: Store, out_dir: Path, studies: tuple[str, ...] = (),
-                  primary_split: str = PRIMARY_SPLIT) -> list[Path]:
+def write_results(
+    store: Store, out_dir: Path, studies: tuple[str, ...] = (), primary_split: str = PRIMARY_SPLIT
+) -> list[Path]:
     """Write every file of the module docstring into out_dir; return their paths."""
     out_dir = Path(out_dir)
     with store.snapshot():
@@ -55,20 +59,22 @@ def write_results(store: Store, out_dir: Path, studies: tuple[str, ...] = (),
         all_runs = store.runs_frame()
     table = pd.read_csv(out_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
     directions = results.groupby("metric")["higher_is_better"].first().to_dict()
-    aggregate_paths, notes = write_aggregates(results, out_dir, primary_split)
+    metric, label = headline(runs)
+    aggregate_paths, notes = write_aggregates(results, out_dir, primary_split, metric)
     written += aggregate_paths
-    written += write_curves(table, directions, out_dir, primary_split)
-    page = _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store.path.name, primary_split)
+    written += write_curves(table, directions, out_dir, primary_split, metric, label)
+    page = _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store.path.name, primary_split, metric)
     atomic_write_bytes(out_dir / "report.html", page.encode())
     return written + study_paths + [out_dir / "report.html"]
 
 
-def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_name, split) -> str:
+def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_name, split, metric) -> str:
     suite = ", ".join(sorted(all_runs["suite"].unique()))
     tasks = sorted(table[TASK_KEY].unique())
     counts = ", ".join(f"{n} {status}" for status, n in all_runs["status"].value_counts().sort_index().items())
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Leaderboard: {_e(suite)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Leaderboard: {_e(suite)}</h1>",
         f'<p class="note">Generated from <code>{_e(store_name)}</code>: {len(all_runs)} runs ({_e(counts)}). '
@@ -78,14 +84,14 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
         f"Numbers are on the <code>{_e(split)}</code> prompts: the mean over seeds and, below it, the "
         "interquartile mean (IQM), each with its 95% percentile-bootstrap interval; ↑ higher is better, "
         "↓ lower is better. Δ is the per-seed paired difference to base.</p>",
-        "<nav><ul>" + "".join(f'<li><a href="#task-{_e(safe_name(t))}">{_e(TASK_KEY)}: {_e(t)}</a></li>'
-                              for t in tasks)
+        "<nav><ul>"
+        + "".join(f'<li><a href="#task-{_e(safe_name(t))}">{_e(TASK_KEY)}: {_e(t)}</a></li>' for t in tasks)
         + '<li><a href="#aggregate">Across rewards</a></li><li><a href="#runs">Runs</a></li>'
         + '<li><a href="#failed">Failed runs</a></li></ul></nav>',
     ]
     for task in tasks:
         parts.append(f'<h2 id="task-{_e(safe_name(task))}">{_e(TASK_KEY)}: {_e(task)}</h2>')
-        parts.append(_cell_table(table[table[TASK_KEY] == task], directions, split))
+        parts.append(_cell_table(table[table[TASK_KEY] == task], directions, split, metric))
         for kind, title in FIGURE_KINDS:
             image = out_dir / f"{kind}_{safe_name(task)}.png"
             if image.exists():
@@ -99,13 +105,13 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
     return "\n".join(parts) + "\n"
 
 
-def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str) -> str:
-    metrics = sorted((m for m in directions if f"{split}/{m}/mean" in cells), key=lambda m: (m != HEADLINE_METRIC, m))
-    delta = f"{split}/{HEADLINE_METRIC}/delta_vs_base"
-    has_delta = HEADLINE_METRIC in metrics  # a world without the judge (the scale worlds) has no such column
+def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str, headline: str) -> str:
+    metrics = sorted((m for m in directions if f"{split}/{m}/mean" in cells), key=lambda m: (m != headline, m))
+    delta = f"{split}/{headline}/delta_vs_base"
+    has_delta = headline in metrics
     header = [*ENTRY_KEYS, "version", "budget", "seeds"]
     header += [f"{m} {'↑' if directions[m] else '↓'}" for m in metrics]
-    header += [f"Δ {HEADLINE_METRIC} vs base"] * has_delta + ["NFE", "reward queries", "wall s", "note"]
+    header += [f"Δ {headline} vs base"] * has_delta + ["NFE", "reward queries", "wall s", "note"]
     rows = []
     for r in cells.to_dict("records"):
         done = r["status"] == "done"
@@ -115,8 +121,9 @@ def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str) ->
         for m in metrics:
             mean = _interval(r, f"{split}/{m}/mean", f"{split}/{m}/lo", f"{split}/{m}/hi")
             iqm = _interval(r, f"{split}/{m}/iqm", f"{split}/{m}/iqm_lo", f"{split}/{m}/iqm_hi")
-            cols.append(f'<td class="num">{_e(mean)}<br><span class="note">IQM {_e(iqm)}</span></td>' if done
-                        else _num("—"))
+            cols.append(
+                f'<td class="num">{_e(mean)}<br><span class="note">IQM {_e(iqm)}</span></td>' if done else _num("—")
+            )
         if has_delta:
             cols.append(_num(_interval(r, f"{delta}/mean", f"{delta}/lo", f"{delta}/hi", signed=True)))
         cols += [_num(_human(r[k]) if done else "—") for k in USED_KEYS if k != "samples"]
@@ -130,25 +137,35 @@ def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str) ->
 def _aggregate_section(out_dir: Path, notes: list[str]) -> str:
     aggregate = pd.read_csv(out_dir / "aggregate.csv", keep_default_na=False, na_values=[""])
     improvement = pd.read_csv(out_dir / "improvement.csv", keep_default_na=False, na_values=[""])
-    parts = ['<h2 id="aggregate">Across rewards</h2>',
-             '<p class="note">Training reward normalized per reward: 0 = base, 1 = the best cell mean observed; '
-             "pooled over rewards and seeds, intervals from the stratified bootstrap (seeds resampled within "
-             "their reward).</p>"]
+    parts = [
+        '<h2 id="aggregate">Across rewards</h2>',
+        '<p class="note">Training reward normalized per reward: 0 = base, 1 = the best cell mean observed; '
+        "pooled over rewards and seeds, intervals from the stratified bootstrap (seeds resampled within "
+        "their reward).</p>",
+    ]
     parts += [f'<p class="note">Left out: {_e(n)}</p>' for n in notes]
     header = [*ENTRY_KEYS, "budget", "rewards", "runs", "normalized mean", "normalized IQM"]
     rows = [
-        "<tr>" + "".join(f"<td>{_e(r[k])}</td>" for k in ENTRY_KEYS)
+        "<tr>"
+        + "".join(f"<td>{_e(r[k])}</td>" for k in ENTRY_KEYS)
         + f"<td>{_e(r['budget_unit'])} {_e(_human(r['budget']))}</td><td>{_e(r['tasks'])}</td><td>{r['n_runs']}</td>"
-        + _num(_interval(r, "mean", "mean_lo", "mean_hi")) + _num(_interval(r, "iqm", "iqm_lo", "iqm_hi")) + "</tr>"
+        + _num(_interval(r, "mean", "mean_lo", "mean_hi"))
+        + _num(_interval(r, "iqm", "iqm_lo", "iqm_hi"))
+        + "</tr>"
         for r in aggregate.to_dict("records")
     ]
     parts.append(_table(header, rows))
     for (metric, unit, budget), pairs in improvement.groupby(["metric", "budget_unit", "budget"]):
-        parts.append(f"<h3>Probability of improvement: {_e(metric)} at {_e(unit)} {_e(_human(budget))}</h3>"
-                     '<p class="note">Row beats column: the chance that a run of the row method beats a run of the '
-                     "column method on a reward drawn at random, with its 95% stratified bootstrap interval.</p>")
+        parts.append(
+            f"<h3>Probability of improvement: {_e(metric)} at {_e(unit)} {_e(_human(budget))}</h3>"
+            '<p class="note">Row beats column: the chance that a run of the row method beats a run of the '
+            "column method on a reward drawn at random, with its 95% stratified bootstrap interval.</p>"
+        )
         a_keys, b_keys = [f"{k}_a" for k in ENTRY_KEYS], [f"{k}_b" for k in ENTRY_KEYS]
-        names = sorted(set(pairs[a_keys].itertuples(index=False, name=None)) | set(pairs[b_keys].itertuples(index=False, name=None)))
+        names = sorted(
+            set(pairs[a_keys].itertuples(index=False, name=None))
+            | set(pairs[b_keys].itertuples(index=False, name=None))
+        )
         lookup = {(tuple(r[k] for k in a_keys), tuple(r[k] for k in b_keys)): r for r in pairs.to_dict("records")}
         rows = []
         for a in names:
@@ -160,8 +177,20 @@ def _aggregate_section(out_dir: Path, notes: list[str]) -> str:
 
 def _runs_section(all_runs: pd.DataFrame, ranked: pd.DataFrame) -> str:
     ranked_ids = set(ranked["run_id"])
-    header = ["run", *ENTRY_KEYS, "variant", "version", TASK_KEY, "seed", "budget", "status", "git sha", "started",
-              "finished", "config"]
+    header = [
+        "run",
+        *ENTRY_KEYS,
+        "variant",
+        "version",
+        TASK_KEY,
+        "seed",
+        "budget",
+        "status",
+        "git sha",
+        "started",
+        "finished",
+        "config",
+    ]
     rows = []
     for r in all_runs.sort_values(["method", TASK_KEY, "seed", "run_id"]).to_dict("records"):
         status = r["status"] + ("" if r["run_id"] in ranked_ids else " (older version, not ranked)")
@@ -169,7 +198,8 @@ def _runs_section(all_runs: pd.DataFrame, ranked: pd.DataFrame) -> str:
         rows.append(
             f'<tr class="{"failed" if r["status"] == "failed" else ""}"><td><code>{_e(r["run_id"])}</code></td>'
             + "".join(f"<td>{_e(r[k])}</td>" for k in ENTRY_KEYS)
-            + f"<td>{_e(r['variant'])}</td><td>{_e(r['method_version'])}</td><td>{_e(r[TASK_KEY])}</td><td>{r['seed']}</td>"
+            + f"<td>{_e(r['variant'])}</td><td>{_e(r['method_version'])}</td>"
+            f"<td>{_e(r[TASK_KEY])}</td><td>{r['seed']}</td>"
             f"<td>{_e(r['budget_unit'])} {_e(_human(r['budget']))}</td><td>{_e(status)}</td>"
             f"<td><code>{_e(r['git_sha'])}</code></td><td>{_e(r['started'])}</td><td>{_e(r['finished'] or '')}</td>"
             f"<td><details><summary>config {_e(r['config_hash'][:10])}</summary><pre>{_e(config)}</pre></details></td>"
@@ -177,21 +207,31 @@ def _runs_section(all_runs: pd.DataFrame, ranked: pd.DataFrame) -> str:
         )
     failed = all_runs[all_runs["status"] == "failed"].sort_values(["method", TASK_KEY, "seed", "run_id"])
     failed_rows = [
-        f"<tr><td><code>{_e(r['run_id'])}</code></td>" + "".join(f"<td>{_e(r[k])}</td>" for k in ENTRY_KEYS)
+        f"<tr><td><code>{_e(r['run_id'])}</code></td>"
+        + "".join(f"<td>{_e(r[k])}</td>" for k in ENTRY_KEYS)
         + f"<td>{_e(r[TASK_KEY])}</td><td>{r['seed']}</td><td>{_e(r['reason'] or 'no reason given')}</td></tr>"
         for r in failed.to_dict("records")
     ]
-    return "\n".join([
-        '<h2 id="runs">Runs</h2>', _table(header, rows),
-        '<h2 id="failed">Failed runs</h2>',
-        _table(["run", *ENTRY_KEYS, TASK_KEY, "seed", "reason"], failed_rows) if failed_rows
-        else '<p class="note">None.</p>',
-    ])
+    return "\n".join(
+        [
+            '<h2 id="runs">Runs</h2>',
+            _table(header, rows),
+            '<h2 id="failed">Failed runs</h2>',
+            _table(["run", *ENTRY_KEYS, TASK_KEY, "seed", "reason"], failed_rows)
+            if failed_rows
+            else '<p class="note">None.</p>',
+        ]
+    )
 
 
 def _table(header: list[str], rows: list[str]) -> str:
-    return "<table><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead><tbody>" \
-        + "\n".join(rows) + "</tbody></table>"
+    return (
+        "<table><thead><tr>"
+        + "".join(f"<th>{_e(h)}</th>" for h in header)
+        + "</tr></thead><tbody>"
+        + "\n".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _interval(row: dict, mean: str, lo: str, hi: str, signed: bool = False) -> str:

@@ -7,6 +7,7 @@ that can be missing from the store is the one the checkpoint sits at, and it is 
 from the same state (evaluation is deterministic). A killed run loses at most the work since its
 last checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,11 +23,11 @@ from pathlib import Path
 import torch
 
 from bench.evaluate import EvalConfig, evaluate
-from bench.loggers import ExperimentLoggers
-from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
+from bench.loggers import NO_LOGGERS, ExperimentLoggers
+from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
+from bench.parallel import ONE_PROCESS, DataParallel
 from bench.store import USED_KEYS, RunRecord, Store
 from methods import METHODS
-from bench.parallel import DataParallel
 from models.io import atomic_torch_save
 from models.progress import progress
 from rewards import REWARDS
@@ -53,9 +54,16 @@ class RunSpec:
 
     def config_dict(self) -> dict:
         config = {
-            "world": self.world, "method": self.method, "method_version": METHODS[self.method].version,
-            "variant": self.variant, "model": self.model, "method_config": config_identity(self.method_config),
-            "reward": self.reward, "seed": self.seed, "budget": str(self.budget), "milestones": list(self.milestones),
+            "world": self.world,
+            "method": self.method,
+            "method_version": METHODS[self.method].version,
+            "variant": self.variant,
+            "model": self.model,
+            "method_config": config_identity(self.method_config),
+            "reward": self.reward,
+            "seed": self.seed,
+            "budget": str(self.budget),
+            "milestones": list(self.milestones),
             "eval": self.eval.identity(),
         }
         if METHODS[self.method].learns_from_feedback:
@@ -72,11 +80,21 @@ class RunSpec:
 
     def record(self, base_model_hash: str, reward_version: str) -> RunRecord:
         return RunRecord(
-            run_id=self.run_id(base_model_hash), suite=self.suite, method=self.method,
-            method_version=METHODS[self.method].version, variant=self.variant, model=self.model, world=self.world,
-            reward=f"{self.reward}", seed=self.seed, budget_unit=self.budget.unit, budget=self.budget.amount,
+            run_id=self.run_id(base_model_hash),
+            suite=self.suite,
+            method=self.method,
+            method_version=METHODS[self.method].version,
+            variant=self.variant,
+            model=self.model,
+            world=self.world,
+            reward=f"{self.reward}",
+            seed=self.seed,
+            budget_unit=self.budget.unit,
+            budget=self.budget.amount,
             config_json=json.dumps({**self.config_dict(), "reward_version": reward_version}, sort_keys=True),
-            config_hash=self.config_hash(), git_sha=git_sha(), base_model_hash=base_model_hash,
+            config_hash=self.config_hash(),
+            git_sha=git_sha(),
+            base_model_hash=base_model_hash,
         )
 
 
@@ -96,8 +114,13 @@ def git_sha() -> str:
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout
         # "-dirty" means the code differs from the commit; results being written do not count.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
-                               cwd=root, capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.strip() + ("-dirty" if dirty.strip() else "")
@@ -109,8 +132,17 @@ def _check_finite(values: dict[str, float], where: str) -> None:
         raise FloatingPointError(f"non-finite values {where}: {bad}")
 
 
-def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpoint_every_s: float = 60.0,
-            log=print, loggers: ExperimentLoggers = ExperimentLoggers(), parallel: DataParallel = DataParallel()) -> str:
+def execute(
+    spec: RunSpec,
+    world,
+    store: Store,
+    checkpoint_dir: Path,
+    *,
+    checkpoint_every_s: float = 60.0,
+    log=print,
+    loggers: ExperimentLoggers = NO_LOGGERS,
+    parallel: DataParallel = ONE_PROCESS,
+) -> str:
     """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a.
 
     Data-parallel (every process of an `accelerate launch` calls this with its `parallel`): all processes train,
@@ -132,11 +164,13 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
         log(f"{record.run_id}: n/a ({reason})")
         return "n/a"
     if not parallel.main:
-        log, loggers = (lambda *_: None), ExperimentLoggers()
+        log, loggers = (lambda *_: None), NO_LOGGERS
     if parallel.world_size > 1 and not method.data_parallel:
         # not recorded: the same command without `accelerate launch` runs it
-        log(f"{record.run_id}: not run data-parallel ({spec.method} collects its feedback once, on one process); "
-            f"run it without accelerate launch")
+        log(
+            f"{record.run_id}: not run data-parallel ({spec.method} collects its feedback once, on one process); "
+            f"run it without accelerate launch"
+        )
         return "n/a"
 
     if parallel.main:
@@ -146,8 +180,11 @@ def execute(spec: RunSpec, world, store: Store, checkpoint_dir: Path, *, checkpo
     meter = Meter()
     # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
     policy = world.make_policy(spec.model)
-    signal = (Feedback.from_world(world, raw_reward, meter, policy) if method.learns_from_feedback
-              else MeteredReward(raw_reward, meter))
+    signal = (
+        Feedback.from_world(world, raw_reward, meter, policy)
+        if method.learns_from_feedback
+        else MeteredReward(raw_reward, meter)
+    )
     trainer = method(MeteredPolicy(policy, meter), signal, world.prompts["train"], spec.method_config, spec.seed)
     trainer.distribute(parallel)
     suffix = f".rank{parallel.rank}" if parallel.world_size > 1 else ""

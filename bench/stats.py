@@ -10,9 +10,10 @@ each sample is one task's seeds: the runs of every task are resampled within tha
 (one task) the stratified bootstrap is the plain bootstrap over seeds. Every interval is deterministic
 given `seed`.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.stats
@@ -63,15 +64,22 @@ def stratified_bootstrap_ci(
         return statistic(*full, axis=axis)
 
     result = scipy.stats.bootstrap(
-        tuple(arrays[i] for i in moving), with_fixed, n_resamples=N_RESAMPLES, confidence_level=CONFIDENCE,
-        method="percentile", vectorized=True, paired=False, rng=np.random.default_rng(seed),
+        tuple(arrays[i] for i in moving),
+        with_fixed,
+        n_resamples=N_RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        vectorized=True,
+        paired=False,
+        rng=np.random.default_rng(seed),
     )
     ci = result.confidence_interval
     return estimate, float(ci.low), float(ci.high)
 
 
-def bootstrap_ci(values: Sequence[float], statistic: Callable[..., np.ndarray] = np.mean,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Sequence[float], statistic: Callable[..., np.ndarray] = np.mean, seed: int = 0
+) -> tuple[float, float, float]:
     """(estimate, low, high): `statistic` (np.mean or iqm) of one cell's values, one per seed, and its
     bootstrap interval over seeds."""
     x = _as_samples([values])[0]
@@ -80,8 +88,9 @@ def bootstrap_ci(values: Sequence[float], statistic: Callable[..., np.ndarray] =
     return stratified_bootstrap_ci([x], statistic, seed)
 
 
-def paired_difference_ci(values: Sequence[float], baseline: Sequence[float],
-                         seed: int = 0) -> tuple[float, float, float]:
+def paired_difference_ci(
+    values: Sequence[float], baseline: Sequence[float], seed: int = 0
+) -> tuple[float, float, float]:
     """bootstrap_ci of the mean of values[i] - baseline[i]; the caller matches the pairs (same seed)."""
     a = np.asarray(values, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
@@ -92,8 +101,10 @@ def paired_difference_ci(values: Sequence[float], baseline: Sequence[float],
 
 def pooled(statistic: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """`statistic` over all the runs of all strata together (rliable's aggregate mean and IQM)."""
+
     def over_all(*samples, axis=-1):
         return statistic(np.concatenate(samples, axis=axis), axis=axis)
+
     return over_all
 
 
@@ -107,13 +118,17 @@ def _probability_of_improvement(*samples, axis=-1):
 
 
 def probability_of_improvement(
-    x_per_task: Sequence[Sequence[float]], y_per_task: Sequence[Sequence[float]], seed: int = 0,
+    x_per_task: Sequence[Sequence[float]],
+    y_per_task: Sequence[Sequence[float]],
+    seed: int = 0,
 ) -> tuple[float, float, float]:
     """(P, low, high): the probability that a run of X beats a run of Y on a task drawn at random (the
     Mann-Whitney U statistic averaged over tasks), with a stratified bootstrap interval. Values must
     be oriented so that higher is better. x_per_task[t], y_per_task[t]: the seeds' values on task t."""
     if len(x_per_task) != len(y_per_task) or not x_per_task:
-        raise ValueError(f"probability of improvement needs the same tasks on both sides, got "
-                         f"{len(x_per_task)} and {len(y_per_task)}")
+        raise ValueError(
+            f"probability of improvement needs the same tasks on both sides, got "
+            f"{len(x_per_task)} and {len(y_per_task)}"
+        )
     interleaved = [s for pair in zip(x_per_task, y_per_task) for s in pair]
     return stratified_bootstrap_ci(interleaved, _probability_of_improvement, seed)

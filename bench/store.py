@@ -9,6 +9,7 @@ two workers on the same file queue for the write lock instead of corrupting each
 The file is meant to be committed to git, so `close()` folds the write-ahead log back into the
 main file: the `.sqlite` alone is then the complete store.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,11 @@ import math
 import sqlite3
 import time
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -123,9 +124,31 @@ class RunRecord:
 RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 
 RESULT_COLUMNS = (
-    "schema_version", "run_id", "suite", "git_sha", "config_hash", "base_model_hash", "method",
-    "method_version", "variant", "model", "world", "reward", "seed", "budget_unit", "milestone", "budget", "nfe",
-    "reward_queries", "samples", "labels", "wall_s", "split", "metric", "value", "higher_is_better",
+    "schema_version",
+    "run_id",
+    "suite",
+    "git_sha",
+    "config_hash",
+    "base_model_hash",
+    "method",
+    "method_version",
+    "variant",
+    "model",
+    "world",
+    "reward",
+    "seed",
+    "budget_unit",
+    "milestone",
+    "budget",
+    "nfe",
+    "reward_queries",
+    "samples",
+    "labels",
+    "wall_s",
+    "split",
+    "metric",
+    "value",
+    "higher_is_better",
 )
 
 
@@ -317,8 +340,10 @@ class Store:
             if not math.isfinite(value):
                 raise ValueError(f"metric {split}/{metric} of {run_id!r} is {value}; only finite values are stored")
             metric_rows.append((run_id, milestone, split, metric, value, int(bool(higher_is_better))))
-        sample_rows = [(run_id, milestone, split, *_encode_samples(split, prompts, images))
-                       for split, (prompts, images) in samples.items()]
+        sample_rows = [
+            (run_id, milestone, split, *_encode_samples(split, prompts, images))
+            for split, (prompts, images) in samples.items()
+        ]
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise ValueError(f"unknown run {run_id!r}; start_run() it before recording milestones")
@@ -338,8 +363,12 @@ class Store:
             (run_id, milestone, split),
         ).fetchone()
         if row is None:
-            have = [r[0] for r in self._conn.execute(
-                "SELECT split FROM samples WHERE run_id = ? AND milestone = ?", (run_id, milestone))]
+            have = [
+                r[0]
+                for r in self._conn.execute(
+                    "SELECT split FROM samples WHERE run_id = ? AND milestone = ?", (run_id, milestone)
+                )
+            ]
             raise ValueError(
                 f"no samples for run {run_id!r}, milestone {milestone}, split {split!r}; "
                 f"splits stored there: {sorted(have) or 'none'}"
@@ -378,8 +407,7 @@ def _encode_samples(split: str, prompts: list[str], images: np.ndarray) -> tuple
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(
-            f"samples of split {split!r} must be uint8 (N, C, H, W) with C 1 or 3, "
-            f"got {images.dtype} {images.shape}"
+            f"samples of split {split!r} must be uint8 (N, C, H, W) with C 1 or 3, got {images.dtype} {images.shape}"
         )
     if len(prompts) != images.shape[0]:
         raise ValueError(f"samples of split {split!r}: {len(prompts)} prompts for {images.shape[0]} images")

@@ -9,6 +9,7 @@ regularization  every variant of a method at the suite's largest budget: train r
 alpha           the same table by the W2 bound's weight alpha (ORW-CFM-W2), per reward.
 Seeds give 95% bootstrap intervals (bench/stats.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -48,7 +49,9 @@ def efficiency(results: pd.DataFrame, method: str, reference: str, base: str, re
     """The queries `method` needs for its mean reward curve over seeds to reach `reference`'s final mean reward,
     as a fraction of the reference's queries, with a bootstrap interval that resamples each method's seeds
     (seed i of one method has nothing to do with seed i of the other). None if either has no runs."""
-    ours = results[(results["reward"] == reward) & (results["split"] == PRIMARY_SPLIT) & (results["metric"] == "reward")]
+    ours = results[
+        (results["reward"] == reward) & (results["split"] == PRIMARY_SPLIT) & (results["metric"] == "reward")
+    ]
     base_reward = ours[ours["label"] == base]["value"]
     if base_reward.empty:
         raise ValueError(f"the efficiency study needs {base} runs for the reward at 0 queries")
@@ -65,16 +68,26 @@ def efficiency(results: pd.DataFrame, method: str, reference: str, base: str, re
         reference_seeds, method_seeds = reference_seeds.astype(int), method_seeds.astype(int)
         target = targets[reference_seeds].mean(axis=-1)
         curve = curves.to_numpy()[method_seeds].mean(axis=-2)
-        needed = np.array([queries_to_reach(queries, np.concatenate([[start], c]), t)
-                           for c, t in zip(curve.reshape(-1, curve.shape[-1]), target.reshape(-1))])
+        needed = np.array(
+            [
+                queries_to_reach(queries, np.concatenate([[start], c]), t)
+                for c, t in zip(curve.reshape(-1, curve.shape[-1]), target.reshape(-1))
+            ]
+        )
         return needed.reshape(target.shape) / spent[reference_seeds].mean(axis=-1)
 
     with np.errstate(invalid="ignore"):  # an unreached target is inf, whose spread scipy computes too
-        estimate = stratified_bootstrap_ci([np.arange(len(targets), dtype=float),
-                                            np.arange(len(curves), dtype=float)], fraction)
-    return {"fraction": estimate, "target": bootstrap_ci(targets), "gain": bootstrap_ci(targets - start),
-            "reference_queries": spent.mean(), "method_queries": estimate[0] * spent.mean(),
-            "seeds": (len(curves), len(targets))}
+        estimate = stratified_bootstrap_ci(
+            [np.arange(len(targets), dtype=float), np.arange(len(curves), dtype=float)], fraction
+        )
+    return {
+        "fraction": estimate,
+        "target": bootstrap_ci(targets),
+        "gain": bootstrap_ci(targets - start),
+        "reference_queries": spent.mean(),
+        "method_queries": estimate[0] * spent.mean(),
+        "seeds": (len(curves), len(targets)),
+    }
 
 
 def _bound(value: float) -> str:
@@ -83,25 +96,31 @@ def _bound(value: float) -> str:
 
 def write_efficiency(results: pd.DataFrame, out: Path) -> Path:
     base = "base@consistency"
-    lines = ["# Efficiency: reward queries to reach a reference's final reward", "",
-             f"Reward `digit` on `{PRIMARY_SPLIT}` prompts. The target is the reference's final reward, averaged over "
-             f"its seeds; the method's reward curve, averaged over its seeds over the milestones and starting from "
-             f"{base} at 0 queries, is interpolated to the first point reaching it. The fraction is the queries that "
-             "takes over the reference's: the estimate from all seeds, and a 95% bootstrap interval resampling each "
-             "method's seeds on its own (`never`: not reached within the method's budget in that resample). A target "
-             f"at or below the start (target gain over {base} <= 0) is reached at 0 queries.", "",
-             f"| method | reference | seeds (method, reference) | target reward | target gain over {base} | "
-             "reference queries | method queries | fraction of reference [95% CI] |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Efficiency: reward queries to reach a reference's final reward",
+        "",
+        f"Reward `digit` on `{PRIMARY_SPLIT}` prompts. The target is the reference's final reward, averaged over "
+        f"its seeds; the method's reward curve, averaged over its seeds over the milestones and starting from "
+        f"{base} at 0 queries, is interpolated to the first point reaching it. The fraction is the queries that "
+        "takes over the reference's: the estimate from all seeds, and a 95% bootstrap interval resampling each "
+        "method's seeds on its own (`never`: not reached within the method's budget in that resample). A target "
+        f"at or below the start (target gain over {base} <= 0) is reached at 0 queries.",
+        "",
+        f"| method | reference | seeds (method, reference) | target reward | target gain over {base} | "
+        "reference queries | method queries | fraction of reference [95% CI] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for method, reference in (("rocm@consistency", "ddpo@consistency"), ("rocm@consistency", "ddpo@diffusion")):
         study = efficiency(results, method, reference, base=base, reward="digit")
         if study is None:
             continue
         fraction, low, high = study["fraction"]
         queries = "never" if math.isinf(study["method_queries"]) else f"{study['method_queries']:.0f}"
-        lines.append(f"| {method} | {reference} | {study['seeds'][0]}, {study['seeds'][1]} | "
-                     f"{_ci(study['target'])} | {_ci(study['gain'])} | {study['reference_queries']:.0f} | {queries} | "
-                     f"{_bound(fraction)} [{_bound(low)}, {_bound(high)}] |")
+        lines.append(
+            f"| {method} | {reference} | {study['seeds'][0]}, {study['seeds'][1]} | "
+            f"{_ci(study['target'])} | {_ci(study['gain'])} | {study['reference_queries']:.0f} | {queries} | "
+            f"{_bound(fraction)} [{_bound(low)}, {_bound(high)}] |"
+        )
     path = out / "efficiency.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
@@ -110,23 +129,38 @@ def write_efficiency(results: pd.DataFrame, out: Path) -> Path:
 def write_settings_table(results: pd.DataFrame, out: Path, name: str, title: str, settings: tuple[str, ...]) -> Path:
     """Every cell at the suite's largest budget, per reward, with the method settings the study varies."""
     final = results[results["budget"] == results["budget"].max()]
-    columns = [(TRAIN_SPLIT, "reward", "train reward ↑"), (PRIMARY_SPLIT, "reward", "reward (unseen) ↑"),
-               (PRIMARY_SPLIT, "judge_acc", "judge acc (unseen) ↑"), (PRIMARY_SPLIT, "diversity", "diversity ↑"),
-               (PRIMARY_SPLIT, "fid", "FID ↓")]
-    lines = [f"# {title}", "",
-             f"Budget {final['budget_unit'].iloc[0]} {final['budget'].iloc[0]:g}; mean [95% bootstrap CI] over seeds. "
-             f"Train reward is the proxy on the train phrasings ({TRAIN_SPLIT}); the rest are on unseen phrasings."]
+    columns = [
+        (TRAIN_SPLIT, "reward", "train reward ↑"),
+        (PRIMARY_SPLIT, "reward", "reward (unseen) ↑"),
+        (PRIMARY_SPLIT, "judge_acc", "judge acc (unseen) ↑"),
+        (PRIMARY_SPLIT, "diversity", "diversity ↑"),
+        (PRIMARY_SPLIT, "fid", "FID ↓"),
+    ]
+    lines = [
+        f"# {title}",
+        "",
+        f"Budget {final['budget_unit'].iloc[0]} {final['budget'].iloc[0]:g}; mean [95% bootstrap CI] over seeds. "
+        f"Train reward is the proxy on the train phrasings ({TRAIN_SPLIT}); the rest are on unseen phrasings.",
+    ]
     for reward, cells in final.groupby("reward"):
-        lines += ["", f"## Reward: {reward}", "",
-                  "| method | " + " | ".join(settings) + " | seeds | " + " | ".join(c[2] for c in columns) + " |",
-                  "|---|" + "---|" * len(settings) + "---|" + "---|" * len(columns)]
+        lines += [
+            "",
+            f"## Reward: {reward}",
+            "",
+            "| method | " + " | ".join(settings) + " | seeds | " + " | ".join(c[2] for c in columns) + " |",
+            "|---|" + "---|" * len(settings) + "---|" + "---|" * len(columns),
+        ]
         for label, cell in cells.groupby("label", sort=False):
             config = json.loads(cell["config_json"].iloc[0])["method_config"]
             if config.get("divergence") == "none":
                 config["beta"] = 0  # without a divergence the default beta in the config weighs nothing
             values = [str(config.get(setting, "—")) for setting in settings]
-            metrics = [_ci(cell[(cell["split"] == s) & (cell["metric"] == m)]["value"].to_numpy()) for s, m, _ in columns]
-            lines.append(f"| {label} | " + " | ".join(values) + f" | {cell['seed'].nunique()} | " + " | ".join(metrics) + " |")
+            metrics = [
+                _ci(cell[(cell["split"] == s) & (cell["metric"] == m)]["value"].to_numpy()) for s, m, _ in columns
+            ]
+            lines.append(
+                f"| {label} | " + " | ".join(values) + f" | {cell['seed'].nunique()} | " + " | ".join(metrics) + " |"
+            )
     path = out / f"{name}.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
@@ -156,21 +190,31 @@ def write_discretization(results: pd.DataFrame, out: Path) -> Path:
     if base.empty:
         raise ValueError(f"the discretization study needs {base_label} runs: gains are measured against them")
     trained = final[final["label"] != base_label]
-    trained_steps = (json.loads(trained["config_json"].iloc[0])["eval"].get("steps")
-                     or GENERATORS[trained["model"].iloc[0]][1].default_steps)
+    trained_steps = (
+        json.loads(trained["config_json"].iloc[0])["eval"].get("steps")
+        or GENERATORS[trained["model"].iloc[0]][1].default_steps
+    )
     splits = _step_splits(final)
     names = [f"{n} steps" if n else f"{trained_steps} steps (trained)" for n, _ in splits]
-    lines = ["# Discretization: the reward gain kept with other sampler steps", "",
-             f"Reward `{final['reward'].iloc[0]}` on `{PRIMARY_SPLIT}` prompts, budget {final['budget_unit'].iloc[0]} "
-             f"{final['budget'].iloc[0]:g}. Each method trains with the model's {trained_steps} sampler steps and is "
-             "evaluated with its deterministic sampler at each step count; the gain is its reward minus the base "
-             f"model's with the same steps, and 'kept' is the gain at that count over the gain at {trained_steps} "
-             "steps (1: all of it). Mean [95% bootstrap CI] over seeds; kept resamples seeds, pairing each seed's "
-             "two gains.", "",
-             "| method | seeds | " + " | ".join(f"gain, {n} ↑" for n in names)
-             + " | " + " | ".join(f"kept, {n} ↑" for (steps, _), n in zip(splits, names) if steps)
-             + " | " + " | ".join(f"judge acc, {n} ↑" for n in names) + " |",
-             "|---|---|" + "---|" * (3 * len(splits) - 1)]
+    lines = [
+        "# Discretization: the reward gain kept with other sampler steps",
+        "",
+        f"Reward `{final['reward'].iloc[0]}` on `{PRIMARY_SPLIT}` prompts, budget {final['budget_unit'].iloc[0]} "
+        f"{final['budget'].iloc[0]:g}. Each method trains with the model's {trained_steps} sampler steps and is "
+        "evaluated with its deterministic sampler at each step count; the gain is its reward minus the base "
+        f"model's with the same steps, and 'kept' is the gain at that count over the gain at {trained_steps} "
+        "steps (1: all of it). Mean [95% bootstrap CI] over seeds; kept resamples seeds, pairing each seed's "
+        "two gains.",
+        "",
+        "| method | seeds | "
+        + " | ".join(f"gain, {n} ↑" for n in names)
+        + " | "
+        + " | ".join(f"kept, {n} ↑" for (steps, _), n in zip(splits, names) if steps)
+        + " | "
+        + " | ".join(f"judge acc, {n} ↑" for n in names)
+        + " |",
+        "|---|---|" + "---|" * (3 * len(splits) - 1),
+    ]
     for label, cell in final[final["label"] != base_label].groupby("label", sort=False):
         gains = {split: _values(cell, split, "reward") - _values(base, split, "reward").mean() for _, split in splits}
         trained = gains[PRIMARY_SPLIT].to_numpy()
@@ -180,16 +224,23 @@ def write_discretization(results: pd.DataFrame, out: Path) -> Path:
                 continue
             other = gains[split].to_numpy()
 
-            def share(seeds, axis=-1, other=other):
+            def share(seeds, axis=-1, other=other, trained=trained):
                 seeds = seeds.astype(int)
                 return other[seeds].mean(axis=axis) / trained[seeds].mean(axis=axis)
 
             kept.append(_ci(bootstrap_ci(np.arange(len(trained), dtype=float), share)))
         judge = [_ci(_values(cell, split, "judge_acc").to_numpy()) for _, split in splits]
-        lines.append(f"| {label} | {cell['seed'].nunique()} | " + " | ".join(_ci(g.to_numpy()) for g in gains.values())
-                     + " | " + " | ".join(kept) + " | " + " | ".join(judge) + " |")
+        lines.append(
+            f"| {label} | {cell['seed'].nunique()} | "
+            + " | ".join(_ci(g.to_numpy()) for g in gains.values())
+            + " | "
+            + " | ".join(kept)
+            + " | "
+            + " | ".join(judge)
+            + " |"
+        )
     base_row = [_ci(_values(base, split, "judge_acc").to_numpy()) for _, split in splits]
-    lines += ["", f"The base model's judge accuracy: " + ", ".join(f"{n}: {v}" for n, v in zip(names, base_row)) + "."]
+    lines += ["", "The base model's judge accuracy: " + ", ".join(f"{n}: {v}" for n, v in zip(names, base_row)) + "."]
     path = out / "discretization.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
@@ -197,22 +248,37 @@ def write_discretization(results: pd.DataFrame, out: Path) -> Path:
 
 def write_preference_budget(results: pd.DataFrame, out: Path) -> Path:
     final = _final(results)
-    columns = [("reward", "hidden reward ↑"), ("judge_acc", "judge acc ↑"), ("diversity", "diversity ↑"), ("fid", "FID ↓")]
-    budgets = {label: json.loads(cell["config_json"].iloc[0])["method_config"].get("preference_pairs")
-               for label, cell in final.groupby("label")}
-    lines = ["# Learning from feedback: by preference budget", "",
-             f"The annotator holds the hidden reward `{final['reward'].iloc[0]}`; methods see only its preference labels "
-             f"(Bradley-Terry) and demonstrations. Unseen phrasings (`{PRIMARY_SPLIT}`), budget "
-             f"{final['budget_unit'].iloc[0]} {final['budget'].iloc[0]:g}, mean [95% bootstrap CI] over seeds. "
-             "Methods without a preference budget (the base model, sft) use no labels and are listed once.", "",
-             "| preference pairs | method | seeds | labels used | " + " | ".join(c[1] for c in columns) + " |",
-             "|---|---|---|---|" + "---|" * len(columns)]
+    columns = [
+        ("reward", "hidden reward ↑"),
+        ("judge_acc", "judge acc ↑"),
+        ("diversity", "diversity ↑"),
+        ("fid", "FID ↓"),
+    ]
+    budgets = {
+        label: json.loads(cell["config_json"].iloc[0])["method_config"].get("preference_pairs")
+        for label, cell in final.groupby("label")
+    }
+    lines = [
+        "# Learning from feedback: by preference budget",
+        "",
+        f"The annotator holds the hidden reward `{final['reward'].iloc[0]}`; methods see only its preference labels "
+        f"(Bradley-Terry) and demonstrations. Unseen phrasings (`{PRIMARY_SPLIT}`), budget "
+        f"{final['budget_unit'].iloc[0]} {final['budget'].iloc[0]:g}, mean [95% bootstrap CI] over seeds. "
+        "Methods without a preference budget (the base model, sft) use no labels and are listed once.",
+        "",
+        "| preference pairs | method | seeds | labels used | " + " | ".join(c[1] for c in columns) + " |",
+        "|---|---|---|---|" + "---|" * len(columns),
+    ]
     order = sorted(budgets, key=lambda label: (budgets[label] is not None, budgets[label] or 0, label))
     for label in order:
         cell = final[final["label"] == label]
         metrics = [_ci(_values(cell, PRIMARY_SPLIT, metric).to_numpy()) for metric, _ in columns]
         pairs = budgets[label] if budgets[label] is not None else "—"
-        lines.append(f"| {pairs} | {label} | {cell['seed'].nunique()} | {cell['labels'].mean():g} | " + " | ".join(metrics) + " |")
+        lines.append(
+            f"| {pairs} | {label} | {cell['seed'].nunique()} | {cell['labels'].mean():g} | "
+            + " | ".join(metrics)
+            + " |"
+        )
     path = out / "preference_budget.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
@@ -220,10 +286,18 @@ def write_preference_budget(results: pd.DataFrame, out: Path) -> Path:
 
 STUDIES = {
     "efficiency": write_efficiency,
-    "regularization": functools.partial(write_settings_table, name="regularization", settings=("divergence", "beta"),
-                                        title="Regularization: divergence x beta at the largest budget"),
-    "alpha": functools.partial(write_settings_table, name="alpha", settings=("alpha",),
-                               title="The W2 bound's weight alpha at the largest budget"),
+    "regularization": functools.partial(
+        write_settings_table,
+        name="regularization",
+        settings=("divergence", "beta"),
+        title="Regularization: divergence x beta at the largest budget",
+    ),
+    "alpha": functools.partial(
+        write_settings_table,
+        name="alpha",
+        settings=("alpha",),
+        title="The W2 bound's weight alpha at the largest budget",
+    ),
     "discretization": write_discretization,
     "preference_budget": write_preference_budget,
 }
@@ -235,5 +309,7 @@ def write_studies(runs: pd.DataFrame, results: pd.DataFrame, out_dir: Path, stud
     if not studies:
         return []
     configs = runs.set_index("run_id")["config_json"]
-    results = results.assign(label=results["method"] + "@" + results["model"], config_json=results["run_id"].map(configs))
+    results = results.assign(
+        label=results["method"] + "@" + results["model"], config_json=results["run_id"].map(configs)
+    )
     return [STUDIES[name](results, Path(out_dir)) for name in studies]

@@ -1,7 +1,9 @@
 """Named suites: a grid of methods x rewards x seeds, one budget (evaluated at milestones), and the
 method settings. A method entry is `method[/variant][@model]`: `@model` picks the world's generator to
 fine-tune (default: the method's first supported family), and `/variant` names one of the suite's
-`variants`, a labelled set of options, so one suite can compare configs of the same method. Each preset is a small function overriding the defaults, so a suite reads as its diff."""
+`variants`, a labelled set of options, so one suite can compare configs of the same method. Each preset is a small
+function overriding the defaults, so a suite reads as its diff."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,9 +13,9 @@ from dataclasses import dataclass, field
 from bench.evaluate import EvalConfig
 from bench.meter import Budget
 from bench.studies import STUDIES
-from worlds import MODELS, model_family, world_entry
 from methods import METHODS
 from rewards import REWARDS
+from worlds import MODELS, model_family, world_entry
 
 
 @dataclass(frozen=True)
@@ -63,18 +65,34 @@ def parse_entry(entry: str, variants: dict[str, dict] | None = None, world: str 
         return method, variant, default_model(method, world or "digits")
     check_names("model", [model], MODELS if world is None else tuple(world_entry(world).models))
     if model_family(model) not in METHODS[method].families:
-        raise ValueError(f"{method} cannot fine-tune {model!r} (a {model_family(model)} model); "
-                         f"it runs on {', '.join(METHODS[method].families)} models")
+        raise ValueError(
+            f"{method} cannot fine-tune {model!r} (a {model_family(model)} model); "
+            f"it runs on {', '.join(METHODS[method].families)} models"
+        )
     return method, variant, model
 
 
 # The suite's entries: every method on its default model, and the policy-gradient and ranking methods
 # again on the consistency and the flow model, so that ROCM and ORW-CFM-W2 are compared on their own bases.
 # (sft and pipeline, aihf's baselines, are compared with it in the feedback suite.)
-DEFAULT_METHODS = ("base", "best_of_n", "raft", "ddpo", "sas", "aihf",
-                   "base@consistency", "best_of_n@consistency", "raft@consistency", "ddpo@consistency",
-                   "rocm@consistency",
-                   "base@flow", "best_of_n@flow", "raft@flow", "ddpo@flow", "orw_cfm_w2@flow")
+DEFAULT_METHODS = (
+    "base",
+    "best_of_n",
+    "raft",
+    "ddpo",
+    "sas",
+    "aihf",
+    "base@consistency",
+    "best_of_n@consistency",
+    "raft@consistency",
+    "ddpo@consistency",
+    "rocm@consistency",
+    "base@flow",
+    "best_of_n@flow",
+    "raft@flow",
+    "ddpo@flow",
+    "orw_cfm_w2@flow",
+)
 
 
 def default() -> Suite:
@@ -86,28 +104,47 @@ def smoke() -> Suite:
     """A minutes-long pass over every method, model and reward on the tiny world, for tests and quick checks."""
     small = {"prompts_per_iter": 2, "samples_per_prompt": 4, "sample_steps": 4}
     return Suite(
-        "smoke", methods=DEFAULT_METHODS, seeds=(0, 1), budget=Budget("nfe", 400), milestones=(0.5, 1.0),
-        world="digits-tiny", eval=EvalConfig(steps=4, samples_per_prompt=2),
-        overrides={"raft": {**small, "updates_per_iter": 1}, "ddpo": {**small, "minibatch": 4}, "rocm": small,
-                   "orw_cfm_w2": {**small, "updates_per_iter": 1}, "sas": {**small, "minibatch": 4},
-                   "aihf": {**small, "preference_pairs": 8, "demo_batch": 8, "warmup_reward_steps": 5,
-                            "updates_per_iter": 1}},
+        "smoke",
+        methods=DEFAULT_METHODS,
+        seeds=(0, 1),
+        budget=Budget("nfe", 400),
+        milestones=(0.5, 1.0),
+        world="digits-tiny",
+        eval=EvalConfig(steps=4, samples_per_prompt=2),
+        overrides={
+            "raft": {**small, "updates_per_iter": 1},
+            "ddpo": {**small, "minibatch": 4},
+            "rocm": small,
+            "orw_cfm_w2": {**small, "updates_per_iter": 1},
+            "sas": {**small, "minibatch": 4},
+            "aihf": {**small, "preference_pairs": 8, "demo_batch": 8, "warmup_reward_steps": 5, "updates_per_iter": 1},
+        },
     )
 
 
 def rocm_efficiency() -> Suite:
     """ROCM against DDPO on the consistency model (and DDPO on the diffusion model) on `digit`, evaluated
     at ten milestones, for the reward queries each needs to reach a reward (bench/studies.py)."""
-    return Suite("rocm-efficiency", methods=("base@consistency", "rocm@consistency", "ddpo@consistency", "ddpo"),
-                 rewards=("digit",), milestones=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0),
-                 studies=("efficiency",))
+    return Suite(
+        "rocm-efficiency",
+        methods=("base@consistency", "rocm@consistency", "ddpo@consistency", "ddpo"),
+        rewards=("digit",),
+        milestones=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0),
+        studies=("efficiency",),
+    )
 
 
 # beta per divergence, a weak and a strong setting each, matched for small shifts: for a mean shift of z
 # stds, KL and reverse KL are z^2 / 2 per dimension, chi-square z^2, JS and squared Hellinger z^2 / 8;
 # total variation grows like 0.4 z, so it pulls harder on small shifts than the others
-REGULARIZATION_BETAS = {"kl": (1e-3, 1e-2), "reverse_kl": (1e-3, 1e-2), "chi2": (5e-4, 5e-3),
-                        "js": (4e-3, 4e-2), "hellinger": (4e-3, 4e-2), "tv": (1e-3, 1e-2)}
+REGULARIZATION_BETAS = {
+    "kl": (1e-3, 1e-2),
+    "reverse_kl": (1e-3, 1e-2),
+    "chi2": (5e-4, 5e-3),
+    "js": (4e-3, 4e-2),
+    "hellinger": (4e-3, 4e-2),
+    "tv": (1e-3, 1e-2),
+}
 
 
 def rocm_regularization() -> Suite:
@@ -116,8 +153,13 @@ def rocm_regularization() -> Suite:
     for divergence, betas in REGULARIZATION_BETAS.items():
         for beta in betas:
             variants[f"rocm/{divergence}-{beta:g}"] = {"divergence": divergence, "beta": beta}
-    return Suite("rocm-regularization", methods=("base@consistency", *(f"{v}@consistency" for v in variants)),
-                 rewards=("digit",), variants=variants, studies=("regularization",))
+    return Suite(
+        "rocm-regularization",
+        methods=("base@consistency", *(f"{v}@consistency" for v in variants)),
+        rewards=("digit",),
+        variants=variants,
+        studies=("regularization",),
+    )
 
 
 ORW_ALPHAS = (0.0, 0.1, 1.0, 10.0)
@@ -126,8 +168,9 @@ ORW_ALPHAS = (0.0, 0.1, 1.0, 10.0)
 def orw_alpha() -> Suite:
     """ORW-CFM-W2 without the W2 bound and at three strengths, on both rewards (bench/studies.py)."""
     variants = {f"orw_cfm_w2/alpha-{alpha:g}": {"alpha": alpha} for alpha in ORW_ALPHAS}
-    return Suite("orw-alpha", methods=("base@flow", *(f"{v}@flow" for v in variants)), variants=variants,
-                 studies=("alpha",))
+    return Suite(
+        "orw-alpha", methods=("base@flow", *(f"{v}@flow" for v in variants)), variants=variants, studies=("alpha",)
+    )
 
 
 DISCRETIZATION_STEPS = (10, 40)
@@ -137,9 +180,14 @@ def sas_discretization() -> Suite:
     """SAS and DDPO trained with the diffusion model's 20 sampler steps, evaluated with 20 and also with 10 and
     40 steps, on `digit`: how much of the reward gain each keeps under another discretization. SAS also
     trains on the fixed grid, to tell its objective from its random grids."""
-    return Suite("sas-discretization", methods=("base", "sas", "sas/fixed-grid", "ddpo"), rewards=("digit",),
-                 variants={"sas/fixed-grid": {"grid": "fixed"}}, eval=EvalConfig(also_steps=DISCRETIZATION_STEPS),
-                 studies=("discretization",))
+    return Suite(
+        "sas-discretization",
+        methods=("base", "sas", "sas/fixed-grid", "ddpo"),
+        rewards=("digit",),
+        variants={"sas/fixed-grid": {"grid": "fixed"}},
+        eval=EvalConfig(also_steps=DISCRETIZATION_STEPS),
+        studies=("discretization",),
+    )
 
 
 PREFERENCE_BUDGETS = (100, 300, 1000)
@@ -148,19 +196,39 @@ PREFERENCE_BUDGETS = (100, 300, 1000)
 def feedback() -> Suite:
     """Learning from the annotator of the `gold` reward: AIHF, SFT on its demonstrations, and the classic pipeline
     (a Bradley-Terry reward model, then DDPO on it) at three preference budgets, on the diffusion model."""
-    variants = {f"{method}/pairs-{pairs}": {"preference_pairs": pairs}
-                for method in ("aihf", "pipeline") for pairs in PREFERENCE_BUDGETS}
-    return Suite("feedback", methods=("base", "sft", *variants), rewards=("gold",), variants=variants,
-                 studies=("preference_budget",))
+    variants = {
+        f"{method}/pairs-{pairs}": {"preference_pairs": pairs}
+        for method in ("aihf", "pipeline")
+        for pairs in PREFERENCE_BUDGETS
+    }
+    return Suite(
+        "feedback",
+        methods=("base", "sft", *variants),
+        rewards=("gold",),
+        variants=variants,
+        studies=("preference_budget",),
+    )
 
 
 # Every method at scale: SD 1.5 for the policy-gradient, ranking, inference-time and feedback methods, the LCM for
 # ROCM (whose backward through 50 SD steps would not fit a night), SD3 for ORW-CFM-W2, with DDPO on all three as
 # the common reference.
-NIGHTLY_METHODS = ("base@sd15", "best_of_n@sd15", "raft@sd15", "ddpo@sd15", "sas@sd15",
-                   "sft@sd15", "pipeline@sd15", "aihf@sd15",
-                   "base@lcm", "rocm@lcm", "ddpo@lcm",
-                   "base@sd3", "orw_cfm_w2@sd3", "ddpo@sd3")
+NIGHTLY_METHODS = (
+    "base@sd15",
+    "best_of_n@sd15",
+    "raft@sd15",
+    "ddpo@sd15",
+    "sas@sd15",
+    "sft@sd15",
+    "pipeline@sd15",
+    "aihf@sd15",
+    "base@lcm",
+    "rocm@lcm",
+    "ddpo@lcm",
+    "base@sd3",
+    "orw_cfm_w2@sd3",
+    "ddpo@sd3",
+)
 # Batches a LoRA step fits in one 80 GB GPU with gradient checkpointing at 512 px (SD3: 1024 px).
 NIGHTLY_OVERRIDES = {
     "best_of_n": {"max_candidates": 8},
@@ -171,10 +239,20 @@ NIGHTLY_OVERRIDES = {
     "orw_cfm_w2": {"prompts_per_iter": 4, "samples_per_prompt": 4, "updates_per_iter": 1},
     "sft": {"batch": 8},
     # the preference pairs are sampled in 20 steps: 100 pairs at 50 guided steps would take 20k of the 50k NFE
-    "pipeline": {"preference_pairs": 100, "collect_steps": 20, "reward_batch": 32,
-                 "rl_options": "prompts_per_iter=4,samples_per_prompt=8,minibatch=4"},  # as ddpo's above
-    "aihf": {"preference_pairs": 100, "prompts_per_iter": 4, "samples_per_prompt": 4, "sample_steps": 20,
-             "demo_batch": 8, "updates_per_iter": 1},
+    "pipeline": {
+        "preference_pairs": 100,
+        "collect_steps": 20,
+        "reward_batch": 32,
+        "rl_options": "prompts_per_iter=4,samples_per_prompt=8,minibatch=4",
+    },  # as ddpo's above
+    "aihf": {
+        "preference_pairs": 100,
+        "prompts_per_iter": 4,
+        "samples_per_prompt": 4,
+        "sample_steps": 20,
+        "demo_batch": 8,
+        "updates_per_iter": 1,
+    },
 }
 
 
@@ -182,28 +260,57 @@ def nightly_gpu(smoke: bool = False) -> Suite:
     """The nightly GPU run: every method at scale on its families, PickScore (differentiable) and JPEG
     compressibility (not), 50k NFE, on one GPU through the night. With `smoke`, the same grid on the tiny scale
     world with a few hundred NFE: minutes on a CPU, what the tests run."""
-    suite = Suite("nightly-gpu", methods=NIGHTLY_METHODS, rewards=("pickscore", "jpeg"), seeds=(0,),
-                  budget=Budget("nfe", 50_000), milestones=(0.5, 1.0), world="scale",
-                  eval=EvalConfig(samples_per_prompt=2), overrides=NIGHTLY_OVERRIDES)
+    suite = Suite(
+        "nightly-gpu",
+        methods=NIGHTLY_METHODS,
+        rewards=("pickscore", "jpeg"),
+        seeds=(0,),
+        budget=Budget("nfe", 50_000),
+        milestones=(0.5, 1.0),
+        world="scale",
+        eval=EvalConfig(samples_per_prompt=2),
+        overrides=NIGHTLY_OVERRIDES,
+    )
     if not smoke:
         return suite
     tiny = {"prompts_per_iter": 2, "samples_per_prompt": 2, "sample_steps": 3}
     return dataclasses.replace(
-        suite, name="nightly-gpu-smoke", world="scale-tiny", budget=Budget("nfe", 240),
+        suite,
+        name="nightly-gpu-smoke",
+        world="scale-tiny",
+        budget=Budget("nfe", 240),
         eval=EvalConfig(steps=3, samples_per_prompt=2),
-        overrides={**NIGHTLY_OVERRIDES, "best_of_n": {"max_candidates": 2}, "rocm": tiny,
-                   "raft": {**tiny, "updates_per_iter": 1}, "ddpo": {**tiny, "minibatch": 2},
-                   "sas": {**tiny, "minibatch": 2}, "orw_cfm_w2": {**tiny, "updates_per_iter": 1},
-                   "sft": {"batch": 4},
-                   "pipeline": {"preference_pairs": 4, "collect_steps": 3, "reward_steps": 2, "reward_batch": 4,
-                                "rl_options": "prompts_per_iter=2,samples_per_prompt=2,minibatch=2,sample_steps=3"},
-                   "aihf": {**tiny, "preference_pairs": 4, "demo_batch": 4, "warmup_reward_steps": 2,
-                            "updates_per_iter": 1}})
+        overrides={
+            **NIGHTLY_OVERRIDES,
+            "best_of_n": {"max_candidates": 2},
+            "rocm": tiny,
+            "raft": {**tiny, "updates_per_iter": 1},
+            "ddpo": {**tiny, "minibatch": 2},
+            "sas": {**tiny, "minibatch": 2},
+            "orw_cfm_w2": {**tiny, "updates_per_iter": 1},
+            "sft": {"batch": 4},
+            "pipeline": {
+                "preference_pairs": 4,
+                "collect_steps": 3,
+                "reward_steps": 2,
+                "reward_batch": 4,
+                "rl_options": "prompts_per_iter=2,samples_per_prompt=2,minibatch=2,sample_steps=3",
+            },
+            "aihf": {**tiny, "preference_pairs": 4, "demo_batch": 4, "warmup_reward_steps": 2, "updates_per_iter": 1},
+        },
+    )
 
 
-SUITES = {"default": default, "smoke": smoke, "rocm-efficiency": rocm_efficiency,
-          "rocm-regularization": rocm_regularization, "orw-alpha": orw_alpha,
-          "sas-discretization": sas_discretization, "feedback": feedback, "nightly-gpu": nightly_gpu}
+SUITES = {
+    "default": default,
+    "smoke": smoke,
+    "rocm-efficiency": rocm_efficiency,
+    "rocm-regularization": rocm_regularization,
+    "orw-alpha": orw_alpha,
+    "sas-discretization": sas_discretization,
+    "feedback": feedback,
+    "nightly-gpu": nightly_gpu,
+}
 
 
 def build_suite(name: str, smoke: bool = False) -> Suite:
@@ -234,7 +341,9 @@ def validate(suite: Suite) -> Suite:
     offered = world_entry(suite.world).rewards
     missing = [r for r in suite.rewards if r not in offered]
     if missing:
-        raise ValueError(f"world {suite.world!r} offers no {', '.join(map(repr, missing))} reward; valid: {', '.join(offered)}")
+        raise ValueError(
+            f"world {suite.world!r} offers no {', '.join(map(repr, missing))} reward; valid: {', '.join(offered)}"
+        )
     named = {**suite.overrides, **{name.partition("/")[0]: values for name, values in suite.variants.items()}}
     for method, values in named.items():
         check_names("method", [method], METHODS)
@@ -242,16 +351,30 @@ def validate(suite: Suite) -> Suite:
         check_names(f"{method} option", values, sorted(fields))
     for method, variant, _ in entries:
         suite.method_config(method, variant)
-    if not suite.milestones or any(not 0 < m <= 1 for m in suite.milestones) or list(suite.milestones) != sorted(set(suite.milestones)):
+    if (
+        not suite.milestones
+        or any(not 0 < m <= 1 for m in suite.milestones)
+        or list(suite.milestones) != sorted(set(suite.milestones))
+    ):
         raise ValueError(f"milestones must be increasing fractions in (0, 1], got {suite.milestones}")
     for study in suite.studies:
         check_names("study", [study], STUDIES)
     if suite.eval.samples_per_prompt < 2:
-        raise ValueError(f"eval samples_per_prompt must be >= 2 (diversity compares images of a prompt), got {suite.eval.samples_per_prompt}")
-    runnable = [(m, r) for m, _, _ in entries for r in suite.rewards
-                if METHODS[m].incompatibility(REWARDS[r], suite.budget.unit) is None]
+        raise ValueError(
+            "eval samples_per_prompt must be >= 2 (diversity compares images of a prompt), "
+            f"got {suite.eval.samples_per_prompt}"
+        )
+    runnable = [
+        (m, r)
+        for m, _, _ in entries
+        for r in suite.rewards
+        if METHODS[m].incompatibility(REWARDS[r], suite.budget.unit) is None
+    ]
     if not runnable:
-        reasons = {f"{m}+{r}": METHODS[m].incompatibility(REWARDS[r], suite.budget.unit)
-                   for m, _, _ in entries for r in suite.rewards}
+        reasons = {
+            f"{m}+{r}": METHODS[m].incompatibility(REWARDS[r], suite.budget.unit)
+            for m, _, _ in entries
+            for r in suite.rewards
+        }
         raise ValueError(f"no method/reward pair of this suite can run: {reasons}")
     return suite

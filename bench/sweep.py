@@ -5,6 +5,7 @@ command skips finished cells and resumes interrupted ones. Cells run in this pro
 in parallel local worker processes (`workers`), or as tasks on a Ray cluster (bench.ray_backend);
 each run's numbers depend only on its spec, so all three give the same leaderboard.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -14,7 +15,7 @@ from itertools import repeat
 from pathlib import Path
 
 from bench.cell import run_cell
-from bench.parallel import DataParallel
+from bench.parallel import ONE_PROCESS, DataParallel
 from bench.report import write_results
 from bench.runner import RunSpec
 from bench.store import Store
@@ -32,10 +33,22 @@ def build_models(world: str) -> None:
 
 def specs(suite: Suite) -> list[RunSpec]:
     return [
-        RunSpec(suite=suite.name, world=suite.world, method=method, variant=variant, model=model,
-                method_config=suite.method_config(method, variant), reward=reward, seed=seed, budget=suite.budget,
-                milestones=suite.milestones, eval=suite.eval)
-        for reward in suite.rewards for method, variant, model in suite.entries() for seed in suite.seeds
+        RunSpec(
+            suite=suite.name,
+            world=suite.world,
+            method=method,
+            variant=variant,
+            model=model,
+            method_config=suite.method_config(method, variant),
+            reward=reward,
+            seed=seed,
+            budget=suite.budget,
+            milestones=suite.milestones,
+            eval=suite.eval,
+        )
+        for reward in suite.rewards
+        for method, variant, model in suite.entries()
+        for seed in suite.seeds
     ]
 
 
@@ -45,15 +58,26 @@ def write_tables(store_path: Path, out_dir: Path, studies: tuple[str, ...] = ())
             print(f"wrote {path}")
 
 
-def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: str | None = None,
-              use_ray: bool = False, loggers: tuple[str, ...] = (), parallel: DataParallel = DataParallel()) -> int:
+def run_suite(
+    suite: Suite,
+    store_path: Path,
+    *,
+    workers: int = 1,
+    ray_address: str | None = None,
+    use_ray: bool = False,
+    loggers: tuple[str, ...] = (),
+    parallel: DataParallel = ONE_PROCESS,
+) -> int:
     """Runs every cell, in this process, in `workers` local processes, or as Ray tasks, or, data-parallel,
     in this process together with the other launched ones; returns 0 if all cells are done or not
     applicable, 1 if any failed. Every way runs the same `run_cell`, so the store, resume and failure
     isolation are the same."""
     if workers > 1 and not world_entry(suite.world).cells_side_by_side:
         # every worker would load its own generator onto the same GPU; several GPUs train one run together instead
-        print(f"world {suite.world!r}: one run at a time (for several GPUs: accelerate launch --multi_gpu -m bench run ...)")
+        print(
+            f"world {suite.world!r}: one run at a time "
+            "(for several GPUs: accelerate launch --multi_gpu -m bench run ...)"
+        )
         workers = 1
     if parallel.main:
         ensure_world(suite.world)  # built once here, before parallel workers could race to build it
@@ -74,8 +98,10 @@ def run_suite(suite: Suite, store_path: Path, *, workers: int = 1, ray_address: 
     failed = statuses.count("failed")
     if not parallel.main:
         return 1 if failed else 0
-    print(f"suite {suite.name!r}: {len(statuses)} runs, {statuses.count('done')} done, "
-          f"{statuses.count('n/a')} n/a, {failed} failed ({time.monotonic() - start:.0f}s)")
+    print(
+        f"suite {suite.name!r}: {len(statuses)} runs, {statuses.count('done')} done, "
+        f"{statuses.count('n/a')} n/a, {failed} failed ({time.monotonic() - start:.0f}s)"
+    )
     write_tables(store_path, store_path.parent, suite.studies)
     print((store_path.parent / "leaderboard.md").read_text())
     return 1 if failed else 0

@@ -19,6 +19,7 @@ then `repeats` steps are timed. Reported per step:
                so compare MFU without it (`--no-checkpointing`) where memory allows.
 `--size tiny` runs the same code on the toy models of models/tiny_pipelines.py: what the tests run on a CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,18 +32,29 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.suites import build_suite
-from worlds import model_family
 from methods import METHODS
 from models.diffusers_policies import (
-    LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
-    StableDiffusionConfig, StableDiffusionPolicy,
+    LatentConsistencyConfig,
+    LatentConsistencyPolicy,
+    StableDiffusion3Config,
+    StableDiffusion3Policy,
+    StableDiffusionConfig,
+    StableDiffusionPolicy,
 )
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from models.tiny_pipelines import SD3_VAE, letters_tokenizer, text_config, tiny_mmdit, tiny_unet, tiny_vae
 from rewards.feedback import Feedback
+from worlds import model_family
 
-PEAK_BF16_TFLOPS = {"H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0,
-                    "H200": 989.4, "A100": 312.0, "L40S": 362.0}
+PEAK_BF16_TFLOPS = {
+    "H100 SXM": 989.4,
+    "H100 80GB HBM3": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H200": 989.4,
+    "A100": 312.0,
+    "L40S": 362.0,
+}
 """Dense bf16 tensor-core peaks (NVIDIA data sheets), by a substring of torch.cuda.get_device_name()."""
 
 
@@ -59,11 +71,24 @@ def clip_text(size: str, hidden: int, layers: int, heads: int, projection: int |
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     if size == "tiny":  # SD3's two CLIPs side by side must fit the tiny MMDiT's 32-d context
-        return CLIPTextModelWithProjection(text_config(16, projection=16)) if projection else CLIPTextModel(text_config(32))
-    config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
-                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
-                            hidden_act="quick_gelu" if hidden == 768 else "gelu", projection_dim=projection or hidden,
-                            bos_token_id=0, eos_token_id=1, pad_token_id=1)
+        return (
+            CLIPTextModelWithProjection(text_config(16, projection=16))
+            if projection
+            else CLIPTextModel(text_config(32))
+        )
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        hidden_act="quick_gelu" if hidden == 768 else "gelu",
+        projection_dim=projection or hidden,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
 
@@ -75,9 +100,16 @@ def vae(size: str, latent_channels: int):
     if size == "tiny":
         return tiny_vae(latent_channels=latent_channels, **sd3)
     blocks = (128, 256, 512, 512)
-    return AutoencoderKL(block_out_channels=blocks, in_channels=3, out_channels=3, latent_channels=latent_channels,
-                         layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * len(blocks),
-                         up_block_types=("UpDecoderBlock2D",) * len(blocks), **sd3)
+    return AutoencoderKL(
+        block_out_channels=blocks,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=latent_channels,
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        **sd3,
+    )
 
 
 def unet(size: str, guidance_embedding: bool):
@@ -87,8 +119,12 @@ def unet(size: str, guidance_embedding: bool):
     if size == "tiny":
         return tiny_unet(time_cond_proj_dim=32 if guidance_embedding else None)
     # diffusers' defaults but the 768-d CLIP context
-    return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                time_cond_proj_dim=256 if guidance_embedding else None)
+    return UNet2DConditionModel(
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        time_cond_proj_dim=256 if guidance_embedding else None,
+    )
 
 
 def mmdit(size: str):
@@ -97,9 +133,19 @@ def mmdit(size: str):
 
     if size == "tiny":
         return tiny_mmdit()
-    return SD3Transformer2DModel(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
-                                 attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
-                                 caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192)
+    return SD3Transformer2DModel(
+        sample_size=128,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=24,
+        attention_head_dim=64,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        caption_projection_dim=1536,
+        pooled_projection_dim=2048,
+        pos_embed_max_size=192,
+    )
 
 
 def prompt_tokenizer(size: str):
@@ -113,18 +159,33 @@ def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, devic
     """The model's policy with random weights, its modules initialised on their device (fast on a GPU; free on the
     meta device); the policy itself is built outside that context, so its schedule stays on the CPU as it loads."""
     # the real size at each config's own resolution (512 px, SD3's 1024 px)
-    common = dict(source="random-weights", min_vocab=0, gradient_checkpointing=checkpointing, device=device,
-                  **({"resolution": TINY_RESOLUTION} if size == "tiny" else {}))
+    common = dict(
+        source="random-weights",
+        min_vocab=0,
+        gradient_checkpointing=checkpointing,
+        device=device,
+        **({"resolution": TINY_RESOLUTION} if size == "tiny" else {}),
+    )
     if model == "sd3":
-        config = StableDiffusion3Config(**common, use_t5=False, t5_max_length=256 if size == "real" else 8,
-                                        **({} if size == "real" else {"lora_rank": 4, "lora_alpha": 4.0}))
+        config = StableDiffusion3Config(
+            **common,
+            use_t5=False,
+            t5_max_length=256 if size == "real" else 8,
+            **({} if size == "real" else {"lora_rank": 4, "lora_alpha": 4.0}),
+        )
         with config.torch_device():
-            modules = (mmdit(size), vae(size, 16),
-                       [clip_text(size, 768, 12, 12, projection=768), clip_text(size, 1280, 32, 20, projection=1280)])
+            modules = (
+                mmdit(size),
+                vae(size, 16),
+                [clip_text(size, 768, 12, 12, projection=768), clip_text(size, 1280, 32, 20, projection=1280)],
+            )
         transformer, autoencoder, encoders = modules
         return StableDiffusion3Policy(transformer, autoencoder, [*encoders, None], [tokenizer, tokenizer, None], config)
-    policy_class, config = ((LatentConsistencyPolicy, LatentConsistencyConfig(**common)) if model == "lcm"
-                            else (StableDiffusionPolicy, StableDiffusionConfig(**common)))
+    policy_class, config = (
+        (LatentConsistencyPolicy, LatentConsistencyConfig(**common))
+        if model == "lcm"
+        else (StableDiffusionPolicy, StableDiffusionConfig(**common))
+    )
     with config.torch_device():
         modules = (unet(size, model == "lcm"), vae(size, 4), clip_text(size, 768, 12, 12))
     return policy_class(*modules, tokenizer, config)
@@ -137,11 +198,18 @@ def aesthetic_reward(size: str, device: torch.device, dtype: torch.dtype):
     from rewards.aesthetic import PUBLISHED_WIDTHS, AestheticReward, ScoreMLP
 
     if size == "real":  # CLIP ViT-L/14
-        config = CLIPConfig(text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                             num_attention_heads=12),
-                            vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                               num_attention_heads=16, image_size=224, patch_size=14),
-                            projection_dim=768)
+        config = CLIPConfig(
+            text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+            vision_config=dict(
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=24,
+                num_attention_heads=16,
+                image_size=224,
+                patch_size=14,
+            ),
+            projection_dim=768,
+        )
         widths = PUBLISHED_WIDTHS
     else:
         config, widths = tiny_clip_config(), (16, 24, 12, 8, 4, 1)
@@ -180,6 +248,7 @@ def host_reads_of_meta_tensors():
 @dataclasses.dataclass
 class BackwardMeter:
     """Wall time and FLOPs spent inside Tensor.backward while `watching`."""
+
     seconds: float = 0.0
     flops: int = 0
     count_flops: bool = False
@@ -266,21 +335,32 @@ def method_config(method: str, size: str, sample_steps: int, checkpointing: bool
     options = {"sample_steps": sample_steps, "gradient_checkpointing": checkpointing}
     config = dataclasses.replace(config, **{k: v for k, v in options.items() if k in fields})
     if hasattr(config, "rl_config"):
-        config = dataclasses.replace(config, rl_options=",".join(filter(None, [config.rl_options,
-                                                                               f"sample_steps={sample_steps}"])))
+        config = dataclasses.replace(
+            config, rl_options=",".join(filter(None, [config.rl_options, f"sample_steps={sample_steps}"]))
+        )
     return config
 
 
-def measure(model: str, method: str, *, size: str = "real", sample_steps: int | None = None, repeats: int = 2,
-            checkpointing: bool = True, device: str | None = None, tokenizer=None) -> Measurement:
+def measure(
+    model: str,
+    method: str,
+    *,
+    size: str = "real",
+    sample_steps: int | None = None,
+    repeats: int = 2,
+    checkpointing: bool = True,
+    device: str | None = None,
+    tokenizer=None,
+) -> Measurement:
     """One method's training step on one architecture: warm-up, then `repeats` timed steps, then a FLOP count. On
     the meta device (no data, no time) only the FLOPs are counted: a GPU's work, measured on any machine."""
     from bench.meter import Meter, MeteredPolicy, MeteredReward
 
     meta = device is not None and torch.device(device).type == "meta"
     with host_reads_of_meta_tensors() if meta else contextlib.nullcontext():
-        policy = build_policy(model, size, tokenizer or prompt_tokenizer(size), checkpointing=checkpointing,
-                              device=device)
+        policy = build_policy(
+            model, size, tokenizer or prompt_tokenizer(size), checkpointing=checkpointing, device=device
+        )
         torch_device = policy.config.torch_device()
         reward = aesthetic_reward(size, torch_device, policy.config.weight_dtype())
         steps = sample_steps or policy.default_steps
@@ -307,21 +387,38 @@ def measure(model: str, method: str, *, size: str = "real", sample_steps: int | 
                 synchronize(torch_device)
             seconds, backward_seconds = (time.perf_counter() - start) / repeats, timer.seconds / repeats
             if torch_device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(torch_device) / 2 ** 30
+                peak = torch.cuda.max_memory_allocated(torch_device) / 2**30
         counter = BackwardMeter(count_flops=True, timed=not meta)
         with counter.watching(torch_device):
             trainer.step()
-    return Measurement(model, method, images_per_step(config), steps, seconds, peak, counter.flops, backward_seconds,
-                       peak_tflops(torch_device))
+    return Measurement(
+        model,
+        method,
+        images_per_step(config),
+        steps,
+        seconds,
+        peak,
+        counter.flops,
+        backward_seconds,
+        peak_tflops(torch_device),
+    )
 
 
 def training_methods(model: str) -> list[str]:
-    return [name for name, m in METHODS.items()
-            if m.trains and model_family(model) in m.families]
+    return [name for name, m in METHODS.items() if m.trains and model_family(model) in m.families]
 
 
-def run(models: list[str], methods: list[str] | None, *, size: str, sample_steps: int | None, repeats: int,
-        checkpointing: bool, device: str | None, log=print) -> list[Measurement]:
+def run(
+    models: list[str],
+    methods: list[str] | None,
+    *,
+    size: str,
+    sample_steps: int | None,
+    repeats: int,
+    checkpointing: bool,
+    device: str | None,
+    log=print,
+) -> list[Measurement]:
     results, tokenizer = [], prompt_tokenizer(size)
     for model in models:
         for method in methods or training_methods(model):
@@ -329,8 +426,18 @@ def run(models: list[str], methods: list[str] | None, *, size: str, sample_steps
                 log(f"{method} does not train {model}: skipped")
                 continue
             try:
-                results.append(measure(model, method, size=size, sample_steps=sample_steps, repeats=repeats,
-                                       checkpointing=checkpointing, device=device, tokenizer=tokenizer))
+                results.append(
+                    measure(
+                        model,
+                        method,
+                        size=size,
+                        sample_steps=sample_steps,
+                        repeats=repeats,
+                        checkpointing=checkpointing,
+                        device=device,
+                        tokenizer=tokenizer,
+                    )
+                )
             except Exception as error:  # out of memory, say: the row says so and the table goes on
                 reason = f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
                 results.append(Measurement(model, method, 0, sample_steps or 0, None, None, 0, None, None, reason))
@@ -344,14 +451,23 @@ def table(results: list[Measurement], header: bool = True) -> str:
     def number(value, digits=2, unit=""):
         return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
-    lines = ["| model | method | images/step | sampler steps | s/step | images/s | peak GiB | bwd TFLOP/step | "
-             "bwd TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|"] if header else []
+    lines = (
+        [
+            "| model | method | images/step | sampler steps | s/step | images/s | peak GiB | bwd TFLOP/step | "
+            "bwd TFLOP/s | MFU |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        if header
+        else []
+    )
     for r in results:
         if r.failure:
             lines.append(f"| {r.model} | {r.method} | failed: {r.failure} |")
             continue
-        lines.append(f"| {r.model} | {r.method} | {r.images_per_step} | {r.sample_steps} | "
-                     f"{number(r.seconds_per_step, 3)} | {number(r.images_per_second)} | {number(r.peak_gib, 1)} | "
-                     f"{number(r.backward_flops / 1e12, 3)} | {number(r.backward_tflops, 1)} | "
-                     f"{number(r.mfu and 100 * r.mfu, 1, '%')} |")
+        lines.append(
+            f"| {r.model} | {r.method} | {r.images_per_step} | {r.sample_steps} | "
+            f"{number(r.seconds_per_step, 3)} | {number(r.images_per_second)} | {number(r.peak_gib, 1)} | "
+            f"{number(r.backward_flops / 1e12, 3)} | {number(r.backward_tflops, 1)} | "
+            f"{number(r.mfu and 100 * r.mfu, 1, '%')} |"
+        )
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Fine-tuning methods, by name. Adding a method: one file in methods/ and one line here."""
+
 from methods.aihf import AIHF
 from methods.base import BaseModel
 from methods.best_of_n import BestOfN

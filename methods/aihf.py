@@ -21,6 +21,7 @@ Adaptation to diffusion, every piece of it:
   - preferences are a dataset of `preference_pairs` base-model pairs collected at the start, as the pipeline's are,
     and the reward is warmed up on them (and the demonstrations) before the first policy step.
 """
+
 from __future__ import annotations
 
 import copy
@@ -74,8 +75,14 @@ class Config:
             raise ValueError(f"aihf.tau must be > 0, got {self.tau}")
 
 
-def reward_objective(demo_scores: torch.Tensor, sample_scores: torch.Tensor, win: torch.Tensor, lose: torch.Tensor,
-                     demo_weight: float, l2: float) -> torch.Tensor:
+def reward_objective(
+    demo_scores: torch.Tensor,
+    sample_scores: torch.Tensor,
+    win: torch.Tensor,
+    lose: torch.Tensor,
+    demo_weight: float,
+    l2: float,
+) -> torch.Tensor:
     """The reward step's loss: the IRL term on demonstration and policy scores (B,), (B',) plus the Bradley-Terry
     term on scores of the preferred and the other image of each pair (P,), (P,)."""
     irl = sample_scores.mean() - demo_scores.mean() + l2 * ((demo_scores**2).mean() + (sample_scores**2).mean())
@@ -108,9 +115,14 @@ class AIHF(Trainer):
         a, b, pair_prompts, labels = self.preferences.batch(cfg.demo_batch, self.generator)
         preferred = labels[:, None, None, None] > 0.5
         win, lose = torch.where(preferred, a, b), torch.where(preferred, b, a)
-        loss = reward_objective(self.reward_model(demos, demo_prompts), self.reward_model(samples, sample_prompts),
-                                self.reward_model(win, pair_prompts), self.reward_model(lose, pair_prompts),
-                                cfg.demo_weight, cfg.reward_l2)
+        loss = reward_objective(
+            self.reward_model(demos, demo_prompts),
+            self.reward_model(samples, sample_prompts),
+            self.reward_model(win, pair_prompts),
+            self.reward_model(lose, pair_prompts),
+            cfg.demo_weight,
+            cfg.reward_l2,
+        )
         self.reward_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.reward_optimizer.step()
@@ -124,8 +136,9 @@ class AIHF(Trainer):
             samples = self.policy.sample(prompts, steps, self.generator).images.cpu()
         stats = {}
         if self.preferences is None:
-            self.preferences = collect_preferences(self.policy, self.reward, self.prompts, cfg.preference_pairs,
-                                                   steps, self.seed)
+            self.preferences = collect_preferences(
+                self.policy, self.reward, self.prompts, cfg.preference_pairs, steps, self.seed
+            )
             for _ in range(cfg.warmup_reward_steps):
                 self._reward_step(samples, prompts)
         for _ in range(cfg.reward_updates_per_iter):
@@ -135,18 +148,27 @@ class AIHF(Trainer):
         weights = reward_weights(scores, "exp", cfg.tau)
         for _ in range(cfg.updates_per_iter):
             demos, demo_prompts = self._demos()
-            loss = (cfg.demo_weight * self.policy.loss(demos, demo_prompts, self.generator)
-                    + (1 - cfg.demo_weight) * self.policy.loss(samples, prompts, self.generator, weights))
+            loss = cfg.demo_weight * self.policy.loss(demos, demo_prompts, self.generator) + (
+                1 - cfg.demo_weight
+            ) * self.policy.loss(samples, prompts, self.generator, weights)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.apply_gradients(cfg.max_grad_norm)
-        return {**stats, "policy_loss": loss.item(), "learned_reward": scores.mean().item(),
-                "preference_acc": preference_accuracy(self.reward_model, self.preferences),
-                "effective_samples": (1 / (weights**2).sum()).item()}
+        return {
+            **stats,
+            "policy_loss": loss.item(),
+            "learned_reward": scores.mean().item(),
+            "preference_acc": preference_accuracy(self.reward_model, self.preferences),
+            "effective_samples": (1 / (weights**2).sum()).item(),
+        }
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "reward_model": self.reward_model.state_dict(),
-                "reward_optimizer": copy.deepcopy(self.reward_optimizer.state_dict()), "preferences": self.preferences}
+        return {
+            **super().state_dict(),
+            "reward_model": self.reward_model.state_dict(),
+            "reward_optimizer": copy.deepcopy(self.reward_optimizer.state_dict()),
+            "preferences": self.preferences,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)

@@ -1,4 +1,5 @@
 """`base`: the base model itself, untrained. Every leaderboard's reference row."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

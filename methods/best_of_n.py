@@ -7,6 +7,7 @@ the evaluation set (prompts x sampler steps in NFE, prompts in reward queries or
 by `max_candidates`. The first candidate uses the evaluation noise, so N = 1 is the base model; the
 others are drawn from noise seeded by the run's seed, so that seeds are independent replicates.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

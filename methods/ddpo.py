@@ -15,6 +15,7 @@ advantages are normalised per prompt within each iteration's batch (the paper ke
 running buffer across iterations; with K samples of every prompt in one batch the two coincide in spirit
 and this one needs no state). As in the paper, one optimizer step accumulates over all chosen steps of a minibatch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,7 +70,9 @@ LEARNING_RATES = {"diffusion": 3e-5, "consistency": 1e-5, "flow": 3e-5}
 
 class DDPO(Trainer):
     name = "ddpo"
-    version = "3"  # 2: the KL penalty is per dimension (methods/toolkit/divergences.py), sample_steps follows the model;
+    version = (
+        "3"  # 2: the KL penalty is per dimension (methods/toolkit/divergences.py), sample_steps follows the model;
+    )
     # 3: only stochastic steps are actions (a consistency model's last step is deterministic)
     Config = Config
 
@@ -86,8 +89,10 @@ class DDPO(Trainer):
             trajectory = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.eta)
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         if not trajectory.stochastic_steps:
-            raise ValueError("ddpo needs a stochastic sampling step to train on; a 1-step consistency sampler "
-                             "has none (set ddpo.sample_steps >= 2)")
+            raise ValueError(
+                "ddpo needs a stochastic sampling step to train on; a 1-step consistency sampler "
+                "has none (set ddpo.sample_steps >= 2)"
+            )
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         steps_trained = max(1, round(cfg.step_fraction * len(trajectory.stochastic_steps)))
         stats = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
@@ -95,7 +100,7 @@ class DDPO(Trainer):
             order = torch.randperm(len(prompts), generator=self.generator)
             minibatch = self.parallel.share(cfg.minibatch, "ddpo.minibatch")
             for start in range(0, len(order), minibatch):
-                index = order[start:start + minibatch]
+                index = order[start : start + minibatch]
                 self._update(trajectory, index, advantages[index], steps_trained, stats)
         summary = {name: sum(values) / len(values) for name, values in stats.items() if values}
         return {"reward": rewards.mean().item(), **summary}
@@ -106,8 +111,9 @@ class DDPO(Trainer):
         actions = part.stochastic_steps
         chosen = [actions[i] for i in torch.randperm(len(actions), generator=self.generator)[:steps_trained].tolist()]
         self.optimizer.zero_grad(set_to_none=True)
-        step_stats = ppo_chain_backward(self.policy, self.reference, part, chosen, advantages, cfg.clip_range,
-                                        cfg.kl_coef, average=True)
+        step_stats = ppo_chain_backward(
+            self.policy, self.reference, part, chosen, advantages, cfg.clip_range, cfg.kl_coef, average=True
+        )
         for name, values in step_stats.items():
             stats[name] += values
         self.apply_gradients(cfg.max_grad_norm)

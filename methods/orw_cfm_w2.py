@@ -17,6 +17,7 @@ standardized within the batch, so that one tau means the same tilt on every rewa
 raw rewards by a per-task tau); linear and rank weightings are options; the W2 term is evaluated on the same
 path points as the flow-matching term. The method runs on any family with a flow-matching loss: flow models.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,8 +58,9 @@ class Config:
             raise ValueError(f"orw_cfm_w2.alpha must be >= 0, got {self.alpha}")
 
 
-def orw_loss(prediction: torch.Tensor, target: torch.Tensor, reference: torch.Tensor | None, weights: torch.Tensor,
-             alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+def orw_loss(
+    prediction: torch.Tensor, target: torch.Tensor, reference: torch.Tensor | None, weights: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The weighted flow-matching loss plus alpha times the W2 bound, and the bound itself.
 
     prediction, target, reference: (B, C, H, W) velocities (reference None when alpha = 0); weights: (B,).
@@ -100,5 +102,9 @@ class ORWCFMW2(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.apply_gradients(cfg.max_grad_norm)
-        return {"reward": rewards.mean().item(), "loss": loss.item(), "w2_bound": gap.item(),
-                "effective_samples": (1 / (weights**2).sum()).item()}
+        return {
+            "reward": rewards.mean().item(),
+            "loss": loss.item(),
+            "w2_bound": gap.item(),
+            "effective_samples": (1 / (weights**2).sum()).item(),
+        }

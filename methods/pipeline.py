@@ -10,12 +10,11 @@ Demonstrations are not used: that is the pipeline's point of comparison with `ai
 Departures: the reward model is trained from scratch (no pretrained backbone exists in this world), and stage 2
 runs a registered method rather than a copy of it (composition: the one method that builds another).
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-import torch
 
 from methods.toolkit.preferences import collect_preferences, fit_bradley_terry, new_reward_model, preference_accuracy
 from methods.trainer import Trainer, make_optimizer
@@ -58,8 +57,10 @@ class Config:
         for pair in filter(None, (p.strip() for p in self.rl_options.split(","))):
             name, _, value = pair.partition("=")
             if name not in fields or not value:
-                raise ValueError(f"pipeline.rl_options: expected FIELD=VALUE with FIELD an option of "
-                                 f"{self.rl_method} ({', '.join(sorted(fields))}), got {pair!r}")
+                raise ValueError(
+                    f"pipeline.rl_options: expected FIELD=VALUE with FIELD an option of "
+                    f"{self.rl_method} ({', '.join(sorted(fields))}), got {pair!r}"
+                )
             options[name] = _option_value(value, getattr(defaults, name))
         return dataclasses.replace(defaults, **options)
 
@@ -99,20 +100,32 @@ class RewardModelPipeline(Trainer):
         from methods import METHODS  # the registry imports this module
 
         method = METHODS[self.config.rl_method]
-        self.rl = method(self.policy, LearnedReward(self.reward_model), self.prompts, self.config.rl_config(), self.seed)
+        self.rl = method(
+            self.policy, LearnedReward(self.reward_model), self.prompts, self.config.rl_config(), self.seed
+        )
         self.rl.generator = self.generator  # one random stream for the whole run
 
     def step(self) -> dict[str, float]:
         if self.rl is not None:
             return self.rl.step()
         cfg = self.config
-        preferences = collect_preferences(self.policy, self.reward, self.prompts, cfg.preference_pairs,
-                                          self.sampler_steps(cfg.collect_steps), self.seed)
-        loss = fit_bradley_terry(self.reward_model, self.reward_optimizer, preferences, cfg.reward_steps,
-                                 cfg.reward_batch, self.generator)
+        preferences = collect_preferences(
+            self.policy,
+            self.reward,
+            self.prompts,
+            cfg.preference_pairs,
+            self.sampler_steps(cfg.collect_steps),
+            self.seed,
+        )
+        loss = fit_bradley_terry(
+            self.reward_model, self.reward_optimizer, preferences, cfg.reward_steps, cfg.reward_batch, self.generator
+        )
         self._start_rl()
-        return {"reward_model_loss": loss, "reward_model_train_acc": preference_accuracy(self.reward_model, preferences),
-                **self.rl.step()}
+        return {
+            "reward_model_loss": loss,
+            "reward_model_train_acc": preference_accuracy(self.reward_model, preferences),
+            **self.rl.step(),
+        }
 
     def state_dict(self) -> dict:
         state = {**super().state_dict(), "reward_model": self.reward_model.state_dict()}

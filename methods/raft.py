@@ -9,6 +9,7 @@ Departures from the paper: ranking is per prompt (the paper ranks within a batch
 prompt, the same thing for its diffusion experiments); the kept set is used for `updates_per_iter`
 gradient steps and then discarded, with no replay buffer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ class Config:
 
     def __post_init__(self):
         if not 1 <= self.keep_per_prompt <= self.samples_per_prompt:
-            raise ValueError(f"raft.keep_per_prompt must be in [1, samples_per_prompt={self.samples_per_prompt}], "
-                             f"got {self.keep_per_prompt}")
+            raise ValueError(
+                f"raft.keep_per_prompt must be in [1, samples_per_prompt={self.samples_per_prompt}], "
+                f"got {self.keep_per_prompt}"
+            )
 
 
 class RAFT(Trainer):

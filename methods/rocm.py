@@ -12,10 +12,12 @@ reference network's input.
 
 The divergence is summed over the chain's stochastic steps, the intermediate steps the paper regularizes:
 the consistency sampler's last step is deterministic (the image is its x0 prediction) and has none.
-Departures from the paper (which has no public code): divergences without a closed form (Jensen-Shannon) use the mixture Monte Carlo estimator with
-`mc_samples` draws; `divergence = "none"` (or beta = 0) is plain reward backpropagation through the chain,
-as in DRaFT / AlignProp. The method runs on any family whose sampler is differentiable, consistency first.
+Departures from the paper (which has no public code): divergences without a closed form (Jensen-Shannon) use the mixture
+Monte Carlo estimator with `mc_samples` draws; `divergence = "none"` (or beta = 0) is plain reward backpropagation
+through the chain, as in DRaFT / AlignProp. The method runs on any family whose sampler is differentiable, consistency
+first.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +56,9 @@ class Config:
 
     def __post_init__(self):
         if self.divergence != NO_DIVERGENCE and self.divergence not in DIVERGENCES:
-            raise ValueError(f"rocm.divergence must be one of {NO_DIVERGENCE}, {', '.join(DIVERGENCES)}; "
-                             f"got {self.divergence!r}")
+            raise ValueError(
+                f"rocm.divergence must be one of {NO_DIVERGENCE}, {', '.join(DIVERGENCES)}; got {self.divergence!r}"
+            )
         if self.beta < 0:
             raise ValueError(f"rocm.beta must be >= 0, got {self.beta}")
         if self.regularized and self.eta <= 0:
@@ -87,16 +90,25 @@ class ROCM(Trainer):
     def step(self) -> dict[str, float]:
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        trajectory = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.eta,
-                                        grad=True, checkpoint=cfg.gradient_checkpointing)
+        trajectory = self.policy.sample(
+            prompts,
+            self.sampler_steps(cfg.sample_steps),
+            self.generator,
+            eta=cfg.eta,
+            grad=True,
+            checkpoint=cfg.gradient_checkpointing,
+        )
         rewards = self.reward(trajectory.images, prompts)
         divergences = []
         if self.reference is not None:
             for s in trajectory.stochastic_steps:
                 std = float(trajectory.stds[s])
                 reference_mean = self.reference.step_mean(trajectory, s)
-                divergences.append(step_divergence(cfg.divergence, trajectory.means[:, s], std, reference_mean, std,
-                                                   cfg.mc_samples, self.generator))
+                divergences.append(
+                    step_divergence(
+                        cfg.divergence, trajectory.means[:, s], std, reference_mean, std, cfg.mc_samples, self.generator
+                    )
+                )
         loss = regularized_loss(rewards, divergences, cfg.beta)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -23,14 +23,16 @@ every step anyway; at the end of the chain it is the image), calibrated at each 
 to the outcome: a blurry early prediction's reward says little about the final image and gets a small slope.
 
 Departures from the papers (no public code): the value is that two-parameter calibration per step, fitted on each
-iteration's batch, not a trained network (measured: the raw Tweedie reward as the value, -30 at the first step
-against 0 at the last, drove the digits model to collapse within 45 iterations); the per-step surrogate is PPO's clipped one, so minibatches after the first stay near the sampling
-policy (as DDPO does, so the two differ only in what is continuous-time); advantages are divided by the batch's
-terminal-reward std, so one learning rate serves every reward; the KL gradient is taken at the visited states
-(as DDPO's penalty), not through them. With `grid = "stratified"` every iteration draws a new grid, one time
-uniformly in each of the N strata of the time axis: the time integral is estimated by Monte Carlo, as a
-diffusion model's own training loss is, so the score is improved at every time and not only at one grid's points.
+iteration's batch, not a trained network (measured: the raw Tweedie reward as the value, -30 at the first step against 0
+at the last, drove the digits model to collapse within 45 iterations); the per-step surrogate is PPO's clipped one, so
+minibatches after the first stay near the sampling policy (as DDPO does, so the two differ only in what is
+continuous-time); advantages are divided by the batch's terminal-reward std, so one learning rate serves every reward;
+the KL gradient is taken at the visited states (as DDPO's penalty), not through them. With `grid = "stratified"` every
+iteration draws a new grid, one time uniformly in each of the N strata of the time axis: the time integral is estimated
+by Monte Carlo, as a diffusion model's own training loss is, so the score is improved at every time and not only at one
+grid's points.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -107,7 +109,11 @@ class ScoresAsActions(Trainer):
 
     def training_grid(self) -> int | torch.Tensor:
         steps = self.sampler_steps(self.config.sample_steps)
-        return self.policy.schedule.jittered_timesteps(steps, self.generator) if self.config.grid == "stratified" else steps
+        return (
+            self.policy.schedule.jittered_timesteps(steps, self.generator)
+            if self.config.grid == "stratified"
+            else steps
+        )
 
     def step(self) -> dict[str, float]:
         cfg = self.config
@@ -115,8 +121,14 @@ class ScoresAsActions(Trainer):
         with torch.no_grad():
             trajectory = self.policy.sample(prompts, self.training_grid(), self.generator, eta=1.0)
             steps = len(trajectory.timesteps)
-            predicted = torch.stack([self.reward(self.policy.decode(trajectory.predictions[:, k]), prompts)
-                                     for k in range(steps)], dim=1).float().cpu()
+            predicted = (
+                torch.stack(
+                    [self.reward(self.policy.decode(trajectory.predictions[:, k]), prompts) for k in range(steps)],
+                    dim=1,
+                )
+                .float()
+                .cpu()
+            )
             terminal = self.reward(trajectory.images, prompts).float().cpu()
         # the value's calibration and the advantages' scale are statistics of the whole batch, over all processes
         all_terminal = self.parallel.gather(terminal)
@@ -127,7 +139,7 @@ class ScoresAsActions(Trainer):
         order = torch.randperm(len(prompts), generator=self.generator)
         minibatch = self.parallel.share(cfg.minibatch, "sas.minibatch")
         for start in range(0, len(order), minibatch):
-            index = order[start:start + minibatch]
+            index = order[start : start + minibatch]
             self._update(trajectory.subset(index), advantages[index], stats)
         summary = {name: sum(values) / len(values) for name, values in stats.items() if values}
         return {"reward": values[:, -1].mean().item(), **summary}
@@ -136,8 +148,16 @@ class ScoresAsActions(Trainer):
         """One optimizer step on a minibatch: the per-step surrogates and KLs summed over the whole grid."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        step_stats = ppo_chain_backward(self.policy, self.reference, part, part.stochastic_steps, advantages,
-                                        cfg.clip_range, cfg.beta, average=False)
+        step_stats = ppo_chain_backward(
+            self.policy,
+            self.reference,
+            part,
+            part.stochastic_steps,
+            advantages,
+            cfg.clip_range,
+            cfg.beta,
+            average=False,
+        )
         stats["ratio_dev"] += step_stats["ratio_dev"]
         stats["clip_frac"] += step_stats["clip_frac"]
         if self.reference is not None:

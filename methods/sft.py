@@ -5,6 +5,7 @@
 the model's own training loss (denoising, consistency or flow matching) on minibatches of the demonstrations.
 It reads no preferences and no reward: its results do not depend on a label budget.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,17 +5,18 @@ dataclass with a docstring per field, pure loss functions, then a `Trainer` subc
 builds it with a metered policy and reward, calls `step()` until the budget is spent and calls
 `generate()` to evaluate it at budget milestones.
 """
+
 from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 import torch
 
 PROCESS_SEED_STRIDE = 1_000_003
-"""Process r of a data-parallel run draws from seed + r * stride: its own samples, and process 0 the single-process ones."""
+"""Process r of a data-parallel run draws from seed + r * stride: its own samples, and process 0 the single-process
+ones."""
 
 
 class Parallel(Protocol):
@@ -105,8 +106,9 @@ class Trainer(ABC):
     def distribute(self, parallel: Parallel) -> None:
         """Makes this trainer process `parallel.rank` of a data-parallel run; call before the first step."""
         if parallel.world_size > 1 and not self.data_parallel:
-            raise ValueError(f"{self.name} cannot run data-parallel (it collects its feedback dataset once); "
-                             "run it on one process")
+            raise ValueError(
+                f"{self.name} cannot run data-parallel (it collects its feedback dataset once); run it on one process"
+            )
         self.parallel = parallel
         if parallel.world_size > 1:
             self.generator.manual_seed(self.seed + PROCESS_SEED_STRIDE * parallel.rank)
@@ -115,8 +117,9 @@ class Trainer(ABC):
     def prompt_batch(self, groups: int, per_group: int) -> list[str]:
         """This process's share of an iteration's prompts: `groups` train prompts over all processes, each
         repeated `per_group` times (group-major)."""
-        return prompt_groups(self.prompts, self.parallel.share(groups, f"{self.name}.prompts_per_iter"), per_group,
-                             self.generator)
+        return prompt_groups(
+            self.prompts, self.parallel.share(groups, f"{self.name}.prompts_per_iter"), per_group, self.generator
+        )
 
     def apply_gradients(self, max_grad_norm: float) -> None:
         """One optimizer step on the accumulated gradients: averaged over processes, clipped, applied."""

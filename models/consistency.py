@@ -13,6 +13,7 @@ x0 = f(x_{tau_i}, tau_i) and re-noises it to the next timestep, x_{tau_{i+1}} ~ 
 methods and divergences); the last step returns x0 itself, deterministically, as in LCM and RLCM. The
 noise is the sampler's own: DDIM's `eta` has no counterpart here and is ignored.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,9 @@ def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return c_skip, c_out
 
 
-def consistency_output(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor) -> torch.Tensor:
+def consistency_output(
+    x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, alpha_bar_t: torch.Tensor
+) -> torch.Tensor:
     """f(x_t, t) from the network's noise prediction. x_t, eps: (B, ...); t, alpha_bar_t: (B,)."""
     shape = (-1,) + (1,) * (x_t.dim() - 1)
     a = alpha_bar_t.to(x_t.device, x_t.dtype).view(shape)

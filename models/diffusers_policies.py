@@ -22,6 +22,7 @@ layout.
 Departures from the pipelines: the prompt cache holds every prompt's embeddings (on the CPU) for the
 policy's life; SD3's flow matching samples t uniformly (the base FlowPolicy's loss), not SD3's logit-normal.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,8 +98,10 @@ class DiffusersConfig:
         if not self.lora_alpha > 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if not self.lora_target_modules or not all(isinstance(m, str) and m for m in self.lora_target_modules):
-            raise ValueError(f"lora_target_modules must be module names, e.g. {ATTENTION_PROJECTIONS}, "
-                             f"got {self.lora_target_modules!r}")
+            raise ValueError(
+                f"lora_target_modules must be module names, e.g. {ATTENTION_PROJECTIONS}, "
+                f"got {self.lora_target_modules!r}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.min_vocab < 0:
@@ -107,8 +110,9 @@ class DiffusersConfig:
             try:
                 torch.device(self.device)
             except RuntimeError:
-                raise ValueError(f"device must be a torch device such as cpu, cuda or cuda:1, "
-                                 f"got {self.device!r}") from None
+                raise ValueError(
+                    f"device must be a torch device such as cpu, cuda or cuda:1, got {self.device!r}"
+                ) from None
 
     def torch_device(self) -> torch.device:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -177,8 +181,9 @@ class UNetDenoiser(nn.Module):
         self.model = unet
         self.image_shape = latent_shape  # ChainPolicy's name for the chain's state shape
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                timestep_cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, timestep_cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return self.model(x, t, encoder_hidden_states=context, timestep_cond=timestep_cond, return_dict=False)[0]
 
 
@@ -191,8 +196,9 @@ class SD3Denoiser(nn.Module):
         self.image_shape = latent_shape
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        return self.model(hidden_states=x, timestep=t, encoder_hidden_states=context, pooled_projections=pooled,
-                          return_dict=False)[0]
+        return self.model(
+            hidden_states=x, timestep=t, encoder_hidden_states=context, pooled_projections=pooled, return_dict=False
+        )[0]
 
 
 def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -246,33 +252,42 @@ def resolve_source(source: str, allow_patterns: list[str]) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
         return path
-    how = (f"run `hf download {source}` (`huggingface-cli download {source}` with an older huggingface_hub) "
-           f"on a networked machine, or pass a local directory in diffusers' pipeline layout")
+    how = (
+        f"run `hf download {source}` (`huggingface-cli download {source}` with an older huggingface_hub) "
+        f"on a networked machine, or pass a local directory in diffusers' pipeline layout"
+    )
     # safetensors only: several hubs' repos also hold .bin and full .ckpt copies of every weight
     ignore = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.onnx", "*.h5", "*fp16*", "*non_ema*"]
     try:
-        return Path(snapshot_download(source, allow_patterns=allow_patterns, ignore_patterns=ignore,
-                                      local_files_only=True))
+        return Path(
+            snapshot_download(source, allow_patterns=allow_patterns, ignore_patterns=ignore, local_files_only=True)
+        )
     except HFValidationError:
-        raise ValueError(f"model source {source!r} is neither an existing directory nor a hub id "
-                         f"(owner/name)") from None
+        raise ValueError(
+            f"model source {source!r} is neither an existing directory nor a hub id (owner/name)"
+        ) from None
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            raise ValueError(f"model {source!r} is not in the local Hugging Face cache and the hub is offline "
-                             f"(HF_HUB_OFFLINE): {how}") from None
+            raise ValueError(
+                f"model {source!r} is not in the local Hugging Face cache and the hub is offline "
+                f"(HF_HUB_OFFLINE): {how}"
+            ) from None
     try:
         return Path(snapshot_download(source, allow_patterns=allow_patterns, ignore_patterns=ignore))
     except LocalEntryNotFoundError as error:  # the hub did not answer
-        raise ValueError(f"model {source!r} is not in the local Hugging Face cache and could not be downloaded "
-                         f"({error}): {how}") from None
+        raise ValueError(
+            f"model {source!r} is not in the local Hugging Face cache and could not be downloaded ({error}): {how}"
+        ) from None
 
 
 def component_dir(root: Path, name: str) -> Path:
     """root/name, which must exist."""
     folder = root / name
     if not folder.is_dir():
-        raise ValueError(f"{root} has no {name}/ component: expected diffusers' pipeline layout "
-                         f"(unet or transformer, vae, text_encoder, tokenizer, ..., scheduler)")
+        raise ValueError(
+            f"{root} has no {name}/ component: expected diffusers' pipeline layout "
+            f"(unet or transformer, vae, text_encoder, tokenizer, ..., scheduler)"
+        )
     return folder
 
 
@@ -283,9 +298,11 @@ def load_tokenizer(root: Path, name: str, min_vocab: int, cls=None):
     component_dir(root, name)
     tokenizer = (cls or AutoTokenizer).from_pretrained(root, subfolder=name)
     if len(tokenizer) < min_vocab:
-        raise ValueError(f"the tokenizer in {root / name} has only {len(tokenizer)} tokens (min_vocab {min_vocab}): "
-                         f"it did not load properly (missing vocabulary files?); lower min_vocab only for a "
-                         f"deliberately tiny tokenizer")
+        raise ValueError(
+            f"the tokenizer in {root / name} has only {len(tokenizer)} tokens (min_vocab {min_vocab}): "
+            f"it did not load properly (missing vocabulary files?); lower min_vocab only for a "
+            f"deliberately tiny tokenizer"
+        )
     return tokenizer
 
 
@@ -298,17 +315,22 @@ def noise_schedule_from(root: Path) -> NoiseSchedule:
     """The DDPM training schedule in `root`'s scheduler config (Stable Diffusion's when there is none)."""
     config = read_scheduler_config(root)
     if config.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError(f"{root} predicts {config['prediction_type']!r}; these policies implement epsilon "
-                         f"prediction (Stable Diffusion 1.x and its LCMs) only")
+        raise ValueError(
+            f"{root} predicts {config['prediction_type']!r}; these policies implement epsilon "
+            f"prediction (Stable Diffusion 1.x and its LCMs) only"
+        )
     if config.get("trained_betas") is not None:
-        raise ValueError(f"{root}'s scheduler has trained_betas; only linear and scaled_linear schedules are "
-                         f"implemented")
+        raise ValueError(
+            f"{root}'s scheduler has trained_betas; only linear and scaled_linear schedules are implemented"
+        )
     default = SD_SCHEDULE
-    return NoiseSchedule(num_train_timesteps=config.get("num_train_timesteps", default.num_train_timesteps),
-                         beta_start=config.get("beta_start", default.beta_start),
-                         beta_end=config.get("beta_end", default.beta_end),
-                         steps_offset=config.get("steps_offset", default.steps_offset),
-                         beta_schedule=config.get("beta_schedule", default.beta_schedule))
+    return NoiseSchedule(
+        num_train_timesteps=config.get("num_train_timesteps", default.num_train_timesteps),
+        beta_start=config.get("beta_start", default.beta_start),
+        beta_end=config.get("beta_end", default.beta_end),
+        steps_offset=config.get("steps_offset", default.steps_offset),
+        beta_schedule=config.get("beta_schedule", default.beta_schedule),
+    )
 
 
 class LoRALatentPolicy(ChainPolicy):
@@ -320,8 +342,15 @@ class LoRALatentPolicy(ChainPolicy):
     guided_by_cfg = True
     """Whether `predict` runs classifier-free guidance (LCM conditions on w instead)."""
 
-    def __init__(self, network: nn.Module, vae: nn.Module, text_encoders: list, tokenizers: list,
-                 config: DiffusersConfig, schedule: NoiseSchedule | None = None):
+    def __init__(
+        self,
+        network: nn.Module,
+        vae: nn.Module,
+        text_encoders: list,
+        tokenizers: list,
+        config: DiffusersConfig,
+        schedule: NoiseSchedule | None = None,
+    ):
         super().__init__(network, None, schedule)
         self.config = config
         self.vae = vae
@@ -356,13 +385,19 @@ class LoRALatentPolicy(ChainPolicy):
         from peft import LoraConfig
 
         cfg = self.config
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_target_modules),
-                          init_lora_weights="gaussian")
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            target_modules=list(cfg.lora_target_modules),
+            init_lora_weights="gaussian",
+        )
         try:
             self.backbone.add_adapter(lora)
         except ValueError as error:
-            raise ValueError(f"lora_target_modules {list(cfg.lora_target_modules)} do not fit the "
-                             f"{type(self.backbone).__name__}: {error}") from error
+            raise ValueError(
+                f"lora_target_modules {list(cfg.lora_target_modules)} do not fit the "
+                f"{type(self.backbone).__name__}: {error}"
+            ) from error
         # peft marks the adapters, and only them, trainable; they train in float32 whatever the frozen dtype
         self._lora = [(name, p) for name, p in self.backbone.named_parameters() if p.requires_grad]
         for _, p in self._lora:
@@ -397,13 +432,17 @@ class LoRALatentPolicy(ChainPolicy):
 
         contexts, pooled = zip(*(self._embeddings[p] for p in prompts))
         null = self._embeddings[""] if guided else (None, None)
-        return Conditioning(stack(contexts), stack(pooled),
-                            None if null[0] is None else null[0][None].to(self.device),
-                            None if null[1] is None else null[1][None].to(self.device))
+        return Conditioning(
+            stack(contexts),
+            stack(pooled),
+            None if null[0] is None else null[0][None].to(self.device),
+            None if null[1] is None else null[1][None].to(self.device),
+        )
 
     # -- the network --------------------------------------------------------------------------------------
     def _network_inputs(self, text: Conditioning, cfg: bool) -> list[torch.Tensor]:
         """The network's conditioning arguments: (B, ...) each, or (2B, ...) as [null, prompts] under guidance."""
+
         def batch(cond, null):
             return torch.cat([null.expand_as(cond), cond]) if cfg else cond
 
@@ -453,8 +492,9 @@ class LoRALatentPolicy(ChainPolicy):
         distribution, (z - shift_factor) * scaling_factor. Without gradients: the VAE is frozen and the losses
         only noise these latents, so keeping the encoder's activations would waste memory."""
         if tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(f"images must be (B, {', '.join(map(str, self.image_shape))}) in [0, 1], "
-                             f"got {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be (B, {', '.join(map(str, self.image_shape))}) in [0, 1], got {tuple(images.shape)}"
+            )
         with torch.no_grad(), self._autocast():
             posterior = self.vae.encode(images_to_model_space(images.to(self.device)), return_dict=False)[0]
         return (posterior.mean.float() - self._shift_factor) * self._scaling_factor
@@ -464,7 +504,7 @@ class LoRALatentPolicy(ChainPolicy):
         """The LoRA weights (none for a reference)."""
         return [p for _, p in self._lora] if self._adapters_enabled else []
 
-    def frozen_copy(self) -> "LoRALatentPolicy":
+    def frozen_copy(self) -> LoRALatentPolicy:
         """The reference policy: the base model, i.e. the same modules, prompt cache and meter hooks, called
         with the adapters off. No weights are copied; it has no trainable parameters."""
         reference = copy.copy(self)
@@ -479,13 +519,17 @@ class LoRALatentPolicy(ChainPolicy):
         own = dict(self._lora)
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
-            raise ValueError(f"not this policy's LoRA weights: {len(missing)} missing (e.g. {missing[:1]}), "
-                             f"{len(unexpected)} unexpected (e.g. {unexpected[:1]}); a state_dict from a policy "
-                             f"with the same model and lora_target_modules is valid")
+            raise ValueError(
+                f"not this policy's LoRA weights: {len(missing)} missing (e.g. {missing[:1]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:1]}); a state_dict from a policy "
+                f"with the same model and lora_target_modules is valid"
+            )
         wrong = [name for name, p in own.items() if tuple(state[name].shape) != tuple(p.shape)]
         if wrong:
-            raise ValueError(f"LoRA weight {wrong[0]} is {tuple(state[wrong[0]].shape)}, this policy's is "
-                             f"{tuple(own[wrong[0]].shape)}: saved with another lora_rank?")
+            raise ValueError(
+                f"LoRA weight {wrong[0]} is {tuple(state[wrong[0]].shape)}, this policy's is "
+                f"{tuple(own[wrong[0]].shape)}: saved with another lora_rank?"
+            )
         with torch.no_grad():
             for name, p in own.items():
                 p.copy_(state[name])
@@ -496,8 +540,10 @@ class LoRALatentPolicy(ChainPolicy):
         vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         multiple = vae_factor * denoiser_factor
         if config.resolution % multiple:
-            raise ValueError(f"resolution must be a multiple of {multiple} for this model (the VAE downsamples by "
-                             f"{vae_factor}, the denoiser by {denoiser_factor}), got {config.resolution}")
+            raise ValueError(
+                f"resolution must be a multiple of {multiple} for this model (the VAE downsamples by "
+                f"{vae_factor}, the denoiser by {denoiser_factor}), got {config.resolution}"
+            )
         return config.resolution // vae_factor
 
     @classmethod
@@ -524,19 +570,35 @@ def _load_model(cls, root: Path, name: str, dtype: torch.dtype):
 class _UNetPolicy(LoRALatentPolicy):
     """The UNet families (SD and LCM): one CLIP text encoder, its last hidden state as the context."""
 
-    def __init__(self, unet: nn.Module, vae: nn.Module, text_encoder: nn.Module, tokenizer, config,
-                 schedule: NoiseSchedule | None = None):
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer,
+        config,
+        schedule: NoiseSchedule | None = None,
+    ):
         if unet.config.in_channels != vae.config.latent_channels:
-            raise ValueError(f"the UNet takes {unet.config.in_channels} channels, the VAE makes "
-                             f"{vae.config.latent_channels}: not one model's components")
+            raise ValueError(
+                f"the UNet takes {unet.config.in_channels} channels, the VAE makes "
+                f"{vae.config.latent_channels}: not one model's components"
+            )
         side = self._latent_side(config, vae, 2 ** (len(unet.config.block_out_channels) - 1))
-        super().__init__(UNetDenoiser(unet, (unet.config.in_channels, side, side)), vae, [text_encoder],
-                         [tokenizer], config, schedule or SD_SCHEDULE)
+        super().__init__(
+            UNetDenoiser(unet, (unet.config.in_channels, side, side)),
+            vae,
+            [text_encoder],
+            [tokenizer],
+            config,
+            schedule or SD_SCHEDULE,
+        )
 
     def _encode_prompts(self, prompts):
         tokenizer, encoder = self.tokenizers[0], self.text_encoders[0]
-        tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                           return_tensors="pt")
+        tokens = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
         # as diffusers' pipelines: SD 1.x's CLIP attends to its padding
         use_mask = getattr(encoder.config, "use_attention_mask", False)
         mask = tokens.attention_mask.to(self.device) if use_mask else None
@@ -555,9 +617,14 @@ class _UNetPolicy(LoRALatentPolicy):
         # the cheap checks first, before gigabytes of weights load
         schedule = cls._schedule_from(root)
         tokenizer = load_tokenizer(root, "tokenizer", config.min_vocab, CLIPTokenizer)
-        return cls(_load_model(UNet2DConditionModel, root, "unet", dtype),
-                   _load_model(AutoencoderKL, root, "vae", dtype),
-                   _load_model(CLIPTextModel, root, "text_encoder", dtype), tokenizer, config, schedule)
+        return cls(
+            _load_model(UNet2DConditionModel, root, "unet", dtype),
+            _load_model(AutoencoderKL, root, "vae", dtype),
+            _load_model(CLIPTextModel, root, "text_encoder", dtype),
+            tokenizer,
+            config,
+            schedule,
+        )
 
     @classmethod
     def _schedule_from(cls, root: Path) -> NoiseSchedule:
@@ -581,8 +648,10 @@ class LatentConsistencyPolicy(_UNetPolicy, ConsistencyPolicy):
 
     def __init__(self, unet, vae, text_encoder, tokenizer, config, schedule=None):
         if unet.config.time_cond_proj_dim is None:
-            raise ValueError("not a latent consistency model: its UNet has no time_cond_proj_dim (the guidance "
-                             "embedding LCM conditions on)")
+            raise ValueError(
+                "not a latent consistency model: its UNet has no time_cond_proj_dim (the guidance "
+                "embedding LCM conditions on)"
+            )
         super().__init__(unet, vae, text_encoder, tokenizer, config, schedule)
 
     def _network_inputs(self, text, cfg):
@@ -595,8 +664,9 @@ class LatentConsistencyPolicy(_UNetPolicy, ConsistencyPolicy):
         # the consistency sampler's grid and boundary scalings are LCMScheduler's at these constants
         for key, expected in (("original_inference_steps", ORIGINAL_STEPS), ("timestep_scaling", TIMESTEP_SCALING)):
             if config.get(key, expected) != expected:
-                raise ValueError(f"{root}'s scheduler has {key} = {config[key]}; the consistency sampler "
-                                 f"implements {expected}")
+                raise ValueError(
+                    f"{root}'s scheduler has {key} = {config[key]}; the consistency sampler implements {expected}"
+                )
         return noise_schedule_from(root)
 
 
@@ -608,28 +678,46 @@ class StableDiffusion3Policy(LoRALatentPolicy, FlowPolicy):
     Config = StableDiffusion3Config
     default_steps = 28
 
-    def __init__(self, transformer: nn.Module, vae: nn.Module, text_encoders: list, tokenizers: list,
-                 config: StableDiffusion3Config, shift: float = 3.0):
+    def __init__(
+        self,
+        transformer: nn.Module,
+        vae: nn.Module,
+        text_encoders: list,
+        tokenizers: list,
+        config: StableDiffusion3Config,
+        shift: float = 3.0,
+    ):
         """text_encoders, tokenizers: the two CLIPs' (CLIPTextModelWithProjection) and T5's, or None for T5."""
         if len(text_encoders) != 3 or len(tokenizers) != 3:
             raise ValueError("SD3 takes three text encoders and tokenizers (the two CLIPs', then T5's or None)")
         if transformer.config.in_channels != vae.config.latent_channels:
-            raise ValueError(f"the transformer takes {transformer.config.in_channels} channels, the VAE makes "
-                             f"{vae.config.latent_channels}: not one model's components")
+            raise ValueError(
+                f"the transformer takes {transformer.config.in_channels} channels, the VAE makes "
+                f"{vae.config.latent_channels}: not one model's components"
+            )
         clip_width = sum(encoder.config.hidden_size for encoder in text_encoders[:2])
         if clip_width > transformer.config.joint_attention_dim:
-            raise ValueError(f"the CLIP encoders' {clip_width} features exceed the transformer's joint_attention_dim "
-                             f"{transformer.config.joint_attention_dim}: not one model's components")
+            raise ValueError(
+                f"the CLIP encoders' {clip_width} features exceed the transformer's joint_attention_dim "
+                f"{transformer.config.joint_attention_dim}: not one model's components"
+            )
         if not shift > 0:
             raise ValueError(f"shift must be > 0, got {shift}")
         patch = transformer.config.patch_size
         side = self._latent_side(config, vae, patch)
         if transformer.config.pos_embed_max_size and side // patch > transformer.config.pos_embed_max_size:
-            raise ValueError(f"resolution {config.resolution} is past the transformer's position embeddings "
-                             f"({transformer.config.pos_embed_max_size} patches a side)")
+            raise ValueError(
+                f"resolution {config.resolution} is past the transformer's position embeddings "
+                f"({transformer.config.pos_embed_max_size} patches a side)"
+            )
         self.shift = shift
-        super().__init__(SD3Denoiser(transformer, (transformer.config.in_channels, side, side)), vae,
-                         text_encoders, tokenizers, config)
+        super().__init__(
+            SD3Denoiser(transformer, (transformer.config.in_channels, side, side)),
+            vae,
+            text_encoders,
+            tokenizers,
+            config,
+        )
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         """FlowMatchEulerDiscreteScheduler's grid: `steps` sigmas evenly spaced from 1 down to the scheduler's
@@ -646,8 +734,9 @@ class StableDiffusion3Policy(LoRALatentPolicy, FlowPolicy):
         contexts, pooled = [], []
         length = self.tokenizers[0].model_max_length
         for tokenizer, encoder in zip(self.tokenizers[:2], self.text_encoders[:2]):
-            ids = tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
-                            return_tensors="pt").input_ids
+            ids = tokenizer(
+                prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+            ).input_ids
             out = encoder(ids.to(self.device), output_hidden_states=True)
             pooled.append(out[0])
             contexts.append(out.hidden_states[-2])
@@ -656,8 +745,14 @@ class StableDiffusion3Policy(LoRALatentPolicy, FlowPolicy):
         if t5_encoder is None:
             t5 = clip.new_zeros(len(prompts), self.config.t5_max_length, self.backbone.config.joint_attention_dim)
         else:
-            ids = t5_tokenizer(prompts, padding="max_length", max_length=self.config.t5_max_length, truncation=True,
-                               add_special_tokens=True, return_tensors="pt").input_ids
+            ids = t5_tokenizer(
+                prompts,
+                padding="max_length",
+                max_length=self.config.t5_max_length,
+                truncation=True,
+                add_special_tokens=True,
+                return_tensors="pt",
+            ).input_ids
             t5 = t5_encoder(ids.to(self.device))[0]
         clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         context = torch.cat([clip, t5.to(clip.dtype)], dim=-2)
@@ -677,19 +772,30 @@ class StableDiffusion3Policy(LoRALatentPolicy, FlowPolicy):
         dtype = config.weight_dtype()
         scheduler = read_scheduler_config(root)
         if scheduler.get("use_dynamic_shifting"):
-            raise ValueError(f"{root}'s scheduler shifts its grid by resolution (use_dynamic_shifting); "
-                             f"this policy implements SD3's fixed shift")
+            raise ValueError(
+                f"{root}'s scheduler shifts its grid by resolution (use_dynamic_shifting); "
+                f"this policy implements SD3's fixed shift"
+            )
         if scheduler.get("num_train_timesteps", TIMESTEP_SCALE) != TIMESTEP_SCALE:
-            raise ValueError(f"{root}'s scheduler has {scheduler['num_train_timesteps']} training timesteps; the "
-                             f"flow policy feeds the network 1000 t")
+            raise ValueError(
+                f"{root}'s scheduler has {scheduler['num_train_timesteps']} training timesteps; the "
+                f"flow policy feeds the network 1000 t"
+            )
         use_t5 = config.use_t5 and (root / "text_encoder_3").is_dir()
         # the tokenizers' checks before gigabytes of weights load
-        tokenizers = [load_tokenizer(root, name, config.min_vocab, CLIPTokenizer)
-                      for name in ("tokenizer", "tokenizer_2")]
+        tokenizers = [
+            load_tokenizer(root, name, config.min_vocab, CLIPTokenizer) for name in ("tokenizer", "tokenizer_2")
+        ]
         tokenizers.append(load_tokenizer(root, "tokenizer_3", config.min_vocab) if use_t5 else None)
-        encoders = [_load_model(CLIPTextModelWithProjection, root, name, dtype)
-                    for name in ("text_encoder", "text_encoder_2")]
+        encoders = [
+            _load_model(CLIPTextModelWithProjection, root, name, dtype) for name in ("text_encoder", "text_encoder_2")
+        ]
         encoders.append(_load_model(T5EncoderModel, root, "text_encoder_3", dtype) if use_t5 else None)
-        return cls(_load_model(SD3Transformer2DModel, root, "transformer", dtype),
-                   _load_model(AutoencoderKL, root, "vae", dtype), encoders, tokenizers, config,
-                   shift=float(scheduler.get("shift", 3.0)))
+        return cls(
+            _load_model(SD3Transformer2DModel, root, "transformer", dtype),
+            _load_model(AutoencoderKL, root, "vae", dtype),
+            encoders,
+            tokenizers,
+            config,
+            shift=float(scheduler.get("shift", 3.0)),
+        )

@@ -7,13 +7,13 @@ embedded models; scaled_linear, Stable Diffusion's own),
 lands on alpha_bar[0], not 1, so every step of a stochastic chain keeps a non-zero std and a
 finite log-probability) and no sample clipping.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
 import torch
-
 
 BETA_SCHEDULES = ("linear", "scaled_linear")
 
@@ -39,8 +39,10 @@ class NoiseSchedule:
         if self.beta_schedule == "linear":
             betas = torch.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=torch.float64)
         else:
-            betas = torch.linspace(self.beta_start**0.5, self.beta_end**0.5, self.num_train_timesteps,
-                                   dtype=torch.float64) ** 2
+            betas = (
+                torch.linspace(self.beta_start**0.5, self.beta_end**0.5, self.num_train_timesteps, dtype=torch.float64)
+                ** 2
+            )
         return torch.cumprod(1.0 - betas, dim=0)
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:

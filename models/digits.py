@@ -14,6 +14,7 @@ Each network is a component built from a recipe (the config fields it depends on
 of the components it learns from); `build_world` rebuilds only the components whose recipe changed,
 so adding a generator to the world never retrains the others.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,7 +24,7 @@ import math
 import re
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,16 +123,23 @@ class WorldConfig:
 
 def tiny_world_config() -> WorldConfig:
     """A world that builds in seconds, for tests: the same code paths, untrained-quality models."""
-    return WorldConfig(denoiser_width=64, denoiser_depth=2, denoiser_steps=60, denoiser_batch=64,
-                       classifier_steps=60, consistency_steps=30)
+    return WorldConfig(
+        denoiser_width=64,
+        denoiser_depth=2,
+        denoiser_steps=60,
+        denoiser_batch=64,
+        classifier_steps=60,
+        consistency_steps=30,
+    )
 
 
 def _cosine_lr(step: int, total: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * step / total))
 
 
-def train_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: WorldConfig,
-                     generator: torch.Generator) -> nn.Module:
+def train_classifier(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: WorldConfig, generator: torch.Generator
+) -> nn.Module:
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     for step in progress(range(cfg.classifier_steps), desc=type(model).__name__):
         for group in optimizer.param_groups:
@@ -153,8 +161,15 @@ def training_batch(images: torch.Tensor, labels: torch.Tensor, size: int, genera
     return images[idx], [by_digit[int(labels[i])][int(c)] for i, c in zip(idx, choice)]
 
 
-def train_generator(cfg: WorldConfig, policy_class: type, encoder: PromptEncoder, images: torch.Tensor,
-                    labels: torch.Tensor, generator: torch.Generator, log=print) -> TextConditionedDenoiser:
+def train_generator(
+    cfg: WorldConfig,
+    policy_class: type,
+    encoder: PromptEncoder,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    log=print,
+) -> TextConditionedDenoiser:
     """Trains a base generator from scratch with its family's own loss (the denoising loss, flow matching)
     on (image, a random train prompt naming its digit) pairs; returns the EMA of its weights."""
     model = TextConditionedDenoiser(IMAGE_SHAPE, TEXT_DIM, cfg.denoiser_width, cfg.denoiser_depth)
@@ -175,13 +190,21 @@ def train_generator(cfg: WorldConfig, policy_class: type, encoder: PromptEncoder
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - cfg.ema_decay)
         if (step + 1) % 1000 == 0:
-            log(f"  {policy.family} step {step + 1}/{cfg.denoiser_steps} loss {loss.item():.4f} "
-                f"({time.monotonic() - start:.0f}s)")
+            log(
+                f"  {policy.family} step {step + 1}/{cfg.denoiser_steps} loss {loss.item():.4f} "
+                f"({time.monotonic() - start:.0f}s)"
+            )
     return ema.eval()
 
 
-def distillation_loss(student: ConsistencyPolicy, teacher: DiffusionPolicy, target: nn.Module,
-                      images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+def distillation_loss(
+    student: ConsistencyPolicy,
+    teacher: DiffusionPolicy,
+    target: nn.Module,
+    images: torch.Tensor,
+    prompts: list[str],
+    generator: torch.Generator,
+) -> torch.Tensor:
     """Consistency distillation (LCM's, without guidance): on adjacent grid timesteps t_n > t_{n-1},
     E ||f_student(x_{t_n}, t_n) - f_target(x_hat_{t_{n-1}}, t_{n-1})||^2, where x_hat is one DDIM (ODE)
     step of the teacher from x_{t_n} and f_target is the slow (EMA) copy of the student. A scalar."""
@@ -201,8 +224,14 @@ def distillation_loss(student: ConsistencyPolicy, teacher: DiffusionPolicy, targ
     return ((student.predict_x0(x_high, t_high, text) - goal) ** 2).mean()
 
 
-def distill_consistency(cfg: WorldConfig, teacher: DiffusionPolicy, images: torch.Tensor, labels: torch.Tensor,
-                        generator: torch.Generator, log=print) -> nn.Module:
+def distill_consistency(
+    cfg: WorldConfig,
+    teacher: DiffusionPolicy,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    log=print,
+) -> nn.Module:
     """Distils a consistency model from the base denoiser (initialised from it); returns the target network."""
     student = ConsistencyPolicy(copy.deepcopy(teacher.network).train().requires_grad_(True), teacher.encoder)
     target = copy.deepcopy(student.network).requires_grad_(False)
@@ -220,8 +249,10 @@ def distill_consistency(cfg: WorldConfig, teacher: DiffusionPolicy, images: torc
             for p_target, p in zip(target.parameters(), student.network.parameters()):
                 p_target.lerp_(p, 1 - cfg.consistency_target_decay)
         if (step + 1) % 1000 == 0:
-            log(f"  consistency step {step + 1}/{cfg.consistency_steps} loss {loss.item():.5f} "
-                f"({time.monotonic() - start:.0f}s)")
+            log(
+                f"  consistency step {step + 1}/{cfg.consistency_steps} loss {loss.item():.5f} "
+                f"({time.monotonic() - start:.0f}s)"
+            )
     return target.eval()
 
 
@@ -257,15 +288,29 @@ COMPONENTS = {
     "reward_classifier": (_CLASSIFIER_FIELDS, (), _build_reward_classifier, lambda cfg: MLPClassifier(IMAGE_SHAPE)),
     "judge": (_CLASSIFIER_FIELDS, (), _build_judge, lambda cfg: CNNClassifier(IMAGE_SHAPE)),
     "denoiser": (_DENOISER_FIELDS, (), _build_denoiser, _denoiser),
-    "consistency": (("denoiser_width", "denoiser_depth", "denoiser_batch", "consistency_steps", "consistency_lr",
-                     "consistency_target_decay"), ("denoiser",), _build_consistency, _denoiser),
+    "consistency": (
+        (
+            "denoiser_width",
+            "denoiser_depth",
+            "denoiser_batch",
+            "consistency_steps",
+            "consistency_lr",
+            "consistency_target_decay",
+        ),
+        ("denoiser",),
+        _build_consistency,
+        _denoiser,
+    ),
     "flow": (_DENOISER_FIELDS, (), _build_flow, _denoiser),
 }
 
 
 # The world's generators, by the model name a run chooses: (component, policy class).
-GENERATORS = {"diffusion": ("denoiser", DiffusionPolicy), "consistency": ("consistency", ConsistencyPolicy),
-              "flow": ("flow", FlowPolicy)}
+GENERATORS = {
+    "diffusion": ("denoiser", DiffusionPolicy),
+    "consistency": ("consistency", ConsistencyPolicy),
+    "flow": ("flow", FlowPolicy),
+}
 
 
 class _Built:
@@ -298,8 +343,12 @@ def stale_components(directory: Path, cfg: WorldConfig) -> list[str]:
     hashes, stale = {}, []
     for name in COMPONENTS:
         entry = built.get(name)
-        fresh = (entry is not None and (directory / f"{name}.pt").exists()
-                 and not any(i in stale for i in COMPONENTS[name][1]) and entry["recipe"] == recipe(name, cfg, hashes))
+        fresh = (
+            entry is not None
+            and (directory / f"{name}.pt").exists()
+            and not any(i in stale for i in COMPONENTS[name][1])
+            and entry["recipe"] == recipe(name, cfg, hashes)
+        )
         if fresh:
             hashes[name] = entry["hash"]
         else:
@@ -325,8 +374,11 @@ def build_world(out_dir: Path, cfg: WorldConfig = WorldConfig(), log=print) -> d
         start = time.monotonic()
         network = COMPONENTS[name][2](cfg, splits, built, torch.Generator().manual_seed(seed), log)
         atomic_torch_save(network.state_dict(), out_dir / f"{name}.pt")
-        entry = {"recipe": recipe(name, cfg, hashes), "hash": weights_hash(network),
-                 "build_seconds": round(time.monotonic() - start, 1)}
+        entry = {
+            "recipe": recipe(name, cfg, hashes),
+            "hash": weights_hash(network),
+            "build_seconds": round(time.monotonic() - start, 1),
+        }
         if name in ("reward_classifier", "judge"):
             test_images, test_labels = splits["test"]
             entry["test_accuracy"] = float((network(test_images).argmax(1) == test_labels).float().mean())

@@ -5,13 +5,15 @@ E_{t ~ U(0, 1), eps} ||v_theta(x_t, t) - (eps - x0)||^2.
 
 Sampling runs over the grid t_k = 1 - k / S (k = 0 .. S). A step from t to s < t predicts
 x0 = x_t - t v and eps = x_t + (1 - t) v and moves to
-  x_s ~ N((1 - s) x0 + sqrt(s^2 - sigma^2) eps, sigma^2 I),   sigma = eta * (s / t) * sqrt(t^2 - (1 - t)^2 s^2 / (1 - s)^2),
+  x_s ~ N((1 - s) x0 + sqrt(s^2 - sigma^2) eps, sigma^2 I),
+  sigma = eta * (s / t) * sqrt(t^2 - (1 - t)^2 s^2 / (1 - s)^2),
 DDIM's family written for this path: sigma at eta = 1 is the posterior std of x_s given x_t and x0, so every
 eta in [0, 1] keeps the marginals of the path (for a perfect v), and eta = 0 is exactly the Euler step of the
 ODE, x_s = x_t + (s - t) v (diffusers' FlowMatchEulerDiscreteScheduler). With eta > 0 every step but the
 last (s = 0, where sigma = 0) is a Gaussian transition with a log-probability, as Flow-GRPO needs for
 policy gradients on flow models.
 """
+
 from __future__ import annotations
 
 import math

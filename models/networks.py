@@ -6,6 +6,7 @@ is both faster on a CPU and as good as a small convolutional net, so it is an ML
 classifiers deliberately differ in architecture (MLP vs CNN) so that the judge does not share
 the reward classifier's blind spots.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,8 +66,12 @@ class MLPClassifier(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], hidden: int = 256, classes: int = 10):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(math.prod(image_shape), hidden), nn.SiLU(),
-            nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, classes),
+            nn.Flatten(),
+            nn.Linear(math.prod(image_shape), hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, classes),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -81,10 +86,15 @@ class CNNClassifier(nn.Module):
         channels, height, width = image_shape
         self.num_features = features
         self.trunk = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.GELU(),
-            nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.GELU(),
-            nn.Conv2d(64, 64, 3, padding=1), nn.GELU(),
-            nn.Flatten(), nn.Linear(64 * math.ceil(height / 2) * math.ceil(width / 2), features), nn.GELU(),
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(32, 64, 3, padding=1, stride=2),
+            nn.GELU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.GELU(),
+            nn.Flatten(),
+            nn.Linear(64 * math.ceil(height / 2) * math.ceil(width / 2), features),
+            nn.GELU(),
         )
         self.head = nn.Linear(features, classes)
 

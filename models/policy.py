@@ -3,9 +3,10 @@
 A policy samples a `Trajectory`: the chain of latents x_T .. x_0 a sampler visits, the Gaussian
 transition p(x_prev | x_t) = N(mean, std^2 I) of every step (std 0: a deterministic step) and the
 log-probability of every stochastic step actually taken. The stochastic steps are the chain's actions.
-Policy-gradient methods (DDPO) re-evaluate those log-probabilities under updated parameters; direct-gradient methods sample with `grad=True`;
-reward-weighted and ranking methods train with the family's own loss.
+Policy-gradient methods (DDPO) re-evaluate those log-probabilities under updated parameters; direct-gradient methods
+sample with `grad=True`; reward-weighted and ranking methods train with the family's own loss.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,7 +43,7 @@ class Trajectory:
         """The steps with a density: the actions of the sampling MDP."""
         return [s for s in range(len(self.timesteps)) if self.stds[s] > 0]
 
-    def subset(self, index: torch.Tensor) -> "Trajectory":
+    def subset(self, index: torch.Tensor) -> Trajectory:
         """The chains of the samples at `index` (B',), same steps."""
         return replace(
             self,
@@ -70,19 +71,28 @@ class Policy(Protocol):
     image_shape: tuple[int, int, int]
     default_steps: int
 
-    def sample(self, prompts: list[str], steps: int | torch.Tensor, generator: torch.Generator, *, eta: float = 0.0,
-               grad: bool = False, checkpoint: bool = False) -> Trajectory: ...
+    def sample(
+        self,
+        prompts: list[str],
+        steps: int | torch.Tensor,
+        generator: torch.Generator,
+        *,
+        eta: float = 0.0,
+        grad: bool = False,
+        checkpoint: bool = False,
+    ) -> Trajectory: ...
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor: ...
 
     def step_mean(self, trajectory: Trajectory, step: int) -> torch.Tensor: ...
 
-    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator,
-             weights: torch.Tensor | None = None) -> torch.Tensor: ...
+    def loss(
+        self, images: torch.Tensor, prompts: list[str], generator: torch.Generator, weights: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
     def trainable_parameters(self) -> list[nn.Parameter]: ...
 
-    def frozen_copy(self) -> "Policy": ...
+    def frozen_copy(self) -> Policy: ...
 
     def state_dict(self) -> dict: ...
 
@@ -133,8 +143,9 @@ class ChainPolicy(ABC):
         """The conditioning of `prompts` that `predict` hands the network; opaque to the samplers and losses."""
         return self.encoder(prompts).to(self.device)
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor, text, network: nn.Module | None = None, *,
-                guided: bool = True) -> torch.Tensor:
+    def predict(
+        self, x: torch.Tensor, t: torch.Tensor, text, network: nn.Module | None = None, *, guided: bool = True
+    ) -> torch.Tensor:
         """The network's output (the family's eps or velocity) at states x (B, *latent_shape) and per-sample
         timesteps t (B,) in the network's units, conditioned on `text` from `_text`: (B, *latent_shape).
         `network` overrides the policy's own (a distillation target). `guided`: the prediction the sampler
@@ -155,22 +166,33 @@ class ChainPolicy(ABC):
         """The `steps` timesteps the sampler starts its steps from, descending: (steps,)."""
 
     @abstractmethod
-    def transition(self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text: torch.Tensor,
-                   eta: float) -> Transition:
+    def transition(
+        self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text: torch.Tensor, eta: float
+    ) -> Transition:
         """Step `step` of the chain over `timesteps`, from x (B, C, H, W) at timesteps[step]."""
 
     @abstractmethod
-    def loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator,
-             weights: torch.Tensor | None = None) -> torch.Tensor:
+    def loss(
+        self, images: torch.Tensor, prompts: list[str], generator: torch.Generator, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The family's own training loss on images in [0, 1] and their prompts: a scalar, the mean over
         images, or with `weights` (B,) summing to 1 their weighted sum (reward-weighted maximum likelihood)."""
 
-    def sample(self, prompts: list[str], steps: int | torch.Tensor, generator: torch.Generator, *, eta: float = 0.0,
-               grad: bool = False, checkpoint: bool = False) -> Trajectory:
-        """Runs the sampler over `steps` steps of the family's grid, or over an explicit grid (a descending
-        tensor of the timesteps the steps start from, as `sampling_timesteps` returns). With grad=True the latents, means and final images are differentiable w.r.t.
-        the parameters (the reparameterization trick: each step is mean + std * noise); `checkpoint`
-        then recomputes each step's activations in the backward pass instead of keeping them."""
+    def sample(
+        self,
+        prompts: list[str],
+        steps: int | torch.Tensor,
+        generator: torch.Generator,
+        *,
+        eta: float = 0.0,
+        grad: bool = False,
+        checkpoint: bool = False,
+    ) -> Trajectory:
+        """Runs the sampler over `steps` steps of the family's grid, or over an explicit grid (a descending tensor of
+        the timesteps the steps start from, as `sampling_timesteps` returns). With grad=True the latents, means and
+        final images are differentiable w.r.t. the parameters (the reparameterization trick: each step is
+        mean + std * noise); `checkpoint` then recomputes each step's activations in the backward pass instead of
+        keeping them."""
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         timesteps = steps if isinstance(steps, torch.Tensor) else self.sampling_timesteps(steps)
@@ -180,8 +202,9 @@ class ChainPolicy(ABC):
         with torch.set_grad_enabled(grad):
             for step in range(len(timesteps)):
                 if grad and checkpoint:
-                    mean, std, x0 = torch.utils.checkpoint.checkpoint(self.transition, x, step, timesteps, text, eta,
-                                                                      use_reentrant=False)
+                    mean, std, x0 = torch.utils.checkpoint.checkpoint(
+                        self.transition, x, step, timesteps, text, eta, use_reentrant=False
+                    )
                 else:
                     mean, std, x0 = self.transition(x, step, timesteps, text, eta)
                 if std > 0:
@@ -209,8 +232,13 @@ class ChainPolicy(ABC):
 
     def step_mean(self, trajectory: Trajectory, step: int) -> torch.Tensor:
         """Mean of the transition at `step` under the current parameters: (B, C, H, W), differentiable."""
-        return self.transition(trajectory.latents[:, step].to(self.device), step, trajectory.timesteps,
-                               self._text(trajectory.prompts), trajectory.eta).mean
+        return self.transition(
+            trajectory.latents[:, step].to(self.device),
+            step,
+            trajectory.timesteps,
+            self._text(trajectory.prompts),
+            trajectory.eta,
+        ).mean
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor:
         """log p_theta(x_{step+1} | x_step) of the recorded step under the current parameters: (B,)."""
@@ -222,7 +250,7 @@ class ChainPolicy(ABC):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.network.parameters() if p.requires_grad]
 
-    def frozen_copy(self) -> "ChainPolicy":
+    def frozen_copy(self) -> ChainPolicy:
         """A frozen reference policy (e.g. for a divergence penalty), sharing the prompt cache."""
         network = copy.deepcopy(self.network).eval().requires_grad_(False)
         return type(self)(network, self.encoder, self.schedule)

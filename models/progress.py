@@ -1,6 +1,7 @@
 """Progress bars for long work (building a world, sweeping a suite, a run's milestones): tqdm on a
 terminal, silent when stderr is a log file or CI. BENCH_PROGRESS=always or never overrides the terminal
 check; the CLI's --progress sets it, and worker processes inherit it."""
+
 from __future__ import annotations
 
 import os

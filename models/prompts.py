@@ -5,6 +5,7 @@ A prompt set is either a directory of `prompts/` holding train.txt, eval_seen.tx
 passes, split here deterministically: every fifth prompt is held out (eval_unseen), the rest is the train split,
 and every fourth train prompt is also evaluated (eval_seen). Blank lines and lines starting with '#' are skipped.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,11 +39,15 @@ def load_prompt_set(name_or_path: str | Path) -> dict[str, list[str]]:
     if path.is_dir():
         missing = [s for s in SPLITS if not (path / f"{s}.txt").is_file()]
         if missing:
-            raise ValueError(f"prompt set {path} lacks {', '.join(f'{s}.txt' for s in missing)}; a set directory holds "
-                             f"{', '.join(f'{s}.txt' for s in SPLITS)}")
+            raise ValueError(
+                f"prompt set {path} lacks {', '.join(f'{s}.txt' for s in missing)}; a set directory holds "
+                f"{', '.join(f'{s}.txt' for s in SPLITS)}"
+            )
         return {split: read_prompt_file(path / f"{split}.txt") for split in SPLITS}
     if path.is_file():
         return split_prompts(read_prompt_file(path))
     sets = sorted(p.name for p in PROMPT_ROOT.iterdir() if p.is_dir())
-    raise ValueError(f"no prompt set {str(name_or_path)!r}: give a set under prompts/ ({', '.join(sets)}), "
-                     "a directory of train/eval_seen/eval_unseen.txt, or a file with one prompt a line")
+    raise ValueError(
+        f"no prompt set {str(name_or_path)!r}: give a set under prompts/ ({', '.join(sets)}), "
+        "a directory of train/eval_seen/eval_unseen.txt, or a file with one prompt a line"
+    )

@@ -5,6 +5,7 @@ site-packages, never from a hub): mean-pooled, L2-normalised 384-d embeddings, a
 sentence-transformers computes them. Embeddings are cached per prompt, because the same few
 hundred prompts are encoded over and over while the encoder itself stays frozen.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

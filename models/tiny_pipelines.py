@@ -8,6 +8,7 @@ paths as the full-size checkpoints, offline and on a CPU in seconds. They are ne
   write_tiny_clip(directory)     a CLIPModel with its tokenizer (byte-level, printable ASCII); the scale world writes
                                  a random LAION-aesthetic head (rewards/aesthetic.py) beside it.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,34 +37,59 @@ def letters_tokenizer(folder: Path, max_length: int = MAX_TOKENS):
         vocab[token] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\nt h\nth e</w>\n")
-    (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_length,
-                                                              "tokenizer_class": "CLIPTokenizer"}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": max_length, "tokenizer_class": "CLIPTokenizer"})
+    )
     return CLIPTokenizer.from_pretrained(folder)
 
 
 def text_config(hidden: int, projection: int = 32):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(vocab_size=100, hidden_size=hidden, intermediate_size=37, num_attention_heads=4,
-                          num_hidden_layers=2, max_position_embeddings=MAX_TOKENS, projection_dim=projection,
-                          bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return CLIPTextConfig(
+        vocab_size=100,
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=MAX_TOKENS,
+        projection_dim=projection,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
 
 
 def tiny_unet(time_cond_proj_dim=None):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, time_cond_proj_dim=time_cond_proj_dim)
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        time_cond_proj_dim=time_cond_proj_dim,
+    )
 
 
 def tiny_vae(**kwargs):
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, layers_per_block=1,
-                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                         sample_size=RESOLUTION, **kwargs)
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=RESOLUTION,
+        **kwargs,
+    )
 
 
 SD3_VAE = dict(shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False, use_post_quant_conv=False)
@@ -73,37 +99,72 @@ SD3_VAE = dict(shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False,
 def tiny_mmdit():
     from diffusers import SD3Transformer2DModel
 
-    return SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
-                                 attention_head_dim=8, num_attention_heads=4, joint_attention_dim=32,
-                                 caption_projection_dim=32, pooled_projection_dim=32, pos_embed_max_size=8)
+    return SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=32,
+        caption_projection_dim=32,
+        pooled_projection_dim=32,
+        pos_embed_max_size=8,
+    )
 
 
 def write_tiny_pipelines(root: Path, *, t5: bool = False, seed: int = 0) -> Path:
     """Writes the tiny SD, LCM and SD3 pipelines (see the module docstring) with the pipelines' own save_pretrained."""
-    from diffusers import (DDIMScheduler, FlowMatchEulerDiscreteScheduler, LatentConsistencyModelPipeline,
-                           LCMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline)
+    from diffusers import (
+        DDIMScheduler,
+        FlowMatchEulerDiscreteScheduler,
+        LatentConsistencyModelPipeline,
+        LCMScheduler,
+        StableDiffusion3Pipeline,
+        StableDiffusionPipeline,
+    )
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     root = Path(root)
     tokenizer = letters_tokenizer(root / "vocab")
     torch.manual_seed(seed)
     StableDiffusionPipeline(
-        vae=tiny_vae(latent_channels=4), text_encoder=CLIPTextModel(text_config(32)), tokenizer=tokenizer,
-        unet=tiny_unet(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=tiny_vae(latent_channels=4),
+        text_encoder=CLIPTextModel(text_config(32)),
+        tokenizer=tokenizer,
+        unet=tiny_unet(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
         scheduler=DDIMScheduler(**SD_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
     ).save_pretrained(root / "sd")
     LatentConsistencyModelPipeline(
-        vae=tiny_vae(latent_channels=4), text_encoder=CLIPTextModel(text_config(32)), tokenizer=tokenizer,
-        unet=tiny_unet(time_cond_proj_dim=32), safety_checker=None, feature_extractor=None,
+        vae=tiny_vae(latent_channels=4),
+        text_encoder=CLIPTextModel(text_config(32)),
+        tokenizer=tokenizer,
+        unet=tiny_unet(time_cond_proj_dim=32),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
-        scheduler=LCMScheduler(**SD_SCHEDULER, original_inference_steps=50, timestep_scaling=10.0,
-                               set_alpha_to_one=True, clip_sample=False, steps_offset=1),
+        scheduler=LCMScheduler(
+            **SD_SCHEDULER,
+            original_inference_steps=50,
+            timestep_scaling=10.0,
+            set_alpha_to_one=True,
+            clip_sample=False,
+            steps_offset=1,
+        ),
     ).save_pretrained(root / "lcm")
     sd3 = dict(
-        vae=tiny_vae(latent_channels=16, **SD3_VAE), transformer=tiny_mmdit(),
-        text_encoder=CLIPTextModelWithProjection(text_config(16, projection=16)), tokenizer=tokenizer,
-        text_encoder_2=CLIPTextModelWithProjection(text_config(16, projection=16)), tokenizer_2=tokenizer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+        vae=tiny_vae(latent_channels=16, **SD3_VAE),
+        transformer=tiny_mmdit(),
+        text_encoder=CLIPTextModelWithProjection(text_config(16, projection=16)),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(text_config(16, projection=16)),
+        tokenizer_2=tokenizer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
     StableDiffusion3Pipeline(**sd3, text_encoder_3=None, tokenizer_3=None).save_pretrained(root / "sd3")
     if t5:
         encoder = T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
@@ -130,13 +191,30 @@ def tiny_clip_config(vocab_size: int = 190, logit_scale: float = math.log(1 / 0.
     from transformers import CLIPConfig
 
     return CLIPConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH,
-                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                         hidden_act="gelu", bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-                         pad_token_id=vocab_size - 1),
-        vision_config=dict(hidden_size=CLIP_WIDTH, intermediate_size=2 * CLIP_WIDTH, num_hidden_layers=2,
-                           num_attention_heads=4, image_size=CLIP_IMAGE, patch_size=CLIP_PATCH, hidden_act="gelu"),
-        projection_dim=CLIP_EMBED, logit_scale_init_value=logit_scale)
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=CLIP_WIDTH,
+            intermediate_size=2 * CLIP_WIDTH,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        ),
+        vision_config=dict(
+            hidden_size=CLIP_WIDTH,
+            intermediate_size=2 * CLIP_WIDTH,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=CLIP_IMAGE,
+            patch_size=CLIP_PATCH,
+            hidden_act="gelu",
+        ),
+        projection_dim=CLIP_EMBED,
+        logit_scale_init_value=logit_scale,
+    )
 
 
 def write_tiny_clip(directory: Path, *, logit_scale: float = math.log(1 / 0.07), seed: int = 0) -> Path:

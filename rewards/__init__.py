@@ -1,6 +1,7 @@
 """Reward models, by name: plain classes with a `from_world` constructor and a class-level
 `differentiable`, so a config can be checked against a method before any weights load. A world offers a subset
 (worlds/: `WorldEntry.rewards`): the digits worlds the first three, the scale worlds the published models."""
+
 from rewards.aesthetic import AestheticReward
 from rewards.clip_score import ClipScoreReward
 from rewards.compress import CompressReward

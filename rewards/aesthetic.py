@@ -25,6 +25,7 @@ openai/clip-vit-large-patch14`) or a `CLIPModel.save_pretrained` directory; `hea
 holding it, or a hub id whose cached snapshot holds it. The authors publish it on GitHub, not under an official
 hub id, so it has no default and must be passed.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,9 +55,12 @@ class ScoreMLP(nn.Module):
             raise ValueError(f"widths must be six positive sizes ending in 1 (e.g. {PUBLISHED_WIDTHS}), got {widths}")
         w = [int(x) for x in widths]
         self.layers = nn.Sequential(
-            nn.Linear(w[0], w[1]), nn.Dropout(0.2),
-            nn.Linear(w[1], w[2]), nn.Dropout(0.2),
-            nn.Linear(w[2], w[3]), nn.Dropout(0.1),
+            nn.Linear(w[0], w[1]),
+            nn.Dropout(0.2),
+            nn.Linear(w[1], w[2]),
+            nn.Dropout(0.2),
+            nn.Linear(w[2], w[3]),
+            nn.Dropout(0.1),
             nn.Linear(w[3], w[4]),
             nn.Linear(w[4], w[5]),
         )
@@ -65,16 +69,18 @@ class ScoreMLP(nn.Module):
         return self.layers(features).squeeze(-1)
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "ScoreMLP":
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> ScoreMLP:
         """A head with the widths and weights of a `head_state_dict` result."""
-        widths = [state_dict["layers.0.weight"].shape[1]] + [state_dict[f"layers.{i}.weight"].shape[0]
-                                                              for i in LINEAR_INDICES]
+        widths = [state_dict["layers.0.weight"].shape[1]] + [
+            state_dict[f"layers.{i}.weight"].shape[0] for i in LINEAR_INDICES
+        ]
         head = cls(widths)
         try:
             head.load_state_dict(state_dict, strict=True)
         except RuntimeError as error:
-            raise ValueError(f"head weights do not chain into one MLP (widths {widths}): "
-                             f"{' '.join(str(error).split())[:300]}") from error
+            raise ValueError(
+                f"head weights do not chain into one MLP (widths {widths}): {' '.join(str(error).split())[:300]}"
+            ) from error
         return head
 
 
@@ -95,12 +101,14 @@ def head_state_dict(published: Mapping[str, torch.Tensor], prefix: str = "") -> 
     (identity after the prefix). Keys outside `prefix` are ignored; under it, a missing or unexpected key is a
     ValueError.
     """
-    under = {key[len(prefix):]: value for key, value in published.items() if key.startswith(prefix)}
+    under = {key[len(prefix) :]: value for key, value in published.items() if key.startswith(prefix)}
     missing = [key for key in HEAD_KEYS if key not in under]
     unexpected = sorted(set(under) - set(HEAD_KEYS))
     if missing or unexpected:
-        raise ValueError(f"not a LAION-aesthetic/ImageReward head under prefix '{prefix}': missing {missing[:4]}, "
-                         f"unexpected {unexpected[:4]}; expected exactly {prefix}layers.{{0,2,4,6,7}}.{{weight,bias}}")
+        raise ValueError(
+            f"not a LAION-aesthetic/ImageReward head under prefix '{prefix}': missing {missing[:4]}, "
+            f"unexpected {unexpected[:4]}; expected exactly {prefix}layers.{{0,2,4,6,7}}.{{weight,bias}}"
+        )
     return {key: under[key] for key in HEAD_KEYS}
 
 
@@ -128,28 +136,34 @@ class AestheticReward:
     def __init__(self, clip: nn.Module, head: ScoreMLP):
         embed = clip.config.projection_dim
         if head.layers[0].in_features != embed:
-            raise ValueError(f"the aesthetic head takes {head.layers[0].in_features}-d embeddings but the CLIP model "
-                             f"projects to {embed}: the published head needs CLIP ViT-L/14 (768)")
+            raise ValueError(
+                f"the aesthetic head takes {head.layers[0].in_features}-d embeddings but the CLIP model "
+                f"projects to {embed}: the published head needs CLIP ViT-L/14 (768)"
+            )
         self.clip = freeze(clip)
         # The head is tiny: it stays float32 whatever the backbone's dtype, as the reference feeds it floats.
         self.head = freeze(head).to(next(clip.parameters()).device)
 
     @classmethod
-    def from_world(cls, world) -> "AestheticReward":
+    def from_world(cls, world) -> AestheticReward:
         """As the scale world configures it: its weights' location, on the generators' device."""
         return cls.from_pretrained(**world.reward_options(cls.name))
 
     @classmethod
-    def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *, head: str | Path | None = None,
-                        device=None, dtype=None) -> "AestheticReward":
+    def from_pretrained(
+        cls, source: str | Path = DEFAULT_SOURCE, *, head: str | Path | None = None, device=None, dtype=None
+    ) -> AestheticReward:
         from transformers import CLIPModel
 
         if head is None:
-            raise ValueError(f"the aesthetic head is not bundled: pass head=<path to {HEAD_FILENAME}> "
-                             f"(download it on a networked machine from {HEAD_URL})")
+            raise ValueError(
+                f"the aesthetic head is not bundled: pass head=<path to {HEAD_FILENAME}> "
+                f"(download it on a networked machine from {HEAD_URL})"
+            )
         head_module = load_head(head)
-        clip = load_frozen(CLIPModel, source, "CLIP ViT-L/14 weights for the aesthetic predictor",
-                           device=device, dtype=dtype)
+        clip = load_frozen(
+            CLIPModel, source, "CLIP ViT-L/14 weights for the aesthetic predictor", device=device, dtype=dtype
+        )
         return cls(clip, head_module)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """The Reward protocol: a score per image, given its prompt."""
+
 from __future__ import annotations
 
 from typing import Protocol

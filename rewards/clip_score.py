@@ -18,6 +18,7 @@ On disk (`from_pretrained(source)`): a hub id present in the local Hugging Face 
 `CLIPModel.save_pretrained` and `CLIPTokenizer.save_pretrained` write (config.json, model.safetensors,
 vocab.json, merges.txt / tokenizer.json, ...). `tokenizer_source` defaults to `source`.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,14 +43,17 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Loading helpers shared by the reward models
 # ----------------------------------------------------------------------------------------------------------
 
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
 def _how_to_get(source: str, filename: str | None = None) -> str:
     target = f"{source} {filename}" if filename else source
-    return (f"download it on a networked machine with `huggingface-cli download {target}` "
-            f"(`hf download {target}` with newer huggingface_hub), or pass a local path instead")
+    return (
+        f"download it on a networked machine with `huggingface-cli download {target}` "
+        f"(`hf download {target}` with newer huggingface_hub), or pass a local path instead"
+    )
 
 
 def is_hub_id(source: str | Path) -> bool:
@@ -77,8 +81,10 @@ def resolve_directory(source: str | Path, what: str) -> Path:
     try:
         return Path(snapshot_download(repo_id=str(source), local_files_only=True))
     except Exception as error:  # LocalEntryNotFoundError, HFValidationError, ...: all mean "not here"
-        raise ValueError(f"{what} '{source}' is not in the local Hugging Face cache ({type(error).__name__}): "
-                         f"{_how_to_get(str(source))}") from error
+        raise ValueError(
+            f"{what} '{source}' is not in the local Hugging Face cache ({type(error).__name__}): "
+            f"{_how_to_get(str(source))}"
+        ) from error
 
 
 def resolve_file(source: str | Path, filename: str, what: str) -> Path:
@@ -98,8 +104,10 @@ def resolve_file(source: str | Path, filename: str, what: str) -> Path:
     try:
         return Path(hf_hub_download(repo_id=str(source), filename=filename, local_files_only=True))
     except Exception as error:
-        raise ValueError(f"{what} ('{filename}' of '{source}') is not in the local Hugging Face cache "
-                         f"({type(error).__name__}): {_how_to_get(str(source), filename)}") from error
+        raise ValueError(
+            f"{what} ('{filename}' of '{source}') is not in the local Hugging Face cache "
+            f"({type(error).__name__}): {_how_to_get(str(source), filename)}"
+        ) from error
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -114,8 +122,9 @@ def load_frozen(model_cls, source: str | Path, what: str, *, device=None, dtype=
         model = model_cls.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as error:
         hint = _how_to_get(str(source)) if is_hub_id(source) else "pass a directory written by save_pretrained"
-        raise ValueError(f"{what}: no loadable {model_cls.__name__} weights in {directory} "
-                         f"({_one_line(error)[:300]}); {hint}") from error
+        raise ValueError(
+            f"{what}: no loadable {model_cls.__name__} weights in {directory} ({_one_line(error)[:300]}); {hint}"
+        ) from error
     # Cast after loading: from_pretrained's dtype argument is `torch_dtype` in transformers 4 and `dtype` in 5.
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
@@ -130,18 +139,22 @@ def load_tokenizer(tokenizer_cls, source: str | Path, what: str, *, min_vocab: i
     try:
         tokenizer = tokenizer_cls.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as error:
-        raise ValueError(f"{what}: no loadable {tokenizer_cls.__name__} in {directory} "
-                         f"({_one_line(error)[:300]})") from error
+        raise ValueError(
+            f"{what}: no loadable {tokenizer_cls.__name__} in {directory} ({_one_line(error)[:300]})"
+        ) from error
     if len(tokenizer) < min_vocab:
-        raise ValueError(f"{what} from {directory} has only {len(tokenizer)} tokens (< min_vocab={min_vocab}): "
-                         f"its vocabulary files are missing or broken; pass a directory with the real tokenizer, "
-                         f"or a smaller min_vocab if the tiny vocabulary is deliberate")
+        raise ValueError(
+            f"{what} from {directory} has only {len(tokenizer)} tokens (< min_vocab={min_vocab}): "
+            f"its vocabulary files are missing or broken; pass a directory with the real tokenizer, "
+            f"or a smaller min_vocab if the tiny vocabulary is deliberate"
+        )
     return tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------
 # CLIP embeddings
 # ----------------------------------------------------------------------------------------------------------
+
 
 def check_batch(images: torch.Tensor, prompts) -> list[str]:
     """Validate a reward call's inputs: images (B, 3, H, W) floating, one prompt string per image."""
@@ -163,11 +176,15 @@ def check_clip_tokenizer(model: nn.Module, tokenizer) -> None:
     """
     text_config = model.config.text_config
     if len(tokenizer) > text_config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the CLIP text tower only "
-                         f"{text_config.vocab_size} embeddings: tokenizer and weights do not belong together")
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the CLIP text tower only "
+            f"{text_config.vocab_size} embeddings: tokenizer and weights do not belong together"
+        )
     if text_config.eos_token_id != 2 and tokenizer.eos_token_id != text_config.eos_token_id:
-        raise ValueError(f"the tokenizer's end-of-text id is {tokenizer.eos_token_id} but the CLIP text tower pools "
-                         f"at id {text_config.eos_token_id}: tokenizer and weights do not belong together")
+        raise ValueError(
+            f"the tokenizer's end-of-text id is {tokenizer.eos_token_id} but the CLIP text tower pools "
+            f"at id {text_config.eos_token_id}: tokenizer and weights do not belong together"
+        )
 
 
 def pooled(output) -> torch.Tensor:
@@ -182,8 +199,9 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return weight.device, weight.dtype
 
 
-def clip_image_embeddings(model: nn.Module, images: torch.Tensor,
-                          mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
+def clip_image_embeddings(
+    model: nn.Module, images: torch.Tensor, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
+) -> torch.Tensor:
     """Unit-norm image embeddings (B, D) float32 of images (B, 3, H, W) in [0, 1]; differentiable."""
     device, dtype = _model_device_dtype(model)
     pixels = clip_preprocess(images, model.config.vision_config.image_size, mean, std)
@@ -194,10 +212,18 @@ def clip_image_embeddings(model: nn.Module, images: torch.Tensor,
 def clip_text_embeddings(model: nn.Module, tokenizer, prompts: list[str]) -> torch.Tensor:
     """Unit-norm text embeddings (B, D) float32 of B prompts, truncated to the model's context length."""
     device, _ = _model_device_dtype(model)
-    tokens = tokenizer(prompts, padding=True, truncation=True,
-                       max_length=model.config.text_config.max_position_embeddings, return_tensors="pt")
-    features = pooled(model.get_text_features(input_ids=tokens["input_ids"].to(device),
-                                              attention_mask=tokens["attention_mask"].to(device)))
+    tokens = tokenizer(
+        prompts,
+        padding=True,
+        truncation=True,
+        max_length=model.config.text_config.max_position_embeddings,
+        return_tensors="pt",
+    )
+    features = pooled(
+        model.get_text_features(
+            input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+        )
+    )
     return F.normalize(features.float(), dim=-1)
 
 
@@ -229,18 +255,24 @@ class ClipScoreReward:
         self.version = f"{type(self).version}-{tag}"
 
     @classmethod
-    def from_world(cls, world) -> "ClipScoreReward":
+    def from_world(cls, world) -> ClipScoreReward:
         """As the scale world configures it: its weights' location, on the generators' device."""
         return cls.from_pretrained(**world.reward_options(cls.name))
 
     @classmethod
-    def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *, tokenizer_source: str | Path | None = None,
-                        device=None, dtype=None, min_vocab: int = MIN_VOCAB) -> "ClipScoreReward":
+    def from_pretrained(
+        cls,
+        source: str | Path = DEFAULT_SOURCE,
+        *,
+        tokenizer_source: str | Path | None = None,
+        device=None,
+        dtype=None,
+        min_vocab: int = MIN_VOCAB,
+    ) -> ClipScoreReward:
         from transformers import CLIPModel, CLIPTokenizer
 
         model = load_frozen(CLIPModel, source, "CLIP weights", device=device, dtype=dtype)
-        tokenizer = load_tokenizer(CLIPTokenizer, tokenizer_source or source, "CLIP tokenizer",
-                                   min_vocab=min_vocab)
+        tokenizer = load_tokenizer(CLIPTokenizer, tokenizer_source or source, "CLIP tokenizer", min_vocab=min_vocab)
         return cls(model, tokenizer, tag=source_tag(source))
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -4,6 +4,7 @@ DDPO encodes with JPEG; at 8x8 pixels JPEG's fixed header dwarfs the content, wh
 tracks how much structure an image holds (a blank 8x8 image: 69 bytes, a data digit: ~122, noise: ~140).
 Images are quantised to 8 bits as any saved image would be.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,7 +29,7 @@ class CompressReward:
     higher_is_better = True
 
     @classmethod
-    def from_world(cls, world) -> "CompressReward":
+    def from_world(cls, world) -> CompressReward:
         return cls()
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -4,6 +4,7 @@ This is the proxy reward methods optimise. The classifier was trained on the tra
 judge that scores the leaderboard is a different network trained on data this one never saw, so a
 method that fools this classifier without drawing better digits gains reward but not judge accuracy.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,7 @@ class DigitReward:
         self.version = f"1-{weights_hash[:8]}"
 
     @classmethod
-    def from_world(cls, world) -> "DigitReward":
+    def from_world(cls, world) -> DigitReward:
         return cls(world.reward_classifier, world.hash_of("reward_classifier"))
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

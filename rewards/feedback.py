@@ -11,6 +11,7 @@ Methods that learn from feedback (Trainer.learns_from_feedback) receive a `Feedb
 The hidden reward g is the run's reward (the `gold` reward in the feedback suite); its scores never leave
 this object.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ class AnnotatorConfig:
             raise ValueError(f"annotator demonstration_fraction must be in (0, 1], got {self.demonstration_fraction}")
 
 
-def top_demonstrations(images: torch.Tensor, labels: torch.Tensor, prompts: list[str], reward,
-                       fraction: float) -> tuple[torch.Tensor, list[str]]:
+def top_demonstrations(
+    images: torch.Tensor, labels: torch.Tensor, prompts: list[str], reward, fraction: float
+) -> tuple[torch.Tensor, list[str]]:
     """The best `fraction` of each digit's images (N, C, H, W) by `reward`, each paired with the prompts
     naming its digit in turn: (images (M, C, H, W), prompts (M,)), digit-major."""
     by_digit = {}
@@ -51,7 +53,7 @@ def top_demonstrations(images: torch.Tensor, labels: torch.Tensor, prompts: list
         named = [phrasings[i % len(phrasings)] for i in range(len(pool))]
         with torch.no_grad():
             scores = reward(pool, named)
-        keep = scores.argsort(descending=True)[:max(1, round(fraction * len(pool)))]
+        keep = scores.argsort(descending=True)[: max(1, round(fraction * len(pool)))]
         chosen.append(pool[keep])
         chosen_prompts += [named[i] for i in keep.tolist()]
     return torch.cat(chosen), chosen_prompts
@@ -60,8 +62,14 @@ def top_demonstrations(images: torch.Tensor, labels: torch.Tensor, prompts: list
 class Feedback:
     """The annotator as a method sees it: labels and demonstrations, never the hidden reward's values."""
 
-    def __init__(self, reward, demonstrations: tuple[torch.Tensor, list[str]], meter,
-                 config: AnnotatorConfig = AnnotatorConfig(), reward_model: str = "digit"):
+    def __init__(
+        self,
+        reward,
+        demonstrations: tuple[torch.Tensor, list[str]],
+        meter,
+        config: AnnotatorConfig = AnnotatorConfig(),
+        reward_model: str = "digit",
+    ):
         self._reward = reward
         self._meter = meter
         self.config = config
@@ -70,21 +78,25 @@ class Feedback:
         """The learned reward's architecture for this world's images and prompts (rewards.learned.REWARD_MODELS)."""
 
     @classmethod
-    def from_world(cls, world, reward, meter, base_policy, config: AnnotatorConfig = AnnotatorConfig()) -> "Feedback":
+    def from_world(cls, world, reward, meter, base_policy, config: AnnotatorConfig = AnnotatorConfig()) -> Feedback:
         """The annotator of `world` holding `reward`; `base_policy` is the run's untrained model (the scale worlds
         draw demonstrations from it)."""
         demos = world.demonstrations(reward, config.demonstration_fraction, base_policy)
         return cls(reward, demos, meter, config, world.learned_reward_model)
 
-    def prefer(self, images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str],
-               generator: torch.Generator) -> torch.Tensor:
+    def prefer(
+        self, images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str], generator: torch.Generator
+    ) -> torch.Tensor:
         """(B,) float labels: 1.0 where the annotator prefers images_a[i] to images_b[i] for prompts[i]."""
         if not len(images_a) == len(images_b) == len(prompts):
-            raise ValueError(f"prefer needs as many prompts as pairs, got {len(images_a)}, {len(images_b)}, "
-                             f"{len(prompts)}")
+            raise ValueError(
+                f"prefer needs as many prompts as pairs, got {len(images_a)}, {len(images_b)}, {len(prompts)}"
+            )
         with torch.no_grad():
             margin = (self._reward(images_a, prompts) - self._reward(images_b, prompts)).float().cpu()
-        labels = (torch.rand(len(prompts), generator=generator) < torch.sigmoid(margin / self.config.temperature)).float()
+        labels = (
+            torch.rand(len(prompts), generator=generator) < torch.sigmoid(margin / self.config.temperature)
+        ).float()
         flips = torch.rand(len(prompts), generator=generator) < self.config.label_noise
         self._meter.count_labels(len(prompts))
         return torch.where(flips, 1 - labels, labels)

@@ -7,6 +7,7 @@ they see only the annotator's preference labels and demonstrations (rewards/feed
 reward it is an oracle: a method trained on it directly is the upper bound of learning it from feedback.
 Since the judge is part of it, judge accuracy is no longer an independent check on runs trained on `gold`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,7 @@ class GoldReward:
         self.version = f"1-{weights_hash[:8]}"
 
     @classmethod
-    def from_world(cls, world) -> "GoldReward":
+    def from_world(cls, world) -> GoldReward:
         return cls(world.judge, world.hash_of("judge"))
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

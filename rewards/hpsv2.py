@@ -55,6 +55,7 @@ HPS_v2.1_compressed.pt`), a directory holding the file for `hps_version`, or the
 `tokenizer_source` is `laion/CLIP-ViT-H-14-laion2B-s32B-b79K` (its tokenizer files suffice) or a directory with
 CLIP tokenizer files.
 """
+
 from __future__ import annotations
 
 import re
@@ -64,8 +65,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rewards.clip_score import (MIN_VOCAB, check_batch, check_clip_tokenizer, clip_cosine, freeze, is_hub_id,
-                                load_tokenizer, resolve_file)
+from rewards.clip_score import (
+    MIN_VOCAB,
+    check_batch,
+    check_clip_tokenizer,
+    clip_cosine,
+    freeze,
+    is_hub_id,
+    load_tokenizer,
+    resolve_file,
+)
 
 DEFAULT_SOURCE = "xswu/HPSv2"
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
@@ -90,11 +99,16 @@ _TRANSPOSED = {"text_projection": "text_projection.weight", "visual.proj": "visu
 _DROPPED = {"attn_mask", "visual.attn_mask"}
 _BLOCK = re.compile(r"^(visual\.)?transformer\.resblocks\.(\d+)\.(.+)$")
 _BLOCK_RENAMES = {
-    "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
-    "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
-    "attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias",
+    "ln_1.weight": "layer_norm1.weight",
+    "ln_1.bias": "layer_norm1.bias",
+    "ln_2.weight": "layer_norm2.weight",
+    "ln_2.bias": "layer_norm2.bias",
+    "attn.out_proj.weight": "self_attn.out_proj.weight",
+    "attn.out_proj.bias": "self_attn.out_proj.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
 }
 _IN_PROJ = {"attn.in_proj_weight": "weight", "attn.in_proj_bias": "bias"}
 
@@ -104,12 +118,31 @@ def vit_h_14_config():
     from transformers import CLIPConfig
 
     return CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                         num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", layer_norm_eps=1e-5,
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=49407),
-        vision_config=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
-                           image_size=224, patch_size=14, hidden_act="gelu", layer_norm_eps=1e-5),
-        projection_dim=1024)
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        ),
+        vision_config=dict(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            hidden_act="gelu",
+            layer_norm_eps=1e-5,
+        ),
+        projection_dim=1024,
+    )
 
 
 def open_clip_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -143,9 +176,11 @@ def open_clip_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[st
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"{len(unknown)} open_clip keys cannot be mapped onto transformers' CLIPModel exactly "
-                         f"(e.g. {unknown[:4]}): only plain open_clip ViTs (no LayerScale, attentional pooling, "
-                         f"extra norms or timm/HF towers) are supported")
+        raise ValueError(
+            f"{len(unknown)} open_clip keys cannot be mapped onto transformers' CLIPModel exactly "
+            f"(e.g. {unknown[:4]}): only plain open_clip ViTs (no LayerScale, attentional pooling, "
+            f"extra norms or timm/HF towers) are supported"
+        )
     return mapped
 
 
@@ -154,8 +189,9 @@ def load_checkpoint(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors have many types; all mean "not a plain checkpoint"
-        raise ValueError(f"HPSv2 checkpoint {path} is not loadable with weights_only=True "
-                         f"({type(error).__name__})") from error
+        raise ValueError(
+            f"HPSv2 checkpoint {path} is not loadable with weights_only=True ({type(error).__name__})"
+        ) from error
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise ValueError(f"HPSv2 checkpoint {path} has no 'state_dict' entry (expected {{'state_dict': {{...}}}})")
     return checkpoint["state_dict"]
@@ -169,8 +205,9 @@ def clip_from_open_clip(state_dict: Mapping[str, torch.Tensor], config=None) -> 
     try:
         model.load_state_dict(open_clip_to_transformers(state_dict), strict=True)
     except RuntimeError as error:
-        raise ValueError(f"open_clip weights do not fit the CLIP config: {' '.join(str(error).split())[:400]}") \
-            from error
+        raise ValueError(
+            f"open_clip weights do not fit the CLIP config: {' '.join(str(error).split())[:400]}"
+        ) from error
     return freeze(model)
 
 
@@ -189,21 +226,30 @@ class HPSv2Reward:
         self.version = f"{type(self).version}-{tag}"
 
     @classmethod
-    def from_world(cls, world) -> "HPSv2Reward":
+    def from_world(cls, world) -> HPSv2Reward:
         """As the scale world configures it: its weights' location, on the generators' device."""
         return cls.from_pretrained(**world.reward_options(cls.name))
 
     @classmethod
-    def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *, hps_version: str = DEFAULT_VERSION,
-                        tokenizer_source: str | Path = DEFAULT_TOKENIZER, config=None, device=None, dtype=None,
-                        min_vocab: int = MIN_VOCAB) -> "HPSv2Reward":
+    def from_pretrained(
+        cls,
+        source: str | Path = DEFAULT_SOURCE,
+        *,
+        hps_version: str = DEFAULT_VERSION,
+        tokenizer_source: str | Path = DEFAULT_TOKENIZER,
+        config=None,
+        device=None,
+        dtype=None,
+        min_vocab: int = MIN_VOCAB,
+    ) -> HPSv2Reward:
         from transformers import CLIPTokenizer
 
         if hps_version not in CHECKPOINTS:
             raise ValueError(f"unknown hps_version {hps_version!r}; valid: {sorted(CHECKPOINTS)}")
         path = resolve_file(source, CHECKPOINTS[hps_version], f"HPSv2 {hps_version} weights")
-        tokenizer = load_tokenizer(CLIPTokenizer, tokenizer_source, "HPSv2 tokenizer (LAION CLIP ViT-H-14)",
-                                   min_vocab=min_vocab)
+        tokenizer = load_tokenizer(
+            CLIPTokenizer, tokenizer_source, "HPSv2 tokenizer (LAION CLIP ViT-H-14)", min_vocab=min_vocab
+        )
         model = clip_from_open_clip(load_checkpoint(path), config)
         if dtype is not None or device is not None:
             model = model.to(device=device, dtype=dtype)

@@ -19,6 +19,7 @@ crop; `blip_preprocess` does that. ImageReward, although built on BLIP, preproce
 `_transform(224)` is `Resize(224)` (shorter side) then `CenterCrop(224)` with the OpenAI CLIP mean/std, so
 `rewards.imagereward` uses `clip_preprocess`. For square images (what generators produce) both are one resize.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -64,8 +65,7 @@ def resize_shorter_side(images: torch.Tensor, size: int) -> torch.Tensor:
         new_height, new_width = int(size * height / width), size
     if (new_height, new_width) == (height, width):
         return images
-    resized = F.interpolate(images, size=(new_height, new_width), mode="bicubic", antialias=True,
-                            align_corners=False)
+    resized = F.interpolate(images, size=(new_height, new_width), mode="bicubic", antialias=True, align_corners=False)
     return resized.clamp(0.0, 1.0)
 
 
@@ -91,7 +91,7 @@ def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
         raise ValueError(f"cannot center-crop {size}x{size} from an image of {height}x{width}: resize first")
     top = int(round((height - size) / 2.0))
     left = int(round((width - size) / 2.0))
-    return images[..., top:top + size, left:left + size]
+    return images[..., top : top + size, left : left + size]
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -106,8 +106,12 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (images - mean_t) / std_t
 
 
-def clip_preprocess(images: torch.Tensor, size: int = 224, mean: Sequence[float] = OPENAI_CLIP_MEAN,
-                    std: Sequence[float] = OPENAI_CLIP_STD) -> torch.Tensor:
+def clip_preprocess(
+    images: torch.Tensor,
+    size: int = 224,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> torch.Tensor:
     """CLIP-style encoder input: (B, 3, H, W) in [0, 1] -> (B, 3, size, size) normalised, differentiable.
 
     Shorter side resized to `size`, center crop `size` x `size`, normalised with mean/std. Computed in
@@ -119,8 +123,9 @@ def clip_preprocess(images: torch.Tensor, size: int = 224, mean: Sequence[float]
     return normalize(center_crop(resize_shorter_side(pixels, size), size), mean, std)
 
 
-def blip_preprocess(images: torch.Tensor, size: int = 384, mean: Sequence[float] = BLIP_MEAN,
-                    std: Sequence[float] = BLIP_STD) -> torch.Tensor:
+def blip_preprocess(
+    images: torch.Tensor, size: int = 384, mean: Sequence[float] = BLIP_MEAN, std: Sequence[float] = BLIP_STD
+) -> torch.Tensor:
     """BLIP-style encoder input: (B, 3, H, W) in [0, 1] -> (B, 3, size, size) normalised, differentiable.
 
     Resized straight to `size` x `size` (BLIP's `Resize((size, size))`, no crop), normalised, float32.

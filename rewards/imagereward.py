@@ -55,6 +55,7 @@ THUDM/ImageReward ImageReward.pt`), a directory holding `ImageReward.pt`, or the
 vocab.txt / tokenizer files. The architecture is fixed by ImageReward's code (its med_config.json is BLIP's
 med_config), so it is not read from disk; `vision_config` / `text_config` override it (the tests use tiny ones).
 """
+
 from __future__ import annotations
 
 import copy
@@ -80,8 +81,10 @@ SCORE_STD = 1.0333394966054072
 _VISION_PREFIX = "blip.visual_encoder."
 _TEXT_PREFIX = "blip.text_encoder."
 _HEAD_PREFIX = "mlp."
-_DROPPED = (re.compile(r"^blip\.(vision_proj|text_proj)\.(weight|bias)$"),
-            re.compile(r"^blip\.text_encoder\.embeddings\.position_ids$"))
+_DROPPED = (
+    re.compile(r"^blip\.(vision_proj|text_proj)\.(weight|bias)$"),
+    re.compile(r"^blip\.text_encoder\.embeddings\.position_ids$"),
+)
 _VISION_RENAMES = (
     (re.compile(r"^cls_token$"), "embeddings.class_embedding"),
     (re.compile(r"^pos_embed$"), "embeddings.position_embedding"),
@@ -99,19 +102,39 @@ def imagereward_vision_config():
     """BLIP ViT-L/16 at 224 px as ImageReward builds it (`create_vit('large', 224)`)."""
     from transformers import BlipVisionConfig
 
-    return BlipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                            image_size=224, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-6,
-                            attention_dropout=0.0)
+    return BlipVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=16,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        attention_dropout=0.0,
+    )
 
 
 def imagereward_text_config():
     """BLIP's med_config.json (BERT-base with cross-attention, vocab 30524) as a BlipTextConfig."""
     from transformers import BlipTextConfig
 
-    return BlipTextConfig(vocab_size=30524, hidden_size=768, encoder_hidden_size=1024, intermediate_size=3072,
-                          num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=512,
-                          hidden_act="gelu", layer_norm_eps=1e-12, hidden_dropout_prob=0.0,
-                          attention_probs_dropout_prob=0.0, pad_token_id=0, is_decoder=True, use_cache=False)
+    return BlipTextConfig(
+        vocab_size=30524,
+        hidden_size=768,
+        encoder_hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=512,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=0,
+        is_decoder=True,
+        use_cache=False,
+    )
 
 
 def _rename_vision(key: str) -> str | None:
@@ -121,8 +144,9 @@ def _rename_vision(key: str) -> str | None:
     return None
 
 
-def imagereward_state_dicts(published: Mapping[str, torch.Tensor]) \
-        -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def imagereward_state_dicts(
+    published: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Published ImageReward.pt state dict -> (BlipVisionModel, BlipTextModel, ScoreMLP) state dicts.
 
     The mapping is the table in the module docstring; an unknown key is a ValueError rather than a guess.
@@ -132,21 +156,25 @@ def imagereward_state_dicts(published: Mapping[str, torch.Tensor]) \
         if any(pattern.match(key) for pattern in _DROPPED) or key.startswith(_HEAD_PREFIX):
             continue
         if key.startswith(_VISION_PREFIX):
-            renamed = _rename_vision(key[len(_VISION_PREFIX):])
+            renamed = _rename_vision(key[len(_VISION_PREFIX) :])
             if renamed is None:
                 unknown.append(key)
             else:
                 vision[renamed] = value
         elif key.startswith(_TEXT_PREFIX):
-            text[key[len(_TEXT_PREFIX):]] = value
+            text[key[len(_TEXT_PREFIX) :]] = value
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"ImageReward checkpoint has {len(unknown)} keys with no counterpart in the BLIP/transformers "
-                         f"model (e.g. {unknown[:4]}): not the published ImageReward.pt layout")
+        raise ValueError(
+            f"ImageReward checkpoint has {len(unknown)} keys with no counterpart in the BLIP/transformers "
+            f"model (e.g. {unknown[:4]}): not the published ImageReward.pt layout"
+        )
     if not vision or not text:
-        raise ValueError(f"ImageReward checkpoint lacks the {'visual' if not vision else 'text'} encoder "
-                         f"(no '{_VISION_PREFIX if not vision else _TEXT_PREFIX}*' keys)")
+        raise ValueError(
+            f"ImageReward checkpoint lacks the {'visual' if not vision else 'text'} encoder "
+            f"(no '{_VISION_PREFIX if not vision else _TEXT_PREFIX}*' keys)"
+        )
     return vision, text, head_state_dict(published, prefix=_HEAD_PREFIX)
 
 
@@ -154,8 +182,9 @@ def _load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what
     try:
         module.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
-        raise ValueError(f"ImageReward {what} weights do not fit the configured architecture: "
-                         f"{' '.join(str(error).split())[:400]}") from error
+        raise ValueError(
+            f"ImageReward {what} weights do not fit the configured architecture: {' '.join(str(error).split())[:400]}"
+        ) from error
 
 
 class ImageRewardModel(nn.Module):
@@ -175,15 +204,18 @@ class ImageRewardModel(nn.Module):
         text_config.is_decoder = True
         head = head if head is not None else ScoreMLP(PUBLISHED_WIDTHS)
         if head.layers[0].in_features != text_config.hidden_size:
-            raise ValueError(f"the head takes {head.layers[0].in_features}-d features but the text encoder is "
-                             f"{text_config.hidden_size}-d")
+            raise ValueError(
+                f"the head takes {head.layers[0].in_features}-d features but the text encoder is "
+                f"{text_config.hidden_size}-d"
+            )
         self.vision = BlipVisionModel(vision_config)
         self.text = BlipTextModel(text_config, add_pooling_layer=False)
         self.head = head
 
     @classmethod
-    def from_published(cls, published: Mapping[str, torch.Tensor], vision_config=None,
-                       text_config=None) -> "ImageRewardModel":
+    def from_published(
+        cls, published: Mapping[str, torch.Tensor], vision_config=None, text_config=None
+    ) -> ImageRewardModel:
         """The model with the weights of a published-layout state dict (see `imagereward_state_dicts`), frozen."""
         vision_sd, text_sd, head_sd = imagereward_state_dicts(published)
         model = cls(vision_config, text_config, head=ScoreMLP.from_state_dict(head_sd))
@@ -195,12 +227,14 @@ class ImageRewardModel(nn.Module):
     def image_size(self) -> int:
         return int(self.vision.config.image_size)
 
-    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """pixel_values (B, 3, S, S) normalised, input_ids / attention_mask (B, L) -> scores (B,) float32."""
         image_tokens = self.vision(pixel_values=pixel_values).last_hidden_state
-        text_tokens = self.text(input_ids=input_ids, attention_mask=attention_mask,
-                                encoder_hidden_states=image_tokens).last_hidden_state
+        text_tokens = self.text(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image_tokens
+        ).last_hidden_state
         raw = self.head(text_tokens[:, 0].float())
         return (raw - SCORE_MEAN) / SCORE_STD
 
@@ -210,8 +244,9 @@ def load_checkpoint(path: Path) -> Mapping[str, torch.Tensor]:
     try:
         published = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling errors have many types; all mean "not a plain state dict"
-        raise ValueError(f"ImageReward checkpoint {path} is not a loadable state dict ({type(error).__name__})") \
-            from error
+        raise ValueError(
+            f"ImageReward checkpoint {path} is not a loadable state dict ({type(error).__name__})"
+        ) from error
     if not isinstance(published, Mapping):
         raise ValueError(f"ImageReward checkpoint {path} holds a {type(published).__name__}, expected a state dict")
     return published
@@ -234,26 +269,38 @@ class ImageRewardReward:
 
     def __init__(self, model: ImageRewardModel, tokenizer):
         if len(tokenizer) > model.text.config.vocab_size:
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the text encoder only "
-                             f"{model.text.config.vocab_size} embeddings")
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} tokens but the text encoder only "
+                f"{model.text.config.vocab_size} embeddings"
+            )
         self.model = freeze(model)
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_world(cls, world) -> "ImageRewardReward":
+    def from_world(cls, world) -> ImageRewardReward:
         """As the scale world configures it: its weights' location, on the generators' device."""
         return cls.from_pretrained(**world.reward_options(cls.name))
 
     @classmethod
-    def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *, tokenizer_source: str | Path = DEFAULT_TOKENIZER,
-                        vision_config=None, text_config=None, device=None, dtype=None,
-                        min_vocab: int = MIN_VOCAB) -> "ImageRewardReward":
+    def from_pretrained(
+        cls,
+        source: str | Path = DEFAULT_SOURCE,
+        *,
+        tokenizer_source: str | Path = DEFAULT_TOKENIZER,
+        vision_config=None,
+        text_config=None,
+        device=None,
+        dtype=None,
+        min_vocab: int = MIN_VOCAB,
+    ) -> ImageRewardReward:
         from transformers import BertTokenizer
 
         path = resolve_file(source, CHECKPOINT_FILENAME, "ImageReward weights")
-        tokenizer = imagereward_tokenizer(load_tokenizer(BertTokenizer, tokenizer_source,
-                                                         "ImageReward tokenizer (bert-base-uncased)",
-                                                         min_vocab=min_vocab))
+        tokenizer = imagereward_tokenizer(
+            load_tokenizer(
+                BertTokenizer, tokenizer_source, "ImageReward tokenizer (bert-base-uncased)", min_vocab=min_vocab
+            )
+        )
         model = ImageRewardModel.from_published(load_checkpoint(path), vision_config, text_config)
         if dtype is not None:
             model.vision.to(dtype)
@@ -266,8 +313,12 @@ class ImageRewardReward:
         prompts = check_batch(images, prompts)
         parameter = next(self.model.vision.parameters())
         pixels = clip_preprocess(images, self.model.image_size, BLIP_MEAN, BLIP_STD)
-        tokens = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_LENGTH,
-                                return_tensors="pt")
-        scores = self.model(pixels.to(device=parameter.device, dtype=parameter.dtype),
-                            tokens["input_ids"].to(parameter.device), tokens["attention_mask"].to(parameter.device))
+        tokens = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+        )
+        scores = self.model(
+            pixels.to(device=parameter.device, dtype=parameter.dtype),
+            tokens["input_ids"].to(parameter.device),
+            tokens["attention_mask"].to(parameter.device),
+        )
         return scores.float().to(images.device)

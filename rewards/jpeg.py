@@ -7,6 +7,7 @@ setting at PIL's default, as in DDPO. Flat, smooth images score higher.
 For the 8x8 images of the embedded digits world JPEG's fixed headers dominate the size; `compress` (PNG)
 is the variant meant for those. This one is for full-size generations, comparable with DDPO's numbers.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,13 +46,14 @@ class JpegCompressibilityReward:
             self.version = f"{type(self).version}-q{quality}"
 
     @classmethod
-    def from_world(cls, world) -> "JpegCompressibilityReward":
+    def from_world(cls, world) -> JpegCompressibilityReward:
         """As the scale world configures it: its weights' location, on the generators' device."""
         return cls.from_pretrained(**world.reward_options(cls.name))
 
     @classmethod
-    def from_pretrained(cls, source=None, *, device=None, dtype=None, quality: int = QUALITY) \
-            -> "JpegCompressibilityReward":
+    def from_pretrained(
+        cls, source=None, *, device=None, dtype=None, quality: int = QUALITY
+    ) -> JpegCompressibilityReward:
         """No weights: the same construction interface as the learned rewards."""
         return cls(quality)
 

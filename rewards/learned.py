@@ -10,6 +10,7 @@ P(a > b | c) = sigmoid(r_phi(a, c) - r_phi(b, c)). Two architectures, by the wor
           when that is PickScore or ImageReward.
 Both move the images to their own device, so the preference data can stay on the CPU.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,13 @@ class RewardModel(nn.Module):
         super().__init__()
         channels, height, width_px = image_shape
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1), nn.GELU(),
-            nn.Conv2d(width, width, 3, padding=1, stride=2), nn.GELU(),
-            nn.Flatten(), nn.Linear(width * math.ceil(height / 2) * math.ceil(width_px / 2), 64), nn.GELU(),
+            nn.Conv2d(channels, width, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1, stride=2),
+            nn.GELU(),
+            nn.Flatten(),
+            nn.Linear(width * math.ceil(height / 2) * math.ceil(width_px / 2), 64),
+            nn.GELU(),
             nn.Linear(64, classes),
         )
 
@@ -44,22 +49,28 @@ class RewardModel(nn.Module):
 def word_buckets(prompts: list[str], buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
     """nn.EmbeddingBag inputs for the prompts' lowercase words hashed (CRC-32, stable across runs) into `buckets`,
     each bag led by bucket 0 so an empty prompt has one: (ids, offsets)."""
-    bags = [[0] + [1 + zlib.crc32(w.encode()) % (buckets - 1) for w in re.findall(r"[a-z0-9]+", p.lower())]
-            for p in prompts]
+    bags = [
+        [0] + [1 + zlib.crc32(w.encode()) % (buckets - 1) for w in re.findall(r"[a-z0-9]+", p.lower())] for p in prompts
+    ]
     offsets = torch.tensor([0] + [len(b) for b in bags[:-1]]).cumsum(0)
     return torch.tensor([i for b in bags for i in b]), offsets
 
 
 class PromptRewardModel(nn.Module):
-    def __init__(self, image_shape: tuple[int, int, int] = (3, 512, 512), width: int = 32, buckets: int = 4096,
-                 side: int = 64):
+    def __init__(
+        self, image_shape: tuple[int, int, int] = (3, 512, 512), width: int = 32, buckets: int = 4096, side: int = 64
+    ):
         super().__init__()
         self.side, self.buckets = side, buckets
         self.image = nn.Sequential(
-            nn.Conv2d(image_shape[0], width, 3, padding=1, stride=2), nn.GELU(),
-            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.GELU(),
-            nn.Conv2d(2 * width, 2 * width, 3, padding=1, stride=2), nn.GELU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(image_shape[0], width, 3, padding=1, stride=2),
+            nn.GELU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2),
+            nn.GELU(),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1, stride=2),
+            nn.GELU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.words = nn.EmbeddingBag(buckets, 2 * width, mode="mean")
         self.head = nn.Sequential(nn.Linear(6 * width, 64), nn.GELU(), nn.Linear(64, 1))
@@ -67,8 +78,9 @@ class PromptRewardModel(nn.Module):
     def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Scores (B,) of images (B, 3, H, W) in [0, 1] for their prompts."""
         device = self.words.weight.device
-        pixels = F.interpolate(images.to(device).float(), size=(self.side, self.side), mode="bilinear",
-                               antialias=True, align_corners=False)
+        pixels = F.interpolate(
+            images.to(device).float(), size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False
+        )
         image = self.image(pixels * 2 - 1)
         ids, offsets = word_buckets(prompts, self.buckets)
         text = self.words(ids.to(device), offsets.to(device))

@@ -15,6 +15,7 @@ yuvalkirstain/PickScore_v1`) or a `CLIPModel.save_pretrained` directory; `tokeni
 (`huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K`, only its tokenizer files are needed:
 vocab.json, merges.txt or tokenizer.json, tokenizer_config.json, special_tokens_map.json).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rewards.clip_score import (MIN_VOCAB, check_batch, check_clip_tokenizer, clip_cosine, freeze, load_frozen,
-                                load_tokenizer)
+from rewards.clip_score import (
+    MIN_VOCAB,
+    check_batch,
+    check_clip_tokenizer,
+    clip_cosine,
+    freeze,
+    load_frozen,
+    load_tokenizer,
+)
 
 DEFAULT_SOURCE = "yuvalkirstain/PickScore_v1"
 DEFAULT_TOKENIZER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -43,19 +51,26 @@ class PickScoreReward:
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_world(cls, world) -> "PickScoreReward":
+    def from_world(cls, world) -> PickScoreReward:
         """As the scale world configures it: its weights' location, on the generators' device."""
         return cls.from_pretrained(**world.reward_options(cls.name))
 
     @classmethod
-    def from_pretrained(cls, source: str | Path = DEFAULT_SOURCE, *,
-                        tokenizer_source: str | Path = DEFAULT_TOKENIZER, device=None, dtype=None,
-                        min_vocab: int = MIN_VOCAB) -> "PickScoreReward":
+    def from_pretrained(
+        cls,
+        source: str | Path = DEFAULT_SOURCE,
+        *,
+        tokenizer_source: str | Path = DEFAULT_TOKENIZER,
+        device=None,
+        dtype=None,
+        min_vocab: int = MIN_VOCAB,
+    ) -> PickScoreReward:
         from transformers import CLIPModel, CLIPTokenizer
 
         model = load_frozen(CLIPModel, source, "PickScore weights", device=device, dtype=dtype)
-        tokenizer = load_tokenizer(CLIPTokenizer, tokenizer_source, "PickScore tokenizer (LAION CLIP ViT-H-14)",
-                                   min_vocab=min_vocab)
+        tokenizer = load_tokenizer(
+            CLIPTokenizer, tokenizer_source, "PickScore tokenizer (LAION CLIP ViT-H-14)", min_vocab=min_vocab
+        )
         return cls(model, tokenizer)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -5,6 +5,7 @@ harness: it wraps the store from outside.
 SLOW_WRITES_LOG: a file to which "open" is appended once a write's rows are in its transaction (not yet
 committed) and "committed" once it is. SLOW_WRITES_S: how long each write stays open.
 """
+
 import os
 import sys
 import time

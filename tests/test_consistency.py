@@ -9,8 +9,15 @@ from models.consistency import ConsistencyPolicy, boundary_scalings, consistency
 
 
 def lcm_scheduler() -> LCMScheduler:
-    return LCMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, set_alpha_to_one=False,
-                        clip_sample=False, original_inference_steps=50, timestep_scaling=10.0)
+    return LCMScheduler(
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        set_alpha_to_one=False,
+        clip_sample=False,
+        original_inference_steps=50,
+        timestep_scaling=10.0,
+    )
 
 
 class FixedNoisePrediction(nn.Module):

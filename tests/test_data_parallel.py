@@ -1,4 +1,5 @@
 """Data-parallel training of one run over processes (gloo on CPU stands in for NCCL on GPUs)."""
+
 import dataclasses
 import os
 import socket
@@ -22,9 +23,9 @@ def _free_port() -> int:
 
 def _train(rank: int, world_size: int, port: int, method: str, model: str, out: dict) -> None:
     from bench.meter import Meter, MeteredPolicy, MeteredReward
-    from worlds import WORLDS, load_world
     from methods import METHODS
     from rewards import REWARDS
+    from worlds import WORLDS, load_world
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -34,19 +35,33 @@ def _train(rank: int, world_size: int, port: int, method: str, model: str, out: 
     meter = Meter()
     cls = METHODS[method]
     options = {**SMALL, **({"minibatch": 4} if method in ("ddpo", "sas") else {})}
-    trainer = cls(MeteredPolicy(world.make_policy(model), meter),
-                  MeteredReward(REWARDS["pickscore" if scale else "digit"].from_world(world), meter),
-                  world.prompts["train"],
-                  dataclasses.replace(cls.Config(), **options), seed=0)
+    trainer = cls(
+        MeteredPolicy(world.make_policy(model), meter),
+        MeteredReward(REWARDS["pickscore" if scale else "digit"].from_world(world), meter),
+        world.prompts["train"],
+        dataclasses.replace(cls.Config(), **options),
+        seed=0,
+    )
     trainer.distribute(DataParallel(rank, world_size))
     trainer.step()
-    out[rank] = (torch.cat([p.detach().flatten() for p in trainer.policy.trainable_parameters()]),
-                 meter.accounts["train"].samples)
+    out[rank] = (
+        torch.cat([p.detach().flatten() for p in trainer.policy.trainable_parameters()]),
+        meter.accounts["train"].samples,
+    )
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method, model", [("ddpo", "diffusion"), ("raft", "diffusion"), ("sas", "diffusion"),
-                                           ("orw_cfm_w2", "flow"), ("ddpo", "sd15"), ("rocm", "lcm")])
+@pytest.mark.parametrize(
+    "method, model",
+    [
+        ("ddpo", "diffusion"),
+        ("raft", "diffusion"),
+        ("sas", "diffusion"),
+        ("orw_cfm_w2", "flow"),
+        ("ddpo", "sd15"),
+        ("rocm", "lcm"),
+    ],
+)
 @pytest.mark.slow  # processes of their own, spawned and joined in a process group
 def test_processes_split_the_batch_and_stay_identical(method, model):
     from worlds import load_world
@@ -56,7 +71,9 @@ def test_processes_split_the_batch_and_stay_identical(method, model):
     mp.spawn(_train, args=(2, _free_port(), method, model, out), nprocs=2, join=True)
     (params0, samples0), (params1, samples1) = out[0], out[1]
     assert torch.equal(params0, params1)  # gradients averaged once per step: the same update everywhere
-    assert samples0 == samples1 == SMALL["prompts_per_iter"] * SMALL["samples_per_prompt"] / 2  # the config's batch in all
+    assert (
+        samples0 == samples1 == SMALL["prompts_per_iter"] * SMALL["samples_per_prompt"] / 2
+    )  # the config's batch in all
 
 
 def test_a_batch_that_does_not_split_is_refused():
@@ -72,9 +89,13 @@ def test_methods_collecting_feedback_once_refuse_to_run_data_parallel(tiny_world
 
     meter = Meter()
     policy = tiny_world.make_policy("diffusion")
-    trainer = METHODS["aihf"](MeteredPolicy(policy, meter),
-                              Feedback.from_world(tiny_world, REWARDS["digit"].from_world(tiny_world), meter, policy),
-                              tiny_world.prompts["train"], METHODS["aihf"].Config(), seed=0)
+    trainer = METHODS["aihf"](
+        MeteredPolicy(policy, meter),
+        Feedback.from_world(tiny_world, REWARDS["digit"].from_world(tiny_world), meter, policy),
+        tiny_world.prompts["train"],
+        METHODS["aihf"].Config(),
+        seed=0,
+    )
     with pytest.raises(ValueError, match="cannot run data-parallel"):
         trainer.distribute(DataParallel(0, 2))
 
@@ -89,15 +110,25 @@ def _run(rank: int, world_size: int, port: int, store_path: str, failing_rank: i
     from bench.meter import Budget
     from bench.runner import RunSpec, execute
     from bench.store import Store
-    from worlds import load_world
     from methods import METHODS
+    from worlds import load_world
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
-    spec = RunSpec(suite="dp", world="digits-tiny", method="ddpo", variant="", model="diffusion",
-                   method_config=dataclasses.replace(METHODS["ddpo"].Config(), minibatch=4, **SMALL), reward="digit",
-                   seed=0, budget=Budget("samples", 32), milestones=(0.5, 1.0), eval=EvalConfig(steps=3))
+    spec = RunSpec(
+        suite="dp",
+        world="digits-tiny",
+        method="ddpo",
+        variant="",
+        model="diffusion",
+        method_config=dataclasses.replace(METHODS["ddpo"].Config(), minibatch=4, **SMALL),
+        reward="digit",
+        seed=0,
+        budget=Budget("samples", 32),
+        milestones=(0.5, 1.0),
+        eval=EvalConfig(steps=3),
+    )
     world = load_world("digits-tiny", log=lambda *_: None)
     if rank == failing_rank:  # this process fails in its first step, while the other waits for its gradients
         world.reward_classifier = Failing()
@@ -149,9 +180,19 @@ def test_a_data_parallel_sweep_leaves_the_methods_that_cannot_split_to_a_single_
     from bench.store import Store
     from methods import METHODS
 
-    spec = RunSpec(suite="dp", world="digits-tiny", method="aihf", variant="", model="diffusion",
-                   method_config=METHODS["aihf"].Config(), reward="gold", seed=0, budget=Budget("samples", 32),
-                   milestones=(1.0,), eval=EvalConfig(steps=3))
+    spec = RunSpec(
+        suite="dp",
+        world="digits-tiny",
+        method="aihf",
+        variant="",
+        model="diffusion",
+        method_config=METHODS["aihf"].Config(),
+        reward="gold",
+        seed=0,
+        budget=Budget("samples", 32),
+        milestones=(1.0,),
+        eval=EvalConfig(steps=3),
+    )
     lines = []
     with Store(tmp_path / "store.sqlite") as store:
         assert execute(spec, tiny_world, store, tmp_path, log=lines.append, parallel=DataParallel(0, 2)) == "n/a"
@@ -171,11 +212,30 @@ def test_the_command_line_under_a_launcher_trains_each_run_in_every_process(tmp_
     load_world("scale-tiny", log=lambda *_: None)  # built once, before the processes start
     store = tmp_path / "store.sqlite"
     launcher = Path(sys.executable).with_name("torchrun")  # what `accelerate launch` also does: the env:// group
-    command = [str(launcher), "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "bench", "run",
-               "--suite", "nightly-gpu", "--smoke", "--method", "ddpo@sd15,aihf", "--reward", "pickscore",
-               "--store", str(store), "--progress", "never"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                         cwd=Path(__file__).resolve().parents[1]).stdout
+    command = [
+        str(launcher),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "bench",
+        "run",
+        "--suite",
+        "nightly-gpu",
+        "--smoke",
+        "--method",
+        "ddpo@sd15,aihf",
+        "--reward",
+        "pickscore",
+        "--store",
+        str(store),
+        "--progress",
+        "never",
+    ]
+    out = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1]
+    ).stdout
     assert out.count("runs,") == 1 and "2 runs, 1 done, 1 n/a, 0 failed" in out, out  # one report, by the main process
     assert out.count("not run data-parallel") == 1
     with Store(store) as s:

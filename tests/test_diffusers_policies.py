@@ -1,19 +1,30 @@
 """The diffusers families (SD, LCM, SD3) on tiny random-initialised models of the real classes, saved in the
 pipeline layout and loaded back through `from_pretrained`: offline, on the CPU. Their samplers are checked
 against diffusers' own pipelines and schedulers; LoRA, the reference, the meter and loading against the contract."""
+
 import time
 
 import pytest
 import torch
 from diffusers import (
-    DDIMScheduler, FlowMatchEulerDiscreteScheduler, LatentConsistencyModelPipeline, StableDiffusion3Pipeline,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    LatentConsistencyModelPipeline,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
 )
 
-from bench.meter import MeteredPolicy, Meter
+from bench.meter import Meter, MeteredPolicy
 from models.diffusers_policies import (
-    DECODE_BATCH, LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
-    StableDiffusionConfig, StableDiffusionPolicy, guidance_scale_embedding, noise_schedule_from,
+    DECODE_BATCH,
+    LatentConsistencyConfig,
+    LatentConsistencyPolicy,
+    StableDiffusion3Config,
+    StableDiffusion3Policy,
+    StableDiffusionConfig,
+    StableDiffusionPolicy,
+    guidance_scale_embedding,
+    noise_schedule_from,
 )
 from models.diffusion import NoiseSchedule
 from models.tiny_pipelines import RESOLUTION, SD_SCHEDULER, write_tiny_pipelines
@@ -106,8 +117,12 @@ def test_the_deterministic_sampler_is_diffusers_pipeline(pipelines, family):
         pipeline = LatentConsistencyModelPipeline.from_pretrained(pipelines / "lcm")
         kwargs = {}
     else:
-        policy = StableDiffusion3Policy.from_pretrained(pipelines / family, config=StableDiffusion3Config(
-            resolution=RESOLUTION, guidance_scale=guidance, min_vocab=50, t5_max_length=8))
+        policy = StableDiffusion3Policy.from_pretrained(
+            pipelines / family,
+            config=StableDiffusion3Config(
+                resolution=RESOLUTION, guidance_scale=guidance, min_vocab=50, t5_max_length=8
+            ),
+        )
         assert (policy.text_encoders[2] is None) == (family == "sd3")
         t5 = {} if family == "sd3-t5" else dict(text_encoder_3=None, tokenizer_3=None)
         pipeline = StableDiffusion3Pipeline.from_pretrained(pipelines / family, **t5)
@@ -116,8 +131,17 @@ def test_the_deterministic_sampler_is_diffusers_pipeline(pipelines, family):
         ours = policy.sample(PROMPTS, steps, torch.Generator().manual_seed(2)).images
     generator = torch.Generator().manual_seed(2)
     latents = torch.randn((2, *policy.latent_shape), generator=generator)
-    theirs = pipeline(PROMPTS, height=RESOLUTION, width=RESOLUTION, num_inference_steps=steps, guidance_scale=guidance,
-                      latents=latents, generator=generator, output_type="pt", **kwargs).images
+    theirs = pipeline(
+        PROMPTS,
+        height=RESOLUTION,
+        width=RESOLUTION,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        latents=latents,
+        generator=generator,
+        output_type="pt",
+        **kwargs,
+    ).images
     assert ours.shape == theirs.shape
     assert torch.allclose(ours, theirs, atol=2e-4), (ours - theirs).abs().max()
 
@@ -165,8 +189,9 @@ def test_the_loss_trains_only_the_lora_weights(pipelines, family):
     policy = load(pipelines, family)
     lora = lora_names(policy)
     assert lora and all("lora_" in name for name in lora)
-    assert {id(p) for p in policy.trainable_parameters()} == {id(p) for name, p in policy.backbone.named_parameters()
-                                                             if name in lora}
+    assert {id(p) for p in policy.trainable_parameters()} == {
+        id(p) for name, p in policy.backbone.named_parameters() if name in lora
+    }
     images = torch.rand(2, *policy.image_shape, generator=torch.Generator().manual_seed(0))
     loss = policy.loss(images, PROMPTS, torch.Generator().manual_seed(0))
     assert loss.dim() == 0 and torch.isfinite(loss)
@@ -180,8 +205,9 @@ def test_the_loss_trains_only_the_lora_weights(pipelines, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_reward_on_the_decoded_images_backpropagates_into_lora(pipelines, family):
     policy = load(pipelines, family)
-    trajectory = policy.sample(PROMPTS, 2, torch.Generator().manual_seed(0), eta=1.0, grad=True,
-                               checkpoint=family == "sd")
+    trajectory = policy.sample(
+        PROMPTS, 2, torch.Generator().manual_seed(0), eta=1.0, grad=True, checkpoint=family == "sd"
+    )
     # the reward sees only the images: its gradient reaches the chain through the VAE decoder
     (trajectory.images * torch.linspace(-1, 1, RESOLUTION)).mean().backward()
     grads = [p.grad for p in policy.trainable_parameters()]
@@ -250,8 +276,9 @@ def test_state_dict_round_trip_carries_only_lora(pipelines, family):
         policy.load_state_dict({"unet.conv_in.weight": torch.zeros(1)})
 
 
-@pytest.mark.parametrize("family, guidance, per_image", [("sd", 3.0, 2), ("sd", 1.0, 1), ("lcm", 3.0, 1),
-                                                         ("sd3", 3.0, 2)])
+@pytest.mark.parametrize(
+    "family, guidance, per_image", [("sd", 3.0, 2), ("sd", 1.0, 1), ("lcm", 3.0, 1), ("sd3", 3.0, 2)]
+)
 def test_the_meter_counts_both_halves_of_a_guided_step(pipelines, family, guidance, per_image):
     meter = Meter()
     policy = MeteredPolicy(load(pipelines, family, guidance_scale=guidance), meter)
@@ -302,11 +329,13 @@ def test_bad_configs_and_mismatched_models_are_refused(pipelines):
     with pytest.raises(ValueError, match="do not fit the UNet2DConditionModel"):
         load(pipelines, "sd", lora_target_modules=("no_such_layer",))
     with pytest.raises(ValueError, match="no time_cond_proj_dim"):
-        LatentConsistencyPolicy.from_pretrained(pipelines / "sd", config=LatentConsistencyConfig(
-            resolution=RESOLUTION, min_vocab=50))
+        LatentConsistencyPolicy.from_pretrained(
+            pipelines / "sd", config=LatentConsistencyConfig(resolution=RESOLUTION, min_vocab=50)
+        )
     with pytest.raises(ValueError, match="has no unet/ component"):
-        StableDiffusionPolicy.from_pretrained(pipelines / "sd3", config=StableDiffusionConfig(
-            resolution=RESOLUTION, min_vocab=50))
+        StableDiffusionPolicy.from_pretrained(
+            pipelines / "sd3", config=StableDiffusionConfig(resolution=RESOLUTION, min_vocab=50)
+        )
     with pytest.raises(ValueError, match="takes a StableDiffusion3Config"):
         StableDiffusion3Policy.from_pretrained(pipelines / "sd3", config=StableDiffusionConfig())
     policy = load(pipelines, "sd")

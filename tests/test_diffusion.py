@@ -1,4 +1,5 @@
 """The DDIM transition and its log-probabilities against independent oracles."""
+
 import math
 
 import pytest
@@ -9,8 +10,16 @@ from models.diffusion import NoiseSchedule, alpha_bar_at, ddim_transition, gauss
 
 
 def sd_like_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                         clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
 
 
 @pytest.mark.parametrize("steps", [1, 4, 20, 50])
@@ -33,8 +42,7 @@ def test_ddim_step_matches_diffusers(eta):
         x = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
         eps = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
         noise = torch.randn(3, 1, 8, 8, generator=gen, dtype=torch.float64)
-        mean, std = ddim_transition(x, eps, alpha_bar_at(alphas, t),
-                                    alpha_bar_at(alphas, t_prev), eta)
+        mean, std = ddim_transition(x, eps, alpha_bar_at(alphas, t), alpha_bar_at(alphas, t_prev), eta)
         expected = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
         # diffusers keeps alpha_bar in float32, this schedule in float64: agreement to float32 precision
         assert torch.allclose(mean + std * noise, expected, atol=1e-5, rtol=0), t

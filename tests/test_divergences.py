@@ -1,4 +1,5 @@
 """The f-divergence library: closed forms against Monte Carlo and against torch.distributions."""
+
 import math
 
 import pytest
@@ -22,7 +23,9 @@ def test_closed_forms_agree_with_monte_carlo(name, std_p, std_q):
     mean_p, mean_q = gaussians()
     mean_q = mean_p + 0.15 * (mean_q - mean_p)  # moderate divergences: chi-square's estimate is heavy-tailed
     exact = closed_form(name, mean_p, std_p, mean_q, std_q)
-    estimate = monte_carlo(name, mean_p, std_p, mean_q, std_q, samples=100_000, generator=torch.Generator().manual_seed(1))
+    estimate = monte_carlo(
+        name, mean_p, std_p, mean_q, std_q, samples=100_000, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.allclose(estimate, exact, rtol=0.03, atol=2e-3), (estimate, exact)
 
 
@@ -35,11 +38,21 @@ def test_a_policy_has_divergence_zero_from_itself(name):
 
 def test_kl_matches_torch_distributions_per_dimension():
     mean_p, mean_q = gaussians()
-    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mean_p, 0.5),
-                                                 torch.distributions.Normal(mean_q, 2.0)).flatten(1).mean(1)
+    expected = (
+        torch.distributions.kl_divergence(
+            torch.distributions.Normal(mean_p, 0.5), torch.distributions.Normal(mean_q, 2.0)
+        )
+        .flatten(1)
+        .mean(1)
+    )
     assert torch.allclose(closed_form("kl", mean_p, 0.5, mean_q, 2.0), expected)
-    reverse = torch.distributions.kl_divergence(torch.distributions.Normal(mean_q, 2.0),
-                                                torch.distributions.Normal(mean_p, 0.5)).flatten(1).mean(1)
+    reverse = (
+        torch.distributions.kl_divergence(
+            torch.distributions.Normal(mean_q, 2.0), torch.distributions.Normal(mean_p, 0.5)
+        )
+        .flatten(1)
+        .mean(1)
+    )
     assert torch.allclose(closed_form("reverse_kl", mean_p, 0.5, mean_q, 2.0), reverse)
 
 

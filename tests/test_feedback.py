@@ -1,4 +1,5 @@
 """The feedback pathway (annotator, demonstrations, labels as a budget unit), Bradley-Terry and AIHF's math."""
+
 import math
 import sqlite3
 
@@ -44,21 +45,26 @@ def test_a_decisive_annotator_prefers_the_higher_hidden_reward_and_every_label_i
     meter = Meter()
     a = torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     b = torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    labels = feedback(meter, temperature=1e-6).prefer(a, b, ["a handwritten one"] * 50, torch.Generator().manual_seed(2))
+    labels = feedback(meter, temperature=1e-6).prefer(
+        a, b, ["a handwritten one"] * 50, torch.Generator().manual_seed(2)
+    )
     assert torch.equal(labels, (Ink()(a, None) > Ink()(b, None)).float())
     assert meter.usage.labels == 50 and meter.usage.reward_queries == 0
 
 
 def test_label_noise_flips_that_share_of_labels():
     a, b = torch.ones(4000, 1, 8, 8), torch.zeros(4000, 1, 8, 8)
-    labels = feedback(Meter(), temperature=1e-6, label_noise=0.2).prefer(a, b, ["a handwritten one"] * 4000,
-                                                                        torch.Generator().manual_seed(0))
+    labels = feedback(Meter(), temperature=1e-6, label_noise=0.2).prefer(
+        a, b, ["a handwritten one"] * 4000, torch.Generator().manual_seed(0)
+    )
     assert abs((1 - labels.mean()).item() - 0.2) < 0.02
 
 
 def test_bradley_terry_temperature_sets_the_label_rate():
     a, b = torch.full((4000, 1, 8, 8), 1 / 64), torch.zeros(4000, 1, 8, 8)  # hidden rewards 1 and 0
-    labels = feedback(Meter(), temperature=2.0).prefer(a, b, ["a handwritten one"] * 4000, torch.Generator().manual_seed(0))
+    labels = feedback(Meter(), temperature=2.0).prefer(
+        a, b, ["a handwritten one"] * 4000, torch.Generator().manual_seed(0)
+    )
     assert abs(labels.mean().item() - 1 / (1 + math.exp(-0.5))) < 0.02
 
 

@@ -1,5 +1,6 @@
 """The rectified-flow model's samplers: Euler against diffusers, and the stochastic sampler's marginals
 against a closed form (Gaussian data, whose exact velocity field is known)."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """The harness: bad input fails fast, runs resume after a kill, failures are isolated, the CLI works end to end."""
+
 import dataclasses
 
 import pytest
@@ -12,26 +13,32 @@ from bench.suites import SUITES
 from methods.ddpo import DDPO
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--method", "dpo"], "unknown method 'dpo'; valid: base, best_of_n, raft, ddpo"),
-    (["run", "--reward", "beauty"], "unknown reward 'beauty'; valid: digit, compress"),
-    (["run", "--reward", "aesthetic"], "world 'digits' offers no 'aesthetic' reward; valid: digit, compress, gold"),
-    (["run", "--method", "ddpo@sd15"], "unknown model 'sd15'; valid: diffusion, consistency, flow"),
-    (["run", "--smoke"], "suite 'default' has no --smoke size; suites with one: nightly-gpu"),
-    (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid: default, smoke"),
-    (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, wall_s"),
-    (["run", "--seeds", "0"], "expected a positive integer"),
-    (["run", "--ddpo.lr", "1e-4"], "ddpo options: prompts_per_iter, samples_per_prompt"),
-    (["run", "--ddpo.clip_range", "big"], "invalid float value: 'big'"),
-    (["run", "--raft.keep_per_prompt", "0"], "raft.keep_per_prompt must be in [1, samples_per_prompt=8], got 0"),
-    (["run", "--ddpo.eta", "0"], "ddpo.eta must be > 0"),
-    (["run", "--method", "best_of_n", "--budget", "wall_s:60"], "no method/reward pair of this suite can run"),
-    (["run", "--method", "ddpo@flux"], "unknown model 'flux'; valid: diffusion, consistency"),
-    (["run", "--method", "rocm/strong"], "unknown variant 'rocm/strong'; valid: none in this suite"),
-    (["run", "--suite", "rocm-regularization", "--method", "rocm/kl-9"], "valid: rocm/none, rocm/kl-0.001"),
-    (["run", "--method", "rocm", "--rocm.divergence", "kld"], "rocm.divergence must be one of none, kl, reverse_kl"),
-    (["run", "--method", "rocm", "--rocm.sample_steps", "many"], "expected an integer or none, got 'many'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--method", "dpo"], "unknown method 'dpo'; valid: base, best_of_n, raft, ddpo"),
+        (["run", "--reward", "beauty"], "unknown reward 'beauty'; valid: digit, compress"),
+        (["run", "--reward", "aesthetic"], "world 'digits' offers no 'aesthetic' reward; valid: digit, compress, gold"),
+        (["run", "--method", "ddpo@sd15"], "unknown model 'sd15'; valid: diffusion, consistency, flow"),
+        (["run", "--smoke"], "suite 'default' has no --smoke size; suites with one: nightly-gpu"),
+        (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid: default, smoke"),
+        (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, wall_s"),
+        (["run", "--seeds", "0"], "expected a positive integer"),
+        (["run", "--ddpo.lr", "1e-4"], "ddpo options: prompts_per_iter, samples_per_prompt"),
+        (["run", "--ddpo.clip_range", "big"], "invalid float value: 'big'"),
+        (["run", "--raft.keep_per_prompt", "0"], "raft.keep_per_prompt must be in [1, samples_per_prompt=8], got 0"),
+        (["run", "--ddpo.eta", "0"], "ddpo.eta must be > 0"),
+        (["run", "--method", "best_of_n", "--budget", "wall_s:60"], "no method/reward pair of this suite can run"),
+        (["run", "--method", "ddpo@flux"], "unknown model 'flux'; valid: diffusion, consistency"),
+        (["run", "--method", "rocm/strong"], "unknown variant 'rocm/strong'; valid: none in this suite"),
+        (["run", "--suite", "rocm-regularization", "--method", "rocm/kl-9"], "valid: rocm/none, rocm/kl-0.001"),
+        (
+            ["run", "--method", "rocm", "--rocm.divergence", "kld"],
+            "rocm.divergence must be one of none, kl, reverse_kl",
+        ),
+        (["run", "--method", "rocm", "--rocm.sample_steps", "many"], "expected an integer or none, got 'many'"),
+    ],
+)
 def test_bad_input_is_one_line_naming_the_valid_choices_before_any_model_loads(argv, message, capsys, monkeypatch):
     def must_not_load(*args, **kwargs):
         raise AssertionError("a model was loaded before the command line was validated")
@@ -50,16 +57,33 @@ def test_help_documents_every_method_option(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    for option in ("--ddpo.clip_range", "--raft.keep_per_prompt", "--best_of_n.max_candidates", "--budget",
-                   "--rocm.divergence", "--rocm.gradient_checkpointing"):
+    for option in (
+        "--ddpo.clip_range",
+        "--raft.keep_per_prompt",
+        "--best_of_n.max_candidates",
+        "--budget",
+        "--rocm.divergence",
+        "--rocm.gradient_checkpointing",
+    ):
         assert option in out
     assert "PPO ratio clipping epsilon" in out
 
 
 def smoke_spec(method="ddpo", seed=0):
     suite = SUITES["smoke"]()
-    return RunSpec(suite="test", world="digits-tiny", method=method, variant="", model="diffusion", method_config=suite.method_config(method),
-                   reward="digit", seed=seed, budget=Budget("nfe", 600), milestones=(0.5, 1.0), eval=suite.eval)
+    return RunSpec(
+        suite="test",
+        world="digits-tiny",
+        method=method,
+        variant="",
+        model="diffusion",
+        method_config=suite.method_config(method),
+        reward="digit",
+        seed=seed,
+        budget=Budget("nfe", 600),
+        milestones=(0.5, 1.0),
+        eval=suite.eval,
+    )
 
 
 def metric_values(store):
@@ -120,10 +144,19 @@ def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_
     first = capsys.readouterr().out
     assert "28 runs, 26 done, 2 n/a, 0 failed" in first
     board = (tmp_path / "smoke" / "leaderboard.md").read_text()
-    for text in ("| base | diffusion |", "| base | consistency |", "| ddpo | diffusion |", "| ddpo | consistency |",
-                 "| ddpo | flow |",
-                 "| rocm | consistency |", "needs a differentiable reward", "judge_acc ↑", "fid ↓",
-                 "Reward: compress", "Reward: digit"):
+    for text in (
+        "| base | diffusion |",
+        "| base | consistency |",
+        "| ddpo | diffusion |",
+        "| ddpo | consistency |",
+        "| ddpo | flow |",
+        "| rocm | consistency |",
+        "needs a differentiable reward",
+        "judge_acc ↑",
+        "fid ↓",
+        "Reward: compress",
+        "Reward: digit",
+    ):
         assert text in board, text
     assert (tmp_path / "smoke" / "leaderboard.csv").exists() and (tmp_path / "smoke" / "samples_digit.png").exists()
     assert main(argv) == 0

@@ -56,15 +56,39 @@ def judge_acc(method, milestone, seed):
     return 0.5 + GAIN[method] * (milestone + 1) + 0.01 * seed
 
 
-def add_run(store, method, reward, seed, milestones, status="done", reason=None, version=None, model="diffusion",
-            variant="", shift=0.0):
+def add_run(
+    store,
+    method,
+    reward,
+    seed,
+    milestones,
+    status="done",
+    reason=None,
+    version=None,
+    model="diffusion",
+    variant="",
+    shift=0.0,
+):
     run_id = f"{method}-{variant}-{model}-{reward}-{seed}"
-    store.start_run(RunRecord(
-        run_id=run_id, suite="tiny", method=method, method_version=version or f"{method}-v1", variant=variant,
-        model=model, world="digits",
-        reward=reward, seed=seed, budget_unit="nfe", budget=BUDGETS[-1], config_json="{}",
-        config_hash=f"c-{method}", git_sha="abc123", base_model_hash="h0",
-    ))
+    store.start_run(
+        RunRecord(
+            run_id=run_id,
+            suite="tiny",
+            method=method,
+            method_version=version or f"{method}-v1",
+            variant=variant,
+            model=model,
+            world="digits",
+            reward=reward,
+            seed=seed,
+            budget_unit="nfe",
+            budget=BUDGETS[-1],
+            config_json="{}",
+            config_hash=f"c-{method}",
+            git_sha="abc123",
+            base_model_hash="h0",
+        )
+    )
     channels = 1 if reward == "digit" else 3
     for m, budget in milestones:
         acc = judge_acc(method, m, seed) + shift
@@ -72,10 +96,21 @@ def add_run(store, method, reward, seed, milestones, status="done", reason=None,
         # never pure white, so the grid test can tell images from the white padding
         imgs = rng.integers(0, 200, size=(N_SAMPLES, channels, 8, 8), dtype=np.uint8)
         store.record_milestone(
-            run_id, m, budget,
-            used={"nfe": budget + seed, "reward_queries": budget / 100, "samples": 64.0 * (m + 1), "labels": 0.0, "wall_s": 2.0},
-            metrics=[("eval_unseen", "judge_acc", acc, True), ("eval_unseen", "fid", 50 - 100 * (acc - 0.5), False),
-                     ("eval_seen", "judge_acc", acc + 0.05, True)],
+            run_id,
+            m,
+            budget,
+            used={
+                "nfe": budget + seed,
+                "reward_queries": budget / 100,
+                "samples": 64.0 * (m + 1),
+                "labels": 0.0,
+                "wall_s": 2.0,
+            },
+            metrics=[
+                ("eval_unseen", "judge_acc", acc, True),
+                ("eval_unseen", "fid", 50 - 100 * (acc - 0.5), False),
+                ("eval_seen", "judge_acc", acc + 0.05, True),
+            ],
             samples={"eval_unseen": ([f"p{i}" for i in range(N_SAMPLES)], imgs)},
         )
     store.finish_run(run_id, status, reason)
@@ -95,8 +130,23 @@ def store(tmp_path):
         # base does not train: on compress it was evaluated once, one seed, at budget 0
         add_run(store, "base", "compress", 0, [(0, 0.0)])
         store.record_not_applicable(
-            RunRecord("raft-compress", "tiny", "raft", "raft-v1", "", "diffusion", "digits", "compress", 0, "nfe", BUDGETS[-1],
-                      "{}", "c-raft", "abc123", "h0"),
+            RunRecord(
+                "raft-compress",
+                "tiny",
+                "raft",
+                "raft-v1",
+                "",
+                "diffusion",
+                "digits",
+                "compress",
+                0,
+                "nfe",
+                BUDGETS[-1],
+                "{}",
+                "c-raft",
+                "abc123",
+                "h0",
+            ),
             "needs a differentiable reward",
         )
         yield store
@@ -106,7 +156,11 @@ def test_writes_all_files_atomically(store, tmp_path):
     out = tmp_path / "board"
     paths = write_leaderboard(store, out)
     assert sorted(p.name for p in paths) == [
-        "leaderboard.csv", "leaderboard.md", "samples_compress.png", "samples_digit.png"]
+        "leaderboard.csv",
+        "leaderboard.md",
+        "samples_compress.png",
+        "samples_digit.png",
+    ]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)  # no temp files left
 
 
@@ -153,9 +207,17 @@ def test_markdown(store, tmp_path):
     md = (tmp_path / "leaderboard.md").read_text()
     assert md.startswith("# Leaderboard: tiny")
     assert "## Reward: digit" in md and "## Reward: compress" in md
-    for text in ("judge_acc ↑", "fid ↓", "Δ judge_acc vs base", "judge_acc (eval_seen) ↑",
-                 "| ddpo | diffusion | ddpo-v1 | nfe 50k | 2 | 0.705 [", "+0.200 [+0.200, +0.200]",
-                 "needs a differentiable reward", "## Failed runs", "loss became NaN at step 17"):
+    for text in (
+        "judge_acc ↑",
+        "fid ↓",
+        "Δ judge_acc vs base",
+        "judge_acc (eval_seen) ↑",
+        "| ddpo | diffusion | ddpo-v1 | nfe 50k | 2 | 0.705 [",
+        "+0.200 [+0.200, +0.200]",
+        "needs a differentiable reward",
+        "## Failed runs",
+        "loss became NaN at step 17",
+    ):
         assert text in md, text
     for method in GAIN:
         assert f"| {method} |" in md
@@ -174,7 +236,7 @@ def test_sample_grids_have_a_row_per_method(store, tmp_path):
         height, width, _ = pixels.shape
         assert width >= 24 * 32
         # the right half holds only images and white padding: count the bands of image rows
-        inked = (pixels[:, width // 2:] != 255).any(axis=(1, 2))
+        inked = (pixels[:, width // 2 :] != 255).any(axis=(1, 2))
         bands = int(inked[0]) + int(np.sum(inked[1:] & ~inked[:-1]))
         assert bands == n_methods
         assert inked.sum() == n_methods * 32  # 8 px images upscaled to 32
@@ -193,8 +255,23 @@ def test_a_store_without_results_still_lists_its_cells(tmp_path):
         add_run(store, "ddpo", "digit", 0, [], status="failed", reason="out of memory")
         add_run(store, "ddpo", "digit", 1, [], status="failed")
         store.record_not_applicable(
-            RunRecord("raft-compress", "tiny", "raft", "raft-v1", "", "diffusion", "digits", "compress", 0, "nfe", BUDGETS[-1],
-                      "{}", "c-raft", "abc123", "h0"),
+            RunRecord(
+                "raft-compress",
+                "tiny",
+                "raft",
+                "raft-v1",
+                "",
+                "diffusion",
+                "digits",
+                "compress",
+                0,
+                "nfe",
+                BUDGETS[-1],
+                "{}",
+                "c-raft",
+                "abc123",
+                "h0",
+            ),
             "needs a differentiable reward",
         )
         paths = write_leaderboard(store, tmp_path / "board")
@@ -212,7 +289,13 @@ def test_refuses_an_unknown_primary_split(store, tmp_path):
 
 def test_human_numbers():
     assert [_human(x) for x in (50_000, 1_234_567, 35_000, 999_999, 12.345, 0.5)] == [
-        "50k", "1.23M", "35k", "1M", "12.3", "0.5"]
+        "50k",
+        "1.23M",
+        "35k",
+        "1M",
+        "12.3",
+        "0.5",
+    ]
 
 
 def test_models_and_variants_are_rows_of_their_own_paired_with_the_base_of_their_model(tmp_path):

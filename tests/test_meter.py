@@ -1,15 +1,22 @@
 """The meter counts what is done, whoever does it."""
+
 import pytest
 import torch
 
-from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
+from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from rewards import REWARDS
 
 
-@pytest.mark.parametrize("text, unit, amount", [
-    ("300000", "nfe", 3e5), ("nfe:300k", "nfe", 3e5), ("reward_queries:5000", "reward_queries", 5000),
-    ("wall_s:1.5m", "wall_s", 1.5e6), ("samples:2e3", "samples", 2000),
-])
+@pytest.mark.parametrize(
+    "text, unit, amount",
+    [
+        ("300000", "nfe", 3e5),
+        ("nfe:300k", "nfe", 3e5),
+        ("reward_queries:5000", "reward_queries", 5000),
+        ("wall_s:1.5m", "wall_s", 1.5e6),
+        ("samples:2e3", "samples", 2000),
+    ],
+)
 def test_budget_parse(text, unit, amount):
     assert Budget.parse(text) == Budget(unit, amount)
 

@@ -1,33 +1,47 @@
 """The contract every registered method keeps, plus each method's own math."""
+
 import dataclasses
 
 import pytest
 import torch
 
-from bench.meter import Budget, MeteredPolicy, MeteredReward, Meter
-from worlds import WORLDS, model_family
+from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from methods import METHODS
-from models.digits import GENERATORS
 from methods.best_of_n import candidates_for_budget
 from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss
+from models.digits import GENERATORS
 from rewards import REWARDS
 from rewards.feedback import Feedback
 from rewards.ranking import top_k_per_group
+from worlds import WORLDS, model_family
 
 # Small settings so that every method's step takes well under a second on the tiny world.
 SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
-SMALL_CONFIGS = {"raft": {**SMALL, "updates_per_iter": 2}, "ddpo": {**SMALL, "minibatch": 4}, "rocm": SMALL,
-                 "orw_cfm_w2": {**SMALL, "updates_per_iter": 2}, "sas": {**SMALL, "minibatch": 4},
-                 "sft": {"batch": 4}, "pipeline": {"preference_pairs": 6, "collect_steps": 4, "reward_steps": 3},
-                 "aihf": {**SMALL, "preference_pairs": 6, "demo_batch": 4, "warmup_reward_steps": 2,
-                          "reward_updates_per_iter": 1, "updates_per_iter": 1}}
+SMALL_CONFIGS = {
+    "raft": {**SMALL, "updates_per_iter": 2},
+    "ddpo": {**SMALL, "minibatch": 4},
+    "rocm": SMALL,
+    "orw_cfm_w2": {**SMALL, "updates_per_iter": 2},
+    "sas": {**SMALL, "minibatch": 4},
+    "sft": {"batch": 4},
+    "pipeline": {"preference_pairs": 6, "collect_steps": 4, "reward_steps": 3},
+    "aihf": {
+        **SMALL,
+        "preference_pairs": 6,
+        "demo_batch": 4,
+        "warmup_reward_steps": 2,
+        "reward_updates_per_iter": 1,
+        "updates_per_iter": 1,
+    },
+}
 # every (method, model) pairing the digits world offers (the scale world's: tests/test_scale_world.py)
 MODELS, WORLD_REWARDS = tuple(WORLDS["digits"].models), WORLDS["digits"].rewards
 PAIRS = [(name, model) for name in METHODS for model in MODELS if model_family(model) in METHODS[name].families]
 TRAINING = [pair for pair in PAIRS if METHODS[pair[0]].trains]
 INFERENCE = [pair for pair in PAIRS if not METHODS[pair[0]].trains]
-CONTRACT_REWARDS = {name: [r for r in WORLD_REWARDS if METHODS[name].incompatibility(REWARDS[r], "nfe") is None]
-                    for name in METHODS}
+CONTRACT_REWARDS = {
+    name: [r for r in WORLD_REWARDS if METHODS[name].incompatibility(REWARDS[r], "nfe") is None] for name in METHODS
+}
 
 
 def make(world, name, model="diffusion", seed=0, reward="digit", **overrides):
@@ -36,8 +50,11 @@ def make(world, name, model="diffusion", seed=0, reward="digit", **overrides):
     config = dataclasses.replace(method.Config(), **{**SMALL_CONFIGS.get(name, {}), **overrides})
     raw_reward = REWARDS[reward].from_world(world)
     policy = world.make_policy(model)
-    signal = (Feedback.from_world(world, raw_reward, meter, policy) if method.learns_from_feedback
-              else MeteredReward(raw_reward, meter))
+    signal = (
+        Feedback.from_world(world, raw_reward, meter, policy)
+        if method.learns_from_feedback
+        else MeteredReward(raw_reward, meter)
+    )
     trainer = method(MeteredPolicy(policy, meter), signal, world.prompts["train"], config, seed)
     return trainer, meter
 
@@ -102,8 +119,12 @@ def expected_usage(name, cfg, model="diffusion"):
         steps = cfg.collect_steps or GENERATORS[model][1].default_steps
         rl = expected_usage(cfg.rl_method, METHODS[cfg.rl_method].Config(), model)
         # stage 2 queries the learned reward, not the annotator's
-        return {"nfe": 2 * cfg.preference_pairs * steps + rl["nfe"], "reward_queries": 0,
-                "samples": 2 * cfg.preference_pairs + rl["samples"], "labels": cfg.preference_pairs}
+        return {
+            "nfe": 2 * cfg.preference_pairs * steps + rl["nfe"],
+            "reward_queries": 0,
+            "samples": 2 * cfg.preference_pairs + rl["samples"],
+            "labels": cfg.preference_pairs,
+        }
     images = cfg.prompts_per_iter * cfg.samples_per_prompt
     steps = cfg.sample_steps or GENERATORS[model][1].default_steps
     sampling = images * steps
@@ -111,8 +132,11 @@ def expected_usage(name, cfg, model="diffusion"):
     actions = steps - (model in ("consistency", "flow"))
     if name == "raft":
         kept = cfg.prompts_per_iter * cfg.keep_per_prompt
-        return {"nfe": sampling + cfg.updates_per_iter * kept * LOSS_NFE[model], "reward_queries": images,
-                "samples": images}
+        return {
+            "nfe": sampling + cfg.updates_per_iter * kept * LOSS_NFE[model],
+            "reward_queries": images,
+            "samples": images,
+        }
     if name == "orw_cfm_w2":
         # flow matching on every sample (forward + backward), plus the reference's forward for the W2 bound
         per_update = images * (LOSS_NFE[model] + (1 if cfg.alpha > 0 else 0))
@@ -126,19 +150,29 @@ def expected_usage(name, cfg, model="diffusion"):
     if name == "ddpo":
         trained = round(cfg.step_fraction * actions)
         reference = images * trained if cfg.kl_coef > 0 else 0
-        return {"nfe": sampling + cfg.inner_epochs * (images * trained * 3 + reference),
-                "reward_queries": images, "samples": images}
+        return {
+            "nfe": sampling + cfg.inner_epochs * (images * trained * 3 + reference),
+            "reward_queries": images,
+            "samples": images,
+        }
     if name == "sas":
         # the value reads the reward of every step's prediction and of the image; the reference runs forward only
         reference = images * actions if cfg.beta > 0 else 0
-        return {"nfe": sampling + images * actions * 3 + reference, "reward_queries": images * (steps + 1),
-                "samples": images}
+        return {
+            "nfe": sampling + images * actions * 3 + reference,
+            "reward_queries": images * (steps + 1),
+            "samples": images,
+        }
     if name == "aihf":
         # the first step also samples and labels the preference pairs; each policy step trains on the
         # demonstrations and on the samples
         pairs = 2 * cfg.preference_pairs
-        return {"nfe": sampling + pairs * steps + cfg.updates_per_iter * (cfg.demo_batch + images) * LOSS_NFE[model],
-                "reward_queries": 0, "samples": images + pairs, "labels": cfg.preference_pairs}
+        return {
+            "nfe": sampling + pairs * steps + cfg.updates_per_iter * (cfg.demo_batch + images) * LOSS_NFE[model],
+            "reward_queries": 0,
+            "samples": images + pairs,
+            "labels": cfg.preference_pairs,
+        }
     raise AssertionError(f"add the expected usage of {name!r} here")
 
 
@@ -181,8 +215,9 @@ def test_best_of_n_with_one_candidate_is_base_and_more_candidates_never_lower_th
     assert not torch.equal(other_seed.generate(prompts, 3, g(), Budget("nfe", 5 * 8 * 3)), best_images)
 
 
-@pytest.mark.parametrize("unit, amount, n", [("nfe", 100 * 20 * 7.5, 7), ("reward_queries", 350, 3),
-                                             ("samples", 50, 1), ("nfe", 10 ** 9, 64)])
+@pytest.mark.parametrize(
+    "unit, amount, n", [("nfe", 100 * 20 * 7.5, 7), ("reward_queries", 350, 3), ("samples", 50, 1), ("nfe", 10**9, 64)]
+)
 def test_best_of_n_candidates_for_budget(unit, amount, n):
     assert candidates_for_budget(unit, amount, prompts=100, steps=20, cap=64) == n
 

@@ -1,10 +1,10 @@
 """ORW-CFM-W2's own math: its weights, its loss against plain flow matching and the W2 bound, and on a 2-D
 toy with a linear reward, a tilt of the sample mean towards the reward that the W2 bound holds back."""
-import pytest
+
 import torch
 from torch import nn
 
-from methods.orw_cfm_w2 import Config, ORWCFMW2, orw_loss
+from methods.orw_cfm_w2 import ORWCFMW2, Config, orw_loss
 from methods.toolkit.weightings import reward_weights
 from models.flow import TIMESTEP_SCALE, FlowPolicy
 from rewards import REWARDS
@@ -29,8 +29,9 @@ def test_uniform_weights_without_the_bound_are_plain_flow_matching(tiny_world):
     images = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     plain = policy.loss(images, prompts, torch.Generator().manual_seed(3))
     x_t, t, target = policy.flow_matching_pair(images, torch.Generator().manual_seed(3))
-    loss, gap = orw_loss(policy.velocity(x_t, t, prompts), target, None, reward_weights(torch.randn(6), "uniform", 1.0),
-                         alpha=0.0)
+    loss, gap = orw_loss(
+        policy.velocity(x_t, t, prompts), target, None, reward_weights(torch.randn(6), "uniform", 1.0), alpha=0.0
+    )
     assert torch.allclose(loss, plain, rtol=1e-6) and gap == 0
 
 
@@ -44,9 +45,13 @@ def test_the_w2_bound_is_zero_at_the_reference_and_grows_with_the_gap():
 
 
 def test_first_step_on_the_world_model_has_a_zero_bound(tiny_world):
-    trainer = ORWCFMW2(tiny_world.make_policy("flow"), REWARDS["compress"].from_world(tiny_world),
-                       tiny_world.prompts["train"], Config(prompts_per_iter=2, samples_per_prompt=3, sample_steps=3,
-                                                           updates_per_iter=1), seed=0)
+    trainer = ORWCFMW2(
+        tiny_world.make_policy("flow"),
+        REWARDS["compress"].from_world(tiny_world),
+        tiny_world.prompts["train"],
+        Config(prompts_per_iter=2, samples_per_prompt=3, sample_steps=3, updates_per_iter=1),
+        seed=0,
+    )
     assert trainer.step()["w2_bound"] == 0
 
 

@@ -1,4 +1,5 @@
 """Prompt sets: the shipped animals set, directories of splits, and single user files split deterministically."""
+
 import pytest
 
 from models.prompts import load_prompt_set, split_prompts

@@ -6,8 +6,10 @@ from rewards import REWARDS
 from rewards.compress import png_bytes
 
 
-@pytest.mark.parametrize("prompt, digit", [("a handwritten seven", 7), ("the digit 3", 3), ("Number ZERO", 0),
-                                           ("number 9 in someone's handwriting", 9)])
+@pytest.mark.parametrize(
+    "prompt, digit",
+    [("a handwritten seven", 7), ("the digit 3", 3), ("Number ZERO", 0), ("number 9 in someone's handwriting", 9)],
+)
 def test_digit_of(prompt, digit):
     assert digit_of(prompt) == digit
 

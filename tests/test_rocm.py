@@ -1,10 +1,11 @@
 """ROCM's own math: plain reward backpropagation at beta = 0, gradients through every step, checkpointing."""
+
 import dataclasses
 
 import pytest
 import torch
 
-from bench.meter import MeteredPolicy, MeteredReward, Meter
+from bench.meter import Meter, MeteredPolicy, MeteredReward
 from methods import METHODS
 from methods.rocm import Config, regularized_loss
 from methods.trainer import prompt_groups
@@ -16,9 +17,13 @@ SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "max
 def make(world, **overrides):
     meter = Meter()
     config = dataclasses.replace(Config(), **{**SMALL, **overrides})
-    trainer = METHODS["rocm"](MeteredPolicy(world.make_policy("consistency"), meter),
-                              MeteredReward(REWARDS["digit"].from_world(world), meter), world.prompts["train"],
-                              config, seed=0)
+    trainer = METHODS["rocm"](
+        MeteredPolicy(world.make_policy("consistency"), meter),
+        MeteredReward(REWARDS["digit"].from_world(world), meter),
+        world.prompts["train"],
+        config,
+        seed=0,
+    )
     return trainer, meter
 
 

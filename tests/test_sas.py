@@ -1,4 +1,5 @@
 """Scores as Actions' own math: the Girsanov path KL, the calibrated Tweedie value and its increments, time grids."""
+
 import pytest
 import torch
 from torch import nn
@@ -29,8 +30,16 @@ def policies(world, shift):
 
 def path_kl(policy, reference, chain) -> float:
     """The path KL as the sas trainer adds it up: the toolkit's per-step KLs (batch means) summed over the grid."""
-    stats = ppo_chain_backward(policy, reference, chain, chain.stochastic_steps, torch.zeros(len(chain.images)),
-                               clip_range=0.2, kl_coef=1.0, average=False)
+    stats = ppo_chain_backward(
+        policy,
+        reference,
+        chain,
+        chain.stochastic_steps,
+        torch.zeros(len(chain.images)),
+        clip_range=0.2,
+        kl_coef=1.0,
+        average=False,
+    )
     return sum(stats["kl"])
 
 
@@ -87,8 +96,10 @@ def test_jittered_grid_draws_one_timestep_in_each_stratum():
         grid = schedule.jittered_timesteps(20, torch.Generator().manual_seed(seed))
         strata = torch.arange(19, -1, -1) * 50
         assert grid.dtype == torch.int64 and (grid >= strata + 1).all() and (grid < strata + 50).all()
-    assert not torch.equal(schedule.jittered_timesteps(20, torch.Generator().manual_seed(0)),
-                           schedule.jittered_timesteps(20, torch.Generator().manual_seed(1)))
+    assert not torch.equal(
+        schedule.jittered_timesteps(20, torch.Generator().manual_seed(0)),
+        schedule.jittered_timesteps(20, torch.Generator().manual_seed(1)),
+    )
 
 
 def test_sampling_on_an_explicit_grid_is_sampling_with_its_step_count(tiny_world):
@@ -117,8 +128,12 @@ def test_training_grid_follows_the_config(tiny_world, grid):
     from rewards import REWARDS
 
     meter = Meter()
-    trainer = ScoresAsActions(MeteredPolicy(tiny_world.make_policy("diffusion"), meter),
-                              MeteredReward(REWARDS["digit"].from_world(tiny_world), meter), tiny_world.prompts["train"],
-                              dataclasses.replace(Config(), sample_steps=4, grid=grid), seed=0)
+    trainer = ScoresAsActions(
+        MeteredPolicy(tiny_world.make_policy("diffusion"), meter),
+        MeteredReward(REWARDS["digit"].from_world(tiny_world), meter),
+        tiny_world.prompts["train"],
+        dataclasses.replace(Config(), sample_steps=4, grid=grid),
+        seed=0,
+    )
     grids = [trainer.training_grid() for _ in range(2)]
     assert (grids == [4, 4]) if grid == "fixed" else not torch.equal(*grids)

@@ -5,6 +5,7 @@ nothing is downloaded. The checkpoint key mappings are checked against reference
 below from the original code (BLIP's ViT and BERT with cross-attention, open_clip's ViT with torch's own
 nn.MultiheadAttention), on synthetic state dicts that carry the published key names at tiny sizes.
 """
+
 import io
 import math
 
@@ -15,20 +16,33 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig, CLIPModel, CLIPTokenizer
 
+from models.tiny_pipelines import CLIP_EMBED, CLIP_IMAGE, CLIP_PATCH, CLIP_WIDTH, ascii_clip_tokenizer, tiny_clip_config
 from rewards.aesthetic import HEAD_FILENAME, AestheticReward, ScoreMLP, head_state_dict, random_head
 from rewards.clip_score import ClipScoreReward, load_tokenizer
 from rewards.hpsv2 import HPSv2Reward, open_clip_to_transformers
-from rewards.image_preprocess import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, blip_preprocess, center_crop,
-                                      clip_preprocess, resize_shorter_side)
+from rewards.image_preprocess import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    blip_preprocess,
+    center_crop,
+    clip_preprocess,
+    resize_shorter_side,
+)
 from rewards.imagereward import SCORE_MEAN, SCORE_STD, ImageRewardReward, imagereward_state_dicts
 from rewards.jpeg import JpegCompressibilityReward
-from models.tiny_pipelines import (CLIP_EMBED, CLIP_IMAGE, CLIP_PATCH, CLIP_WIDTH, ascii_clip_tokenizer,
-                                   tiny_clip_config)
 from rewards.pickscore import PickScoreReward
 
 PROMPTS = ["a red cat", "two dogs on grass!"]
 # the tiny CLIP's sizes (models/tiny_pipelines.py); the BLIP and open_clip fakes below use them too
-WIDTH, LAYERS, HEADS, MLP_WIDTH, IMAGE, PATCH, EMBED = CLIP_WIDTH, 2, 4, 2 * CLIP_WIDTH, CLIP_IMAGE, CLIP_PATCH, CLIP_EMBED
+WIDTH, LAYERS, HEADS, MLP_WIDTH, IMAGE, PATCH, EMBED = (
+    CLIP_WIDTH,
+    2,
+    4,
+    2 * CLIP_WIDTH,
+    CLIP_IMAGE,
+    CLIP_PATCH,
+    CLIP_EMBED,
+)
 HEAD_WIDTHS = (EMBED, 24, 12, 8, 4, 1)
 ABSENT = "rlhf-bench-tests/absent-model"
 
@@ -40,6 +54,7 @@ def images(batch=2, height=40, width=48, seed=0):
 # --------------------------------------------------------------------------------------------------------
 # Tiny tokenizers and models, written to disk
 # --------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def clip_tokenizer_dir(tmp_path_factory):
@@ -71,8 +86,22 @@ def pickscore_dir(tmp_path_factory):
 def bert_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("bert")
     letters = "abcdefghijklmnopqrstuvwxyz"
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "!", *letters, *("##" + c for c in letters),
-             "red", "cat", "two", "dogs", "on", "grass"]
+    words = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        "!",
+        *letters,
+        *("##" + c for c in letters),
+        "red",
+        "cat",
+        "two",
+        "dogs",
+        "on",
+        "grass",
+    ]
     (directory / "vocab.txt").write_text("\n".join(words) + "\n")
     return directory
 
@@ -103,6 +132,7 @@ def assert_gradient_reaches_pixels(reward):
 # Preprocessing
 # --------------------------------------------------------------------------------------------------------
 
+
 def test_clip_preprocess_resizes_the_shorter_side_crops_the_center_and_normalises():
     x = images(1, 32, 64)
     out = clip_preprocess(x, 32)
@@ -122,8 +152,9 @@ def test_resize_matches_pil_bicubic_on_a_downscale():
     assert np.abs(ours[0].permute(1, 2, 0).numpy() - pil).mean() < 2 / 255
 
 
-@pytest.mark.parametrize("bad", [torch.rand(2, 1, 8, 8), torch.rand(3, 8, 8),
-                                 torch.zeros(1, 3, 8, 8, dtype=torch.uint8)])
+@pytest.mark.parametrize(
+    "bad", [torch.rand(2, 1, 8, 8), torch.rand(3, 8, 8), torch.zeros(1, 3, 8, 8, dtype=torch.uint8)]
+)
 def test_preprocess_rejects_bad_images(bad):
     with pytest.raises(ValueError, match="images must"):
         clip_preprocess(bad, 8)
@@ -132,6 +163,7 @@ def test_preprocess_rejects_bad_images(bad):
 # --------------------------------------------------------------------------------------------------------
 # CLIP score and PickScore (transformers checkpoints, no key mapping)
 # --------------------------------------------------------------------------------------------------------
+
 
 def test_clip_score_is_100_cos_with_gradients_to_pixels(clip_dir):
     reward = ClipScoreReward.from_pretrained(clip_dir, min_vocab=0)
@@ -161,6 +193,7 @@ def test_pickscore_scales_the_cosine_by_the_learned_logit_scale(clip_dir, picksc
 # --------------------------------------------------------------------------------------------------------
 # LAION aesthetic predictor v2
 # --------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def aesthetic_head_file(tmp_path_factory):
@@ -206,6 +239,7 @@ def test_aesthetic_without_a_head_says_where_to_get_it(clip_dir):
 # --------------------------------------------------------------------------------------------------------
 # ImageReward: BLIP ViT + BERT with cross-attention, from the published key names
 # --------------------------------------------------------------------------------------------------------
+
 
 def layer_norm_params(state, name, width, generator):
     state[f"{name}.weight"] = 1 + 0.1 * torch.randn(width, generator=generator)
@@ -291,8 +325,11 @@ def reference_blip_text_cls(s, input_ids, attention_mask, image_tokens, heads=HE
     ln = lambda x, n: F.layer_norm(x, (x.shape[-1],), s[f"{n}.weight"], s[f"{n}.bias"], eps=1e-12)  # noqa: E731
     lin = lambda x, n: x @ s[f"{n}.weight"].T + s[f"{n}.bias"]  # noqa: E731
     positions = torch.arange(input_ids.shape[1])
-    x = ln(s[f"{t}.embeddings.word_embeddings.weight"][input_ids]
-           + s[f"{t}.embeddings.position_embeddings.weight"][positions], f"{t}.embeddings.LayerNorm")
+    x = ln(
+        s[f"{t}.embeddings.word_embeddings.weight"][input_ids]
+        + s[f"{t}.embeddings.position_embeddings.weight"][positions],
+        f"{t}.embeddings.LayerNorm",
+    )
     mask = (1.0 - attention_mask[:, None, None, :].float()) * -10000.0
     for i in range(LAYERS):
         p = f"{t}.encoder.layer.{i}"
@@ -300,20 +337,39 @@ def reference_blip_text_cls(s, input_ids, attention_mask, image_tokens, heads=HE
         h = attention(lin(x, f"{a}.self.query"), lin(x, f"{a}.self.key"), lin(x, f"{a}.self.value"), heads, mask)
         x = ln(lin(h, f"{a}.output.dense") + x, f"{a}.output.LayerNorm")
         c = f"{p}.crossattention"
-        h = attention(lin(x, f"{c}.self.query"), lin(image_tokens, f"{c}.self.key"),
-                      lin(image_tokens, f"{c}.self.value"), heads)
+        h = attention(
+            lin(x, f"{c}.self.query"), lin(image_tokens, f"{c}.self.key"), lin(image_tokens, f"{c}.self.value"), heads
+        )
         x = ln(lin(h, f"{c}.output.dense") + x, f"{c}.output.LayerNorm")
         x = ln(lin(F.gelu(lin(x, f"{p}.intermediate.dense")), f"{p}.output.dense") + x, f"{p}.output.LayerNorm")
     return x[:, 0]
 
 
 def tiny_blip_configs(vocab_size):
-    vision = BlipVisionConfig(hidden_size=WIDTH, intermediate_size=MLP_WIDTH, num_hidden_layers=LAYERS,
-                              num_attention_heads=HEADS, image_size=IMAGE, patch_size=PATCH, layer_norm_eps=1e-6)
-    text = BlipTextConfig(vocab_size=vocab_size, hidden_size=WIDTH, encoder_hidden_size=WIDTH,
-                          intermediate_size=MLP_WIDTH, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                          max_position_embeddings=40, layer_norm_eps=1e-12, pad_token_id=0, bos_token_id=2,
-                          sep_token_id=3, eos_token_id=3, is_decoder=True)
+    vision = BlipVisionConfig(
+        hidden_size=WIDTH,
+        intermediate_size=MLP_WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        image_size=IMAGE,
+        patch_size=PATCH,
+        layer_norm_eps=1e-6,
+    )
+    text = BlipTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=WIDTH,
+        encoder_hidden_size=WIDTH,
+        intermediate_size=MLP_WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        max_position_embeddings=40,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+        bos_token_id=2,
+        sep_token_id=3,
+        eos_token_id=3,
+        is_decoder=True,
+    )
     return vision, text
 
 
@@ -324,8 +380,9 @@ def imagereward(tmp_path_factory, bert_dir):
     directory = tmp_path_factory.mktemp("imagereward")
     torch.save(published, directory / "ImageReward.pt")
     vision, text = tiny_blip_configs(vocab_size)
-    reward = ImageRewardReward.from_pretrained(directory, tokenizer_source=bert_dir, vision_config=vision,
-                                               text_config=text, min_vocab=0)
+    reward = ImageRewardReward.from_pretrained(
+        directory, tokenizer_source=bert_dir, vision_config=vision, text_config=text, min_vocab=0
+    )
     return reward, published
 
 
@@ -339,7 +396,7 @@ def test_imagereward_mapping_reproduces_blip_and_the_normalised_head(imagereward
     with torch.no_grad():
         image_tokens = reference_blip_vit(published, clip_preprocess(x, IMAGE))
         cls = reference_blip_text_cls(published, tokens["input_ids"], tokens["attention_mask"], image_tokens)
-    head = {k[len("mlp."):]: v for k, v in published.items() if k.startswith("mlp.")}
+    head = {k[len("mlp.") :]: v for k, v in published.items() if k.startswith("mlp.")}
     expected = (reference_score_mlp(head, cls) - SCORE_MEAN) / SCORE_STD
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
     assert_gradient_reaches_pixels(reward)
@@ -362,13 +419,15 @@ def test_imagereward_checkpoint_that_does_not_fit_the_config_fails_clearly(tmp_p
     vision, text = tiny_blip_configs(vocab_size)
     vision.image_size = 64  # 64 patches + 1: the published pos_embed has 16 + 1
     with pytest.raises(ValueError, match="visual encoder weights do not fit"):
-        ImageRewardReward.from_pretrained(tmp_path, tokenizer_source=bert_dir, vision_config=vision,
-                                          text_config=text, min_vocab=0)
+        ImageRewardReward.from_pretrained(
+            tmp_path, tokenizer_source=bert_dir, vision_config=vision, text_config=text, min_vocab=0
+        )
 
 
 # --------------------------------------------------------------------------------------------------------
 # HPSv2: open_clip ViT state dict onto transformers' CLIPModel
 # --------------------------------------------------------------------------------------------------------
+
 
 def published_open_clip_state_dict(vocab_size=190, context=77):
     """HPSv2's open_clip key names (model.state_dict() of open_clip.CLIP) at tiny sizes."""
@@ -403,10 +462,14 @@ def reference_open_clip_block(s, p, x, mask=None):
     """open_clip ResidualAttentionBlock.forward (no LayerScale), attention by torch's nn.MultiheadAttention."""
     ln = lambda x, n: F.layer_norm(x, (WIDTH,), s[f"{n}.weight"], s[f"{n}.bias"])  # noqa: E731
     mha = torch.nn.MultiheadAttention(WIDTH, HEADS, batch_first=True)
-    mha.load_state_dict({"in_proj_weight": s[f"{p}.attn.in_proj_weight"],
-                         "in_proj_bias": s[f"{p}.attn.in_proj_bias"],
-                         "out_proj.weight": s[f"{p}.attn.out_proj.weight"],
-                         "out_proj.bias": s[f"{p}.attn.out_proj.bias"]})
+    mha.load_state_dict(
+        {
+            "in_proj_weight": s[f"{p}.attn.in_proj_weight"],
+            "in_proj_bias": s[f"{p}.attn.in_proj_bias"],
+            "out_proj.weight": s[f"{p}.attn.out_proj.weight"],
+            "out_proj.bias": s[f"{p}.attn.out_proj.bias"],
+        }
+    )
     h = ln(x, f"{p}.ln_1")
     x = x + mha(h, h, h, need_weights=False, attn_mask=mask)[0]
     h = F.gelu(ln(x, f"{p}.ln_2") @ s[f"{p}.mlp.c_fc.weight"].T + s[f"{p}.mlp.c_fc.bias"])
@@ -435,7 +498,7 @@ def open_clip_tokenize(tokenizer, prompts, context=77):
     """open_clip's layout: [sot, ..., eot] then zeros up to the context length."""
     out = torch.zeros(len(prompts), context, dtype=torch.long)
     for row, ids in enumerate(tokenizer(prompts)["input_ids"]):
-        out[row, :len(ids)] = torch.tensor(ids)
+        out[row, : len(ids)] = torch.tensor(ids)
     return out
 
 
@@ -444,8 +507,9 @@ def hpsv2(tmp_path_factory, clip_tokenizer_dir):
     published = published_open_clip_state_dict()
     directory = tmp_path_factory.mktemp("hpsv2")
     torch.save({"state_dict": published}, directory / "HPS_v2.1_compressed.pt")
-    reward = HPSv2Reward.from_pretrained(directory, tokenizer_source=clip_tokenizer_dir, config=tiny_clip_config(),
-                                         min_vocab=0)
+    reward = HPSv2Reward.from_pretrained(
+        directory, tokenizer_source=clip_tokenizer_dir, config=tiny_clip_config(), min_vocab=0
+    )
     return reward, published
 
 
@@ -456,8 +520,9 @@ def test_hpsv2_mapping_reproduces_open_clip(hpsv2):
     assert_scores(scores, 2)
     assert (scores.abs() <= 1).all() and reward.version.endswith("v2.1")
     with torch.no_grad():
-        expected = reference_open_clip_cosine(published, clip_preprocess(x, IMAGE),
-                                              open_clip_tokenize(reward.tokenizer, PROMPTS))
+        expected = reference_open_clip_cosine(
+            published, clip_preprocess(x, IMAGE), open_clip_tokenize(reward.tokenizer, PROMPTS)
+        )
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
     assert_gradient_reaches_pixels(reward)
 
@@ -466,13 +531,19 @@ def test_hpsv2_mapping_splits_qkv_and_transposes_projections():
     published = published_open_clip_state_dict()
     mapped = open_clip_to_transformers(published)
     qkv = published["visual.transformer.resblocks.1.attn.in_proj_weight"]
-    torch.testing.assert_close(mapped["vision_model.encoder.layers.1.self_attn.k_proj.weight"], qkv[WIDTH:2 * WIDTH])
+    torch.testing.assert_close(mapped["vision_model.encoder.layers.1.self_attn.k_proj.weight"], qkv[WIDTH : 2 * WIDTH])
     torch.testing.assert_close(mapped["text_projection.weight"], published["text_projection"].T)
     assert set(mapped) == set(CLIPModel(tiny_clip_config()).state_dict())
 
 
-@pytest.mark.parametrize("extra", ["visual.transformer.resblocks.0.ls_1.gamma", "visual.attn_pool.query",
-                                   "text.transformer.embeddings.word_embeddings.weight"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "visual.transformer.resblocks.0.ls_1.gamma",
+        "visual.attn_pool.query",
+        "text.transformer.embeddings.word_embeddings.weight",
+    ],
+)
 def test_hpsv2_mapping_refuses_what_clipmodel_cannot_represent(extra):
     with pytest.raises(ValueError, match="cannot be mapped onto transformers' CLIPModel exactly"):
         open_clip_to_transformers({**published_open_clip_state_dict(), extra: torch.zeros(WIDTH)})
@@ -481,6 +552,7 @@ def test_hpsv2_mapping_refuses_what_clipmodel_cannot_represent(extra):
 # --------------------------------------------------------------------------------------------------------
 # JPEG compressibility
 # --------------------------------------------------------------------------------------------------------
+
 
 def test_jpeg_is_minus_kilobytes_at_quality_95_and_prefers_flat_images():
     reward = JpegCompressibilityReward()
@@ -535,34 +607,61 @@ def test_published_architectures_match_the_reference_code():
     from rewards.imagereward import imagereward_text_config, imagereward_vision_config
 
     vision, text = imagereward_vision_config(), imagereward_text_config()
-    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size,
-            vision.image_size, vision.patch_size, vision.layer_norm_eps) == (1024, 24, 16, 4096, 224, 16, 1e-6)
-    assert (text.vocab_size, text.hidden_size, text.num_hidden_layers, text.num_attention_heads,
-            text.intermediate_size, text.encoder_hidden_size, text.layer_norm_eps) == (30524, 768, 12, 12, 3072,
-                                                                                     1024, 1e-12)
+    assert (
+        vision.hidden_size,
+        vision.num_hidden_layers,
+        vision.num_attention_heads,
+        vision.intermediate_size,
+        vision.image_size,
+        vision.patch_size,
+        vision.layer_norm_eps,
+    ) == (1024, 24, 16, 4096, 224, 16, 1e-6)
+    assert (
+        text.vocab_size,
+        text.hidden_size,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        text.intermediate_size,
+        text.encoder_hidden_size,
+        text.layer_norm_eps,
+    ) == (30524, 768, 12, 12, 3072, 1024, 1e-12)
     h14 = vit_h_14_config()
-    assert (h14.vision_config.hidden_size, h14.vision_config.num_hidden_layers, h14.vision_config.num_attention_heads,
-            h14.vision_config.patch_size, h14.text_config.hidden_size, h14.text_config.num_hidden_layers,
-            h14.projection_dim, h14.vision_config.hidden_act) == (1280, 32, 16, 14, 1024, 24, 1024, "gelu")
+    assert (
+        h14.vision_config.hidden_size,
+        h14.vision_config.num_hidden_layers,
+        h14.vision_config.num_attention_heads,
+        h14.vision_config.patch_size,
+        h14.text_config.hidden_size,
+        h14.text_config.num_hidden_layers,
+        h14.projection_dim,
+        h14.vision_config.hidden_act,
+    ) == (1280, 32, 16, 14, 1024, 24, 1024, "gelu")
 
 
 @pytest.mark.parametrize("name", ["clip_score", "imagereward", "hpsv2"])
-def test_half_precision_backbones_still_return_float32_scores(name, clip_dir, imagereward, hpsv2, bert_dir,
-                                                              clip_tokenizer_dir, tmp_path):
+def test_half_precision_backbones_still_return_float32_scores(
+    name, clip_dir, imagereward, hpsv2, bert_dir, clip_tokenizer_dir, tmp_path
+):
     if name == "clip_score":
-        full, half = (ClipScoreReward.from_pretrained(clip_dir, min_vocab=0, dtype=d)
-                      for d in (None, torch.bfloat16))
+        full, half = (ClipScoreReward.from_pretrained(clip_dir, min_vocab=0, dtype=d) for d in (None, torch.bfloat16))
     elif name == "imagereward":
         full = imagereward[0]
         torch.save(imagereward[1], tmp_path / "ImageReward.pt")
         vision, text = tiny_blip_configs(full.model.text.config.vocab_size)
-        half = ImageRewardReward.from_pretrained(tmp_path, tokenizer_source=bert_dir, vision_config=vision,
-                                                 text_config=text, min_vocab=0, dtype=torch.bfloat16)
+        half = ImageRewardReward.from_pretrained(
+            tmp_path,
+            tokenizer_source=bert_dir,
+            vision_config=vision,
+            text_config=text,
+            min_vocab=0,
+            dtype=torch.bfloat16,
+        )
     else:
         full = hpsv2[0]
         torch.save({"state_dict": hpsv2[1]}, tmp_path / "HPS_v2.1_compressed.pt")
-        half = HPSv2Reward.from_pretrained(tmp_path, tokenizer_source=clip_tokenizer_dir, config=tiny_clip_config(),
-                                           min_vocab=0, dtype=torch.bfloat16)
+        half = HPSv2Reward.from_pretrained(
+            tmp_path, tokenizer_source=clip_tokenizer_dir, config=tiny_clip_config(), min_vocab=0, dtype=torch.bfloat16
+        )
     scores = half(images(), PROMPTS)
     assert_scores(scores, 2)
     scale = full(images(), PROMPTS).abs().max().clamp(min=1)

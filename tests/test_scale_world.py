@@ -1,6 +1,7 @@
 """The scale world on its tiny twin (random-initialised models of the real diffusers and transformers classes,
 saved with save_pretrained and loaded back): one training step of every method x diffusers family pairing, its
 evaluation metrics, its identity, the suite's validation, and the nightly GPU suite end to end at --smoke size."""
+
 import dataclasses
 
 import pytest
@@ -8,21 +9,32 @@ import torch
 
 from bench.cli import main
 from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
-from worlds.scale import (DEMONSTRATION_CANDIDATES, DEMONSTRATION_SEED, POLICIES, SCALE, SCALE_TINY, ScaleWorld,
-                               weights_fingerprint)
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.throughput import host_reads_of_meta_tensors
-from worlds import WORLDS, model_family
-from models.diffusers_policies import DiffusersConfig
 from methods import METHODS
+from models.diffusers_policies import DiffusersConfig
 from rewards import REWARDS
 from rewards.feedback import Feedback
+from worlds import WORLDS, model_family
+from worlds.scale import (
+    DEMONSTRATION_CANDIDATES,
+    DEMONSTRATION_SEED,
+    POLICIES,
+    SCALE,
+    SCALE_TINY,
+    ScaleWorld,
+    weights_fingerprint,
+)
 
 SMOKE = build_suite("nightly-gpu", smoke=True)
 """Its tiny configs (a step well under a second) are the ones every test here trains with."""
 # every pairing of a method with a scale generator of a family it supports
-PAIRS = [(name, model) for name in METHODS for model in tuple(WORLDS["scale"].models)
-         if model_family(model) in METHODS[name].families]
+PAIRS = [
+    (name, model)
+    for name in METHODS
+    for model in tuple(WORLDS["scale"].models)
+    if model_family(model) in METHODS[name].families
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +50,11 @@ def make(world, name, model, reward="pickscore", policy=None, raw_reward=None):
     config = SMOKE.method_config(name)
     policy = policy or world.make_policy(model)
     raw_reward = raw_reward or REWARDS[reward].from_world(world)
-    signal = (Feedback.from_world(world, raw_reward, meter, policy) if method.learns_from_feedback
-              else MeteredReward(raw_reward, meter))
+    signal = (
+        Feedback.from_world(world, raw_reward, meter, policy)
+        if method.learns_from_feedback
+        else MeteredReward(raw_reward, meter)
+    )
     return method(MeteredPolicy(policy, meter), signal, world.prompts["train"], config, 0), meter
 
 
@@ -55,8 +70,9 @@ def test_every_family_has_a_model_in_both_scale_worlds_and_every_method_a_pairin
 def test_one_step_of_every_pairing_is_finite_and_trains_only_lora(world, name, model):
     trainer, meter = make(world, name, model)
     if not trainer.trains:
-        images = trainer.generate(world.prompts["eval_unseen"][:2], 3, torch.Generator().manual_seed(0),
-                                  Budget("nfe", 100))
+        images = trainer.generate(
+            world.prompts["eval_unseen"][:2], 3, torch.Generator().manual_seed(0), Budget("nfe", 100)
+        )
         assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
         return
     policy = trainer.policy
@@ -65,8 +81,9 @@ def test_one_step_of_every_pairing_is_finite_and_trains_only_lora(world, name, m
     stats = trainer.step()
     assert stats and all(torch.isfinite(torch.tensor(v)) for v in stats.values()), stats
     assert any(not torch.equal(lora[n], p) for n, p in policy.state_dict().items()), "no LoRA weight moved"
-    assert all(torch.equal(a, b) for a, b in zip(frozen, [p for p in policy.backbone.parameters()
-                                                             if not p.requires_grad][:4]))
+    assert all(
+        torch.equal(a, b) for a, b in zip(frozen, [p for p in policy.backbone.parameters() if not p.requires_grad][:4])
+    )
     usage = meter.accounts["train"]
     # feedback methods never query the reward: they count labels (sft: only its demonstrations, no query at all)
     queries = usage.labels if METHODS[name].learns_from_feedback else usage.reward_queries
@@ -75,6 +92,7 @@ def test_one_step_of_every_pairing_is_finite_and_trains_only_lora(world, name, m
 
 class Brightness:
     """A differentiable reward with no network of its own: the meta device runs the policy, not CLIP's internals."""
+
     name, version, differentiable, higher_is_better = "brightness", "1", True, True
 
     def __call__(self, images, prompts):
@@ -121,8 +139,9 @@ def test_the_world_scores_images_with_every_reward_it_offers(world, reward):
 
 def test_the_model_hash_names_the_weights_and_the_config(world, tmp_path):
     assert world.model_hash("sd15") == world.model_hash("sd15") != world.model_hash("lcm")
-    lower_rank = dataclasses.replace(SCALE_TINY, models={**SCALE_TINY.models, "sd15": dataclasses.replace(
-        SCALE_TINY.models["sd15"], lora_rank=2)})
+    lower_rank = dataclasses.replace(
+        SCALE_TINY, models={**SCALE_TINY.models, "sd15": dataclasses.replace(SCALE_TINY.models["sd15"], lora_rank=2)}
+    )
     assert ScaleWorld("scale-tiny", lower_rank, world.directory).model_hash("sd15") != world.model_hash("sd15")
     # a hub snapshot is named by its commit; a local directory by its weights' contents
     snapshot = tmp_path / "snapshots" / "0123abc"
@@ -166,8 +185,9 @@ def test_the_annotator_demonstrates_the_best_of_the_base_models_samples_of_each_
     # every demonstration beats the candidates of its prompt that were left out
     candidates = [p for p in train for _ in range(DEMONSTRATION_CANDIDATES)]
     with torch.no_grad():
-        pool = policy.sample(candidates, SCALE_TINY.demonstration_steps,
-                             torch.Generator().manual_seed(DEMONSTRATION_SEED)).images
+        pool = policy.sample(
+            candidates, SCALE_TINY.demonstration_steps, torch.Generator().manual_seed(DEMONSTRATION_SEED)
+        ).images
         scores = reward(pool, candidates).view(len(train), -1).sort(dim=1, descending=True).values
         kept = reward(images, prompts).view(len(train), 2)
     torch.testing.assert_close(kept, scores[:, :2], atol=1e-4, rtol=1e-4)
@@ -189,8 +209,14 @@ def test_nightly_gpu_smoke_end_to_end(tmp_path, capsys):
     runs = len(NIGHTLY_METHODS) * 2
     assert f"{runs} runs, {runs - 1} done, 1 n/a, 0 failed" in out  # rocm cannot use jpeg
     board = (store.parent / "leaderboard.md").read_text()
-    for text in ("| ddpo | sd15 |", "| rocm | lcm |", "| orw_cfm_w2 | sd3 |", "clip_score ↑", "Reward: pickscore",
-                 "Reward: jpeg"):
+    for text in (
+        "| ddpo | sd15 |",
+        "| rocm | lcm |",
+        "| orw_cfm_w2 | sd3 |",
+        "clip_score ↑",
+        "Reward: pickscore",
+        "Reward: jpeg",
+    ):
         assert text in board, text
     assert main(["leaderboard", "--suite", "nightly-gpu", "--smoke", "--store", str(store)]) == 0
 
@@ -229,10 +255,16 @@ def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, m
         world.model_config("sd15")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--source", "sdxl=/x"], "expected MODEL=SOURCE with MODEL in sd15, lcm, sd3, got 'sdxl=/x'"),
-    (["run", "--source", "sd15=/x"], "--source replaces a scale world's checkpoints; suite 'default' runs in world"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--source", "sdxl=/x"], "expected MODEL=SOURCE with MODEL in sd15, lcm, sd3, got 'sdxl=/x'"),
+        (
+            ["run", "--source", "sd15=/x"],
+            "--source replaces a scale world's checkpoints; suite 'default' runs in world",
+        ),
+    ],
+)
 def test_bad_sources_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)

@@ -1,4 +1,5 @@
 """rliable's statistics: IQM, stratified bootstrap, probability of improvement, normalized aggregates."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,7 +27,8 @@ def test_stratified_bootstrap_resamples_each_stratum_on_its_own():
     # interval is exactly half the plain bootstrap interval of the second (same seed, same resamples).
     _, lo, hi = bootstrap_ci([1.0, 2.0, 3.0])
     assert stratified_bootstrap_ci([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], pooled(np.mean)) == pytest.approx(
-        (1.0, lo / 2, hi / 2))
+        (1.0, lo / 2, hi / 2)
+    )
     assert stratified_bootstrap_ci([[0.5], [0.7, 0.7]], pooled(np.mean)) == pytest.approx((1.9 / 3,) * 3)
 
 
@@ -46,22 +48,39 @@ def test_probability_of_improvement_is_the_mann_whitney_statistic_averaged_over_
 def results_frame(values):
     """values: {(method, reward, budget): [value per seed]} -> rows like Store.results_frame()."""
     rows = [
-        {"method": m, "model": "diffusion", "reward": r, "budget_unit": "nfe", "budget": b, "seed": seed, "split": "eval_unseen",
-         "metric": metric, "value": v * scale, "higher_is_better": True}
-        for (m, r, b), vs in values.items() for seed, v in enumerate(vs)
+        {
+            "method": m,
+            "model": "diffusion",
+            "reward": r,
+            "budget_unit": "nfe",
+            "budget": b,
+            "seed": seed,
+            "split": "eval_unseen",
+            "metric": metric,
+            "value": v * scale,
+            "higher_is_better": True,
+        }
+        for (m, r, b), vs in values.items()
+        for seed, v in enumerate(vs)
         for metric, scale in (("reward", 1.0), ("judge_acc", 0.01))
     ]
     return pd.DataFrame(rows)
 
 
 def test_scores_are_normalized_per_task_between_base_and_the_best_cell():
-    results = results_frame({
-        ("base", "digit", 100.0): [1.0, 1.0], ("a", "digit", 100.0): [2.0, 4.0], ("b", "digit", 100.0): [1.0, 2.0],
-        # another scale entirely: normalization is what makes the two tasks comparable
-        ("base", "compress", 100.0): [-100.0, -100.0], ("a", "compress", 100.0): [-50.0, -50.0],
-        ("b", "compress", 100.0): [-100.0, 0.0],
-        ("base", "flat", 100.0): [5.0, 5.0], ("a", "flat", 100.0): [4.0, 5.0],  # nobody beats base
-    })
+    results = results_frame(
+        {
+            ("base", "digit", 100.0): [1.0, 1.0],
+            ("a", "digit", 100.0): [2.0, 4.0],
+            ("b", "digit", 100.0): [1.0, 2.0],
+            # another scale entirely: normalization is what makes the two tasks comparable
+            ("base", "compress", 100.0): [-100.0, -100.0],
+            ("a", "compress", 100.0): [-50.0, -50.0],
+            ("b", "compress", 100.0): [-100.0, 0.0],
+            ("base", "flat", 100.0): [5.0, 5.0],
+            ("a", "flat", 100.0): [4.0, 5.0],  # nobody beats base
+        }
+    )
     scores, notes = normalized_scores(results, "eval_unseen")
     assert notes == ["diffusion, flat, nfe: no cell beats base"]
     assert normalized_scores(results[results["reward"] == "flat"], "eval_unseen")[0].empty
@@ -76,12 +95,18 @@ def test_scores_are_normalized_per_task_between_base_and_the_best_cell():
 
 
 def test_improvement_table_compares_every_pair_at_the_largest_budget():
-    results = results_frame({
-        ("a", "digit", 50.0): [0.0, 0.0], ("b", "digit", 50.0): [9.0, 9.0],  # not the final budget
-        ("a", "digit", 100.0): [3.0, 4.0], ("b", "digit", 100.0): [1.0, 2.0],
-        ("a", "compress", 100.0): [1.0, 2.0], ("b", "compress", 100.0): [1.0, 2.0], ("c", "digit", 100.0): [0.0, 0.0],
-    })
-    table = improvement_table(results, "eval_unseen")
+    results = results_frame(
+        {
+            ("a", "digit", 50.0): [0.0, 0.0],
+            ("b", "digit", 50.0): [9.0, 9.0],  # not the final budget
+            ("a", "digit", 100.0): [3.0, 4.0],
+            ("b", "digit", 100.0): [1.0, 2.0],
+            ("a", "compress", 100.0): [1.0, 2.0],
+            ("b", "compress", 100.0): [1.0, 2.0],
+            ("c", "digit", 100.0): [0.0, 0.0],
+        }
+    )
+    table = improvement_table(results, "eval_unseen", "judge_acc")
     reward = table[table["metric"] == "reward"].set_index(["method_a", "method_b"])
     assert len(reward) == 6 and set(table["budget"]) == {100.0}
     assert reward.loc[("a", "b"), "p"] == pytest.approx((1.0 + 0.5) / 2)

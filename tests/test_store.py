@@ -12,9 +12,21 @@ USED = {"nfe": 1000.0, "reward_queries": 64.0, "samples": 64.0, "labels": 0.0, "
 
 def make_run(run_id="r0", method="ddpo", reward="digit", seed=0, config_hash="c0") -> RunRecord:
     return RunRecord(
-        run_id=run_id, suite="tiny", method=method, method_version="1", variant="", model="diffusion", world="digits", reward=reward,
-        seed=seed, budget_unit="nfe", budget=2000.0, config_json='{"lr": 0.001}', config_hash=config_hash,
-        git_sha="abc123", base_model_hash="h0",
+        run_id=run_id,
+        suite="tiny",
+        method=method,
+        method_version="1",
+        variant="",
+        model="diffusion",
+        world="digits",
+        reward=reward,
+        seed=seed,
+        budget_unit="nfe",
+        budget=2000.0,
+        config_json='{"lr": 0.001}',
+        config_hash=config_hash,
+        git_sha="abc123",
+        base_model_hash="h0",
     )
 
 
@@ -24,7 +36,10 @@ def images(n=5, c=1, value_seed=0):
 
 def record(store, run_id, milestone, value, sample_seed=0):
     store.record_milestone(
-        run_id, milestone, budget=1000.0 * (milestone + 1), used=USED,
+        run_id,
+        milestone,
+        budget=1000.0 * (milestone + 1),
+        used=USED,
         metrics=[("eval_unseen", "judge_acc", value, True), ("eval_unseen", "fid", 10.0 - value, False)],
         samples={"eval_unseen": ([f"p{i}" for i in range(5)], images(value_seed=sample_seed))},
     )
@@ -38,7 +53,10 @@ def test_round_trip(tmp_path):
         assert store.run_status("r0") == "running"
         rgb = images(n=3, c=3, value_seed=7)
         store.record_milestone(
-            "r0", 0, budget=1000.0, used=USED,
+            "r0",
+            0,
+            budget=1000.0,
+            used=USED,
             metrics=[("eval_unseen", "judge_acc", 0.75, True), ("eval_seen", "fid", 12.5, False)],
             samples={"eval_unseen": (["a", "b", "c"], rgb)},
         )
@@ -88,16 +106,24 @@ def test_rerecording_a_milestone_replaces_it(tmp_path):
         record(store, "r0", 0, 0.1, sample_seed=1)
         record(store, "r0", 0, 0.9, sample_seed=2)
         # a redo may evaluate fewer metrics: the old ones must not linger
-        store.record_milestone("r0", 1, budget=2000.0, used=USED,
-                               metrics=[("eval_unseen", "judge_acc", 0.3, True), ("eval_unseen", "fid", 1.0, False)],
-                               samples={})
-        store.record_milestone("r0", 1, budget=2000.0, used=USED,
-                               metrics=[("eval_unseen", "judge_acc", 0.4, True)], samples={})
+        store.record_milestone(
+            "r0",
+            1,
+            budget=2000.0,
+            used=USED,
+            metrics=[("eval_unseen", "judge_acc", 0.3, True), ("eval_unseen", "fid", 1.0, False)],
+            samples={},
+        )
+        store.record_milestone(
+            "r0", 1, budget=2000.0, used=USED, metrics=[("eval_unseen", "judge_acc", 0.4, True)], samples={}
+        )
         store.finish_run("r0", "done")
         results = store.results_frame()
         assert len(results) == 3
         assert results.loc[results["milestone"] == 0].set_index("metric")["value"].to_dict() == {
-            "fid": pytest.approx(9.1), "judge_acc": 0.9}
+            "fid": pytest.approx(9.1),
+            "judge_acc": 0.9,
+        }
         assert results.loc[results["milestone"] == 1, "value"].tolist() == [0.4]
         assert np.array_equal(store.samples("r0", 0, "eval_unseen")[1], images(value_seed=2))
         with pytest.raises(ValueError, match="no samples"):

@@ -1,4 +1,5 @@
 """The study tables' arithmetic: queries to reach a target, and the efficiency ratio per seed."""
+
 import math
 
 import numpy as np
@@ -18,16 +19,29 @@ def test_queries_to_reach_interpolates_to_the_first_crossing():
 
 
 def _curve(label, seed, points):
-    return [{"label": label, "seed": seed, "reward": "digit", "split": "eval_unseen", "metric": "reward",
-             "milestone": i, "reward_queries": q, "value": v} for i, (q, v) in enumerate(points)]
+    return [
+        {
+            "label": label,
+            "seed": seed,
+            "reward": "digit",
+            "split": "eval_unseen",
+            "metric": "reward",
+            "milestone": i,
+            "reward_queries": q,
+            "value": v,
+        }
+        for i, (q, v) in enumerate(points)
+    ]
 
 
 def test_efficiency_reaches_the_reference_mean_final_with_the_method_mean_curve():
-    rows = (_curve("base@consistency", 0, [(0, -1.0)])
-            + _curve("ddpo@consistency", 0, [(1000, -0.8), (2000, -0.4)])
-            + _curve("ddpo@consistency", 1, [(1000, -0.9), (2000, -0.6)])
-            + _curve("rocm@consistency", 0, [(100, -0.5), (200, -0.4)])
-            + _curve("rocm@consistency", 1, [(100, -0.7), (200, -0.4)]))
+    rows = (
+        _curve("base@consistency", 0, [(0, -1.0)])
+        + _curve("ddpo@consistency", 0, [(1000, -0.8), (2000, -0.4)])
+        + _curve("ddpo@consistency", 1, [(1000, -0.9), (2000, -0.6)])
+        + _curve("rocm@consistency", 0, [(100, -0.5), (200, -0.4)])
+        + _curve("rocm@consistency", 1, [(100, -0.7), (200, -0.4)])
+    )
     study = efficiency(pd.DataFrame(rows), "rocm@consistency", "ddpo@consistency", "base@consistency", "digit")
     # target -0.5 (mean of -0.4, -0.6); the mean curve -1.0, -0.6, -0.4 at 0, 100, 200 queries reaches it at 150
     assert study["target"][0] == pytest.approx(-0.5) and study["gain"][0] == pytest.approx(0.5)
@@ -38,11 +52,18 @@ def test_efficiency_reaches_the_reference_mean_final_with_the_method_mean_curve(
 
 
 def test_efficiency_below_the_start_is_free_and_above_the_curve_is_never():
-    rows = (_curve("base@consistency", 0, [(0, -1.0)])
-            + _curve("ddpo@consistency", 0, [(1000, -1.2)]) + _curve("ddpo@diffusion", 0, [(1000, 0.5)])
-            + _curve("rocm@consistency", 0, [(100, -0.6)]))
+    rows = (
+        _curve("base@consistency", 0, [(0, -1.0)])
+        + _curve("ddpo@consistency", 0, [(1000, -1.2)])
+        + _curve("ddpo@diffusion", 0, [(1000, 0.5)])
+        + _curve("rocm@consistency", 0, [(100, -0.6)])
+    )
     frame = pd.DataFrame(rows)
-    assert efficiency(frame, "rocm@consistency", "ddpo@consistency", "base@consistency", "digit")["fraction"] == (0, 0, 0)
+    assert efficiency(frame, "rocm@consistency", "ddpo@consistency", "base@consistency", "digit")["fraction"] == (
+        0,
+        0,
+        0,
+    )
     never = efficiency(frame, "rocm@consistency", "ddpo@diffusion", "base@consistency", "digit")
     assert never["fraction"] == (math.inf,) * 3 and math.isinf(never["method_queries"])
 

@@ -1,5 +1,6 @@
 """Ways of running a suite that must not change its leaderboard: killed at random moments and re-run,
 spread over parallel local workers, or run as Ray tasks; and the optional experiment loggers."""
+
 import os
 import random
 import signal
@@ -10,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SMALL_SWEEP
+from test_harness import smoke_spec
 
 from bench.cli import main
 from bench.loggers import ExperimentLoggers
 from bench.runner import execute
 from bench.store import Store
-from conftest import SMALL_SWEEP
-from test_harness import smoke_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,8 +72,9 @@ def test_a_sweep_killed_at_random_moments_resumes_to_the_same_leaderboard(refere
     for trial in range(6):
         before = len(_lines(writes))
         # its own session, so that the kill reaches the whole sweep as Ctrl-C would
-        sweep = subprocess.Popen(command, env=env, cwd=ROOT, start_new_session=True,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sweep = subprocess.Popen(
+            command, env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         in_a_write = trial % 2 == 1
         target = before + (2 * rng.randint(1, 4) if in_a_write else 1)
         deadline = time.monotonic() + 120
@@ -101,8 +103,14 @@ def test_experiment_loggers_write_tensorboard_and_offline_wandb_runs(tiny_world,
 
     spec = smoke_spec("ddpo")
     with Store(tmp_path / "store.sqlite") as store:
-        status = execute(spec, tiny_world, store, tmp_path / "checkpoints", log=lambda *_: None,
-                         loggers=ExperimentLoggers(("tensorboard", "wandb"), tmp_path / "logs"))
+        status = execute(
+            spec,
+            tiny_world,
+            store,
+            tmp_path / "checkpoints",
+            log=lambda *_: None,
+            loggers=ExperimentLoggers(("tensorboard", "wandb"), tmp_path / "logs"),
+        )
     assert status == "done"
     run_dir = tmp_path / "logs" / spec.run_id(tiny_world.model_hash(spec.model))
     events = EventAccumulator(str(run_dir / "tensorboard"))
@@ -113,12 +121,15 @@ def test_experiment_loggers_write_tensorboard_and_offline_wandb_runs(tiny_world,
     assert list(run_dir.glob("wandb/wandb/offline-run-*/run-*.wandb"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["run", "--backend", "ray", "--workers", "2"], "--workers is for the local backend"),
-    (["run", "--ray-address", "auto"], "--ray-address needs --backend ray"),
-    (["run", "--logger", "mlflow"], "unknown logger 'mlflow'; valid: tensorboard, wandb"),
-    (["run", "--workers", "0"], "expected a positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--backend", "ray", "--workers", "2"], "--workers is for the local backend"),
+        (["run", "--ray-address", "auto"], "--ray-address needs --backend ray"),
+        (["run", "--logger", "mlflow"], "unknown logger 'mlflow'; valid: tensorboard, wandb"),
+        (["run", "--workers", "0"], "expected a positive integer"),
+    ],
+)
 def test_bad_sweep_options_are_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -50,5 +50,14 @@ def load_world(name: str, root: Path = ARTIFACTS, log=print) -> World:
     return world_entry(name).load(name, root, log)
 
 
-__all__ = ["ARTIFACTS", "MODELS", "WORLDS", "World", "WorldEntry", "ensure_world", "load_world", "model_family",
-           "world_entry"]
+__all__ = [
+    "ARTIFACTS",
+    "MODELS",
+    "WORLDS",
+    "World",
+    "WorldEntry",
+    "ensure_world",
+    "load_world",
+    "model_family",
+    "world_entry",
+]

@@ -47,16 +47,35 @@ class World(Protocol):
 class WorldEntry(Protocol):
     """A registered world, known without loading it."""
 
-    models: dict[str, str]
-    """Generator name -> its family (diffusion, consistency or flow); the first of a family is its default."""
-    rewards: tuple[str, ...]
-    """The rewards (rewards.REWARDS) the world offers."""
-    headline_metric: str
-    """The held-out measure of success that tables lead with."""
-    cells_side_by_side: bool
-    """Whether a sweep may run several cells at once in worker processes (False where each loads a GPU's worth)."""
-    takes_sources: bool
-    """Whether `bench run --source MODEL=SOURCE` may replace a generator's checkpoint."""
+    @property
+    def models(self) -> dict[str, str]:
+        """Generator name -> its family (diffusion, consistency or flow); the first of a family is its default."""
+        ...
+
+    @property
+    def rewards(self) -> tuple[str, ...]:
+        """The rewards (rewards.REWARDS) the world offers."""
+        ...
+
+    @property
+    def headline_metric(self) -> str:
+        """The held-out measure of success that tables lead with."""
+        ...
+
+    @property
+    def headline_label(self) -> str:
+        """What the headline measures, for axis labels (e.g. "held-out judge")."""
+        ...
+
+    @property
+    def cells_side_by_side(self) -> bool:
+        """Whether a sweep may run several cells at once in worker processes (False where each loads a GPU's worth)."""
+        ...
+
+    @property
+    def takes_sources(self) -> bool:
+        """Whether `bench run --source MODEL=SOURCE` may replace a generator's checkpoint."""
+        ...
 
     def ensure(self, name: str, root: Path, log) -> Path:
         """Builds whatever the world builds here and is missing or stale; returns its directory under `root`."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -41,7 +42,7 @@ from worlds.metrics import mean_pairwise_distance
 METRICS = {"reward": True, "judge_acc": True, "diversity": True, "fid": False}  # name -> higher is better
 
 
-def frechet_distance(judge: torch.nn.Module, fake: torch.Tensor, real: torch.Tensor) -> float:
+def frechet_distance(judge: CNNClassifier, fake: torch.Tensor, real: torch.Tensor) -> float:
     # sync_on_compute=False: in a data-parallel run only the main process evaluates; it must not wait for the others
     fid = FrechetInceptionDistance(feature=FeatureExtractor(judge), normalize=True, sync_on_compute=False)
     fid.update(real, real=True)
@@ -82,7 +83,9 @@ class DigitsWorld:
         network.load_state_dict(self.generator_states[model])
         return policy_class(network, self.encoder)
 
-    def score_images(self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward) -> dict[str, float]:
+    def score_images(
+        self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward
+    ) -> dict[str, float]:
         """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
         labels = torch.tensor([digit_of(p) for p in prompts])
         real_images, real_labels = self.splits["test"]
@@ -109,6 +112,7 @@ class DigitsEntry:
     models = {model: policy_class.family for model, (_, policy_class) in GENERATORS.items()}
     rewards = ("digit", "compress", "gold")
     headline_metric = "judge_acc"
+    headline_label = "held-out judge"
     cells_side_by_side = True
     takes_sources = False
 
@@ -139,8 +143,8 @@ class DigitsEntry:
             config=self.config,
             manifest=read_manifest(directory),
             generator_states={model: weights(f"{component}.pt") for model, (component, _) in GENERATORS.items()},
-            reward_classifier=frozen("reward_classifier"),
-            judge=frozen("judge"),
+            reward_classifier=cast(MLPClassifier, frozen("reward_classifier")),
+            judge=cast(CNNClassifier, frozen("judge")),
             encoder=PromptEncoder(weights("prompt_embeddings.pt")),
             prompts={split: load_prompts(split) for split in PROMPT_SETS},
             splits=load_splits(),

@@ -16,6 +16,7 @@ Evaluation (per prompt set, each image scored at its prompt):
 A world's identity (its model hash) is the SHA-256 of the generator's weight files and of its loading config, so
 a result names exactly what it fine-tuned.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,23 +28,33 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from models.diffusers_policies import (
-    DiffusersConfig, LatentConsistencyConfig, LatentConsistencyPolicy, StableDiffusion3Config, StableDiffusion3Policy,
-    StableDiffusionConfig, StableDiffusionPolicy, resolve_source,
+    DiffusersConfig,
+    LatentConsistencyConfig,
+    LatentConsistencyPolicy,
+    StableDiffusion3Config,
+    StableDiffusion3Policy,
+    StableDiffusionConfig,
+    StableDiffusionPolicy,
+    resolve_source,
 )
 from models.prompts import load_prompt_set
-from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from models.tiny_pipelines import AESTHETIC_WIDTHS, write_tiny_clip, write_tiny_pipelines
+from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from rewards.aesthetic import HEAD_FILENAME, random_head
 from rewards.clip_score import ClipScoreReward, clip_image_embeddings
 from rewards.ranking import top_k_per_group
 from worlds.metrics import mean_pairwise_distance
 
-POLICIES = {StableDiffusionConfig: StableDiffusionPolicy, LatentConsistencyConfig: LatentConsistencyPolicy,
-            StableDiffusion3Config: StableDiffusion3Policy}
+POLICIES = {
+    StableDiffusionConfig: StableDiffusionPolicy,
+    LatentConsistencyConfig: LatentConsistencyPolicy,
+    StableDiffusion3Config: StableDiffusion3Policy,
+}
 METRICS = {"reward": True, "clip_score": True, "diversity": True}  # name -> higher is better
 PATH_OPTIONS = ("source", "head", "tokenizer_source")
 """The reward options that name weights: relative to the world's directory in a world built here."""
@@ -78,21 +89,34 @@ class ScaleWorldConfig:
 AESTHETIC_HEAD = Path(__file__).resolve().parents[1] / "artifacts" / "scale" / HEAD_FILENAME
 """Where the scale world reads the LAION aesthetic head, which no model hub hosts officially (README: Scale)."""
 SCALE = ScaleWorldConfig(
-    models={"sd15": StableDiffusionConfig(gradient_checkpointing=True),
-            "lcm": LatentConsistencyConfig(gradient_checkpointing=True),
-            "sd3": StableDiffusion3Config(gradient_checkpointing=True)},
-    rewards={"aesthetic": {"source": "openai/clip-vit-large-patch14", "head": str(AESTHETIC_HEAD)},
-             "pickscore": {}, "clip_score": {}, "imagereward": {}, "hpsv2": {}, "jpeg": {}},
+    models={
+        "sd15": StableDiffusionConfig(gradient_checkpointing=True),
+        "lcm": LatentConsistencyConfig(gradient_checkpointing=True),
+        "sd3": StableDiffusion3Config(gradient_checkpointing=True),
+    },
+    rewards={
+        "aesthetic": {"source": "openai/clip-vit-large-patch14", "head": str(AESTHETIC_HEAD)},
+        "pickscore": {},
+        "clip_score": {},
+        "imagereward": {},
+        "hpsv2": {},
+        "jpeg": {},
+    },
 )
 
-_TINY = dict(resolution=TINY_RESOLUTION, min_vocab=0, dtype="float32")
+_TINY: dict[str, Any] = dict(resolution=TINY_RESOLUTION, min_vocab=0, dtype="float32")
 SCALE_TINY = ScaleWorldConfig(
-    models={"sd15": StableDiffusionConfig(source="sd", guidance_scale=3.0, **_TINY),
-            "lcm": LatentConsistencyConfig(source="lcm", **_TINY),
-            "sd3": StableDiffusion3Config(source="sd3", guidance_scale=3.0, lora_rank=4, lora_alpha=4.0, **_TINY)},
-    rewards={"aesthetic": {"source": "clip", "head": "clip"},
-             "pickscore": {"source": "clip", "tokenizer_source": "clip", "min_vocab": 0},
-             "clip_score": {"source": "clip", "min_vocab": 0}, "jpeg": {}},
+    models={
+        "sd15": StableDiffusionConfig(source="sd", guidance_scale=3.0, **_TINY),
+        "lcm": LatentConsistencyConfig(source="lcm", **_TINY),
+        "sd3": StableDiffusion3Config(source="sd3", guidance_scale=3.0, lora_rank=4, lora_alpha=4.0, **_TINY),
+    },
+    rewards={
+        "aesthetic": {"source": "clip", "head": "clip"},
+        "pickscore": {"source": "clip", "tokenizer_source": "clip", "min_vocab": 0},
+        "clip_score": {"source": "clip", "min_vocab": 0},
+        "jpeg": {},
+    },
     eval_clip={"source": "clip", "min_vocab": 0},
     built_here=True,
     demonstration_steps=3,
@@ -117,9 +141,14 @@ def source_overrides(models) -> dict[str, str]:
     return overrides
 
 
-TINY_WEIGHTS = tuple(f"{pipeline}/{component}/{file}" for pipeline, components in (
-    ("sd", ("unet", "vae", "text_encoder")), ("lcm", ("unet", "vae", "text_encoder")),
-    ("sd3", ("transformer", "vae", "text_encoder", "text_encoder_2"))) for component in components
+TINY_WEIGHTS = tuple(
+    f"{pipeline}/{component}/{file}"
+    for pipeline, components in (
+        ("sd", ("unet", "vae", "text_encoder")),
+        ("lcm", ("unet", "vae", "text_encoder")),
+        ("sd3", ("transformer", "vae", "text_encoder", "text_encoder_2")),
+    )
+    for component in components
     for file in ["model.safetensors" if component.startswith("text_encoder") else "diffusion_pytorch_model.safetensors"]
 ) + ("clip/model.safetensors",)
 """Every weight file of the tiny world: it is built when they are all there."""
@@ -140,8 +169,10 @@ def build_tiny(directory: Path, log=print) -> None:
         torch.save(head, staging / "clip" / HEAD_FILENAME)
         missing = [f for f in TINY_WEIGHTS if not (staging / f).is_file()]
         if missing:  # transformers saves from the main process of a torch.distributed group only
-            raise RuntimeError(f"building the tiny scale world wrote no {missing[0]}: build it from one process "
-                               f"(python -m bench models --world scale-tiny)")
+            raise RuntimeError(
+                f"building the tiny scale world wrote no {missing[0]}: build it from one process "
+                f"(python -m bench models --world scale-tiny)"
+            )
         shutil.rmtree(directory, ignore_errors=True)  # an incomplete earlier build
         try:
             staging.rename(directory)
@@ -218,7 +249,9 @@ class ScaleWorld:
         """The keyword arguments that load `reward` in this world: where its weights are, on the generators' device
         (in their precision on a GPU)."""
         if reward not in self.config.rewards:
-            raise ValueError(f"world {self.name!r} offers no {reward!r} reward; valid: {', '.join(self.config.rewards)}")
+            raise ValueError(
+                f"world {self.name!r} offers no {reward!r} reward; valid: {', '.join(self.config.rewards)}"
+            )
         model = next(iter(self.config.models.values()))
         precision = {"dtype": model.weight_dtype()} if self.device.type == "cuda" else {}
         return {**self._local(self.config.rewards[reward]), "device": self.device, **precision}
@@ -244,25 +277,31 @@ class ScaleWorld:
         steps = self.config.demonstration_steps or base_policy.default_steps
         chunks = range(0, len(prompts), EVAL_BATCH)
         with torch.no_grad():
-            images = torch.cat([base_policy.sample(prompts[i:i + EVAL_BATCH], steps, generator).images.float().cpu()
-                                for i in chunks])
-            scores = torch.cat([reward(images[i:i + EVAL_BATCH], prompts[i:i + EVAL_BATCH]).float().cpu()
-                                for i in chunks])
-        keep = top_k_per_group(scores, len(self.prompts["train"]),
-                               max(1, round(fraction * DEMONSTRATION_CANDIDATES)))
+            images = torch.cat(
+                [base_policy.sample(prompts[i : i + EVAL_BATCH], steps, generator).images.float().cpu() for i in chunks]
+            )
+            scores = torch.cat(
+                [reward(images[i : i + EVAL_BATCH], prompts[i : i + EVAL_BATCH]).float().cpu() for i in chunks]
+            )
+        keep = top_k_per_group(scores, len(self.prompts["train"]), max(1, round(fraction * DEMONSTRATION_CANDIDATES)))
         return images[keep], [prompts[i] for i in keep.tolist()]
 
-    def score_images(self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward) -> dict[str, float]:
+    def score_images(
+        self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward
+    ) -> dict[str, float]:
         """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
         if self._eval_clip is None:
             self._eval_clip = ClipScoreReward.from_pretrained(**self._local(self.config.eval_clip), device=self.device)
-        chunks = [(images[i:i + EVAL_BATCH], prompts[i:i + EVAL_BATCH]) for i in range(0, len(prompts), EVAL_BATCH)]
+        chunks = [(images[i : i + EVAL_BATCH], prompts[i : i + EVAL_BATCH]) for i in range(0, len(prompts), EVAL_BATCH)]
         with torch.no_grad():
             rewards = torch.cat([reward(x, p).float().cpu() for x, p in chunks])
             clip_scores = torch.cat([self._eval_clip(x, p).float().cpu() for x, p in chunks])
             embeddings = torch.cat([clip_image_embeddings(self._eval_clip.model, x).cpu() for x, _ in chunks])
-        return {"reward": float(rewards.mean()), "clip_score": float(clip_scores.mean()),
-                "diversity": mean_pairwise_distance(embeddings, len(prompts) // samples_per_prompt)}
+        return {
+            "reward": float(rewards.mean()),
+            "clip_score": float(clip_scores.mean()),
+            "diversity": mean_pairwise_distance(embeddings, len(prompts) // samples_per_prompt),
+        }
 
 
 @dataclass(frozen=True)
@@ -271,6 +310,7 @@ class ScaleEntry:
 
     config: ScaleWorldConfig
     headline_metric = "clip_score"
+    headline_label = "prompt fidelity"
     # a second worker would load a second model onto the same GPU; several GPUs train one run together instead
     cells_side_by_side = False
     takes_sources = True

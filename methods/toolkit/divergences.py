@@ -18,11 +18,12 @@ draws x = mean_p + std_p * eps from P (differentiable in mean_p) and half from Q
 q/m * f(p/q) = 2 f(r) / (1 + r): unbiased, and unlike sampling P alone it sees the mass Q puts
 where P has almost none (which is all of the divergence when the two are far apart).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,16 +72,24 @@ def _tv(mp, vp, mq, vq):
 
 
 DIVERGENCES = {
-    d.name: d for d in (
+    d.name: d
+    for d in (
         FDivergence("kl", lambda t: t * torch.log(t), lambda u: 2 * u * torch.sigmoid(u), _kl),
         FDivergence("reverse_kl", lambda t: -torch.log(t), lambda u: -2 * u * torch.sigmoid(-u), _reverse_kl),
         # the mean KL of P and Q to their mixture; at most log 2
-        FDivergence("js", lambda t: 0.5 * (t * torch.log(t) - (1 + t) * torch.log((1 + t) / 2)),
-                    lambda u: u * torch.sigmoid(u) - F.softplus(u) + math.log(2), None),
+        FDivergence(
+            "js",
+            lambda t: 0.5 * (t * torch.log(t) - (1 + t) * torch.log((1 + t) / 2)),
+            lambda u: u * torch.sigmoid(u) - F.softplus(u) + math.log(2),
+            None,
+        ),
         # squared Hellinger distance 1 - Bhattacharyya coefficient, in [0, 1]
-        FDivergence("hellinger", lambda t: 0.5 * (torch.sqrt(t) - 1) ** 2, lambda u: 1 - 1 / torch.cosh(u / 2),
-                    _hellinger),
-        FDivergence("chi2", lambda t: (t - 1) ** 2, lambda u: 2 * torch.expm1(u) * torch.tanh(u / 2), _chi2),  # Pearson's
+        FDivergence(
+            "hellinger", lambda t: 0.5 * (torch.sqrt(t) - 1) ** 2, lambda u: 1 - 1 / torch.cosh(u / 2), _hellinger
+        ),
+        FDivergence(
+            "chi2", lambda t: (t - 1) ** 2, lambda u: 2 * torch.expm1(u) * torch.tanh(u / 2), _chi2
+        ),  # Pearson's
         FDivergence("tv", lambda t: 0.5 * (t - 1).abs(), lambda u: torch.tanh(u / 2).abs(), _tv),  # in [0, 1]
     )
 }
@@ -105,21 +114,39 @@ def closed_form(name: str, mean_p: Tensor, std_p: float | Tensor, mean_q: Tensor
     return per_dim.flatten(1).mean(dim=1)
 
 
-def monte_carlo(name: str, mean_p: Tensor, std_p: float | Tensor, mean_q: Tensor, std_q: float | Tensor,
-                samples: int, generator: torch.Generator) -> Tensor:
+def monte_carlo(
+    name: str,
+    mean_p: Tensor,
+    std_p: float | Tensor,
+    mean_q: Tensor,
+    std_q: float | Tensor,
+    samples: int,
+    generator: torch.Generator,
+) -> Tensor:
     """The reparameterized estimate of the same quantity as `closed_form` from `samples` draws of the
     mixture per dimension (samples / 2 from each side, at least one)."""
     integrand = DIVERGENCES[check_divergence_name(name)].mixture_integrand
     var_p, var_q = _variance(std_p, mean_p), _variance(std_q, mean_p)
     eps = torch.randn((2, max(1, samples // 2), *mean_p.shape), generator=generator).to(mean_p.device, mean_p.dtype)
     x = torch.cat([mean_p + var_p.sqrt() * eps[0], mean_q + var_q.sqrt() * eps[1]])
-    log_ratio = (-((x - mean_p) ** 2) / (2 * var_p) - 0.5 * torch.log(var_p)
-                 + (x - mean_q) ** 2 / (2 * var_q) + 0.5 * torch.log(var_q))
+    log_ratio = (
+        -((x - mean_p) ** 2) / (2 * var_p)
+        - 0.5 * torch.log(var_p)
+        + (x - mean_q) ** 2 / (2 * var_q)
+        + 0.5 * torch.log(var_q)
+    )
     return integrand(log_ratio).mean(dim=0).flatten(1).mean(dim=1)
 
 
-def step_divergence(name: str, mean_p: Tensor, std_p: float | Tensor, mean_q: Tensor, std_q: float | Tensor,
-                    samples: int, generator: torch.Generator) -> Tensor:
+def step_divergence(
+    name: str,
+    mean_p: Tensor,
+    std_p: float | Tensor,
+    mean_q: Tensor,
+    std_q: float | Tensor,
+    samples: int,
+    generator: torch.Generator,
+) -> Tensor:
     """The closed form where one exists for these stds, else the Monte Carlo estimate: (B, ...) -> (B,)."""
     divergence = DIVERGENCES[check_divergence_name(name)]
     equal_stds = torch.equal(torch.as_tensor(std_p, dtype=torch.float64), torch.as_tensor(std_q, dtype=torch.float64))

@@ -4,6 +4,7 @@ Preferences are collected once, at the start of a run, on pairs of the base mode
 prompt, as a labelled dataset would be (the budget is the number of pairs). They are drawn from a generator
 seeded by the run's seed alone, so every method of one seed is labelled on the same pairs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ class Preferences:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    def batch(
+        self, size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
         index = torch.randint(0, len(self), (size,), generator=generator)
         return self.images_a[index], self.images_b[index], [self.prompts[i] for i in index.tolist()], self.labels[index]
 
@@ -51,8 +54,14 @@ def preference_accuracy(model: RewardModel, preferences: Preferences) -> float:
     return float(((margin > 0).float().cpu() == preferences.labels).float().mean())
 
 
-def fit_bradley_terry(model: RewardModel, optimizer: torch.optim.Optimizer, preferences: Preferences, steps: int,
-                      batch: int, generator: torch.Generator) -> float:
+def fit_bradley_terry(
+    model: RewardModel,
+    optimizer: torch.optim.Optimizer,
+    preferences: Preferences,
+    steps: int,
+    batch: int,
+    generator: torch.Generator,
+) -> float:
     """`steps` minibatch steps on the Bradley-Terry loss; returns the last loss."""
     for _ in range(steps):
         a, b, prompts, labels = preferences.batch(batch, generator)
