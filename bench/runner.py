@@ -126,6 +126,22 @@ def git_sha() -> str:
     return sha.strip() + ("-dirty" if dirty.strip() else "")
 
 
+def load_checkpoint(path: Path) -> dict:
+    """A run's checkpoint, read as tensors and plain containers only: a file planted where a checkpoint is expected
+    cannot run code. One that cannot be read so (truncated, foreign, or holding objects) is moved aside, so that the
+    run starts afresh when it is run again, and the error names both files."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        aside = path.with_name(f"{path.name}.unreadable")
+        path.replace(aside)
+        detail = " ".join(str(error).split())[:200]
+        raise ValueError(
+            f"checkpoint {path} is not readable as tensors ({type(error).__name__}: {detail}); moved to {aside}, "
+            "so the run starts afresh when run again"
+        ) from error
+
+
 def _check_finite(values: dict[str, float], where: str) -> None:
     bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
@@ -176,39 +192,42 @@ def execute(
     if parallel.main:
         store.start_run(record)
     parallel.barrier()  # the others read the store only after the main process has started the run
-    torch.manual_seed(spec.seed)
-    meter = Meter()
-    # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
-    policy = world.make_policy(spec.model)
-    signal = (
-        Feedback.from_world(world, raw_reward, meter, policy)
-        if method.learns_from_feedback
-        else MeteredReward(raw_reward, meter)
-    )
-    trainer = method(MeteredPolicy(policy, meter), signal, world.prompts["train"], spec.method_config, spec.seed)
-    trainer.distribute(parallel)
     suffix = f".rank{parallel.rank}" if parallel.world_size > 1 else ""
     checkpoint = checkpoint_dir / f"{record.run_id}{suffix}.pt"
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        trainer.load_state_dict(state["trainer"])
-        meter.load_state_dict(state["meter"])
-        log(f"{record.run_id}: resumed at {meter.accounts['train'].as_dict()}")
-
-    def save() -> None:
-        atomic_torch_save({"trainer": trainer.state_dict(), "meter": meter.state_dict()}, checkpoint)
-
-    def spent() -> float:
-        """The budget's fraction spent by all processes together."""
-        return parallel.total([getattr(meter.accounts["train"], spec.budget.unit)])[0] / spec.budget.amount
-
-    def used() -> dict[str, float]:
-        return dict(zip(USED_KEYS, parallel.total([meter.accounts["train"].as_dict()[k] for k in USED_KEYS])))
-
-    recorded = store.milestones_recorded(record.run_id)
-    started = time.monotonic()
-    run_log = loggers.open(record)
+    run_log = None
     try:
+        # everything from here on fails this run alone, with its reason: a bad checkpoint, a trainer that cannot be
+        # built, a step or an evaluation that raises
+        torch.manual_seed(spec.seed)
+        meter = Meter()
+        # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
+        policy = world.make_policy(spec.model)
+        signal = (
+            Feedback.from_world(world, raw_reward, meter, policy)
+            if method.learns_from_feedback
+            else MeteredReward(raw_reward, meter)
+        )
+        trainer = method(MeteredPolicy(policy, meter), signal, world.prompts["train"], spec.method_config, spec.seed)
+        trainer.distribute(parallel)
+        if checkpoint.exists():
+            state = load_checkpoint(checkpoint)
+            trainer.load_state_dict(state["trainer"])
+            meter.load_state_dict(state["meter"])
+            log(f"{record.run_id}: resumed at {meter.accounts['train'].as_dict()}")
+
+        def save() -> None:
+            atomic_torch_save({"trainer": trainer.state_dict(), "meter": meter.state_dict()}, checkpoint)
+
+        def spent() -> float:
+            """The budget's fraction spent by all processes together."""
+            return parallel.total([getattr(meter.accounts["train"], spec.budget.unit)])[0] / spec.budget.amount
+
+        def used() -> dict[str, float]:
+            return dict(zip(USED_KEYS, parallel.total([meter.accounts["train"].as_dict()[k] for k in USED_KEYS])))
+
+        recorded = store.milestones_recorded(record.run_id)
+        started = time.monotonic()
+        run_log = loggers.open(record)
         for index, fraction in progress(list(enumerate(spec.milestones)), desc=record.run_id):
             if index in recorded:
                 continue
@@ -248,7 +267,8 @@ def execute(
             raise
         return "failed"
     finally:
-        run_log.close()
+        if run_log is not None:
+            run_log.close()
     if parallel.main:
         store.finish_run(record.run_id, "done")
     checkpoint.unlink(missing_ok=True)

@@ -25,13 +25,13 @@ Adaptation to diffusion, every piece of it:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
-from methods.toolkit.preferences import collect_preferences, new_reward_model, preference_accuracy
+from methods.toolkit.preferences import Preferences, collect_preferences, new_reward_model, preference_accuracy
 from methods.toolkit.weightings import reward_weights
-from methods.trainer import Trainer, make_optimizer
+from methods.trainer import Trainer, chain_work, make_optimizer
 from rewards.learned import bradley_terry_loss
 
 
@@ -96,6 +96,30 @@ class AIHF(Trainer):
     Config = Config
     learns_from_feedback = True
     data_parallel = False  # its preference dataset is collected once, at the start, by one process
+    small_config = {
+        "prompts_per_iter": 2,
+        "samples_per_prompt": 3,
+        "sample_steps": 3,
+        "preference_pairs": 6,
+        "demo_batch": 4,
+        "warmup_reward_steps": 2,
+        "reward_updates_per_iter": 1,
+        "updates_per_iter": 1,
+    }
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # the first step also samples and labels the preference pairs; each policy step trains on the
+        # demonstrations and on the samples
+        images, steps, _ = chain_work(config, generator)
+        pairs = 2 * config.preference_pairs
+        return {
+            "nfe": images * steps
+            + pairs * steps
+            + config.updates_per_iter * (config.demo_batch + images) * generator.loss_nfe,
+            "samples": images + pairs,
+            "labels": config.preference_pairs,
+        }
 
     def __init__(self, policy, feedback, prompts, config: Config, seed: int):
         super().__init__(policy, feedback, prompts, config, seed)
@@ -167,11 +191,12 @@ class AIHF(Trainer):
             **super().state_dict(),
             "reward_model": self.reward_model.state_dict(),
             "reward_optimizer": copy.deepcopy(self.reward_optimizer.state_dict()),
-            "preferences": self.preferences,
+            # plain tensors and strings, so that a checkpoint loads without unpickling objects
+            "preferences": None if self.preferences is None else asdict(self.preferences),
         }
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.reward_model.load_state_dict(state["reward_model"])
         self.reward_optimizer.load_state_dict(state["reward_optimizer"])
-        self.preferences = state["preferences"]
+        self.preferences = None if state["preferences"] is None else Preferences(**state["preferences"])

@@ -18,5 +18,9 @@ class BaseModel(Trainer):
     Config = Config
     trains = False
 
+    @classmethod
+    def step_usage(cls, config, generator: type) -> dict[str, float]:
+        return {}  # it never trains: its cost is the evaluation's generation, which the harness counts
+
     def step(self) -> dict[str, float]:
         raise RuntimeError("the base model does not train; the harness never steps it")

@@ -36,6 +36,10 @@ class BestOfN(Trainer):
     trains = False
 
     @classmethod
+    def step_usage(cls, config, generator: type) -> dict[str, float]:
+        return {}  # it never trains: its cost is the evaluation's generation, which the harness counts
+
+    @classmethod
     def incompatibility(cls, reward_cls: type, budget_unit: str) -> str | None:
         if budget_unit == "wall_s":
             return "spends its budget at inference and needs a countable budget unit (nfe, reward_queries or samples)"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_chain_backward
-from methods.trainer import Trainer, make_optimizer
+from methods.trainer import Trainer, chain_work, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,19 @@ class DDPO(Trainer):
     )
     # 3: only stochastic steps are actions (a consistency model's last step is deterministic)
     Config = Config
+    small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # sampling, then per epoch a forward + backward of every trained step (and the reference's forward)
+        images, steps, actions = chain_work(config, generator)
+        trained = round(config.step_fraction * actions)
+        reference = images * trained if config.kl_coef > 0 else 0
+        return {
+            "nfe": images * steps + config.inner_epochs * (images * trained * 3 + reference),
+            "reward_queries": images,
+            "samples": images,
+        }
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)

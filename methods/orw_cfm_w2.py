@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.toolkit.weightings import WEIGHTINGS, reward_weights
-from methods.trainer import Trainer, make_optimizer
+from methods.trainer import Trainer, chain_work, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,18 @@ class ORWCFMW2(Trainer):
     version = "1"
     Config = Config
     families = ("flow",)
+    small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "updates_per_iter": 2}
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # flow matching on every sample (forward + backward), plus the reference's forward for the W2 bound
+        images, steps, _ = chain_work(config, generator)
+        per_update = images * (generator.loss_nfe + (1 if config.alpha > 0 else 0))
+        return {
+            "nfe": images * steps + config.updates_per_iter * per_update,
+            "reward_queries": images,
+            "samples": images,
+        }
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)

@@ -89,6 +89,21 @@ class RewardModelPipeline(Trainer):
     learns_from_feedback = True
     data_parallel = False  # its preference dataset is collected once, at the start, by one process
     families = ("diffusion", "consistency")
+    small_config = {"preference_pairs": 6, "collect_steps": 4, "reward_steps": 3}
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # the first step collects and labels the pairs, fits the reward model, and takes stage 2's first step, which
+        # queries the learned reward, not the annotator's
+        from methods import METHODS  # the registry imports this module
+
+        steps = config.collect_steps or generator.default_steps
+        rl = METHODS[config.rl_method].step_usage(config.rl_config(), generator)
+        return {
+            "nfe": 2 * config.preference_pairs * steps + rl["nfe"],
+            "samples": 2 * config.preference_pairs + rl["samples"],
+            "labels": config.preference_pairs,
+        }
 
     def __init__(self, policy, feedback, prompts, config: Config, seed: int):
         super().__init__(policy, feedback, prompts, config, seed)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.trainer import Trainer, make_optimizer
+from methods.trainer import Trainer, chain_work, make_optimizer
 from rewards.ranking import top_k_per_group
 
 
@@ -50,6 +50,17 @@ class RAFT(Trainer):
     name = "raft"
     version = "1"
     Config = Config
+    small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "updates_per_iter": 2}
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        images, steps, _ = chain_work(config, generator)
+        kept = config.prompts_per_iter * config.keep_per_prompt
+        return {
+            "nfe": images * steps + config.updates_per_iter * kept * generator.loss_nfe,
+            "reward_queries": images,
+            "samples": images,
+        }
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.toolkit.divergences import DIVERGENCES, step_divergence
-from methods.trainer import Trainer, make_optimizer
+from methods.trainer import Trainer, chain_work, make_optimizer
 
 NO_DIVERGENCE = "none"
 
@@ -81,6 +81,16 @@ class ROCM(Trainer):
     Config = Config
     needs_differentiable_reward = True
     families = ("consistency", "diffusion")
+    small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # forward + backward through every step, and the same for the reference (its backward carries the
+        # divergence's gradient into the states); checkpointing re-runs the policy's forwards
+        images, steps, actions = chain_work(config, generator)
+        policy = images * steps * (4 if config.gradient_checkpointing else 3)
+        reference = images * actions * 3 if config.regularized else 0
+        return {"nfe": policy + reference, "reward_queries": images, "samples": images}
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.toolkit.policy_gradient import ppo_chain_backward
-from methods.trainer import Trainer, make_optimizer
+from methods.trainer import Trainer, chain_work, make_optimizer
 
 GRIDS = ("stratified", "fixed")
 
@@ -101,6 +101,18 @@ class ScoresAsActions(Trainer):
     version = "1"
     Config = Config
     families = ("diffusion",)
+    small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # the value reads the reward of every step's prediction and of the image; the reference runs forward only
+        images, steps, actions = chain_work(config, generator)
+        reference = images * actions if config.beta > 0 else 0
+        return {
+            "nfe": images * steps + images * actions * 3 + reference,
+            "reward_queries": images * (steps + 1),
+            "samples": images,
+        }
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)

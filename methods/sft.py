@@ -30,6 +30,11 @@ class SFT(Trainer):
     version = "1"
     Config = Config
     learns_from_feedback = True
+    small_config = {"batch": 4}
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        return {"nfe": config.batch * generator.loss_nfe}
 
     def __init__(self, policy, feedback, prompts, config: Config, seed: int):
         super().__init__(policy, feedback, prompts, config, seed)

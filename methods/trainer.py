@@ -85,6 +85,9 @@ class Trainer(ABC):
     """The generator families (Policy.family) the method can fine-tune; the first is its default."""
     data_parallel: ClassVar[bool] = True
     """False for methods that cannot split their work over processes (see `distribute`)."""
+    small_config: ClassVar[dict[str, object]] = {}
+    """Options (over Config's defaults) under which one step takes well under a second on the tiny worlds: what the
+    contract tests (tests/test_methods.py) train with."""
     parallel: Parallel = SingleProcess()
 
     def __init__(self, policy, reward, prompts: list[str], config, seed: int):
@@ -95,6 +98,13 @@ class Trainer(ABC):
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    @abstractmethod
+    def step_usage(cls, config, generator: type) -> dict[str, float]:
+        """What the first `step()` under `config` costs, worked out from the config alone, on a generator of class
+        `generator` (a ChainPolicy: its `default_steps` and `loss_nfe`): nfe, reward_queries, samples and labels
+        (missing: 0). The contract tests hold the harness's meter to it, so a method cannot under-report."""
 
     @classmethod
     def incompatibility(cls, reward_cls: type, budget_unit: str) -> str | None:
@@ -155,6 +165,15 @@ class Trainer(ABC):
         self.generator.set_state(state["generator"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+def chain_work(config, generator: type) -> tuple[int, int, int]:
+    """(images, sampler steps, stochastic steps) of one iteration's sampling under a config with prompts_per_iter,
+    samples_per_prompt and sample_steps: every DDIM step (eta > 0) is stochastic, every consistency or flow step but
+    the deterministic last one."""
+    images = config.prompts_per_iter * config.samples_per_prompt
+    steps = config.sample_steps or generator.default_steps
+    return images, steps, steps - (generator.family in ("consistency", "flow"))
 
 
 def prompt_groups(prompts: list[str], groups: int, per_group: int, generator: torch.Generator) -> list[str]:

@@ -58,6 +58,7 @@ class ConsistencyPolicy(ChainPolicy):
 
     family = "consistency"
     default_steps = 4
+    loss_nfe = 4  # consistency training's target is a no-grad forward of the EMA target network
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         if not 1 <= steps <= ORIGINAL_STEPS:

@@ -38,6 +38,7 @@ class FlowPolicy(ChainPolicy):
 
     family = "flow"
     default_steps = 20
+    loss_nfe = 3
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         if steps < 1:

@@ -124,6 +124,9 @@ class ChainPolicy(ABC):
     family: str
     default_steps: int
     """The sampler steps the family is meant to be used with (its evaluation default)."""
+    loss_nfe: int
+    """Network evaluations of one image's training loss (`loss`): forward + backward (2), plus any no-grad forward
+    that makes its target."""
 
     def __init__(self, network: nn.Module, encoder: PromptEncoder, schedule: NoiseSchedule | None = None):
         self.network = network
@@ -267,6 +270,7 @@ class DiffusionPolicy(ChainPolicy):
 
     family = "diffusion"
     default_steps = 20
+    loss_nfe = 3
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         return self.schedule.sampling_timesteps(steps)

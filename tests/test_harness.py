@@ -1,8 +1,10 @@
 """The harness: bad input fails fast, runs resume after a kill, failures are isolated, the CLI works end to end."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
+import torch
 
 import worlds
 from bench.cli import main
@@ -126,6 +128,36 @@ def test_a_nan_run_is_recorded_as_failed_and_the_next_run_goes_on(tiny_world, tm
         assert execute(smoke_spec("raft"), tiny_world, store, tmp_path, log=lambda *_: None) == "done"
         runs = store.runs_frame().set_index("method")
         assert "non-finite" in runs.loc["ddpo", "reason"] and runs.loc["raft", "status"] == "done"
+
+
+class PlantedPayload:
+    """Unpickling this runs code: it touches `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("planted", ["payload", "truncated", "empty"])
+def test_a_bad_checkpoint_runs_no_code_fails_its_run_alone_and_is_set_aside(tiny_world, tmp_path, planted):
+    spec = smoke_spec()
+    run_id = spec.run_id(tiny_world.model_hash(spec.model))
+    checkpoint, marker = tmp_path / "ck" / f"{run_id}.pt", tmp_path / "code-ran"
+    checkpoint.parent.mkdir()
+    if planted == "payload":
+        torch.save({"trainer": PlantedPayload(marker)}, checkpoint)
+    else:
+        torch.save({"meter": torch.zeros(1000)}, checkpoint)
+        checkpoint.write_bytes(checkpoint.read_bytes()[: 100 if planted == "truncated" else 0])
+    with Store(tmp_path / "store.sqlite") as store:
+        assert execute(spec, tiny_world, store, checkpoint.parent, log=lambda *_: None) == "failed"
+        reason = store.runs_frame().set_index("run_id").loc[run_id, "reason"]
+        assert not marker.exists() and str(checkpoint) in reason and "moved to" in reason
+        assert not checkpoint.exists() and checkpoint.with_name(f"{checkpoint.name}.unreadable").exists()
+        assert execute(smoke_spec("raft"), tiny_world, store, checkpoint.parent, log=lambda *_: None) == "done"
+        assert execute(spec, tiny_world, store, checkpoint.parent, log=lambda *_: None) == "done"  # afresh
 
 
 def test_run_ids_change_with_the_config_and_the_base_model():

@@ -6,34 +6,17 @@ import pytest
 import torch
 
 from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
+from bench.runner import load_checkpoint
 from methods import METHODS
 from methods.best_of_n import candidates_for_budget
 from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss
 from models.digits import GENERATORS
+from models.io import atomic_torch_save
 from rewards import REWARDS
 from rewards.feedback import Feedback
 from rewards.ranking import top_k_per_group
 from worlds import WORLDS, model_family
 
-# Small settings so that every method's step takes well under a second on the tiny world.
-SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
-SMALL_CONFIGS = {
-    "raft": {**SMALL, "updates_per_iter": 2},
-    "ddpo": {**SMALL, "minibatch": 4},
-    "rocm": SMALL,
-    "orw_cfm_w2": {**SMALL, "updates_per_iter": 2},
-    "sas": {**SMALL, "minibatch": 4},
-    "sft": {"batch": 4},
-    "pipeline": {"preference_pairs": 6, "collect_steps": 4, "reward_steps": 3},
-    "aihf": {
-        **SMALL,
-        "preference_pairs": 6,
-        "demo_batch": 4,
-        "warmup_reward_steps": 2,
-        "reward_updates_per_iter": 1,
-        "updates_per_iter": 1,
-    },
-}
 # every (method, model) pairing the digits world offers (the scale world's: tests/test_scale_world.py)
 MODELS, WORLD_REWARDS = tuple(WORLDS["digits"].models), WORLDS["digits"].rewards
 PAIRS = [(name, model) for name in METHODS for model in MODELS if model_family(model) in METHODS[name].families]
@@ -47,7 +30,7 @@ CONTRACT_REWARDS = {
 def make(world, name, model="diffusion", seed=0, reward="digit", **overrides):
     meter = Meter()
     method = METHODS[name]
-    config = dataclasses.replace(method.Config(), **{**SMALL_CONFIGS.get(name, {}), **overrides})
+    config = dataclasses.replace(method.Config(), **{**method.small_config, **overrides})
     raw_reward = REWARDS[reward].from_world(world)
     policy = world.make_policy(model)
     signal = (
@@ -95,85 +78,16 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tiny_world, name, model
 
 
 @pytest.mark.parametrize("name, model", TRAINING)
-def test_state_round_trip_continues_identically(tiny_world, name, model):
+def test_state_round_trip_continues_identically(tiny_world, name, model, tmp_path):
     original, _ = make(tiny_world, name, model)
     original.step()
-    state = original.state_dict()
+    # through a file, as a resumed run reads it: tensors and plain containers only
+    atomic_torch_save(original.state_dict(), tmp_path / "state.pt")
+    state = load_checkpoint(tmp_path / "state.pt")
     restored, _ = make(tiny_world, name, model, seed=99)
     restored.load_state_dict(state)
     assert original.step() == restored.step()
     assert torch.equal(flat_parameters(original), flat_parameters(restored))
-
-
-# network evaluations of one image's training loss: forward + backward (2), plus, for consistency
-# training, the no-grad forward that makes its target
-LOSS_NFE = {"diffusion": 3, "consistency": 4, "flow": 3}
-
-
-def expected_usage(name, cfg, model="diffusion"):
-    """The compute (and labels) one step must cost, worked out from the config alone."""
-    if name == "sft":
-        return {"nfe": cfg.batch * LOSS_NFE[model], "reward_queries": 0, "samples": 0, "labels": 0}
-    if name == "pipeline":
-        # the first step collects and labels the pairs, fits the reward model, and takes stage 2's first step
-        steps = cfg.collect_steps or GENERATORS[model][1].default_steps
-        rl = expected_usage(cfg.rl_method, METHODS[cfg.rl_method].Config(), model)
-        # stage 2 queries the learned reward, not the annotator's
-        return {
-            "nfe": 2 * cfg.preference_pairs * steps + rl["nfe"],
-            "reward_queries": 0,
-            "samples": 2 * cfg.preference_pairs + rl["samples"],
-            "labels": cfg.preference_pairs,
-        }
-    images = cfg.prompts_per_iter * cfg.samples_per_prompt
-    steps = cfg.sample_steps or GENERATORS[model][1].default_steps
-    sampling = images * steps
-    # the chain's actions: every DDIM step (eta > 0), every consistency or flow step but the deterministic last
-    actions = steps - (model in ("consistency", "flow"))
-    if name == "raft":
-        kept = cfg.prompts_per_iter * cfg.keep_per_prompt
-        return {
-            "nfe": sampling + cfg.updates_per_iter * kept * LOSS_NFE[model],
-            "reward_queries": images,
-            "samples": images,
-        }
-    if name == "orw_cfm_w2":
-        # flow matching on every sample (forward + backward), plus the reference's forward for the W2 bound
-        per_update = images * (LOSS_NFE[model] + (1 if cfg.alpha > 0 else 0))
-        return {"nfe": sampling + cfg.updates_per_iter * per_update, "reward_queries": images, "samples": images}
-    if name == "rocm":
-        # forward + backward through every step, and the same for the reference (its backward carries the
-        # divergence's gradient into the states); checkpointing re-runs the policy's forwards
-        policy = sampling * (4 if cfg.gradient_checkpointing else 3)
-        reference = images * actions * 3 if cfg.regularized else 0
-        return {"nfe": policy + reference, "reward_queries": images, "samples": images}
-    if name == "ddpo":
-        trained = round(cfg.step_fraction * actions)
-        reference = images * trained if cfg.kl_coef > 0 else 0
-        return {
-            "nfe": sampling + cfg.inner_epochs * (images * trained * 3 + reference),
-            "reward_queries": images,
-            "samples": images,
-        }
-    if name == "sas":
-        # the value reads the reward of every step's prediction and of the image; the reference runs forward only
-        reference = images * actions if cfg.beta > 0 else 0
-        return {
-            "nfe": sampling + images * actions * 3 + reference,
-            "reward_queries": images * (steps + 1),
-            "samples": images,
-        }
-    if name == "aihf":
-        # the first step also samples and labels the preference pairs; each policy step trains on the
-        # demonstrations and on the samples
-        pairs = 2 * cfg.preference_pairs
-        return {
-            "nfe": sampling + pairs * steps + cfg.updates_per_iter * (cfg.demo_batch + images) * LOSS_NFE[model],
-            "reward_queries": 0,
-            "samples": images + pairs,
-            "labels": cfg.preference_pairs,
-        }
-    raise AssertionError(f"add the expected usage of {name!r} here")
 
 
 @pytest.mark.parametrize("name, model", TRAINING)
@@ -181,14 +95,22 @@ def test_meter_counts_exactly_the_work_done(tiny_world, name, model):
     trainer, meter = make(tiny_world, name, model)
     trainer.step()
     usage = meter.accounts["train"].as_dict()
-    expected = {"labels": 0, **expected_usage(name, trainer.config, model)}
+    expected = {
+        "reward_queries": 0,
+        "samples": 0,
+        "labels": 0,
+        **METHODS[name].step_usage(trainer.config, GENERATORS[model][1]),
+    }
     assert {k: usage[k] for k in ("nfe", "reward_queries", "samples", "labels")} == expected
 
 
 def test_ddpo_kl_penalty_pays_for_its_reference_passes(tiny_world):
     trainer, meter = make(tiny_world, "ddpo", kl_coef=0.1)
     stats = trainer.step()
-    assert stats["kl"] >= 0 and meter.accounts["train"].nfe == expected_usage("ddpo", trainer.config)["nfe"]
+    assert (
+        stats["kl"] >= 0
+        and meter.accounts["train"].nfe == METHODS["ddpo"].step_usage(trainer.config, GENERATORS["diffusion"][1])["nfe"]
+    )
 
 
 @pytest.mark.parametrize("name, model", INFERENCE)
