@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/basedpyright
+	$(VENV)/bin/basedpyright --project pyproject.toml
 
 # The fast tests (CPU, a few minutes); test-all adds the slow ones (spawned processes, kill trials, the smoke suite).
 test: $(STAMP)
