@@ -26,6 +26,7 @@ import torch
 
 from methods.toolkit.weightings import WEIGHTINGS, reward_weights
 from methods.trainer import Trainer, chain_work, make_optimizer
+from models.policy import FlowMatchingPolicy
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ class ORWCFMW2(Trainer):
             "samples": images,
         }
 
-    def __init__(self, policy, reward, prompts, config: Config, seed: int):
+    policy: FlowMatchingPolicy
+
+    def __init__(self, policy: FlowMatchingPolicy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)
         self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
         self.reference = policy.frozen_copy() if config.alpha > 0 else None

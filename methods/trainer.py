@@ -14,6 +14,8 @@ from typing import ClassVar, Protocol
 
 import torch
 
+from models.policy import Policy
+
 PROCESS_SEED_STRIDE = 1_000_003
 """Process r of a data-parallel run draws from seed + r * stride: its own samples, and process 0 the single-process
 ones."""
@@ -90,7 +92,7 @@ class Trainer(ABC):
     contract tests (tests/test_methods.py) train with."""
     parallel: Parallel = SingleProcess()
 
-    def __init__(self, policy, reward, prompts: list[str], config, seed: int):
+    def __init__(self, policy: Policy, reward, prompts: list[str], config, seed: int):
         self.policy = policy
         self.reward = reward
         self.prompts = list(prompts)

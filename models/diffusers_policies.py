@@ -342,6 +342,12 @@ class LoRALatentPolicy(ChainPolicy):
     guided_by_cfg = True
     """Whether `predict` runs classifier-free guidance (LCM conditions on w instead)."""
 
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, source: str | Path | None = None, *, config=None) -> LoRALatentPolicy:
+        """The family's pipeline from `source` (a hub id in the local cache, or a directory), or from `config`'s
+        source, with fresh LoRA adapters on its denoiser."""
+
     def __init__(
         self,
         network: nn.Module,

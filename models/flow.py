@@ -59,7 +59,9 @@ class FlowPolicy(ChainPolicy):
         v = self._velocity(x, timesteps[step].expand(x.shape[0]), text)
         return Transition(*flow_transition(x, v, t, s, eta), x - t * v)
 
-    def flow_matching_pair(self, images: torch.Tensor, generator: torch.Generator):
+    def flow_matching_pair(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A point on each image's path and the velocity to regress there: (x_t, t (B,), target v)."""
         x0 = self.encode(images)
         t = torch.rand(len(x0), generator=generator, dtype=torch.float64)

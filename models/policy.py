@@ -65,11 +65,25 @@ class Transition(NamedTuple):
 
 
 class Policy(Protocol):
-    """What a method may do with a generator. Implemented once per model family."""
+    """What a method may do with a generator (Trainer.policy). Implemented once per model family (ChainPolicy's
+    subclasses), and wrapped by the harness's meter, which forwards every call."""
 
     family: str
-    image_shape: tuple[int, int, int]
     default_steps: int
+    schedule: NoiseSchedule
+    """The diffusion noise schedule the timesteps index (grids for Scores-as-Actions' stratified sampling)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images it generates."""
+        ...
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [0, 1] from model-space samples or predictions (latents, at scale)."""
+        ...
 
     def sample(
         self,
@@ -97,6 +111,18 @@ class Policy(Protocol):
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+class FlowMatchingPolicy(Policy, Protocol):
+    """A flow-family policy: its velocity field and the flow-matching training pair (what orw_cfm_w2 regresses)."""
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, prompts: list[str]) -> torch.Tensor: ...
+
+    def frozen_copy(self) -> FlowMatchingPolicy: ...
+
+    def flow_matching_pair(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 def images_to_model_space(images: torch.Tensor) -> torch.Tensor:

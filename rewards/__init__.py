@@ -3,6 +3,7 @@
 (worlds/: `WorldEntry.rewards`): the digits worlds the first three, the scale worlds the published models."""
 
 from rewards.aesthetic import AestheticReward
+from rewards.base import Reward
 from rewards.clip_score import ClipScoreReward
 from rewards.compress import CompressReward
 from rewards.digit import DigitReward
@@ -12,7 +13,7 @@ from rewards.imagereward import ImageRewardReward
 from rewards.jpeg import JpegCompressibilityReward
 from rewards.pickscore import PickScoreReward
 
-REWARDS = {
+REWARDS: dict[str, type[Reward]] = {
     "digit": DigitReward,
     "compress": CompressReward,
     "gold": GoldReward,

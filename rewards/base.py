@@ -19,4 +19,9 @@ class Reward(Protocol):
     differentiable: bool
     higher_is_better: bool
 
+    @classmethod
+    def from_world(cls, world) -> Reward:
+        """The reward as `world` offers it (its weights, its device)."""
+        ...
+
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor: ...

@@ -8,9 +8,11 @@ its prompt splits, generators, evaluation and annotator, which the run loop, the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
+
+from models.policy import Policy
 
 
 class World(Protocol):
@@ -28,8 +30,8 @@ class World(Protocol):
         """The identity of a generator's weights: the base model a run starts from."""
         ...
 
-    def make_policy(self, model: str) -> Any:
-        """A fresh, trainable copy of one of the world's generators (a models.policy.Policy)."""
+    def make_policy(self, model: str) -> Policy:
+        """A fresh, trainable copy of one of the world's generators."""
         ...
 
     def score_images(

@@ -34,7 +34,7 @@ from models.digits import (
     stale_components,
 )
 from models.networks import CNNClassifier, FeatureExtractor, MLPClassifier
-from models.policy import ChainPolicy
+from models.policy import Policy
 from models.text import PromptEncoder
 from rewards.feedback import top_demonstrations
 from worlds.metrics import mean_pairwise_distance
@@ -76,7 +76,7 @@ class DigitsWorld:
         """The weight hash of a generator: the identity of the base model a run starts from."""
         return self.hash_of(self._generator(model)[0])
 
-    def make_policy(self, model: str = "diffusion") -> ChainPolicy:
+    def make_policy(self, model: str = "diffusion") -> Policy:
         """A fresh, trainable copy of one of the world's generators."""
         component, policy_class = self._generator(model)
         network = COMPONENTS[component][3](self.config)

@@ -36,12 +36,14 @@ from models.diffusers_policies import (
     DiffusersConfig,
     LatentConsistencyConfig,
     LatentConsistencyPolicy,
+    LoRALatentPolicy,
     StableDiffusion3Config,
     StableDiffusion3Policy,
     StableDiffusionConfig,
     StableDiffusionPolicy,
     resolve_source,
 )
+from models.policy import Policy
 from models.prompts import load_prompt_set
 from models.tiny_pipelines import AESTHETIC_WIDTHS, write_tiny_clip, write_tiny_pipelines
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
@@ -50,7 +52,7 @@ from rewards.clip_score import ClipScoreReward, clip_image_embeddings
 from rewards.ranking import top_k_per_group
 from worlds.metrics import mean_pairwise_distance
 
-POLICIES = {
+POLICIES: dict[type[DiffusersConfig], type[LoRALatentPolicy]] = {
     StableDiffusionConfig: StableDiffusionPolicy,
     LatentConsistencyConfig: LatentConsistencyPolicy,
     StableDiffusion3Config: StableDiffusion3Policy,
@@ -240,7 +242,7 @@ class ScaleWorld:
         identity = json.dumps({"weights": weights_fingerprint(root), "config": declared}, sort_keys=True, default=list)
         return hashlib.sha256(identity.encode()).hexdigest()
 
-    def make_policy(self, model: str):
+    def make_policy(self, model: str) -> Policy:
         """A fresh policy: the pipeline's frozen weights with new (zero-effect) LoRA adapters."""
         config = self.model_config(model)
         return POLICIES[type(config)].from_pretrained(config=config)
