@@ -21,6 +21,7 @@ from bench.loggers import LOGGERS, check_loggers
 from bench.meter import UNITS, Budget
 from bench.suites import SUITES, build_suite, check_names, parse_entry, validate
 from methods import METHODS
+from methods.options import parse_option
 from models.progress import MODES as PROGRESS_MODES
 from rewards import REWARDS
 from worlds import MODELS, WORLDS, world_entry
@@ -44,14 +45,6 @@ def field_docs(cls: type) -> dict[str, str]:
         ):
             docs[node.target.id] = " ".join(following.value.value.split())
     return docs
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _names(kind: str, valid):
@@ -96,26 +89,16 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _optional(kind: type, noun: str):
-    """A parser for an `X | None` option, where None means the model's own default."""
+def _option(annotation: str):
+    """argparse's parser for a method option declared as `annotation` (methods/options.py)."""
 
     def parse(text: str):
-        if text.lower() == "none":
-            return None
         try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {noun} or none, got {text!r}") from None
+            return parse_option(text, annotation)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
     return parse
-
-
-_OPTION_TYPES = {
-    "int": int,
-    "float": float,
-    "int | None": _optional(int, "an integer"),
-    "float | None": _optional(float, "a number"),
-}
 
 
 class Parser(argparse.ArgumentParser):
@@ -226,11 +209,10 @@ def build_parser() -> Parser:
         group = run.add_argument_group(f"{name} options", (method.__doc__ or "").strip().split("\n")[0] or None)
         docs = field_docs(method.Config)
         for f in dataclasses.fields(method.Config):
-            kind = _parse_bool if f.type in (bool, "bool") else _OPTION_TYPES.get(str(f.type), str)
             group.add_argument(
                 f"--{name}.{f.name}",
                 dest=f"{name}.{f.name}",
-                type=kind,
+                type=_option(str(f.type)),
                 metavar=str(f.type).upper(),
                 help=f"{docs.get(f.name, '')} (default: {f.default})",
             )

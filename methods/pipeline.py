@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from methods.options import parse_option
 from methods.toolkit.preferences import collect_preferences, fit_bradley_terry, new_reward_model, preference_accuracy
 from methods.trainer import Trainer, make_optimizer
 from rewards.learned import LearnedReward
@@ -52,7 +53,7 @@ class Config:
         from methods import METHODS  # the registry imports this module
 
         defaults = METHODS[self.rl_method].Config()
-        fields = {f.name for f in dataclasses.fields(defaults)}
+        fields = {f.name: str(f.type) for f in dataclasses.fields(defaults)}
         options = {}
         for pair in filter(None, (p.strip() for p in self.rl_options.split(","))):
             name, _, value = pair.partition("=")
@@ -61,25 +62,11 @@ class Config:
                     f"pipeline.rl_options: expected FIELD=VALUE with FIELD an option of "
                     f"{self.rl_method} ({', '.join(sorted(fields))}), got {pair!r}"
                 )
-            options[name] = _option_value(value, getattr(defaults, name))
+            try:
+                options[name] = parse_option(value, fields[name])
+            except ValueError as error:
+                raise ValueError(f"pipeline.rl_options: {name}: {error}") from None
         return dataclasses.replace(defaults, **options)
-
-
-def _option_value(text: str, default):
-    """An option's value from its text, by its default's kind: true or false for a flag; else none, an int, a float
-    or the string itself."""
-    if isinstance(default, bool):
-        if text.lower() not in ("true", "false"):
-            raise ValueError(f"pipeline.rl_options: expected true or false, got {text!r}")
-        return text.lower() == "true"
-    if text.lower() == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 class RewardModelPipeline(Trainer):

@@ -27,7 +27,7 @@ from methods.ddpo import DDPO
         (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, wall_s"),
         (["run", "--seeds", "0"], "expected a positive integer"),
         (["run", "--ddpo.lr", "1e-4"], "ddpo options: prompts_per_iter, samples_per_prompt"),
-        (["run", "--ddpo.clip_range", "big"], "invalid float value: 'big'"),
+        (["run", "--ddpo.clip_range", "big"], "--ddpo.clip_range: expected a number, got 'big'"),
         (["run", "--raft.keep_per_prompt", "0"], "raft.keep_per_prompt must be in [1, samples_per_prompt=8], got 0"),
         (["run", "--ddpo.eta", "0"], "ddpo.eta must be > 0"),
         (["run", "--method", "best_of_n", "--budget", "wall_s:60"], "no method/reward pair of this suite can run"),

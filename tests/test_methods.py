@@ -9,6 +9,7 @@ from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from bench.runner import load_checkpoint
 from methods import METHODS
 from methods.best_of_n import candidates_for_budget
+from methods.options import parse_option
 from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss
 from models.digits import GENERATORS
 from models.io import atomic_torch_save
@@ -208,5 +209,39 @@ def test_the_pipelines_second_stage_takes_its_options():
     rocm = PipelineConfig(rl_method="rocm", rl_options="gradient_checkpointing=false").rl_config()
     assert rocm.gradient_checkpointing is False
     assert PipelineConfig(rl_method="rocm", rl_options="gradient_checkpointing=true").rl_config().gradient_checkpointing
-    with pytest.raises(ValueError, match="expected true or false, got 'no'"):
-        PipelineConfig(rl_method="rocm", rl_options="gradient_checkpointing=no")
+    # one spelling of a flag for the command line and the nested options (methods/options.py)
+    assert PipelineConfig(rl_method="rocm", rl_options="gradient_checkpointing=no").rl_config() == rocm
+    with pytest.raises(ValueError, match="gradient_checkpointing: expected true or false, got 'maybe'"):
+        PipelineConfig(rl_method="rocm", rl_options="gradient_checkpointing=maybe")
+    with pytest.raises(ValueError, match="minibatch: expected an integer, got '4.5'"):
+        PipelineConfig(rl_options="minibatch=4.5")
+
+
+@pytest.mark.parametrize(
+    "text, annotation, value",
+    [
+        ("yes", "bool", True),
+        ("OFF", "bool", False),
+        ("7", "int", 7),
+        ("none", "int | None", None),
+        ("3e-5", "float | None", 3e-5),
+        ("0.2", "float", 0.2),
+        ("kl", "str", "kl"),
+    ],
+)
+def test_an_option_reads_by_its_declared_type(text, annotation, value):
+    assert parse_option(text, annotation) == value
+
+
+@pytest.mark.parametrize(
+    "text, annotation, message",
+    [
+        ("2", "bool", "expected true or false, got '2'"),
+        ("x", "int", "expected an integer, got 'x'"),
+        ("none", "float", "expected a number, got 'none'"),
+        ("x", "int | None", "expected an integer or none, got 'x'"),
+    ],
+)
+def test_an_option_of_the_wrong_kind_says_what_was_expected(text, annotation, message):
+    with pytest.raises(ValueError, match=message):
+        parse_option(text, annotation)
