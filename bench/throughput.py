@@ -33,14 +33,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.suites import build_suite
 from methods import METHODS
-from models.diffusers_policies import (
-    LatentConsistencyConfig,
-    LatentConsistencyPolicy,
-    StableDiffusion3Config,
-    StableDiffusion3Policy,
-    StableDiffusionConfig,
-    StableDiffusionPolicy,
-)
+from models.scale.config import LatentConsistencyConfig, StableDiffusion3Config, StableDiffusionConfig
+from models.scale.sd3 import StableDiffusion3Policy
+from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from models.tiny_pipelines import SD3_VAE, letters_tokenizer, text_config, tiny_mmdit, tiny_unet, tiny_vae
 from rewards.feedback import Feedback

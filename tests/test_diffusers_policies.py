@@ -15,18 +15,11 @@ from diffusers import (
 )
 
 from bench.meter import Meter, MeteredPolicy
-from models.diffusers_policies import (
-    DECODE_BATCH,
-    LatentConsistencyConfig,
-    LatentConsistencyPolicy,
-    StableDiffusion3Config,
-    StableDiffusion3Policy,
-    StableDiffusionConfig,
-    StableDiffusionPolicy,
-    guidance_scale_embedding,
-    noise_schedule_from,
-)
 from models.diffusion import NoiseSchedule
+from models.scale.config import DECODE_BATCH, LatentConsistencyConfig, StableDiffusion3Config, StableDiffusionConfig
+from models.scale.hub import noise_schedule_from
+from models.scale.sd3 import StableDiffusion3Policy
+from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy, guidance_scale_embedding
 from models.tiny_pipelines import RESOLUTION, SD_SCHEDULER, write_tiny_pipelines
 
 PROMPTS = ["a red cat", "the number 7"]

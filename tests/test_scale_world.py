@@ -12,7 +12,7 @@ from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.throughput import host_reads_of_meta_tensors
 from methods import METHODS
-from models.diffusers_policies import DiffusersConfig
+from models.scale.config import DiffusersConfig
 from rewards import REWARDS
 from rewards.feedback import Feedback
 from worlds import WORLDS, model_family

@@ -32,19 +32,13 @@ from typing import Any
 
 import torch
 
-from models.diffusers_policies import (
-    DiffusersConfig,
-    LatentConsistencyConfig,
-    LatentConsistencyPolicy,
-    LoRALatentPolicy,
-    StableDiffusion3Config,
-    StableDiffusion3Policy,
-    StableDiffusionConfig,
-    StableDiffusionPolicy,
-    resolve_source,
-)
 from models.policy import Policy
 from models.prompts import load_prompt_set
+from models.scale.config import DiffusersConfig, LatentConsistencyConfig, StableDiffusion3Config, StableDiffusionConfig
+from models.scale.hub import resolve_source
+from models.scale.lora import LoRALatentPolicy
+from models.scale.sd3 import StableDiffusion3Policy
+from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy
 from models.tiny_pipelines import AESTHETIC_WIDTHS, write_tiny_clip, write_tiny_pipelines
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from rewards.aesthetic import HEAD_FILENAME, random_head

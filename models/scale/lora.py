@@ -1,0 +1,288 @@
+"""What the diffusers families share: LoRA adapters on a frozen denoiser in a VAE's latent space, cached text
+conditioning, classifier-free guidance, mixed precision, and the adapters-off reference."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from abc import abstractmethod
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from models.diffusion import NoiseSchedule
+from models.policy import ChainPolicy, images_to_model_space, model_space_to_images
+from models.scale.config import DECODE_BATCH, DiffusersConfig
+from models.scale.hub import resolve_source
+
+
+class Conditioning(NamedTuple):
+    """The text inputs of the network for B prompts, and those of the empty prompt (guidance's null condition)."""
+
+    context: torch.Tensor  # (B, L, D): the tokens the network cross-attends to
+    pooled: torch.Tensor | None  # (B, P): SD3's pooled CLIP projections; None for the UNets
+    null_context: torch.Tensor | None  # (1, L, D), None without guidance
+    null_pooled: torch.Tensor | None  # (1, P)
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module):
+    """`model` (a diffusers model with peft adapters) predicts as its base model inside the block."""
+    model.disable_adapters()
+    try:
+        yield
+    finally:
+        model.enable_adapters()
+
+
+@contextmanager
+def checkpointing_suspended(model: nn.Module):
+    """Switches off diffusers' gradient checkpointing inside `model` for the block. Its recomputation runs in
+    the backward pass, outside the block that switched the adapters off: a reference forward would be recomputed
+    with the adapters on (another graph, which torch refuses with a CheckpointError)."""
+    modules = [m for m in model.modules() if getattr(m, "gradient_checkpointing", None) is True]
+    for m in modules:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.gradient_checkpointing = True
+
+
+class LoRALatentPolicy(ChainPolicy):
+    """What the diffusers families share: LoRA, the VAE's latent space, cached text conditioning, guidance,
+    mixed precision and the adapters-off reference. A family passes its network wrapped so that it returns
+    a tensor (UNetDenoiser, SD3Denoiser) and implements `_encode_prompts`."""
+
+    Config = DiffusersConfig
+    guided_by_cfg = True
+    """Whether `predict` runs classifier-free guidance (LCM conditions on w instead)."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, source: str | Path | None = None, *, config=None) -> LoRALatentPolicy:
+        """The family's pipeline from `source` (a hub id in the local cache, or a directory), or from `config`'s
+        source, with fresh LoRA adapters on its denoiser."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        vae: nn.Module,
+        text_encoders: list,
+        tokenizers: list,
+        config: DiffusersConfig,
+        schedule: NoiseSchedule | None = None,
+    ):
+        super().__init__(network, None, schedule)
+        self.config = config
+        self.vae = vae
+        self.text_encoders = list(text_encoders)
+        self.tokenizers = list(tokenizers)
+        self.image_shape = (3, config.resolution, config.resolution)
+        self._shift_factor = float(vae.config.get("shift_factor") or 0.0)
+        self._scaling_factor = float(vae.config.scaling_factor)
+        self._adapters_enabled = True
+        self._embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+        device, dtype = config.torch_device(), config.weight_dtype()
+        self._autocast_dtype = dtype if dtype != torch.float32 else None
+        for module in [network, vae, *self.text_encoders]:
+            if module is not None:
+                module.to(device).eval().requires_grad_(False)
+                # only modules built in float32 here: from_pretrained loads in dtype already, keeping the layers a
+                # model needs in float32 (T5's feed-forward output overflows in float16), which a cast would undo
+                if dtype != torch.float32 and all(p.dtype == torch.float32 for p in module.parameters()):
+                    module.to(dtype=dtype)
+        self._add_lora()
+        if config.gradient_checkpointing:
+            self.backbone.enable_gradient_checkpointing()
+            vae.enable_gradient_checkpointing()
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The diffusers model inside the network wrapper, which carries the adapters."""
+        return self.network.model
+
+    def _add_lora(self) -> None:
+        from peft import LoraConfig
+
+        cfg = self.config
+        lora = LoraConfig(
+            r=cfg.lora_rank,
+            lora_alpha=cfg.lora_alpha,
+            target_modules=list(cfg.lora_target_modules),
+            init_lora_weights="gaussian",
+        )
+        try:
+            self.backbone.add_adapter(lora)
+        except ValueError as error:
+            raise ValueError(
+                f"lora_target_modules {list(cfg.lora_target_modules)} do not fit the "
+                f"{type(self.backbone).__name__}: {error}"
+            ) from error
+        # peft marks the adapters, and only them, trainable; they train in float32 whatever the frozen dtype
+        self._lora = [(name, p) for name, p in self.backbone.named_parameters() if p.requires_grad]
+        for _, p in self._lora:
+            p.data = p.data.float()
+
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
+
+    # -- text ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def _encode_prompts(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each prompt's (context (L, D), pooled (P,) or None); called without gradients."""
+
+    def _text(self, prompts: list[str]) -> Conditioning:
+        """The prompts' conditioning on the policy's device; embeddings are cached per prompt (on the CPU:
+        SD3's with T5 take ~2.7 MB each) since the encoders are frozen and prompt sets are reused."""
+        guided = self.guided_by_cfg and self.config.guidance_scale > 1
+        wanted = set(prompts) | ({""} if guided else set())
+        missing = sorted(p for p in wanted if p not in self._embeddings)
+        if missing:
+            # no autocast: the encoders' weights are all in their own dtypes, and autocast would push the layers
+            # transformers keeps in float32 back to half precision
+            with torch.no_grad():
+                encoded = self._encode_prompts(missing)
+            for prompt, (context, pooled) in zip(missing, encoded):
+                self._embeddings[prompt] = (context.cpu(), None if pooled is None else pooled.cpu())
+
+        def stack(items):
+            return None if items[0] is None else torch.stack(items).to(self.device)
+
+        contexts, pooled = zip(*(self._embeddings[p] for p in prompts))
+        null = self._embeddings[""] if guided else (None, None)
+        return Conditioning(
+            stack(contexts),
+            stack(pooled),
+            None if null[0] is None else null[0][None].to(self.device),
+            None if null[1] is None else null[1][None].to(self.device),
+        )
+
+    # -- the network --------------------------------------------------------------------------------------
+    def _network_inputs(self, text: Conditioning, cfg: bool) -> list[torch.Tensor]:
+        """The network's conditioning arguments: (B, ...) each, or (2B, ...) as [null, prompts] under guidance."""
+
+        def batch(cond, null):
+            return torch.cat([null.expand_as(cond), cond]) if cfg else cond
+
+        inputs = [batch(text.context, text.null_context)]
+        if text.pooled is not None:
+            inputs.append(batch(text.pooled, text.null_pooled))
+        return inputs
+
+    def predict(self, x, t, text, network=None, *, guided=True):
+        network = self.network if network is None else network
+        cfg = guided and self.guided_by_cfg and self.config.guidance_scale > 1
+        inputs = self._network_inputs(text, cfg)
+        if cfg:  # one call on [null, cond]: the meter sees the 2B evaluations it costs
+            x, t = torch.cat([x, x]), torch.cat([t, t])
+        out = self._forward(network, x, t, *inputs).float()
+        if not cfg:
+            return out
+        uncond, cond = out.chunk(2)
+        return uncond + self.config.guidance_scale * (cond - uncond)
+
+    def _forward(self, network: nn.Module, *args) -> torch.Tensor:
+        if self._adapters_enabled:
+            with self._autocast():
+                return network(*args)
+        if torch.is_grad_enabled() and self.config.gradient_checkpointing:
+            # checkpoint the whole reference call instead, so that its recomputation runs with the adapters off too
+            return torch.utils.checkpoint.checkpoint(self._reference_forward, network, *args, use_reentrant=False)
+        return self._reference_forward(network, *args)
+
+    def _reference_forward(self, network: nn.Module, *args) -> torch.Tensor:
+        with adapters_disabled(self.backbone), checkpointing_suspended(self.backbone), self._autocast():
+            return network(*args)
+
+    # -- latent space -------------------------------------------------------------------------------------
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) in [0, 1] from latents x (B, *latent_shape): the VAE decoder on
+        x / scaling_factor + shift_factor, differentiable (reward gradients reach the chain through it)."""
+        latents = x / self._scaling_factor + self._shift_factor
+        # without a graph to keep, a few images at a time: a 1024 px decode holds GBs of activations per image
+        chunk = len(latents) if torch.is_grad_enabled() else DECODE_BATCH
+        with self._autocast():
+            images = torch.cat([self.vae.decode(part, return_dict=False)[0] for part in latents.split(chunk)])
+        return model_space_to_images(images.float())
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Latents (B, *latent_shape) of images (B, 3, H, W) in [0, 1]: the mean of the VAE encoder's
+        distribution, (z - shift_factor) * scaling_factor. Without gradients: the VAE is frozen and the losses
+        only noise these latents, so keeping the encoder's activations would waste memory."""
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"images must be (B, {', '.join(map(str, self.image_shape))}) in [0, 1], got {tuple(images.shape)}"
+            )
+        with torch.no_grad(), self._autocast():
+            posterior = self.vae.encode(images_to_model_space(images.to(self.device)), return_dict=False)[0]
+        return (posterior.mean.float() - self._shift_factor) * self._scaling_factor
+
+    # -- parameters ---------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The LoRA weights (none for a reference)."""
+        return [p for _, p in self._lora] if self._adapters_enabled else []
+
+    def frozen_copy(self) -> LoRALatentPolicy:
+        """The reference policy: the base model, i.e. the same modules, prompt cache and meter hooks, called
+        with the adapters off. No weights are copied; it has no trainable parameters."""
+        reference = copy.copy(self)
+        reference._adapters_enabled = False
+        return reference
+
+    def state_dict(self) -> dict:
+        """The LoRA weights only, by parameter name."""
+        return {name: p.detach().clone() for name, p in self._lora}
+
+    def load_state_dict(self, state: dict) -> None:
+        own = dict(self._lora)
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"not this policy's LoRA weights: {len(missing)} missing (e.g. {missing[:1]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:1]}); a state_dict from a policy "
+                f"with the same model and lora_target_modules is valid"
+            )
+        wrong = [name for name, p in own.items() if tuple(state[name].shape) != tuple(p.shape)]
+        if wrong:
+            raise ValueError(
+                f"LoRA weight {wrong[0]} is {tuple(state[wrong[0]].shape)}, this policy's is "
+                f"{tuple(own[wrong[0]].shape)}: saved with another lora_rank?"
+            )
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(state[name])
+
+    # -- loading ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _latent_side(config: DiffusersConfig, vae, denoiser_factor: int) -> int:
+        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        multiple = vae_factor * denoiser_factor
+        if config.resolution % multiple:
+            raise ValueError(
+                f"resolution must be a multiple of {multiple} for this model (the VAE downsamples by "
+                f"{vae_factor}, the denoiser by {denoiser_factor}), got {config.resolution}"
+            )
+        return config.resolution // vae_factor
+
+    @classmethod
+    def _configure(cls, source, config) -> DiffusersConfig:
+        """The family's config (its defaults if None) with `source`, when given, in place of its own."""
+        config = config or cls.Config()
+        if not isinstance(config, cls.Config):
+            raise ValueError(f"{cls.__name__} takes a {cls.Config.__name__}, got a {type(config).__name__}")
+        return config if source is None else replace(config, source=str(source))
+
+    @staticmethod
+    def _root(config: DiffusersConfig, components: list[str]) -> Path:
+        """The pipeline directory of `config.source`, holding (at least) `components`."""
+        return resolve_source(config.source, ["model_index.json"] + [f"{name}/*" for name in components])
