@@ -25,7 +25,6 @@ from methods.options import parse_option
 from models.progress import MODES as PROGRESS_MODES
 from rewards import REWARDS
 from worlds import MODELS, WORLDS, world_entry
-from worlds.scale import SOURCES_ENV
 
 SCALE_MODELS = tuple(WORLDS["scale"].models)
 
@@ -290,6 +289,7 @@ def suite_from_args(args):
         seeds=tuple(range(args.seeds)) if args.seeds else suite.seeds,
         budget=args.budget or suite.budget,
         overrides=overrides,
+        sources=dict(source.split("=", 1) for source in args.source or ()),
     )
     return validate(suite)
 
@@ -326,8 +326,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
     if args.command in ("models", "run"):
         os.environ["BENCH_PROGRESS"] = args.progress  # worker processes inherit it
-    if args.command == "run" and args.source:
-        os.environ[SOURCES_ENV] = ",".join(args.source)  # as the worker processes will see it
     # Heavy imports only after the command line is known to be valid.
     from bench import sweep
 

@@ -51,6 +51,9 @@ class RunSpec:
     budget: Budget
     milestones: tuple[float, ...]
     eval: EvalConfig
+    source: str = ""
+    """A checkpoint of one's own in place of the world's `model` ('' for the world's own); it names the base model,
+    so it is part of the run's identity through the base model's hash."""
 
     def config_dict(self) -> dict:
         config = {
@@ -168,7 +171,7 @@ def execute(
     method = METHODS[spec.method]
     reward_cls = REWARDS[spec.reward]
     raw_reward = reward_cls.from_world(world)
-    record = spec.record(world.model_hash(spec.model), raw_reward.version)
+    record = spec.record(world.model_hash(spec.model, spec.source), raw_reward.version)
     status = store.run_status(record.run_id)
     if status in ("done", "n/a"):
         log(f"{record.run_id}: {status}, skipped")
@@ -201,7 +204,7 @@ def execute(
         torch.manual_seed(spec.seed)
         meter = Meter()
         # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
-        policy = world.make_policy(spec.model)
+        policy = world.make_policy(spec.model, spec.source)
         signal = (
             Feedback.from_world(world, raw_reward, meter, policy)
             if method.learns_from_feedback

@@ -35,6 +35,8 @@ class Suite:
     """`method/variant` -> {config field: value}, applied over the overrides for entries naming it."""
     studies: tuple[str, ...] = ()
     """Extra tables written with the leaderboard (bench/studies.py)."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Model -> a checkpoint of one's own in its place (`bench run --source MODEL=SOURCE`), in worlds that take one."""
 
     def method_config(self, method: str, variant: str = ""):
         options = {**self.overrides.get(method, {}), **(self.variants[f"{method}/{variant}"] if variant else {})}

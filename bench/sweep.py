@@ -45,6 +45,7 @@ def specs(suite: Suite) -> list[RunSpec]:
             budget=suite.budget,
             milestones=suite.milestones,
             eval=suite.eval,
+            source=suite.sources.get(model, ""),
         )
         for reward in suite.rewards
         for method, variant, model in suite.entries()

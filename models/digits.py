@@ -36,7 +36,7 @@ from models.diffusion import add_noise
 from models.flow import FlowPolicy
 from models.io import atomic_torch_save, atomic_write_bytes
 from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoiser
-from models.policy import DiffusionPolicy, Policy, images_to_model_space
+from models.policy import ChainPolicy, DiffusionPolicy, images_to_model_space
 from models.progress import progress
 from models.text import TEXT_DIM, PromptEncoder
 
@@ -306,7 +306,7 @@ COMPONENTS = {
 
 
 # The world's generators, by the model name a run chooses: (component, policy class).
-GENERATORS: dict[str, tuple[str, type[Policy]]] = {
+GENERATORS: dict[str, tuple[str, type[ChainPolicy]]] = {
     "diffusion": ("denoiser", DiffusionPolicy),
     "consistency": ("consistency", ConsistencyPolicy),
     "flow": ("flow", FlowPolicy),

@@ -242,17 +242,24 @@ def test_the_backward_flops_of_a_rocm_step_are_counted():
     assert counted.seconds_per_step is None
 
 
-def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, monkeypatch, tmp_path):
+def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, tmp_path):
     import shutil
 
-    mine = shutil.copytree(world.directory / "sd", tmp_path / "my-sd")
+    from bench.cli import build_parser, suite_from_args
+    from bench.sweep import specs
+
+    mine = str(shutil.copytree(world.directory / "sd", tmp_path / "my-sd"))
     before = world.model_hash("sd15")
-    monkeypatch.setenv("BENCH_MODEL_SOURCES", f"sd15={mine}")
-    assert world.model_config("sd15").source == str(mine) and world.make_policy("sd15").image_shape == (3, 16, 16)
-    assert world.model_hash("sd15") != before and world.model_hash("lcm") == world.model_hash("lcm")
-    monkeypatch.setenv("BENCH_MODEL_SOURCES", "sd2=/somewhere")
-    with pytest.raises(ValueError, match="expected MODEL=SOURCE with MODEL in sd15, lcm, sd3, got 'sd2=/somewhere'"):
-        world.model_config("sd15")
+    assert world.model_config("sd15", mine).source == mine and world.make_policy("sd15", mine).image_shape == (
+        3,
+        16,
+        16,
+    )
+    assert world.model_hash("sd15", mine) != before and world.model_hash("sd15") == before
+    # the command line's --source reaches every run of that model through its RunSpec
+    args = build_parser().parse_args(["run", "--suite", "nightly-gpu", "--smoke", "--source", f"sd15={mine}"])
+    sources = {(spec.model, spec.source) for spec in specs(suite_from_args(args))}
+    assert ("sd15", mine) in sources and ("lcm", "") in sources and all(s in ("", mine) for _, s in sources)
 
 
 @pytest.mark.parametrize(

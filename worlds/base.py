@@ -26,12 +26,13 @@ class World(Protocol):
     learned_reward_model: str
     """The architecture a method that learns a reward from preferences uses here (rewards.learned.REWARD_MODELS)."""
 
-    def model_hash(self, model: str) -> str:
-        """The identity of a generator's weights: the base model a run starts from."""
+    def model_hash(self, model: str, source: str = "") -> str:
+        """The identity of a generator's weights (those of `source` in its place, where the world takes one): the
+        base model a run starts from."""
         ...
 
-    def make_policy(self, model: str) -> Policy:
-        """A fresh, trainable copy of one of the world's generators."""
+    def make_policy(self, model: str, source: str = "") -> Policy:
+        """A fresh, trainable copy of one of the world's generators (or of `source` in its place)."""
         ...
 
     def score_images(

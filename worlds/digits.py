@@ -34,7 +34,7 @@ from models.digits import (
     stale_components,
 )
 from models.networks import CNNClassifier, FeatureExtractor, MLPClassifier
-from models.policy import Policy
+from models.policy import ChainPolicy, Policy
 from models.text import PromptEncoder
 from rewards.feedback import top_demonstrations
 from worlds.metrics import mean_pairwise_distance
@@ -67,18 +67,20 @@ class DigitsWorld:
     def hash_of(self, component: str) -> str:
         return self.manifest["components"][component]["hash"]
 
-    def _generator(self, model: str) -> tuple[str, type]:
+    def _generator(self, model: str, source: str = "") -> tuple[str, type[ChainPolicy]]:
+        if source:
+            raise ValueError(f"world {self.name!r} builds its generators here: no checkpoint replaces them")
         if model not in GENERATORS:
             raise ValueError(f"unknown model {model!r} in world {self.name!r}; valid: {', '.join(GENERATORS)}")
         return GENERATORS[model]
 
-    def model_hash(self, model: str) -> str:
+    def model_hash(self, model: str, source: str = "") -> str:
         """The weight hash of a generator: the identity of the base model a run starts from."""
-        return self.hash_of(self._generator(model)[0])
+        return self.hash_of(self._generator(model, source)[0])
 
-    def make_policy(self, model: str = "diffusion") -> Policy:
+    def make_policy(self, model: str = "diffusion", source: str = "") -> Policy:
         """A fresh, trainable copy of one of the world's generators."""
-        component, policy_class = self._generator(model)
+        component, policy_class = self._generator(model, source)
         network = COMPONENTS[component][3](self.config)
         network.load_state_dict(self.generator_states[model])
         return policy_class(network, self.encoder)

@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -121,22 +120,6 @@ SCALE_TINY = ScaleWorldConfig(
 and HPSv2 are left out: their published checkpoints have no tiny form (tests/test_scale_rewards.py covers them)."""
 
 TINY_BUILD_SEED = 0
-SOURCES_ENV = "BENCH_MODEL_SOURCES"
-"""Comma-separated MODEL=SOURCE pairs (set by `bench run --source`): checkpoints (a hub id or a pipeline directory)
-in place of the world's own, e.g. a fine-tuned SD 1.5 as `sd15`; their weights and source name the base model."""
-
-
-def source_overrides(models) -> dict[str, str]:
-    """The MODEL=SOURCE pairs of $BENCH_MODEL_SOURCES, checked against the world's `models`."""
-    overrides = {}
-    for pair in filter(None, (p.strip() for p in os.environ.get(SOURCES_ENV, "").split(","))):
-        model, _, source = pair.partition("=")
-        if model not in models or not source:
-            raise ValueError(f"{SOURCES_ENV}: expected MODEL=SOURCE with MODEL in {', '.join(models)}, got {pair!r}")
-        overrides[model] = source
-    return overrides
-
-
 TINY_WEIGHTS = tuple(
     f"{pipeline}/{component}/{file}"
     for pipeline, components in (
@@ -210,35 +193,34 @@ class ScaleWorld:
             return dict(options)
         return {k: str(self.directory / v) if k in PATH_OPTIONS else v for k, v in options.items()}
 
-    def model_config(self, model: str) -> DiffusersConfig:
-        """The model's loading config, its source made a path in a world built here."""
+    def model_config(self, model: str, source: str = "") -> DiffusersConfig:
+        """The model's loading config, its source made a path in a world built here, or `source` (a checkpoint of
+        one's own: a hub id in the local cache or a pipeline directory) in its place."""
         if model not in self.config.models:
             raise ValueError(f"unknown model {model!r} in world {self.name!r}; valid: {', '.join(self.config.models)}")
         config = self.config.models[model]
-        override = source_overrides(self.config.models).get(model)
-        return dataclasses.replace(config, source=override or self._local({"source": config.source})["source"])
+        return dataclasses.replace(config, source=source or self._local({"source": config.source})["source"])
 
     @property
     def device(self) -> torch.device:
         return next(iter(self.config.models.values())).torch_device()
 
-    def checkpoint_root(self, model: str) -> Path:
+    def checkpoint_root(self, model: str, source: str = "") -> Path:
         """The local pipeline directory of the model (a hub id's cached snapshot); fails naming how to get it."""
-        return resolve_source(self.model_config(model).source, ["model_index.json", "*/*"])
+        return resolve_source(self.model_config(model, source).source, ["model_index.json", "*/*"])
 
-    def model_hash(self, model: str) -> str:
+    def model_hash(self, model: str, source: str = "") -> str:
         """The weights' fingerprint and the loading config (as declared, device aside): the base model's identity."""
-        root = self.checkpoint_root(model)
+        root = self.checkpoint_root(model, source)
         declared = {k: v for k, v in dataclasses.asdict(self.config.models[model]).items() if k != "device"}
-        override = source_overrides(self.config.models).get(model)
-        if override:
-            declared["source"] = override
+        if source:
+            declared["source"] = source
         identity = json.dumps({"weights": weights_fingerprint(root), "config": declared}, sort_keys=True, default=list)
         return hashlib.sha256(identity.encode()).hexdigest()
 
-    def make_policy(self, model: str) -> Policy:
+    def make_policy(self, model: str, source: str = "") -> Policy:
         """A fresh policy: the pipeline's frozen weights with new (zero-effect) LoRA adapters."""
-        config = self.model_config(model)
+        config = self.model_config(model, source)
         return POLICIES[type(config)].from_pretrained(config=config)
 
     def reward_options(self, reward: str) -> dict:
