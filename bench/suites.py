@@ -103,8 +103,8 @@ def default() -> Suite:
 
 
 def smoke() -> Suite:
-    """A minutes-long pass over every method, model and reward on the tiny world, for tests and quick checks."""
-    small = {"prompts_per_iter": 2, "samples_per_prompt": 4, "sample_steps": 4}
+    """A minutes-long pass over every method, model and reward on the tiny world, for tests and quick checks: each
+    method at the small config it declares (Trainer.small_config)."""
     return Suite(
         "smoke",
         methods=DEFAULT_METHODS,
@@ -113,14 +113,7 @@ def smoke() -> Suite:
         milestones=(0.5, 1.0),
         world="digits-tiny",
         eval=EvalConfig(steps=4, samples_per_prompt=2),
-        overrides={
-            "raft": {**small, "updates_per_iter": 1},
-            "ddpo": {**small, "minibatch": 4},
-            "rocm": small,
-            "orw_cfm_w2": {**small, "updates_per_iter": 1},
-            "sas": {**small, "minibatch": 4},
-            "aihf": {**small, "preference_pairs": 8, "demo_batch": 8, "warmup_reward_steps": 5, "updates_per_iter": 1},
-        },
+        overrides={name: dict(method.small_config) for name, method in METHODS.items() if method.small_config},
     )
 
 

@@ -1,6 +1,7 @@
 """The harness: bad input fails fast, runs resume after a kill, failures are isolated, the CLI works end to end."""
 
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from bench.runner import RunSpec, execute
 from bench.store import Store
 from bench.suites import SUITES
 from methods.ddpo import DDPO
+from models.policy import DiffusionPolicy
 
 
 @pytest.mark.parametrize(
@@ -100,10 +102,14 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_numbers(tiny_world
         expected = metric_values(store)
 
     original_step, calls = DDPO.step, []
+    # after the first milestone (half the budget), in the middle of the second
+    per_step = DDPO.step_usage(spec.method_config, DiffusionPolicy)["nfe"]
+    die_at = math.ceil(spec.milestones[0] * spec.budget.amount / per_step) + 1
+    assert die_at * per_step < spec.budget.amount
 
     def step_then_die(self):
         calls.append(1)
-        if len(calls) == 4:  # after the first milestone, in the middle of the second
+        if len(calls) == die_at:
             raise KeyboardInterrupt
         return original_step(self)
 
