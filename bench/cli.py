@@ -88,12 +88,12 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _option(annotation: str):
-    """argparse's parser for a method option declared as `annotation` (methods/options.py)."""
+def _option(field: dataclasses.Field):
+    """argparse's parser for the method option `field` (methods/options.py): its type and declared range."""
 
     def parse(text: str):
         try:
-            return parse_option(text, annotation)
+            return parse_option(text, field)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -108,6 +108,9 @@ class Parser(argparse.ArgumentParser):
         if message.startswith("unrecognized arguments") and unknown and unknown[1] in METHODS:
             valid = [f.name for f in dataclasses.fields(METHODS[unknown[1]].Config)]
             message += f" ({unknown[1]} options: {', '.join(valid) or 'none'})"
+        missing = re.fullmatch(r"argument (--[\w.-]+): expected one argument", message)
+        if missing:  # argparse reads a value like -inf or -1e-3 as a flag
+            message += f" (a value starting with '-' is written {missing[1]}=VALUE)"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -211,9 +214,10 @@ def build_parser() -> Parser:
             group.add_argument(
                 f"--{name}.{f.name}",
                 dest=f"{name}.{f.name}",
-                type=_option(str(f.type)),
+                type=_option(f),
                 metavar=str(f.type).upper(),
-                help=f"{docs.get(f.name, '')} (default: {f.default})",
+                help=f"{docs.get(f.name, '')} (default: {f.default}"
+                + (f"; valid: {f.metadata['bounds']})" if "bounds" in f.metadata else ")"),
             )
 
     speed = commands.add_parser(

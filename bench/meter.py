@@ -17,6 +17,7 @@ for inference-time methods such as best-of-N this is their whole cost).
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from contextlib import contextmanager
@@ -54,12 +55,13 @@ class Budget:
         unit, _, amount = text.rpartition(":")
         unit = unit or "nfe"
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgG]?)\s*", amount)
-        if unit not in UNITS or not match or float(match[1]) <= 0:
+        amount = float(match[1]) * _SUFFIX[match[2].lower()] if match else math.nan
+        if unit not in UNITS or not 0 < amount < math.inf:
             raise ValueError(
                 f"bad budget {text!r}: expected [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} "
-                f"(default nfe) and AMOUNT > 0, e.g. nfe:200k or reward_queries:5000"
+                f"(default nfe) and AMOUNT a finite number > 0, e.g. nfe:200k or reward_queries:5000"
             )
-        return cls(unit, float(match[1]) * _SUFFIX[match[2].lower()])
+        return cls(unit, amount)
 
     def __str__(self) -> str:
         return f"{self.unit}:{self.amount:g}"

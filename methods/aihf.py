@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from methods.options import Options, option
 from methods.toolkit.preferences import Preferences, collect_preferences, new_reward_model, preference_accuracy
 from methods.toolkit.weightings import reward_weights
 from methods.trainer import Trainer, chain_work, make_optimizer
@@ -36,43 +37,35 @@ from rewards.learned import bradley_terry_loss
 
 
 @dataclass(frozen=True)
-class Config:
-    preference_pairs: int = 300
+class Config(Options):
+    preference_pairs: int = option(300, at_least=1)
     """Labelled pairs of base-model samples (the label budget)."""
-    demo_weight: float = 0.5
+    demo_weight: float = option(0.5, at_least=0, at_most=1)
     """w: the demonstrations' share of both objectives; 1 - w goes to the preferences."""
-    prompts_per_iter: int = 8
+    prompts_per_iter: int = option(8, at_least=1)
     """Distinct train prompts per iteration."""
-    samples_per_prompt: int = 8
+    samples_per_prompt: int = option(8, at_least=1)
     """Samples per prompt drawn from the current policy each iteration."""
-    sample_steps: int | None = None
+    sample_steps: int | None = option(None, at_least=1)
     """Sampler steps of those samples and of the preference pairs; None: the model's default."""
-    demo_batch: int = 32
+    demo_batch: int = option(32, at_least=1)
     """Demonstrations per step."""
-    tau: float = 1.0
+    tau: float = option(1.0, above=0)
     """Temperature of the policy step's weights, in units of the batch's learned-reward std."""
-    updates_per_iter: int = 2
+    updates_per_iter: int = option(2, at_least=1)
     """Policy gradient steps per iteration."""
-    reward_updates_per_iter: int = 4
+    reward_updates_per_iter: int = option(4, at_least=0)
     """Reward gradient steps per iteration (one preference minibatch of `demo_batch` pairs each)."""
-    warmup_reward_steps: int = 200
+    warmup_reward_steps: int = option(200, at_least=0)
     """Reward steps before the first policy step, against the base model's samples."""
-    reward_l2: float = 0.1
+    reward_l2: float = option(0.1, at_least=0)
     """Weight of the squared scores that bound the IRL term."""
-    learning_rate: float = 3e-5
+    learning_rate: float = option(3e-5, above=0)
     """AdamW learning rate of the policy."""
-    reward_learning_rate: float = 1e-3
+    reward_learning_rate: float = option(1e-3, above=0)
     """AdamW learning rate of the reward model."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold of the policy (L2 norm)."""
-
-    def __post_init__(self):
-        if self.preference_pairs < 1:
-            raise ValueError(f"aihf.preference_pairs must be >= 1, got {self.preference_pairs}")
-        if not 0 <= self.demo_weight <= 1:
-            raise ValueError(f"aihf.demo_weight must be in [0, 1], got {self.demo_weight}")
-        if self.tau <= 0:
-            raise ValueError(f"aihf.tau must be > 0, got {self.tau}")
 
 
 def reward_objective(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from methods.options import Options
 from methods.trainer import Trainer
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(Options):
     """The base model has no options."""
 
 

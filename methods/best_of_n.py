@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import Options, option
 from methods.trainer import Trainer
 
 
 @dataclass(frozen=True)
-class Config:
-    max_candidates: int = 64
+class Config(Options):
+    max_candidates: int = option(64, at_least=1)
     """Upper bound on N, the candidates drawn per prompt."""
 
 

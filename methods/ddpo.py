@@ -22,44 +22,39 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import Options, option
 from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_chain_backward
 from methods.trainer import Trainer, chain_work, make_optimizer
 
 
 @dataclass(frozen=True)
-class Config:
-    prompts_per_iter: int = 8
+class Config(Options):
+    prompts_per_iter: int = option(8, at_least=1)
     """Distinct train prompts per iteration."""
-    samples_per_prompt: int = 8
+    samples_per_prompt: int = option(8, at_least=2)
     """Trajectories per prompt; advantages are normalised within each prompt's group."""
-    sample_steps: int | None = None
+    sample_steps: int | None = option(None, at_least=1)
     """Sampler steps of each chain (the MDP's horizon for ddpo); None: the model's default (20 DDIM steps,
     4 consistency steps)."""
-    eta: float = 1.0
+    eta: float = option(1.0, above=0)
     """DDIM's stochasticity on the diffusion model; > 0 is required so every step has a density (the
     consistency sampler's noise is its own)."""
-    inner_epochs: int = 1
+    inner_epochs: int = option(1, at_least=1)
     """Passes of PPO updates over each iteration's trajectories."""
-    minibatch: int = 16
+    minibatch: int = option(16, at_least=1)
     """Trajectories per optimizer step."""
-    step_fraction: float = 1.0
+    step_fraction: float = option(1.0, above=0, at_most=1)
     """Fraction of the chain's stochastic steps (chosen at random per minibatch) trained on."""
-    clip_range: float = 0.2
+    clip_range: float = option(0.2, above=0)
     """PPO ratio clipping epsilon."""
-    adv_clip: float = 5.0
+    adv_clip: float = option(5.0, above=0)
     """Normalised advantages are clipped to [-adv_clip, adv_clip]."""
-    kl_coef: float = 0.0
+    kl_coef: float = option(0.0, at_least=0)
     """Weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
-    learning_rate: float | None = None
+    learning_rate: float | None = option(None, above=0)
     """AdamW learning rate; None: the model's (LEARNING_RATES)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
-
-    def __post_init__(self):
-        if self.eta <= 0:
-            raise ValueError(f"ddpo.eta must be > 0 (a deterministic sampler has no log-probabilities), got {self.eta}")
-        if not 0 < self.step_fraction <= 1:
-            raise ValueError(f"ddpo.step_fraction must be in (0, 1], got {self.step_fraction}")
 
 
 # Measured on `digit`: on the 4-step consistency chain, 3e-5 clips 26-34% of the PPO ratios and the reward

@@ -1,17 +1,78 @@
-"""Method options from text, with one parser for every place they are written: the command line
-(`--ddpo.clip_range 0.1`) and the pipeline's options for its second stage (`rl_options`). A field's declared type
-says how its text reads, and booleans have one spelling everywhere."""
+"""Method options: their declared ranges and their reading from text, with one parser for every place they are
+written: the command line (`--ddpo.clip_range 0.1`) and the pipeline's options for its second stage
+(`rl_options`). A field's declared type says how its text reads, booleans have one spelling everywhere, and every
+number is checked against the range declared beside its field (`option(0.2, above=0)`) the moment it is read,
+before any model loads."""
 
 from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
 
 TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0")
 NOUNS = {"int": "an integer", "float": "a number"}
+NUMBERS = ("int", "float")
 
 
-def parse_option(text: str, annotation: str):
-    """The value of `text` for a Config field declared as `annotation` (bool, int, float, str, or int or float
+@dataclass(frozen=True)
+class Bounds:
+    """The valid values of a numeric option: finite, and above / at least / at most / below the given ends."""
+
+    above: float | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+    below: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return not (
+            (self.above is not None and value <= self.above)
+            or (self.at_least is not None and value < self.at_least)
+            or (self.at_most is not None and value > self.at_most)
+            or (self.below is not None and value >= self.below)
+        )
+
+    def __str__(self) -> str:
+        ends = (("> ", self.above), (">= ", self.at_least), ("<= ", self.at_most), ("< ", self.below))
+        return " and ".join(f"{sign}{end:g}" for sign, end in ends if end is not None) or "finite"
+
+
+def option(default, *, above=None, at_least=None, at_most=None, below=None):
+    """A Config field whose values must lie in the given range (and be finite), e.g. `option(0.2, above=0)`."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(above, at_least, at_most, below)})
+
+
+def fault(value, annotation: str, bounds: Bounds | None) -> str | None:
+    """Why `value` is not valid for a field declared as `annotation` with `bounds`, or None when it is."""
+    kind = annotation.removesuffix(" | None")
+    if kind not in NUMBERS or value is None:
+        return None
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if bounds is not None and not bounds.holds(value):
+        return f"must be {bounds}, got {value:g}"
+    return None
+
+
+@dataclass(frozen=True)
+class Options:
+    """The base of every method's Config: a value outside a field's declared range is refused when the Config is
+    made, whoever makes it (the command line, a suite, the pipeline). A method's options are named after its file,
+    as the registry names the method (methods/ddpo.py: `ddpo.clip_range`)."""
+
+    def __post_init__(self):
+        method = type(self).__module__.rpartition(".")[2]
+        for f in dataclasses.fields(self):
+            reason = fault(getattr(self, f.name), str(f.type), f.metadata.get("bounds"))
+            if reason:
+                raise ValueError(f"{method}.{f.name} {reason}")
+
+
+def parse_option(text: str, field: dataclasses.Field):
+    """The value of `text` for the Config field `field` (declared bool, int, float, str, or int or float
     `| None`, where none means the model's own default); a ValueError says what was expected."""
+    annotation = str(field.type)
     if annotation == "bool":
         if text.lower() in TRUE:
             return True
@@ -24,9 +85,13 @@ def parse_option(text: str, annotation: str):
         return None
     if kind in NOUNS:
         try:
-            return int(text) if kind == "int" else float(text)
+            value = int(text) if kind == "int" else float(text)
         except ValueError:
             raise ValueError(f"expected {NOUNS[kind]}{' or none' if optional else ''}, got {text!r}") from None
+        reason = fault(value, annotation, field.metadata.get("bounds"))
+        if reason:
+            raise ValueError(reason)
+        return value
     if kind == "str":
         return text
     raise ValueError(f"options of type {annotation} cannot be given as text")

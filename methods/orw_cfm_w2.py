@@ -24,39 +24,37 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import Options, option
 from methods.toolkit.weightings import WEIGHTINGS, reward_weights
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.policy import FlowMatchingPolicy
 
 
 @dataclass(frozen=True)
-class Config:
-    prompts_per_iter: int = 8
+class Config(Options):
+    prompts_per_iter: int = option(8, at_least=1)
     """Distinct train prompts per iteration."""
-    samples_per_prompt: int = 8
+    samples_per_prompt: int = option(8, at_least=1)
     """Samples per prompt drawn from the current model each iteration."""
-    sample_steps: int | None = None
+    sample_steps: int | None = option(None, at_least=1)
     """Sampler (Euler) steps to draw them; None: the model's default (20)."""
     weighting: str = "exp"
     """How rewards become weights: exp (exp(z / tau)), linear (z - min z), rank, or uniform (plain flow matching)."""
-    tau: float = 1.0
+    tau: float = option(1.0, above=0)
     """Temperature of the exp weighting, in units of the batch's reward std."""
-    alpha: float = 1.0
+    alpha: float = option(1.0, at_least=0)
     """Weight of the W2 bound E ||v_theta - v_ref||^2 (0: no regularization, and no reference passes)."""
-    updates_per_iter: int = 4
+    updates_per_iter: int = option(4, at_least=1)
     """Gradient steps on each batch, each with fresh path times and noise."""
-    learning_rate: float = 3e-5
+    learning_rate: float = option(3e-5, above=0)
     """AdamW learning rate."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"orw_cfm_w2.weighting must be one of {', '.join(WEIGHTINGS)}; got {self.weighting!r}")
-        if self.tau <= 0:
-            raise ValueError(f"orw_cfm_w2.tau must be > 0, got {self.tau}")
-        if self.alpha < 0:
-            raise ValueError(f"orw_cfm_w2.alpha must be >= 0, got {self.alpha}")
 
 
 def orw_loss(

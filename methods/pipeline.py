@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from methods.options import parse_option
+from methods.options import Options, option, parse_option
 from methods.toolkit.preferences import collect_preferences, fit_bradley_terry, new_reward_model, preference_accuracy
 from methods.trainer import Trainer, make_optimizer
 from rewards.learned import LearnedReward
@@ -25,16 +25,16 @@ RL_METHODS = ("ddpo", "rocm", "raft")
 
 
 @dataclass(frozen=True)
-class Config:
-    preference_pairs: int = 300
+class Config(Options):
+    preference_pairs: int = option(300, at_least=1)
     """Labelled pairs the reward model learns from (the label budget)."""
-    collect_steps: int | None = None
+    collect_steps: int | None = option(None, at_least=1)
     """Sampler steps of the base-model samples that are compared; None: the model's default."""
-    reward_steps: int = 300
+    reward_steps: int = option(300, at_least=1)
     """Minibatch steps of reward-model training."""
-    reward_batch: int = 64
+    reward_batch: int = option(64, at_least=1)
     """Pairs per reward-model step."""
-    reward_learning_rate: float = 1e-3
+    reward_learning_rate: float = option(1e-3, above=0)
     """AdamW learning rate of the reward model."""
     rl_method: str = "ddpo"
     """The reward-driven method of stage 2: ddpo, rocm or raft, with its default config but for rl_options."""
@@ -42,8 +42,7 @@ class Config:
     """Comma-separated FIELD=VALUE options of stage 2's method, e.g. prompts_per_iter=4,minibatch=4 (none: none)."""
 
     def __post_init__(self):
-        if self.preference_pairs < 1:
-            raise ValueError(f"pipeline.preference_pairs must be >= 1, got {self.preference_pairs}")
+        super().__post_init__()
         if self.rl_method not in RL_METHODS:
             raise ValueError(f"pipeline.rl_method must be one of {', '.join(RL_METHODS)}; got {self.rl_method!r}")
         self.rl_config()  # its options checked now, not when stage 2 starts
@@ -53,7 +52,7 @@ class Config:
         from methods import METHODS  # the registry imports this module
 
         defaults = METHODS[self.rl_method].Config()
-        fields = {f.name: str(f.type) for f in dataclasses.fields(defaults)}
+        fields = {f.name: f for f in dataclasses.fields(defaults)}
         options = {}
         for pair in filter(None, (p.strip() for p in self.rl_options.split(","))):
             name, _, value = pair.partition("=")

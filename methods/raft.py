@@ -16,29 +16,31 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import Options, option
 from methods.trainer import Trainer, chain_work, make_optimizer
 from rewards.ranking import top_k_per_group
 
 
 @dataclass(frozen=True)
-class Config:
-    prompts_per_iter: int = 16
+class Config(Options):
+    prompts_per_iter: int = option(16, at_least=1)
     """Distinct train prompts sampled per iteration (P)."""
-    samples_per_prompt: int = 8
+    samples_per_prompt: int = option(8, at_least=1)
     """Candidates drawn per prompt (K)."""
-    keep_per_prompt: int = 1
+    keep_per_prompt: int = option(1, at_least=1)
     """Top candidates per prompt kept for fine-tuning."""
-    sample_steps: int | None = None
+    sample_steps: int | None = option(None, at_least=1)
     """Sampler steps used to draw candidates; None: the model's default (20 DDIM steps,
     4 consistency steps)."""
-    updates_per_iter: int = 2
+    updates_per_iter: int = option(2, at_least=1)
     """Gradient steps on each kept set (the whole kept set is one batch)."""
-    learning_rate: float = 3e-5
+    learning_rate: float = option(3e-5, above=0)
     """AdamW learning rate (fine-tuning on a few self-generated images per step drifts fast above ~5e-5)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
 
     def __post_init__(self):
+        super().__post_init__()
         if not 1 <= self.keep_per_prompt <= self.samples_per_prompt:
             raise ValueError(
                 f"raft.keep_per_prompt must be in [1, samples_per_prompt={self.samples_per_prompt}], "

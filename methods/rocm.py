@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import Options, option
 from methods.toolkit.divergences import DIVERGENCES, step_divergence
 from methods.trainer import Trainer, chain_work, make_optimizer
 
@@ -31,36 +32,35 @@ NO_DIVERGENCE = "none"
 
 
 @dataclass(frozen=True)
-class Config:
-    prompts_per_iter: int = 8
+class Config(Options):
+    prompts_per_iter: int = option(8, at_least=1)
     """Distinct train prompts per iteration."""
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = option(4, at_least=1)
     """Chains per prompt."""
-    sample_steps: int | None = None
+    sample_steps: int | None = option(None, at_least=1)
     """Sampler steps of each chain, all back-propagated through; None: the model's default (4 consistency steps)."""
-    eta: float = 1.0
+    eta: float = option(1.0, at_least=0)
     """DDIM's stochasticity on the diffusion model; > 0 with a divergence, since a deterministic step has none
     (the consistency sampler's noise is its own)."""
     divergence: str = "kl"
     """Regularizer between policy and reference steps: none, kl, reverse_kl, js, hellinger, chi2 or tv."""
-    beta: float = 0.01
+    beta: float = option(0.01, at_least=0)
     """Weight of the divergence summed over steps."""
-    mc_samples: int = 8
+    mc_samples: int = option(8, at_least=1)
     """Monte Carlo draws per dimension for a divergence without a closed form."""
-    learning_rate: float = 1e-5
+    learning_rate: float = option(1e-5, above=0)
     """AdamW learning rate."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
     gradient_checkpointing: bool = False
     """Recompute each step's activations in the backward pass: less memory, one more forward per step."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.divergence != NO_DIVERGENCE and self.divergence not in DIVERGENCES:
             raise ValueError(
                 f"rocm.divergence must be one of {NO_DIVERGENCE}, {', '.join(DIVERGENCES)}; got {self.divergence!r}"
             )
-        if self.beta < 0:
-            raise ValueError(f"rocm.beta must be >= 0, got {self.beta}")
         if self.regularized and self.eta <= 0:
             raise ValueError("rocm.eta must be > 0 with a divergence: a deterministic step has no density")
 

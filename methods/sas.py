@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import Options, option
 from methods.toolkit.policy_gradient import ppo_chain_backward
 from methods.trainer import Trainer, chain_work, make_optimizer
 
@@ -46,35 +47,34 @@ GRIDS = ("stratified", "fixed")
 
 
 @dataclass(frozen=True)
-class Config:
-    prompts_per_iter: int = 8
+class Config(Options):
+    prompts_per_iter: int = option(8, at_least=1)
     """Distinct train prompts per iteration."""
-    samples_per_prompt: int = 8
+    samples_per_prompt: int = option(8, at_least=2)
     """Trajectories per prompt."""
-    sample_steps: int | None = None
+    sample_steps: int | None = option(None, at_least=1)
     """N, the steps of the training grid; None: the model's default (20)."""
     grid: str = "stratified"
     """stratified: a new grid every iteration, one time drawn in each of N equal strata; fixed: the sampler's own
     N-step grid every time (as discrete-time methods train)."""
-    beta: float = 0.01
+    beta: float = option(0.01, at_least=0)
     """Weight of the path KL to the frozen base model (0 disables it and its reference passes)."""
-    minibatch: int = 16
+    minibatch: int = option(16, at_least=1)
     """Trajectories per optimizer step."""
-    clip_range: float = 0.2
+    clip_range: float = option(0.2, above=0)
     """PPO ratio clipping epsilon, per step."""
-    adv_clip: float = 5.0
+    adv_clip: float = option(5.0, above=0)
     """Step advantages, in units of the batch's terminal-reward std, are clipped to [-adv_clip, adv_clip]."""
-    learning_rate: float = 3e-6
+    learning_rate: float = option(3e-6, above=0)
     """AdamW learning rate. Per-step terms are summed over the grid, not averaged as DDPO's are; measured on
     `digit` with 20 steps, 1e-5 and 3e-5 lose judge accuracy and FID, 3e-6 gains on both."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.grid not in GRIDS:
             raise ValueError(f"sas.grid must be one of {', '.join(GRIDS)}; got {self.grid!r}")
-        if self.beta < 0:
-            raise ValueError(f"sas.beta must be >= 0, got {self.beta}")
 
 
 def calibrated_values(predicted: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:

@@ -12,16 +12,17 @@ from dataclasses import dataclass
 
 import torch
 
+from methods.options import Options, option
 from methods.trainer import Trainer, make_optimizer
 
 
 @dataclass(frozen=True)
-class Config:
-    batch: int = 32
+class Config(Options):
+    batch: int = option(32, at_least=1)
     """Demonstrations per gradient step."""
-    learning_rate: float = 3e-5
+    learning_rate: float = option(3e-5, above=0)
     """AdamW learning rate."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
 
 

@@ -21,7 +21,7 @@ def test_budget_parse(text, unit, amount):
     assert Budget.parse(text) == Budget(unit, amount)
 
 
-@pytest.mark.parametrize("text", ["", "flops:10", "nfe:-3", "nfe:0", "nfe:ten", "10x"])
+@pytest.mark.parametrize("text", ["", "flops:10", "nfe:-3", "nfe:0", "nfe:ten", "10x", "nfe:1e400", "1e308G"])
 def test_budget_parse_rejects_with_the_valid_units(text):
     with pytest.raises(ValueError, match="nfe, reward_queries, samples, wall_s"):
         Budget.parse(text)

@@ -1,6 +1,7 @@
 """The contract every registered method keeps, plus each method's own math."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from bench.runner import load_checkpoint
 from methods import METHODS
 from methods.best_of_n import candidates_for_budget
-from methods.options import parse_option
+from methods.options import NUMBERS, option, parse_option
 from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss
 from models.digits import GENERATORS
 from models.io import atomic_torch_save
@@ -217,6 +218,11 @@ def test_the_pipelines_second_stage_takes_its_options():
         PipelineConfig(rl_options="minibatch=4.5")
 
 
+def declared(annotation: str, **bounds) -> dataclasses.Field:
+    """A Config field declared as `annotation` with `bounds`."""
+    return dataclasses.fields(dataclasses.make_dataclass("C", [("x", annotation, option(None, **bounds))]))[0]
+
+
 @pytest.mark.parametrize(
     "text, annotation, value",
     [
@@ -230,18 +236,65 @@ def test_the_pipelines_second_stage_takes_its_options():
     ],
 )
 def test_an_option_reads_by_its_declared_type(text, annotation, value):
-    assert parse_option(text, annotation) == value
+    assert parse_option(text, declared(annotation)) == value
 
 
 @pytest.mark.parametrize(
-    "text, annotation, message",
+    "text, annotation, bounds, message",
     [
-        ("2", "bool", "expected true or false, got '2'"),
-        ("x", "int", "expected an integer, got 'x'"),
-        ("none", "float", "expected a number, got 'none'"),
-        ("x", "int | None", "expected an integer or none, got 'x'"),
+        ("2", "bool", {}, "expected true or false, got '2'"),
+        ("x", "int", {}, "expected an integer, got 'x'"),
+        ("none", "float", {}, "expected a number, got 'none'"),
+        ("x", "int | None", {}, "expected an integer or none, got 'x'"),
+        ("inf", "float", {}, "must be a finite number, got inf"),
+        ("1e400", "float | None", {"above": 0}, "must be a finite number, got inf"),
+        ("-nan", "float", {"at_least": 0}, "must be a finite number, got nan"),
+        ("0", "float", {"above": 0}, "must be > 0, got 0"),
+        ("1.5", "float", {"above": 0, "at_most": 1}, "must be > 0 and <= 1, got 1.5"),
+        ("-1", "int", {"at_least": 1}, "must be >= 1, got -1"),
     ],
 )
-def test_an_option_of_the_wrong_kind_says_what_was_expected(text, annotation, message):
+def test_an_option_of_the_wrong_kind_or_out_of_range_says_what_was_expected(text, annotation, bounds, message):
     with pytest.raises(ValueError, match=message):
-        parse_option(text, annotation)
+        parse_option(text, declared(annotation, **bounds))
+
+
+NUMERIC_OPTIONS = [
+    (name, f)
+    for name, method in METHODS.items()
+    for f in dataclasses.fields(method.Config)
+    if str(f.type).removesuffix(" | None") in NUMBERS
+]
+
+
+@pytest.mark.parametrize("name, field", NUMERIC_OPTIONS, ids=[f"{n}.{f.name}" for n, f in NUMERIC_OPTIONS])
+def test_every_numeric_option_declares_its_range_and_refuses_nan_inf_and_what_lies_outside(name, field, capsys):
+    """nan and inf are refused on the command line, and 0 and -1 wherever they lie outside the declared range,
+    each in one line naming the option, the value and the range; a value the command line lets through makes a
+    valid Config or is refused by a check across fields, and a Config made in code (a suite, the pipeline)
+    refuses what the command line refuses."""
+    from bench.cli import build_parser
+
+    bounds = field.metadata.get("bounds")
+    assert bounds is not None, f"{name}.{field.name} declares no range: write it as option(default, ...)"
+    parser = build_parser()
+    for text in ("nan", "inf", "-inf", "0", "-1"):
+        value = float(text)
+        valid = math.isfinite(value) and bounds.holds(value)
+        if valid:
+            accepted = parser.parse_args(["run", f"--{name}.{field.name}={text}"])
+            try:
+                config = METHODS[name].Config(**{field.name: vars(accepted)[f"{name}.{field.name}"]})
+            except ValueError as error:  # a check across fields (rocm: eta > 0 with a divergence) names it
+                assert str(error).startswith(f"{name}.{field.name} must be"), error
+            else:
+                assert getattr(config, field.name) == value
+            continue
+        with pytest.raises(SystemExit):
+            parser.parse_args(["run", f"--{name}.{field.name}={text}"])
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and f"--{name}.{field.name}" in error, error
+        assert (f"got {text}" if math.isfinite(value) else text) in error, error
+        if math.isfinite(value) or str(field.type).startswith("float"):
+            with pytest.raises(ValueError, match=f"{name}.{field.name} must be"):
+                METHODS[name].Config(**{field.name: int(value) if math.isfinite(value) else value})
