@@ -30,6 +30,11 @@ SCALE_MODELS = tuple(WORLDS["scale"].models)
 
 ROOT = Path(__file__).resolve().parents[1]
 
+OUT_HELP = (
+    "folder of the tables, plots and report.html (default: the store's folder for a store named store.sqlite, "
+    "else a folder beside the store named after it)"
+)
+
 
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a dataclass (attribute docstrings are not kept at runtime)."""
@@ -182,6 +187,7 @@ def build_parser() -> Parser:
         help=f"total budget per run, [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} (default nfe), e.g. nfe:300k",
     )
     run.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
+    run.add_argument("--out", type=Path, help=OUT_HELP)
     run.add_argument(
         "--workers",
         type=_positive_int,
@@ -264,6 +270,7 @@ def build_parser() -> Parser:
     board.add_argument("--suite", default="default", type=_names("suite", SUITES), help=f"one of {', '.join(SUITES)}")
     board.add_argument("--smoke", action="store_true", help="the suite's --smoke twin's results")
     board.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
+    board.add_argument("--out", type=Path, help=OUT_HELP)
     return parser
 
 
@@ -332,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["BENCH_PROGRESS"] = args.progress  # worker processes inherit it
     # Heavy imports only after the command line is known to be valid.
     from bench import sweep
+    from bench.store import Store
 
     if args.command == "models":
         try:
@@ -358,12 +366,19 @@ def main(argv: list[str] | None = None) -> int:
         if not store.exists():
             smoke = " --smoke" if args.smoke else ""
             parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
-        sweep.write_tables(store, store.parent, suite.studies)
+        try:
+            sweep.write_tables(store, args.out or sweep.results_dir(store), suite.studies)
+        except ValueError as error:  # a store that is corrupt or of another schema
+            parser.exit(1, f"{parser.prog}: error: {error}\n")
         return 0
+    try:  # a store that cannot be written fails now, naming its path, not after the world has loaded
+        Store(store).close()
+    except ValueError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     if launched_processes() > 1:
         from bench.parallel import start_data_parallel
 
-        return sweep.run_suite(suite, store, loggers=args.logger, parallel=start_data_parallel())
+        return sweep.run_suite(suite, store, loggers=args.logger, parallel=start_data_parallel(), out_dir=args.out)
     return sweep.run_suite(
         suite,
         store,
@@ -371,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         use_ray=args.backend == "ray",
         ray_address=args.ray_address,
         loggers=args.logger,
+        out_dir=args.out,
     )
 
 

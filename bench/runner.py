@@ -10,6 +10,7 @@ last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -162,7 +163,8 @@ def execute(
     loggers: ExperimentLoggers = NO_LOGGERS,
     parallel: DataParallel = ONE_PROCESS,
 ) -> str:
-    """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a.
+    """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a, or held when another
+    sweep on the store is running it.
 
     Data-parallel (every process of an `accelerate launch` calls this with its `parallel`): all processes train,
     their compute adds up against the budget, and only the main one evaluates and writes the store; each
@@ -192,87 +194,93 @@ def execute(
         )
         return "n/a"
 
-    if parallel.main:
-        store.start_run(record)
-    parallel.barrier()  # the others read the store only after the main process has started the run
-    suffix = f".rank{parallel.rank}" if parallel.world_size > 1 else ""
-    checkpoint = checkpoint_dir / f"{record.run_id}{suffix}.pt"
-    run_log = None
-    try:
-        # everything from here on fails this run alone, with its reason: a bad checkpoint, a trainer that cannot be
-        # built, a step or an evaluation that raises
-        torch.manual_seed(spec.seed)
-        meter = Meter()
-        # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
-        policy = world.make_policy(spec.model, spec.source)
-        signal = (
-            Feedback.from_world(world, raw_reward, meter, policy)
-            if method.learns_from_feedback
-            else MeteredReward(raw_reward, meter)
-        )
-        trainer = method(MeteredPolicy(policy, meter), signal, world.prompts["train"], spec.method_config, spec.seed)
-        trainer.distribute(parallel)
-        if checkpoint.exists():
-            state = load_checkpoint(checkpoint)
-            trainer.load_state_dict(state["trainer"])
-            meter.load_state_dict(state["meter"])
-            log(f"{record.run_id}: resumed at {meter.accounts['train'].as_dict()}")
+    # the main process claims the run; the others learn whether it did (and read the store only after it has)
+    claimed = store.start_run(record) if parallel.main else False
+    if not parallel.total([float(claimed)])[0]:
+        log(f"{record.run_id}: held by {store.holder(record.run_id)} (another sweep on this store), skipped")
+        return "held"
+    # the lease stays fresh while the run trains and is given up however it ends; a killed owner's goes stale
+    with store.lease(record.run_id) if parallel.main else contextlib.nullcontext():
+        suffix = f".rank{parallel.rank}" if parallel.world_size > 1 else ""
+        checkpoint = checkpoint_dir / f"{record.run_id}{suffix}.pt"
+        run_log = None
+        try:
+            # everything from here on fails this run alone, with its reason: a bad checkpoint, a trainer that cannot be
+            # built, a step or an evaluation that raises
+            torch.manual_seed(spec.seed)
+            meter = Meter()
+            # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
+            policy = world.make_policy(spec.model, spec.source)
+            signal = (
+                Feedback.from_world(world, raw_reward, meter, policy)
+                if method.learns_from_feedback
+                else MeteredReward(raw_reward, meter)
+            )
+            trainer = method(
+                MeteredPolicy(policy, meter), signal, world.prompts["train"], spec.method_config, spec.seed
+            )
+            trainer.distribute(parallel)
+            if checkpoint.exists():
+                state = load_checkpoint(checkpoint)
+                trainer.load_state_dict(state["trainer"])
+                meter.load_state_dict(state["meter"])
+                log(f"{record.run_id}: resumed at {meter.accounts['train'].as_dict()}")
 
-        def save() -> None:
-            atomic_torch_save({"trainer": trainer.state_dict(), "meter": meter.state_dict()}, checkpoint)
+            def save() -> None:
+                atomic_torch_save({"trainer": trainer.state_dict(), "meter": meter.state_dict()}, checkpoint)
 
-        def spent() -> float:
-            """The budget's fraction spent by all processes together."""
-            return parallel.total([getattr(meter.accounts["train"], spec.budget.unit)])[0] / spec.budget.amount
+            def spent() -> float:
+                """The budget's fraction spent by all processes together."""
+                return parallel.total([getattr(meter.accounts["train"], spec.budget.unit)])[0] / spec.budget.amount
 
-        def used() -> dict[str, float]:
-            return dict(zip(USED_KEYS, parallel.total([meter.accounts["train"].as_dict()[k] for k in USED_KEYS])))
+            def used() -> dict[str, float]:
+                return dict(zip(USED_KEYS, parallel.total([meter.accounts["train"].as_dict()[k] for k in USED_KEYS])))
 
-        recorded = store.milestones_recorded(record.run_id)
-        started = time.monotonic()
-        run_log = loggers.open(record)
-        for index, fraction in progress(list(enumerate(spec.milestones)), desc=record.run_id):
-            if index in recorded:
-                continue
-            last_save = time.monotonic()
-            while trainer.trains and spent() < fraction:
-                with meter.timed():
-                    stats = trainer.step()
-                    _check_finite(stats, "in a training step")
-                run_log.log({f"train/{k}": v for k, v in stats.items()}, meter.accounts["train"].nfe)
-                if time.monotonic() - last_save > checkpoint_every_s:
+            recorded = store.milestones_recorded(record.run_id)
+            started = time.monotonic()
+            run_log = loggers.open(record)
+            for index, fraction in progress(list(enumerate(spec.milestones)), desc=record.run_id):
+                if index in recorded:
+                    continue
+                last_save = time.monotonic()
+                while trainer.trains and spent() < fraction:
+                    with meter.timed():
+                        stats = trainer.step()
+                        _check_finite(stats, "in a training step")
+                    run_log.log({f"train/{k}": v for k, v in stats.items()}, meter.accounts["train"].nfe)
+                    if time.monotonic() - last_save > checkpoint_every_s:
+                        save()
+                        last_save = time.monotonic()
+                if trainer.trains:
                     save()
-                    last_save = time.monotonic()
-            if trainer.trains:
-                save()
-            milestone_budget = Budget(spec.budget.unit, spec.budget.amount * fraction)
-            train_used = used()
-            if not parallel.main:
-                parallel.barrier()  # wait while the main process evaluates and records
-                continue
-            metrics, samples, generation = evaluate(trainer, world, raw_reward, meter, milestone_budget, spec.eval)
-            _check_finite({f"{s}/{m}": v for s, m, v, _ in metrics}, "in evaluation")
-            # Training compute for trained methods; for inference-time methods, their whole cost:
-            # generating the primary evaluation set.
-            milestone_used = train_used if trainer.trains else generation[spec.eval.splits[-1]]
-            store.record_milestone(record.run_id, index, milestone_budget.amount, milestone_used, metrics, samples)
-            parallel.barrier()
-            run_log.log({f"{s}/{m}": v for s, m, v, _ in metrics}, meter.accounts["train"].nfe)
-            summary = ", ".join(f"{s.removeprefix('eval_')}/{m}={v:.3f}" for s, m, v, _ in metrics)
-            log(f"{record.run_id}: {fraction:.0%} of {spec.budget} ({time.monotonic() - started:.0f}s) {summary}")
-    except Exception as error:  # a failing run is recorded with its reason; the sweep goes on
+                milestone_budget = Budget(spec.budget.unit, spec.budget.amount * fraction)
+                train_used = used()
+                if not parallel.main:
+                    parallel.barrier()  # wait while the main process evaluates and records
+                    continue
+                metrics, samples, generation = evaluate(trainer, world, raw_reward, meter, milestone_budget, spec.eval)
+                _check_finite({f"{s}/{m}": v for s, m, v, _ in metrics}, "in evaluation")
+                # Training compute for trained methods; for inference-time methods, their whole cost:
+                # generating the primary evaluation set.
+                milestone_used = train_used if trainer.trains else generation[spec.eval.splits[-1]]
+                store.record_milestone(record.run_id, index, milestone_budget.amount, milestone_used, metrics, samples)
+                parallel.barrier()
+                run_log.log({f"{s}/{m}": v for s, m, v, _ in metrics}, meter.accounts["train"].nfe)
+                summary = ", ".join(f"{s.removeprefix('eval_')}/{m}={v:.3f}" for s, m, v, _ in metrics)
+                log(f"{record.run_id}: {fraction:.0%} of {spec.budget} ({time.monotonic() - started:.0f}s) {summary}")
+        except Exception as error:  # a failing run is recorded with its reason; the sweep goes on
+            if parallel.main:
+                store.finish_run(record.run_id, "failed", f"{type(error).__name__}: {error}")
+            log(f"{record.run_id}: FAILED: {type(error).__name__}: {error}")
+            if parallel.world_size > 1:
+                # the other processes wait in a collective this one will never join: end them all (the launcher stops
+                # the rest when one process fails) rather than leave them waiting for the collectives' timeout
+                raise
+            return "failed"
+        finally:
+            if run_log is not None:
+                run_log.close()
         if parallel.main:
-            store.finish_run(record.run_id, "failed", f"{type(error).__name__}: {error}")
-        log(f"{record.run_id}: FAILED: {type(error).__name__}: {error}")
-        if parallel.world_size > 1:
-            # the other processes wait in a collective this one will never join: end them all (the launcher stops
-            # the rest when one process fails) rather than leave them waiting for the collectives' timeout
-            raise
-        return "failed"
-    finally:
-        if run_log is not None:
-            run_log.close()
-    if parallel.main:
-        store.finish_run(record.run_id, "done")
-    checkpoint.unlink(missing_ok=True)
-    return "done"
+            store.finish_run(record.run_id, "done")
+        checkpoint.unlink(missing_ok=True)
+        return "done"

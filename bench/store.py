@@ -7,14 +7,24 @@ transaction, so a worker killed mid-write leaves either the whole milestone or n
 two workers on the same file queue for the write lock instead of corrupting each other.
 
 The file is meant to be committed to git, so `close()` folds the write-ahead log back into the
-main file: the `.sqlite` alone is then the complete store.
+main file: the `.sqlite` alone is then the complete store. Should that fail (a full disk), the log stays
+beside it and the next open reads both: nothing recorded is lost.
+
+A run is claimed with a lease (its owner and a heartbeat the owner refreshes): a second sweep on the same
+store skips the runs a live owner holds and takes over those whose owner died. Reading a store (the
+leaderboard) never writes to it, so a store in a read-only place can be read; a store that is corrupt is
+refused at open, with its path and what SQLite's integrity check found.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sqlite3
+import sys
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -26,13 +36,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+# Versions a read-only open accepts as they are: 4 only added the leases, which readers never touch.
+READABLE_VERSIONS = (3, 4)
 
 FINAL_STATUSES = ("done", "failed", "n/a")
 USED_KEYS = ("nfe", "reward_queries", "samples", "labels", "wall_s")
 
 # Generous: a worker waits for another worker's write (milliseconds long) rather than failing.
 _BUSY_TIMEOUT_S = 60.0
+
+# A run's owner refreshes its lease this often; a lease not refreshed for LEASE_STALE_S belongs to a dead owner.
+HEARTBEAT_S = 10.0
+LEASE_STALE_S = 60.0
+HOST = socket.gethostname()
+
+_LEASES = """CREATE TABLE leases (
+        run_id TEXT PRIMARY KEY REFERENCES runs (run_id) ON DELETE CASCADE,
+        owner TEXT NOT NULL,
+        heartbeat REAL NOT NULL
+    )"""
 
 _TABLES = (
     """CREATE TABLE runs (
@@ -90,11 +113,13 @@ _TABLES = (
         PRIMARY KEY (run_id, milestone, split),
         FOREIGN KEY (run_id, milestone) REFERENCES milestones (run_id, milestone) ON DELETE CASCADE
     )""",
+    _LEASES,  # who is running a run, for a second sweep on the store to skip it
 )
 
 # Older schema version -> the statements that bring a store of it to SCHEMA_VERSION, in place.
 _MIGRATIONS = {
-    2: ("ALTER TABLE milestones ADD COLUMN labels REAL NOT NULL DEFAULT 0",),  # 3: the labels unit
+    2: ("ALTER TABLE milestones ADD COLUMN labels REAL NOT NULL DEFAULT 0", _LEASES),  # 3: the labels unit
+    3: (_LEASES,),  # 4: leases
 }
 
 
@@ -156,30 +181,104 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class Store:
-    """A results store on one SQLite file; open one per process (connections are not shared)."""
+def owner_id() -> str:
+    """This process, as the owner of the runs it claims: its host and process id."""
+    return f"{HOST}:{os.getpid()}"
 
-    def __init__(self, path: Path):
+
+def _owner_is_dead(owner: str) -> bool:
+    """Whether the owner is a process of this host that no longer exists (its lease need not go stale first)."""
+    host, _, pid = owner.rpartition(":")
+    if host != HOST or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+class Store:
+    """A results store on one SQLite file; open one per process (connections are not shared).
+
+    read_only: open an existing store only to read it; nothing in its folder is written (tables are generated
+    from it this way)."""
+
+    def __init__(self, path: Path, *, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: the sqlite3 module must not open transactions behind our back;
-        # every write opens its own BEGIN IMMEDIATE in _write().
-        self._conn = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        self.read_only = read_only
+        if read_only and not self.path.is_file():
+            raise ValueError(f"no results store at {self.path}")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._closed = False
+        self._conn = self._connect()
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-            self._enable_wal()
-            # NORMAL is durable across application crashes in WAL mode; only a power loss can
-            # drop the last commits, and a resumed run redoes those milestones.
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._init_schema()
+            self._check_integrity()
+            if read_only:
+                self._check_readable()
+            else:
+                self._enable_wal()
+                # NORMAL is durable across application crashes in WAL mode; only a power loss can
+                # drop the last commits, and a resumed run redoes those milestones.
+                self._conn.execute("PRAGMA synchronous = NORMAL")
+                self._conn.execute("PRAGMA foreign_keys = ON")
+                self._init_schema()
         except BaseException as e:
             self._conn.close()
+            self._closed = True
+            if isinstance(e, sqlite3.OperationalError) and not _busy(e):
+                raise ValueError(f"cannot {'read' if read_only else 'write'} the results store {self.path}: {e}") from e
             # OperationalError (e.g. a lock held past the timeout) is not the file's fault.
             if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
                 raise ValueError(f"{self.path} is not a SQLite results store: {e}") from e
             raise
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: the sqlite3 module must not open transactions behind our back;
+        # every write opens its own BEGIN IMMEDIATE in _write().
+        if not self.read_only:
+            return sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        uri = self.path.resolve().as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            # A store in WAL mode needs its shared-memory file, which a read-only folder cannot hold. With no
+            # write-ahead log beside it, the main file is the whole store and no writer is at work (a writer
+            # keeps its log there), so it is read as the immutable file it is.
+            wal = self.path.with_name(self.path.name + "-wal")
+            if wal.exists() and wal.stat().st_size:
+                raise
+            return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+    def _check_integrity(self) -> None:
+        # quick_check reads every page (milliseconds on a store of megabytes): a damaged store is refused whole
+        # rather than half-used until a write trips on it
+        try:
+            problems = [row[0] for row in self._conn.execute("PRAGMA quick_check(3)")]
+        except sqlite3.DatabaseError as error:
+            if getattr(error, "sqlite_errorname", "") != "SQLITE_CORRUPT":
+                raise
+            problems = [str(error)]  # too damaged for the check to walk it
+        if problems != ["ok"]:
+            raise ValueError(
+                f"{self.path} is corrupt (SQLite integrity check: {'; '.join(problems)}); "
+                "restore it (e.g. from git) or start a new store"
+            )
+
+    def _check_readable(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in READABLE_VERSIONS:
+            raise ValueError(
+                f"{self.path} holds results-store schema version {version}; reading needs one of "
+                f"{', '.join(map(str, READABLE_VERSIONS))} (open it once for writing to migrate it)"
+            )
 
     def _enable_wal(self) -> None:
         # Turning a fresh file to WAL needs an exclusive lock, and SQLite refuses it at once,
@@ -189,8 +288,8 @@ class Store:
             try:
                 self._conn.execute("PRAGMA journal_mode = WAL")
                 return
-            except sqlite3.OperationalError:
-                if time.monotonic() > deadline:
+            except sqlite3.OperationalError as error:
+                if not _busy(error) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.01)
 
@@ -219,6 +318,8 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise ValueError(f"{self.path} was opened read-only")
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads first and
         # then writes can fail with SQLITE_BUSY mid-way instead of waiting for the lock.
         self._conn.execute("BEGIN IMMEDIATE")
@@ -240,12 +341,22 @@ class Store:
             self._conn.execute("COMMIT")  # ends the read transaction; nothing was written
 
     def close(self) -> None:
-        """Fold the WAL into the main file (it is committed to git) and close; idempotent."""
+        """Fold the WAL into the main file (it is committed to git) and close; idempotent. A fold that fails (a
+        full disk) loses nothing: the log stays beside the file, and the next open reads both."""
         if self._closed:
             return
-        self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        self._conn.close()
-        self._closed = True
+        try:
+            if not self.read_only:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as error:
+            print(
+                f"warning: {self.path}: the write-ahead log could not be folded into the store ({error}); it stays "
+                f"beside it as {self.path.name}-wal, and the next open of the store reads it",
+                file=sys.stderr,
+            )
+        finally:
+            self._conn.close()
+            self._closed = True
 
     def __enter__(self) -> Store:
         return self
@@ -259,8 +370,10 @@ class Store:
         row = self._conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else row[0]
 
-    def start_run(self, run: RunRecord) -> None:
-        """Insert a run as 'running'; an existing run is resumed: its recorded milestones stay."""
+    def start_run(self, run: RunRecord, owner: str | None = None) -> bool:
+        """Claim a run for `owner` (default: this process) and mark it 'running'; an existing run is resumed: its
+        recorded milestones stay. False, and nothing changed, when another owner holds a live lease on it."""
+        owner = owner or owner_id()
         with self._write() as conn:
             row = conn.execute("SELECT config_hash FROM runs WHERE run_id = ?", (run.run_id,)).fetchone()
             if row is None:
@@ -276,10 +389,60 @@ class Store:
                     "give the new config a new run id"
                 )
             else:
+                holder = self.holder(run.run_id)
+                if holder is not None and holder != owner:
+                    return False
                 conn.execute(
                     "UPDATE runs SET status = 'running', reason = NULL, finished = NULL WHERE run_id = ?",
                     (run.run_id,),
                 )
+            conn.execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET owner = excluded.owner, "
+                "heartbeat = excluded.heartbeat",
+                (run.run_id, owner, time.time()),
+            )
+        return True
+
+    def holder(self, run_id: str) -> str | None:
+        """The owner of a live lease on the run: one whose heartbeat is fresh and whose process is not known to be
+        dead; None when the run is free to claim."""
+        row = self._conn.execute("SELECT owner, heartbeat FROM leases WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None or time.time() - row[1] > LEASE_STALE_S or _owner_is_dead(row[0]):
+            return None
+        return row[0]
+
+    def heartbeat(self, run_id: str, owner: str | None = None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE leases SET heartbeat = ? WHERE run_id = ? AND owner = ?",
+                (time.time(), run_id, owner or owner_id()),
+            )
+
+    def release(self, run_id: str, owner: str | None = None) -> None:
+        """Give up the lease on a run that stops unfinished (an interrupted sweep), so a new sweep resumes it at
+        once."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM leases WHERE run_id = ? AND owner = ?", (run_id, owner or owner_id()))
+
+    @contextmanager
+    def lease(self, run_id: str) -> Iterator[None]:
+        """Keeps this process's lease on the run fresh while the block runs (a thread with its own connection
+        beats every HEARTBEAT_S, however long a step or an evaluation takes), and releases it at the end."""
+        owner, stop = owner_id(), threading.Event()
+
+        def beat() -> None:
+            with Store(self.path) as store:
+                while not stop.wait(HEARTBEAT_S):
+                    store.heartbeat(run_id, owner)
+
+        thread = threading.Thread(target=beat, name=f"lease {run_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            self.release(run_id, owner)
 
     def finish_run(self, run_id: str, status: str, reason: str | None = None) -> None:
         if status not in FINAL_STATUSES:
@@ -413,3 +576,8 @@ def _encode_samples(split: str, prompts: list[str], images: np.ndarray) -> tuple
         raise ValueError(f"samples of split {split!r}: {len(prompts)} prompts for {images.shape[0]} images")
     data = zlib.compress(np.ascontiguousarray(images).tobytes())
     return json.dumps(list(prompts)), json.dumps(list(images.shape)), images.dtype.str, data
+
+
+def _busy(error: sqlite3.OperationalError) -> bool:
+    """Whether an error is another connection holding a lock (worth waiting for), not a store that cannot be used."""
+    return "locked" in str(error) or "busy" in str(error)

@@ -9,6 +9,8 @@ each run's numbers depend only on its spec, so all three give the same leaderboa
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
@@ -20,6 +22,7 @@ from bench.report import write_results
 from bench.runner import RunSpec
 from bench.store import Store
 from bench.suites import Suite
+from models.io import replaced_together
 from models.progress import progress
 from worlds import ARTIFACTS, ensure_world, world_entry
 
@@ -53,10 +56,31 @@ def specs(suite: Suite) -> list[RunSpec]:
     ]
 
 
+def end_with_parent(parent: int) -> None:
+    """A local worker's initializer: the worker ends within a second of the sweep that started it, however that
+    sweep ended (killed, it cannot tell its workers). The run it was on keeps its checkpoint, and its lease, whose
+    owner is now dead, is taken over by the next sweep at once."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="end with parent", daemon=True).start()
+
+
+def results_dir(store_path: Path) -> Path:
+    """Where a store's tables and report go by default: the store's folder when the store is its folder's one
+    `store.sqlite` (results/<suite>/), else a folder beside it named after it, so two stores never share one."""
+    return store_path.parent if store_path.name == "store.sqlite" else store_path.parent / store_path.stem
+
+
 def write_tables(store_path: Path, out_dir: Path, studies: tuple[str, ...] = ()) -> None:
-    with Store(store_path) as store:
-        for path in write_results(store, out_dir, studies):
-            print(f"wrote {path}")
+    """Every table, plot and the report of a store, into out_dir, replacing the earlier ones all together."""
+    with Store(store_path, read_only=True) as store, replaced_together(out_dir) as staging:
+        written = write_results(store, staging, studies)
+    for path in written:
+        print(f"wrote {out_dir / path.name}")
 
 
 def run_suite(
@@ -68,6 +92,7 @@ def run_suite(
     use_ray: bool = False,
     loggers: tuple[str, ...] = (),
     parallel: DataParallel = ONE_PROCESS,
+    out_dir: Path | None = None,
 ) -> int:
     """Runs every cell, in this process, in `workers` local processes, or as Ray tasks, or, data-parallel,
     in this process together with the other launched ones; returns 0 if all cells are done or not
@@ -91,7 +116,12 @@ def run_suite(
         statuses = run_cells(cells, store_path, loggers, ray_address)
     elif workers > 1:
         # spawn, not fork: a forked child would inherit this process's torch thread pools and locks.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=end_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             jobs = pool.map(run_cell, cells, repeat(store_path), repeat(loggers))
             statuses = list(progress(jobs, total=len(cells), desc="cells"))
     else:
@@ -101,8 +131,11 @@ def run_suite(
         return 1 if failed else 0
     print(
         f"suite {suite.name!r}: {len(statuses)} runs, {statuses.count('done')} done, "
-        f"{statuses.count('n/a')} n/a, {failed} failed ({time.monotonic() - start:.0f}s)"
+        f"{statuses.count('n/a')} n/a, {failed} failed"
+        + (f", {statuses.count('held')} held by another sweep on the store" if "held" in statuses else "")
+        + f" ({time.monotonic() - start:.0f}s)"
     )
-    write_tables(store_path, store_path.parent, suite.studies)
-    print((store_path.parent / "leaderboard.md").read_text())
+    out_dir = out_dir or results_dir(store_path)
+    write_tables(store_path, out_dir, suite.studies)
+    print((out_dir / "leaderboard.md").read_text())
     return 1 if failed else 0

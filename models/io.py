@@ -1,10 +1,15 @@
-"""Atomic file writes: a reader, or a process killed mid-write, never sees half a file."""
+"""Atomic file writes: a reader, or a process killed mid-write, never sees half a file, nor a folder of files
+generated together half rewritten."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,3 +35,43 @@ def atomic_torch_save(obj, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+STAGING = ".staging"
+COMPLETE = ".complete"  # in a staging folder: every file is written; what is left is moving them into place
+
+
+@contextmanager
+def replaced_together(folder: Path) -> Iterator[Path]:
+    """A staging folder whose files replace their namesakes in `folder` together when the block ends, or, when it
+    raises, not at all. One writer of a folder at a time (a lock on the folder). A writer killed while writing leaves
+    an incomplete staging, which the next writer discards; one killed while moving the files into place leaves a
+    complete one, whose moves the next writer finishes: either way the folder ends all old or all new."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _settle(folder)
+        staging = folder / STAGING
+        staging.mkdir()
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging)
+            raise
+        (staging / COMPLETE).touch()
+        _settle(folder)
+    finally:
+        os.close(lock)  # and with it the lock
+
+
+def _settle(folder: Path) -> None:
+    """Finishes (complete) or discards (incomplete) a staging an earlier writer left in `folder`."""
+    staging = folder / STAGING
+    if not staging.exists():
+        return
+    if (staging / COMPLETE).exists():
+        for path in sorted(staging.iterdir()):
+            if path.name != COMPLETE:
+                os.replace(path, folder / path.name)
+    shutil.rmtree(staging)

@@ -11,10 +11,11 @@ import worlds
 from bench.cli import main
 from bench.meter import Budget
 from bench.runner import RunSpec, execute
-from bench.store import Store
+from bench.store import LEASE_STALE_S, Store
 from bench.suites import SUITES
 from methods.ddpo import DDPO
 from models.policy import DiffusionPolicy
+from rewards import REWARDS
 
 
 @pytest.mark.parametrize(
@@ -171,6 +172,19 @@ def test_a_bad_checkpoint_runs_no_code_fails_its_run_alone_and_is_set_aside(tiny
         assert not checkpoint.exists() and checkpoint.with_name(f"{checkpoint.name}.unreadable").exists()
         assert execute(smoke_spec("raft"), tiny_world, store, checkpoint.parent, log=lambda *_: None) == "done"
         assert execute(spec, tiny_world, store, checkpoint.parent, log=lambda *_: None) == "done"  # afresh
+
+
+def test_a_run_another_sweep_is_running_is_skipped_and_taken_over_once_its_owner_is_gone(tiny_world, tmp_path):
+    spec = smoke_spec()
+    record = spec.record(tiny_world.model_hash(spec.model), REWARDS[spec.reward].from_world(tiny_world).version)
+    with Store(tmp_path / "store.sqlite") as store:
+        assert store.start_run(record, owner="another-host:4242")  # a live sweep elsewhere claimed it
+        assert execute(spec, tiny_world, store, tmp_path, log=lambda *_: None) == "held"
+        assert store.run_status(record.run_id) == "running" and not store.milestones_recorded(record.run_id)
+        with store._write() as conn:  # that sweep stopped beating
+            conn.execute("UPDATE leases SET heartbeat = heartbeat - ?", (LEASE_STALE_S + 1,))
+        assert execute(spec, tiny_world, store, tmp_path, log=lambda *_: None) == "done"
+        assert store.holder(record.run_id) is None  # given up when the run ended
 
 
 def test_run_ids_change_with_the_config_and_the_base_model():

@@ -1,4 +1,7 @@
 import math
+import os
+import shutil
+import signal
 
 import numpy as np
 import pandas as pd
@@ -8,6 +11,8 @@ from PIL import Image
 from bench.leaderboard import _human, write_leaderboard
 from bench.stats import bootstrap_ci, paired_difference_ci
 from bench.store import RunRecord, Store
+from bench.sweep import results_dir
+from models.io import STAGING, replaced_together
 
 # -- stats ------------------------------------------------------------------------------------
 
@@ -314,3 +319,70 @@ def test_models_and_variants_are_rows_of_their_own_paired_with_the_base_of_their
     assert final.loc[("ddpo", "consistency"), delta] == pytest.approx(0.2)
     assert final.loc[("ddpo/fast", "consistency"), delta] == pytest.approx(0.3)
     assert math.isnan(final.loc[("base", "consistency"), delta])
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def _killed_inside(folder, moment):
+    """Forks a writer of `folder` (replaced_together) that SIGKILLs itself at `moment`: 'writing' (one new file
+    staged) or 'moving' (staging complete, one file moved into place)."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover - dies by its own hand
+        if moment == "moving":
+            real = os.replace
+
+            def replace_then_die(source, target):
+                real(source, target)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+            os.replace = replace_then_die
+        with replaced_together(folder) as staging:
+            (staging / "a.csv").write_text("new a")
+            (staging / "b.csv").write_text("new b")
+            if moment == "writing":
+                os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+@pytest.mark.parametrize("moment, settled", [("writing", {"a.csv": b"old a", "b.csv": b"old b"}), ("moving", None)])
+def test_a_results_folder_is_rewritten_all_or_nothing_even_when_its_writer_is_killed(tmp_path, moment, settled):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "a.csv").write_text("old a")
+    (folder / "b.csv").write_text("old b")
+    _killed_inside(folder, moment)
+    # the next writer first settles what the killed one left: discarded while writing, finished while moving
+    new = {"a.csv": b"new a", "b.csv": b"new b"}
+    with replaced_together(folder) as staging:
+        assert {p.name for p in folder.iterdir()} == {"a.csv", "b.csv", STAGING}
+        assert {n: (folder / n).read_bytes() for n in ("a.csv", "b.csv")} == (settled or new)
+        assert not list(staging.iterdir())
+        (staging / "c.csv").write_text("c")
+    assert {p.name for p in folder.iterdir()} == {"a.csv", "b.csv", "c.csv"}  # nothing temporary left
+
+
+def test_a_failed_rewrite_leaves_the_folder_as_it_was(tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "a.csv").write_text("old a")
+    with pytest.raises(RuntimeError), replaced_together(folder) as staging:
+        (staging / "a.csv").write_text("new a")
+        raise RuntimeError("a plot failed")
+    assert _files(folder) == {"a.csv": b"old a"}
+
+
+def test_two_stores_in_one_folder_write_their_tables_to_folders_of_their_own(store, tmp_path, capsys):
+    from bench.cli import main
+
+    store.close()
+    shutil.copy(tmp_path / "store.sqlite", tmp_path / "other.sqlite")
+    assert results_dir(tmp_path / "store.sqlite") == tmp_path
+    assert results_dir(tmp_path / "other.sqlite") == tmp_path / "other"
+    assert main(["leaderboard", "--store", str(tmp_path / "other.sqlite")]) == 0
+    assert (tmp_path / "other" / "leaderboard.md").exists() and not (tmp_path / "leaderboard.md").exists()
+    assert main(["leaderboard", "--store", str(tmp_path / "other.sqlite"), "--out", str(tmp_path / "mine")]) == 0
+    assert _files(tmp_path / "mine") == _files(tmp_path / "other")

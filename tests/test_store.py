@@ -1,11 +1,18 @@
 import multiprocessing
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench.store import SCHEMA_VERSION, RunRecord, Store
+import bench.store
+from bench.store import HOST, LEASE_STALE_S, SCHEMA_VERSION, RunRecord, Store, owner_id
 
 USED = {"nfe": 1000.0, "reward_queries": 64.0, "samples": 64.0, "labels": 0.0, "wall_s": 1.5}
 
@@ -223,3 +230,158 @@ def test_close_leaves_a_complete_single_file(tmp_path):
         assert len(store.runs_frame()) == 5
         assert len(store.results_frame()) == 10
         assert np.array_equal(store.samples("r4", 0, "eval_unseen")[1], images(value_seed=4))
+
+
+class FoldFails:
+    """A store connection whose folding of the write-ahead log fails, as it does on a full disk."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def execute(self, sql, *args):
+        if "wal_checkpoint" in sql:
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_a_close_that_cannot_fold_the_log_loses_nothing(tmp_path, capsys):
+    path = tmp_path / "store.sqlite"
+    store = Store(path)
+    store.start_run(make_run())
+    record(store, "r0", 0, 0.5)
+    store.finish_run("r0", "done")
+    reader = sqlite3.connect(path)  # another connection open: closing the store's is not the last close
+    reader.execute("SELECT count(*) FROM runs").fetchone()
+    store._conn = FoldFails(store._conn)
+    store.close()  # does not raise
+    assert "could not be folded" in capsys.readouterr().err
+    wal = path.with_name("store.sqlite-wal")
+    assert wal.stat().st_size > 0
+    copy = tmp_path / "copy"  # the files as a crash right now would leave them
+    copy.mkdir()
+    shutil.copy(path, copy / "store.sqlite")
+    shutil.copy(wal, copy / "store.sqlite-wal")
+    reader.close()
+    with Store(copy / "store.sqlite", read_only=False) as reopened:
+        assert reopened.run_status("r0") == "done"
+        assert reopened.results_frame()["value"].tolist() == [10.0 - 0.5, 0.5]
+
+
+@pytest.mark.parametrize("page", [3, -2])  # a table's root page, and one deep in the recorded milestones
+def test_a_corrupt_store_is_refused_at_open_naming_it(tmp_path, page):
+    path = tmp_path / "store.sqlite"
+    with Store(path) as store:
+        for i in range(40):
+            store.start_run(make_run(f"r{i}", seed=i))
+            record(store, f"r{i}", 0, 0.5, sample_seed=i)
+    data = bytearray(path.read_bytes())
+    size = 4096
+    page %= len(data) // size
+    data[page * size : (page + 1) * size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    for read_only in (False, True):
+        with pytest.raises(ValueError, match=f"{path} is corrupt \\(SQLite integrity check: "):
+            Store(path, read_only=read_only)
+
+
+def test_reading_a_store_writes_nothing_to_it(tmp_path):
+    path = tmp_path / "store.sqlite"
+    with Store(path) as store:
+        store.start_run(make_run())
+    before = path.read_bytes()
+    with Store(path, read_only=True) as store:
+        assert store.runs_frame()["run_id"].tolist() == ["r0"]
+        with pytest.raises(ValueError, match="opened read-only"):
+            store.finish_run("r0", "done")
+    assert path.read_bytes() == before
+
+
+def _as_another_user_in_a_read_only_folder(tmp_path, action) -> str:
+    """`action(store path)`'s outcome (the message of its ValueError, or 'ok') in a forked child that cannot write the
+    store's folder: its permissions say so, and a root child gives up root first (root ignores permissions)."""
+    folder = Path(tempfile.mkdtemp())  # a folder the child can reach, as pytest's private ones are not
+    try:
+        with Store(folder / "store.sqlite") as store:
+            store.start_run(make_run())
+            store.finish_run("r0", "done")
+        (folder / "store.sqlite").chmod(0o444)
+        folder.chmod(0o555)
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            outcome = "ok"
+            try:
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                action(folder / "store.sqlite")
+            except ValueError as error:
+                outcome = str(error)
+            except BaseException as error:  # noqa: BLE001 - anything else is reported as such
+                outcome = f"unexpected {type(error).__name__}: {error}"
+            os.write(write, outcome.encode())
+            os._exit(0)
+        os.close(write)
+        os.waitpid(child, 0)
+        with os.fdopen(read) as pipe:
+            return pipe.read()
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def test_a_store_in_a_read_only_folder_can_be_read(tmp_path):
+    def read(path):
+        with Store(path, read_only=True) as store:
+            assert store.runs_frame()["status"].tolist() == ["done"]
+
+    assert _as_another_user_in_a_read_only_folder(tmp_path, read) == "ok"
+
+
+def test_a_store_that_cannot_be_written_fails_at_once_naming_it(tmp_path):
+    def write(path):
+        started = time.monotonic()
+        try:
+            Store(path)
+        finally:
+            assert time.monotonic() - started < 5, "it waited as if for a lock"
+
+    outcome = _as_another_user_in_a_read_only_folder(tmp_path, write)
+    assert outcome.startswith("cannot write the results store ") and "store.sqlite: " in outcome, outcome
+
+
+def test_a_run_held_by_a_live_owner_is_skipped_and_a_dead_ones_taken_over(tmp_path):
+    with Store(tmp_path / "store.sqlite") as store:
+        assert store.start_run(make_run(), owner="elsewhere:1")
+        assert store.holder("r0") == "elsewhere:1"
+        assert not store.start_run(make_run())  # another sweep is running it
+        assert store.run_status("r0") == "running"
+        store.heartbeat("r0", "elsewhere:1")
+        assert not store.start_run(make_run())
+        with store._write() as conn:  # its owner stopped beating
+            conn.execute("UPDATE leases SET heartbeat = heartbeat - ?", (LEASE_STALE_S + 1,))
+        assert store.holder("r0") is None
+        assert store.start_run(make_run())
+        assert store.holder("r0") == owner_id()
+        assert store.start_run(make_run())  # its own owner resumes it
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        assert store.start_run(make_run("r1"), owner=f"{HOST}:{dead.pid}")
+        assert store.holder("r1") is None  # a process of this host that is gone holds nothing, however fresh
+        assert store.start_run(make_run("r1"))
+
+
+def test_a_lease_beats_while_its_run_trains_and_is_given_up_at_the_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.store, "HEARTBEAT_S", 0.05)
+    with Store(tmp_path / "store.sqlite") as store:
+        store.start_run(make_run())
+        (first,) = store._conn.execute("SELECT heartbeat FROM leases").fetchone()
+        with store.lease("r0"):
+            time.sleep(0.5)
+            (later,) = store._conn.execute("SELECT heartbeat FROM leases").fetchone()
+            assert later > first
+        assert store.holder("r0") is None
+        assert store._conn.execute("SELECT count(*) FROM leases").fetchone() == (0,)

@@ -2,9 +2,11 @@
 spread over parallel local workers, or run as Ray tasks; and the optional experiment loggers."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -75,6 +77,61 @@ def test_a_sweep_killed_at_chosen_moments_resumes_to_the_same_leaderboard(refere
         killed.append(kind)
     assert len(killed) == len(FAULTS), killed  # every fault struck: the suite is long enough for all of them
     assert main(["run", *SMALL_SWEEP, "--store", str(store)]) == 0
+    assert_same_suite(store, reference_sweep)
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is `pid`."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # it ended while we looked
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what} within {timeout_s:.0f}s"
+        time.sleep(0.2)
+    return value
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds a process's children in /proc")
+def test_killing_a_sweep_ends_its_local_workers(reference_sweep, tmp_path):
+    command = [sys.executable, "-m", "bench", "run", *SMALL_SWEEP, "--workers", "2", "--store", str(tmp_path / "s")]
+    sweep = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # the two workers (and multiprocessing's resource tracker) have started and taken their first cells
+        workers = _wait_for(lambda: len(_children(sweep.pid)) >= 3 and _children(sweep.pid), 120, "workers start")
+        time.sleep(3)
+        sweep.kill()
+        sweep.wait()
+        _wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), 10, "the workers end")
+    finally:
+        sweep.kill()
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_store_train_each_run_once(reference_sweep, tmp_path):
+    store = tmp_path / "store.sqlite"
+    command = [sys.executable, "-m", "bench", "run", *SMALL_SWEEP, "--store", str(store), "--progress", "never"]
+    sweeps = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [sweep.communicate()[0] for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    trained = [set(re.findall(r"^(\S+): 100% of", out, flags=re.M)) for out in outputs]
+    assert trained[0] and trained[1] and not trained[0] & trained[1], trained  # shared out, none trained twice
+    with Store(store) as both:
+        assert trained[0] | trained[1] == set(both.runs_frame()["run_id"])
+    assert main(["run", *SMALL_SWEEP, "--store", str(store)]) == 0  # both finished: nothing left, same results
     assert_same_suite(store, reference_sweep)
 
 
