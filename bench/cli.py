@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports only after the command line is known to be valid.
     from bench import sweep
     from bench.store import Store
+    from models.io import check_writable
 
     if args.command == "models":
         try:
@@ -362,12 +363,21 @@ def main(argv: list[str] | None = None) -> int:
         print(throughput.table(results))
         return 1 if any(r.failure for r in results) else 0
     store = args.store or ROOT / "results" / suite.name / "store.sqlite"
+    out_dir = args.out or sweep.results_dir(store)
+    if args.command == "leaderboard" and not store.exists():
+        smoke = " --smoke" if args.smoke else ""
+        parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
+    try:
+        check_writable(out_dir)
+    except OSError as error:
+        parser.exit(
+            1,
+            f"{parser.prog}: error: cannot write the tables into {out_dir} ({error.strerror}); choose a "
+            "folder with --out\n",
+        )
     if args.command == "leaderboard":
-        if not store.exists():
-            smoke = " --smoke" if args.smoke else ""
-            parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
         try:
-            sweep.write_tables(store, args.out or sweep.results_dir(store), suite.studies)
+            sweep.write_tables(store, out_dir, suite.studies)
         except ValueError as error:  # a store that is corrupt or of another schema
             parser.exit(1, f"{parser.prog}: error: {error}\n")
         return 0
@@ -378,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     if launched_processes() > 1:
         from bench.parallel import start_data_parallel
 
-        return sweep.run_suite(suite, store, loggers=args.logger, parallel=start_data_parallel(), out_dir=args.out)
+        return sweep.run_suite(suite, store, loggers=args.logger, parallel=start_data_parallel(), out_dir=out_dir)
     return sweep.run_suite(
         suite,
         store,
@@ -386,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         use_ray=args.backend == "ray",
         ray_address=args.ray_address,
         loggers=args.logger,
-        out_dir=args.out,
+        out_dir=out_dir,
     )
 
 

@@ -268,7 +268,7 @@ class Store:
             problems = [str(error)]  # too damaged for the check to walk it
         if problems != ["ok"]:
             raise ValueError(
-                f"{self.path} is corrupt (SQLite integrity check: {'; '.join(problems)}); "
+                f"{self.path} is corrupt (SQLite integrity check: {' '.join(' '.join(problems).split())}); "
                 "restore it (e.g. from git) or start a new store"
             )
 

@@ -37,6 +37,13 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def check_writable(folder: Path) -> None:
+    """Raises OSError now, rather than after hours of work, when files cannot be written into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 STAGING = ".staging"
 COMPLETE = ".complete"  # in a staging folder: every file is written; what is left is moving them into place
 

@@ -283,8 +283,9 @@ def test_a_corrupt_store_is_refused_at_open_naming_it(tmp_path, page):
     data[page * size : (page + 1) * size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
     path.write_bytes(bytes(data))
     for read_only in (False, True):
-        with pytest.raises(ValueError, match=f"{path} is corrupt \\(SQLite integrity check: "):
+        with pytest.raises(ValueError, match=f"{path} is corrupt \\(SQLite integrity check: ") as refused:
             Store(path, read_only=read_only)
+        assert "\n" not in str(refused.value)  # one line
 
 
 def test_reading_a_store_writes_nothing_to_it(tmp_path):
@@ -333,12 +334,30 @@ def _as_another_user_in_a_read_only_folder(tmp_path, action) -> str:
         shutil.rmtree(folder)
 
 
-def test_a_store_in_a_read_only_folder_can_be_read(tmp_path):
+def test_a_store_in_a_read_only_folder_can_be_read_and_its_tables_written_elsewhere(tmp_path):
+    from bench.cli import main
+
+    with Store(tmp_path / "store.sqlite") as store:  # the same leaderboard once as ourselves: the child, which
+        store.start_run(make_run())  # may not be able to read the interpreter's files, finds every module loaded
+        store.finish_run("r0", "done")
+    assert main(["leaderboard", "--store", str(tmp_path / "store.sqlite"), "--out", str(tmp_path / "warm")]) == 0
+    out = Path(tempfile.mkdtemp())
+    out.chmod(0o777)
+
     def read(path):
         with Store(path, read_only=True) as store:
             assert store.runs_frame()["status"].tolist() == ["done"]
+        assert main(["leaderboard", "--store", str(path), "--out", str(out)]) == 0
+        try:
+            main(["leaderboard", "--store", str(path)])  # into the store's own folder, which is read-only
+        except SystemExit as exit:
+            raise ValueError(f"exit {exit.code}") from None
 
-    assert _as_another_user_in_a_read_only_folder(tmp_path, read) == "ok"
+    try:
+        assert _as_another_user_in_a_read_only_folder(tmp_path, read) == "exit 1"
+        assert (out / "leaderboard.md").exists()
+    finally:
+        shutil.rmtree(out)
 
 
 def test_a_store_that_cannot_be_written_fails_at_once_naming_it(tmp_path):
