@@ -73,7 +73,7 @@ class ConsistencyPolicy(ChainPolicy):
         eps = self.predict(x, t.to(x.device), text, network)
         return consistency_output(x, eps, t, self.alphas_cumprod[t].to(x.device))
 
-    def transition(self, x, step, timesteps, text, eta):
+    def transition(self, x, step, timesteps, text, eta, sde="native"):
         t = timesteps[step].expand(x.shape[0])
         x0 = self.predict_x0(x, t, text)
         if step + 1 == len(timesteps):
@@ -89,6 +89,12 @@ class ConsistencyPolicy(ChainPolicy):
         E ||f_theta(x_{t_n}, t_n) - sg[f_theta(x_{t_{n-1}}, t_{n-1})]||^2 over adjacent grid timesteps, both
         noised with the same eps, so that the model's own low-noise prediction (anchored by f(x, 0) = x)
         is the target."""
+        return reduce_per_image(self._squared_errors(images, prompts, generator), weights)
+
+    def training_errors(self, images, prompts, generator):
+        return self._squared_errors(images, prompts, generator).flatten(1).mean(dim=1)
+
+    def _squared_errors(self, images, prompts, generator) -> torch.Tensor:
         x0 = self.encode(images)
         grid = distillation_grid(self.schedule.num_train_timesteps)
         n = torch.randint(1, len(grid), (len(x0),), generator=generator)
@@ -98,4 +104,4 @@ class ConsistencyPolicy(ChainPolicy):
         with torch.no_grad():
             target = self.predict_x0(add_noise(x0, noise, self.alphas_cumprod[t_low].to(self.device)), t_low, text)
         prediction = self.predict_x0(add_noise(x0, noise, self.alphas_cumprod[t_high].to(self.device)), t_high, text)
-        return reduce_per_image((prediction - target) ** 2, weights)
+        return (prediction - target) ** 2

@@ -10,8 +10,18 @@ x0 = x_t - t v and eps = x_t + (1 - t) v and moves to
 DDIM's family written for this path: sigma at eta = 1 is the posterior std of x_s given x_t and x0, so every
 eta in [0, 1] keeps the marginals of the path (for a perfect v), and eta = 0 is exactly the Euler step of the
 ODE, x_s = x_t + (s - t) v (diffusers' FlowMatchEulerDiscreteScheduler). With eta > 0 every step but the
-last (s = 0, where sigma = 0) is a Gaussian transition with a log-probability, as Flow-GRPO needs for
-policy gradients on flow models.
+last (s = 0, where sigma = 0) is a Gaussian transition with a log-probability, as policy gradients need.
+
+The GRPO papers' samplers are the other way to the same marginals: the reverse-time SDE whose marginals equal the
+ODE's for any noise level sigma_t (Flow-GRPO, Liu et al. 2025, arXiv 2505.05470, eq. 8; the score of the path is
+-eps_hat / t),
+  dx = [v + sigma_t^2 / (2 t) (x + (1 - t) v)] dt + sigma_t dw,
+taken by Euler-Maruyama from t to s < t:
+  x_s ~ N(x_t - (t - s) [v + sigma_t^2 / (2 t) eps_hat],  sigma_t^2 (t - s) I),   eps_hat = x_t + (1 - t) v,
+with sigma_t = a sqrt(t / (1 - t)) (sampler `flow_grpo`, noise level a; at t = 1, where it is infinite, it is
+taken at the chain's next time) or sigma_t = eta constant (`dance_grpo`: DanceGRPO, Xue et al. 2025, arXiv
+2505.07818). Their last step, to s = 0, is the deterministic Euler step here, as in the sampler above, so that
+images carry no injected noise (the papers' samplers noise it too; in pixel space that noise is visible).
 """
 
 from __future__ import annotations
@@ -33,12 +43,28 @@ def flow_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, eta: f
     return (1 - s) * x0 + math.sqrt(s**2 - std**2) * eps, std
 
 
+def sde_noise_level(sde: str, level: float, t: float, s: float) -> float:
+    """sigma_t of the GRPO samplers' SDE for a step from t to s."""
+    if sde == "dance_grpo":
+        return level
+    u = t if t < 1 else s  # sqrt(t / (1 - t)) is infinite at t = 1
+    return level * math.sqrt(u / (1 - u))
+
+
+def sde_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, sigma: float) -> tuple[torch.Tensor, float]:
+    """Mean and std of the Euler-Maruyama step of the SDE above from t to s < t, noise level sigma_t = sigma."""
+    eps = x + (1 - t) * v
+    return x - (t - s) * (v + sigma**2 / (2 * t) * eps), sigma * math.sqrt(t - s)
+
+
 class FlowPolicy(ChainPolicy):
-    """A rectified-flow model, sampled by Euler (eta = 0) or its marginal-preserving stochastic sampler."""
+    """A rectified-flow model, sampled by Euler (eta = 0), its DDIM-form stochastic sampler (`native`), or the GRPO
+    papers' SDE (`flow_grpo`, `dance_grpo`)."""
 
     family = "flow"
     default_steps = 20
     loss_nfe = 3
+    sdes = ("native", "flow_grpo", "dance_grpo")
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         if steps < 1:
@@ -53,11 +79,13 @@ class FlowPolicy(ChainPolicy):
         (no classifier-free guidance, where a family has it)."""
         return self._velocity(x, t, self._text(prompts), guided=False)
 
-    def transition(self, x, step, timesteps, text, eta):
+    def transition(self, x, step, timesteps, text, eta, sde="native"):
         t = float(timesteps[step])
         s = float(timesteps[step + 1]) if step + 1 < len(timesteps) else 0.0
         v = self._velocity(x, timesteps[step].expand(x.shape[0]), text)
-        return Transition(*flow_transition(x, v, t, s, eta), x - t * v)
+        if sde == "native" or s == 0 or eta == 0:
+            return Transition(*flow_transition(x, v, t, s, eta if sde == "native" else 0.0), x - t * v)
+        return Transition(*sde_transition(x, v, t, s, sde_noise_level(sde, eta, t, s)), x - t * v)
 
     def flow_matching_pair(
         self, images: torch.Tensor, generator: torch.Generator
@@ -73,3 +101,7 @@ class FlowPolicy(ChainPolicy):
         """Conditional flow matching on images in [0, 1]."""
         x_t, t, target = self.flow_matching_pair(images, generator)
         return reduce_per_image((self.velocity(x_t, t, prompts) - target) ** 2, weights)
+
+    def training_errors(self, images, prompts, generator):
+        x_t, t, target = self.flow_matching_pair(images, generator)
+        return ((self.velocity(x_t, t, prompts) - target) ** 2).flatten(1).mean(dim=1)

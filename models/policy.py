@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple, Protocol
 
@@ -36,7 +37,8 @@ class Trajectory:
     log_probs: torch.Tensor | None  # (B, S): log p(x_prev | x_t) of the step taken, NaN at a deterministic
     # step; None if no step is stochastic
     images: torch.Tensor  # (B, C, H, W) in [0, 1]
-    eta: float
+    eta: tuple[float, ...]  # (S,): each step's noise level, in the units of the sampler `sde`
+    sde: str = "native"  # the family's stochastic sampler the chain was drawn with (ChainPolicy.sdes)
 
     @property
     def stochastic_steps(self) -> list[int]:
@@ -91,7 +93,9 @@ class Policy(Protocol):
         steps: int | torch.Tensor,
         generator: torch.Generator,
         *,
-        eta: float = 0.0,
+        eta: float | Sequence[float] = 0.0,
+        sde: str = "native",
+        initial: torch.Tensor | None = None,
         grad: bool = False,
         checkpoint: bool = False,
     ) -> Trajectory: ...
@@ -103,6 +107,11 @@ class Policy(Protocol):
     def loss(
         self, images: torch.Tensor, prompts: list[str], generator: torch.Generator, weights: torch.Tensor | None = None
     ) -> torch.Tensor: ...
+
+    def training_errors(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        """Each image's squared error (B,) in the family's training loss, at a noise level and noise the generator
+        draws: two calls from one generator state draw the same ones (Diffusion-DPO's paired errors)."""
+        ...
 
     def trainable_parameters(self) -> list[nn.Parameter]: ...
 
@@ -194,11 +203,16 @@ class ChainPolicy(ABC):
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         """The `steps` timesteps the sampler starts its steps from, descending: (steps,)."""
 
+    sdes: tuple[str, ...] = ("native",)
+    """The stochastic samplers the family offers; `native` is its own (DDIM's eta for diffusion and flow, the
+    consistency sampler's noise)."""
+
     @abstractmethod
     def transition(
-        self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text: torch.Tensor, eta: float
+        self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text: torch.Tensor, eta: float, sde: str = "native"
     ) -> Transition:
-        """Step `step` of the chain over `timesteps`, from x (B, C, H, W) at timesteps[step]."""
+        """Step `step` of the chain over `timesteps`, from x (B, C, H, W) at timesteps[step], with noise level eta in
+        the sampler `sde`."""
 
     @abstractmethod
     def loss(
@@ -207,35 +221,54 @@ class ChainPolicy(ABC):
         """The family's own training loss on images in [0, 1] and their prompts: a scalar, the mean over
         images, or with `weights` (B,) summing to 1 their weighted sum (reward-weighted maximum likelihood)."""
 
+    @abstractmethod
+    def training_errors(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        """Each image's term (B,) of the training loss, at a noise level and noise the generator draws: two calls
+        from one generator state draw the same ones (Diffusion-DPO's paired errors)."""
+
     def sample(
         self,
         prompts: list[str],
         steps: int | torch.Tensor,
         generator: torch.Generator,
         *,
-        eta: float = 0.0,
+        eta: float | Sequence[float] = 0.0,
+        sde: str = "native",
+        initial: torch.Tensor | None = None,
         grad: bool = False,
         checkpoint: bool = False,
     ) -> Trajectory:
         """Runs the sampler over `steps` steps of the family's grid, or over an explicit grid (a descending tensor of
-        the timesteps the steps start from, as `sampling_timesteps` returns). With grad=True the latents, means and
-        final images are differentiable w.r.t. the parameters (the reparameterization trick: each step is
-        mean + std * noise); `checkpoint` then recomputes each step's activations in the backward pass instead of
-        keeping them."""
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        the timesteps the steps start from, as `sampling_timesteps` returns). `eta` is the noise level of every step,
+        or of each step (0: a deterministic step), in the units of the stochastic sampler `sde` (one of `sdes`).
+        `initial` is the starting noise x_T (B, *latent_shape), drawn from the generator when None. With grad=True the
+        latents, means and final images are differentiable w.r.t. the parameters (the reparameterization trick: each
+        step is mean + std * noise); `checkpoint` then recomputes each step's activations in the backward pass
+        instead of keeping them."""
         timesteps = steps if isinstance(steps, torch.Tensor) else self.sampling_timesteps(steps)
+        etas = (float(eta),) * len(timesteps) if isinstance(eta, int | float) else tuple(map(float, eta))
+        if len(etas) != len(timesteps) or min(etas) < 0:
+            raise ValueError(f"eta must be >= 0, one value or one per step ({len(timesteps)}), got {eta}")
+        if sde not in self.sdes:
+            raise ValueError(f"a {self.family} model has no sampler {sde!r}; valid: {', '.join(self.sdes)}")
         text = self._text(prompts)
-        x = torch.randn((len(prompts), *self.latent_shape), generator=generator).to(self.device)
+        if initial is None:
+            x = torch.randn((len(prompts), *self.latent_shape), generator=generator).to(self.device)
+        elif initial.shape != (len(prompts), *self.latent_shape):
+            raise ValueError(
+                f"initial noise of shape {tuple(initial.shape)}, expected {(len(prompts), *self.latent_shape)}"
+            )
+        else:
+            x = initial.to(self.device)
         latents, means, stds, log_probs, predictions = [x], [], [], [], []
         with torch.set_grad_enabled(grad):
             for step in range(len(timesteps)):
                 if grad and checkpoint:
                     mean, std, x0 = torch.utils.checkpoint.checkpoint(
-                        self.transition, x, step, timesteps, text, eta, use_reentrant=False
+                        self.transition, x, step, timesteps, text, etas[step], sde, use_reentrant=False
                     )
                 else:
-                    mean, std, x0 = self.transition(x, step, timesteps, text, eta)
+                    mean, std, x0 = self.transition(x, step, timesteps, text, etas[step], sde)
                 if std > 0:
                     noise = torch.randn(x.shape, generator=generator).to(self.device)
                     x = mean + std * noise
@@ -256,7 +289,8 @@ class ChainPolicy(ABC):
             stds=torch.tensor(stds, dtype=torch.float32),
             log_probs=torch.stack(log_probs, dim=1) if any(std > 0 for std in stds) else None,
             images=self.decode(x),
-            eta=eta,
+            eta=etas,
+            sde=sde,
         )
 
     def step_mean(self, trajectory: Trajectory, step: int) -> torch.Tensor:
@@ -266,7 +300,8 @@ class ChainPolicy(ABC):
             step,
             trajectory.timesteps,
             self._text(trajectory.prompts),
-            trajectory.eta,
+            trajectory.eta[step],
+            trajectory.sde,
         ).mean
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor:
@@ -301,7 +336,7 @@ class DiffusionPolicy(ChainPolicy):
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         return self.schedule.sampling_timesteps(steps)
 
-    def transition(self, x, step, timesteps, text, eta):
+    def transition(self, x, step, timesteps, text, eta, sde="native"):
         t = int(timesteps[step])
         eps = self.predict(x, torch.full((x.shape[0],), t, device=x.device), text)
         # after the last timestep the chain lands on alpha_bar_0 (alpha_bar_at's convention for t < 0)
@@ -312,9 +347,15 @@ class DiffusionPolicy(ChainPolicy):
 
     def loss(self, images, prompts, generator, weights=None):
         """The denoising loss E_t,eps ||eps - eps_theta(x_t, t)||^2 on images in [0, 1]."""
+        return reduce_per_image(self._squared_errors(images, prompts, generator), weights)
+
+    def training_errors(self, images, prompts, generator):
+        return self._squared_errors(images, prompts, generator).flatten(1).mean(dim=1)
+
+    def _squared_errors(self, images, prompts, generator) -> torch.Tensor:
         x0 = self.encode(images)
         t = torch.randint(0, self.schedule.num_train_timesteps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         x_t = add_noise(x0, noise, self.alphas_cumprod[t].to(self.device))
         eps = self.predict(x_t, t.to(self.device), self._text(prompts), guided=False)
-        return reduce_per_image((eps - noise) ** 2, weights)
+        return (eps - noise) ** 2

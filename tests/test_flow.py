@@ -79,3 +79,49 @@ def test_every_stochastic_step_but_the_last_is_an_action(tiny_world):
         for s in chain.stochastic_steps:
             assert torch.allclose(policy.log_prob(chain, s), chain.log_probs[:, s], rtol=1e-6, atol=1e-3)
     assert policy.sample(["x"], 4, torch.Generator().manual_seed(0)).log_probs is None  # Euler: deterministic
+
+
+@pytest.mark.parametrize("sde, level", [("flow_grpo", 0.7), ("dance_grpo", 0.3)])
+def test_the_grpo_sde_step_is_the_papers_euler_maruyama_step(sde, level):
+    policy = FlowPolicy(GaussianVelocity(0.3, 0.5), ConstantText())
+    timesteps, g = policy.sampling_timesteps(5), torch.Generator().manual_seed(0)
+    for step in range(4):  # the last step, to t = 0, is the deterministic Euler step
+        t, s = float(timesteps[step]), float(timesteps[step + 1])
+        x = torch.randn(2, 1, 4, 4, generator=g)
+        v = policy.network(x, torch.full((2,), t * TIMESTEP_SCALE), None)
+        # Flow-GRPO eq. 9 (dt = s - t): x_{t+dt} = x_t + [v + sigma^2/(2t) (x_t + (1 - t) v)] dt + sigma sqrt(-dt) eps
+        u = t if t < 1 else s
+        sigma = level * math.sqrt(u / (1 - u)) if sde == "flow_grpo" else level
+        expected_mean = x + (v + sigma**2 / (2 * t) * (x + (1 - t) * v)) * (s - t)
+        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 1), eta=level, sde=sde)
+        assert torch.allclose(mean, expected_mean, atol=1e-6) and math.isclose(std, sigma * math.sqrt(t - s))
+    mean, std, _ = policy.transition(x, 4, timesteps, torch.zeros(2, 1), eta=level, sde=sde)
+    assert std == 0
+
+
+@pytest.mark.parametrize(
+    "sde, level", [("flow_grpo", 0.3), ("flow_grpo", 0.7), ("flow_grpo", 1.0), ("dance_grpo", 0.5)]
+)
+def test_the_grpo_sdes_land_on_the_data_distribution(sde, level):
+    mu, c = 0.3, 0.5
+    policy = FlowPolicy(GaussianVelocity(mu, c), ConstantText())
+    with torch.no_grad():
+        chain = policy.sample(["x"] * 2000, 200, torch.Generator().manual_seed(1), eta=level, sde=sde)
+    x = chain.latents[:, -1].flatten()
+    assert abs(x.mean().item() - mu) < 0.01 and abs(x.std().item() - c) < 0.01
+    assert chain.stochastic_steps == list(range(199))
+
+
+def test_a_chain_can_be_noised_on_chosen_steps_only_and_start_from_given_noise():
+    policy = FlowPolicy(GaussianVelocity(0.3, 0.5), ConstantText())
+    initial = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3)).expand(3, -1, -1, -1)
+    chain = policy.sample(
+        ["x"] * 3, 6, torch.Generator().manual_seed(0), eta=(0, 0, 0.7, 0.7, 0, 0), sde="flow_grpo", initial=initial
+    )
+    assert chain.stochastic_steps == [2, 3] and chain.eta == (0, 0, 0.7, 0.7, 0, 0)
+    assert torch.equal(chain.latents[:, 0], initial) and torch.equal(chain.latents[0, 2], chain.latents[2, 2])  # ODE
+    assert not torch.equal(chain.latents[0, 3], chain.latents[2, 3])  # a window step noises each chain on its own
+    with pytest.raises(ValueError, match="one value or one per step"):
+        policy.sample(["x"], 6, torch.Generator(), eta=(0.5, 0.5))
+    with pytest.raises(ValueError, match="a flow model has no sampler 'ode'; valid: native, flow_grpo, dance_grpo"):
+        policy.sample(["x"], 6, torch.Generator(), sde="ode")
