@@ -3,7 +3,11 @@
 from methods.aihf import AIHF
 from methods.base import BaseModel
 from methods.best_of_n import BestOfN
+from methods.dance_grpo import DanceGRPO
 from methods.ddpo import DDPO
+from methods.dpo import DiffusionDPO
+from methods.flow_grpo import FlowGRPO
+from methods.mix_grpo import MixGRPO
 from methods.orw_cfm_w2 import ORWCFMW2
 from methods.pipeline import RewardModelPipeline
 from methods.raft import RAFT
@@ -22,4 +26,8 @@ METHODS = {
     "sft": SFT,
     "pipeline": RewardModelPipeline,
     "aihf": AIHF,
+    "flow_grpo": FlowGRPO,
+    "mix_grpo": MixGRPO,
+    "dance_grpo": DanceGRPO,
+    "dpo": DiffusionDPO,
 }

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Options, option
-from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_chain_backward
+from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_epochs
 from methods.trainer import Trainer, chain_work, make_optimizer
 
 
@@ -102,26 +102,5 @@ class DDPO(Trainer):
                 "has none (set ddpo.sample_steps >= 2)"
             )
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
-        steps_trained = max(1, round(cfg.step_fraction * len(trajectory.stochastic_steps)))
-        stats = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
-        for _ in range(cfg.inner_epochs):
-            order = torch.randperm(len(prompts), generator=self.generator)
-            minibatch = self.parallel.share(cfg.minibatch, "ddpo.minibatch")
-            for start in range(0, len(order), minibatch):
-                index = order[start : start + minibatch]
-                self._update(trajectory, index, advantages[index], steps_trained, stats)
-        summary = {name: sum(values) / len(values) for name, values in stats.items() if values}
+        summary = ppo_epochs(self, trajectory, advantages, cfg.step_fraction)
         return {"reward": rewards.mean().item(), **summary}
-
-    def _update(self, trajectory, index, advantages, steps_trained, stats) -> None:
-        cfg = self.config
-        part = trajectory.subset(index)
-        actions = part.stochastic_steps
-        chosen = [actions[i] for i in torch.randperm(len(actions), generator=self.generator)[:steps_trained].tolist()]
-        self.optimizer.zero_grad(set_to_none=True)
-        step_stats = ppo_chain_backward(
-            self.policy, self.reference, part, chosen, advantages, cfg.clip_range, cfg.kl_coef, average=True
-        )
-        for name, values in step_stats.items():
-            stats[name] += values
-        self.apply_gradients(cfg.max_grad_norm)

@@ -72,6 +72,8 @@ class Policy(Protocol):
 
     family: str
     default_steps: int
+    latent_shape: tuple[int, ...]
+    """The shape of one chain state x (the image itself for a pixel-space model)."""
     schedule: NoiseSchedule
     """The diffusion noise schedule the timesteps index (grids for Scores-as-Actions' stratified sampling)."""
 

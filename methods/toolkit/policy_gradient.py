@@ -1,4 +1,5 @@
-"""Policy gradients over the sampling chain, shared by the methods that treat it as an MDP (ddpo, sas).
+"""Policy gradients over the sampling chain, shared by the methods that treat it as an MDP (ddpo, sas and the GRPO
+family: flow_grpo, mix_grpo, dance_grpo).
 
 The chain's stochastic steps are the MDP's actions: x_{s+1} ~ pi_theta(. | x_s, c) = N(mu_theta(x_s), sigma_s^2 I).
 For trajectories sampled from the old policy, with advantage A_s at step s,
@@ -79,3 +80,38 @@ def ppo_chain_backward(
         stats["ratio_dev"].append((ratio - 1).abs().mean().item())
         stats["clip_frac"].append(((ratio - 1).abs() > clip_range).float().mean().item())
     return stats
+
+
+def ppo_epochs(trainer, trajectory, advantages: torch.Tensor, step_fraction: float = 1.0) -> dict[str, float]:
+    """PPO's update of one iteration, as DDPO and the GRPO papers make it: `inner_epochs` passes over the
+    trajectories in random minibatches of `minibatch` chains (over all processes), each an optimizer step of L(theta)
+    averaged over a random `step_fraction` of each chain's stochastic steps (DDPO's timestep subsampling, DanceGRPO's
+    timestep selection). The trainer's config gives inner_epochs, minibatch, clip_range, kl_coef and max_grad_norm,
+    and `trainer.reference` the KL's frozen policy (None: no KL). advantages: (B,), one per chain. Returns the
+    diagnostics' means over every trained step."""
+    cfg = trainer.config
+    steps_trained = max(1, round(step_fraction * len(trajectory.stochastic_steps)))
+    stats: dict[str, list[float]] = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
+    for _ in range(cfg.inner_epochs):
+        order = torch.randperm(len(trajectory.prompts), generator=trainer.generator)
+        size = trainer.parallel.share(cfg.minibatch, f"{trainer.name}.minibatch")
+        for start in range(0, len(order), size):
+            index = order[start : start + size]
+            part = trajectory.subset(index)
+            actions = part.stochastic_steps
+            draw = torch.randperm(len(actions), generator=trainer.generator)[:steps_trained]
+            trainer.optimizer.zero_grad(set_to_none=True)
+            step_stats = ppo_chain_backward(
+                trainer.policy,
+                trainer.reference,
+                part,
+                [actions[i] for i in draw.tolist()],
+                advantages[index],
+                cfg.clip_range,
+                cfg.kl_coef,
+                average=True,
+            )
+            for name, values in step_stats.items():
+                stats[name] += values
+            trainer.apply_gradients(cfg.max_grad_norm)
+    return {name: sum(values) / len(values) for name, values in stats.items() if values}

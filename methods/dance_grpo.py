@@ -1,0 +1,103 @@
+"""`dance_grpo`: DanceGRPO (Xue et al., "DanceGRPO: Unleashing GRPO on Visual Generation", arXiv 2505.07818).
+
+GRPO on the sampling chain of a rectified flow or a diffusion model. Each step of the chain is a Gaussian policy: on
+a flow model the Euler-Maruyama step of the marginal-preserving SDE (models/flow.py, sampler `dance_grpo`)
+  dx = [v_theta + eta^2 / (2 t) (x + (1 - t) v_theta)] dt + eta dw   (a constant noise level eta),
+on a diffusion model DDIM's stochastic step (DDPM's at eta = 1). Its two departures from Flow-GRPO's recipe:
+  - shared initial noise: the G samples of a prompt start from one x_T, so their rewards differ only by the
+    sampler's noise on the way, and the group-relative advantage A_i = (R_i - mean(R)) / std(R) credits that;
+  - timestep selection: each update trains a random fraction tau of the chain's stochastic steps,
+  J(theta) = E [ 1/G sum_i 1/|S| sum_{t in S} min(rho_t^i A_i, clip(rho_t^i, 1 - eps, 1 + eps) A_i) ],  |S| = tau T,
+without a KL term (kl_coef, 0 by default, adds ddpo's).
+
+Departures from the paper: log-probabilities are summed over pixels (as ddpo's); the flow sampler's last step (to
+t = 0) is the deterministic Euler step; advantages are clipped to [-adv_clip, adv_clip]; one reward, not the paper's
+several with their advantages summed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.options import Options, option
+from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_epochs
+from methods.trainer import Trainer, chain_work, make_optimizer
+
+# eta per family: the flow SDE's noise level, DDIM's stochasticity (DDPM's sampler at 1)
+NOISE_LEVELS = {"flow": 0.3, "diffusion": 1.0}
+SAMPLERS = {"flow": "dance_grpo", "diffusion": "native"}
+
+
+@dataclass(frozen=True)
+class Config(Options):
+    prompts_per_iter: int = option(8, at_least=1)
+    """Distinct train prompts per iteration."""
+    samples_per_prompt: int = option(8, at_least=2)
+    """G: the group of samples of each prompt, from one initial noise."""
+    sample_steps: int | None = option(None, at_least=2)
+    """T: sampler steps of the training chains; None: the model's default."""
+    noise_level: float | None = option(None, above=0)
+    """eta: the flow SDE's constant noise level, or DDIM's eta on a diffusion model; None: NOISE_LEVELS."""
+    timestep_fraction: float = option(0.6, above=0, at_most=1)
+    """tau: the fraction of each chain's stochastic steps (drawn at random per minibatch) trained on."""
+    inner_epochs: int = option(1, at_least=1)
+    """Passes of PPO updates over each iteration's trajectories."""
+    minibatch: int = option(16, at_least=1)
+    """Trajectories per optimizer step."""
+    clip_range: float = option(0.2, above=0)
+    """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
+    adv_clip: float = option(5.0, above=0)
+    """Group-relative advantages are clipped to [-adv_clip, adv_clip]."""
+    kl_coef: float = option(0.0, at_least=0)
+    """Weight of the per-step KL to the frozen base model (0, as in the paper, disables it)."""
+    learning_rate: float = option(3e-5, above=0)
+    """AdamW learning rate."""
+    max_grad_norm: float = option(1.0, above=0)
+    """Gradient clipping threshold (L2 norm)."""
+
+
+class DanceGRPO(Trainer):
+    name = "dance_grpo"
+    version = "1"
+    Config = Config
+    families = ("flow", "diffusion")
+    small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # sampling, then per epoch a forward + backward of each chain's selected steps (and the reference's forward)
+        images, steps, actions = chain_work(config, generator)
+        trained = max(1, round(config.timestep_fraction * actions))
+        reference = images * trained if config.kl_coef > 0 else 0
+        return {
+            "nfe": images * steps + config.inner_epochs * (images * trained * 3 + reference),
+            "reward_queries": images,
+            "samples": images,
+        }
+
+    def __init__(self, policy, reward, prompts, config: Config, seed: int):
+        super().__init__(policy, reward, prompts, config, seed)
+        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
+        self.reference = policy.frozen_copy() if config.kl_coef > 0 else None
+        self.noise_level = NOISE_LEVELS[policy.family] if config.noise_level is None else config.noise_level
+
+    def step(self) -> dict[str, float]:
+        cfg = self.config
+        prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
+        groups = len(prompts) // cfg.samples_per_prompt
+        shared = torch.randn((groups, *self.policy.latent_shape), generator=self.generator)
+        with torch.no_grad():
+            trajectory = self.policy.sample(
+                prompts,
+                self.sampler_steps(cfg.sample_steps),
+                self.generator,
+                eta=self.noise_level,
+                sde=SAMPLERS[self.policy.family],
+                initial=shared.repeat_interleave(cfg.samples_per_prompt, dim=0),
+            )
+            rewards = self.reward(trajectory.images, prompts).float().cpu()
+        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
+        summary = ppo_epochs(self, trajectory, advantages, cfg.timestep_fraction)
+        return {"reward": rewards.mean().item(), **summary}

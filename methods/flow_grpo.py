@@ -1,0 +1,90 @@
+"""`flow_grpo`: Flow-GRPO (Liu et al., "Flow-GRPO: Training Flow Matching Models via Online RL", arXiv 2505.05470).
+
+The rectified-flow sampler's ODE becomes an SDE with the same marginals (models/flow.py, sampler `flow_grpo`),
+  dx = [v_theta + sigma_t^2 / (2 t) (x + (1 - t) v_theta)] dt + sigma_t dw,   sigma_t = a sqrt(t / (1 - t)),
+whose Euler-Maruyama steps are Gaussian policies pi_theta(x_{t-dt} | x_t, c). For G samples of each prompt with
+rewards R_1..R_G, the group-relative advantage A_i = (R_i - mean(R)) / std(R) is every step's, and
+  J(theta) = E [ 1/G sum_i 1/T sum_t ( min(rho_t^i A_i, clip(rho_t^i, 1 - eps, 1 + eps) A_i) - beta KL_t^i ) ],
+  rho_t^i = pi_theta(x_{t-1}^i | x_t^i, c) / pi_old(x_{t-1}^i | x_t^i, c),
+with KL_t the closed form between the Gaussian steps of theta and the frozen reference,
+||mu_theta - mu_ref||^2 / (2 sigma_t^2 dt), per dimension. Denoising reduction: training samples with T_train
+steps (`sample_steps`, 10 as in the paper) while evaluation uses the model's default.
+
+Departures from the paper: log-probabilities are the exact Gaussian log-densities summed over pixels, as ddpo's (the
+reference implementation averages them, which rescales the clip range: its 1e-4 is not this one's); the sampler's last
+step (to t = 0) is the deterministic Euler step, so it is not an action (models/flow.py); advantages are clipped to
+[-adv_clip, adv_clip]. The GRPO-Guard ratio normalization and Flow-GRPO-Fast are not built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from methods.options import Options, option
+from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_epochs
+from methods.trainer import Trainer, chain_work, make_optimizer
+
+
+@dataclass(frozen=True)
+class Config(Options):
+    prompts_per_iter: int = option(8, at_least=1)
+    """Distinct train prompts per iteration."""
+    samples_per_prompt: int = option(8, at_least=2)
+    """G: the group of samples of each prompt whose rewards set each other's advantages."""
+    sample_steps: int | None = option(10, at_least=2)
+    """T_train: sampler steps of the training chains (denoising reduction; evaluation uses the model's default);
+    None: the model's default."""
+    noise_level: float = option(0.7, above=0)
+    """a in sigma_t = a sqrt(t / (1 - t)): the SDE's stochasticity."""
+    inner_epochs: int = option(1, at_least=1)
+    """Passes of PPO updates over each iteration's trajectories."""
+    minibatch: int = option(16, at_least=1)
+    """Trajectories per optimizer step."""
+    clip_range: float = option(0.2, above=0)
+    """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
+    adv_clip: float = option(5.0, above=0)
+    """Group-relative advantages are clipped to [-adv_clip, adv_clip]."""
+    kl_coef: float = option(0.04, at_least=0)
+    """beta: weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
+    learning_rate: float = option(3e-5, above=0)
+    """AdamW learning rate."""
+    max_grad_norm: float = option(1.0, above=0)
+    """Gradient clipping threshold (L2 norm)."""
+
+
+class FlowGRPO(Trainer):
+    name = "flow_grpo"
+    version = "1"
+    Config = Config
+    families = ("flow",)
+    small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
+
+    @classmethod
+    def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # sampling, then per epoch a forward + backward of every stochastic step (and the reference's forward)
+        images, steps, actions = chain_work(config, generator)
+        reference = images * actions if config.kl_coef > 0 else 0
+        return {
+            "nfe": images * steps + config.inner_epochs * (images * actions * 3 + reference),
+            "reward_queries": images,
+            "samples": images,
+        }
+
+    def __init__(self, policy, reward, prompts, config: Config, seed: int):
+        super().__init__(policy, reward, prompts, config, seed)
+        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
+        self.reference = policy.frozen_copy() if config.kl_coef > 0 else None
+
+    def step(self) -> dict[str, float]:
+        cfg = self.config
+        prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
+        with torch.no_grad():
+            trajectory = self.policy.sample(
+                prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.noise_level, sde="flow_grpo"
+            )
+            rewards = self.reward(trajectory.images, prompts).float().cpu()
+        advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
+        summary = ppo_epochs(self, trajectory, advantages)
+        return {"reward": rewards.mean().item(), **summary}

@@ -1,0 +1,125 @@
+"""The GRPO family (flow_grpo, mix_grpo, dance_grpo) and Diffusion-DPO: each one's own math, exactly where it has an
+answer. Their contract (finite steps, determinism, resume, exact metering) is tests/test_methods.py's."""
+
+import math
+
+import pytest
+import torch
+from test_methods import flat_parameters, make
+
+from methods.dpo import dpo_loss
+from methods.mix_grpo import Config as MixConfig
+from methods.mix_grpo import window_start
+from methods.toolkit.divergences import closed_form
+from methods.toolkit.policy_gradient import ppo_clipped_loss
+
+
+def captured_samples(trainer) -> list:
+    """Every trajectory the trainer samples from now on."""
+    chains, sample = [], trainer.policy.sample
+
+    def spy(*args, **kwargs):
+        chains.append(sample(*args, **kwargs))
+        return chains[-1]
+
+    trainer.policy.sample = spy
+    return chains
+
+
+def test_flow_grpo_is_exactly_on_policy_at_its_first_pass_and_its_kl_to_itself_is_zero(tiny_world):
+    trainer, _ = make(tiny_world, "flow_grpo", "flow")
+    chain = trainer.policy.sample(
+        ["a handwritten five"] * 4, 4, torch.Generator().manual_seed(0), eta=0.7, sde="flow_grpo"
+    )
+    assert chain.stochastic_steps == [0, 1, 2]
+    for s in chain.stochastic_steps:
+        with torch.no_grad():
+            _, ratio = ppo_clipped_loss(trainer.policy.log_prob(chain, s), chain.log_probs[:, s], torch.ones(4), 0.2)
+            std = float(chain.stds[s])
+            kl = closed_form("kl", trainer.policy.step_mean(chain, s), std, trainer.reference.step_mean(chain, s), std)
+        assert torch.allclose(ratio, torch.ones(4), rtol=0, atol=1e-5) and torch.equal(kl, torch.zeros(4))
+
+
+def test_flow_grpo_trains_with_fewer_steps_than_it_is_evaluated_with(tiny_world):
+    trainer, _ = make(tiny_world, "flow_grpo", "flow", sample_steps=5)
+    chains = captured_samples(trainer)
+    trainer.step()
+    assert len(chains[0].timesteps) == 5 and chains[0].sde == "flow_grpo" and chains[0].eta == (0.7,) * 5
+    assert trainer.policy.default_steps != 5  # evaluation (Trainer.generate) samples at the model's default
+
+
+def test_the_mix_grpo_window_slides_from_high_noise_to_low_and_stops_at_the_last_stochastic_step():
+    config = MixConfig(window=4, shift_interval=10, stride=2)
+    starts = [window_start(k, 20, config) for k in (0, 9, 10, 25, 69, 70, 80, 1000)]
+    assert starts == [0, 0, 2, 4, 12, 14, 15, 15]  # 20 steps: the last stochastic step is 18, so l <= 15
+
+
+def test_mix_grpo_noises_and_trains_its_window_only(tiny_world):
+    trainer, meter = make(tiny_world, "mix_grpo", "flow", shift_interval=1)
+    chains = captured_samples(trainer)
+    windows = [trainer.step()["window_start"] for _ in range(3)]
+    assert windows == [0.0, 1.0, 1.0]  # 4 steps, window 2: l in {0, 1}
+    assert [chain.stochastic_steps for chain in chains] == [[0, 1], [1, 2], [1, 2]]
+    assert chains[1].eta == (0.0, 0.7, 0.7, 0.0)
+    with pytest.raises(ValueError, match="mix_grpo.window must be at most the chain's 3 stochastic steps"):
+        make(tiny_world, "mix_grpo", "flow", window=4)
+
+
+@pytest.mark.parametrize("model", ["flow", "diffusion"])
+def test_dance_grpo_starts_each_group_from_one_noise(tiny_world, model):
+    trainer, _ = make(tiny_world, "dance_grpo", model)
+    chains = captured_samples(trainer)
+    trainer.step()
+    start = chains[0].latents[:, 0]  # 2 prompts x 3 samples
+    assert torch.equal(start[0], start[1]) and torch.equal(start[0], start[2]) and not torch.equal(start[0], start[3])
+    assert not torch.equal(chains[0].images[0], chains[0].images[1])  # the sampler's noise sets them apart
+    assert chains[0].sde == ("dance_grpo" if model == "flow" else "native")
+    assert chains[0].eta[0] == (0.3 if model == "flow" else 1.0)
+
+
+def test_the_dpo_loss_on_hand_made_errors_and_the_direction_it_pushes():
+    policy_w = torch.tensor([1.0, 1.0], requires_grad=True)
+    policy_l = torch.tensor([1.0, 1.0], requires_grad=True)
+    reference_w, reference_l = torch.tensor([1.2, 0.8]), torch.tensor([0.9, 0.9])
+    loss, ranked = dpo_loss(policy_w, reference_w, policy_l, reference_l, beta=10.0)
+    # margins (1 - 1.2) - (1 - 0.9) = -0.3 and (1 - 0.8) - (1 - 0.9) = 0.1; loss = -log sigmoid(-beta / 2 * margin)
+    expected = (math.log1p(math.exp(-1.5)) + math.log1p(math.exp(0.5))) / 2
+    assert math.isclose(loss.item(), expected, rel_tol=1e-6) and ranked.tolist() == [True, False]
+    loss.backward()
+    # lowering the preferred image's error lowers the loss; lowering the rejected one's raises it
+    assert (policy_w.grad > 0).all() and (policy_l.grad < 0).all()
+
+
+def test_the_four_dpo_errors_share_one_noise_draw(tiny_world):
+    for model in ("diffusion", "flow"):
+        policy = tiny_world.make_policy(model)
+        images = torch.rand(3, *policy.image_shape)
+        generator = torch.Generator().manual_seed(0)
+        state = generator.get_state()
+        first = policy.training_errors(images, ["a five"] * 3, generator)
+        generator.set_state(state)
+        again = policy.training_errors(images, ["a five"] * 3, generator)
+        assert torch.equal(first, again) and first.shape == (3,)
+        generator.set_state(state)
+        assert torch.allclose(policy.loss(images, ["a five"] * 3, generator), first.mean())
+
+
+def test_offline_dpo_draws_its_pairs_once_from_the_base_model_and_online_dpo_every_step(tiny_world):
+    offline, meter = make(tiny_world, "dpo", pairing="offline")
+    offline.step()
+    pool, spent = offline.pairs, meter.accounts["train"].reward_queries
+    offline.step()
+    assert offline.pairs is pool and meter.accounts["train"].reward_queries == spent == 9  # 3 prompts x 3 images
+    assert len(pool["prompts"]) == len(pool["preferred"]) == len(pool["rejected"]) <= 3
+    online, meter = make(tiny_world, "dpo")
+    online.step()
+    online.step()
+    assert online.pairs is None and meter.accounts["train"].reward_queries == 2 * 6
+
+
+def test_dpo_drops_pairs_the_reward_ties_and_then_does_not_move(tiny_world, monkeypatch):
+    trainer, _ = make(tiny_world, "dpo")
+    monkeypatch.setattr(type(trainer.reward._reward), "__call__", lambda self, images, prompts: torch.ones(len(images)))
+    before = flat_parameters(trainer)
+    assert trainer.step() == {"pairs": 0.0}
+    assert torch.equal(before, flat_parameters(trainer))
