@@ -75,7 +75,8 @@ def parse_entry(entry: str, variants: dict[str, dict] | None = None, world: str 
 
 
 # The suite's entries: every method on its default model, and the policy-gradient and ranking methods
-# again on the consistency and the flow model, so that ROCM and ORW-CFM-W2 are compared on their own bases.
+# again on the consistency and the flow model, so that ROCM, ORW-CFM-W2 and the GRPO family are compared on their
+# own bases.
 # (sft and pipeline, aihf's baselines, are compared with it in the feedback suite.)
 DEFAULT_METHODS = (
     "base",
@@ -84,6 +85,8 @@ DEFAULT_METHODS = (
     "ddpo",
     "sas",
     "aihf",
+    "dance_grpo@diffusion",
+    "dpo",
     "base@consistency",
     "best_of_n@consistency",
     "raft@consistency",
@@ -94,6 +97,10 @@ DEFAULT_METHODS = (
     "raft@flow",
     "ddpo@flow",
     "orw_cfm_w2@flow",
+    "flow_grpo@flow",
+    "mix_grpo@flow",
+    "dance_grpo@flow",
+    "dpo@flow",
 )
 
 
