@@ -7,6 +7,10 @@ efficiency      the reward queries a method needs to reach a reference method's 
 regularization  every variant of a method at the suite's largest budget: train reward (the proxy on
                 train phrasings), judge accuracy on unseen phrasings, diversity and FID, by divergence x beta.
 alpha           the same table by the W2 bound's weight alpha (ORW-CFM-W2), per reward.
+discretization  the reward gain kept when a method is evaluated with other sampler steps than it trained with.
+preference_budget  learning from feedback by the number of preference pairs.
+grpo            the GRPO family's claims: MixGRPO's speed (the efficiency measure over wall seconds and NFE),
+                Flow-GRPO's denoising reduction, and whether its KL holds the judge while the proxy rises.
 Seeds give 95% bootstrap intervals (bench/stats.py).
 """
 
@@ -16,6 +20,7 @@ import functools
 import json
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -35,7 +40,7 @@ def _ci(values) -> str:
 
 def queries_to_reach(queries: np.ndarray, rewards: np.ndarray, target: float) -> float:
     """The first (linearly interpolated) x at which the curve (queries, rewards) reaches `target`,
-    or inf if it never does. queries: increasing (N,), starting at the base model's 0."""
+    or inf if it never does. queries: increasing (N,), starting at the base model's 0 (or any compute axis)."""
     for i in range(len(queries)):
         if rewards[i] >= target:
             if i == 0:
@@ -45,10 +50,13 @@ def queries_to_reach(queries: np.ndarray, rewards: np.ndarray, target: float) ->
     return math.inf
 
 
-def efficiency(results: pd.DataFrame, method: str, reference: str, base: str, reward: str) -> dict:
-    """The queries `method` needs for its mean reward curve over seeds to reach `reference`'s final mean reward,
-    as a fraction of the reference's queries, with a bootstrap interval that resamples each method's seeds
-    (seed i of one method has nothing to do with seed i of the other). None if either has no runs."""
+def efficiency(
+    results: pd.DataFrame, method: str, reference: str, base: str, reward: str, spent_on: str = "reward_queries"
+) -> dict | None:
+    """The compute `spent_on` (reward_queries, nfe, wall_s) that `method` needs for its mean reward curve over seeds
+    to reach `reference`'s final mean reward, as a fraction of the reference's, with a bootstrap interval that
+    resamples each method's seeds (seed i of one method has nothing to do with seed i of the other). None if either
+    has no runs."""
     ours = results[
         (results["reward"] == reward) & (results["split"] == PRIMARY_SPLIT) & (results["metric"] == "reward")
     ]
@@ -60,8 +68,8 @@ def efficiency(results: pd.DataFrame, method: str, reference: str, base: str, re
     curves = ours[ours["label"] == method].pivot_table(index="seed", columns="milestone", values="value")
     if finals.empty or curves.empty:
         return None
-    queries = np.concatenate([[0.0], ours[ours["label"] == method].groupby("milestone")["reward_queries"].mean()])
-    targets, spent = finals["value"].to_numpy(), finals["reward_queries"].to_numpy()
+    queries = np.concatenate([[0.0], ours[ours["label"] == method].groupby("milestone")[spent_on].mean()])
+    targets, spent = finals["value"].to_numpy(), finals[spent_on].to_numpy()
 
     def fraction(reference_seeds: np.ndarray, method_seeds: np.ndarray, axis: int = -1) -> np.ndarray:
         # arguments are (resamples of) seed indices, so that both seed sets are resampled on their own
@@ -168,6 +176,11 @@ def write_settings_table(results: pd.DataFrame, out: Path, name: str, title: str
 
 def _final(results: pd.DataFrame) -> pd.DataFrame:
     return results[results["budget"] == results["budget"].max()]
+
+
+def _cell(results: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The rows of one method[/variant]@model."""
+    return cast(pd.DataFrame, results[results["label"] == label])
 
 
 def _values(cell: pd.DataFrame, split: str, metric: str) -> pd.Series:
@@ -284,6 +297,88 @@ def write_preference_budget(results: pd.DataFrame, out: Path) -> Path:
     return path
 
 
+GRPO_SPEED = (
+    ("mix_grpo@flow", "flow_grpo@flow"),
+    ("mix_grpo@flow", "dance_grpo@flow"),
+    ("dance_grpo@flow", "flow_grpo@flow"),
+)
+
+
+def write_grpo(results: pd.DataFrame, out: Path) -> Path:
+    """The GRPO family's claims, measured: MixGRPO's speed, Flow-GRPO's denoising reduction and its KL."""
+    final, base_label = _final(results), "base@flow"
+    base = _cell(final, base_label)
+    if base.empty:
+        raise ValueError(f"the grpo study needs {base_label} runs: gains are measured against them")
+    reward = final["reward"].iloc[0]
+    lines = [
+        "# The GRPO family's claims",
+        "",
+        f"Reward `{reward}` on `{PRIMARY_SPLIT}` prompts, flow model, budget {final['budget_unit'].iloc[0]} "
+        f"{final['budget'].iloc[0]:g}; mean [95% bootstrap CI] over seeds.",
+        "",
+        "## Speed: the compute to reach another method's final reward",
+        "",
+        "MixGRPO claims Flow-GRPO's and DanceGRPO's final reward in about half their training time. The method's "
+        "mean reward curve over the milestones (from the base model at 0) is interpolated to the first point "
+        "reaching the reference's final mean reward; the fraction is that compute over the reference's (1: as "
+        "fast; `never`: not reached within the budget). Wall seconds are training time, every run on one thread.",
+        "",
+        "| method | reference | fraction of the wall seconds [95% CI] | fraction of the NFE [95% CI] | target reward |",
+        "|---|---|---|---|---|",
+    ]
+    for method, reference in GRPO_SPEED:
+        wall = efficiency(results, method, reference, base_label, reward, "wall_s")
+        nfe = efficiency(results, method, reference, base_label, reward, "nfe")
+        if wall is None or nfe is None:
+            continue
+        fractions = [f"{_bound(f)} [{_bound(lo)}, {_bound(hi)}]" for f, lo, hi in (wall["fraction"], nfe["fraction"])]
+        lines.append(f"| {method} | {reference} | {fractions[0]} | {fractions[1]} | {_ci(wall['target'])} |")
+    lines += [
+        "",
+        "## Denoising reduction: training with fewer steps than evaluation",
+        "",
+        "Flow-GRPO samples its training chains with 10 steps and is evaluated with the model's default; "
+        "`flow_grpo/train-20` trains with the default steps too. The gain is the reward minus the base model's "
+        "with the same evaluation steps.",
+        "",
+        "| method | gain at the default steps ↑ | gain at 10 steps ↑ | judge acc ↑ | training wall s |",
+        "|---|---|---|---|---|",
+    ]
+    steps = [split for _, split in _step_splits(final)]
+    for label in ("flow_grpo@flow", "flow_grpo/train-20@flow"):
+        cell = _cell(final, label)
+        if cell.empty:
+            continue
+        gains = [
+            _ci((_values(cell, split, "reward") - _values(base, split, "reward").mean()).to_numpy()) for split in steps
+        ]
+        gains += ["—"] * (2 - len(gains))
+        judge = _ci(_values(cell, PRIMARY_SPLIT, "judge_acc").to_numpy())
+        lines.append(f"| {label} | {gains[0]} | {gains[1]} | {judge} | {cell['wall_s'].mean():.0f} |")
+    lines += [
+        "",
+        "## The KL to the base model: does it hold the judge while the proxy rises?",
+        "",
+        "`flow_grpo` has Flow-GRPO's KL (beta 0.04), `flow_grpo/no-kl` none. The proxy is the trained reward on "
+        f"the train phrasings (`{TRAIN_SPLIT}`); the judge's accuracy, diversity and FID are on unseen phrasings.",
+        "",
+        "| method | proxy reward ↑ | judge acc ↑ | diversity ↑ | FID ↓ |",
+        "|---|---|---|---|---|",
+    ]
+    for label in (base_label, "flow_grpo@flow", "flow_grpo/no-kl@flow"):
+        cell = _cell(final, label)
+        if cell.empty:
+            continue
+        values = [_values(cell, TRAIN_SPLIT, "reward")] + [
+            _values(cell, PRIMARY_SPLIT, metric) for metric in ("judge_acc", "diversity", "fid")
+        ]
+        lines.append(f"| {label} | " + " | ".join(_ci(v.to_numpy()) for v in values) + " |")
+    path = out / "grpo.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
 STUDIES = {
     "efficiency": write_efficiency,
     "regularization": functools.partial(
@@ -300,6 +395,7 @@ STUDIES = {
     ),
     "discretization": write_discretization,
     "preference_budget": write_preference_budget,
+    "grpo": write_grpo,
 }
 
 

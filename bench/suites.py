@@ -212,9 +212,30 @@ def feedback() -> Suite:
     )
 
 
+def grpo_family() -> Suite:
+    """The GRPO family and Diffusion-DPO side by side with DDPO on the flow model, on `compress` (where the methods
+    move: the `digit` reward saturates), evaluated at ten milestones and also at Flow-GRPO's 10 training steps,
+    with Flow-GRPO also trained at the default steps and without its KL, and DPO also offline (bench/studies.py)."""
+    variants = {
+        "flow_grpo/train-20": {"sample_steps": None},
+        "flow_grpo/no-kl": {"kl_coef": 0.0},
+        "dpo/offline": {"pairing": "offline"},
+    }
+    methods = ("base", "ddpo", "flow_grpo", "flow_grpo/train-20", "flow_grpo/no-kl", "mix_grpo", "dance_grpo", "dpo")
+    return Suite(
+        "grpo-family",
+        methods=tuple(f"{m}@flow" for m in (*methods, "dpo/offline")),
+        rewards=("compress",),
+        variants=variants,
+        milestones=tuple(round(0.1 * k, 1) for k in range(1, 11)),
+        eval=EvalConfig(also_steps=(10,)),
+        studies=("grpo",),
+    )
+
+
 # Every method at scale: SD 1.5 for the policy-gradient, ranking, inference-time and feedback methods, the LCM for
-# ROCM (whose backward through 50 SD steps would not fit a night), SD3 for ORW-CFM-W2, with DDPO on all three as
-# the common reference.
+# ROCM (whose backward through 50 SD steps would not fit a night), SD3 for ORW-CFM-W2 and the GRPO family, with DDPO
+# on all three as the common reference.
 NIGHTLY_METHODS = (
     "base@sd15",
     "best_of_n@sd15",
@@ -227,9 +248,15 @@ NIGHTLY_METHODS = (
     "base@lcm",
     "rocm@lcm",
     "ddpo@lcm",
+    "dance_grpo@sd15",
+    "dpo@sd15",
     "base@sd3",
     "orw_cfm_w2@sd3",
     "ddpo@sd3",
+    "flow_grpo@sd3",
+    "mix_grpo@sd3",
+    "dance_grpo@sd3",
+    "dpo@sd3",
 )
 # Batches a LoRA step fits in one 80 GB GPU with gradient checkpointing at 512 px (SD3: 1024 px).
 NIGHTLY_OVERRIDES = {
@@ -239,6 +266,10 @@ NIGHTLY_OVERRIDES = {
     "sas": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
     "rocm": {"prompts_per_iter": 2, "samples_per_prompt": 2, "gradient_checkpointing": True},
     "orw_cfm_w2": {"prompts_per_iter": 4, "samples_per_prompt": 4, "updates_per_iter": 1},
+    "flow_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},  # as ddpo's
+    "mix_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
+    "dance_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
+    "dpo": {"prompts_per_iter": 8, "samples_per_prompt": 4, "sample_steps": 20, "batch": 4},
     "sft": {"batch": 8},
     # the preference pairs are sampled in 20 steps: 100 pairs at 50 guided steps would take 20k of the 50k NFE
     "pipeline": {
@@ -275,7 +306,6 @@ def nightly_gpu(smoke: bool = False) -> Suite:
     )
     if not smoke:
         return suite
-    tiny = {"prompts_per_iter": 2, "samples_per_prompt": 2, "sample_steps": 3}
     return dataclasses.replace(
         suite,
         name="nightly-gpu-smoke",
@@ -284,13 +314,9 @@ def nightly_gpu(smoke: bool = False) -> Suite:
         eval=EvalConfig(steps=3, samples_per_prompt=2),
         overrides={
             **NIGHTLY_OVERRIDES,
+            # each method at the small config it declares (Trainer.small_config), as the smoke suite
+            **{name: dict(method.small_config) for name, method in METHODS.items() if method.small_config},
             "best_of_n": {"max_candidates": 2},
-            "rocm": tiny,
-            "raft": {**tiny, "updates_per_iter": 1},
-            "ddpo": {**tiny, "minibatch": 2},
-            "sas": {**tiny, "minibatch": 2},
-            "orw_cfm_w2": {**tiny, "updates_per_iter": 1},
-            "sft": {"batch": 4},
             "pipeline": {
                 "preference_pairs": 4,
                 "collect_steps": 3,
@@ -298,7 +324,6 @@ def nightly_gpu(smoke: bool = False) -> Suite:
                 "reward_batch": 4,
                 "rl_options": "prompts_per_iter=2,samples_per_prompt=2,minibatch=2,sample_steps=3",
             },
-            "aihf": {**tiny, "preference_pairs": 4, "demo_batch": 4, "warmup_reward_steps": 2, "updates_per_iter": 1},
         },
     )
 
@@ -311,6 +336,7 @@ SUITES = {
     "orw-alpha": orw_alpha,
     "sas-discretization": sas_discretization,
     "feedback": feedback,
+    "grpo-family": grpo_family,
     "nightly-gpu": nightly_gpu,
 }
 

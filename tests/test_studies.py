@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.studies import efficiency, queries_to_reach
+from bench.studies import STUDIES, efficiency, queries_to_reach
 
 
 def test_queries_to_reach_interpolates_to_the_first_crossing():
@@ -72,3 +72,48 @@ def test_efficiency_without_base_runs_says_what_it_needs():
     rows = _curve("ddpo@consistency", 0, [(1000, -0.5)]) + _curve("rocm@consistency", 0, [(100, -0.4)])
     with pytest.raises(ValueError, match="needs base@consistency runs"):
         efficiency(pd.DataFrame(rows), "rocm@consistency", "ddpo@consistency", "base@consistency", "digit")
+
+
+def test_efficiency_measures_any_compute_axis():
+    rows = [
+        {**row, "wall_s": row["reward_queries"] / 10}
+        for row in _curve("base@flow", 0, [(0, -1.0)])
+        + _curve("flow_grpo@flow", 0, [(1000, -0.6), (2000, -0.2)])
+        + _curve("mix_grpo@flow", 0, [(400, -0.5), (800, -0.1)])
+    ]
+    study = efficiency(pd.DataFrame(rows), "mix_grpo@flow", "flow_grpo@flow", "base@flow", "digit", spent_on="wall_s")
+    # target -0.2, reached halfway between 40 s (-0.5) and 80 s (-0.1): 40 + 0.75 * 40 = 70 s of the reference's 200 s
+    assert study["method_queries"] == pytest.approx(70) and study["fraction"][0] == pytest.approx(70 / 200)
+
+
+def test_the_grpo_study_answers_each_claim_from_the_cells_it_has(tmp_path):
+    def cell(label, seed, gain, wall):
+        rows = []
+        for milestone, fraction in enumerate((0.5, 1.0)):
+            for split, shift in (("eval_unseen", 0.0), ("eval_unseen@10", -0.1), ("eval_seen", 0.05)):
+                for metric, value in (
+                    ("reward", -1.0 + gain * fraction + shift),
+                    ("judge_acc", 0.9),
+                    ("diversity", 30.0),
+                    ("fid", 90.0),
+                ):
+                    rows.append(
+                        {
+                            "label": label, "seed": seed, "reward": "compress", "split": split, "metric": metric,
+                            "milestone": milestone, "budget": 1000 * fraction, "budget_unit": "nfe",
+                            "nfe": 1000 * fraction, "reward_queries": 10 * fraction, "wall_s": wall * fraction,
+                            "value": value,
+                        }
+                    )  # fmt: skip
+        return rows
+
+    rows = []
+    for seed in (0, 1):
+        rows += cell("base@flow", seed, 0.0, 0.0) + cell("flow_grpo@flow", seed, 1.0, 100.0)
+        rows += cell("mix_grpo@flow", seed, 2.0, 100.0) + cell("flow_grpo/no-kl@flow", seed, 1.5, 100.0)
+    text = STUDIES["grpo"](pd.DataFrame(rows), tmp_path).read_text()
+    # mix_grpo's mean curve -1, 0, 1 over 0, 50, 100 s reaches flow_grpo's final 0 at 50 s: half the wall time
+    assert "| mix_grpo@flow | flow_grpo@flow | 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] |" in text
+    assert "dance_grpo@flow" not in text  # no cells, no rows
+    assert "| flow_grpo@flow | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | 0.900 [0.900, 0.900] | 100 |" in text
+    assert "| flow_grpo/no-kl@flow | 0.550 [0.550, 0.550] | 0.900" in text  # the proxy: eval_seen
