@@ -21,7 +21,7 @@ from rewards import REWARDS
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "--method", "dpo"], "unknown method 'dpo'; valid: base, best_of_n, raft, ddpo"),
+        (["run", "--method", "ppo"], "unknown method 'ppo'; valid: base, best_of_n, raft, ddpo"),
         (["run", "--reward", "beauty"], "unknown reward 'beauty'; valid: digit, compress"),
         (["run", "--reward", "aesthetic"], "world 'digits' offers no 'aesthetic' reward; valid: digit, compress, gold"),
         (["run", "--method", "ddpo@sd15"], "unknown model 'sd15'; valid: diffusion, consistency, flow"),
