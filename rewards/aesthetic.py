@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rewards.clip_score import check_batch, clip_image_embeddings, freeze, load_frozen, resolve_file
+from models.hub import resolve_file
+from rewards.clip_score import check_batch, clip_image_embeddings, freeze, load_frozen
 
 DEFAULT_SOURCE = "openai/clip-vit-large-patch14"
 HEAD_FILENAME = "sac+logos+ava1-l14-linearMSE.pth"

@@ -9,9 +9,9 @@ CLIPScore as Hessel et al. define it is w * max(cos, 0) with w = 2.5, and torchm
 max(100 * cos, 0). The clamp at zero is left out here: a reward with a flat region gives no gradient there,
 and the CLIP cosine of an image and a related caption is positive in practice, so the clamp rarely acts.
 
-This module also holds the loading helpers the other reward models share (hub id or local path, cache-only,
-clear errors; tokenizers checked for a real vocabulary), since every one of them loads a transformers model
-and tokenizer the same way.
+This module also holds the loading helpers the other reward models share (a transformers model or tokenizer from a
+hub id or local path, resolved by models/hub.py: cache-only, clear errors, tokenizers checked for a real
+vocabulary), since every one of them loads a transformers model and tokenizer the same way.
 
 On disk (`from_pretrained(source)`): a hub id present in the local Hugging Face cache
 (`huggingface-cli download openai/clip-vit-large-patch14`), or a directory holding what
@@ -21,93 +21,21 @@ vocab.json, merges.txt / tokenizer.json, ...). `tokenizer_source` defaults to `s
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.hub import MIN_VOCAB, check_vocabulary, how_to_get, is_hub_id, one_line, resolve_directory
 from rewards.image_preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, check_images, clip_preprocess
 
 DEFAULT_SOURCE = "openai/clip-vit-large-patch14"
-# Real CLIP/BERT vocabularies have ~30k-50k tokens. An offline `CLIPTokenizer.from_pretrained(<hub id>)`
-# that finds nothing can return a tokenizer of length 2 instead of failing, which then tokenizes every
-# prompt to unknown tokens; refusing tiny vocabularies turns that into an error.
-MIN_VOCAB = 1000
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Loading helpers shared by the reward models
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _how_to_get(source: str, filename: str | None = None) -> str:
-    target = f"{source} {filename}" if filename else source
-    return (
-        f"download it on a networked machine with `huggingface-cli download {target}` "
-        f"(`hf download {target}` with newer huggingface_hub), or pass a local path instead"
-    )
-
-
-def is_hub_id(source: str | Path) -> bool:
-    """Whether `source` names a Hugging Face hub repository rather than a local path."""
-    if isinstance(source, Path):
-        return False
-    text = str(source)
-    return bool(_HUB_ID.match(text)) and ".." not in text and not Path(text).exists()
-
-
-def resolve_directory(source: str | Path, what: str) -> Path:
-    """A local directory for `source`: the directory itself, or the cached snapshot of a hub id.
-
-    Never downloads. Raises ValueError naming `what` and how to obtain it when neither exists.
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ValueError(f"{what}: expected a directory at {path}, found a file")
-    if not is_hub_id(source):
-        raise ValueError(f"{what}: no such directory {path}")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=str(source), local_files_only=True))
-    except Exception as error:  # LocalEntryNotFoundError, HFValidationError, ...: all mean "not here"
-        raise ValueError(
-            f"{what} '{source}' is not in the local Hugging Face cache ({type(error).__name__}): "
-            f"{_how_to_get(str(source))}"
-        ) from error
-
-
-def resolve_file(source: str | Path, filename: str, what: str) -> Path:
-    """A local file: `source` itself if it is a file, `source/filename` for a directory, or `filename` from the
-    cached snapshot of hub id `source`. Never downloads; ValueError naming `what` and how to obtain it."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if not (path / filename).is_file():
-            raise ValueError(f"{what}: {path} has no {filename}")
-        return path / filename
-    if not is_hub_id(source):
-        raise ValueError(f"{what}: no such file or directory {path}")
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return Path(hf_hub_download(repo_id=str(source), filename=filename, local_files_only=True))
-    except Exception as error:
-        raise ValueError(
-            f"{what} ('{filename}' of '{source}') is not in the local Hugging Face cache "
-            f"({type(error).__name__}): {_how_to_get(str(source), filename)}"
-        ) from error
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -121,9 +49,9 @@ def load_frozen(model_cls, source: str | Path, what: str, *, device=None, dtype=
     try:
         model = model_cls.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as error:
-        hint = _how_to_get(str(source)) if is_hub_id(source) else "pass a directory written by save_pretrained"
+        hint = how_to_get(str(source)) if is_hub_id(source) else "pass a directory written by save_pretrained"
         raise ValueError(
-            f"{what}: no loadable {model_cls.__name__} weights in {directory} ({_one_line(error)[:300]}); {hint}"
+            f"{what}: no loadable {model_cls.__name__} weights in {directory} ({one_line(error)[:300]}); {hint}"
         ) from error
     # Cast after loading: from_pretrained's dtype argument is `torch_dtype` in transformers 4 and `dtype` in 5.
     if device is not None or dtype is not None:
@@ -140,15 +68,9 @@ def load_tokenizer(tokenizer_cls, source: str | Path, what: str, *, min_vocab: i
         tokenizer = tokenizer_cls.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError) as error:
         raise ValueError(
-            f"{what}: no loadable {tokenizer_cls.__name__} in {directory} ({_one_line(error)[:300]})"
+            f"{what}: no loadable {tokenizer_cls.__name__} in {directory} ({one_line(error)[:300]})"
         ) from error
-    if len(tokenizer) < min_vocab:
-        raise ValueError(
-            f"{what} from {directory} has only {len(tokenizer)} tokens (< min_vocab={min_vocab}): "
-            f"its vocabulary files are missing or broken; pass a directory with the real tokenizer, "
-            f"or a smaller min_vocab if the tiny vocabulary is deliberate"
-        )
-    return tokenizer
+    return check_vocabulary(tokenizer, min_vocab, f"{directory} ({what})")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -65,16 +65,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rewards.clip_score import (
-    MIN_VOCAB,
-    check_batch,
-    check_clip_tokenizer,
-    clip_cosine,
-    freeze,
-    is_hub_id,
-    load_tokenizer,
-    resolve_file,
-)
+from models.hub import MIN_VOCAB, is_hub_id, resolve_file
+from rewards.clip_score import check_batch, check_clip_tokenizer, clip_cosine, freeze, load_tokenizer
 
 DEFAULT_SOURCE = "xswu/HPSv2"
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}

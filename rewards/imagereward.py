@@ -66,8 +66,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.hub import MIN_VOCAB, resolve_file
 from rewards.aesthetic import PUBLISHED_WIDTHS, ScoreMLP, head_state_dict
-from rewards.clip_score import MIN_VOCAB, check_batch, freeze, load_tokenizer, resolve_file
+from rewards.clip_score import check_batch, freeze, load_tokenizer
 from rewards.image_preprocess import BLIP_MEAN, BLIP_STD, clip_preprocess
 
 DEFAULT_SOURCE = "THUDM/ImageReward"

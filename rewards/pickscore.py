@@ -23,15 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rewards.clip_score import (
-    MIN_VOCAB,
-    check_batch,
-    check_clip_tokenizer,
-    clip_cosine,
-    freeze,
-    load_frozen,
-    load_tokenizer,
-)
+from models.hub import MIN_VOCAB
+from rewards.clip_score import check_batch, check_clip_tokenizer, clip_cosine, freeze, load_frozen, load_tokenizer
 
 DEFAULT_SOURCE = "yuvalkirstain/PickScore_v1"
 DEFAULT_TOKENIZER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"

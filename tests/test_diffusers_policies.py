@@ -306,7 +306,7 @@ def test_an_uncached_hub_id_fails_fast_offline(family, tmp_path, monkeypatch):
 
 
 def test_a_nearly_empty_tokenizer_is_refused(pipelines):
-    with pytest.raises(ValueError, match=r"has only 76 tokens \(min_vocab 10000\)"):
+    with pytest.raises(ValueError, match=r"has only 76 tokens \(< min_vocab=10000\)"):
         StableDiffusionPolicy.from_pretrained(pipelines / "sd", config=StableDiffusionConfig(resolution=RESOLUTION))
 
 

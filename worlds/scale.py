@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
+from models.hub import resolve_directory
 from models.policy import Policy
 from models.prompts import load_prompt_set
 from models.scale.config import DiffusersConfig, LatentConsistencyConfig, StableDiffusion3Config, StableDiffusionConfig
-from models.scale.hub import resolve_source
 from models.scale.lora import LoRALatentPolicy
 from models.scale.sd3 import StableDiffusion3Policy
 from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy
@@ -207,7 +207,7 @@ class ScaleWorld:
 
     def checkpoint_root(self, model: str, source: str = "") -> Path:
         """The local pipeline directory of the model (a hub id's cached snapshot); fails naming how to get it."""
-        return resolve_source(self.model_config(model, source).source, ["model_index.json", "*/*"])
+        return resolve_directory(self.model_config(model, source).source, "model", ["model_index.json", "*/*"])
 
     def model_hash(self, model: str, source: str = "") -> str:
         """The weights' fingerprint and the loading config (as declared, device aside): the base model's identity."""

@@ -10,45 +10,8 @@ import torch
 import torch.utils.checkpoint
 
 from models.diffusion import NoiseSchedule
+from models.hub import check_vocabulary
 from models.scale.config import SD_SCHEDULE
-
-
-def resolve_source(source: str, allow_patterns: list[str]) -> Path:
-    """The local directory of `source`: itself, or a hub id's snapshot (the cache first; downloaded, only the
-    files matching `allow_patterns`, when the hub is reachable). Offline and uncached: a ValueError saying how
-    to get it."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    how = (
-        f"run `hf download {source}` (`huggingface-cli download {source}` with an older huggingface_hub) "
-        f"on a networked machine, or pass a local directory in diffusers' pipeline layout"
-    )
-    # safetensors only: several hubs' repos also hold .bin and full .ckpt copies of every weight
-    ignore = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.msgpack", "*.onnx", "*.h5", "*fp16*", "*non_ema*"]
-    try:
-        return Path(
-            snapshot_download(source, allow_patterns=allow_patterns, ignore_patterns=ignore, local_files_only=True)
-        )
-    except HFValidationError:
-        raise ValueError(
-            f"model source {source!r} is neither an existing directory nor a hub id (owner/name)"
-        ) from None
-    except LocalEntryNotFoundError:
-        if constants.HF_HUB_OFFLINE:
-            raise ValueError(
-                f"model {source!r} is not in the local Hugging Face cache and the hub is offline "
-                f"(HF_HUB_OFFLINE): {how}"
-            ) from None
-    try:
-        return Path(snapshot_download(source, allow_patterns=allow_patterns, ignore_patterns=ignore))
-    except LocalEntryNotFoundError as error:  # the hub did not answer
-        raise ValueError(
-            f"model {source!r} is not in the local Hugging Face cache and could not be downloaded ({error}): {how}"
-        ) from None
 
 
 def component_dir(root: Path, name: str) -> Path:
@@ -67,14 +30,7 @@ def load_tokenizer(root: Path, name: str, min_vocab: int, cls=None):
     from transformers import AutoTokenizer
 
     component_dir(root, name)
-    tokenizer = (cls or AutoTokenizer).from_pretrained(root, subfolder=name)
-    if len(tokenizer) < min_vocab:
-        raise ValueError(
-            f"the tokenizer in {root / name} has only {len(tokenizer)} tokens (min_vocab {min_vocab}): "
-            f"it did not load properly (missing vocabulary files?); lower min_vocab only for a "
-            f"deliberately tiny tokenizer"
-        )
-    return tokenizer
+    return check_vocabulary((cls or AutoTokenizer).from_pretrained(root, subfolder=name), min_vocab, str(root / name))
 
 
 def read_scheduler_config(root: Path) -> dict:

@@ -16,9 +16,9 @@ import torch.utils.checkpoint
 from torch import nn
 
 from models.diffusion import NoiseSchedule
+from models.hub import resolve_directory
 from models.policy import ChainPolicy, images_to_model_space, model_space_to_images
 from models.scale.config import DECODE_BATCH, DiffusersConfig
-from models.scale.hub import resolve_source
 
 
 class Conditioning(NamedTuple):
@@ -285,4 +285,4 @@ class LoRALatentPolicy(ChainPolicy):
     @staticmethod
     def _root(config: DiffusersConfig, components: list[str]) -> Path:
         """The pipeline directory of `config.source`, holding (at least) `components`."""
-        return resolve_source(config.source, ["model_index.json"] + [f"{name}/*" for name in components])
+        return resolve_directory(config.source, "model", ["model_index.json"] + [f"{name}/*" for name in components])
