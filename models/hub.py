@@ -16,7 +16,8 @@ MIN_VOCAB = 1000
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
+    """Any text (an error, say) on one line."""
     return " ".join(str(text).split())
 
 
@@ -45,7 +46,7 @@ def resolve_directory(source: str | Path, what: str, allow_patterns: list[str] |
     if path.exists():
         raise ValueError(f"{what}: expected a directory at {path}, found a file")
     if not is_hub_id(source):
-        raise ValueError(f"{what} {str(source)!r} is neither an existing directory nor a hub id (owner/name)")
+        raise ValueError(f"{what}: no such directory {path}, and {str(source)!r} is not a hub id (owner/name) either")
     from huggingface_hub import snapshot_download
 
     try:

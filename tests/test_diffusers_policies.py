@@ -301,7 +301,7 @@ def test_an_uncached_hub_id_fails_fast_offline(family, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=expected):
         policy_class.from_pretrained()
     assert time.monotonic() - start < 5
-    with pytest.raises(ValueError, match="neither an existing directory nor a hub id"):
+    with pytest.raises(ValueError, match="no such directory .*, and .* is not a hub id"):
         policy_class.from_pretrained(str(tmp_path / "no" / "such" / "directory"))
 
 
