@@ -36,7 +36,8 @@ class Config(Options):
     sample_steps: int | None = option(None, at_least=2)
     """T: sampler steps of the training chains; None: the model's default."""
     window: int = option(4, at_least=1)
-    """w: the SDE steps of each chain, the only ones trained (at most T - 1)."""
+    """w: the SDE steps of each chain, the only ones trained (a chain of T steps has at most T - 1: a longer window is
+    the whole chain's stochastic steps)."""
     shift_interval: int = option(10, at_least=1)
     """Iterations between two moves of the window."""
     stride: int = option(1, at_least=1)
@@ -59,10 +60,15 @@ class Config(Options):
     """Gradient clipping threshold (L2 norm)."""
 
 
+def window_size(steps: int, config: Config) -> int:
+    """w on chains of `steps` steps: at most their `steps - 1` stochastic steps."""
+    return min(config.window, steps - 1)
+
+
 def window_start(iteration: int, steps: int, config: Config) -> int:
     """l at iteration k (from 0) of chains of `steps` steps: the window slides by `stride` every `shift_interval`
     iterations and stops where its last step is the chain's last stochastic one."""
-    return min(config.stride * (iteration // config.shift_interval), steps - 1 - config.window)
+    return min(config.stride * (iteration // config.shift_interval), steps - 1 - window_size(steps, config))
 
 
 class MixGRPO(Trainer):
@@ -77,21 +83,16 @@ class MixGRPO(Trainer):
         # sampling, then per epoch a forward + backward of each window step (and the reference's forward)
         images = config.prompts_per_iter * config.samples_per_prompt
         steps = config.sample_steps or generator.default_steps
-        reference = images * config.window if config.kl_coef > 0 else 0
+        window = window_size(steps, config)
+        reference = images * window if config.kl_coef > 0 else 0
         return {
-            "nfe": images * steps + config.inner_epochs * (images * config.window * 3 + reference),
+            "nfe": images * steps + config.inner_epochs * (images * window * 3 + reference),
             "reward_queries": images,
             "samples": images,
         }
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)
-        steps = self.sampler_steps(config.sample_steps)
-        if config.window > steps - 1:
-            raise ValueError(
-                f"mix_grpo.window must be at most the chain's {steps - 1} stochastic steps (sample_steps - 1), "
-                f"got {config.window}"
-            )
         self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
         self.reference = policy.frozen_copy() if config.kl_coef > 0 else None
         self.iteration = 0
@@ -99,8 +100,8 @@ class MixGRPO(Trainer):
     def step(self) -> dict[str, float]:
         cfg = self.config
         steps = self.sampler_steps(cfg.sample_steps)
-        start = window_start(self.iteration, steps, cfg)
-        noise = [cfg.noise_level if start <= s < start + cfg.window else 0.0 for s in range(steps)]
+        start, window = window_start(self.iteration, steps, cfg), window_size(steps, cfg)
+        noise = [cfg.noise_level if start <= s < start + window else 0.0 for s in range(steps)]
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
             trajectory = self.policy.sample(prompts, steps, self.generator, eta=noise, sde="flow_grpo")

@@ -382,6 +382,7 @@ def test_two_stores_in_one_folder_write_their_tables_to_folders_of_their_own(sto
     shutil.copy(tmp_path / "store.sqlite", tmp_path / "other.sqlite")
     assert results_dir(tmp_path / "store.sqlite") == tmp_path
     assert results_dir(tmp_path / "other.sqlite") == tmp_path / "other"
+    assert results_dir(tmp_path / "other") == tmp_path / "other-results"  # never the store itself
     assert main(["leaderboard", "--store", str(tmp_path / "other.sqlite")]) == 0
     assert (tmp_path / "other" / "leaderboard.md").exists() and not (tmp_path / "leaderboard.md").exists()
     assert main(["leaderboard", "--store", str(tmp_path / "other.sqlite"), "--out", str(tmp_path / "mine")]) == 0
