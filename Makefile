@@ -36,10 +36,10 @@ lint: $(STAMP)
 
 # The fast tests (CPU, a few minutes); test-all adds the slow ones (spawned processes, kill trials, the smoke suite).
 test: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -rs $(ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow $(ARGS)
+	$(PY) -m pytest -q -rs -m slow $(ARGS)
 
 test-all: test test-slow
 

@@ -106,7 +106,11 @@ def _option(field: dataclasses.Field):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line naming what is wrong and what is valid."""
+    """argparse whose errors are one line naming what is wrong and what is valid, and which takes no abbreviated
+    option (argparse would read `--ddpo.clip 0.1` as `--ddpo.clip_range 0.1`, silently)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         unknown = re.search(r"--([a-z_]+)\.([a-z_]+)", message)

@@ -30,6 +30,7 @@ from rewards import REWARDS
         (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, wall_s"),
         (["run", "--seeds", "0"], "expected a positive integer"),
         (["run", "--ddpo.lr", "1e-4"], "ddpo options: prompts_per_iter, samples_per_prompt"),
+        (["run", "--ddpo.clip", "0.1"], "unrecognized arguments: --ddpo.clip 0.1 (ddpo options: prompts_per_iter"),
         (["run", "--ddpo.clip_range", "big"], "--ddpo.clip_range: expected a number, got 'big'"),
         (["run", "--raft.keep_per_prompt", "9"], "raft.keep_per_prompt must be in [1, samples_per_prompt=8], got 9"),
         (["run", "--ddpo.eta", "0"], "argument --ddpo.eta: must be > 0, got 0"),
