@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Options, option
-from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_epochs
+from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_epochs, ppo_usage, steps_trained
 from methods.trainer import Trainer, chain_work, make_optimizer
 
 
@@ -74,15 +74,8 @@ class DDPO(Trainer):
 
     @classmethod
     def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
-        # sampling, then per epoch a forward + backward of every trained step (and the reference's forward)
         images, steps, actions = chain_work(config, generator)
-        trained = round(config.step_fraction * actions)
-        reference = images * trained if config.kl_coef > 0 else 0
-        return {
-            "nfe": images * steps + config.inner_epochs * (images * trained * 3 + reference),
-            "reward_queries": images,
-            "samples": images,
-        }
+        return ppo_usage(config, images, steps, steps_trained(config.step_fraction, actions))
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Options, option
-from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_epochs
-from methods.trainer import Trainer, make_optimizer
+from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_epochs, ppo_usage
+from methods.trainer import Trainer, chain_work, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,8 @@ class MixGRPO(Trainer):
 
     @classmethod
     def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
-        # sampling, then per epoch a forward + backward of each window step (and the reference's forward)
-        images = config.prompts_per_iter * config.samples_per_prompt
-        steps = config.sample_steps or generator.default_steps
-        window = window_size(steps, config)
-        reference = images * window if config.kl_coef > 0 else 0
-        return {
-            "nfe": images * steps + config.inner_epochs * (images * window * 3 + reference),
-            "reward_queries": images,
-            "samples": images,
-        }
+        images, steps, _ = chain_work(config, generator)
+        return ppo_usage(config, images, steps, window_size(steps, config))  # the window's steps are trained
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)

@@ -82,6 +82,23 @@ def ppo_chain_backward(
     return stats
 
 
+def steps_trained(step_fraction: float, actions: int) -> int:
+    """The stochastic steps of each chain an update trains on: a `step_fraction` of its `actions`, at least one."""
+    return max(1, round(step_fraction * actions))
+
+
+def ppo_usage(config, images: int, steps: int, trained: int) -> dict[str, float]:
+    """What one iteration of the methods that run ppo_epochs costs: sampling `images` chains of `steps` steps, then per
+    epoch (config.inner_epochs) a forward and a backward of `trained` steps of each chain, and the reference's forward
+    of each where config.kl_coef > 0."""
+    reference = images * trained if config.kl_coef > 0 else 0
+    return {
+        "nfe": images * steps + config.inner_epochs * (images * trained * 3 + reference),
+        "reward_queries": images,
+        "samples": images,
+    }
+
+
 def ppo_epochs(trainer, trajectory, advantages: torch.Tensor, step_fraction: float = 1.0) -> dict[str, float]:
     """PPO's update of one iteration, as DDPO and the GRPO papers make it: `inner_epochs` passes over the
     trajectories in random minibatches of `minibatch` chains (over all processes), each an optimizer step of L(theta)
@@ -90,7 +107,7 @@ def ppo_epochs(trainer, trajectory, advantages: torch.Tensor, step_fraction: flo
     and `trainer.reference` the KL's frozen policy (None: no KL). advantages: (B,), one per chain. Returns the
     diagnostics' means over every trained step."""
     cfg = trainer.config
-    steps_trained = max(1, round(step_fraction * len(trajectory.stochastic_steps)))
+    trained = steps_trained(step_fraction, len(trajectory.stochastic_steps))
     stats: dict[str, list[float]] = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
     for _ in range(cfg.inner_epochs):
         order = torch.randperm(len(trajectory.prompts), generator=trainer.generator)
@@ -99,7 +116,7 @@ def ppo_epochs(trainer, trajectory, advantages: torch.Tensor, step_fraction: flo
             index = order[start : start + size]
             part = trajectory.subset(index)
             actions = part.stochastic_steps
-            draw = torch.randperm(len(actions), generator=trainer.generator)[:steps_trained]
+            draw = torch.randperm(len(actions), generator=trainer.generator)[:trained]
             trainer.optimizer.zero_grad(set_to_none=True)
             step_stats = ppo_chain_backward(
                 trainer.policy,
