@@ -121,6 +121,13 @@ def add_run(
     store.finish_run(run_id, status, reason)
 
 
+# raft's cell on compress, which it cannot run
+RAFT_ON_COMPRESS = RunRecord(
+    "raft-compress", "tiny", "raft", "raft-v1", "", "diffusion", "digits", "compress", 0, "nfe", BUDGETS[-1], "{}",
+    "c-raft", "abc123", "h0",
+)  # fmt: skip
+
+
 @pytest.fixture
 def store(tmp_path):
     with Store(tmp_path / "store.sqlite") as store:
@@ -134,26 +141,7 @@ def store(tmp_path):
         add_run(store, "ddpo", "digit", 2, both[:1], status="failed", reason="loss became NaN at step 17")
         # base does not train: on compress it was evaluated once, one seed, at budget 0
         add_run(store, "base", "compress", 0, [(0, 0.0)])
-        store.record_not_applicable(
-            RunRecord(
-                "raft-compress",
-                "tiny",
-                "raft",
-                "raft-v1",
-                "",
-                "diffusion",
-                "digits",
-                "compress",
-                0,
-                "nfe",
-                BUDGETS[-1],
-                "{}",
-                "c-raft",
-                "abc123",
-                "h0",
-            ),
-            "needs a differentiable reward",
-        )
+        store.record_not_applicable(RAFT_ON_COMPRESS, "needs a differentiable reward")
         yield store
 
 
@@ -259,26 +247,7 @@ def test_a_store_without_results_still_lists_its_cells(tmp_path):
     with Store(tmp_path / "store.sqlite") as store:
         add_run(store, "ddpo", "digit", 0, [], status="failed", reason="out of memory")
         add_run(store, "ddpo", "digit", 1, [], status="failed")
-        store.record_not_applicable(
-            RunRecord(
-                "raft-compress",
-                "tiny",
-                "raft",
-                "raft-v1",
-                "",
-                "diffusion",
-                "digits",
-                "compress",
-                0,
-                "nfe",
-                BUDGETS[-1],
-                "{}",
-                "c-raft",
-                "abc123",
-                "h0",
-            ),
-            "needs a differentiable reward",
-        )
+        store.record_not_applicable(RAFT_ON_COMPRESS, "needs a differentiable reward")
         paths = write_leaderboard(store, tmp_path / "board")
     assert sorted(p.name for p in paths) == ["leaderboard.csv", "leaderboard.md"]  # no samples, no grid
     table = pd.read_csv(tmp_path / "board" / "leaderboard.csv", keep_default_na=False)  # keep "n/a"

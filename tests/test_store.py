@@ -300,7 +300,7 @@ def test_reading_a_store_writes_nothing_to_it(tmp_path):
     assert path.read_bytes() == before
 
 
-def _as_another_user_in_a_read_only_folder(tmp_path, action) -> str:
+def _as_another_user_in_a_read_only_folder(action) -> str:
     """`action(store path)`'s outcome (the message of its ValueError, or 'ok') in a forked child that cannot write the
     store's folder: its permissions say so, and a root child gives up root first (root ignores permissions)."""
     folder = Path(tempfile.mkdtemp())  # a folder the child can reach, as pytest's private ones are not
@@ -354,13 +354,13 @@ def test_a_store_in_a_read_only_folder_can_be_read_and_its_tables_written_elsewh
             raise ValueError(f"exit {exit.code}") from None
 
     try:
-        assert _as_another_user_in_a_read_only_folder(tmp_path, read) == "exit 1"
+        assert _as_another_user_in_a_read_only_folder(read) == "exit 1"
         assert (out / "leaderboard.md").exists()
     finally:
         shutil.rmtree(out)
 
 
-def test_a_store_that_cannot_be_written_fails_at_once_naming_it(tmp_path):
+def test_a_store_that_cannot_be_written_fails_at_once_naming_it():
     def write(path):
         started = time.monotonic()
         try:
@@ -368,7 +368,7 @@ def test_a_store_that_cannot_be_written_fails_at_once_naming_it(tmp_path):
         finally:
             assert time.monotonic() - started < 5, "it waited as if for a lock"
 
-    outcome = _as_another_user_in_a_read_only_folder(tmp_path, write)
+    outcome = _as_another_user_in_a_read_only_folder(write)
     assert outcome.startswith("cannot write the results store ") and "store.sqlite: " in outcome, outcome
 
 
