@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.leaderboard import BASE_METHOD, CELL_KEYS
+from bench.leaderboard import BASE_METHOD, CELL_KEYS, TRAINING_REWARD
 from bench.stats import iqm, pooled, probability_of_improvement, stratified_bootstrap_ci
 from models.io import atomic_write_bytes
 
@@ -30,7 +30,7 @@ TASK_KEY = "reward"
 ENTRY_KEYS = [k for k in CELL_KEYS if k not in (TASK_KEY, "budget_unit", "budget")]
 # Scores are normalized within a task and budget unit, against the base of the same entry keys but method.
 NORMALIZE_KEYS = [k for k in CELL_KEYS if k not in ("method", "budget")]
-AGGREGATE_METRIC = "reward"
+AGGREGATE_METRIC = TRAINING_REWARD
 
 
 def entry_label(entry: tuple) -> str:
@@ -90,7 +90,7 @@ def improvement_table(results: pd.DataFrame, split: str, headline: str) -> pd.Da
     """One row per (metric, budget unit, entry A, entry B): P(A beats B) at that unit's largest budget, for the headline
     metric and the reward."""
     rows = []
-    ours = results[(results["split"] == split) & results["metric"].isin((headline, "reward"))]
+    ours = results[(results["split"] == split) & results["metric"].isin((headline, TRAINING_REWARD))]
     for (metric, unit), frame in ours.groupby(["metric", "budget_unit"]):
         final = frame[frame["budget"] == frame["budget"].max()]
         sign = 1.0 if final["higher_is_better"].iloc[0] else -1.0  # P(improvement) reads higher as better

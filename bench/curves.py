@@ -11,27 +11,53 @@ CLIP score at scale):
 - pareto_<reward>.png: training reward versus diversity and versus FID, one point per cell; the cells
   no other cell beats on both axes are joined (the Pareto front).
 
-Figures are built with matplotlib's object API (no pyplot), so no global backend state is touched.
+Every series keeps one look in every figure of every suite (`series_style`): its method's colour and marker,
+its model's line style; no two series of a figure share all three. Figures are built with matplotlib's object API
+(no pyplot), so no global backend state is touched.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label
-from bench.leaderboard import safe_name
+from bench.leaderboard import TRAINING_REWARD, safe_name
+from methods import METHODS
 from models.io import atomic_write_bytes
+from worlds import MODEL_FAMILIES
 
-PROXY_METRIC = "reward"
 COMPUTE_UNITS = {"nfe": "NFE", "reward_queries": "reward queries", "wall_s": "wall seconds"}
 PARETO_METRICS = ("diversity", "fid")
 SERIES_KEYS = [*ENTRY_KEYS, "budget_unit"]
 _PANEL_INCHES = (4.2, 3.2)
+# tab20's strong colours first, then its light ones: the first ten methods get the most distinct colours
+_COLORS = [colormaps["tab20"].colors[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
+# no "*": the over-optimization figure marks each series' full budget with a star
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "8", "d", "H")
+_LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 1, 2)))
+
+
+def series_style(method: str, model: str, variants: list[str]) -> dict[str, object]:
+    """The look of a method's series on a model, the same in every figure: the method's colour and marker (by its
+    place in the methods registry), the model's line style (by its place among the worlds' generators). A variant
+    (`method/variant`) keeps its method's colour and moves its marker on by its place in `variants` (every variant
+    name the figures show, sorted), so the variants of one method stay apart."""
+    name, _, variant = method.partition("/")
+    index = list(METHODS).index(name) if name in METHODS else len(METHODS)
+    marker = index + (variants.index(variant) + 1 if variant else 0)
+    models = list(MODEL_FAMILIES)
+    return {
+        "color": _COLORS[index % len(_COLORS)],
+        "marker": _MARKERS[marker % len(_MARKERS)],
+        "linestyle": _LINE_STYLES[models.index(model) % len(_LINE_STYLES)] if model in models else "-",
+    }
 
 
 def write_curves(
@@ -46,22 +72,30 @@ def write_curves(
 
     table: leaderboard.csv as a frame. directions: metric -> higher is better.
     """
+    written = []
+    for kind, task, figure in figures(table, directions, primary_split, headline, headline_label):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        path = Path(out_dir) / f"{kind}_{safe_name(task)}.png"
+        atomic_write_bytes(path, buffer.getvalue())
+        written.append(path)
+    return written
+
+
+def figures(
+    table: pd.DataFrame, directions: dict[str, bool], primary_split: str, headline: str, headline_label: str
+) -> Iterator[tuple[str, str, Figure]]:
+    """(kind, task, figure) for every figure whose metrics the table has (arguments as in `write_curves`)."""
     done = table[table["status"] == "done"]
     entries = sorted(done[ENTRY_KEYS].drop_duplicates().itertuples(index=False, name=None))
-    colors = {entry: f"C{i % 10}" for i, entry in enumerate(entries)}
-    written = []
+    variants = sorted({method.partition("/")[2] for method, _ in entries} - {""})
+    styles = {entry: series_style(*entry, variants) for entry in entries}
     for task, cells in done.groupby(TASK_KEY):
         for kind, draw in (("compute", _compute), ("overoptimization", _overoptimization), ("pareto", _pareto)):
-            figure = draw(cells, directions, colors, primary_split, headline, headline_label)
-            if figure is None:
-                continue
-            figure.suptitle(f"{TASK_KEY}: {task} ({primary_split})")
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-            path = Path(out_dir) / f"{kind}_{safe_name(task)}.png"
-            atomic_write_bytes(path, buffer.getvalue())
-            written.append(path)
-    return written
+            figure = draw(cells, directions, styles, primary_split, headline, headline_label)
+            if figure is not None:
+                figure.suptitle(f"{TASK_KEY}: {task} ({primary_split})")
+                yield kind, str(task), figure
 
 
 def _series(cells: pd.DataFrame):
@@ -86,8 +120,8 @@ def _axis_label(metric: str, directions: dict[str, bool]) -> str:
     return f"{metric} {'↑' if directions.get(metric, True) else '↓'}"
 
 
-def _compute(cells, directions, colors, split, headline, headline_label) -> Figure | None:
-    metrics = [m for m in (PROXY_METRIC, headline) if _has(cells, split, m)]
+def _compute(cells, directions, styles, split, headline, headline_label) -> Figure | None:
+    metrics = [m for m in (TRAINING_REWARD, headline) if _has(cells, split, m)]
     if not metrics:
         return None
     figure = Figure(
@@ -100,56 +134,59 @@ def _compute(cells, directions, colors, split, headline, headline_label) -> Figu
             for label, entry, series in _series(cells):
                 mean, lo, hi = _stat(series, split, metric)
                 x = series[unit].to_numpy(dtype=float)
-                ax.plot(x, mean, marker="o", color=colors[entry], label=label)
-                ax.fill_between(x, lo, hi, color=colors[entry], alpha=0.2, linewidth=0)
+                ax.plot(x, mean, label=label, **styles[entry])
+                ax.fill_between(x, lo, hi, color=styles[entry]["color"], alpha=0.2, linewidth=0)
             ax.set_xlabel(f"{unit_label} used")
             ax.set_ylabel(_axis_label(metric, directions))
             ax.grid(alpha=0.3)
-    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _legend(figure, axes[0, -1])
     return figure
 
 
-def _overoptimization(cells, directions, colors, split, headline, headline_label) -> Figure | None:
-    if not _has(cells, split, PROXY_METRIC, headline):
+def _overoptimization(cells, directions, styles, split, headline, headline_label) -> Figure | None:
+    if not _has(cells, split, TRAINING_REWARD, headline):
         return None
     figure = Figure(layout="constrained", figsize=(_PANEL_INCHES[0] * 1.5, _PANEL_INCHES[1] * 1.5))
     ax = figure.subplots()
     for label, entry, series in _series(cells):
-        x, x_lo, x_hi = _stat(series, split, PROXY_METRIC)
+        x, x_lo, x_hi = _stat(series, split, TRAINING_REWARD)
         y, y_lo, y_hi = _stat(series, split, headline)
         ax.errorbar(
             x,
             y,
             xerr=[x - x_lo, x_hi - x],
             yerr=[y - y_lo, y_hi - y],
-            marker="o",
             capsize=2,
-            color=colors[entry],
             label=label,
+            **styles[entry],
         )
-        ax.plot(x[-1:], y[-1:], marker="*", markersize=14, color=colors[entry])  # the full budget
-    ax.set_xlabel(f"training reward (proxy) {_axis_label(PROXY_METRIC, directions)[-1]}")
+        ax.plot(x[-1:], y[-1:], marker="*", markersize=14, color=styles[entry]["color"])  # the full budget
+    ax.set_xlabel(f"training reward (proxy) {_axis_label(TRAINING_REWARD, directions)[-1]}")
     ax.set_ylabel(f"{headline_label}: {_axis_label(headline, directions)}")
     ax.set_title("milestones in budget order; ★ = full budget", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    _legend(figure, ax)
     return figure
 
 
-def _pareto(cells, directions, colors, split, headline, headline_label) -> Figure | None:
-    metrics = [m for m in PARETO_METRICS if _has(cells, split, PROXY_METRIC, m)]
+def _pareto(cells, directions, styles, split, headline, headline_label) -> Figure | None:
+    metrics = [m for m in PARETO_METRICS if _has(cells, split, TRAINING_REWARD, m)]
     if not metrics:
         return None
     figure = Figure(layout="constrained", figsize=(_PANEL_INCHES[0] * 1.2 * len(metrics), _PANEL_INCHES[1] * 1.3))
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
         for label, entry, series in _series(cells):
-            x, _, _ = _stat(series, split, PROXY_METRIC)
+            x, _, _ = _stat(series, split, TRAINING_REWARD)
             y, _, _ = _stat(series, split, metric)
-            ax.scatter(x, y, color=colors[entry], label=label, s=np.linspace(20, 60, len(x)))
-        x, _, _ = _stat(cells, split, PROXY_METRIC)
+            # the line (through the milestones in budget order) carries the series' look into the legend
+            ax.plot(x, y, label=label, linewidth=1, markersize=4, **styles[entry])
+            ax.scatter(
+                x, y, color=styles[entry]["color"], marker=styles[entry]["marker"], s=np.linspace(20, 60, len(x))
+            )
+        x, _, _ = _stat(cells, split, TRAINING_REWARD)
         y, _, _ = _stat(cells, split, metric)
-        front = pareto_front(x, y, directions.get(PROXY_METRIC, True), directions.get(metric, True))
+        front = pareto_front(x, y, directions.get(TRAINING_REWARD, True), directions.get(metric, True))
         ax.plot(
             x[front],
             y[front],
@@ -161,13 +198,20 @@ def _pareto(cells, directions, colors, split, headline, headline_label) -> Figur
             zorder=0,
             label="Pareto front",
         )
-        ax.set_xlabel(_axis_label(PROXY_METRIC, directions))
+        ax.set_xlabel(_axis_label(TRAINING_REWARD, directions))
         ax.set_ylabel(_axis_label(metric, directions))
         ax.locator_params(axis="x", nbins=5)  # reward values such as -137.5 need room
         ax.grid(alpha=0.3)
-    axes[0].set_title("one point per cell; larger = larger budget", fontsize=9)
-    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[0].set_title("one point per cell, joined in budget order; larger = larger budget", fontsize=9)
+    _legend(figure, axes[-1])
     return figure
+
+
+def _legend(figure: Figure, ax) -> None:
+    """The figure's one legend, outside the data on the right: a long legend widens the figure rather than squeezing
+    its panels."""
+    handles, labels = ax.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right upper", ncols=1 if len(labels) <= 24 else 2)
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray, x_higher_better: bool, y_higher_better: bool) -> np.ndarray:

@@ -7,7 +7,7 @@
   the paired difference to the `base` method on the primary split, mean compute used, and the
   number of failed runs; plus one row per 'n/a' cell and per cell whose runs all failed.
 - leaderboard.md: the same, one table per reward, for reading.
-- samples_<reward>.png: a grid of primary-split samples, one row per method and model.
+- samples_<reward>.png: a grid of primary-split samples, one row per method and model, one column per prompt.
 Every file is written atomically, so a reader (or a crashed writer) never sees half a table.
 
 Pairing against `base`: a method's seed is paired with the base run of the same model (the
@@ -35,7 +35,9 @@ from models.io import atomic_write_bytes
 from worlds import world_entry
 
 BASE_METHOD = "base"
-GRID_COLUMNS = 24
+# the metric that holds the training reward's value on an evaluation split (the proxy a method optimizes)
+TRAINING_REWARD = "reward"
+GRID_COLUMNS = 20
 MIN_CELL_PX = 32
 _PAD = 4
 _FONT_SIZE = 12
@@ -154,8 +156,9 @@ def _table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.
     table = table.reindex(columns=fixed + metric_columns + delta_columns)
     for column in delta_columns[3::4]:
         table[column] = table[column].astype("Int64")  # a count, empty where there is no base
-    table = table.sort_values(["reward", "budget_unit", "budget", "model", "method"], na_position="last")
-    return table.reset_index(drop=True)
+    table["_base_last"] = table["method"] != BASE_METHOD  # base first in its model
+    table = table.sort_values(["reward", "budget_unit", "budget", "model", "_base_last", "method"], na_position="last")
+    return table.drop(columns="_base_last").reset_index(drop=True)
 
 
 def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
@@ -277,22 +280,67 @@ def _directions(results: pd.DataFrame) -> dict[str, bool]:
 # -- markdown ---------------------------------------------------------------------------------
 
 
+def ranking(table: pd.DataFrame, directions: dict[str, bool], primary_split: str, metric: str) -> pd.DataFrame:
+    """The answer the tables lead with: for each reward, budget unit and model, the cells at that reward and unit's
+    full (largest) budget, `base` first as the reference, then the methods ranked by the headline `metric` on the
+    primary split, best first (`rank`: 1 for the best, ties at the printed precision share a rank; 0 for base),
+    then the cells without results (n/a, failed: rank NaN)."""
+    done = table[table["status"] == "done"]
+    done = done[done["budget"] == done.groupby(["reward", "budget_unit"])["budget"].transform("max")].copy()
+    column = f"{primary_split}/{metric}/mean"
+    done["rank"] = 0.0
+    is_method = done["method"] != BASE_METHOD
+    if column in done:
+        score = done[column].round(3) * (1 if directions.get(metric, True) else -1)
+        # ranked within each reward, unit and model, base left out
+        done.loc[is_method, "rank"] = (
+            score[is_method]
+            .groupby([done["reward"], done["budget_unit"], done["model"]])
+            .rank(method="min", ascending=False)
+        )
+    else:
+        done.loc[is_method, "rank"] = math.nan
+    full_units = dict(zip(done["reward"], done["budget_unit"]))
+    missing = table[table["status"] != "done"]
+    missing = missing[[full_units.get(r, u) == u for r, u in zip(missing["reward"], missing["budget_unit"])]]
+    frame = pd.concat([done, missing.assign(rank=math.nan)], ignore_index=True)
+    frame = frame.astype({"n_seeds": int, "failed": int})  # an empty `missing` leaves them float
+    # base, then the ranked methods, then the cells without results
+    frame["_group"] = np.where(frame["method"] == BASE_METHOD, 0, np.where(frame["status"] == "done", 1, 2))
+    frame = frame.sort_values(["reward", "budget_unit", "model", "_group", "rank", "method"], na_position="last")
+    return frame.drop(columns="_group").reset_index(drop=True)
+
+
+def interval(mean: float, lo: float, hi: float, signed: bool = False) -> str:
+    """`mean [lo, hi]` at 3 decimals, or the mean alone where the interval is a point at that precision (every seed
+    agreed, or one seed); "—" for no value."""
+    if mean is None or pd.isna(mean):
+        return "—"
+    spec = "+.3f" if signed else ".3f"
+    low, high = f"{lo:{spec}}", f"{hi:{spec}}"
+    return f"{mean:{spec}}" if low == high == f"{mean:{spec}}" else f"{mean:{spec}} [{low}, {high}]"
+
+
 def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, primary_split: str, metric: str) -> str:
     """leaderboard.md; `metric` is the headline."""
-    arrows = {m: "↑" if up else "↓" for m, up in _directions(results).items()}
+    directions = _directions(results)
+    arrows = {m: "↑" if up else "↓" for m, up in directions.items()}
     suite = ", ".join(sorted(runs["suite"].unique()))
     lines = [
         f"# Leaderboard: {suite}",
         "",
-        f"Each cell is the mean [95% bootstrap CI] over `seeds` seeds, on the `{primary_split}` prompts "
-        "unless a split is named, after training for `budget`; ↑ higher is better, ↓ lower is better. "
+        f"Each reward's first table is the answer: at the full budget, each model's `base` (the reference) and then "
+        f"the methods ranked by {metric} on the `{primary_split}` prompts, best first. "
+        f"A cell is the mean [95% bootstrap CI] over `seeds` seeds (the mean alone where every seed agreed), "
+        "on those prompts unless a split is named; ↑ higher is better, ↓ lower is better. "
         + (
             f"Δ {metric} vs base is the per-seed paired difference to the base model at the same reward "
             "and budget (against its single value where the base is deterministic across seeds). "
             if metric in arrows
             else ""
         )
-        + "NFE, reward queries and wall s are the compute used, means over seeds. "
+        + "NFE, reward queries, labels and wall s are the compute used, means over seeds. The second table has every "
+        "budget; leaderboard.csv has every split, metric and interquartile mean. "
         "`version` is the method's version; "
         f"code at git {', '.join(sorted(runs['git_sha'].unique()))}, "
         "base models "
@@ -302,10 +350,23 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
         )
         + ".",
     ]
+    ranked = ranking(table, directions, primary_split, metric)
     for reward in sorted(table["reward"].unique()):
+        budgets = ranked.loc[(ranked["reward"] == reward) & (ranked["status"] == "done")]
+        full = ", ".join(f"{u} {_human(b)}" for u, b in budgets.groupby("budget_unit")["budget"].max().items())
         lines += ["", f"## Reward: {reward}", ""]
+        lines += [f"At the full budget ({full}):" if full else "No results:", ""]
         lines += _reward_table(
-            table[table["reward"] == reward], results[results["reward"] == reward], primary_split, arrows, metric
+            ranked[ranked["reward"] == reward],
+            results[results["reward"] == reward],
+            primary_split,
+            arrows,
+            metric,
+            True,
+        )
+        lines += ["", f"### {reward}: every budget", ""]
+        lines += _reward_table(
+            table[table["reward"] == reward], results[results["reward"] == reward], primary_split, arrows, metric, False
         )
     # In name order, not start order: parallel workers start runs in no fixed order.
     failed = (
@@ -328,51 +389,77 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
     return "\n".join(lines) + "\n"
 
 
-def _reward_table(
-    table: pd.DataFrame, results: pd.DataFrame, primary_split: str, arrows: dict[str, str], metric: str
-) -> list[str]:
-    # the headline first, then the rest in name order
-    primary_metrics = sorted(
-        results.loc[results["split"] == primary_split, "metric"].unique(), key=lambda m: (m != metric, m)
+def shown_metrics(results: pd.DataFrame, primary_split: str, metric: str) -> list[str]:
+    """The primary split's metrics in the order tables show them: the headline, the training reward, then by name."""
+    return sorted(
+        results.loc[results["split"] == primary_split, "metric"].unique(), key=lambda m: metric_order(m, metric)
     )
+
+
+def metric_order(metric: str, headline: str) -> tuple[bool, bool, str]:
+    """Sort key of the metrics a table shows: the headline, the training reward, then by name."""
+    return metric != headline, metric != TRAINING_REWARD, metric
+
+
+def _reward_table(
+    table: pd.DataFrame,
+    results: pd.DataFrame,
+    primary_split: str,
+    arrows: dict[str, str],
+    metric: str,
+    ranked: bool,
+) -> list[str]:
+    """One reward's table: the ranking (`ranked`: a rank column, no version, budget or other splits) or every budget."""
+    primary_metrics = shown_metrics(results, primary_split, metric)
     other_splits = sorted(
         results.loc[(results["metric"] == metric) & (results["split"] != primary_split), "split"].unique()
     )
+    if ranked:
+        other_splits = []
     has_delta = metric in primary_metrics
-    header = ["method", "model", "version", "budget", "seeds"]
-    header += [f"{m} {arrows[m]}" for m in primary_metrics]
-    header += [f"Δ {metric} vs base"] if has_delta else []
+    used = ["nfe", "reward_queries", *(["labels"] if (table["labels"].fillna(0) > 0).any() else []), "wall_s"]
+    header = ["#"] * ranked + ["method", "model"] + ["version", "budget"] * (not ranked) + ["seeds"]
+    metric_headers = [f"{m} {arrows[m]}" for m in primary_metrics]
+    header += metric_headers[:1] + [f"Δ {metric} vs base"] * has_delta + metric_headers[1:]
     header += [f"{metric} ({s}) {arrows[metric]}" for s in other_splits]
-    header += ["NFE", "reward queries", "wall s", "note"]
+    header += [USED_NAMES[k] for k in used] + ["note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     for r in table.to_dict("records"):
         done = r["status"] == "done"
         empty = "n/a" if r["status"] == "n/a" else "—"
-        cells = [
-            _md(r["method"]),
-            _md(r["model"]),
-            _md(r["method_version"]),
-            f"{r['budget_unit']} {_human(r['budget'])}" if done else "—",
-            str(r["n_seeds"]),
-        ]
-        cells += [_ci(r, f"{primary_split}/{m}") if done else empty for m in primary_metrics]
-        if has_delta:
-            cells.append(_ci(r, f"{primary_split}/{metric}/delta_vs_base", signed=True) if done else empty)
+        cells = [_rank(r["rank"])] if ranked else []
+        cells += [_md(r["method"]), _md(r["model"])]
+        if not ranked:
+            cells += [_md(r["method_version"]), f"{r['budget_unit']} {_human(r['budget'])}" if done else "—"]
+        cells.append(str(r["n_seeds"]))
+        values = [_ci(r, f"{primary_split}/{m}") if done else empty for m in primary_metrics]
+        delta = [_ci(r, f"{primary_split}/{metric}/delta_vs_base", signed=True) if done else empty] * has_delta
+        cells += values[:1] + delta + values[1:]
         cells += [_ci(r, f"{s}/{metric}") if done else empty for s in other_splits]
-        cells += [_human(r[k]) if done else "—" for k in ("nfe", "reward_queries", "wall_s")]
+        cells += [_human(r[k]) if done else "—" for k in used]
         note = f"{r['failed']} failed run(s), see below" if done and r["failed"] else r["note"]
         cells.append(_md(note))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
+USED_NAMES = {
+    "nfe": "NFE",
+    "reward_queries": "reward queries",
+    "labels": "labels",
+    "samples": "samples",
+    "wall_s": "wall s",
+}
+
+
+def _rank(rank: float) -> str:
+    return "—" if pd.isna(rank) or rank == 0 else str(int(rank))
+
+
 def _ci(row: dict, prefix: str, signed: bool = False) -> str:
     mean = row.get(f"{prefix}/mean", math.nan)
-    if mean is None or pd.isna(mean):
-        return "—"
-    spec = "+.3f" if signed else ".3f"
-    return f"{mean:{spec}} [{row[f'{prefix}/lo']:{spec}}, {row[f'{prefix}/hi']:{spec}}]"
+    return interval(mean, row.get(f"{prefix}/lo", math.nan), row.get(f"{prefix}/hi", math.nan), signed)
 
 
 def _human(x: float) -> str:
@@ -392,17 +479,28 @@ def _md(text: object) -> str:
 
 
 def _sample_grid(store: Store, results: pd.DataFrame, primary_split: str) -> Image.Image | None:
-    """Rows = (model, method) pairs with stored samples, columns = the first GRID_COLUMNS samples of
-    the primary split at the largest budget, first seed; None if no method has any."""
-    rows = []
-    for (model, method), ours in results.groupby(["model", "method"]):
+    """Rows = (model, method) pairs with stored samples, labelled, base first in each model; columns = the first
+    GRID_COLUMNS distinct prompts of the primary split (the first sample of each, at the largest budget, first seed),
+    each headed by its prompt. The splits list each phrasing's prompts in class order, so the first prompts cover
+    every class (every digit). None if no method stored samples."""
+    rows, prompts = [], []
+    groups = results.groupby(["model", "method"])
+    for model, method in sorted(groups.groups, key=lambda key: (key[0], key[1] != BASE_METHOD, key[1])):
+        ours = groups.get_group((model, method))
         first = ours[ours["budget"] == ours["budget"].max()].sort_values(["seed", "run_id"]).iloc[0]
         try:
-            _, images = store.samples(first["run_id"], int(first["milestone"]), primary_split)
+            sample_prompts, images = store.samples(first["run_id"], int(first["milestone"]), primary_split)
         except ValueError:
             continue  # evaluated without storing samples: nothing to show
+        firsts = {}
+        for index, prompt in enumerate(sample_prompts):
+            firsts.setdefault(prompt, index)
+        prompts = prompts or list(firsts)[:GRID_COLUMNS]  # every row shows the first row's prompts
         label = f"{method} @ {model}\n{first['budget_unit']} {_human(first['budget'])}, seed {first['seed']}"
-        rows.append((label, _to_cells(images[:GRID_COLUMNS])))
+        cells = _to_cells(images[[firsts.get(p, 0) for p in prompts]])
+        missing = [j for j, p in enumerate(prompts) if p not in firsts]
+        cells[missing] = 255  # a prompt this run has no sample of stays blank
+        rows.append((label, cells))
     if not rows:
         return None
 
@@ -410,15 +508,23 @@ def _sample_grid(store: Store, results: pd.DataFrame, primary_split: str) -> Ima
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max(measure.multiline_textbbox((0, 0), label, font=font)[2] for label, _ in rows) + 2 * _PAD
     label_h = max(measure.multiline_textbbox((0, 0), label, font=font)[3] for label, _ in rows)
+    header_h = max(measure.textbbox((0, 0), prompt, font=font)[2] for prompt in prompts) + 2 * _PAD
     cell_h = max(cells.shape[1] for _, cells in rows)
     cell_w = max(cells.shape[2] for _, cells in rows)
     row_h = max(cell_h, label_h)
-    n_cols = max(len(cells) for _, cells in rows)
 
-    canvas = Image.new("RGB", (label_w + n_cols * (cell_w + _PAD), _PAD + len(rows) * (row_h + _PAD)), "white")
+    canvas = Image.new(
+        "RGB", (label_w + len(prompts) * (cell_w + _PAD), header_h + _PAD + len(rows) * (row_h + _PAD)), "white"
+    )
     draw = ImageDraw.Draw(canvas)
+    for j, prompt in enumerate(prompts):
+        # each column's prompt, written upwards above it
+        text = Image.new("RGB", (header_h - _PAD, _FONT_SIZE + _PAD), "white")
+        ImageDraw.Draw(text).text((0, 0), prompt, fill="black", font=font)
+        rotated = text.rotate(90, expand=True)
+        canvas.paste(rotated, (label_w + j * (cell_w + _PAD) + (cell_w - rotated.width) // 2, _PAD))
     for i, (label, cells) in enumerate(rows):
-        y = _PAD + i * (row_h + _PAD)
+        y = header_h + _PAD + i * (row_h + _PAD)
         draw.multiline_text((_PAD, y), label, fill="black", font=font)
         for j, cell in enumerate(cells):
             canvas.paste(Image.fromarray(cell), (label_w + j * (cell_w + _PAD), y))

@@ -21,7 +21,18 @@ import pandas as pd
 
 from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label, write_aggregates
 from bench.curves import write_curves
-from bench.leaderboard import _human, headline, ranked_frames, safe_name, write_leaderboard
+from bench.leaderboard import (
+    USED_NAMES,
+    _human,
+    _rank,
+    headline,
+    interval,
+    metric_order,
+    ranked_frames,
+    ranking,
+    safe_name,
+    write_leaderboard,
+)
 from bench.store import USED_KEYS, Store
 from bench.studies import write_studies
 from models.io import atomic_write_bytes
@@ -42,8 +53,10 @@ th { background: #f0f0f0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.failed td { background: #fde8e8; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
-pre { white-space: pre-wrap; font-size: 0.8em; margin: 0; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 0.8em; margin: 0; }
 .note { color: #666; font-size: 0.9em; }
+details table { font-size: 0.78em; }
+nav ul { display: flex; flex-wrap: wrap; gap: 0.4em 1.5em; list-style: none; padding: 0; }
 """
 
 
@@ -71,6 +84,7 @@ def write_results(
 def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_name, split, metric) -> str:
     suite = ", ".join(sorted(all_runs["suite"].unique()))
     tasks = sorted(table[TASK_KEY].unique())
+    ranked = ranking(table, directions, split, metric)
     counts = ", ".join(f"{n} {status}" for status, n in all_runs["status"].value_counts().sort_index().items())
     parts = [
         "<!DOCTYPE html>",
@@ -81,17 +95,33 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
         f"Code at git {_codes(runs['git_sha'])}; base models "
         + "; ".join(f"{_e(model)} {_codes(hashes)}" for model, hashes in runs.groupby("model")["base_model_hash"])
         + ". "
-        f"Numbers are on the <code>{_e(split)}</code> prompts: the mean over seeds and, below it, the "
-        "interquartile mean (IQM), each with its 95% percentile-bootstrap interval; ↑ higher is better, "
-        "↓ lower is better. Δ is the per-seed paired difference to base.</p>",
+        f"Numbers are on the <code>{_e(split)}</code> prompts: the mean over seeds and, below it, its 95% "
+        "percentile-bootstrap interval (none where every seed agreed); ↑ higher is better, ↓ lower is better. "
+        "Δ is the per-seed paired difference to base. Each reward's table of every budget adds the "
+        "interquartile mean (IQM); leaderboard.csv has every split and metric.</p>",
         "<nav><ul>"
         + "".join(f'<li><a href="#task-{_e(safe_name(t))}">{_e(TASK_KEY)}: {_e(t)}</a></li>' for t in tasks)
         + '<li><a href="#aggregate">Across rewards</a></li><li><a href="#runs">Runs</a></li>'
         + '<li><a href="#failed">Failed runs</a></li></ul></nav>',
     ]
     for task in tasks:
+        cells = table[table[TASK_KEY] == task]
+        top = ranked[ranked[TASK_KEY] == task]
+        full = ", ".join(
+            f"{unit} {_human(budget)}"
+            for unit, budget in top[top["status"] == "done"].groupby("budget_unit")["budget"].max().items()
+        )
         parts.append(f'<h2 id="task-{_e(safe_name(task))}">{_e(TASK_KEY)}: {_e(task)}</h2>')
-        parts.append(_cell_table(table[table[TASK_KEY] == task], directions, split, metric))
+        parts.append(
+            f'<p class="note">At the full budget ({_e(full or "none done")}): each model\'s base, then the methods '
+            f"ranked by {_e(metric)}, best first.</p>"
+        )
+        parts.append(_cell_table(top, directions, split, metric, ranked=True))
+        parts.append(
+            f"<details><summary>Every budget ({len(cells)} rows, with interquartile means)</summary>"
+            + _cell_table(cells, directions, split, metric, ranked=False)
+            + "</details>"
+        )
         for kind, title in FIGURE_KINDS:
             image = out_dir / f"{kind}_{safe_name(task)}.png"
             if image.exists():
@@ -105,28 +135,37 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
     return "\n".join(parts) + "\n"
 
 
-def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str, headline: str) -> str:
-    metrics = sorted((m for m in directions if f"{split}/{m}/mean" in cells), key=lambda m: (m != headline, m))
+def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str, headline: str, ranked: bool) -> str:
+    """One reward's cells: the full-budget ranking (`ranked`) or every budget, with each metric's IQM too. A value's
+    interval goes on a line of its own, so the table fits a laptop's screen."""
+    metrics = sorted((m for m in directions if f"{split}/{m}/mean" in cells), key=lambda m: metric_order(m, headline))
     delta = f"{split}/{headline}/delta_vs_base"
     has_delta = headline in metrics
-    header = [*ENTRY_KEYS, "version", "budget", "seeds"]
-    header += [f"{m} {'↑' if directions[m] else '↓'}" for m in metrics]
-    header += [f"Δ {headline} vs base"] * has_delta + ["NFE", "reward queries", "wall s", "note"]
+    used = [k for k in USED_KEYS if k != "samples" and (k != "labels" or (cells[k].fillna(0) > 0).any())]
+    header = ["#"] * ranked + [*ENTRY_KEYS] + ["version", "budget"] * (not ranked) + ["seeds"]
+    metric_headers = [f"{m} {'↑' if directions[m] else '↓'}" for m in metrics]
+    header += metric_headers[:1] + [f"Δ {headline} vs base"] * has_delta + metric_headers[1:]
+    header += [USED_NAMES[k] for k in used] + ["note"]
     rows = []
     for r in cells.to_dict("records"):
         done = r["status"] == "done"
-        cols = [_e(r[k]) for k in ENTRY_KEYS] + [_e(r["method_version"])]
-        cols.append(_e(f"{r['budget_unit']} {_human(r['budget'])}") if done else "—")
+        cols = [_e(_rank(r["rank"]))] if ranked else []
+        cols += [_e(r[k]) for k in ENTRY_KEYS]
+        if not ranked:
+            cols += [_e(r["method_version"]), _e(f"{r['budget_unit']} {_human(r['budget'])}") if done else "—"]
         cols.append(str(r["n_seeds"]))
+        values = []
         for m in metrics:
-            mean = _interval(r, f"{split}/{m}/mean", f"{split}/{m}/lo", f"{split}/{m}/hi")
-            iqm = _interval(r, f"{split}/{m}/iqm", f"{split}/{m}/iqm_lo", f"{split}/{m}/iqm_hi")
-            cols.append(
-                f'<td class="num">{_e(mean)}<br><span class="note">IQM {_e(iqm)}</span></td>' if done else _num("—")
-            )
-        if has_delta:
-            cols.append(_num(_interval(r, f"{delta}/mean", f"{delta}/lo", f"{delta}/hi", signed=True)))
-        cols += [_num(_human(r[k]) if done else "—") for k in USED_KEYS if k != "samples"]
+            text = _value(r, f"{split}/{m}/mean", f"{split}/{m}/lo", f"{split}/{m}/hi")
+            iqm = r.get(f"{split}/{m}/iqm", math.nan)
+            if not ranked and not pd.isna(iqm):  # its interval is in leaderboard.csv
+                text += f'<br><span class="note">IQM {iqm:.3f}</span>'
+            values.append(f'<td class="num">{text}</td>' if done else _num("—"))
+        deltas = [
+            f'<td class="num">{_value(r, f"{delta}/mean", f"{delta}/lo", f"{delta}/hi", signed=True)}</td>'
+        ] * has_delta
+        cols += values[:1] + deltas + values[1:]
+        cols += [_num(_human(r[k]) if done else "—") for k in used]
         note = f"{r['failed']} failed run(s)" if done and r["failed"] else r["note"]
         cols.append(_e(note if isinstance(note, str) else ""))
         cols = [c if c.startswith("<td") else f"<td>{c}</td>" for c in cols]
@@ -159,19 +198,28 @@ def _aggregate_section(out_dir: Path, notes: list[str]) -> str:
         parts.append(
             f"<h3>Probability of improvement: {_e(metric)} at {_e(unit)} {_e(_human(budget))}</h3>"
             '<p class="note">Row beats column: the chance that a run of the row method beats a run of the '
-            "column method on a reward drawn at random, with its 95% stratified bootstrap interval.</p>"
+            "column method on a reward drawn at random, with its 95% stratified bootstrap interval; one matrix per "
+            "model (improvement.csv also pairs methods across models).</p>"
         )
         a_keys, b_keys = [f"{k}_a" for k in ENTRY_KEYS], [f"{k}_b" for k in ENTRY_KEYS]
-        names = sorted(
+        lookup = {(tuple(r[k] for k in a_keys), tuple(r[k] for k in b_keys)): r for r in pairs.to_dict("records")}
+        entries = sorted(
             set(pairs[a_keys].itertuples(index=False, name=None))
             | set(pairs[b_keys].itertuples(index=False, name=None))
         )
-        lookup = {(tuple(r[k] for k in a_keys), tuple(r[k] for k in b_keys)): r for r in pairs.to_dict("records")}
-        rows = []
-        for a in names:
-            cols = [_num(_interval(lookup[a, b], "p", "lo", "hi")) if (a, b) in lookup else "<td>—</td>" for b in names]
-            rows.append(f"<tr><th>{_e(entry_label(a))}</th>" + "".join(cols) + "</tr>")
-        parts.append(_table(["row beats column", *(entry_label(b) for b in names)], rows))
+        for model in sorted({entry[ENTRY_KEYS.index("model")] for entry in entries}):
+            names = [entry for entry in entries if entry[ENTRY_KEYS.index("model")] == model]
+            rows = []
+            for a in names:
+                cols = [
+                    f'<td class="num">{_value(lookup[a, b], "p", "lo", "hi")}</td>'
+                    if (a, b) in lookup
+                    else "<td>—</td>"
+                    for b in names
+                ]
+                rows.append(f"<tr><th>{_e(entry_label(a))}</th>" + "".join(cols) + "</tr>")
+            methods = [entry[ENTRY_KEYS.index("method")] for entry in names]
+            parts.append(_table([f"row beats column, on {model}", *methods], rows))
     return "\n".join(parts)
 
 
@@ -201,7 +249,8 @@ def _runs_section(all_runs: pd.DataFrame, ranked: pd.DataFrame) -> str:
             + f"<td>{_e(r['variant'])}</td><td>{_e(r['method_version'])}</td>"
             f"<td>{_e(r[TASK_KEY])}</td><td>{r['seed']}</td>"
             f"<td>{_e(r['budget_unit'])} {_e(_human(r['budget']))}</td><td>{_e(status)}</td>"
-            f"<td><code>{_e(r['git_sha'])}</code></td><td>{_e(r['started'])}</td><td>{_e(r['finished'] or '')}</td>"
+            f'<td><code title="{_e(r["git_sha"])}">{_e(r["git_sha"][:10])}</code></td>'
+            f"<td>{_e(_minute(r['started']))}</td><td>{_e(_minute(r['finished']))}</td>"
             f"<td><details><summary>config {_e(r['config_hash'][:10])}</summary><pre>{_e(config)}</pre></details></td>"
             "</tr>"
         )
@@ -235,11 +284,19 @@ def _table(header: list[str], rows: list[str]) -> str:
 
 
 def _interval(row: dict, mean: str, lo: str, hi: str, signed: bool = False) -> str:
-    value = row.get(mean, math.nan)
-    if value is None or pd.isna(value):
-        return "—"
-    spec = "+.3f" if signed else ".3f"
-    return f"{value:{spec}} [{row[lo]:{spec}}, {row[hi]:{spec}}]"
+    return interval(row.get(mean, math.nan), row.get(lo, math.nan), row.get(hi, math.nan), signed)
+
+
+def _value(row: dict, mean: str, lo: str, hi: str, signed: bool = False) -> str:
+    """A value, escaped, with its interval (if not a point) on a line below it."""
+    text = _interval(row, mean, lo, hi, signed)
+    value, _, rest = text.partition(" ")
+    return _e(value) + (f'<br><span class="note">{_e(rest)}</span>' if rest else "")
+
+
+def _minute(timestamp: str | None) -> str:
+    """An ISO time to the minute (the store keeps the seconds): 2026-11-30 21:05."""
+    return (timestamp or "")[:16].replace("T", " ")
 
 
 def _num(text: str) -> str:

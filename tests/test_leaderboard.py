@@ -55,6 +55,7 @@ def test_paired_difference_ci():
 GAIN = {"base": 0.0, "ddpo": 0.1, "raft": 0.05}
 BUDGETS = (25_000.0, 50_000.0)
 N_SAMPLES = 30
+SAMPLES_PER_PROMPT = 3
 
 
 def judge_acc(method, milestone, seed):
@@ -116,7 +117,7 @@ def add_run(
                 ("eval_unseen", "fid", 50 - 100 * (acc - 0.5), False),
                 ("eval_seen", "judge_acc", acc + 0.05, True),
             ],
-            samples={"eval_unseen": ([f"p{i}" for i in range(N_SAMPLES)], imgs)},
+            samples={"eval_unseen": ([f"p{i // SAMPLES_PER_PROMPT}" for i in range(N_SAMPLES)], imgs)},
         )
     store.finish_run(run_id, status, reason)
 
@@ -206,7 +207,7 @@ def test_markdown(store, tmp_path):
         "Δ judge_acc vs base",
         "judge_acc (eval_seen) ↑",
         "| ddpo | diffusion | ddpo-v1 | nfe 50k | 2 | 0.705 [",
-        "+0.200 [+0.200, +0.200]",
+        "| +0.200 |",  # every seed differs by 0.2: a point, no interval
         "needs a differentiable reward",
         "## Failed runs",
         "loss became NaN at step 17",
@@ -216,23 +217,40 @@ def test_markdown(store, tmp_path):
         assert f"| {method} |" in md
     na_row = next(line for line in md.splitlines() if line.startswith("| raft | diffusion | raft-v1 | —"))
     assert na_row.count("| n/a ") == 4  # judge_acc, fid, delta, eval_seen judge_acc
-    digit = md.split("## Reward: digit")[1].split("## ")[0]
-    order = [line.split(" | ")[0:3] for line in digit.splitlines() if line.startswith("| ") and "nfe" in line]
-    assert [row[0].strip("| ") for row in order] == ["base", "ddpo", "raft"] * 2  # budget, then method
+    ranking, every_budget = md.split("## Reward: digit")[1].split("## Failed runs")[0].split("### digit: every budget")
+    # at the full budget (50k): base, then ddpo (judge_acc 0.705) before raft (0.66)
+    rows = [line.split(" | ") for line in ranking.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [(row[0].strip("| "), row[1]) for row in rows[1:]] == [("—", "base"), ("1", "ddpo"), ("2", "raft")]
+    assert rows[2][4:6] == ["0.705 [0.700, 0.710]", "+0.200"] and "| nfe" not in ranking  # no budget column
+    order = [line.split(" | ")[0:4] for line in every_budget.splitlines() if line.startswith("| ") and "nfe" in line]
+    assert [(row[0].strip("| "), row[3]) for row in order] == [
+        (method, budget) for budget in ("nfe 25k", "nfe 50k") for method in ("base", "ddpo", "raft")
+    ]  # budget, then base first, then the methods by name
 
 
-def test_sample_grids_have_a_row_per_method(store, tmp_path):
+def test_sample_grids_have_a_row_per_method_and_a_column_per_prompt(store, tmp_path):
     write_leaderboard(store, tmp_path)
     for reward, n_methods in (("digit", 3), ("compress", 2)):
         with Image.open(tmp_path / f"samples_{reward}.png") as image:
             pixels = np.asarray(image.convert("RGB"))
         height, width, _ = pixels.shape
-        assert width >= 24 * 32
-        # the right half holds only images and white padding: count the bands of image rows
-        inked = (pixels[:, width // 2 :] != 255).any(axis=(1, 2))
-        bands = int(inked[0]) + int(np.sum(inked[1:] & ~inked[:-1]))
-        assert bands == n_methods
-        assert inked.sum() == n_methods * 32  # 8 px images upscaled to 32
+        # the rightmost column of cells holds only images and white padding: find the rows' bands of images
+        inked = (pixels[:, width - 8] != 255).any(axis=1)
+        starts = np.flatnonzero(inked[1:] & ~inked[:-1]) + 1
+        assert len(starts) == n_methods and inked.sum() == n_methods * 32  # 8 px images upscaled to 32
+        # along the first row: one cell per distinct prompt (N_SAMPLES / SAMPLES_PER_PROMPT of them), in prompt order,
+        # each the prompt's first sample, under a header that names it
+        band = pixels[starts[0] : starts[0] + 32]
+        cell_columns = (band != 255).any(axis=(0, 2))
+        lefts = np.flatnonzero(cell_columns[1:] & ~cell_columns[:-1]) + 1
+        lefts = lefts[-N_SAMPLES // SAMPLES_PER_PROMPT :]  # the label's text comes first
+        shape = (N_SAMPLES, 1 if reward == "digit" else 3, 8, 8)
+        seed0 = np.random.default_rng(0).integers(0, 200, size=shape, dtype=np.uint8)  # as add_run draws them
+        for k, left in enumerate(lefts):
+            cell = band[:, left : left + 32, 0]  # seed 0 (every first row is), red channel
+            expected = seed0[k * SAMPLES_PER_PROMPT, 0].repeat(4, axis=0).repeat(4, axis=1)
+            assert np.array_equal(cell, expected), f"column {k} is not the first sample of prompt p{k}"
+            assert (pixels[: starts[0], left : left + 32] != 255).any(), f"column {k} has no header"
 
 
 def test_only_the_newest_version_of_a_method_is_ranked(store, tmp_path):

@@ -3,12 +3,16 @@
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.container import ErrorbarContainer
 
-from bench.curves import pareto_front
+from bench.curves import figures, pareto_front
 from bench.report import write_results
 from bench.store import RunRecord, Store
 from methods import METHODS
+from worlds import MODEL_FAMILIES
 
 SWEPT = ("base", "ddpo")
 REWARDS = ("digit", "compress")
@@ -82,10 +86,12 @@ def test_the_report_renders_in_a_headless_browser_and_shows_every_method(results
             section = driver.find_element(By.ID, f"task-{reward}")
             assert section.is_displayed()
             table = section.find_element(By.XPATH, "following-sibling::table[1]")
-            shown = {
-                row.find_elements(By.TAG_NAME, "td")[0].text for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")
-            }
-            assert shown == set(SWEPT), (reward, shown)
+            rows = [
+                [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+                for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+            ]
+            # the full-budget ranking leads: base first, then the methods ranked
+            assert [row[:2] for row in rows] == [["—", "base"], ["1", "ddpo"]] * 3, (reward, rows)  # on each model
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0 && i.width > 0])"
         )
@@ -96,6 +102,15 @@ def test_the_report_renders_in_a_headless_browser_and_shows_every_method(results
         failed = driver.find_element(By.ID, "failed").find_element(By.XPATH, "following-sibling::table[1]").text
         assert "ddpo-digit-s7-broken" in failed and "loss became NaN at step 3" in failed
         assert driver.execute_script("return document.body.scrollHeight") > 3000  # laid out, not blank
+        # nothing needs scrolling sideways in a 1400 px window, with every collapsed table closed or open
+        widest = (
+            "return Math.max(...Array.from(document.querySelectorAll('table'))"
+            ".map(t => t.getBoundingClientRect().width))"
+        )
+        overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        assert 0 < driver.execute_script(widest) <= 1400 and driver.execute_script(overflow) <= 0
+        driver.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")
+        assert driver.execute_script(widest) <= 1400 and driver.execute_script(overflow) <= 0
     finally:
         driver.quit()
 
@@ -105,3 +120,72 @@ def test_pareto_front_keeps_the_cells_no_other_cell_beats_on_both_axes():
     assert pareto_front(x, y, True, True).tolist() == [0, 2, 3]  # (1, 2) is beaten by (2, 2.5)
     assert pareto_front(x, y, True, False).tolist() == [3]  # lower y is better: (3, 0) beats all
     assert pareto_front(np.array([1.0, 1.0]), np.array([1.0, 1.0]), True, True).tolist() == [0, 1]  # ties stay
+
+
+def _synthetic_table(entries: list[tuple[str, str]], budgets=(500.0, 1000.0)) -> pd.DataFrame:
+    """A leaderboard table with every figure's columns, one done row per entry and budget."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for method, model in entries:
+        for budget in budgets:
+            row = {"method": method, "model": model, "reward": "digit", "budget_unit": "nfe", "budget": budget}
+            row |= {"status": "done", "nfe": budget, "reward_queries": budget / 4, "wall_s": budget / 100}
+            for metric in ("reward", "judge_acc", "diversity", "fid"):
+                mean = rng.normal()
+                row |= {f"eval_unseen/{metric}/mean": mean, f"eval_unseen/{metric}/lo": mean - 0.1}
+                row[f"eval_unseen/{metric}/hi"] = mean + 0.1
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _drawn_series(figure) -> list[tuple[str, tuple]]:
+    """(label, (colour, marker, dash pattern)) of every series a figure's legends name."""
+    series = []
+    for ax in figure.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            line = handle[0] if isinstance(handle, ErrorbarContainer) else handle
+            if label != "Pareto front":
+                # a custom dash pattern reads back as "--"; the pattern itself tells the styles apart
+                dashes = (line.get_linestyle(), line._unscaled_dash_pattern)  # noqa: SLF001
+                series.append((label, (to_hex(line.get_color()), line.get_marker(), dashes)))
+    return series
+
+
+def test_no_two_series_of_a_figure_share_a_style_and_a_series_keeps_its_style_across_figures():
+    models = list(MODEL_FAMILIES)
+    entries = [(method, model) for method in METHODS for model in models]
+    entries += [("rocm/alpha_0.1", "consistency"), ("rocm/alpha_1", "consistency"), ("rocm/alpha_1", "lcm")]
+    table = _synthetic_table(entries)
+    drawn = list(
+        figures(
+            table,
+            {"reward": True, "judge_acc": True, "diversity": True, "fid": False},
+            "eval_unseen",
+            "judge_acc",
+            "judge",
+        )
+    )
+    assert {kind for kind, _, _ in drawn} == {"compute", "overoptimization", "pareto"}
+    looks: dict[str, set] = {}
+    for kind, _, figure in drawn:
+        series = _drawn_series(figure)
+        assert len({label for label, _ in series}) == len(entries), kind  # every series is in the legend
+        for ax_series in (series[i : i + len(entries)] for i in range(0, len(series), len(entries))):
+            styles = [style for _, style in ax_series]
+            assert len(set(styles)) == len(styles), f"{kind}: two series share a style"
+        for label, style in series:
+            looks.setdefault(label, set()).add(style)
+    assert all(len(styles) == 1 for styles in looks.values()), "a series changed its look between figures"
+    # a method's colour and marker do not depend on what else a figure shows
+    alone = _drawn_series(
+        next(
+            figures(
+                _synthetic_table([("ddpo", "flow")]),
+                {"reward": True, "judge_acc": True},
+                "eval_unseen",
+                "judge_acc",
+                "judge",
+            )
+        )[2]
+    )
+    assert {style for _, style in alone} == looks["ddpo@flow"]
