@@ -311,6 +311,32 @@ def ranking(table: pd.DataFrame, directions: dict[str, bool], primary_split: str
     return frame.drop(columns="_group").reset_index(drop=True)
 
 
+def glance(table: pd.DataFrame, directions: dict[str, bool], primary_split: str, metric: str) -> list[str]:
+    """A few lines with the answer, for the console: each reward and model's best method by the headline at the full
+    budget (ties: each), its headline with interval and paired difference to base, the other metrics' paired
+    differences, and its compute."""
+    ranked = ranking(table, directions, primary_split, metric)
+    best = ranked[ranked["rank"] == 1]
+    if best.empty:
+        return []
+    others = sorted(
+        (m for m in directions if m != metric and f"{primary_split}/{m}/delta_vs_base/mean" in best),
+        key=lambda m: metric_order(m, metric),
+    )
+    budgets = ", ".join(f"{u} {_human(b)}" for u, b in best.groupby("budget_unit")["budget"].max().items())
+    where = [f"{r} @ {m}" for r, m in zip(best["reward"], best["model"])]
+    width, method_width = max(map(len, where)), max(map(len, best["method"]))
+    lines = [f"Best {metric} ({primary_split}) at the full budget, {budgets}; Δ = paired difference to base:"]
+    for cell, r in zip(where, best.to_dict("records")):
+        delta = [f"Δ {_ci(r, f'{primary_split}/{metric}/delta_vs_base', signed=True)}"]
+        delta += [f"{m} Δ {r[f'{primary_split}/{m}/delta_vs_base/mean']:+.3f}" for m in others]
+        lines.append(
+            f"  {cell:<{width}}  {r['method']:<{method_width}}  {_ci(r, f'{primary_split}/{metric}')} "
+            f"({delta[0]})  {'  '.join(delta[1:])}  {_human(r['nfe'])} NFE, {_human(r['wall_s'])} s"
+        )
+    return lines
+
+
 def interval(mean: float, lo: float, hi: float, signed: bool = False) -> str:
     """`mean [lo, hi]` at 3 decimals, or the mean alone where the interval is a point at that precision (every seed
     agreed, or one seed); "—" for no value."""

@@ -25,6 +25,7 @@ from bench.leaderboard import (
     USED_NAMES,
     _human,
     _rank,
+    glance,
     headline,
     interval,
     metric_order,
@@ -62,8 +63,9 @@ nav ul { display: flex; flex-wrap: wrap; gap: 0.4em 1.5em; list-style: none; pad
 
 def write_results(
     store: Store, out_dir: Path, studies: tuple[str, ...] = (), primary_split: str = PRIMARY_SPLIT
-) -> list[Path]:
-    """Write every file of the module docstring into out_dir; return their paths."""
+) -> tuple[list[Path], list[str]]:
+    """Write every file of the module docstring into out_dir; return their paths and the console's few lines of
+    answer (bench.leaderboard.glance)."""
     out_dir = Path(out_dir)
     with store.snapshot():
         written = write_leaderboard(store, out_dir, primary_split=primary_split)
@@ -78,7 +80,7 @@ def write_results(
     written += write_curves(table, directions, out_dir, primary_split, metric, label)
     page = _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store.path.name, primary_split, metric)
     atomic_write_bytes(out_dir / "report.html", page.encode())
-    return written + study_paths + [out_dir / "report.html"]
+    return written + study_paths + [out_dir / "report.html"], glance(table, directions, primary_split, metric)
 
 
 def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_name, split, metric) -> str:

@@ -30,7 +30,7 @@ from bench.parallel import ONE_PROCESS, DataParallel
 from bench.store import USED_KEYS, RunRecord, Store
 from methods import METHODS
 from models.io import atomic_torch_save
-from models.progress import progress
+from models.progress import progress, say
 from rewards import REWARDS
 from rewards.feedback import AnnotatorConfig, Feedback
 
@@ -159,12 +159,13 @@ def execute(
     checkpoint_dir: Path,
     *,
     checkpoint_every_s: float = 60.0,
-    log=print,
+    log=say,
     loggers: ExperimentLoggers = NO_LOGGERS,
     parallel: DataParallel = ONE_PROCESS,
 ) -> str:
-    """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a, or held when another
-    sweep on the store is running it.
+    """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a; reused when the store
+    has it done or n/a already (said by the sweep's summary, not here); held when another sweep on the store is
+    running it.
 
     Data-parallel (every process of an `accelerate launch` calls this with its `parallel`): all processes train,
     their compute adds up against the budget, and only the main one evaluates and writes the store; each
@@ -176,8 +177,7 @@ def execute(
     record = spec.record(world.model_hash(spec.model, spec.source), raw_reward.version)
     status = store.run_status(record.run_id)
     if status in ("done", "n/a"):
-        log(f"{record.run_id}: {status}, skipped")
-        return status
+        return "reused"
     reason = method.incompatibility(reward_cls, spec.budget.unit)
     if reason is not None:
         if parallel.main:

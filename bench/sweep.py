@@ -23,7 +23,7 @@ from bench.runner import RunSpec
 from bench.store import Store
 from bench.suites import Suite
 from models.io import replaced_together
-from models.progress import progress
+from models.progress import progress, relay_to, relayed, say
 from worlds import ARTIFACTS, ensure_world, world_entry
 
 
@@ -56,10 +56,17 @@ def specs(suite: Suite) -> list[RunSpec]:
     ]
 
 
+def start_worker(parent: int, lines) -> None:
+    """A local worker's initializer: its output lines go to the sweep's `lines` queue (models.progress), and it ends
+    with the sweep (`end_with_parent`)."""
+    relay_to(lines)
+    end_with_parent(parent)
+
+
 def end_with_parent(parent: int) -> None:
-    """A local worker's initializer: the worker ends within a second of the sweep that started it, however that
-    sweep ended (killed, it cannot tell its workers). The run it was on keeps its checkpoint, and its lease, whose
-    owner is now dead, is taken over by the next sweep at once."""
+    """The worker ends within a second of the sweep that started it, however that sweep ended (killed, it cannot tell
+    its workers). The run it was on keeps its checkpoint, and its lease, whose owner is now dead, is taken over by the
+    next sweep at once."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -81,9 +88,10 @@ def results_dir(store_path: Path) -> Path:
 def write_tables(store_path: Path, out_dir: Path, studies: tuple[str, ...] = ()) -> None:
     """Every table, plot and the report of a store, into out_dir, replacing the earlier ones all together."""
     with Store(store_path, read_only=True) as store, replaced_together(out_dir) as staging:
-        written = write_results(store, staging, studies)
-    for path in written:
-        print(f"wrote {out_dir / path.name}")
+        written, answer = write_results(store, staging, studies)
+    for line in answer:
+        say(line)
+    say(f"wrote {len(written)} files into {out_dir}; read {out_dir / 'report.html'} or {out_dir / 'leaderboard.md'}")
 
 
 def run_suite(
@@ -119,12 +127,14 @@ def run_suite(
         statuses = run_cells(cells, store_path, loggers, ray_address)
     elif workers > 1:
         # spawn, not fork: a forked child would inherit this process's torch thread pools and locks.
-        with ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=end_with_parent,
-            initargs=(os.getpid(),),
-        ) as pool:
+        context = multiprocessing.get_context("spawn")
+        lines = context.Queue()
+        with (
+            relayed(lines),
+            ProcessPoolExecutor(
+                workers, mp_context=context, initializer=start_worker, initargs=(os.getpid(), lines)
+            ) as pool,
+        ):
             jobs = pool.map(run_cell, cells, repeat(store_path), repeat(loggers))
             statuses = list(progress(jobs, total=len(cells), desc="cells"))
     else:
@@ -132,13 +142,13 @@ def run_suite(
     failed = statuses.count("failed")
     if not parallel.main:
         return 1 if failed else 0
-    print(
+    say(
         f"suite {suite.name!r}: {len(statuses)} runs, {statuses.count('done')} done, "
         f"{statuses.count('n/a')} n/a, {failed} failed"
+        + (f", {statuses.count('reused')} reused from the store" if "reused" in statuses else "")
         + (f", {statuses.count('held')} held by another sweep on the store" if "held" in statuses else "")
         + f" ({time.monotonic() - start:.0f}s)"
     )
     out_dir = out_dir or results_dir(store_path)
     write_tables(store_path, out_dir, suite.studies)
-    print((out_dir / "leaderboard.md").read_text())
     return 1 if failed else 0

@@ -220,5 +220,9 @@ def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_
         assert text in board, text
     assert (tmp_path / "smoke" / "leaderboard.csv").exists() and (tmp_path / "smoke" / "samples_digit.png").exists()
     assert main(argv) == 0
-    assert "skipped" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    # one line for the reused runs, none per run; the answer and where the tables are, not the tables
+    assert "28 runs, 0 done, 0 n/a, 0 failed, 28 reused from the store" in again
+    assert "-s0-" not in again and "| base |" not in again
+    assert "Best judge_acc (eval_unseen) at the full budget" in again and "leaderboard.md" in again
     assert main(["leaderboard", "--suite", "smoke", "--store", str(store)]) == 0

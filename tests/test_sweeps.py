@@ -45,10 +45,20 @@ def assert_same_suite(store_path: Path, reference: Path) -> None:
 
 
 @pytest.mark.slow
-def test_parallel_local_workers_give_the_same_leaderboard(reference_sweep, tmp_path):
+def test_parallel_local_workers_give_the_same_leaderboard_and_whole_lines(reference_sweep, tmp_path, capsys):
     store = tmp_path / "store.sqlite"
     assert main(["run", *SMALL_SWEEP, "--workers", "2", "--store", str(store)]) == 0
     assert_same_suite(store, reference_sweep)
+    # the workers' lines reach the console through the sweep, each whole and led by its run
+    lines = capsys.readouterr().out.splitlines()
+    with Store(store) as opened:
+        run_ids = set(opened.runs_frame()["run_id"])
+    by_run = [line for line in lines if line.split(": ")[0] in run_ids]
+    assert {line.split(": ")[0] for line in by_run} == run_ids
+    others = [line for line in lines if line not in by_run]
+    assert all(line.startswith(("suite ", "Best ", "  ", "wrote ")) for line in others), others
+    for line in by_run:  # a milestone's line names one run and one milestone: no other line ran into it
+        assert line.count(" of nfe:") == 1 and sum(line.count(run_id) for run_id in run_ids) == 1, line
 
 
 @pytest.mark.slow
