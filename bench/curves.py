@@ -38,7 +38,7 @@ PARETO_METRICS = ("diversity", "fid")
 SERIES_KEYS = [*ENTRY_KEYS, "budget_unit"]
 _PANEL_INCHES = (4.2, 3.2)
 # tab20's strong colours first, then its light ones: the first ten methods get the most distinct colours
-_COLORS = [colormaps["tab20"].colors[i] for i in (*range(0, 20, 2), *range(1, 20, 2))]
+_COLORS = [colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
 # no "*": the over-optimization figure marks each series' full budget with a star
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "8", "d", "H")
 _LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 1, 2)))
@@ -89,7 +89,7 @@ def figures(
     done = table[table["status"] == "done"]
     entries = sorted(done[ENTRY_KEYS].drop_duplicates().itertuples(index=False, name=None))
     variants = sorted({method.partition("/")[2] for method, _ in entries} - {""})
-    styles = {entry: series_style(*entry, variants) for entry in entries}
+    styles = {(method, model): series_style(method, model, variants) for method, model in entries}
     for task, cells in done.groupby(TASK_KEY):
         for kind, draw in (("compute", _compute), ("overoptimization", _overoptimization), ("pareto", _pareto)):
             figure = draw(cells, directions, styles, primary_split, headline, headline_label)

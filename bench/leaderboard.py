@@ -316,7 +316,7 @@ def glance(table: pd.DataFrame, directions: dict[str, bool], primary_split: str,
     budget (ties: each), its headline with interval and paired difference to base, the other metrics' paired
     differences, and its compute."""
     ranked = ranking(table, directions, primary_split, metric)
-    best = ranked[ranked["rank"] == 1]
+    best = ranked.loc[ranked["rank"] == 1]
     if best.empty:
         return []
     others = sorted(
@@ -383,8 +383,8 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
         lines += ["", f"## Reward: {reward}", ""]
         lines += [f"At the full budget ({full}):" if full else "No results:", ""]
         lines += _reward_table(
-            ranked[ranked["reward"] == reward],
-            results[results["reward"] == reward],
+            ranked.loc[ranked["reward"] == reward],
+            results.loc[results["reward"] == reward],
             primary_split,
             arrows,
             metric,
@@ -510,10 +510,10 @@ def _sample_grid(store: Store, results: pd.DataFrame, primary_split: str) -> Ima
     each headed by its prompt. The splits list each phrasing's prompts in class order, so the first prompts cover
     every class (every digit). None if no method stored samples."""
     rows, prompts = [], []
-    groups = results.groupby(["model", "method"])
-    for model, method in sorted(groups.groups, key=lambda key: (key[0], key[1] != BASE_METHOD, key[1])):
-        ours = groups.get_group((model, method))
-        first = ours[ours["budget"] == ours["budget"].max()].sort_values(["seed", "run_id"]).iloc[0]
+    pairs = sorted(set(zip(results["model"], results["method"])), key=lambda p: (p[0], p[1] != BASE_METHOD, p[1]))
+    for model, method in pairs:
+        ours = results.loc[(results["model"] == model) & (results["method"] == method)]
+        first = ours.loc[ours["budget"] == ours["budget"].max()].sort_values(["seed", "run_id"]).iloc[0]
         try:
             sample_prompts, images = store.samples(first["run_id"], int(first["milestone"]), primary_split)
         except ValueError:
@@ -532,9 +532,9 @@ def _sample_grid(store: Store, results: pd.DataFrame, primary_split: str) -> Ima
 
     font = ImageFont.load_default(size=_FONT_SIZE)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(measure.multiline_textbbox((0, 0), label, font=font)[2] for label, _ in rows) + 2 * _PAD
-    label_h = max(measure.multiline_textbbox((0, 0), label, font=font)[3] for label, _ in rows)
-    header_h = max(measure.textbbox((0, 0), prompt, font=font)[2] for prompt in prompts) + 2 * _PAD
+    label_w = int(max(measure.multiline_textbbox((0, 0), label, font=font)[2] for label, _ in rows)) + 2 * _PAD
+    label_h = int(max(measure.multiline_textbbox((0, 0), label, font=font)[3] for label, _ in rows))
+    header_h = int(max(measure.textbbox((0, 0), prompt, font=font)[2] for prompt in prompts)) + 2 * _PAD
     cell_h = max(cells.shape[1] for _, cells in rows)
     cell_w = max(cells.shape[2] for _, cells in rows)
     row_h = max(cell_h, label_h)

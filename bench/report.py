@@ -108,10 +108,10 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
     ]
     for task in tasks:
         cells = table[table[TASK_KEY] == task]
-        top = ranked[ranked[TASK_KEY] == task]
+        top = ranked.loc[ranked[TASK_KEY] == task]
         full = ", ".join(
             f"{unit} {_human(budget)}"
-            for unit, budget in top[top["status"] == "done"].groupby("budget_unit")["budget"].max().items()
+            for unit, budget in top.loc[top["status"] == "done"].groupby("budget_unit")["budget"].max().items()
         )
         parts.append(f'<h2 id="task-{_e(safe_name(task))}">{_e(TASK_KEY)}: {_e(task)}</h2>')
         parts.append(
