@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import importlib.util
 import inspect
+import math
 import os
 import re
 import sys
@@ -85,6 +86,16 @@ def _budget(text: str) -> Budget:
         return Budget.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a fraction > 0 (0.1: 10%), got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -189,6 +200,13 @@ def build_parser() -> Parser:
         "--budget",
         type=_budget,
         help=f"total budget per run, [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} (default nfe), e.g. nfe:300k",
+    )
+    run.add_argument(
+        "--budget-tolerance",
+        type=_tolerance,
+        metavar="FRACTION",
+        help="how far past a milestone a run may train, e.g. 0.1 for 10%% (default: the suite's, 10%% in most); a "
+        "budget whose first milestone a method's step could pass by more is refused, naming the smallest that fits",
     )
     run.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
     run.add_argument("--out", type=Path, help=OUT_HELP)
@@ -303,6 +321,7 @@ def suite_from_args(args):
         rewards=args.reward or suite.rewards,
         seeds=tuple(range(args.seeds)) if args.seeds else suite.seeds,
         budget=args.budget or suite.budget,
+        budget_tolerance=args.budget_tolerance or suite.budget_tolerance,
         overrides=overrides,
         sources=dict(source.split("=", 1) for source in args.source or ()),
     )

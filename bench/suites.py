@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 from dataclasses import dataclass, field
 
 from bench.evaluate import EvalConfig
@@ -27,6 +28,10 @@ class Suite:
     seeds: tuple[int, ...] = (0, 1, 2)
     budget: Budget = Budget("nfe", 300_000)
     milestones: tuple[float, ...] = (0.25, 0.5, 1.0)
+    budget_tolerance: float = 0.1
+    """How far past a milestone a run may train, as a fraction of it: a run stops at the first step that reaches the
+    milestone, so it passes it by less than one step; `validate` refuses a budget whose first milestone a method's
+    step could pass by more."""
     world: str = "digits"
     eval: EvalConfig = EvalConfig()
     overrides: dict[str, dict[str, object]] = field(default_factory=dict)
@@ -118,6 +123,8 @@ def smoke() -> Suite:
         seeds=(0, 1),
         budget=Budget("nfe", 400),
         milestones=(0.5, 1.0),
+        # a pass checks the plumbing in minutes: its milestones are a few steps each (sas's is 90 of its 200 NFE)
+        budget_tolerance=0.5,
         world="digits-tiny",
         eval=EvalConfig(steps=4, samples_per_prompt=2),
         overrides={name: dict(method.small_config) for name, method in METHODS.items() if method.small_config},
@@ -132,6 +139,9 @@ def rocm_efficiency() -> Suite:
         methods=("base@consistency", "rocm@consistency", "ddpo@consistency", "ddpo"),
         rewards=("digit",),
         milestones=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0),
+        # the first milestones sit one or two DDPO steps in on purpose (5,120 NFE of the first 6,000 on the diffusion
+        # model): the study reads the compute each run actually used, not the milestone
+        budget_tolerance=0.9,
         studies=("efficiency",),
     )
 
@@ -228,6 +238,9 @@ def grpo_family() -> Suite:
         rewards=("compress",),
         variants=variants,
         milestones=tuple(round(0.1 * k, 1) for k in range(1, 11)),
+        # ten milestones draw the early curve: the first (30k) is five steps of Flow-GRPO at 20 steps (6,144 NFE each);
+        # the study reads the compute each run actually used, not the milestone
+        budget_tolerance=0.25,
         eval=EvalConfig(also_steps=(10,)),
         studies=("grpo",),
     )
@@ -300,6 +313,8 @@ def nightly_gpu(smoke: bool = False) -> Suite:
         seeds=(0,),
         budget=Budget("nfe", 50_000),
         milestones=(0.5, 1.0),
+        # one night on one GPU: the first milestone (25k) is three steps of SAS on SD 1.5 (8,000 NFE each)
+        budget_tolerance=0.35,
         world="scale",
         eval=EvalConfig(samples_per_prompt=2),
         overrides=NIGHTLY_OVERRIDES,
@@ -311,6 +326,7 @@ def nightly_gpu(smoke: bool = False) -> Suite:
         name="nightly-gpu-smoke",
         world="scale-tiny",
         budget=Budget("nfe", 240),
+        budget_tolerance=0.8,  # as the smoke suite: the plumbing, a step or two per milestone
         eval=EvalConfig(steps=3, samples_per_prompt=2),
         overrides={
             **NIGHTLY_OVERRIDES,
@@ -360,6 +376,47 @@ def check_names(kind: str, names, valid) -> tuple[str, ...]:
     return names
 
 
+def check_budget(suite: Suite) -> None:
+    """Refuses a budget whose first milestone one of the suite's training methods could pass by more than the suite's
+    tolerance, naming the smallest budget that keeps every milestone within it. The step that reaches a milestone
+    passes it by less than its own cost: the first step's (with its one-off work) when that step alone reaches the
+    milestone, a later step's otherwise (Trainer.step_usage, .iteration_usage). Later milestones are larger, so
+    the first is the one at risk."""
+    unit, fraction, tolerance = suite.budget.unit, suite.milestones[0], suite.budget_tolerance
+    first = suite.budget.amount * fraction
+    world = world_entry(suite.world)
+    too_small = {}  # entry -> (what a step could pass the first milestone by, the smallest budget that fits)
+    for method, variant, model in suite.entries():
+        if not METHODS[method].trains:
+            continue
+        config, generator = suite.method_config(method, variant), world.generator_class(model)
+        first_step = METHODS[method].step_usage(config, generator).get(unit, 0.0)
+        later_step = METHODS[method].iteration_usage(config, generator).get(unit, 0.0)
+        past = max(first_step - first, later_step)
+        if past > tolerance * first:
+            # the smallest first milestone m with max(first_step - m, later_step) <= tolerance * m, as a budget
+            smallest = max(later_step / tolerance, first_step / (1 + tolerance)) / fraction
+            too_small[f"{method}/{variant}@{model}" if variant else f"{method}@{model}"] = (past, smallest)
+    if too_small:
+        entry, (past, smallest) = max(too_small.items(), key=lambda item: item[1][1])
+        others = f" (and {len(too_small) - 1} more of its entries)" if len(too_small) > 1 else ""
+        raise ValueError(
+            f"budget {suite.budget} is too small for {entry}{others}: a step costs up to {past:g} {unit}, more than "
+            f"{tolerance:.0%} of the first milestone ({first:g}, at {fraction:g} of the budget); the smallest budget "
+            f"that keeps every milestone within {tolerance:.0%} is {unit}:{_round_up(smallest)} (or allow more: "
+            "--budget-tolerance)"
+        )
+
+
+def _round_up(amount: float) -> str:
+    """`amount` rounded up to two significant digits, written as a budget: 492,800 -> 500k."""
+    scale = 10 ** max(math.floor(math.log10(amount)) - 1, 0)
+    rounded = math.ceil(amount / scale) * scale
+    if rounded >= 1_000_000:
+        return f"{rounded / 1_000_000:g}M"
+    return f"{rounded / 1_000:g}k" if rounded >= 1_000 else f"{rounded:g}"
+
+
 def validate(suite: Suite) -> Suite:
     """Fails fast, before any model loads, on anything a run would only discover later."""
     if not suite.methods:
@@ -385,6 +442,7 @@ def validate(suite: Suite) -> Suite:
         or list(suite.milestones) != sorted(set(suite.milestones))
     ):
         raise ValueError(f"milestones must be increasing fractions in (0, 1], got {suite.milestones}")
+    check_budget(suite)
     for study in suite.studies:
         check_names("study", [study], STUDIES)
     if suite.eval.samples_per_prompt < 2:

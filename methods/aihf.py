@@ -114,6 +114,15 @@ class AIHF(Trainer):
             "labels": config.preference_pairs,
         }
 
+    @classmethod
+    def iteration_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # the preference pairs are sampled and labelled once
+        images, steps, _ = chain_work(config, generator)
+        return {
+            "nfe": images * steps + config.updates_per_iter * (config.demo_batch + images) * generator.loss_nfe,
+            "samples": images,
+        }
+
     def __init__(self, policy, feedback, prompts, config: Config, seed: int):
         super().__init__(policy, feedback, prompts, config, seed)
         self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)

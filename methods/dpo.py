@@ -93,6 +93,13 @@ class DiffusionDPO(Trainer):
             "samples": images,
         }
 
+    @classmethod
+    def iteration_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        if config.pairing == "online":
+            return cls.step_usage(config, generator)
+        # offline: the pool was drawn at the first step; each later one only updates
+        return {"nfe": config.updates_per_iter * min(config.batch, config.offline_pairs) * 2 * (3 + 1)}
+
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)
         self.optimizer: torch.optim.Optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)

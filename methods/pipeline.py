@@ -91,6 +91,14 @@ class RewardModelPipeline(Trainer):
             "labels": config.preference_pairs,
         }
 
+    @classmethod
+    def iteration_usage(cls, config: Config, generator: type) -> dict[str, float]:
+        # stage 2's steps, against the learned reward (no annotator queries or labels)
+        from methods import METHODS  # the registry imports this module
+
+        rl = METHODS[config.rl_method].iteration_usage(config.rl_config(), generator)
+        return {"nfe": rl["nfe"], "samples": rl["samples"]}
+
     def __init__(self, policy, feedback, prompts, config: Config, seed: int):
         super().__init__(policy, feedback, prompts, config, seed)
         self.reward_model = new_reward_model(feedback, policy, seed)

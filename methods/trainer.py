@@ -109,6 +109,13 @@ class Trainer(ABC):
         (missing: 0). The contract tests hold the harness's meter to it, so a method cannot under-report."""
 
     @classmethod
+    def iteration_usage(cls, config, generator: type) -> dict[str, float]:
+        """What each later `step()` costs (as `step_usage`): the same, unless the first step also does one-off work
+        (collecting a dataset or labels). A milestone is passed by less than one step's cost, so the suite's budget
+        check reads both; the contract tests hold the meter to this too."""
+        return cls.step_usage(config, generator)
+
+    @classmethod
     def incompatibility(cls, reward_cls: type, budget_unit: str) -> str | None:
         """Why this method cannot run with this reward or budget unit, or None if it can."""
         if cls.needs_differentiable_reward and not reward_cls.differentiable:

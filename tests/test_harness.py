@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from bench.cli import main
 from bench.meter import Budget
 from bench.runner import RunSpec, execute
 from bench.store import LEASE_STALE_S, Store
-from bench.suites import SUITES
+from bench.suites import SUITES, validate
 from methods.ddpo import DDPO
 from models.policy import DiffusionPolicy
 from rewards import REWARDS
@@ -50,6 +51,13 @@ from rewards import REWARDS
             "rocm.divergence must be one of none, kl, reverse_kl",
         ),
         (["run", "--method", "rocm", "--rocm.sample_steps", "many"], "expected an integer or none, got 'many'"),
+        # one DDPO step on the flow model is 4,928 NFE: 66% of a 30k budget's first milestone (7.5k)
+        (
+            ["run", "--method", "ddpo@flow", "--budget", "nfe:30k"],
+            "a step costs up to 4928 nfe, more than 10% of the first milestone (7500, at 0.25 of the budget); the "
+            "smallest budget that keeps every milestone within 10% is nfe:200k",
+        ),
+        (["run", "--budget-tolerance", "0"], "expected a fraction > 0 (0.1: 10%), got '0'"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_valid_choices_before_any_model_loads(argv, message, capsys, monkeypatch):
@@ -193,6 +201,23 @@ def test_run_ids_change_with_the_config_and_the_base_model():
     other = dataclasses.replace(spec, method_config=dataclasses.replace(spec.method_config, clip_range=0.1))
     assert spec.run_id("a") == smoke_spec().run_id("a")
     assert len({spec.run_id("a"), spec.run_id("b"), other.run_id("a")}) == 3
+
+
+def test_a_budget_the_check_accepts_keeps_every_milestone_within_its_tolerance(tiny_world, tmp_path):
+    suite = dataclasses.replace(
+        SUITES["smoke"](), methods=("ddpo",), budget=Budget("nfe", 100), budget_tolerance=0.1, milestones=(0.5, 1.0)
+    )
+    with pytest.raises(ValueError, match=r"the smallest budget that keeps every milestone within 10% is nfe:") as info:
+        validate(suite)
+    smallest = Budget.parse(re.search(r"within 10% is (nfe:\S+)", str(info.value))[1])
+    validate(dataclasses.replace(suite, budget=smallest))
+    spec = dataclasses.replace(smoke_spec(), budget=smallest, milestones=suite.milestones)
+    with Store(tmp_path / "store.sqlite") as store:
+        assert execute(spec, tiny_world, store, tmp_path, log=lambda *_: None) == "done"
+        frame = store.results_frame().drop_duplicates("milestone").sort_values("milestone")
+    used = list(zip(frame["budget"], frame["nfe"]))
+    assert [budget for budget, _ in used] == [smallest.amount / 2, smallest.amount]
+    assert all(budget <= nfe <= 1.1 * budget for budget, nfe in used), used
 
 
 def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_path, capsys):

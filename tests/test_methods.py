@@ -106,6 +106,23 @@ def test_meter_counts_exactly_the_work_done(tiny_world, name, model):
     assert {k: usage[k] for k in ("nfe", "reward_queries", "samples", "labels")} == expected
 
 
+@pytest.mark.parametrize("name, model", TRAINING)
+def test_meter_counts_a_later_step_as_its_iteration_usage(tiny_world, name, model):
+    trainer, meter = make(tiny_world, name, model)
+    trainer.step()
+    first = meter.accounts["train"].as_dict()
+    trainer.step()
+    second = {k: v - first[k] for k, v in meter.accounts["train"].as_dict().items()}
+    expected = {
+        "nfe": 0,
+        "reward_queries": 0,
+        "samples": 0,
+        "labels": 0,
+        **METHODS[name].iteration_usage(trainer.config, GENERATORS[model][1]),
+    }
+    assert {k: second[k] for k in expected} == expected
+
+
 def test_ddpo_kl_penalty_pays_for_its_reference_passes(tiny_world):
     trainer, meter = make(tiny_world, "ddpo", kl_coef=0.1)
     stats = trainer.step()

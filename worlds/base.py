@@ -60,6 +60,11 @@ class WorldEntry(Protocol):
         """The rewards (rewards.REWARDS) the world offers."""
         ...
 
+    def generator_class(self, model: str) -> type:
+        """The Policy class of a generator, known without loading it: what a method's step costs on it
+        (`Trainer.step_usage`)."""
+        ...
+
     @property
     def headline_metric(self) -> str:
         """The held-out measure of success that tables lead with."""

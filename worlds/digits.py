@@ -118,6 +118,9 @@ class DigitsEntry:
     cells_side_by_side = True
     takes_sources = False
 
+    def generator_class(self, model: str) -> type:
+        return GENERATORS[model][1]
+
     def ensure(self, name: str, root: Path, log=print) -> Path:
         directory = root / name
         stale = stale_components(directory, self.config)

@@ -301,6 +301,9 @@ class ScaleEntry:
     def rewards(self) -> tuple[str, ...]:
         return tuple(self.config.rewards)
 
+    def generator_class(self, model: str) -> type:
+        return POLICIES[type(self.config.models[model])]
+
     def ensure(self, name: str, root: Path, log=print) -> Path:
         """The generators are checkpoints in the model cache: nothing to build, except the tiny twin's toy models."""
         directory = root / name
