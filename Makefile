@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint test test-all test-slow models bench leaderboard throughput clean
+.PHONY: install lint test test-all test-slow models bench leaderboard docs throughput clean
 
 install: $(STAMP)
 
@@ -54,6 +54,10 @@ bench: $(STAMP)
 
 leaderboard: $(STAMP)
 	$(PY) -m bench leaderboard --suite $(SUITE) $(ARGS)
+
+# Rewrite the tables README.md and docs/results.md quote from results/<suite>/ (bench/docs.py).
+docs: $(STAMP)
+	$(PY) -m bench.docs
 
 # Training-step images/s, peak memory and MFU on real-size random-weight SD 1.5, LCM and SD3 (a GPU benchmark).
 throughput: $(STAMP)

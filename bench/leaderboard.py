@@ -305,10 +305,13 @@ def ranking(table: pd.DataFrame, directions: dict[str, bool], primary_split: str
     missing = missing[[full_units.get(r, u) == u for r, u in zip(missing["reward"], missing["budget_unit"])]]
     frame = pd.concat([done, missing.assign(rank=math.nan)], ignore_index=True)
     frame = frame.astype({"n_seeds": int, "failed": int})  # an empty `missing` leaves them float
-    # base, then the ranked methods, then the cells without results
-    frame["_group"] = np.where(frame["method"] == BASE_METHOD, 0, np.where(frame["status"] == "done", 1, 2))
-    frame = frame.sort_values(["reward", "budget_unit", "model", "_group", "rank", "method"], na_position="last")
-    return frame.drop(columns="_group").reset_index(drop=True)
+    # base, then the ranked methods, then the cells without results (sorted on a narrow frame of the keys: the table
+    # is wide, and a column inserted into it fragments it)
+    keys = frame[["reward", "budget_unit", "model", "rank", "method"]].assign(
+        group=np.where(frame["method"] == BASE_METHOD, 0, np.where(frame["status"] == "done", 1, 2))
+    )
+    order = keys.sort_values(["reward", "budget_unit", "model", "group", "rank", "method"], na_position="last").index
+    return frame.loc[order].reset_index(drop=True)
 
 
 def glance(table: pd.DataFrame, directions: dict[str, bool], primary_split: str, metric: str) -> list[str]:

@@ -25,6 +25,7 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
+from bench.leaderboard import interval
 from bench.stats import bootstrap_ci, stratified_bootstrap_ci
 from models.digits import GENERATORS
 from models.io import atomic_write_bytes
@@ -34,8 +35,9 @@ TRAIN_SPLIT = "eval_seen"
 
 
 def _ci(values) -> str:
+    """Mean [95% bootstrap CI], the mean alone where the interval is a point (every seed agreed)."""
     mean, lo, hi = values if isinstance(values, tuple) else bootstrap_ci(values)
-    return f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+    return interval(mean, lo, hi)
 
 
 def queries_to_reach(queries: np.ndarray, rewards: np.ndarray, target: float) -> float:
