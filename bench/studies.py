@@ -104,6 +104,12 @@ def _bound(value: float) -> str:
     return "never" if math.isinf(value) else f"{value:.3f}"
 
 
+def _fraction(value: float, low: float, high: float) -> str:
+    """A fraction of a reference's compute with its interval, as `_ci` writes a mean (`never`: not reached)."""
+    text, bounds = _bound(value), (_bound(low), _bound(high))
+    return text if bounds == (text, text) else f"{text} [{bounds[0]}, {bounds[1]}]"
+
+
 def write_efficiency(results: pd.DataFrame, out: Path) -> Path:
     base = "base@consistency"
     lines = [
@@ -129,7 +135,7 @@ def write_efficiency(results: pd.DataFrame, out: Path) -> Path:
         lines.append(
             f"| {method} | {reference} | {study['seeds'][0]}, {study['seeds'][1]} | "
             f"{_ci(study['target'])} | {_ci(study['gain'])} | {study['reference_queries']:.0f} | {queries} | "
-            f"{_bound(fraction)} [{_bound(low)}, {_bound(high)}] |"
+            f"{_fraction(fraction, low, high)} |"
         )
     path = out / "efficiency.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
@@ -334,7 +340,7 @@ def write_grpo(results: pd.DataFrame, out: Path) -> Path:
         nfe = efficiency(results, method, reference, base_label, reward, "nfe")
         if wall is None or nfe is None:
             continue
-        fractions = [f"{_bound(f)} [{_bound(lo)}, {_bound(hi)}]" for f, lo, hi in (wall["fraction"], nfe["fraction"])]
+        fractions = [_fraction(*estimate) for estimate in (wall["fraction"], nfe["fraction"])]
         lines.append(f"| {method} | {reference} | {fractions[0]} | {fractions[1]} | {_ci(wall['target'])} |")
     lines += [
         "",

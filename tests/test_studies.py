@@ -113,7 +113,7 @@ def test_the_grpo_study_answers_each_claim_from_the_cells_it_has(tmp_path):
         rows += cell("mix_grpo@flow", seed, 2.0, 100.0) + cell("flow_grpo/no-kl@flow", seed, 1.5, 100.0)
     text = STUDIES["grpo"](pd.DataFrame(rows), tmp_path).read_text()
     # mix_grpo's mean curve -1, 0, 1 over 0, 50, 100 s reaches flow_grpo's final 0 at 50 s: half the wall time
-    assert "| mix_grpo@flow | flow_grpo@flow | 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] |" in text
+    assert "| mix_grpo@flow | flow_grpo@flow | 0.500 | 0.500 |" in text
     assert "dance_grpo@flow" not in text  # no cells, no rows
-    assert "| flow_grpo@flow | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] | 0.900 [0.900, 0.900] | 100 |" in text
-    assert "| flow_grpo/no-kl@flow | 0.550 [0.550, 0.550] | 0.900" in text  # the proxy: eval_seen
+    assert "| flow_grpo@flow | 1.000 | 1.000 | 0.900 | 100 |" in text
+    assert "| flow_grpo/no-kl@flow | 0.550 | 0.900" in text  # the proxy: eval_seen
