@@ -3,7 +3,8 @@
 Any transformers `CLIPModel` with its `CLIPTokenizer`; the default is OpenAI's ViT-L/14
 (`openai/clip-vit-large-patch14`). Images go through CLIP's own preprocessing, in torch so gradients reach
 the pixels (rewards.image_preprocess.clip_preprocess, at the model's `vision_config.image_size`); prompts are
-tokenized to the model's context length (77), truncated.
+cleaned as OpenAI CLIP's own tokenizer cleans them (`openai_clip_text`: Hessel et al. score with OpenAI's `clip`
+package; transformers' tokenizers skip some of it) and tokenized to the model's context length (77), truncated.
 
 CLIPScore as Hessel et al. define it is w * max(cos, 0) with w = 2.5, and torchmetrics' CLIPScore is
 max(100 * cos, 0). The clamp at zero is left out here: a reward with a flat region gives no gradient there,
@@ -21,6 +22,8 @@ vocab.json, merges.txt / tokenizer.json, ...). `tokenizer_source` defaults to `s
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import torch
@@ -122,11 +125,12 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def clip_image_embeddings(
-    model: nn.Module, images: torch.Tensor, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
+    model: nn.Module, images: torch.Tensor, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD, preprocess=clip_preprocess
 ) -> torch.Tensor:
-    """Unit-norm image embeddings (B, D) float32 of images (B, 3, H, W) in [0, 1]; differentiable."""
+    """Unit-norm image embeddings (B, D) float32 of images (B, 3, H, W) in [0, 1]; differentiable. `preprocess`:
+    rewards.image_preprocess's CLIP-style transform the reward's original uses."""
     device, dtype = _model_device_dtype(model)
-    pixels = clip_preprocess(images, model.config.vision_config.image_size, mean, std)
+    pixels = preprocess(images, model.config.vision_config.image_size, mean, std)
     features = pooled(model.get_image_features(pixel_values=pixels.to(device=device, dtype=dtype)))
     return F.normalize(features.float(), dim=-1)
 
@@ -149,11 +153,23 @@ def clip_text_embeddings(model: nn.Module, tokenizer, prompts: list[str]) -> tor
     return F.normalize(features.float(), dim=-1)
 
 
-def clip_cosine(model: nn.Module, tokenizer, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+def clip_cosine(
+    model: nn.Module, tokenizer, images: torch.Tensor, prompts: list[str], preprocess=clip_preprocess
+) -> torch.Tensor:
     """cos(image_b, text_b) (B,) float32 for each image and its own prompt; differentiable in the images."""
-    image_emb = clip_image_embeddings(model, images)
+    image_emb = clip_image_embeddings(model, images, preprocess=preprocess)
     text_emb = clip_text_embeddings(model, tokenizer, prompts)
     return (image_emb * text_emb).sum(-1)
+
+
+def openai_clip_text(text: str) -> str:
+    """A prompt as OpenAI CLIP's and open_clip's tokenizers clean it before their BPE (`basic_clean`, then
+    `whitespace_clean`): ftfy's `fix_text` (mojibake, curly quotes, full-width letters, and HTML entities where the text
+    holds no tag), HTML entities unescaped twice more, whitespace runs to one space, the ends stripped.
+    transformers' CLIPTokenizer (the fast one in transformers 5) does none of it; it lower-cases, as they do."""
+    import ftfy
+
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(ftfy.fix_text(text))).strip()).strip()
 
 
 def source_tag(source: str | Path) -> str:
@@ -165,7 +181,7 @@ class ClipScoreReward:
     """100 * cos(image, prompt) under a CLIP model."""
 
     name = "clip_score"
-    version = "1"
+    version = "2"  # 2: prompts cleaned as OpenAI CLIP's tokenizer cleans them
     differentiable = True
     higher_is_better = True
 
@@ -198,5 +214,5 @@ class ClipScoreReward:
         return cls(model, tokenizer, tag=source_tag(source))
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        prompts = check_batch(images, prompts)
+        prompts = [openai_clip_text(prompt) for prompt in check_batch(images, prompts)]
         return (100.0 * clip_cosine(self.model, self.tokenizer, images, prompts)).to(images.device)

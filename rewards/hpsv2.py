@@ -8,9 +8,13 @@ published as open_clip state dicts (`xswu/HPSv2` on the hub: `HPS_v2_compressed.
     score = image_features @ text_features.T  (diagonal)  =  cos(image embedding, text embedding)
 
 so this reward returns the cosine itself (typically 0.2-0.35), not 100x it; the HPS v2 benchmark tables print
-the same numbers multiplied by 100. Images are preprocessed as open_clip's `preprocess_val` (shorter side 224
-bicubic, center crop 224, OpenAI CLIP mean/std) in torch; prompts are tokenized by the LAION ViT-H-14 CLIP
-tokenizer (the same BPE as open_clip's) to 77 tokens.
+the same numbers multiplied by 100. Images are preprocessed as the scorer's `preprocess_val`, which it builds with
+`light_augmentation=True`: open_clip's `ResizeMaxSize(224)`, the longer side resized to 224 (bicubic, on the float
+tensor, unclamped) and the image padded with black to a square, then the OpenAI CLIP mean/std
+(rewards.image_preprocess.hpsv2_preprocess, in torch so gradients reach the pixels). Prompts are cleaned as
+open_clip's tokenizer cleans them (ftfy, HTML entities unescaped, whitespace collapsed:
+rewards.clip_score.openai_clip_text) and tokenized by the LAION ViT-H-14 CLIP tokenizer (the same BPE as
+open_clip's) to 77 tokens.
 
 Architecture (`vit_h_14_config`): open_clip's ViT-H-14 config, vision width 1280, 32 layers, 16 heads (head
 width 80), patch 14, 224 px, MLP 5120; text width 1024, 24 layers, 16 heads, context 77, vocab 49408, MLP 4096;
@@ -66,7 +70,15 @@ import torch
 from torch import nn
 
 from models.hub import MIN_VOCAB, is_hub_id, resolve_file
-from rewards.clip_score import check_batch, check_clip_tokenizer, clip_cosine, freeze, load_tokenizer
+from rewards.clip_score import (
+    check_batch,
+    check_clip_tokenizer,
+    clip_cosine,
+    freeze,
+    load_tokenizer,
+    openai_clip_text,
+)
+from rewards.image_preprocess import hpsv2_preprocess
 
 DEFAULT_SOURCE = "xswu/HPSv2"
 CHECKPOINTS = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
@@ -207,7 +219,7 @@ class HPSv2Reward:
     """cos(image, prompt) under the HPSv2 CLIP model."""
 
     name = "hpsv2"
-    version = "1"
+    version = "2"  # 2: the original's preprocessing (longer side resized, padded) and text cleaning
     differentiable = True
     higher_is_better = True
 
@@ -250,5 +262,5 @@ class HPSv2Reward:
         return cls(model, tokenizer, tag=Path(source).stem if passed_file else hps_version)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        prompts = check_batch(images, prompts)
-        return clip_cosine(self.model, self.tokenizer, images, prompts).to(images.device)
+        prompts = [openai_clip_text(prompt) for prompt in check_batch(images, prompts)]
+        return clip_cosine(self.model, self.tokenizer, images, prompts, hpsv2_preprocess).to(images.device)

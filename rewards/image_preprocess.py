@@ -6,6 +6,9 @@ These functions do the same steps on a (B, 3, H, W) float tensor in [0, 1]:
 
     resize so the shorter side is N (bicubic, antialiased) -> center crop N x N -> (x - mean) / std
 
+except HPSv2's, which keeps the whole image: its longer side resized to N, then padded to a square
+(`hpsv2_preprocess`).
+
 torch's antialiased bicubic (`interpolate(..., mode="bicubic", antialias=True)`) uses PIL's BICUBIC kernel
 (a = -0.5, support widened by the downscale factor); plain torch bicubic (a = -0.75, no antialiasing) does
 not. Measured against PIL on 8-bit images (64..512 px to 224, up and down), the mean absolute difference
@@ -78,6 +81,26 @@ def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
     return resized.clamp(0.0, 1.0)
 
 
+def resize_longer_side_and_pad(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size): open_clip's `ResizeMaxSize`, the evaluation transform HPSv2 builds (its
+    `light_augmentation=True`). The longer side is resized to `size` and the shorter to round(side * size / longer),
+    bicubic and antialiased, not clamped (HPSv2's open_clip resizes the float tensor, after ToTensor); the image is
+    then padded with zeros (black) to a square, centered, the left and top getting the smaller half of an odd pad.
+    Departure: an image whose longer side is already `size` is padded too, where the original passes it on
+    unpadded, and a non-square one then fails in the ViT."""
+    _check_size(size)
+    height, width = images.shape[-2:]
+    scale = size / max(height, width)
+    new_height, new_width = round(height * scale), round(width * scale)
+    if (new_height, new_width) != (height, width):
+        images = F.interpolate(
+            images, size=(new_height, new_width), mode="bicubic", antialias=True, align_corners=False
+        )
+    pad_height, pad_width = size - new_height, size - new_width
+    padding = (pad_width // 2, pad_width - pad_width // 2, pad_height // 2, pad_height - pad_height // 2)
+    return F.pad(images, padding, value=0.0)
+
+
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, H, W) with H, W >= size -> the central (B, C, size, size) window.
 
@@ -121,6 +144,18 @@ def clip_preprocess(
     check_images(images)
     pixels = images.float()
     return normalize(center_crop(resize_shorter_side(pixels, size), size), mean, std)
+
+
+def hpsv2_preprocess(
+    images: torch.Tensor,
+    size: int = 224,
+    mean: Sequence[float] = OPENAI_CLIP_MEAN,
+    std: Sequence[float] = OPENAI_CLIP_STD,
+) -> torch.Tensor:
+    """HPSv2's encoder input: (B, 3, H, W) in [0, 1] -> (B, 3, size, size) normalised, differentiable: the longer
+    side resized to `size` and the image padded to a square (`resize_longer_side_and_pad`), then normalised."""
+    check_images(images)
+    return normalize(resize_longer_side_and_pad(images.float(), size), mean, std)
 
 
 def blip_preprocess(

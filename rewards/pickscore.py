@@ -7,7 +7,9 @@ tokenizer are the LAION model's. The reference scoring (the PickScore README) is
     score = logit_scale.exp() * cos(image embedding, text embedding)
 
 with the processor's CLIP preprocessing (shorter side 224 bicubic, center crop, OpenAI mean/std), done here in
-torch so gradients reach the pixels. The scale is the checkpoint's own learned `logit_scale`, read from the
+torch so gradients reach the pixels, and its tokenizer: `AutoProcessor` loads the fast CLIP tokenizer (transformers
+5's `CLIPTokenizer`), which cleans no text (no ftfy, no HTML unescaping; it lower-cases and collapses whitespace), so
+a prompt goes in as given. The scale is the checkpoint's own learned `logit_scale`, read from the
 weights, never hard-coded (published PickScores of Stable Diffusion images are around 20-22).
 
 On disk: `source` is a hub id in the local Hugging Face cache (`huggingface-cli download

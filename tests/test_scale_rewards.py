@@ -18,7 +18,7 @@ from transformers import BertTokenizer, BlipTextConfig, BlipVisionConfig, CLIPMo
 
 from models.tiny_pipelines import CLIP_EMBED, CLIP_IMAGE, CLIP_PATCH, CLIP_WIDTH, ascii_clip_tokenizer, tiny_clip_config
 from rewards.aesthetic import HEAD_FILENAME, AestheticReward, ScoreMLP, head_state_dict, random_head
-from rewards.clip_score import ClipScoreReward, load_tokenizer
+from rewards.clip_score import ClipScoreReward, load_tokenizer, openai_clip_text
 from rewards.hpsv2 import HPSv2Reward, open_clip_to_transformers
 from rewards.image_preprocess import (
     OPENAI_CLIP_MEAN,
@@ -26,6 +26,8 @@ from rewards.image_preprocess import (
     blip_preprocess,
     center_crop,
     clip_preprocess,
+    hpsv2_preprocess,
+    resize_longer_side_and_pad,
     resize_shorter_side,
 )
 from rewards.imagereward import SCORE_MEAN, SCORE_STD, ImageRewardReward, imagereward_state_dicts
@@ -150,6 +152,65 @@ def test_resize_matches_pil_bicubic_on_a_downscale():
     pil = np.asarray(Image.fromarray(array).resize((32, 32), Image.BICUBIC)).astype(np.float32) / 255
     ours = resize_shorter_side(torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255, 32)
     assert np.abs(ours[0].permute(1, 2, 0).numpy() - pil).mean() < 2 / 255
+
+
+def test_hpsv2_preprocess_resizes_the_longer_side_and_pads_to_a_square_with_black():
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    black = (-mean / std)[:, 0, 0]
+    # 2 x 4 at size 4: the longer side is 4 already, so no resampling; one black row above, one below
+    x = images(1, 2, 4)
+    out = hpsv2_preprocess(x, 4)[0]
+    torch.testing.assert_close(out[:, 1:3], (x[0] - mean) / std)
+    for row in (0, 3):
+        torch.testing.assert_close(out[:, row], black[:, None].expand(3, 4))
+    # 3 x 6 of one grey at size 4: 3 x 6 -> round(3 * 4 / 6) = 2 rows x 4, then a black row above and below
+    grey = hpsv2_preprocess(torch.full((1, 3, 3, 6), 0.5), 4)[0]
+    torch.testing.assert_close(grey[:, 1:3], ((0.5 - mean) / std).expand(3, 2, 4))
+    torch.testing.assert_close(grey[:, 0], black[:, None].expand(3, 4))
+    # 7 x 2 at size 4: 1 column (round(8 / 7)), three of padding: the left gets the smaller half, one
+    tall = resize_longer_side_and_pad(torch.full((1, 3, 7, 2), 0.5), 4)[0, 0]
+    torch.testing.assert_close(tall[:, 1], torch.full((4,), 0.5))
+    assert tall[:, [0, 2, 3]].abs().sum() == 0
+    # 5 x 8 at size 4: round(2.5) = 2 rows, Python's rounding to even as the original's
+    column = resize_longer_side_and_pad(torch.full((1, 3, 5, 8), 0.5), 4)[0, 0, :, 0]
+    torch.testing.assert_close(column, torch.tensor([0, 0.5, 0.5, 0]))
+    # not clamped: bicubic overshoots at a sharp edge, and the original keeps the overshoot
+    edge = torch.zeros(1, 3, 8, 8)
+    edge[..., 4:] = 1.0
+    resized = resize_longer_side_and_pad(edge, 4)
+    assert resized.shape == (1, 3, 4, 4) and resized.max() > 1 and resized.min() < 0
+
+
+@pytest.mark.parametrize(
+    "prompt, cleaned",
+    [
+        ("a “curly” cat", 'a "curly" cat'),  # quotes uncurled
+        ("fish &amp;amp; chips", "fish & chips"),  # entities unescaped, twice
+        ("<b>fish &amp;amp; chips</b>", "<b>fish & chips</b>"),  # with a tag, ftfy leaves entities to the unescaping
+        ("ＲＥＤ cat", "RED cat"),  # full-width letters
+        ("cafÃ© au lait", "café au lait"),  # mojibake repaired
+        ("  two\n\tdogs  ", "two dogs"),  # whitespace collapsed and stripped
+        ("a cat 🐱", "a cat 🐱"),  # emoji kept
+    ],
+)
+def test_openai_clip_text_cleans_a_prompt_as_open_clip_does(prompt, cleaned):
+    assert openai_clip_text(prompt) == cleaned
+
+
+def test_each_clip_reward_tokenizes_as_its_original(clip_dir, pickscore_dir, clip_tokenizer_dir, hpsv2):
+    """HPSv2 (open_clip) and CLIP score (OpenAI CLIP) clean a prompt before their BPE; PickScore's original loads the
+    fast tokenizer through AutoProcessor, which cleans nothing (transformers 5's CLIPTokenizer is that one)."""
+    x = images(2, 24, 40)  # not square
+    hard = ["fish &amp;amp; chips", "a “red”  cat"]
+    cleaned = ["fish & chips", 'a "red" cat']
+    clip = ClipScoreReward.from_pretrained(clip_dir, min_vocab=0)
+    torch.testing.assert_close(clip(x, hard), clip(x, cleaned), atol=0, rtol=0)
+    torch.testing.assert_close(hpsv2[0](x, hard), hpsv2[0](x, cleaned), atol=0, rtol=0)
+    pick = PickScoreReward.from_pretrained(pickscore_dir, tokenizer_source=clip_tokenizer_dir, min_vocab=0)
+    assert pick.tokenizer.is_fast
+    assert pick.tokenizer("fish &amp;amp; chips")["input_ids"] != pick.tokenizer("fish & chips")["input_ids"]
+    assert (pick(x[:1], hard[:1]) != pick(x[:1], cleaned[:1])).all()
 
 
 @pytest.mark.parametrize(
@@ -521,7 +582,7 @@ def test_hpsv2_mapping_reproduces_open_clip(hpsv2):
     assert (scores.abs() <= 1).all() and reward.version.endswith("v2.1")
     with torch.no_grad():
         expected = reference_open_clip_cosine(
-            published, clip_preprocess(x, IMAGE), open_clip_tokenize(reward.tokenizer, PROMPTS)
+            published, hpsv2_preprocess(x, IMAGE), open_clip_tokenize(reward.tokenizer, PROMPTS)
         )
     torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
     assert_gradient_reaches_pixels(reward)

@@ -1,6 +1,7 @@
 """Ways of running a suite that must not change its leaderboard: killed at chosen moments and re-run,
 spread over parallel local workers, or run as Ray tasks; and the optional experiment loggers."""
 
+import dataclasses
 import os
 import re
 import signal
@@ -71,6 +72,38 @@ def test_the_ray_backend_gives_the_same_leaderboard(reference_sweep, tmp_path):
 # (kind, N): the N-th event of that kind in one invocation of the sweep kills it (tests/injected_fault.py); each
 # invocation resumes from what the killed ones left
 FAULTS = [("step", 3), ("write", 2), ("checkpoint", 2), ("evaluate", 2), ("write", 5), ("step", 9), ("checkpoint", 1)]
+
+
+@pytest.mark.slow
+def test_a_cell_of_a_gpu_world_is_placed_on_a_gpu_and_a_cpu_worlds_on_none():
+    import ray
+
+    from bench.ray_backend import cell_resources, check_resources
+
+    def placement() -> tuple[list, str]:  # defined here, so that Ray ships it by value to its workers
+        import os
+
+        import ray
+
+        return list(ray.get_gpu_ids()), os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)  # a declared GPU: Ray places by it, CUDA or not
+    try:
+        probe = ray.remote(placement)
+        on_gpu = ray.get(probe.options(**cell_resources("scale")).remote())
+        on_cpu = [ray.get(probe.options(**cell_resources(w)).remote()) for w in ("digits", "scale-tiny")]
+    finally:
+        ray.shutdown()
+    assert len(on_gpu[0]) == 1 and on_gpu[1] == str(on_gpu[0][0])
+    assert [gpus for gpus, _ in on_cpu] == [[], []]  # no GPU is reserved for a cell that asks for none
+    ray.init(num_cpus=1, num_gpus=0, include_dashboard=False)
+    try:
+        spec = dataclasses.replace(smoke_spec(), world="scale")
+        with pytest.raises(ValueError, match="a cell of world scale needs 1 GPU, and the Ray cluster has 0"):
+            check_resources([spec])
+        check_resources([smoke_spec()])  # the tiny world's cells need none
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.slow

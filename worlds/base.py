@@ -81,6 +81,12 @@ class WorldEntry(Protocol):
         ...
 
     @property
+    def gpus_per_cell(self) -> float:
+        """The GPUs a cell asks a Ray cluster for (bench/ray_backend.py): Ray reserves none for a task that asks for
+        none."""
+        ...
+
+    @property
     def takes_sources(self) -> bool:
         """Whether `bench run --source MODEL=SOURCE` may replace a generator's checkpoint."""
         ...

@@ -116,6 +116,7 @@ class DigitsEntry:
     headline_metric = "judge_acc"
     headline_label = "held-out judge"
     cells_side_by_side = True
+    gpus_per_cell = 0.0
     takes_sources = False
 
     def generator_class(self, model: str) -> type:

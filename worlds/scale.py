@@ -75,6 +75,9 @@ class ScaleWorldConfig:
     """True: the sources are paths inside artifacts/<world>/, written by `build_tiny` on first use."""
     demonstration_steps: int | None = None
     """Sampler steps of the base-model samples the annotator demonstrates from; None: each model's default."""
+    gpus_per_cell: float = 1.0
+    """The GPUs a cell holds on a Ray cluster (bench/ray_backend.py): one, for the published models; none for the tiny
+    twin, which runs on any machine's CPU."""
 
     def families(self) -> dict[str, str]:
         return {name: POLICIES[type(config)].family for name, config in self.models.items()}
@@ -82,7 +85,7 @@ class ScaleWorldConfig:
 
 # The public checkpoints: the issue's defaults, each trainable at its native resolution in bf16 on one GPU.
 AESTHETIC_HEAD = Path(__file__).resolve().parents[1] / "artifacts" / "scale" / HEAD_FILENAME
-"""Where the scale world reads the LAION aesthetic head, which no model hub hosts officially (README: Scale)."""
+"""Where the scale world reads the LAION aesthetic head, which no model hub hosts officially (docs/scale.md)."""
 SCALE = ScaleWorldConfig(
     models={
         "sd15": StableDiffusionConfig(gradient_checkpointing=True),
@@ -115,6 +118,7 @@ SCALE_TINY = ScaleWorldConfig(
     eval_clip={"source": "clip", "min_vocab": 0},
     built_here=True,
     demonstration_steps=3,
+    gpus_per_cell=0.0,
 )
 """The scale world's classes at toy sizes (16 px, 8 x 8 latents; no T5 in SD3), for tests and smoke runs. ImageReward
 and HPSv2 are left out: their published checkpoints have no tiny form (tests/test_scale_rewards.py covers them)."""
@@ -296,6 +300,10 @@ class ScaleEntry:
     @property
     def models(self) -> dict[str, str]:
         return self.config.families()
+
+    @property
+    def gpus_per_cell(self) -> float:
+        return self.config.gpus_per_cell
 
     @property
     def rewards(self) -> tuple[str, ...]:
