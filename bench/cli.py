@@ -81,6 +81,15 @@ def _source(text: str) -> str:
     return text
 
 
+def _reward_server(text: str) -> str:
+    name, _, url = text.partition("=")
+    if name not in REWARDS or not url.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=URL with NAME in {', '.join(REWARDS)} and URL http://HOST:PORT, got {text!r}"
+        )
+    return text
+
+
 def _budget(text: str) -> Budget:
     try:
         return Budget.parse(text)
@@ -208,6 +217,14 @@ def build_parser() -> Parser:
         help="how far past a milestone a run may train, e.g. 0.1 for 10%% (default: the suite's, 10%% in most); a "
         "budget whose first milestone a method's step could pass by more is refused, naming the smallest that fits",
     )
+    run.add_argument(
+        "--reward-server",
+        action="append",
+        type=_reward_server,
+        metavar="NAME=URL",
+        help="score the reward NAME through the server at URL (`python -m bench serve`) instead of in this process: "
+        "same name, version and scores; repeatable",
+    )
     run.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
     run.add_argument("--out", type=Path, help=OUT_HELP)
     run.add_argument(
@@ -286,6 +303,20 @@ def build_parser() -> Parser:
     )
     speed.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve one of a world's rewards over HTTP (rewards/server.py), for runs that score through it",
+        description="Loads the reward as the world offers it and serves it until interrupted; a run scores through "
+        "it with --reward-server NAME=URL. Prints the address it serves at.",
+    )
+    serve.add_argument("--world", default="digits", choices=list(WORLDS), help="the world whose reward to serve")
+    serve.add_argument("--reward", required=True, choices=list(REWARDS), help="the reward to serve")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="the port to listen on (0: any free one; default 8000)")
+    serve.add_argument(
+        "--threads", type=_positive_int, default=1, help="torch threads (default 1, as every cell runs: same scores)"
+    )
+
     board = commands.add_parser(
         "leaderboard", help="regenerate results/<suite>/ (tables, plots, report.html) from the store alone"
     )
@@ -324,6 +355,7 @@ def suite_from_args(args):
         budget_tolerance=args.budget_tolerance or suite.budget_tolerance,
         overrides=overrides,
         sources=dict(source.split("=", 1) for source in args.source or ()),
+        reward_servers=dict(server.split("=", 1) for server in args.reward_server or ()),
     )
     return validate(suite)
 
@@ -358,6 +390,31 @@ def main(argv: list[str] | None = None) -> int:
             suite = build_suite(args.suite[0], args.smoke)
         except ValueError as error:
             parser.error(str(error))
+    if args.command == "run":
+        from rewards.server import RemoteReward
+
+        for name, url in suite.reward_servers.items():
+            try:  # a server that is down or serves another reward fails now, not in every run
+                RemoteReward.connect(url, expect=name, timeout=30, retries=1)
+            except (ConnectionError, ValueError) as error:
+                parser.error(str(error))
+    if args.command == "serve":
+        offered = world_entry(args.world).rewards
+        if args.reward not in offered:
+            parser.error(f"world {args.world!r} offers no {args.reward!r} reward; valid: {', '.join(offered)}")
+        import torch
+
+        from rewards.server import serve
+        from worlds import load_world
+
+        torch.set_num_threads(args.threads)
+        serve(
+            REWARDS[args.reward].from_world(load_world(args.world)),
+            args.host,
+            args.port,
+            lambda line: print(line, flush=True),
+        )
+        return 0
     if args.command in ("models", "run"):
         os.environ["BENCH_PROGRESS"] = args.progress  # worker processes inherit it
     # Heavy imports only after the command line is known to be valid.

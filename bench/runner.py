@@ -33,6 +33,7 @@ from models.io import atomic_torch_save
 from models.progress import progress, say
 from rewards import REWARDS
 from rewards.feedback import AnnotatorConfig, Feedback
+from rewards.server import RemoteReward
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class RunSpec:
     source: str = ""
     """A checkpoint of one's own in place of the world's `model` ('' for the world's own); it names the base model,
     so it is part of the run's identity through the base model's hash."""
+    reward_server: str = ""
+    """The address of a server that scores the reward ('' to score it in this process, rewards/server.py). Not part of
+    the run's identity: a served reward is the same reward, with the same version and scores."""
 
     def config_dict(self) -> dict:
         config = {
@@ -173,12 +177,17 @@ def execute(
     process that fails raises, ending the launch: the others could not go on without it."""
     method = METHODS[spec.method]
     reward_cls = REWARDS[spec.reward]
-    raw_reward = reward_cls.from_world(world)
+    served = bool(spec.reward_server)
+    raw_reward = (
+        RemoteReward.connect(spec.reward_server, expect=spec.reward) if served else reward_cls.from_world(world)
+    )
     record = spec.record(world.model_hash(spec.model, spec.source), raw_reward.version)
     status = store.run_status(record.run_id)
     if status in ("done", "n/a"):
         return "reused"
     reason = method.incompatibility(reward_cls, spec.budget.unit)
+    if reason is None and served and method.needs_differentiable_reward:
+        reason = "needs reward gradients, which a reward served over HTTP does not carry"
     if reason is not None:
         if parallel.main:
             store.record_not_applicable(record, reason)

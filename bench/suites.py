@@ -42,6 +42,8 @@ class Suite:
     """Extra tables written with the leaderboard (bench/studies.py)."""
     sources: dict[str, str] = field(default_factory=dict)
     """Model -> a checkpoint of one's own in its place (`bench run --source MODEL=SOURCE`), in worlds that take one."""
+    reward_servers: dict[str, str] = field(default_factory=dict)
+    """Reward -> the address of a server that scores it (`bench run --reward-server NAME=URL`, rewards/server.py)."""
 
     def method_config(self, method: str, variant: str = ""):
         options = {**self.overrides.get(method, {}), **(self.variants[f"{method}/{variant}"] if variant else {})}
@@ -442,6 +444,12 @@ def validate(suite: Suite) -> Suite:
         or list(suite.milestones) != sorted(set(suite.milestones))
     ):
         raise ValueError(f"milestones must be increasing fractions in (0, 1], got {suite.milestones}")
+    served = [name for name in suite.reward_servers if name not in suite.rewards]
+    if served:
+        raise ValueError(
+            f"--reward-server names {', '.join(map(repr, served))}, which the suite does not run; its rewards: "
+            f"{', '.join(suite.rewards)}"
+        )
     check_budget(suite)
     for study in suite.studies:
         check_names("study", [study], STUDIES)

@@ -49,6 +49,7 @@ def specs(suite: Suite) -> list[RunSpec]:
             milestones=suite.milestones,
             eval=suite.eval,
             source=suite.sources.get(model, ""),
+            reward_server=suite.reward_servers.get(reward, ""),
         )
         for reward in suite.rewards
         for method, variant, model in suite.entries()

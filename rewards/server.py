@@ -1,0 +1,186 @@
+"""A reward served over HTTP by a process of its own, and the client a run scores through, behind the reward's name.
+
+Why: a reward whose dependencies clash with the trainer's (an original package pinning its own torch, a model too big
+for the trainer's GPU) runs in its own environment or on another machine, and a run uses it exactly as it would the
+in-process reward: same name, same version (so the same run ids and records), same scores.
+
+Server: `python -m bench serve --world WORLD --reward NAME [--host 127.0.0.1] [--port 8000]` loads the reward as the
+world offers it and answers, on the standard library's HTTPServer, one request at a time (one model, one device, and
+in the thread whose torch settings the server made):
+
+    GET  /info   -> JSON {"name", "version", "higher_is_better", "differentiable"} of the served reward
+    POST /score  <- an .npz (numpy's archive, read with allow_pickle=False, so no request can run code) holding
+                    `images`, float32 (B, C, H, W) in [0, 1], and `prompts`, a unicode array (B,)
+                 -> JSON {"scores": [B floats]}, the float32 scores (a JSON number carries a float32 exactly)
+
+A malformed request gets 400 and a reward that raises 500, each with a one-line JSON {"error"}. The server scores on
+one torch thread by default, as every cell of a sweep runs (bench/cell.py), so its scores are the in-process ones to
+the last bit.
+
+Client: `RemoteReward.connect(url)` reads /info (a server that does not answer is a one-line error naming how to start
+one), then sends each call's images in requests of at most `batch` images. A request that cannot connect, resets or
+times out is retried (`retries`, with doubling waits); an answered error is not (the same request would fail again).
+Scores come back without a graph: a served reward is never differentiable, so methods that need reward gradients
+refuse it (bench/runner.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import numpy as np
+import torch
+
+MAX_REQUEST_BYTES = 1 << 30
+"""The largest request body the server reads (1 GiB: 4k float32 images of 256 x 256 x 3)."""
+
+
+def encode_request(images: torch.Tensor, prompts: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images.detach().float().cpu().numpy(), prompts=np.array(prompts, dtype=str))
+    return buffer.getvalue()
+
+
+def decode_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
+    """The images and prompts of a /score body; ValueError, naming what is wrong, for anything else."""
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+            images, prompts = archive["images"], archive["prompts"]
+    except (OSError, ValueError, KeyError, EOFError) as error:
+        raise ValueError(f"expected an .npz with `images` and `prompts` ({type(error).__name__}: {error})") from None
+    if images.dtype != np.float32 or images.ndim != 4:
+        raise ValueError(f"`images` must be float32 (B, C, H, W), got {images.dtype} {images.shape}")
+    if prompts.dtype.kind != "U" or prompts.shape != images.shape[:1]:
+        raise ValueError(f"`prompts` must be {images.shape[0]} strings, got {prompts.dtype} {prompts.shape}")
+    return torch.from_numpy(images), [str(prompt) for prompt in prompts]
+
+
+def make_handler(reward) -> type[BaseHTTPRequestHandler]:
+    """The request handler serving `reward` (see the module docstring)."""
+    info = {
+        "name": reward.name,
+        "version": reward.version,
+        "higher_is_better": reward.higher_is_better,
+        "differentiable": False,
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/info":
+                self._answer(404, {"error": f"no {self.path}; valid: GET /info, POST /score"})
+                return
+            self._answer(200, info)
+
+        def do_POST(self) -> None:
+            if self.path != "/score":
+                self._answer(404, {"error": f"no {self.path}; valid: GET /info, POST /score"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if not 0 < length <= MAX_REQUEST_BYTES:
+                self._answer(400, {"error": f"a body of 1 to {MAX_REQUEST_BYTES} bytes is needed, got {length}"})
+                return
+            try:
+                images, prompts = decode_request(self.rfile.read(length))
+            except ValueError as error:
+                self._answer(400, {"error": str(error)})
+                return
+            try:
+                with torch.no_grad():
+                    scores = reward(images, prompts).float().cpu()
+            except Exception as error:  # the reward's failure goes back to the client, and the server goes on
+                self._answer(500, {"error": f"{type(error).__name__}: {error}"})
+                return
+            self._answer(200, {"scores": scores.tolist()})
+
+        def _answer(self, status: int, payload: dict) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args) -> None:  # noqa: A002 (the base class's name)
+            pass  # one line per request would drown the server's own output
+
+    return Handler
+
+
+class RemoteReward:
+    """A reward scored by a server (see the module docstring); `name`, `version` and `higher_is_better` are the
+    served reward's."""
+
+    differentiable = False
+
+    def __init__(self, url: str, info: dict, *, timeout: float, retries: int, batch: int):
+        self.url = url.rstrip("/")
+        self.name, self.version, self.higher_is_better = info["name"], info["version"], info["higher_is_better"]
+        self.timeout, self.retries, self.batch = timeout, retries, batch
+
+    @classmethod
+    def connect(
+        cls, url: str, *, expect: str | None = None, timeout: float = 600.0, retries: int = 3, batch: int = 64
+    ) -> RemoteReward:
+        """The client of the server at `url`, which must serve the reward `expect` (when given)."""
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"a reward server's address starts with http:// or https://, got {url!r}")
+        probe = cls(
+            url, {"name": "?", "version": "?", "higher_is_better": True}, timeout=timeout, retries=retries, batch=batch
+        )
+        info = json.loads(probe._request("/info", None))
+        if expect is not None and info["name"] != expect:
+            raise ValueError(f"the reward server at {url} serves {info['name']!r}, not {expect!r}")
+        return cls(url, info, timeout=timeout, retries=retries, batch=batch)
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        prompts = list(prompts)
+        if len(prompts) != images.shape[0]:
+            raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts: need one prompt per image")
+        scores = []
+        for start in range(0, len(prompts), self.batch):
+            body = encode_request(images[start : start + self.batch], prompts[start : start + self.batch])
+            scores += json.loads(self._request("/score", body))["scores"]
+        return torch.tensor(scores, dtype=torch.float32, device=images.device)
+
+    def _request(self, path: str, body: bytes | None) -> bytes:
+        """The answer's body; retries what may pass (no connection, a reset, a timeout), not what the server refused."""
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(self.url + path, data=body, method="POST" if body is not None else "GET")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                    return answer.read()
+            except urllib.error.HTTPError as error:
+                detail = error.read().decode(errors="replace")
+                with contextlib.suppress(
+                    ValueError, KeyError, TypeError
+                ):  # the server's one-line reason, if it gave one
+                    detail = json.loads(detail)["error"]
+                raise ValueError(f"the reward server at {self.url} refused {path} ({error.code}): {detail}") from None
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+                if attempt == self.retries:
+                    reason = getattr(error, "reason", error)
+                    raise ConnectionError(
+                        f"no reward server answers at {self.url} ({reason}; {self.retries + 1} tries): start one with "
+                        "`python -m bench serve --world WORLD --reward NAME --port PORT`"
+                    ) from None
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+
+def serve(reward, host: str = "127.0.0.1", port: int = 8000, announce=print) -> None:
+    """Serves `reward` until interrupted; `announce` gets the line naming the address (port 0: a free one)."""
+    server = HTTPServer((host, port), make_handler(reward))
+    bound_host, bound_port = server.server_address[:2]
+    announce(f"serving {reward.name} (version {reward.version}) at http://{bound_host}:{bound_port}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

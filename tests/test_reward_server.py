@@ -1,0 +1,117 @@
+"""A reward served over HTTP (rewards/server.py, `python -m bench serve`): the same scores and the same runs as the
+reward in process, clear errors when the server is down or refuses a request."""
+
+import dataclasses
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_harness import smoke_spec
+
+from bench.cell import run_cell
+from bench.cli import main
+from bench.runner import execute
+from bench.store import Store
+from rewards import REWARDS
+from rewards.server import RemoteReward
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digit_server(tiny_world):
+    """`python -m bench serve` of the tiny world's `digit` reward on a free loopback port; its address."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench", "serve", "--world", "digits-tiny", "--reward", "digit", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    line = process.stdout.readline() if process.stdout else ""
+    if not line.startswith("serving digit"):
+        process.kill()
+        raise AssertionError(f"the server did not start: {line!r} {process.stderr.read() if process.stderr else ''}")
+    yield line.split(" at ")[-1].strip()
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_served_scores_are_the_in_process_scores_bit_for_bit(tiny_world, digit_server):
+    local = REWARDS["digit"].from_world(tiny_world)
+    images = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    prompts = tiny_world.prompts["eval_unseen"][:12]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a cell runs, and the server by default: the same kernels, the same bits
+    try:
+        with torch.no_grad():
+            expected = local(images, prompts)
+            in_fives = torch.cat([local(images[i : i + 5], prompts[i : i + 5]) for i in range(0, 12, 5)])
+    finally:
+        torch.set_num_threads(threads)
+    remote = RemoteReward.connect(digit_server, expect="digit")
+    assert torch.equal(remote(images, prompts), expected)
+    # a call larger than `batch` goes in several requests, each scored as that batch would be in process
+    assert torch.equal(RemoteReward.connect(digit_server, batch=5)(images, prompts), in_fives)
+    torch.testing.assert_close(in_fives, expected)
+    assert (remote.name, remote.version, remote.higher_is_better) == ("digit", local.version, True)
+    assert not remote.differentiable
+
+
+def test_a_run_through_the_server_records_what_the_run_in_process_records(tiny_world, digit_server, tmp_path):
+    def results(spec, store_path):
+        assert run_cell(spec, store_path) == "done"  # as a sweep runs it: on one torch thread
+        with Store(store_path) as store:
+            return store.results_frame().drop(columns=["wall_s"]), store.runs_frame()["run_id"].tolist()
+
+    spec = smoke_spec("ddpo")
+    in_process = results(spec, tmp_path / "local.sqlite")
+    served = results(dataclasses.replace(spec, reward_server=digit_server), tmp_path / "served.sqlite")
+    assert served[1] == in_process[1]  # the same run
+    assert served[0].equals(in_process[0])  # the same numbers, to the last bit
+
+
+def test_a_method_that_needs_reward_gradients_refuses_a_served_reward(tiny_world, digit_server, tmp_path):
+    spec = dataclasses.replace(smoke_spec("rocm"), model="consistency", reward_server=digit_server)
+    with Store(tmp_path / "store.sqlite") as store:
+        assert execute(spec, tiny_world, store, tmp_path, log=lambda *_: None) == "n/a"
+        assert "served over HTTP" in store.runs_frame()["reason"].item()
+
+
+def test_a_malformed_request_is_refused_in_one_line_and_the_server_goes_on(tiny_world, digit_server):
+    buffer = io.BytesIO()
+    np.savez(buffer, images=np.zeros((2, 1, 8, 8), dtype=np.float32), prompts=np.array(["a handwritten one"]))
+    request = urllib.request.Request(digit_server + "/score", data=buffer.getvalue(), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    assert json.loads(refused.value.read())["error"] == "`prompts` must be 2 strings, got <U17 (1,)"
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([object()], dtype=object), allow_pickle=True)  # an object array: read, it could run code
+    request = urllib.request.Request(digit_server + "/score", data=pickled.getvalue(), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400 and "expected an .npz with `images` and `prompts`" in refused.value.read().decode()
+    assert RemoteReward.connect(digit_server)(torch.zeros(1, 1, 8, 8), ["a handwritten one"]).shape == (1,)
+
+
+def test_no_server_is_a_clear_error_after_its_retries(capsys):
+    with pytest.raises(ConnectionError, match=r"no reward server answers at http://127.0.0.1:9 .*2 tries.*bench serve"):
+        RemoteReward.connect("http://127.0.0.1:9", retries=1, timeout=2)
+    # on the command line, before any run starts
+    with pytest.raises(SystemExit):
+        main(["run", "--suite", "smoke", "--method", "ddpo", "--reward-server", "digit=http://127.0.0.1:9"])
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "no reward server answers at http://127.0.0.1:9" in error
+    with pytest.raises(SystemExit):
+        main(["run", "--suite", "smoke", "--reward-server", "beauty=http://127.0.0.1:9"])
+    assert "expected NAME=URL with NAME in digit, compress" in capsys.readouterr().err
