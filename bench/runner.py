@@ -107,9 +107,13 @@ class RunSpec:
 
 
 def config_identity(config) -> dict:
-    """A method config's fields, those at an empty default ("" or ()) left out: adding such an option to a method
-    keeps the identity (and run ids) of its earlier runs."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if v not in ("", ())}
+    """A method config's fields, those at an empty default ("" or ()) and the options declared `added` at their default
+    (methods/options.py) left out: adding such an option to a method keeps the identity (and run ids) of its earlier
+    runs."""
+    left_out = {
+        f.name for f in dataclasses.fields(config) if f.metadata.get("added") and getattr(config, f.name) == f.default
+    }
+    return {k: v for k, v in dataclasses.asdict(config).items() if v not in ("", ()) and k not in left_out}
 
 
 CODE_PATHS = ("bench", "methods", "models", "rewards", "worlds", "prompts", "pyproject.toml")

@@ -227,13 +227,25 @@ def feedback() -> Suite:
 def grpo_family() -> Suite:
     """The GRPO family and Diffusion-DPO side by side with DDPO on the flow model, on `compress` (where the methods
     move: the `digit` reward saturates), evaluated at ten milestones and also at Flow-GRPO's 10 training steps,
-    with Flow-GRPO also trained at the default steps and without its KL, and DPO also offline (bench/studies.py)."""
+    with Flow-GRPO also trained at the default steps, without its KL and in its Fast mode (the SDE on a random window of
+    2 of the first 5 steps), and DPO also offline (bench/studies.py)."""
     variants = {
         "flow_grpo/train-20": {"sample_steps": None},
         "flow_grpo/no-kl": {"kl_coef": 0.0},
+        "flow_grpo/fast": {"sde_window": 2},
         "dpo/offline": {"pairing": "offline"},
     }
-    methods = ("base", "ddpo", "flow_grpo", "flow_grpo/train-20", "flow_grpo/no-kl", "mix_grpo", "dance_grpo", "dpo")
+    methods = (
+        "base",
+        "ddpo",
+        "flow_grpo",
+        "flow_grpo/train-20",
+        "flow_grpo/no-kl",
+        "flow_grpo/fast",
+        "mix_grpo",
+        "dance_grpo",
+        "dpo",
+    )
     return Suite(
         "grpo-family",
         methods=tuple(f"{m}@flow" for m in (*methods, "dpo/offline")),

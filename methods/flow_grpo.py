@@ -13,7 +13,13 @@ steps (`sample_steps`, 10 as in the paper) while evaluation uses the model's def
 Departures from the paper: log-probabilities are the exact Gaussian log-densities summed over pixels, as ddpo's (the
 reference implementation averages them, which rescales the clip range: its 1e-4 is not this one's); the sampler's last
 step (to t = 0) is the deterministic Euler step, so it is not an action (models/flow.py); advantages are clipped to
-[-adv_clip, adv_clip]. The GRPO-Guard ratio normalization and Flow-GRPO-Fast are not built.
+[-adv_clip, adv_clip]. The GRPO-Guard ratio normalization is not built.
+
+Flow-GRPO-Fast (the reference repository's `train_sd3_fast.py`, its `sde_window_size` and `sde_window_range`), with
+`sde_window` w > 0: each iteration draws the window's first step l uniformly from [0, sde_window_steps - w], the
+chains take the SDE's steps on [l, l + w) and the ODE's deterministic Euler steps elsewhere, and only the window's
+steps are actions and trained (the objective's 1/T sum over t becomes 1/w over the window). The window stays among
+the stochastic steps (never the last one, to t = 0).
 """
 
 from __future__ import annotations
@@ -52,6 +58,28 @@ class Config(Options):
     """AdamW learning rate."""
     max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
+    sde_window: int = option(0, at_least=0, added=True)
+    """Flow-GRPO-Fast's w: the SDE's steps of each chain, at a random place among its first `sde_window_steps`, the
+    only ones trained (the ODE's elsewhere); 0: the SDE on every step (Flow-GRPO)."""
+    sde_window_steps: int = option(5, at_least=1, added=True)
+    """The first steps of the chain the Fast window lies within (the reference's sde_window_range (0, 5))."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sde_window > self.sde_window_steps:
+            raise ValueError(
+                f"flow_grpo.sde_window ({self.sde_window}) must fit in flow_grpo.sde_window_steps "
+                f"({self.sde_window_steps})"
+            )
+
+
+def sde_window(steps: int, config: Config) -> tuple[int, int]:
+    """(w, the largest first step l) of Flow-GRPO-Fast's window on chains of `steps` steps, kept among the chain's
+    `steps - 1` stochastic steps; (0, 0) without it."""
+    if config.sde_window == 0:
+        return 0, 0
+    size = min(config.sde_window, steps - 1)
+    return size, max(min(config.sde_window_steps, steps - 1) - size, 0)
 
 
 class FlowGRPO(Trainer):
@@ -64,7 +92,8 @@ class FlowGRPO(Trainer):
     @classmethod
     def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
         images, steps, actions = chain_work(config, generator)
-        return ppo_usage(config, images, steps, actions)  # every stochastic step is trained
+        # every stochastic step is trained: the chain's, or the Fast window's
+        return ppo_usage(config, images, steps, sde_window(steps, config)[0] or actions)
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)
@@ -73,12 +102,17 @@ class FlowGRPO(Trainer):
 
     def step(self) -> dict[str, float]:
         cfg = self.config
+        steps = self.sampler_steps(cfg.sample_steps)
+        noise, window = cfg.noise_level, {}
+        size, last_start = sde_window(steps, cfg)
+        if size:  # Flow-GRPO-Fast: the SDE on a window drawn for this iteration, the ODE elsewhere
+            start = int(torch.randint(last_start + 1, (1,), generator=self.generator))
+            noise = [cfg.noise_level if start <= s < start + size else 0.0 for s in range(steps)]
+            window = {"window_start": float(start)}
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
-            trajectory = self.policy.sample(
-                prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.noise_level, sde="flow_grpo"
-            )
+            trajectory = self.policy.sample(prompts, steps, self.generator, eta=noise, sde="flow_grpo")
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages)
-        return {"reward": rewards.mean().item(), **summary}
+        return {"reward": rewards.mean().item(), **window, **summary}

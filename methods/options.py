@@ -38,9 +38,13 @@ class Bounds:
         return " and ".join(f"{sign}{end:g}" for sign, end in ends if end is not None) or "finite"
 
 
-def option(default, *, above=None, at_least=None, at_most=None, below=None):
-    """A Config field whose values must lie in the given range (and be finite), e.g. `option(0.2, above=0)`."""
-    return dataclasses.field(default=default, metadata={"bounds": Bounds(above, at_least, at_most, below)})
+def option(default, *, above=None, at_least=None, at_most=None, below=None, added: bool = False):
+    """A Config field whose values must lie in the given range (and be finite), e.g. `option(0.2, above=0)`.
+    `added`: an option added to a method after runs of it were recorded; at its default it is left out of a run's
+    identity (bench/runner.py: config_identity), so those runs keep their ids."""
+    return dataclasses.field(
+        default=default, metadata={"bounds": Bounds(above, at_least, at_most, below), "added": added}
+    )
 
 
 def fault(value, annotation: str, bounds: Bounds | None) -> str | None:

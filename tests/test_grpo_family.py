@@ -1,17 +1,21 @@
 """The GRPO family (flow_grpo, mix_grpo, dance_grpo) and Diffusion-DPO: each one's own math, exactly where it has an
 answer. Their contract (finite steps, determinism, resume, exact metering) is tests/test_methods.py's."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 from test_methods import flat_parameters, make
 
+from bench.runner import config_identity
+from methods import METHODS
 from methods.dpo import dpo_loss
 from methods.mix_grpo import Config as MixConfig
 from methods.mix_grpo import window_start
 from methods.toolkit.divergences import closed_form
 from methods.toolkit.policy_gradient import ppo_clipped_loss
+from models.digits import GENERATORS
 
 
 def captured_samples(trainer) -> list:
@@ -46,6 +50,28 @@ def test_flow_grpo_trains_with_fewer_steps_than_it_is_evaluated_with(tiny_world)
     trainer.step()
     assert len(chains[0].timesteps) == 5 and chains[0].sde == "flow_grpo" and chains[0].eta == (0.7,) * 5
     assert trainer.policy.default_steps != 5  # evaluation (Trainer.generate) samples at the model's default
+
+
+def test_flow_grpo_fast_noises_and_trains_a_random_window_among_the_first_steps(tiny_world):
+    trainer, meter = make(tiny_world, "flow_grpo", "flow", sample_steps=5, sde_window=2, sde_window_steps=3)
+    chains = captured_samples(trainer)
+    starts = []
+    for _ in range(6):
+        starts.append(trainer.step()["window_start"])
+        start = int(starts[-1])
+        assert chains[-1].stochastic_steps == [start, start + 1]  # the window, and nothing else, is an SDE step
+    assert set(starts) == {0.0, 1.0}  # w = 2 within the first 3 steps: l in {0, 1}, drawn each iteration
+    per_step = METHODS["flow_grpo"].step_usage(trainer.config, GENERATORS["flow"][1])["nfe"]
+    assert meter.accounts["train"].nfe == 6 * per_step  # only the window's steps are trained
+    with pytest.raises(ValueError, match=r"flow_grpo.sde_window \(4\) must fit in flow_grpo.sde_window_steps \(3\)"):
+        dataclasses.replace(trainer.config, sde_window=4)
+
+
+def test_options_added_to_a_method_keep_its_earlier_runs_ids_at_their_default():
+    plain = config_identity(METHODS["flow_grpo"].Config())
+    assert "sde_window" not in plain and "sde_window_steps" not in plain and plain["kl_coef"] == 0.04
+    fast = config_identity(METHODS["flow_grpo"].Config(sde_window=2))
+    assert fast == {**plain, "sde_window": 2}  # an added option at its default stays out, whatever the others
 
 
 def test_the_mix_grpo_window_slides_from_high_noise_to_low_and_stops_at_the_last_stochastic_step():
