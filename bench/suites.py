@@ -261,8 +261,8 @@ def grpo_family() -> Suite:
 
 
 # Every method at scale: SD 1.5 for the policy-gradient, ranking, inference-time and feedback methods, the LCM for
-# ROCM (whose backward through 50 SD steps would not fit a night), SD3 for ORW-CFM-W2 and the GRPO family, with DDPO
-# on all three as the common reference.
+# ROCM (whose backward through 50 SD steps would not fit a night), SD3.5-medium (the field's flow base; SD3-medium stays
+# in the world as `sd3`) for ORW-CFM-W2 and the GRPO family, with DDPO on all three as the common reference.
 NIGHTLY_METHODS = (
     "base@sd15",
     "best_of_n@sd15",
@@ -277,15 +277,15 @@ NIGHTLY_METHODS = (
     "ddpo@lcm",
     "dance_grpo@sd15",
     "dpo@sd15",
-    "base@sd3",
-    "orw_cfm_w2@sd3",
-    "ddpo@sd3",
-    "flow_grpo@sd3",
-    "mix_grpo@sd3",
-    "dance_grpo@sd3",
-    "dpo@sd3",
+    "base@sd35",
+    "orw_cfm_w2@sd35",
+    "ddpo@sd35",
+    "flow_grpo@sd35",
+    "mix_grpo@sd35",
+    "dance_grpo@sd35",
+    "dpo@sd35",
 )
-# Batches a LoRA step fits in one 80 GB GPU with gradient checkpointing at 512 px (SD3: 1024 px).
+# Batches a LoRA step fits in one 80 GB GPU with gradient checkpointing at 512 px.
 NIGHTLY_OVERRIDES = {
     "best_of_n": {"max_candidates": 8},
     "raft": {"prompts_per_iter": 8, "samples_per_prompt": 4, "updates_per_iter": 1},

@@ -5,7 +5,9 @@ training step on the real-size architectures, with random weights (nothing to do
   lcm   the same UNet with LCM's guidance embedding (LCM-Dreamshaper-v7's architecture), at 512 px;
   sd3   SD3-medium: its MMDiT (2B), 16-channel VAE and both CLIP text encoders, at 1024 px; T5-XXL is replaced by
         the zeros diffusers' pipeline uses without it (its 4.7B parameters would only encode prompts), so the joint
-        attention still sees all 333 text tokens.
+        attention still sees all 333 text tokens;
+  sd35  SD3.5-medium: its MMDiT-X (2.5B: a second attention in its first 13 blocks, RMS-normed queries and keys) with
+        SD3's VAE and encoders (T5 as zeros), at 512 px, where Flow-GRPO fine-tunes it.
 The reward is the LAION aesthetic predictor's architecture (CLIP ViT-L/14 + MLP head), differentiable, so every
 method runs (those that learn from feedback label by it, with random pixels as demonstrations). Each method takes
 the nightly suite's config (bench/suites.py) and LoRA in the model's precision (bf16 on a GPU); one step warms up,
@@ -33,8 +35,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.suites import build_suite
 from methods import METHODS
-from models.scale.config import LatentConsistencyConfig, StableDiffusion3Config, StableDiffusionConfig
-from models.scale.sd3 import StableDiffusion3Policy
+from models.scale.config import (
+    LatentConsistencyConfig,
+    StableDiffusion3Config,
+    StableDiffusion35Config,
+    StableDiffusionConfig,
+)
+from models.scale.sd3 import StableDiffusion3Policy, StableDiffusion35Policy
 from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from models.tiny_pipelines import SD3_VAE, letters_tokenizer, text_config, tiny_mmdit, tiny_unet, tiny_vae
@@ -122,12 +129,28 @@ def unet(size: str, guidance_embedding: bool):
     )
 
 
-def mmdit(size: str):
-    """SD3-medium's MMDiT, or at --size tiny the tiny pipelines' one."""
+def mmdit(size: str, mmdit_x: bool = False):
+    """SD3-medium's MMDiT (`mmdit_x`: SD3.5-medium's MMDiT-X), or at --size tiny the tiny pipelines' one."""
     from diffusers import SD3Transformer2DModel
 
     if size == "tiny":
-        return tiny_mmdit()
+        return tiny_mmdit(mmdit_x)
+    if mmdit_x:  # SD3.5-medium's transformer config
+        return SD3Transformer2DModel(
+            sample_size=128,
+            patch_size=2,
+            in_channels=16,
+            out_channels=16,
+            num_layers=24,
+            attention_head_dim=64,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            caption_projection_dim=1536,
+            pooled_projection_dim=2048,
+            pos_embed_max_size=384,
+            dual_attention_layers=tuple(range(13)),
+            qk_norm="rms_norm",
+        )
     return SD3Transformer2DModel(
         sample_size=128,
         patch_size=2,
@@ -153,7 +176,7 @@ def prompt_tokenizer(size: str):
 def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, device: str | None):
     """The model's policy with random weights, its modules initialised on their device (fast on a GPU; free on the
     meta device); the policy itself is built outside that context, so its schedule stays on the CPU as it loads."""
-    # the real size at each config's own resolution (512 px, SD3's 1024 px)
+    # the real size at each config's own resolution (512 px, SD3's 1024 px, SD3.5's 512 px)
     common = dict(
         source="random-weights",
         min_vocab=0,
@@ -161,8 +184,9 @@ def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, devic
         device=device,
         **({"resolution": TINY_RESOLUTION} if size == "tiny" else {}),
     )
-    if model == "sd3":
-        config = StableDiffusion3Config(
+    if model in ("sd3", "sd35"):
+        config_class = StableDiffusion35Config if model == "sd35" else StableDiffusion3Config
+        config = config_class(
             **common,
             use_t5=False,
             t5_max_length=256 if size == "real" else 8,
@@ -170,12 +194,13 @@ def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, devic
         )
         with config.torch_device():
             modules = (
-                mmdit(size),
+                mmdit(size, mmdit_x=model == "sd35"),
                 vae(size, 16),
                 [clip_text(size, 768, 12, 12, projection=768), clip_text(size, 1280, 32, 20, projection=1280)],
             )
         transformer, autoencoder, encoders = modules
-        return StableDiffusion3Policy(transformer, autoencoder, [*encoders, None], [tokenizer, tokenizer, None], config)
+        policy_class = StableDiffusion35Policy if model == "sd35" else StableDiffusion3Policy
+        return policy_class(transformer, autoencoder, [*encoders, None], [tokenizer, tokenizer, None], config)
     policy_class, config = (
         (LatentConsistencyPolicy, LatentConsistencyConfig(**common))
         if model == "lcm"

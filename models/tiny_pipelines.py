@@ -15,6 +15,7 @@ import json
 import math
 import string
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,7 +97,9 @@ SD3_VAE = dict(shift_factor=0.0609, scaling_factor=1.5305, use_quant_conv=False,
 """What sets SD3's VAE apart from SD 1.x's (besides its 16 latent channels): its shift and scale, no quant convs."""
 
 
-def tiny_mmdit():
+def tiny_mmdit(mmdit_x: bool = False):
+    """SD3's MMDiT at toy size; `mmdit_x`: SD3.5's MMDiT-X (a second, image-only attention in the first block, RMS
+    norms on queries and keys)."""
     from diffusers import SD3Transformer2DModel
 
     return SD3Transformer2DModel(
@@ -111,6 +114,7 @@ def tiny_mmdit():
         caption_projection_dim=32,
         pooled_projection_dim=32,
         pos_embed_max_size=8,
+        **({"dual_attention_layers": (0,), "qk_norm": "rms_norm"} if mmdit_x else {}),
     )
 
 
@@ -169,6 +173,10 @@ def write_tiny_pipelines(root: Path, *, t5: bool = False, seed: int = 0) -> Path
     if t5:
         encoder = T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
         StableDiffusion3Pipeline(**sd3, text_encoder_3=encoder, tokenizer_3=tokenizer).save_pretrained(root / "sd3-t5")
+    # SD3.5's pipeline is SD3's around the MMDiT-X (the same VAE and encoders here), its transformer made last so that
+    # the pipelines above keep the weights they had before it existed
+    sd35: dict[str, Any] = {**sd3, "transformer": tiny_mmdit(mmdit_x=True), "text_encoder_3": None, "tokenizer_3": None}
+    StableDiffusion3Pipeline(**sd35).save_pretrained(root / "sd35")
     return root
 
 

@@ -212,7 +212,7 @@ def test_nightly_gpu_smoke_end_to_end(tmp_path, capsys):
     for text in (
         "| ddpo | sd15 |",
         "| rocm | lcm |",
-        "| orw_cfm_w2 | sd3 |",
+        "| orw_cfm_w2 | sd35 |",
         "clip_score ↑",
         "Reward: pickscore",
         "Reward: jpeg",
@@ -267,7 +267,7 @@ def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, t
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "--source", "sdxl=/x"], "expected MODEL=SOURCE with MODEL in sd15, lcm, sd3, got 'sdxl=/x'"),
+        (["run", "--source", "sdxl=/x"], "expected MODEL=SOURCE with MODEL in sd15, lcm, sd3, sd35, got 'sdxl=/x'"),
         (
             ["run", "--source", "sd15=/x"],
             "--source replaces a scale world's checkpoints; suite 'default' runs in world",
@@ -293,3 +293,7 @@ def test_the_real_size_architectures_have_the_published_parameter_counts():
         assert count(clip_text("real", 768, 12, 12)) == 123_060_480  # CLIP ViT-L/14's text encoder
         assert count(clip_text("real", 1280, 32, 20, projection=1280)) == 694_659_840  # OpenCLIP bigG's, SD3's second
         assert count(mmdit("real")) == 2_028_328_000  # SD3-medium's MMDiT
+        sd35 = mmdit("real", mmdit_x=True)
+        assert count(sd35) == 2_243_171_520  # SD3.5-medium's MMDiT-X
+        # the published 2.5B counts the position-embedding table the checkpoint stores (a buffer here)
+        assert count(sd35) + sd35.pos_embed.pos_embed.numel() == 2_469_663_936

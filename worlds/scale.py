@@ -1,10 +1,10 @@
-"""The scale worlds: diffusers generators (Stable Diffusion 1.5, a latent consistency model, Stable Diffusion 3)
-fine-tuned with LoRA against the published reward models, on a prompt set under prompts/.
+"""The scale worlds: diffusers generators (Stable Diffusion 1.5, a latent consistency model, Stable Diffusion 3 and
+3.5) fine-tuned with LoRA against the published reward models, on a prompt set under prompts/.
 
-  scale       the public checkpoints by hub id (SD 1.5, LCM-Dreamshaper-v7, SD3-medium; CLIP ViT-L/14, PickScore,
-              ImageReward, HPSv2.1), read from the local Hugging Face cache, and the LAION aesthetic head from
-              artifacts/scale/: nothing is downloaded at run time, and a missing checkpoint fails naming the download
-              that fetches it.
+  scale       the public checkpoints by hub id (SD 1.5, LCM-Dreamshaper-v7, SD3-medium, SD3.5-medium; CLIP ViT-L/14,
+              PickScore, ImageReward, HPSv2.1), read from the local Hugging Face cache, and the LAION aesthetic head
+              from artifacts/scale/: nothing is downloaded at run time, and a missing checkpoint fails naming the
+              download that fetches it.
   scale-tiny  the same classes at toy sizes with random weights (models/tiny_pipelines.py), built once into
               artifacts/scale-tiny/: the CPU-sized twin that tests and `--smoke` runs use. Never results.
 
@@ -34,9 +34,15 @@ import torch
 from models.hub import resolve_directory
 from models.policy import Policy
 from models.prompts import load_prompt_set
-from models.scale.config import DiffusersConfig, LatentConsistencyConfig, StableDiffusion3Config, StableDiffusionConfig
+from models.scale.config import (
+    DiffusersConfig,
+    LatentConsistencyConfig,
+    StableDiffusion3Config,
+    StableDiffusion35Config,
+    StableDiffusionConfig,
+)
 from models.scale.lora import LoRALatentPolicy
-from models.scale.sd3 import StableDiffusion3Policy
+from models.scale.sd3 import StableDiffusion3Policy, StableDiffusion35Policy
 from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy
 from models.tiny_pipelines import AESTHETIC_WIDTHS, write_tiny_clip, write_tiny_pipelines
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
@@ -49,6 +55,7 @@ POLICIES: dict[type[DiffusersConfig], type[LoRALatentPolicy]] = {
     StableDiffusionConfig: StableDiffusionPolicy,
     LatentConsistencyConfig: LatentConsistencyPolicy,
     StableDiffusion3Config: StableDiffusion3Policy,
+    StableDiffusion35Config: StableDiffusion35Policy,
 }
 METRICS = {"reward": True, "clip_score": True, "diversity": True}  # name -> higher is better
 PATH_OPTIONS = ("source", "head", "tokenizer_source")
@@ -91,6 +98,7 @@ SCALE = ScaleWorldConfig(
         "sd15": StableDiffusionConfig(gradient_checkpointing=True),
         "lcm": LatentConsistencyConfig(gradient_checkpointing=True),
         "sd3": StableDiffusion3Config(gradient_checkpointing=True),
+        "sd35": StableDiffusion35Config(gradient_checkpointing=True),
     },
     rewards={
         "aesthetic": {"source": "openai/clip-vit-large-patch14", "head": str(AESTHETIC_HEAD)},
@@ -108,6 +116,7 @@ SCALE_TINY = ScaleWorldConfig(
         "sd15": StableDiffusionConfig(source="sd", guidance_scale=3.0, **_TINY),
         "lcm": LatentConsistencyConfig(source="lcm", **_TINY),
         "sd3": StableDiffusion3Config(source="sd3", guidance_scale=3.0, lora_rank=4, lora_alpha=4.0, **_TINY),
+        "sd35": StableDiffusion35Config(source="sd35", guidance_scale=3.0, lora_rank=4, lora_alpha=4.0, **_TINY),
     },
     rewards={
         "aesthetic": {"source": "clip", "head": "clip"},
@@ -130,6 +139,7 @@ TINY_WEIGHTS = tuple(
         ("sd", ("unet", "vae", "text_encoder")),
         ("lcm", ("unet", "vae", "text_encoder")),
         ("sd3", ("transformer", "vae", "text_encoder", "text_encoder_2")),
+        ("sd35", ("transformer", "vae", "text_encoder", "text_encoder_2")),
     )
     for component in components
     for file in ["model.safetensors" if component.startswith("text_encoder") else "diffusion_pytorch_model.safetensors"]

@@ -126,3 +126,14 @@ class StableDiffusion3Config(DiffusersConfig):
         super().__post_init__()
         if self.t5_max_length < 1:
             raise ValueError(f"t5_max_length must be >= 1, got {self.t5_max_length}")
+
+
+@dataclass(frozen=True)
+class StableDiffusion35Config(StableDiffusion3Config):
+    source: str = "stabilityai/stable-diffusion-3.5-medium"
+    """Hub id or local pipeline directory of a Stable Diffusion 3.5 model (SD3.5-M: the MMDiT-X, whose first 13 blocks
+    add a second, image-only attention, with RMS-normalised queries and keys; SD3's pipeline and scheduler)."""
+    resolution: int = 512
+    """Side of the square images in pixels: 512, at which Flow-GRPO fine-tunes SD3.5-M (its native side is 1024)."""
+    guidance_scale: float = 4.5
+    """Classifier-free guidance weight (SD3.5-M's recommended 4.5, Flow-GRPO's; 1: none)."""

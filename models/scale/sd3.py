@@ -1,4 +1,4 @@
-"""Stable Diffusion 3: an MM-DiT predicting the flow velocity on a shifted time grid."""
+"""Stable Diffusion 3 and 3.5: an MM-DiT predicting the flow velocity on a shifted time grid."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from models.flow import TIMESTEP_SCALE, FlowPolicy
-from models.scale.config import StableDiffusion3Config
+from models.scale.config import StableDiffusion3Config, StableDiffusion35Config
 from models.scale.hub import load_component, load_tokenizer, read_scheduler_config
 from models.scale.lora import LoRALatentPolicy
 
@@ -164,3 +164,12 @@ class StableDiffusion3Policy(LoRALatentPolicy, FlowPolicy):
             config,
             shift=float(scheduler.get("shift", 3.0)),
         )
+
+
+class StableDiffusion35Policy(StableDiffusion3Policy):
+    """Stable Diffusion 3.5 (Medium): SD3's policy, its pipeline, scheduler and text encoders, on the MMDiT-X
+    (SD3Transformer2DModel with `dual_attention_layers` and `qk_norm` in its config, which the class reads from the
+    checkpoint); LoRA adapts the second attention's projections too (their names end as the first's)."""
+
+    Config = StableDiffusion35Config
+    default_steps = 40  # SD3.5-M's recommended steps
