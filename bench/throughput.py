@@ -29,6 +29,7 @@ import dataclasses
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -135,23 +136,8 @@ def mmdit(size: str, mmdit_x: bool = False):
 
     if size == "tiny":
         return tiny_mmdit(mmdit_x)
-    if mmdit_x:  # SD3.5-medium's transformer config
-        return SD3Transformer2DModel(
-            sample_size=128,
-            patch_size=2,
-            in_channels=16,
-            out_channels=16,
-            num_layers=24,
-            attention_head_dim=64,
-            num_attention_heads=24,
-            joint_attention_dim=4096,
-            caption_projection_dim=1536,
-            pooled_projection_dim=2048,
-            pos_embed_max_size=384,
-            dual_attention_layers=tuple(range(13)),
-            qk_norm="rms_norm",
-        )
-    return SD3Transformer2DModel(
+    # SD3-medium's transformer config; SD3.5-medium's differs in its position table and its MMDiT-X blocks
+    medium: dict[str, Any] = dict(
         sample_size=128,
         patch_size=2,
         in_channels=16,
@@ -162,8 +148,12 @@ def mmdit(size: str, mmdit_x: bool = False):
         joint_attention_dim=4096,
         caption_projection_dim=1536,
         pooled_projection_dim=2048,
-        pos_embed_max_size=192,
     )
+    if mmdit_x:
+        return SD3Transformer2DModel(
+            **medium, pos_embed_max_size=384, dual_attention_layers=tuple(range(13)), qk_norm="rms_norm"
+        )
+    return SD3Transformer2DModel(**medium, pos_embed_max_size=192)
 
 
 def prompt_tokenizer(size: str):
