@@ -7,7 +7,9 @@ training step on the real-size architectures, with random weights (nothing to do
         the zeros diffusers' pipeline uses without it (its 4.7B parameters would only encode prompts), so the joint
         attention still sees all 333 text tokens;
   sd35  SD3.5-medium: its MMDiT-X (2.5B: a second attention in its first 13 blocks, RMS-normed queries and keys) with
-        SD3's VAE and encoders (T5 as zeros), at 512 px, where Flow-GRPO fine-tunes it.
+        SD3's VAE and encoders (T5 as zeros), at 512 px, where Flow-GRPO fine-tunes it;
+  flux  FLUX.1-dev: its transformer (11.9B: 19 double and 38 single blocks, the guidance embedding), 16-channel VAE
+        and CLIP text encoder, at 512 px; T5-XXL as zeros (512 tokens).
 The reward is the LAION aesthetic predictor's architecture (CLIP ViT-L/14 + MLP head), differentiable, so every
 method runs (those that learn from feedback label by it, with random pixels as demonstrations). Each method takes
 the nightly suite's config (bench/suites.py) and LoRA in the model's precision (bf16 on a GPU); one step warms up,
@@ -37,15 +39,26 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.suites import build_suite
 from methods import METHODS
 from models.scale.config import (
+    FluxConfig,
     LatentConsistencyConfig,
     StableDiffusion3Config,
     StableDiffusion35Config,
     StableDiffusionConfig,
 )
+from models.scale.flux import FluxPolicy
 from models.scale.sd3 import StableDiffusion3Policy, StableDiffusion35Policy
 from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy
+from models.tiny_pipelines import (
+    FLUX_SCHEDULER,
+    SD3_VAE,
+    letters_tokenizer,
+    text_config,
+    tiny_flux,
+    tiny_mmdit,
+    tiny_unet,
+    tiny_vae,
+)
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
-from models.tiny_pipelines import SD3_VAE, letters_tokenizer, text_config, tiny_mmdit, tiny_unet, tiny_vae
 from rewards.feedback import Feedback
 from worlds import model_family
 
@@ -156,6 +169,26 @@ def mmdit(size: str, mmdit_x: bool = False):
     return SD3Transformer2DModel(**medium, pos_embed_max_size=192)
 
 
+def flux_transformer(size: str):
+    """FLUX.1-dev's transformer, or at --size tiny the tiny pipelines' one."""
+    from diffusers import FluxTransformer2DModel
+
+    if size == "tiny":
+        return tiny_flux()
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    )
+
+
 def prompt_tokenizer(size: str):
     """A real CLIP tokenizer class on a letters-only vocabulary (the weights are random anyway), padding to CLIP's 77
     tokens at the real size."""
@@ -191,6 +224,17 @@ def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, devic
         transformer, autoencoder, encoders = modules
         policy_class = StableDiffusion35Policy if model == "sd35" else StableDiffusion3Policy
         return policy_class(transformer, autoencoder, [*encoders, None], [tokenizer, tokenizer, None], config)
+    if model == "flux":
+        config = FluxConfig(
+            **common,
+            use_t5=False,
+            t5_max_length=512 if size == "real" else 8,
+            **({} if size == "real" else {"lora_rank": 4, "lora_alpha": 4.0}),
+        )
+        with config.torch_device():
+            modules = (flux_transformer(size), vae(size, 16), clip_text(size, 768, 12, 12))
+        transformer, autoencoder, clip = modules
+        return FluxPolicy(transformer, autoencoder, [clip, None], [tokenizer, None], config, FLUX_SCHEDULER)
     policy_class, config = (
         (LatentConsistencyPolicy, LatentConsistencyConfig(**common))
         if model == "lcm"

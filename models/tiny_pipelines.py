@@ -118,11 +118,39 @@ def tiny_mmdit(mmdit_x: bool = False):
     )
 
 
+def tiny_flux():
+    """FLUX.1-dev's transformer at toy size: one double and one single block, its guidance embedding, 2 x 2 packed
+    16-channel latents (64 input channels)."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    )
+
+
+FLUX_VAE = dict(shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False)
+"""FLUX's VAE's shift and scale (16 latent channels, no quant convs, as SD3's)."""
+FLUX_SCHEDULER: dict[str, Any] = dict(
+    shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+)
+"""FLUX.1-dev's FlowMatchEulerDiscreteScheduler: the grid shifted by the image's token count."""
+
+
 def write_tiny_pipelines(root: Path, *, t5: bool = False, seed: int = 0) -> Path:
     """Writes the tiny SD, LCM and SD3 pipelines (see the module docstring) with the pipelines' own save_pretrained."""
     from diffusers import (
         DDIMScheduler,
         FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
         LatentConsistencyModelPipeline,
         LCMScheduler,
         StableDiffusion3Pipeline,
@@ -177,6 +205,15 @@ def write_tiny_pipelines(root: Path, *, t5: bool = False, seed: int = 0) -> Path
     # the pipelines above keep the weights they had before it existed
     sd35: dict[str, Any] = {**sd3, "transformer": tiny_mmdit(mmdit_x=True), "text_encoder_3": None, "tokenizer_3": None}
     StableDiffusion3Pipeline(**sd35).save_pretrained(root / "sd35")
+    FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
+        vae=tiny_vae(latent_channels=16, **FLUX_VAE),
+        text_encoder=CLIPTextModel(text_config(32)),
+        tokenizer=tokenizer,
+        text_encoder_2=T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)),
+        tokenizer_2=tokenizer,
+        transformer=tiny_flux(),
+    ).save_pretrained(root / "flux")
     return root
 
 

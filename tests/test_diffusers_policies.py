@@ -1,14 +1,16 @@
-"""The diffusers families (SD, LCM, SD3) on tiny random-initialised models of the real classes, saved in the
+"""The diffusers families (SD, LCM, SD3, FLUX) on tiny random-initialised models of the real classes, saved in the
 pipeline layout and loaded back through `from_pretrained`: offline, on the CPU. Their samplers are checked
 against diffusers' own pipelines and schedulers; LoRA, the reference, the meter and loading against the contract."""
 
 import time
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
     LatentConsistencyModelPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -16,11 +18,18 @@ from diffusers import (
 
 from bench.meter import Meter, MeteredPolicy
 from models.diffusion import NoiseSchedule
-from models.scale.config import DECODE_BATCH, LatentConsistencyConfig, StableDiffusion3Config, StableDiffusionConfig
+from models.scale.config import (
+    DECODE_BATCH,
+    FluxConfig,
+    LatentConsistencyConfig,
+    StableDiffusion3Config,
+    StableDiffusionConfig,
+)
+from models.scale.flux import FluxPolicy, pack, size_shift, unpack
 from models.scale.hub import noise_schedule_from
 from models.scale.sd3 import StableDiffusion3Policy
 from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy, guidance_scale_embedding
-from models.tiny_pipelines import RESOLUTION, SD_SCHEDULER, write_tiny_pipelines
+from models.tiny_pipelines import FLUX_SCHEDULER, RESOLUTION, SD_SCHEDULER, write_tiny_pipelines
 
 PROMPTS = ["a red cat", "the number 7"]
 
@@ -35,6 +44,7 @@ FAMILIES = {
     "sd": (StableDiffusionPolicy, StableDiffusionConfig),
     "lcm": (LatentConsistencyPolicy, LatentConsistencyConfig),
     "sd3": (StableDiffusion3Policy, StableDiffusion3Config),
+    "flux": (FluxPolicy, FluxConfig),
 }
 
 
@@ -42,7 +52,7 @@ def load(pipelines, family: str, **overrides):
     """The family's tiny policy: CFG 3, and SD3 with the UNets' LoRA size and 8 (zero) T5 tokens."""
     policy_class, config_class = FAMILIES[family]
     fields = dict(resolution=RESOLUTION, guidance_scale=3.0, min_vocab=50)
-    if family == "sd3":
+    if family in ("sd3", "flux"):
         fields.update(lora_rank=4, lora_alpha=4.0, t5_max_length=8)
     return policy_class.from_pretrained(pipelines / family, config=config_class(**{**fields, **overrides}))
 
@@ -86,7 +96,7 @@ def test_sampling_gives_images_in_the_unit_interval(pipelines, family):
     assert trajectory.images.min() >= 0 and trajectory.images.max() <= 1
 
 
-@pytest.mark.parametrize("family, stochastic", [("sd", 3), ("lcm", 2), ("sd3", 2)])
+@pytest.mark.parametrize("family, stochastic", [("sd", 3), ("lcm", 2), ("sd3", 2), ("flux", 2)])
 def test_recorded_log_probs_are_reproduced_under_unchanged_parameters(pipelines, family, stochastic):
     policy = load(pipelines, family)
     with torch.no_grad():
@@ -97,7 +107,7 @@ def test_recorded_log_probs_are_reproduced_under_unchanged_parameters(pipelines,
             assert torch.allclose(policy.log_prob(trajectory, s), trajectory.log_probs[:, s], rtol=1e-5, atol=1e-3)
 
 
-@pytest.mark.parametrize("family", ["sd", "lcm", "sd3", "sd3-t5"])
+@pytest.mark.parametrize("family", ["sd", "lcm", "sd3", "sd3-t5", "flux"])
 def test_the_deterministic_sampler_is_diffusers_pipeline(pipelines, family):
     """Prompt encoding, guidance, the sampler and the VAE's scaling, all at once: our chain and the pipeline's
     give the same images from the same starting latents (and, for LCM, the same re-noising draws)."""
@@ -109,6 +119,9 @@ def test_the_deterministic_sampler_is_diffusers_pipeline(pipelines, family):
         policy = load(pipelines, "lcm")
         pipeline = LatentConsistencyModelPipeline.from_pretrained(pipelines / "lcm")
         kwargs = {}
+    elif family == "flux":  # the guidance embedded, T5 and CLIP, the size-shifted grid, packed latents
+        policy, pipeline = load(pipelines, "flux"), FluxPipeline.from_pretrained(pipelines / "flux")
+        kwargs = dict(max_sequence_length=8)
     else:
         policy = StableDiffusion3Policy.from_pretrained(
             pipelines / family,
@@ -124,6 +137,7 @@ def test_the_deterministic_sampler_is_diffusers_pipeline(pipelines, family):
         ours = policy.sample(PROMPTS, steps, torch.Generator().manual_seed(2)).images
     generator = torch.Generator().manual_seed(2)
     latents = torch.randn((2, *policy.latent_shape), generator=generator)
+    latents = pack(latents) if family == "flux" else latents  # FluxPipeline takes its latents packed
     theirs = pipeline(
         PROMPTS,
         height=RESOLUTION,
@@ -167,6 +181,20 @@ def test_sd3_grid_is_the_shifted_flow_match_grid(pipelines):
     smallest = 3 * 0.001 / (1 + 2 * 0.001)
     s = torch.linspace(1, smallest, 10, dtype=torch.float64)
     assert torch.allclose(policy.sampling_timesteps(10), 3 * s / (1 + 2 * s))
+
+
+def test_flux_grid_is_the_flow_match_grid_shifted_by_the_image_size(pipelines):
+    policy = load(pipelines, "flux")
+    tokens = (policy.latent_shape[1] // 2) * (policy.latent_shape[2] // 2)
+    assert policy.mu == size_shift(tokens, FLUX_SCHEDULER) == 0.5 + (tokens - 256) * 0.65 / 3840
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+    for steps in (1, 4, 28):
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=policy.mu)
+        grid = policy.sampling_timesteps(steps)
+        assert grid.dtype == torch.float64 and torch.allclose(grid.float(), scheduler.sigmas[:-1], atol=1e-6, rtol=0)
+    latents = torch.randn(2, 16, 8, 6)
+    assert pack(latents).shape == (2, 12, 64) and torch.equal(unpack(pack(latents), 8, 6), latents)
+    assert torch.equal(pack(latents)[0, 1, :4], latents[0, 0, 0:2, 2:4].flatten())  # token 1: the second 2 x 2 patch
 
 
 def test_guidance_embedding_is_lcms():
@@ -270,7 +298,7 @@ def test_state_dict_round_trip_carries_only_lora(pipelines, family):
 
 
 @pytest.mark.parametrize(
-    "family, guidance, per_image", [("sd", 3.0, 2), ("sd", 1.0, 1), ("lcm", 3.0, 1), ("sd3", 3.0, 2)]
+    "family, guidance, per_image", [("sd", 3.0, 2), ("sd", 1.0, 1), ("lcm", 3.0, 1), ("sd3", 3.0, 2), ("flux", 3.0, 1)]
 )
 def test_the_meter_counts_both_halves_of_a_guided_step(pipelines, family, guidance, per_image):
     meter = Meter()

@@ -267,7 +267,10 @@ def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, t
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "--source", "sdxl=/x"], "expected MODEL=SOURCE with MODEL in sd15, lcm, sd3, sd35, got 'sdxl=/x'"),
+        (
+            ["run", "--source", "sdxl=/x"],
+            "expected MODEL=SOURCE with MODEL in sd15, lcm, sd3, sd35, flux, got 'sdxl=/x'",
+        ),
         (
             ["run", "--source", "sd15=/x"],
             "--source replaces a scale world's checkpoints; suite 'default' runs in world",
@@ -282,7 +285,7 @@ def test_bad_sources_are_one_line_errors(argv, message, capsys):
 
 
 def test_the_real_size_architectures_have_the_published_parameter_counts():
-    from bench.throughput import clip_text, mmdit, unet, vae
+    from bench.throughput import clip_text, flux_transformer, mmdit, unet, vae
 
     def count(module):
         return sum(p.numel() for p in module.parameters())
@@ -297,3 +300,4 @@ def test_the_real_size_architectures_have_the_published_parameter_counts():
         assert count(sd35) == 2_243_171_520  # SD3.5-medium's MMDiT-X
         # the published 2.5B counts the position-embedding table the checkpoint stores (a buffer here)
         assert count(sd35) + sd35.pos_embed.pos_embed.numel() == 2_469_663_936
+        assert count(flux_transformer("real")) == 11_901_408_320  # FLUX.1-dev's transformer: the published 11.9B

@@ -2,8 +2,8 @@
 
 A world offers generators (by model name, each of a family), rewards, prompts and its evaluation (worlds/base.py):
   digits, digits-tiny  the embedded world of 8x8 digits (worlds/digits.py, its networks built by models/digits.py);
-  scale, scale-tiny    Stable Diffusion 1.5, LCM, SD3 and SD3.5 through diffusers with the published reward models, and
-                       their tiny CPU-sized twin (worlds/scale.py).
+  scale, scale-tiny    Stable Diffusion 1.5, LCM, SD3, SD3.5 and FLUX through diffusers with the published reward
+                       models, and their tiny CPU-sized twin (worlds/scale.py).
 Model names are unique across worlds, so an entry `method@model` names its world's kind too.
 """
 

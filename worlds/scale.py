@@ -1,10 +1,10 @@
 """The scale worlds: diffusers generators (Stable Diffusion 1.5, a latent consistency model, Stable Diffusion 3 and
-3.5) fine-tuned with LoRA against the published reward models, on a prompt set under prompts/.
+3.5, FLUX.1-dev) fine-tuned with LoRA against the published reward models, on a prompt set under prompts/.
 
-  scale       the public checkpoints by hub id (SD 1.5, LCM-Dreamshaper-v7, SD3-medium, SD3.5-medium; CLIP ViT-L/14,
-              PickScore, ImageReward, HPSv2.1), read from the local Hugging Face cache, and the LAION aesthetic head
-              from artifacts/scale/: nothing is downloaded at run time, and a missing checkpoint fails naming the
-              download that fetches it.
+  scale       the public checkpoints by hub id (SD 1.5, LCM-Dreamshaper-v7, SD3-medium, SD3.5-medium, FLUX.1-dev;
+              CLIP ViT-L/14, PickScore, ImageReward, HPSv2.1), read from the local Hugging Face cache, and the LAION
+              aesthetic head from artifacts/scale/: nothing is downloaded at run time, and a missing checkpoint fails
+              naming the download that fetches it.
   scale-tiny  the same classes at toy sizes with random weights (models/tiny_pipelines.py), built once into
               artifacts/scale-tiny/: the CPU-sized twin that tests and `--smoke` runs use. Never results.
 
@@ -36,11 +36,13 @@ from models.policy import Policy
 from models.prompts import load_prompt_set
 from models.scale.config import (
     DiffusersConfig,
+    FluxConfig,
     LatentConsistencyConfig,
     StableDiffusion3Config,
     StableDiffusion35Config,
     StableDiffusionConfig,
 )
+from models.scale.flux import FluxPolicy
 from models.scale.lora import LoRALatentPolicy
 from models.scale.sd3 import StableDiffusion3Policy, StableDiffusion35Policy
 from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy
@@ -56,6 +58,7 @@ POLICIES: dict[type[DiffusersConfig], type[LoRALatentPolicy]] = {
     LatentConsistencyConfig: LatentConsistencyPolicy,
     StableDiffusion3Config: StableDiffusion3Policy,
     StableDiffusion35Config: StableDiffusion35Policy,
+    FluxConfig: FluxPolicy,
 }
 METRICS = {"reward": True, "clip_score": True, "diversity": True}  # name -> higher is better
 PATH_OPTIONS = ("source", "head", "tokenizer_source")
@@ -99,6 +102,7 @@ SCALE = ScaleWorldConfig(
         "lcm": LatentConsistencyConfig(gradient_checkpointing=True),
         "sd3": StableDiffusion3Config(gradient_checkpointing=True),
         "sd35": StableDiffusion35Config(gradient_checkpointing=True),
+        "flux": FluxConfig(gradient_checkpointing=True),
     },
     rewards={
         "aesthetic": {"source": "openai/clip-vit-large-patch14", "head": str(AESTHETIC_HEAD)},
@@ -117,6 +121,7 @@ SCALE_TINY = ScaleWorldConfig(
         "lcm": LatentConsistencyConfig(source="lcm", **_TINY),
         "sd3": StableDiffusion3Config(source="sd3", guidance_scale=3.0, lora_rank=4, lora_alpha=4.0, **_TINY),
         "sd35": StableDiffusion35Config(source="sd35", guidance_scale=3.0, lora_rank=4, lora_alpha=4.0, **_TINY),
+        "flux": FluxConfig(source="flux", lora_rank=4, lora_alpha=4.0, t5_max_length=8, **_TINY),
     },
     rewards={
         "aesthetic": {"source": "clip", "head": "clip"},
@@ -140,6 +145,7 @@ TINY_WEIGHTS = tuple(
         ("lcm", ("unet", "vae", "text_encoder")),
         ("sd3", ("transformer", "vae", "text_encoder", "text_encoder_2")),
         ("sd35", ("transformer", "vae", "text_encoder", "text_encoder_2")),
+        ("flux", ("transformer", "vae", "text_encoder", "text_encoder_2")),
     )
     for component in components
     for file in ["model.safetensors" if component.startswith("text_encoder") else "diffusion_pytorch_model.safetensors"]

@@ -137,3 +137,31 @@ class StableDiffusion35Config(StableDiffusion3Config):
     """Side of the square images in pixels: 512, at which Flow-GRPO fine-tunes SD3.5-M (its native side is 1024)."""
     guidance_scale: float = 4.5
     """Classifier-free guidance weight (SD3.5-M's recommended 4.5, Flow-GRPO's; 1: none)."""
+
+
+@dataclass(frozen=True)
+class FluxConfig(DiffusersConfig):
+    source: str = "black-forest-labs/FLUX.1-dev"
+    """Hub id or local pipeline directory of a FLUX.1 model with a guidance embedding (FLUX.1-dev)."""
+    resolution: int = 512
+    """Side of the square images in pixels (a multiple of 16: the VAE's 8 times FLUX's 2 x 2 packing)."""
+    guidance_scale: float = 3.5
+    """The guidance weight FLUX.1-dev's guidance embedding conditions on (its pipeline's default 3.5); no second
+    network pass."""
+    lora_rank: int = 32
+    """Rank r of the LoRA adapters."""
+    lora_alpha: float = 64.0
+    """LoRA scaling numerator."""
+    lora_target_modules: tuple[str, ...] = SD3_ATTENTION_PROJECTIONS
+    """The attention projections of both streams in the double blocks (FLUX names them as SD3), and the single
+    blocks' queries, keys and values."""
+    use_t5: bool = True
+    """Load the T5 encoder (text_encoder_2); False, or a source without it: zeros in its place (throughput only: FLUX
+    reads the prompt from T5)."""
+    t5_max_length: int = 512
+    """T5 tokens per prompt (FLUX.1-dev's max_sequence_length)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.t5_max_length < 1:
+            raise ValueError(f"t5_max_length must be >= 1, got {self.t5_max_length}")
