@@ -296,9 +296,10 @@ def _value(row: dict, mean: str, lo: str, hi: str, signed: bool = False) -> str:
     return _e(value) + (f'<br><span class="note">{_e(rest)}</span>' if rest else "")
 
 
-def _minute(timestamp: str | None) -> str:
-    """An ISO time to the minute (the store keeps the seconds): 2026-11-30 21:05."""
-    return (timestamp or "")[:16].replace("T", " ")
+def _minute(timestamp) -> str:
+    """An ISO time to the minute (the store keeps the seconds): 2026-11-30 21:05; "" for none (a run still running
+    has no finish, which the frame holds as NaN)."""
+    return timestamp[:16].replace("T", " ") if isinstance(timestamp, str) else ""
 
 
 def _num(text: str) -> str:

@@ -115,6 +115,22 @@ def test_the_report_renders_in_a_headless_browser_and_shows_every_method(results
         driver.quit()
 
 
+def test_a_run_another_sweep_is_still_training_is_listed_without_a_finish(reference_sweep, tmp_path):
+    shutil.copy(reference_sweep, tmp_path / "store.sqlite")
+    with Store(tmp_path / "store.sqlite") as store:
+        # started, not finished: its finish time is empty in the store (NaN in the frame)
+        store.start_run(
+            RunRecord(
+                "ddpo-digit-s8-running", "smoke", "ddpo", METHODS["ddpo"].version, "", "diffusion", "digits-tiny",
+                "digit", 8, "nfe", 400.0, "{}", "c-running", "abc123", "h0",
+            )
+        )  # fmt: skip
+        write_results(store, tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    row = page[page.index("ddpo-digit-s8-running") :].split("</tr>")[0]
+    assert "<td>running</td>" in row and "nan" not in row
+
+
 def test_pareto_front_keeps_the_cells_no_other_cell_beats_on_both_axes():
     x, y = np.array([0.0, 1.0, 2.0, 3.0]), np.array([3.0, 2.0, 2.5, 0.0])
     assert pareto_front(x, y, True, True).tolist() == [0, 2, 3]  # (1, 2) is beaten by (2, 2.5)
