@@ -314,6 +314,12 @@ def ranking(table: pd.DataFrame, directions: dict[str, bool], primary_split: str
     return frame.loc[order].reset_index(drop=True)
 
 
+def full_budgets(cells: pd.DataFrame) -> str:
+    """The largest budget of each unit among `cells`' done ones, as the tables name it: "nfe 300k" ("" for none)."""
+    done = cells.loc[cells["status"] == "done"]
+    return ", ".join(f"{unit} {_human(budget)}" for unit, budget in done.groupby("budget_unit")["budget"].max().items())
+
+
 def glance(table: pd.DataFrame, directions: dict[str, bool], primary_split: str, metric: str) -> list[str]:
     """A few lines with the answer, for the console: each reward and model's best method by the headline at the full
     budget (ties: each), its headline with interval and paired difference to base, the other metrics' paired
@@ -326,7 +332,7 @@ def glance(table: pd.DataFrame, directions: dict[str, bool], primary_split: str,
         (m for m in directions if m != metric and f"{primary_split}/{m}/delta_vs_base/mean" in best),
         key=lambda m: metric_order(m, metric),
     )
-    budgets = ", ".join(f"{u} {_human(b)}" for u, b in best.groupby("budget_unit")["budget"].max().items())
+    budgets = full_budgets(best)
     where = [f"{r} @ {m}" for r, m in zip(best["reward"], best["model"])]
     width, method_width = max(map(len, where)), max(map(len, best["method"]))
     lines = [f"Best {metric} ({primary_split}) at the full budget, {budgets}; Δ = paired difference to base:"]
@@ -381,8 +387,7 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
     ]
     ranked = ranking(table, directions, primary_split, metric)
     for reward in sorted(table["reward"].unique()):
-        budgets = ranked.loc[(ranked["reward"] == reward) & (ranked["status"] == "done")]
-        full = ", ".join(f"{u} {_human(b)}" for u, b in budgets.groupby("budget_unit")["budget"].max().items())
+        full = full_budgets(ranked.loc[ranked["reward"] == reward])
         lines += ["", f"## Reward: {reward}", ""]
         lines += [f"At the full budget ({full}):" if full else "No results:", ""]
         lines += _reward_table(

@@ -25,6 +25,7 @@ from bench.leaderboard import (
     USED_NAMES,
     _human,
     _rank,
+    full_budgets,
     glance,
     headline,
     interval,
@@ -109,10 +110,7 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
     for task in tasks:
         cells = table[table[TASK_KEY] == task]
         top = ranked.loc[ranked[TASK_KEY] == task]
-        full = ", ".join(
-            f"{unit} {_human(budget)}"
-            for unit, budget in top.loc[top["status"] == "done"].groupby("budget_unit")["budget"].max().items()
-        )
+        full = full_budgets(top)
         parts.append(f'<h2 id="task-{_e(safe_name(task))}">{_e(TASK_KEY)}: {_e(task)}</h2>')
         parts.append(
             f'<p class="note">At the full budget ({_e(full or "none done")}): each model\'s base, then the methods '
