@@ -24,6 +24,7 @@ from bench.suites import SUITES, build_suite, check_names, parse_entry, validate
 from methods import METHODS
 from methods.options import parse_option
 from models.progress import MODES as PROGRESS_MODES
+from models.progress import show_bars
 from rewards import REWARDS
 from worlds import MODELS, WORLDS, world_entry
 
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.command in ("models", "run"):
-        os.environ["BENCH_PROGRESS"] = args.progress  # worker processes inherit it
+        show_bars(args.progress)
     # Heavy imports only after the command line is known to be valid.
     from bench import sweep
     from bench.store import Store

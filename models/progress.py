@@ -1,7 +1,7 @@
 """Console output of long work (building a world, sweeping a suite, a run's milestones).
 
-Progress bars: tqdm on a terminal, silent when stderr is a log file or CI. BENCH_PROGRESS=always or never overrides the
-terminal check; the CLI's --progress sets it, and worker processes inherit it.
+Progress bars: tqdm on a terminal, silent when stderr is a log file or CI. The CLI's --progress (`show_bars`) can
+force them on (always) or off (never); a sweep's worker processes draw none (`relay_to`).
 
 Lines: `say` writes each line whole, in one write, above any progress bar of this process (the bar is lifted and
 redrawn), so lines never land on a bar's line. A sweep's worker processes hand their lines to the sweep (`relay_to`),
@@ -22,13 +22,19 @@ from tqdm import tqdm
 # tqdm's `disable`: None disables the bar unless stderr is a terminal.
 MODES = {"auto": None, "always": False, "never": True}
 _relay = None  # in a worker process: the queue its lines go to
+_mode = "auto"
+
+
+def show_bars(mode: str) -> None:
+    """Draw this process's progress bars: auto (only when stderr is a terminal), always or never."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"progress must be one of {', '.join(MODES)}, got {mode!r}")
+    _mode = mode
 
 
 def progress(iterable=None, *, total: int | None = None, desc: str | None = None) -> tqdm:
-    mode = os.environ.get("BENCH_PROGRESS", "auto")
-    if mode not in MODES:
-        raise ValueError(f"BENCH_PROGRESS must be one of {', '.join(MODES)}, got {mode!r}")
-    return tqdm(iterable, total=total, desc=desc, disable=MODES[mode], leave=False, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, disable=MODES[_mode], leave=False, dynamic_ncols=True)
 
 
 def say(line: str) -> None:
@@ -53,7 +59,7 @@ def relay_to(queue) -> None:
     `relayed`), and draw no bars of its own (the sweep draws one for all)."""
     global _relay
     _relay = queue
-    os.environ["BENCH_PROGRESS"] = "never"
+    show_bars("never")
 
 
 @contextmanager

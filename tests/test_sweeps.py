@@ -112,7 +112,7 @@ def test_a_sweep_killed_at_chosen_moments_resumes_to_the_same_leaderboard(refere
     command = [sys.executable, str(ROOT / "tests" / "injected_fault.py"), "run", *SMALL_SWEEP, "--store", str(store)]
     killed = []
     for kind, count in FAULTS:
-        env = {**os.environ, "BENCH_FAULT": f"{kind}:{count}", "BENCH_PROGRESS": "never"}
+        env = {**os.environ, "BENCH_FAULT": f"{kind}:{count}"}  # stderr is a pipe: no bars
         sweep = subprocess.run(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert sweep.returncode in (0, -signal.SIGKILL), sweep.stderr[-2000:]
         if sweep.returncode == 0:
