@@ -430,9 +430,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.exit(1, f"{parser.prog}: error: {error}\n")
         return 0
     if args.command == "throughput":
-        from bench import throughput
+        from bench.throughput import timing
 
-        results = throughput.run(
+        results = timing.run(
             list(args.model),
             list(args.method) if args.method else None,
             size=args.size,
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpointing=not args.no_checkpointing,
             device=args.device,
         )
-        print(throughput.table(results))
+        print(timing.table(results))
         return 1 if any(r.failure for r in results) else 0
     store = args.store or ROOT / "results" / suite.name / "store.sqlite"
     out_dir = args.out or sweep.results_dir(store)

@@ -10,7 +10,7 @@ import torch
 from bench.cli import main
 from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
-from bench.throughput import host_reads_of_meta_tensors
+from bench.throughput.counting import host_reads_of_meta_tensors
 from methods import METHODS
 from models.scale.config import DiffusersConfig
 from rewards import REWARDS
@@ -231,7 +231,7 @@ def test_the_throughput_benchmark_measures_every_training_method_on_every_family
 
 
 def test_the_backward_flops_of_a_rocm_step_are_counted():
-    from bench.throughput import measure
+    from bench.throughput.timing import measure
 
     result = measure("lcm", "rocm", size="tiny", sample_steps=2, repeats=1)
     small = METHODS["rocm"].small_config  # the nightly smoke twin's size
@@ -285,7 +285,7 @@ def test_bad_sources_are_one_line_errors(argv, message, capsys):
 
 
 def test_the_real_size_architectures_have_the_published_parameter_counts():
-    from bench.throughput import clip_text, flux_transformer, mmdit, unet, vae
+    from bench.throughput.architectures import clip_text, flux_transformer, mmdit, unet, vae
 
     def count(module):
         return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,206 @@
+"""The timing loop of `bench throughput` (what it reports: bench/throughput/__init__.py): each method's training step
+on each architecture, warmed up, timed, its backward FLOPs counted, and the table of the results."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+
+import torch
+
+from bench.suites import build_suite
+from bench.throughput.architectures import aesthetic_reward, build_policy, prompt_tokenizer
+from bench.throughput.counting import BackwardMeter, host_reads_of_meta_tensors, peak_tflops, synchronize
+from methods import METHODS
+from rewards.feedback import Feedback
+from worlds import model_family
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    model: str
+    method: str
+    images_per_step: int
+    sample_steps: int
+    seconds_per_step: float | None
+    """None on the meta device, which only counts."""
+    peak_gib: float | None
+    backward_flops: int
+    """FLOPs inside one step's backward pass(es)."""
+    backward_seconds: float | None
+    """Their wall time in one step."""
+    device_peak_tflops: float | None
+    failure: str = ""
+    """Why the step could not be measured (empty when it was)."""
+
+    @property
+    def images_per_second(self) -> float | None:
+        return self.images_per_step / self.seconds_per_step if self.seconds_per_step else None
+
+    @property
+    def backward_tflops(self) -> float | None:
+        """Achieved TFLOP/s of the backward pass."""
+        return self.backward_flops / self.backward_seconds / 1e12 if self.backward_seconds else None
+
+    @property
+    def mfu(self) -> float | None:
+        achieved = self.backward_tflops
+        return achieved / self.device_peak_tflops if achieved and self.device_peak_tflops else None
+
+
+def images_per_step(config) -> int:
+    """The images one training step samples and trains on (the pipeline's: its second stage's; sft's: its batch of
+    demonstrations)."""
+    if hasattr(config, "rl_config"):
+        config = config.rl_config()
+    if hasattr(config, "prompts_per_iter"):
+        return config.prompts_per_iter * config.samples_per_prompt
+    return config.batch
+
+
+def method_config(method: str, size: str, sample_steps: int, checkpointing: bool = True):
+    """The nightly suite's config of `method` (its --smoke twin's at --size tiny) with `sample_steps` and
+    `checkpointing` (ROCM's own, through the sampling chain); the pipeline's second stage gets the steps through
+    its rl_options."""
+    config = build_suite("nightly-gpu", smoke=size == "tiny").method_config(method)
+    fields = {f.name for f in dataclasses.fields(config)}
+    options = {"sample_steps": sample_steps, "gradient_checkpointing": checkpointing}
+    config = dataclasses.replace(config, **{k: v for k, v in options.items() if k in fields})
+    if hasattr(config, "rl_config"):
+        config = dataclasses.replace(
+            config, rl_options=",".join(filter(None, [config.rl_options, f"sample_steps={sample_steps}"]))
+        )
+    return config
+
+
+def measure(
+    model: str,
+    method: str,
+    *,
+    size: str = "real",
+    sample_steps: int | None = None,
+    repeats: int = 2,
+    checkpointing: bool = True,
+    device: str | None = None,
+    tokenizer=None,
+) -> Measurement:
+    """One method's training step on one architecture: warm-up, then `repeats` timed steps, then a FLOP count. On
+    the meta device (no data, no time) only the FLOPs are counted: a GPU's work, measured on any machine."""
+    from bench.meter import Meter, MeteredPolicy, MeteredReward
+
+    meta = device is not None and torch.device(device).type == "meta"
+    with host_reads_of_meta_tensors() if meta else contextlib.nullcontext():
+        policy = build_policy(
+            model, size, tokenizer or prompt_tokenizer(size), checkpointing=checkpointing, device=device
+        )
+        torch_device = policy.config.torch_device()
+        reward = aesthetic_reward(size, torch_device, policy.config.weight_dtype())
+        steps = sample_steps or policy.default_steps
+        config = method_config(method, size, steps, checkpointing)
+        meter = Meter()
+        prompts = ["a photo of a cat"] * 8
+        if METHODS[method].learns_from_feedback:  # random pixels as demonstrations: only their shape costs time
+            demonstrations = (torch.rand(8, *policy.image_shape), prompts)
+            signal = Feedback(reward, demonstrations, meter, reward_model="prompt")
+        else:
+            signal = MeteredReward(reward, meter)
+        trainer = METHODS[method](MeteredPolicy(policy, meter), signal, prompts, config, seed=0)
+        seconds = backward_seconds = peak = None
+        if not meta:
+            trainer.step()  # warm-up: kernels chosen, optimizer state allocated
+            if torch_device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(torch_device)
+            timer = BackwardMeter()
+            with timer.watching(torch_device):
+                synchronize(torch_device)
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    trainer.step()
+                synchronize(torch_device)
+            seconds, backward_seconds = (time.perf_counter() - start) / repeats, timer.seconds / repeats
+            if torch_device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(torch_device) / 2**30
+        counter = BackwardMeter(count_flops=True, timed=not meta)
+        with counter.watching(torch_device):
+            trainer.step()
+    return Measurement(
+        model,
+        method,
+        images_per_step(config),
+        steps,
+        seconds,
+        peak,
+        counter.flops,
+        backward_seconds,
+        peak_tflops(torch_device),
+    )
+
+
+def training_methods(model: str) -> list[str]:
+    return [name for name, m in METHODS.items() if m.trains and model_family(model) in m.families]
+
+
+def run(
+    models: list[str],
+    methods: list[str] | None,
+    *,
+    size: str,
+    sample_steps: int | None,
+    repeats: int,
+    checkpointing: bool,
+    device: str | None,
+    log=print,
+) -> list[Measurement]:
+    results, tokenizer = [], prompt_tokenizer(size)
+    for model in models:
+        for method in methods or training_methods(model):
+            if method not in training_methods(model):
+                log(f"{method} does not train {model}: skipped")
+                continue
+            try:
+                results.append(
+                    measure(
+                        model,
+                        method,
+                        size=size,
+                        sample_steps=sample_steps,
+                        repeats=repeats,
+                        checkpointing=checkpointing,
+                        device=device,
+                        tokenizer=tokenizer,
+                    )
+                )
+            except Exception as error:  # out of memory, say: the row says so and the table goes on
+                reason = f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+                results.append(Measurement(model, method, 0, sample_steps or 0, None, None, 0, None, None, reason))
+            log(table([results[-1]], header=False))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return results
+
+
+def table(results: list[Measurement], header: bool = True) -> str:
+    def number(value, digits=2, unit=""):
+        return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+    lines = (
+        [
+            "| model | method | images/step | sampler steps | s/step | images/s | peak GiB | bwd TFLOP/step | "
+            "bwd TFLOP/s | MFU |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        if header
+        else []
+    )
+    for r in results:
+        if r.failure:
+            lines.append(f"| {r.model} | {r.method} | failed: {r.failure} |")
+            continue
+        lines.append(
+            f"| {r.model} | {r.method} | {r.images_per_step} | {r.sample_steps} | "
+            f"{number(r.seconds_per_step, 3)} | {number(r.images_per_second)} | {number(r.peak_gib, 1)} | "
+            f"{number(r.backward_flops / 1e12, 3)} | {number(r.backward_tflops, 1)} | "
+            f"{number(r.mfu and 100 * r.mfu, 1, '%')} |"
+        )
+    return "\n".join(lines)
