@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.evaluate import EvalConfig, evaluate
-from bench.loggers import NO_LOGGERS, ExperimentLoggers
+from bench.loggers import NO_LOGGERS, ExperimentLoggers, RunLogger
 from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from bench.parallel import ONE_PROCESS, DataParallel
 from bench.store import USED_KEYS, RunRecord, Store
@@ -179,121 +179,169 @@ def execute(
     their compute adds up against the budget, and only the main one evaluates and writes the store; each
     process checkpoints its own random state, so a resumed run continues every process where it stopped. A
     process that fails raises, ending the launch: the others could not go on without it."""
-    method = METHODS[spec.method]
-    reward_cls = REWARDS[spec.reward]
-    served = bool(spec.reward_server)
-    raw_reward = (
-        RemoteReward.connect(spec.reward_server, expect=spec.reward) if served else reward_cls.from_world(world)
-    )
-    record = spec.record(world.model_hash(spec.model, spec.source), raw_reward.version)
-    status = store.run_status(record.run_id)
-    if status in ("done", "n/a"):
-        return "reused"
-    reason = method.incompatibility(reward_cls, spec.budget.unit)
-    if reason is None and served and method.needs_differentiable_reward:
-        reason = "needs reward gradients, which a reward served over HTTP does not carry"
-    if reason is not None:
-        if parallel.main:
-            store.record_not_applicable(record, reason)
-        log(f"{record.run_id}: n/a ({reason})")
-        return "n/a"
-    if not parallel.main:
-        log, loggers = (lambda *_: None), NO_LOGGERS
-    if parallel.world_size > 1 and not method.data_parallel:
-        # not recorded: the same command without `accelerate launch` runs it
-        log(
-            f"{record.run_id}: not run data-parallel ({spec.method} collects its feedback once, on one process); "
-            f"run it without accelerate launch"
+    return Run(spec, world, store, checkpoint_dir, checkpoint_every_s, log, loggers, parallel).execute()
+
+
+class Run:
+    """One run in this process, from claim to record. What differs between the processes of a data-parallel launch
+    is written here and nowhere else: the main process alone claims, writes the store, evaluates and speaks; the
+    others learn its claim through a collective and wait at a barrier while it evaluates; budgets and usage add up
+    over all processes (`parallel.total`); each process keeps its own checkpoint."""
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        world,
+        store: Store,
+        checkpoint_dir: Path,
+        checkpoint_every_s: float,
+        log,
+        loggers: ExperimentLoggers,
+        parallel: DataParallel,
+    ):
+        self.spec, self.world, self.store, self.parallel = spec, world, store, parallel
+        self.main = parallel.main
+        self.log = log if self.main else (lambda *_: None)
+        self.loggers = loggers if self.main else NO_LOGGERS
+        self.checkpoint_dir, self.checkpoint_every_s = checkpoint_dir, checkpoint_every_s
+        self.method = METHODS[spec.method]
+        self.served = bool(spec.reward_server)
+        self.raw_reward = (
+            RemoteReward.connect(spec.reward_server, expect=spec.reward)
+            if self.served
+            else REWARDS[spec.reward].from_world(world)
         )
-        return "n/a"
-
-    # the main process claims the run; the others learn whether it did (and read the store only after it has)
-    claimed = store.start_run(record) if parallel.main else False
-    if not parallel.total([float(claimed)])[0]:
-        log(f"{record.run_id}: held by {store.holder(record.run_id)} (another sweep on this store), skipped")
-        return "held"
-    # the lease stays fresh while the run trains and is given up however it ends; a killed owner's goes stale
-    with store.lease(record.run_id) if parallel.main else contextlib.nullcontext():
+        self.record = spec.record(world.model_hash(spec.model, spec.source), self.raw_reward.version)
         suffix = f".rank{parallel.rank}" if parallel.world_size > 1 else ""
-        checkpoint = checkpoint_dir / f"{record.run_id}{suffix}.pt"
-        run_log = None
-        try:
-            # everything from here on fails this run alone, with its reason: a bad checkpoint, a trainer that cannot be
-            # built, a step or an evaluation that raises
-            torch.manual_seed(spec.seed)
-            meter = Meter()
-            # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
-            policy = world.make_policy(spec.model, spec.source)
-            signal = (
-                Feedback.from_world(world, raw_reward, meter, policy)
-                if method.learns_from_feedback
-                else MeteredReward(raw_reward, meter)
+        self.checkpoint = checkpoint_dir / f"{self.record.run_id}{suffix}.pt"
+
+    def execute(self) -> str:
+        run_id = self.record.run_id
+        if self.store.run_status(run_id) in ("done", "n/a"):
+            return "reused"
+        reason = self._incompatibility()
+        if reason is not None:
+            if self.main:
+                self.store.record_not_applicable(self.record, reason)
+            self.log(f"{run_id}: n/a ({reason})")
+            return "n/a"
+        if self.parallel.world_size > 1 and not self.method.data_parallel:
+            # not recorded: the same command without `accelerate launch` runs it
+            self.log(
+                f"{run_id}: not run data-parallel ({self.spec.method} collects its feedback once, on one process); "
+                f"run it without accelerate launch"
             )
-            trainer = method(
-                MeteredPolicy(policy, meter), signal, world.prompts["train"], spec.method_config, spec.seed
-            )
-            trainer.distribute(parallel)
-            if checkpoint.exists():
-                state = load_checkpoint(checkpoint)
-                trainer.load_state_dict(state["trainer"])
-                meter.load_state_dict(state["meter"])
-                log(f"{record.run_id}: resumed at {meter.accounts['train'].as_dict()}")
-
-            def save() -> None:
-                atomic_torch_save({"trainer": trainer.state_dict(), "meter": meter.state_dict()}, checkpoint)
-
-            def spent() -> float:
-                """The budget's fraction spent by all processes together."""
-                return parallel.total([getattr(meter.accounts["train"], spec.budget.unit)])[0] / spec.budget.amount
-
-            def used() -> dict[str, float]:
-                return dict(zip(USED_KEYS, parallel.total([meter.accounts["train"].as_dict()[k] for k in USED_KEYS])))
-
-            recorded = store.milestones_recorded(record.run_id)
-            started = time.monotonic()
-            run_log = loggers.open(record)
-            for index, fraction in progress(list(enumerate(spec.milestones)), desc=record.run_id):
-                if index in recorded:
-                    continue
-                last_save = time.monotonic()
-                while trainer.trains and spent() < fraction:
-                    with meter.timed():
-                        stats = trainer.step()
-                        _check_finite(stats, "in a training step")
-                    run_log.log({f"train/{k}": v for k, v in stats.items()}, meter.accounts["train"].nfe)
-                    if time.monotonic() - last_save > checkpoint_every_s:
-                        save()
-                        last_save = time.monotonic()
-                if trainer.trains:
-                    save()
-                milestone_budget = Budget(spec.budget.unit, spec.budget.amount * fraction)
-                train_used = used()
-                if not parallel.main:
-                    parallel.barrier()  # wait while the main process evaluates and records
-                    continue
-                metrics, samples, generation = evaluate(trainer, world, raw_reward, meter, milestone_budget, spec.eval)
-                _check_finite({f"{s}/{m}": v for s, m, v, _ in metrics}, "in evaluation")
-                # Training compute for trained methods; for inference-time methods, their whole cost:
-                # generating the primary evaluation set.
-                milestone_used = train_used if trainer.trains else generation[spec.eval.splits[-1]]
-                store.record_milestone(record.run_id, index, milestone_budget.amount, milestone_used, metrics, samples)
-                parallel.barrier()
-                run_log.log({f"{s}/{m}": v for s, m, v, _ in metrics}, meter.accounts["train"].nfe)
-                summary = ", ".join(f"{s.removeprefix('eval_')}/{m}={v:.3f}" for s, m, v, _ in metrics)
-                log(f"{record.run_id}: {fraction:.0%} of {spec.budget} ({time.monotonic() - started:.0f}s) {summary}")
-        except Exception as error:  # a failing run is recorded with its reason; the sweep goes on
-            if parallel.main:
-                store.finish_run(record.run_id, "failed", f"{type(error).__name__}: {error}")
-            log(f"{record.run_id}: FAILED: {type(error).__name__}: {error}")
-            if parallel.world_size > 1:
-                # the other processes wait in a collective this one will never join: end them all (the launcher stops
-                # the rest when one process fails) rather than leave them waiting for the collectives' timeout
-                raise
-            return "failed"
-        finally:
-            if run_log is not None:
-                run_log.close()
-        if parallel.main:
-            store.finish_run(record.run_id, "done")
-        checkpoint.unlink(missing_ok=True)
+            return "n/a"
+        if not self._claim():
+            self.log(f"{run_id}: held by {self.store.holder(run_id)} (another sweep on this store), skipped")
+            return "held"
+        # the lease stays fresh while the run trains and is given up however it ends; a killed owner's goes stale
+        with self.store.lease(run_id) if self.main else contextlib.nullcontext():
+            try:
+                # everything from here on fails this run alone, with its reason: a bad checkpoint, a trainer that
+                # cannot be built, a step or an evaluation that raises
+                self._build()
+                self._train()
+            except Exception as error:  # a failing run is recorded with its reason; the sweep goes on
+                if self.main:
+                    self.store.finish_run(run_id, "failed", f"{type(error).__name__}: {error}")
+                self.log(f"{run_id}: FAILED: {type(error).__name__}: {error}")
+                if self.parallel.world_size > 1:
+                    # the other processes wait in a collective this one will never join: end them all (the launcher
+                    # stops the rest when one process fails) rather than leave them waiting for the collectives'
+                    # timeout
+                    raise
+                return "failed"
+        if self.main:
+            self.store.finish_run(run_id, "done")
+        self.checkpoint.unlink(missing_ok=True)
         return "done"
+
+    def _incompatibility(self) -> str | None:
+        reason = self.method.incompatibility(REWARDS[self.spec.reward], self.spec.budget.unit)
+        if reason is None and self.served and self.method.needs_differentiable_reward:
+            reason = "needs reward gradients, which a reward served over HTTP does not carry"
+        return reason
+
+    def _claim(self) -> bool:
+        # the main process claims the run; the others learn whether it did (and read the store only after it has)
+        claimed = self.store.start_run(self.record) if self.main else False
+        return bool(self.parallel.total([float(claimed)])[0])
+
+    def _build(self) -> None:
+        spec = self.spec
+        torch.manual_seed(spec.seed)
+        self.meter = Meter()
+        # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
+        policy = self.world.make_policy(spec.model, spec.source)
+        signal = (
+            Feedback.from_world(self.world, self.raw_reward, self.meter, policy)
+            if self.method.learns_from_feedback
+            else MeteredReward(self.raw_reward, self.meter)
+        )
+        self.trainer = self.method(
+            MeteredPolicy(policy, self.meter), signal, self.world.prompts["train"], spec.method_config, spec.seed
+        )
+        self.trainer.distribute(self.parallel)
+        if self.checkpoint.exists():
+            state = load_checkpoint(self.checkpoint)
+            self.trainer.load_state_dict(state["trainer"])
+            self.meter.load_state_dict(state["meter"])
+            self.log(f"{self.record.run_id}: resumed at {self.meter.accounts['train'].as_dict()}")
+
+    def _save(self) -> None:
+        atomic_torch_save({"trainer": self.trainer.state_dict(), "meter": self.meter.state_dict()}, self.checkpoint)
+
+    def _spent(self) -> float:
+        """The budget's fraction spent by all processes together."""
+        budget = self.spec.budget
+        return self.parallel.total([getattr(self.meter.accounts["train"], budget.unit)])[0] / budget.amount
+
+    def _used(self) -> dict[str, float]:
+        account = self.meter.accounts["train"].as_dict()
+        return dict(zip(USED_KEYS, self.parallel.total([account[k] for k in USED_KEYS])))
+
+    def _train(self) -> None:
+        recorded = self.store.milestones_recorded(self.record.run_id)
+        self.started = time.monotonic()
+        run_log = self.loggers.open(self.record)
+        try:
+            for index, fraction in progress(list(enumerate(self.spec.milestones)), desc=self.record.run_id):
+                if index not in recorded:
+                    self._train_until(fraction, run_log)
+                    self._milestone(index, fraction, run_log)
+        finally:
+            run_log.close()
+
+    def _train_until(self, fraction: float, run_log: RunLogger) -> None:
+        trainer, meter = self.trainer, self.meter
+        last_save = time.monotonic()
+        while trainer.trains and self._spent() < fraction:
+            with meter.timed():
+                stats = trainer.step()
+                _check_finite(stats, "in a training step")
+            run_log.log({f"train/{k}": v for k, v in stats.items()}, meter.accounts["train"].nfe)
+            if time.monotonic() - last_save > self.checkpoint_every_s:
+                self._save()
+                last_save = time.monotonic()
+        if trainer.trains:
+            self._save()
+
+    def _milestone(self, index: int, fraction: float, run_log: RunLogger) -> None:
+        spec, meter = self.spec, self.meter
+        budget = Budget(spec.budget.unit, spec.budget.amount * fraction)
+        train_used = self._used()
+        if not self.main:
+            self.parallel.barrier()  # wait while the main process evaluates and records
+            return
+        metrics, samples, generation = evaluate(self.trainer, self.world, self.raw_reward, meter, budget, spec.eval)
+        _check_finite({f"{s}/{m}": v for s, m, v, _ in metrics}, "in evaluation")
+        # Training compute for trained methods; for inference-time methods, their whole cost: generating the primary
+        # evaluation set.
+        used = train_used if self.trainer.trains else generation[spec.eval.splits[-1]]
+        self.store.record_milestone(self.record.run_id, index, budget.amount, used, metrics, samples)
+        self.parallel.barrier()
+        run_log.log({f"{s}/{m}": v for s, m, v, _ in metrics}, meter.accounts["train"].nfe)
+        summary = ", ".join(f"{s.removeprefix('eval_')}/{m}={v:.3f}" for s, m, v, _ in metrics)
+        elapsed = time.monotonic() - self.started
+        self.log(f"{self.record.run_id}: {fraction:.0%} of {spec.budget} ({elapsed:.0f}s) {summary}")
