@@ -227,12 +227,17 @@ def feedback() -> Suite:
 def grpo_family() -> Suite:
     """The GRPO family and Diffusion-DPO side by side with DDPO on the flow model, on `compress` (where the methods
     move: the `digit` reward saturates), evaluated at ten milestones and also at Flow-GRPO's 10 training steps,
-    with Flow-GRPO also trained at the default steps, without its KL and in its Fast mode (the SDE on a random window of
-    2 of the first 5 steps), and DPO also offline (bench/studies.py)."""
+    with Flow-GRPO also trained at the default steps, without its KL, in its Fast mode (the SDE on a random window of
+    2 of the first 5 steps) and with GRPO-Guard instead of the KL, MixGRPO also as MixGRPO-Flash (4 ODE steps after
+    the window), and DPO also offline (bench/studies.py)."""
     variants = {
         "flow_grpo/train-20": {"sample_steps": None},
         "flow_grpo/no-kl": {"kl_coef": 0.0},
         "flow_grpo/fast": {"sde_window": 2},
+        # the regulated log-ratio is about 4x narrower than the plain one here (its std is the step's, ~0.2): the
+        # clip range shrinks with it, so a similar share of steps is clipped at the start
+        "flow_grpo/guard": {"guard": True, "kl_coef": 0.0, "clip_range": 0.05},
+        "mix_grpo/flash": {"flash_steps": 4},
         "dpo/offline": {"pairing": "offline"},
     }
     methods = (
@@ -242,7 +247,9 @@ def grpo_family() -> Suite:
         "flow_grpo/train-20",
         "flow_grpo/no-kl",
         "flow_grpo/fast",
+        "flow_grpo/guard",
         "mix_grpo",
+        "mix_grpo/flash",
         "dance_grpo",
         "dpo",
     )

@@ -13,7 +13,13 @@ steps (`sample_steps`, 10 as in the paper) while evaluation uses the model's def
 Departures from the paper: log-probabilities are the exact Gaussian log-densities summed over pixels, as ddpo's (the
 reference implementation averages them, which rescales the clip range: its 1e-4 is not this one's); the sampler's last
 step (to t = 0) is the deterministic Euler step, so it is not an action (models/flow.py); advantages are clipped to
-[-adv_clip, adv_clip]. The GRPO-Guard ratio normalization is not built.
+[-adv_clip, adv_clip].
+
+GRPO-Guard (Wang et al., arXiv 2510.22319), with `guard`: the ratio rho_t above becomes RatioNorm's regulated ratio,
+log rho~_t = (log rho_t + ||mu_theta - mu_old||^2 / (2 s_t^2)) s_t with s_t the step's std, centred at 0 at every
+step, and each step's clipped term is weighted by 1 / dt_t (methods/toolkit/policy_gradient.py: guarded_log_ratio).
+The regulated log-ratio is s_t times smaller than the plain one, so it wants its own clip range (the grpo-family
+suite's `flow_grpo/guard` sets it); the paper's runs drop the KL (beta = 0), a config choice here.
 
 Flow-GRPO-Fast (the reference repository's `train_sd3_fast.py`, its `sde_window_size` and `sde_window_range`), with
 `sde_window` w > 0: each iteration draws the window's first step l uniformly from [0, sde_window_steps - w], the
@@ -63,6 +69,8 @@ class Config(Options):
     only ones trained (the ODE's elsewhere); 0: the SDE on every step (Flow-GRPO)."""
     sde_window_steps: int = option(5, at_least=1, added=True)
     """The first steps of the chain the Fast window lies within (the reference's sde_window_range (0, 5))."""
+    guard: bool = option(False, added=True)
+    """GRPO-Guard: RatioNorm's regulated ratio and 1 / dt step weights in the PPO update."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -114,5 +122,5 @@ class FlowGRPO(Trainer):
             trajectory = self.policy.sample(prompts, steps, self.generator, eta=noise, sde="flow_grpo")
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
-        summary = ppo_epochs(self, trajectory, advantages)
+        summary = ppo_epochs(self, trajectory, advantages, guard=cfg.guard)
         return {"reward": rewards.mean().item(), **window, **summary}

@@ -12,8 +12,14 @@ each iteration backpropagates through w steps instead of all of them.
 
 Departures from the paper: log-probabilities are summed over pixels (as ddpo's and flow_grpo's); the window stops at
 the last stochastic step (the sampler's last step, to t = 0, is the deterministic Euler step); the shift interval is
-counted in this suite's iterations (scaled to its budgets, not the paper's 25); MixGRPO-Flash's higher-order ODE
-solver outside the window is not built (the ODE steps here are Euler steps at the training grid).
+counted in this suite's iterations (scaled to its budgets, not the paper's 25).
+
+MixGRPO-Flash, with `flash_steps` k > 0: the steps after the window are not trained, so the ODE may cross them
+faster. The chain keeps the grid up to the window's end, t_0 .. t_{l+w}, and then takes k steps over k points of the
+remaining grid, evenly spaced from t_{l+w} (the first of them), to t = 0: k network calls instead of T - l - w.
+Departure: the paper takes these steps with a second-order solver (DPM-Solver++); here they are the ODE's Euler steps
+on the coarser grid (the sampler's steps are stateless, and a multistep solver would carry the previous step's
+prediction), so at equal k its images are a first-order solution.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ class Config(Options):
     """AdamW learning rate."""
     max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
+    flash_steps: int = option(0, at_least=0, added=True)
+    """MixGRPO-Flash: the ODE steps after the window, over evenly spaced points of the remaining grid; 0: every step
+    of the grid (MixGRPO)."""
 
 
 def window_size(steps: int, config: Config) -> int:
@@ -71,6 +80,16 @@ def window_start(iteration: int, steps: int, config: Config) -> int:
     return min(config.stride * (iteration // config.shift_interval), steps - 1 - window_size(steps, config))
 
 
+def flash_grid(grid: torch.Tensor, end: int, flash_steps: int) -> torch.Tensor:
+    """MixGRPO-Flash's grid: `grid` (the chain's descending start times) up to the window's `end` (exclusive), then
+    min(flash_steps, the rest) of the remaining points, evenly spaced and starting at grid[end]."""
+    rest = len(grid) - end
+    if flash_steps == 0 or rest <= flash_steps:
+        return grid
+    kept = [end + i * rest // flash_steps for i in range(flash_steps)]
+    return torch.cat([grid[:end], grid[kept]])
+
+
 class MixGRPO(Trainer):
     name = "mix_grpo"
     version = "1"
@@ -81,7 +100,10 @@ class MixGRPO(Trainer):
     @classmethod
     def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
         images, steps, _ = chain_work(config, generator)
-        return ppo_usage(config, images, steps, window_size(steps, config))  # the window's steps are trained
+        window = window_size(steps, config)
+        if config.flash_steps:  # the first iteration's window starts at step 0; later ones cost at most as much
+            steps = window + min(config.flash_steps, steps - window)
+        return ppo_usage(config, images, steps, window)  # the window's steps are trained
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)
@@ -93,10 +115,11 @@ class MixGRPO(Trainer):
         cfg = self.config
         steps = self.sampler_steps(cfg.sample_steps)
         start, window = window_start(self.iteration, steps, cfg), window_size(steps, cfg)
-        noise = [cfg.noise_level if start <= s < start + window else 0.0 for s in range(steps)]
+        grid = flash_grid(self.policy.sampling_timesteps(steps), start + window, cfg.flash_steps)
+        noise = [cfg.noise_level if start <= s < start + window else 0.0 for s in range(len(grid))]
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
-            trajectory = self.policy.sample(prompts, steps, self.generator, eta=noise, sde="flow_grpo")
+            trajectory = self.policy.sample(prompts, grid, self.generator, eta=noise, sde="flow_grpo")
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages)

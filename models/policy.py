@@ -89,6 +89,10 @@ class Policy(Protocol):
         """Images (B, C, H, W) in [0, 1] from model-space samples or predictions (latents, at scale)."""
         ...
 
+    def sampling_timesteps(self, steps: int) -> torch.Tensor:
+        """The family's grid of `steps` steps: the descending timesteps they start from, (steps,)."""
+        ...
+
     def sample(
         self,
         prompts: list[str],

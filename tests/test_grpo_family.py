@@ -12,9 +12,10 @@ from bench.runner import config_identity
 from methods import METHODS
 from methods.dpo import dpo_loss
 from methods.mix_grpo import Config as MixConfig
-from methods.mix_grpo import window_start
+from methods.mix_grpo import flash_grid, window_start
 from methods.toolkit.divergences import closed_form
-from methods.toolkit.policy_gradient import ppo_clipped_loss
+from methods.toolkit.policy_gradient import guarded_log_ratio, ppo_clipped_loss, step_length
+from models.diffusion import gaussian_log_prob
 from models.digits import GENERATORS
 
 
@@ -74,6 +75,36 @@ def test_options_added_to_a_method_keep_its_earlier_runs_ids_at_their_default():
     assert fast == {**plain, "sde_window": 2}  # an added option at its default stays out, whatever the others
 
 
+def test_grpo_guard_centres_the_log_ratio_of_every_step_at_zero_and_scales_it_by_the_steps_std():
+    generator = torch.Generator().manual_seed(0)
+    old_mean, eps = torch.randn(4096, 8, generator=generator), torch.randn(4096, 8, generator=generator)
+    d = 0.01 * torch.randn(1, 8, generator=generator)  # the policy's drift since the samples were drawn
+    for std in (0.05, 0.3):
+        x = old_mean + std * eps
+        plain = gaussian_log_prob(x, old_mean + d, std) - gaussian_log_prob(x, old_mean, std)
+        guarded = guarded_log_ratio(
+            gaussian_log_prob(x, old_mean + d, std), gaussian_log_prob(x, old_mean, std), old_mean + d, old_mean, std
+        )
+        # log rho = eps . d / std - ||d||^2 / (2 std^2): left-shifted, the more so the smaller the step's std
+        assert torch.allclose(plain, (eps * d).sum(1) / std - d.pow(2).sum() / (2 * std**2), atol=1e-3)
+        assert torch.allclose(guarded, (eps * d).sum(1), atol=1e-4)  # RatioNorm: eps . d, whatever the std
+    on_policy = guarded_log_ratio(torch.ones(3), torch.ones(3), old_mean[:3], old_mean[:3], 0.3)
+    assert torch.equal(on_policy, torch.zeros(3))  # exactly on-policy: ratio 1
+
+
+def test_flow_grpo_guard_weights_each_step_by_its_length_and_trains(tiny_world):
+    trainer, _ = make(tiny_world, "flow_grpo", "flow", sample_steps=4, guard=True, kl_coef=0.0)
+    chains = captured_samples(trainer)
+    before = flat_parameters(trainer)
+    stats = trainer.step()
+    assert [step_length(chains[0], s) for s in range(4)] == [0.25] * 4  # flow time 1 -> 0 in 4 equal steps
+    assert math.isfinite(stats["loss"]) and not torch.equal(before, flat_parameters(trainer))
+    assert config_identity(trainer.config)["guard"] is True
+    plain, _ = make(tiny_world, "flow_grpo", "flow", sample_steps=4, kl_coef=0.0)
+    plain.step()
+    assert not torch.equal(flat_parameters(plain), flat_parameters(trainer))  # the same samples, another update
+
+
 def test_the_mix_grpo_window_slides_from_high_noise_to_low_and_stops_at_the_last_stochastic_step():
     config = MixConfig(window=4, shift_interval=10, stride=2)
     starts = [window_start(k, 20, config) for k in (0, 9, 10, 25, 69, 70, 80, 1000)]
@@ -90,6 +121,23 @@ def test_mix_grpo_noises_and_trains_its_window_only(tiny_world):
     whole, _ = make(tiny_world, "mix_grpo", "flow", window=9)  # longer than the chain: all its stochastic steps
     chains = captured_samples(whole)
     assert whole.step()["window_start"] == 0.0 and chains[0].stochastic_steps == [0, 1, 2]
+
+
+def test_the_mix_grpo_flash_grid_keeps_the_grid_to_the_windows_end_then_evenly_spaced_points_of_the_rest():
+    grid = 1 - torch.arange(20, dtype=torch.float64) / 20
+    assert torch.equal(flash_grid(grid, 4, 4), grid[[0, 1, 2, 3, 4, 8, 12, 16]])
+    assert torch.equal(flash_grid(grid, 17, 2), grid[[*range(17), 17, 18]])  # 3 left: floor(i * 3 / 2)
+    assert flash_grid(grid, 18, 4) is grid and flash_grid(grid, 4, 0) is grid  # as many left as asked, or no Flash
+
+
+def test_mix_grpo_flash_samples_the_window_then_crosses_the_rest_in_fewer_ode_steps(tiny_world):
+    trainer, meter = make(tiny_world, "mix_grpo", "flow", sample_steps=8, window=2, flash_steps=2)
+    chains = captured_samples(trainer)
+    trainer.step()
+    chain = chains[0]
+    assert chain.timesteps.tolist() == [1.0, 0.875, 0.75, 0.375] and chain.stochastic_steps == [0, 1]
+    per_step = METHODS["mix_grpo"].step_usage(trainer.config, GENERATORS["flow"][1])["nfe"]
+    assert meter.accounts["train"].nfe == per_step == 6 * 4 + 6 * 2 * 3  # 4 sampler calls a chain, 2 steps trained
 
 
 @pytest.mark.parametrize("model", ["flow", "diffusion"])

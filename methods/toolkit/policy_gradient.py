@@ -8,6 +8,16 @@ For trajectories sampled from the old policy, with advantage A_s at step s,
 with KL_s the closed-form KL between the step's Gaussians under theta and a frozen reference (per dimension, as
 divergences.py normalizes it), taken at the visited states, and n = |S| (an average over steps, as DDPO's) or 1 (a
 sum, the Riemann sum of a continuous-time objective, as Scores-as-Actions').
+
+GRPO-Guard (Wang et al., "GRPO-Guard: Mitigating Implicit Over-Optimization in Flow Matching via Regulated
+Clipping", arXiv 2510.22319) replaces rho_s by a regulated ratio. For a step drawn as x_{s+1} = mu_old + std eps,
+with d = mu_theta - mu_old,
+  log rho_s = eps . d / std - ||d||^2 / (2 std^2),
+whose second term shifts the ratio below 1 (so PPO's clip rarely bounds a positive advantage) and whose spread
+grows as std shrinks. RatioNorm adds the shift back and rescales by std,
+  log rho~_s = (log rho_s + ||d||^2 / (2 std^2)) std = eps . d,
+centred at 0 for every step, and the step's loss is weighted by 1 / dt_s (dt_s the step's length in flow time), since
+d, and with it the gradient, scales with dt_s.
 """
 
 from __future__ import annotations
@@ -32,6 +42,16 @@ def ppo_clipped_loss(
     return torch.maximum(unclipped, clipped).mean(), ratio
 
 
+def guarded_log_ratio(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, mean: torch.Tensor, old_mean: torch.Tensor, std: float
+) -> torch.Tensor:
+    """GRPO-Guard's RatioNorm, log rho~ = (log rho + ||mu_theta - mu_old||^2 / (2 std^2)) std (module docstring):
+    log-probabilities (B,), the step's means under theta and the sampling policy (B, ...), its std; returns (B,)."""
+    old_mean = old_mean.to(mean.device)
+    shift = (mean - old_mean).pow(2).flatten(1).sum(dim=1) / (2 * std**2)
+    return (log_prob - old_log_prob.to(log_prob.device) + shift) * std
+
+
 def group_normalized_advantages(rewards: torch.Tensor, groups: int, clip: float) -> torch.Tensor:
     """(r - mean_g) / (std_g + 1e-6) within each group of a group-major (G * K,) vector, clipped.
 
@@ -52,6 +72,7 @@ def ppo_chain_backward(
     clip_range: float,
     kl_coef: float,
     average: bool,
+    guard: bool = False,
 ) -> dict[str, list[float]]:
     """Backpropagates L(theta) above over the chosen stochastic `steps` of a (sub)trajectory of B chains, one step
     at a time (each step's graph is freed before the next is built); the caller zeroes and applies the gradients.
@@ -59,6 +80,7 @@ def ppo_chain_backward(
     advantages: (B,), the same for every step (the chain's normalised return), or (B, N), one column per step.
     reference: the frozen policy of the KL term, or None (no KL, and no reference passes).
     average: divide by the number of steps (a mean over steps) instead of summing them.
+    guard: GRPO-Guard's regulated ratio and 1 / dt_s step weights (a flow model's chain: its timesteps are times).
     Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), clip_frac, and kl where there is a reference.
     """
     stats: dict[str, list[float]] = {"loss": [], "ratio_dev": [], "clip_frac": [], "kl": []}
@@ -68,7 +90,12 @@ def ppo_chain_backward(
         std = float(trajectory.stds[s])
         log_prob = gaussian_log_prob(trajectory.latents[:, s + 1], mean, std)
         step_advantages = advantages if advantages.dim() == 1 else advantages[:, s]
-        loss, ratio = ppo_clipped_loss(log_prob, trajectory.log_probs[:, s], step_advantages, clip_range)
+        old_log_prob, weight = trajectory.log_probs[:, s], 1.0
+        if guard:
+            log_prob = guarded_log_ratio(log_prob, old_log_prob, mean, trajectory.means[:, s], std)
+            old_log_prob, weight = torch.zeros_like(log_prob), 1 / step_length(trajectory, s)
+        loss, ratio = ppo_clipped_loss(log_prob, old_log_prob, step_advantages, clip_range)
+        loss = weight * loss
         if reference is not None:
             with torch.no_grad():
                 reference_mean = reference.step_mean(trajectory, s)
@@ -80,6 +107,12 @@ def ppo_chain_backward(
         stats["ratio_dev"].append((ratio - 1).abs().mean().item())
         stats["clip_frac"].append(((ratio - 1).abs() > clip_range).float().mean().item())
     return stats
+
+
+def step_length(trajectory, step: int) -> float:
+    """dt of a flow chain's step: from its time to the next (0 after the last)."""
+    times = trajectory.timesteps
+    return float(times[step]) - (float(times[step + 1]) if step + 1 < len(times) else 0.0)
 
 
 def steps_trained(step_fraction: float, actions: int) -> int:
@@ -99,13 +132,15 @@ def ppo_usage(config, images: int, steps: int, trained: int) -> dict[str, float]
     }
 
 
-def ppo_epochs(trainer, trajectory, advantages: torch.Tensor, step_fraction: float = 1.0) -> dict[str, float]:
+def ppo_epochs(
+    trainer, trajectory, advantages: torch.Tensor, step_fraction: float = 1.0, guard: bool = False
+) -> dict[str, float]:
     """PPO's update of one iteration, as DDPO and the GRPO papers make it: `inner_epochs` passes over the
     trajectories in random minibatches of `minibatch` chains (over all processes), each an optimizer step of L(theta)
     averaged over a random `step_fraction` of each chain's stochastic steps (DDPO's timestep subsampling, DanceGRPO's
-    timestep selection). The trainer's config gives inner_epochs, minibatch, clip_range, kl_coef and max_grad_norm,
-    and `trainer.reference` the KL's frozen policy (None: no KL). advantages: (B,), one per chain. Returns the
-    diagnostics' means over every trained step."""
+    timestep selection); `guard`: GRPO-Guard's regulated ratio (ppo_chain_backward). The trainer's config gives
+    inner_epochs, minibatch, clip_range, kl_coef and max_grad_norm, and `trainer.reference` the KL's frozen policy
+    (None: no KL). advantages: (B,), one per chain. Returns the diagnostics' means over every trained step."""
     cfg = trainer.config
     trained = steps_trained(step_fraction, len(trajectory.stochastic_steps))
     stats: dict[str, list[float]] = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
@@ -127,6 +162,7 @@ def ppo_epochs(trainer, trajectory, advantages: torch.Tensor, step_fraction: flo
                 cfg.clip_range,
                 cfg.kl_coef,
                 average=True,
+                guard=guard,
             )
             for name, values in step_stats.items():
                 stats[name] += values
