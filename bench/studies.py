@@ -9,6 +9,8 @@ regularization  every variant of a method at the suite's largest budget: train r
 alpha           the same table by the W2 bound's weight alpha (ORW-CFM-W2), per reward.
 discretization  the reward gain kept when a method is evaluated with other sampler steps than it trained with.
 preference_budget  learning from feedback by the number of preference pairs.
+direct          the direct-gradient and likelihood-free families' claims: DiffusionNFT's and DRaFT-1's efficiency, and
+                the judge at equal reward (over-optimization).
 grpo            the GRPO family's claims: MixGRPO's and MixGRPO-Flash's speed (the efficiency measure over wall
                 seconds and NFE), Flow-GRPO's denoising reduction, and whether its KL or GRPO-Guard holds the judge
                 while the proxy rises.
@@ -306,6 +308,23 @@ def write_preference_budget(results: pd.DataFrame, out: Path) -> Path:
     return path
 
 
+def _flow_study(results: pd.DataFrame, name: str, title: str) -> tuple[pd.DataFrame, pd.DataFrame, str, list[str]]:
+    """A flow-model study's final results, its base@flow cells there, its reward and its table's opening lines."""
+    final = _final(results)
+    base = _cell(final, "base@flow")
+    if base.empty:
+        raise ValueError(f"the {name} study needs base@flow runs: gains are measured against them")
+    reward = final["reward"].iloc[0]
+    lines = [
+        f"# {title}",
+        "",
+        f"Reward `{reward}` on `{PRIMARY_SPLIT}` prompts, flow model, budget {final['budget_unit'].iloc[0]} "
+        f"{final['budget'].iloc[0]:g}; mean [95% bootstrap CI] over seeds.",
+        "",
+    ]
+    return final, base, reward, lines
+
+
 GRPO_SPEED = (
     ("mix_grpo@flow", "flow_grpo@flow"),
     ("mix_grpo@flow", "dance_grpo@flow"),
@@ -317,17 +336,9 @@ GRPO_SPEED = (
 
 def write_grpo(results: pd.DataFrame, out: Path) -> Path:
     """The GRPO family's claims, measured: MixGRPO's speed, Flow-GRPO's denoising reduction and its KL."""
-    final, base_label = _final(results), "base@flow"
-    base = _cell(final, base_label)
-    if base.empty:
-        raise ValueError(f"the grpo study needs {base_label} runs: gains are measured against them")
-    reward = final["reward"].iloc[0]
-    lines = [
-        "# The GRPO family's claims",
-        "",
-        f"Reward `{reward}` on `{PRIMARY_SPLIT}` prompts, flow model, budget {final['budget_unit'].iloc[0]} "
-        f"{final['budget'].iloc[0]:g}; mean [95% bootstrap CI] over seeds.",
-        "",
+    final, base, reward, lines = _flow_study(results, "grpo", "The GRPO family's claims")
+    base_label = "base@flow"
+    lines += [
         "## Speed: the compute to reach another method's final reward",
         "",
         "MixGRPO claims Flow-GRPO's and DanceGRPO's final reward in about half their training time, and "
@@ -392,6 +403,93 @@ def write_grpo(results: pd.DataFrame, out: Path) -> Path:
     return path
 
 
+DIRECT_SPEED = (
+    ("diffusion_nft@flow", "flow_grpo@flow"),
+    ("draft@flow", "draft/full@flow"),
+    ("draft@flow", "alignprop@flow"),
+    ("draft/lv@flow", "draft@flow"),
+    ("refl@flow", "draft@flow"),
+    ("adjoint_matching@flow", "draft@flow"),
+    ("draft@flow", "ddpo@flow"),
+    ("draft@consistency", "rocm@consistency"),
+)
+COMPUTE_AXES = (("reward_queries", "reward queries"), ("nfe", "NFE"), ("wall_s", "wall seconds"))
+
+
+def judge_at_reward(cell: pd.DataFrame, start: tuple[float, float], level: float) -> float:
+    """The judge's accuracy where a method's mean curve of (reward, judge) over the milestones, from the base
+    model's `start` at 0, first reaches reward `level` (linear interpolation); NaN if it never does."""
+    curve = cell[cell["split"] == PRIMARY_SPLIT].pivot_table(index="milestone", columns="metric", values="value")
+    rewards = np.concatenate([[start[0]], curve["reward"].to_numpy()])
+    judges = np.concatenate([[start[1]], curve["judge_acc"].to_numpy()])
+    for i in range(1, len(rewards)):
+        if rewards[i] >= level:
+            share = (level - rewards[i - 1]) / (rewards[i] - rewards[i - 1]) if rewards[i] > rewards[i - 1] else 1.0
+            return float(judges[i - 1] + share * (judges[i] - judges[i - 1]))
+    return math.nan
+
+
+def write_direct(results: pd.DataFrame, out: Path) -> Path:
+    """The direct-gradient and likelihood-free families' claims, measured: DiffusionNFT's efficiency against
+    Flow-GRPO, DRaFT-1's against full backpropagation, and which family over-optimizes least at equal reward."""
+    final, base, reward, lines = _flow_study(
+        results, "direct", "Direct reward gradients and likelihood-free RL against the policy gradients"
+    )
+    base_label = "base@flow"
+    lines += [
+        "## Efficiency: the compute to reach another method's final reward",
+        "",
+        "DiffusionNFT claims Flow-GRPO's reward with several (up to 25) times less compute; DRaFT claims DRaFT-1 "
+        "beats full backpropagation (`draft/full`, K = T) per reward query. The method's mean reward curve over the "
+        "milestones (from the base model at 0) is interpolated to the first point reaching the reference's final mean "
+        "reward; the fraction is that compute over the reference's (below 1: faster; `never`: not reached within the "
+        "budget). Each model's curve starts from its own base.",
+        "",
+        "| method | reference | fraction of the reward queries | fraction of the NFE | fraction of the wall seconds "
+        "| target reward |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, reference in DIRECT_SPEED:
+        start = "base@" + method.rpartition("@")[2]
+        if _cell(results, start).empty:
+            continue
+        estimates = [efficiency(results, method, reference, start, reward, axis) for axis, _ in COMPUTE_AXES]
+        if any(estimate is None for estimate in estimates):
+            continue
+        fractions = [_fraction(*estimate["fraction"]) for estimate in estimates if estimate is not None]
+        target = _ci(estimates[0]["target"]) if estimates[0] is not None else ""
+        lines.append(f"| {method} | {reference} | " + " | ".join(fractions) + f" | {target} |")
+    start_values = (_values(base, PRIMARY_SPLIT, "reward").mean(), _values(base, PRIMARY_SPLIT, "judge_acc").mean())
+    flow_labels = sorted(label for label in final["label"].unique() if label.endswith("@flow") and label != base_label)
+    finals = {label: _values(_cell(final, label), PRIMARY_SPLIT, "reward").mean() for label in flow_labels}
+    gaining = [value for value in finals.values() if value > start_values[0]]
+    level = min(gaining) if gaining else math.nan
+    lines += [
+        "",
+        "## Over-optimization: the judge at equal reward",
+        "",
+        f"Each flow method's mean curve of (reward, judge accuracy) over the milestones, from the base model's "
+        f"({start_values[0]:.3f}, {start_values[1]:.3f}), read where it first reaches reward {level:.3f}: the lowest "
+        "final reward among the methods that gained (so every one of them passes it). At equal reward, a lower judge "
+        "is more of the gain bought by hacking the reward rather than drawing the prompted digit better (on `gold`, "
+        "whose ink term rewards bold strokes whatever they draw, that is ink bought with correctness). The final "
+        "columns are at the full budget.",
+        "",
+        "| method | judge acc at equal reward ↑ | final reward ↑ | final judge acc ↑ | final diversity ↑ "
+        "| final FID ↓ |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label in sorted(flow_labels, key=lambda label: -judge_at_reward(_cell(results, label), start_values, level)):
+        cell = _cell(final, label)
+        at_level = judge_at_reward(_cell(results, label), start_values, level)
+        values = [_values(cell, PRIMARY_SPLIT, metric) for metric in ("reward", "judge_acc", "diversity", "fid")]
+        shown = "—" if math.isnan(at_level) else f"{at_level:.3f}"
+        lines.append(f"| {label} | {shown} | " + " | ".join(_ci(v.to_numpy()) for v in values) + " |")
+    path = out / "direct.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
 STUDIES = {
     "efficiency": write_efficiency,
     "regularization": functools.partial(
@@ -409,6 +507,7 @@ STUDIES = {
     "discretization": write_discretization,
     "preference_budget": write_preference_budget,
     "grpo": write_grpo,
+    "direct": write_direct,
 }
 
 

@@ -81,9 +81,9 @@ def parse_entry(entry: str, variants: dict[str, dict] | None = None, world: str 
     return method, variant, model
 
 
-# The suite's entries: every method on its default model, and the policy-gradient and ranking methods
-# again on the consistency and the flow model, so that ROCM, ORW-CFM-W2 and the GRPO family are compared on their
-# own bases.
+# The suite's entries: every method on its default model, and the policy-gradient, ranking and direct-gradient methods
+# again on the consistency and the flow model, so that ROCM, ORW-CFM-W2, the GRPO family, DiffusionNFT and Adjoint
+# Matching are compared on their own bases.
 # (sft and pipeline, aihf's baselines, are compared with it in the feedback suite.)
 DEFAULT_METHODS = (
     "base",
@@ -94,11 +94,17 @@ DEFAULT_METHODS = (
     "aihf",
     "dance_grpo@diffusion",
     "dpo",
+    "draft",
+    "alignprop",
+    "refl",
     "base@consistency",
     "best_of_n@consistency",
     "raft@consistency",
     "ddpo@consistency",
     "rocm@consistency",
+    "draft@consistency",
+    "alignprop@consistency",
+    "refl@consistency",
     "base@flow",
     "best_of_n@flow",
     "raft@flow",
@@ -108,6 +114,11 @@ DEFAULT_METHODS = (
     "mix_grpo@flow",
     "dance_grpo@flow",
     "dpo@flow",
+    "draft@flow",
+    "alignprop@flow",
+    "refl@flow",
+    "diffusion_nft@flow",
+    "adjoint_matching@flow",
 )
 
 
@@ -267,9 +278,44 @@ def grpo_family() -> Suite:
     )
 
 
-# Every method at scale: SD 1.5 for the policy-gradient, ranking, inference-time and feedback methods, the LCM for
-# ROCM (whose backward through 50 SD steps would not fit a night), SD3.5-medium (the field's flow base; SD3-medium stays
-# in the world as `sd3`) for ORW-CFM-W2 and the GRPO family, with DDPO on all three as the common reference.
+def direct_vs_pg() -> Suite:
+    """The direct-gradient and likelihood-free families against the policy gradients on the flow model, at ten
+    milestones: DRaFT-1 and full backpropagation (`draft/full`, K = T), DRaFT-LV, AlignProp, ReFL, Adjoint Matching
+    and DiffusionNFT against DDPO and Flow-GRPO, with ROCM on its consistency model beside DRaFT-1 there
+    (bench/studies.py: direct). The reward is the differentiable `gold` (the judge's log-probability of the
+    prompted digit plus bold strokes): `digit` leaves no room, as the base models' log-probability of the prompted
+    digit is already about -0.03."""
+    variants: dict[str, dict[str, object]] = {"draft/full": {"grad_steps": 20}, "draft/lv": {"lv_samples": 2}}
+    flow = (
+        "base",
+        "ddpo",
+        "flow_grpo",
+        "diffusion_nft",
+        "draft",
+        "draft/full",
+        "draft/lv",
+        "alignprop",
+        "refl",
+        "adjoint_matching",
+    )
+    return Suite(
+        "direct-vs-pg",
+        methods=(*(f"{m}@flow" for m in flow), "base@consistency", "rocm@consistency", "draft@consistency"),
+        rewards=("gold",),
+        variants=variants,
+        milestones=tuple(round(0.1 * k, 1) for k in range(1, 11)),
+        # the first milestone (30k) is a few iterations of the costliest methods (AlignProp's ~1.6k NFE, DDPO's
+        # ~3k); the study reads the compute each run actually used, not the milestone
+        budget_tolerance=0.25,
+        studies=("direct",),
+    )
+
+
+# Every method at scale: SD 1.5 for the policy-gradient, ranking, inference-time, feedback and direct-gradient
+# methods (AlignProp checkpointed through the chain, as its paper), the LCM for ROCM (whose backward through 50 SD
+# steps with its divergence would not fit a night), SD3.5-medium (the field's flow base; SD3-medium stays in the world
+# as `sd3`) for ORW-CFM-W2, the GRPO family, DRaFT, DiffusionNFT and Adjoint Matching, with DDPO on all three as the
+# common reference.
 NIGHTLY_METHODS = (
     "base@sd15",
     "best_of_n@sd15",
@@ -284,6 +330,9 @@ NIGHTLY_METHODS = (
     "ddpo@lcm",
     "dance_grpo@sd15",
     "dpo@sd15",
+    "draft@sd15",
+    "alignprop@sd15",
+    "refl@sd15",
     "base@sd35",
     "orw_cfm_w2@sd35",
     "ddpo@sd35",
@@ -291,6 +340,9 @@ NIGHTLY_METHODS = (
     "mix_grpo@sd35",
     "dance_grpo@sd35",
     "dpo@sd35",
+    "draft@sd35",
+    "diffusion_nft@sd35",
+    "adjoint_matching@sd35",
 )
 # Batches a LoRA step fits in one 80 GB GPU with gradient checkpointing at 512 px.
 NIGHTLY_OVERRIDES = {
@@ -305,6 +357,11 @@ NIGHTLY_OVERRIDES = {
     "dance_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
     "dpo": {"prompts_per_iter": 8, "samples_per_prompt": 4, "sample_steps": 20, "batch": 4},
     "sft": {"batch": 8},
+    "draft": {"prompts_per_iter": 4, "samples_per_prompt": 2, "gradient_checkpointing": True},
+    "alignprop": {"prompts_per_iter": 2, "samples_per_prompt": 2},  # checkpointed through up to all 50 steps
+    "refl": {"prompts_per_iter": 4, "samples_per_prompt": 2, "pretrain_pool": 32, "pretrain_batch": 4},
+    "diffusion_nft": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},  # as flow_grpo's
+    "adjoint_matching": {"prompts_per_iter": 2, "samples_per_prompt": 2, "minibatch": 4},
     # the preference pairs are sampled in 20 steps: 100 pairs at 50 guided steps would take 20k of the 50k NFE
     "pipeline": {
         "preference_pairs": 100,
@@ -374,6 +431,7 @@ SUITES = {
     "sas-discretization": sas_discretization,
     "feedback": feedback,
     "grpo-family": grpo_family,
+    "direct-vs-pg": direct_vs_pg,
     "nightly-gpu": nightly_gpu,
 }
 

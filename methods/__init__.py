@@ -1,16 +1,21 @@
 """Fine-tuning methods, by name. Adding a method: one file in methods/ and one line here."""
 
+from methods.adjoint_matching import AdjointMatching
 from methods.aihf import AIHF
+from methods.alignprop import AlignProp
 from methods.base import BaseModel
 from methods.best_of_n import BestOfN
 from methods.dance_grpo import DanceGRPO
 from methods.ddpo import DDPO
+from methods.diffusion_nft import DiffusionNFT
 from methods.dpo import DiffusionDPO
+from methods.draft import DRaFT
 from methods.flow_grpo import FlowGRPO
 from methods.mix_grpo import MixGRPO
 from methods.orw_cfm_w2 import ORWCFMW2
 from methods.pipeline import RewardModelPipeline
 from methods.raft import RAFT
+from methods.refl import ReFL
 from methods.rocm import ROCM
 from methods.sas import ScoresAsActions
 from methods.sft import SFT
@@ -30,4 +35,9 @@ METHODS = {
     "mix_grpo": MixGRPO,
     "dance_grpo": DanceGRPO,
     "dpo": DiffusionDPO,
+    "diffusion_nft": DiffusionNFT,
+    "draft": DRaFT,
+    "alignprop": AlignProp,
+    "refl": ReFL,
+    "adjoint_matching": AdjointMatching,
 }

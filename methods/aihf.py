@@ -177,9 +177,7 @@ class AIHF(Trainer):
             loss = cfg.demo_weight * self.policy.loss(demos, demo_prompts, self.generator) + (
                 1 - cfg.demo_weight
             ) * self.policy.loss(samples, prompts, self.generator, weights)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.apply_gradients(cfg.max_grad_norm)
+            self.descend(loss, cfg.max_grad_norm)
         return {
             **stats,
             "policy_loss": loss.item(),

@@ -151,7 +151,7 @@ class DiffusionDPO(Trainer):
             self.generator.set_state(state)
             return policy.training_errors(images, prompts, self.generator)
 
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_gradients()
         with torch.no_grad():
             reference_w, reference_l = errors(self.reference, preferred), errors(self.reference, rejected)
         policy_w, policy_l = errors(self.policy, preferred), errors(self.policy, rejected)

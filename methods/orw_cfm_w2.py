@@ -112,9 +112,7 @@ class ORWCFMW2(Trainer):
                 with torch.no_grad():
                     reference = self.reference.velocity(x_t, t, prompts)
             loss, gap = orw_loss(prediction, target, reference, weights, cfg.alpha)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.apply_gradients(cfg.max_grad_norm)
+            self.descend(loss, cfg.max_grad_norm)
         return {
             "reward": rewards.mean().item(),
             "loss": loss.item(),

@@ -78,7 +78,5 @@ class RAFT(Trainer):
         kept_images, kept_prompts = images[keep], [prompts[i] for i in keep.tolist()]
         for _ in range(cfg.updates_per_iter):
             loss = self.policy.loss(kept_images, kept_prompts, self.generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.apply_gradients(cfg.max_grad_norm)
+            self.descend(loss, cfg.max_grad_norm)
         return {"reward": rewards.mean().item(), "kept_reward": rewards[keep].mean().item(), "loss": loss.item()}

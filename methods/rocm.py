@@ -120,9 +120,7 @@ class ROCM(Trainer):
                     )
                 )
         loss = regularized_loss(rewards, divergences, cfg.beta)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.apply_gradients(cfg.max_grad_norm)
+        self.descend(loss, cfg.max_grad_norm)
         stats = {"reward": rewards.mean().item(), "loss": loss.item()}
         if divergences:
             stats["divergence"] = torch.stack(divergences).sum(dim=0).mean().item()

@@ -159,7 +159,7 @@ class ScoresAsActions(Trainer):
     def _update(self, part, advantages, stats) -> None:
         """One optimizer step on a minibatch: the per-step surrogates and KLs summed over the whole grid."""
         cfg = self.config
-        self.optimizer.zero_grad(set_to_none=True)
+        self.zero_gradients()
         step_stats = ppo_chain_backward(
             self.policy,
             self.reference,

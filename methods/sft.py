@@ -46,7 +46,5 @@ class SFT(Trainer):
         batch = self.parallel.share(self.config.batch, "sft.batch")
         index = torch.randint(0, len(self.demo_prompts), (batch,), generator=self.generator)
         loss = self.policy.loss(self.demo_images[index], [self.demo_prompts[i] for i in index.tolist()], self.generator)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.apply_gradients(self.config.max_grad_norm)
+        self.descend(loss, self.config.max_grad_norm)
         return {"loss": loss.item()}

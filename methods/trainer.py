@@ -140,12 +140,27 @@ class Trainer(ABC):
             self.prompts, self.parallel.share(groups, f"{self.name}.prompts_per_iter"), per_group, self.generator
         )
 
+    def _trained_optimizer(self) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            raise TypeError(f"{self.name} made no optimizer: it cannot take a gradient step")
+        return self.optimizer
+
+    def zero_gradients(self) -> None:
+        """Drops the accumulated gradients before a new optimizer step's backward passes."""
+        self._trained_optimizer().zero_grad(set_to_none=True)
+
+    def descend(self, loss: torch.Tensor, max_grad_norm: float) -> None:
+        """One optimizer step down `loss`: its gradients alone, then `apply_gradients`."""
+        self.zero_gradients()
+        loss.backward()
+        self.apply_gradients(max_grad_norm)
+
     def apply_gradients(self, max_grad_norm: float) -> None:
         """One optimizer step on the accumulated gradients: averaged over processes, clipped, applied."""
         parameters = self.policy.trainable_parameters()
         self.parallel.average_gradients(parameters)
         torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-        self.optimizer.step()
+        self._trained_optimizer().step()
 
     def sampler_steps(self, configured: int | None) -> int:
         """A config's `sample_steps`, where None means the model's own default."""

@@ -87,11 +87,21 @@ class FlowPolicy(ChainPolicy):
             return Transition(*flow_transition(x, v, t, s, eta if sde == "native" else 0.0), x - t * v)
         return Transition(*sde_transition(x, v, t, s, sde_noise_level(sde, eta, t, s)), x - t * v)
 
+    def noised(self, x0: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = (1 - t) x0 + t noise at flow time t = `timestep`."""
+        t = float(timestep)
+        return (1 - t) * x0 + t * noise
+
     def flow_matching_pair(
         self, images: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A point on each image's path and the velocity to regress there: (x_t, t (B,), target v)."""
-        x0 = self.encode(images)
+        return self.flow_matching_point(self.encode(images), generator)
+
+    def flow_matching_point(
+        self, x0: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As flow_matching_pair, from clean chain states x0 (B, *latent_shape) rather than images."""
         t = torch.rand(len(x0), generator=generator, dtype=torch.float64)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         t_ = t.to(self.device, torch.float32).view(-1, *(1,) * (x0.dim() - 1))

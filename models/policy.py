@@ -29,6 +29,7 @@ class Trajectory:
 
     prompts: list[str]
     timesteps: torch.Tensor  # (S,) the timestep (int64) or flow time (float64) each step starts from, descending
+    # a chain stopped early (sample's `until` k) holds the first k steps below: S + 1 latents become k + 1
     latents: torch.Tensor  # (B, S + 1, C, H, W): x_T, ..., x_0 (model space, [-1, 1] for data)
     means: torch.Tensor  # (B, S, C, H, W): mean of each step's Gaussian transition
     predictions: torch.Tensor  # (B, S, C, H, W): the model's estimate of x_0 at each step (Tweedie's for diffusion)
@@ -43,7 +44,7 @@ class Trajectory:
     @property
     def stochastic_steps(self) -> list[int]:
         """The steps with a density: the actions of the sampling MDP."""
-        return [s for s in range(len(self.timesteps)) if self.stds[s] > 0]
+        return [s for s in range(len(self.stds)) if self.stds[s] > 0]
 
     def subset(self, index: torch.Tensor) -> Trajectory:
         """The chains of the samples at `index` (B',), same steps."""
@@ -103,8 +104,15 @@ class Policy(Protocol):
         sde: str = "native",
         initial: torch.Tensor | None = None,
         grad: bool = False,
+        grad_steps: int | None = None,
+        until: int | None = None,
         checkpoint: bool = False,
     ) -> Trajectory: ...
+
+    def noised(self, x0: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The chain state at `timestep` (one of a grid's) of clean states x0 with `noise`, as the family's forward
+        process makes it: (B, *latent_shape)."""
+        ...
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor: ...
 
@@ -137,6 +145,10 @@ class FlowMatchingPolicy(Policy, Protocol):
 
     def flow_matching_pair(
         self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def flow_matching_point(
+        self, x0: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
@@ -232,6 +244,12 @@ class ChainPolicy(ABC):
         """Each image's term (B,) of the training loss, at a noise level and noise the generator draws: two calls
         from one generator state draw the same ones (Diffusion-DPO's paired errors)."""
 
+    def noised(self, x0: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The chain state at `timestep` of clean states x0 (B, *latent_shape) with `noise` (same shape): the
+        diffusion forward process sqrt(a_t) x0 + sqrt(1 - a_t) noise (the flow family overrides it)."""
+        alpha_bar = self.alphas_cumprod[int(timestep)].to(x0.device).expand(len(x0))
+        return add_noise(x0, noise, alpha_bar)
+
     def sample(
         self,
         prompts: list[str],
@@ -242,6 +260,8 @@ class ChainPolicy(ABC):
         sde: str = "native",
         initial: torch.Tensor | None = None,
         grad: bool = False,
+        grad_steps: int | None = None,
+        until: int | None = None,
         checkpoint: bool = False,
     ) -> Trajectory:
         """Runs the sampler over `steps` steps of the family's grid, or over an explicit grid (a descending tensor of
@@ -249,8 +269,10 @@ class ChainPolicy(ABC):
         or of each step (0: a deterministic step), in the units of the stochastic sampler `sde` (one of `sdes`).
         `initial` is the starting noise x_T (B, *latent_shape), drawn from the generator when None. With grad=True the
         latents, means and final images are differentiable w.r.t. the parameters (the reparameterization trick: each
-        step is mean + std * noise); `checkpoint` then recomputes each step's activations in the backward pass
-        instead of keeping them."""
+        step is mean + std * noise); `grad_steps` K keeps the graph of the last K steps taken only (DRaFT-K's
+        truncation: the steps before run without it); `checkpoint` then recomputes each step's activations in the
+        backward pass instead of keeping them. `until` k stops the chain after its first k steps (the trajectory holds
+        x_0 .. x_k, and its images decode x_k); None: every step."""
         timesteps = steps if isinstance(steps, torch.Tensor) else self.sampling_timesteps(steps)
         etas = (float(eta),) * len(timesteps) if isinstance(eta, int | float) else tuple(map(float, eta))
         if len(etas) != len(timesteps) or min(etas) < 0:
@@ -266,13 +288,23 @@ class ChainPolicy(ABC):
             )
         else:
             x = initial.to(self.device)
+        taken = len(timesteps) if until is None else until
+        if not 1 <= taken <= len(timesteps) or (grad_steps is not None and not 1 <= grad_steps <= taken):
+            raise ValueError(
+                f"a chain of {len(timesteps)} steps takes 1 to {len(timesteps)} (until: {until}), and keeps the "
+                f"graph of 1 to those taken (grad_steps: {grad_steps})"
+            )
+        first_graph = taken - (taken if grad_steps is None else grad_steps)
         latents, means, stds, log_probs, predictions = [x], [], [], [], []
-        with torch.set_grad_enabled(grad):
-            for step in range(len(timesteps)):
-                if grad and checkpoint:
-                    mean, std, x0 = torch.utils.checkpoint.checkpoint(
-                        self.transition, x, step, timesteps, text, etas[step], sde, use_reentrant=False
-                    )
+        for step in range(taken):
+            with torch.set_grad_enabled(grad and step >= first_graph):
+                if grad and checkpoint and step >= first_graph:
+                    # the whole step is recomputed in the backward pass (no early stop once its saved tensors are
+                    # back), so every family's recomputation is one more network evaluation, which the meter counts
+                    with torch.utils.checkpoint.set_checkpoint_early_stop(False):
+                        mean, std, x0 = torch.utils.checkpoint.checkpoint(
+                            self.transition, x, step, timesteps, text, etas[step], sde, use_reentrant=False
+                        )
                 else:
                     mean, std, x0 = self.transition(x, step, timesteps, text, etas[step], sde)
                 if std > 0:

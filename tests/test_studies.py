@@ -86,26 +86,29 @@ def test_efficiency_measures_any_compute_axis():
     assert study["method_queries"] == pytest.approx(70) and study["fraction"][0] == pytest.approx(70 / 200)
 
 
+def _study_cell(label, seed, reward, wall, values):
+    """A run's rows at two milestones (half and all of a 1000-NFE budget): `values(fraction)` gives its
+    (split, metric, value) triples there."""
+    return [
+        {
+            "label": label, "seed": seed, "reward": reward, "split": split, "metric": metric, "milestone": milestone,
+            "budget": 1000 * fraction, "budget_unit": "nfe", "nfe": 1000 * fraction, "reward_queries": 10 * fraction,
+            "wall_s": wall * fraction, "value": value,
+        }
+        for milestone, fraction in enumerate((0.5, 1.0))
+        for split, metric, value in values(fraction)
+    ]  # fmt: skip
+
+
 def test_the_grpo_study_answers_each_claim_from_the_cells_it_has(tmp_path):
     def cell(label, seed, gain, wall):
-        rows = []
-        for milestone, fraction in enumerate((0.5, 1.0)):
+        def values(fraction):
             for split, shift in (("eval_unseen", 0.0), ("eval_unseen@10", -0.1), ("eval_seen", 0.05)):
-                for metric, value in (
-                    ("reward", -1.0 + gain * fraction + shift),
-                    ("judge_acc", 0.9),
-                    ("diversity", 30.0),
-                    ("fid", 90.0),
-                ):
-                    rows.append(
-                        {
-                            "label": label, "seed": seed, "reward": "compress", "split": split, "metric": metric,
-                            "milestone": milestone, "budget": 1000 * fraction, "budget_unit": "nfe",
-                            "nfe": 1000 * fraction, "reward_queries": 10 * fraction, "wall_s": wall * fraction,
-                            "value": value,
-                        }
-                    )  # fmt: skip
-        return rows
+                yield split, "reward", -1.0 + gain * fraction + shift
+                yield from ((split, metric, value) for metric, value in (("judge_acc", 0.9), ("diversity", 30.0)))
+                yield split, "fid", 90.0
+
+        return _study_cell(label, seed, "compress", wall, values)
 
     rows = []
     for seed in (0, 1):
@@ -117,3 +120,31 @@ def test_the_grpo_study_answers_each_claim_from_the_cells_it_has(tmp_path):
     assert "dance_grpo@flow" not in text  # no cells, no rows
     assert "| flow_grpo@flow | 1.000 | 1.000 | 0.900 | 100 |" in text
     assert "| flow_grpo/no-kl@flow | 0.550 | 0.900" in text  # the proxy: eval_seen
+
+
+def test_the_direct_study_measures_efficiency_and_the_judge_at_equal_reward(tmp_path):
+    def cell(label, seed, gain, wall, judge_drop):
+        def values(fraction):
+            yield "eval_unseen", "reward", -1.0 + gain * fraction
+            yield "eval_unseen", "judge_acc", 0.9 - judge_drop * fraction
+            yield from (("eval_unseen", "diversity", 30.0), ("eval_unseen", "fid", 90.0))
+
+        return _study_cell(label, seed, "digit", wall, values)
+
+    rows = []
+    for seed in (0, 1):
+        rows += cell("base@flow", seed, 0.0, 0.0, 0.0) + cell("flow_grpo@flow", seed, 1.0, 100.0, 0.1)
+        rows += cell("diffusion_nft@flow", seed, 1.0, 50.0, 0.0) + cell("draft@flow", seed, 2.0, 100.0, 0.4)
+    text = STUDIES["direct"](pd.DataFrame(rows), tmp_path).read_text()
+    # equal curves but for the wall clock: the same queries and NFE, half the seconds
+    assert "| diffusion_nft@flow | flow_grpo@flow | 1.000 | 1.000 | 0.500 |" in text
+    assert "draft/full@flow" not in text  # no cells, no rows
+    # the level is 0, the lowest final reward of the gaining methods: flow_grpo reaches it at its end (judge 0.8),
+    # draft at its first milestone (judge 0.9 - 0.4 / 2); best judge first
+    assert "first reaches reward 0.000" in text
+    table = text[text.index("| method | judge acc at equal reward") :]
+    rows = [
+        table.index(f"| {row} |")
+        for row in ("diffusion_nft@flow | 0.900", "flow_grpo@flow | 0.800", "draft@flow | 0.700")
+    ]
+    assert rows == sorted(rows)

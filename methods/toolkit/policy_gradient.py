@@ -152,7 +152,7 @@ def ppo_epochs(
             part = trajectory.subset(index)
             actions = part.stochastic_steps
             draw = torch.randperm(len(actions), generator=trainer.generator)[:trained]
-            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.zero_gradients()
             step_stats = ppo_chain_backward(
                 trainer.policy,
                 trainer.reference,
