@@ -28,7 +28,7 @@ CELL_THREADS = 1
 
 
 @functools.cache
-def _world(name: str):
+def world_of(name: str):
     return load_world(name)  # once per process: every cell a worker runs shares it
 
 
@@ -56,7 +56,7 @@ def run_cell(
     with Store(store_path) as store, _one_torch_thread():
         return execute(
             spec,
-            _world(spec.world),
+            world_of(spec.world),
             store,
             runs / "checkpoints",
             loggers=ExperimentLoggers(loggers, runs / "logs"),

@@ -166,6 +166,11 @@ def build_parser() -> Parser:
 
     models = commands.add_parser("models", help="build (or verify) a world's networks")
     models.add_argument("--world", default="digits", choices=list(WORLDS), help="world to build")
+    models.add_argument(
+        "--ship",
+        action="store_true",
+        help="make the rebuilt networks the ones the repository ships (weights/<world>/), after a recipe change",
+    )
     _add_progress(models)
 
     run = commands.add_parser(
@@ -425,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "models":
         try:
-            sweep.build_models(args.world)
-        except ValueError as error:  # a checkpoint missing from the cache: say which and how to get it
+            sweep.build_models(args.world, args.ship)
+        except ValueError as error:  # rebuilt weights that differ, or a checkpoint missing: say which, and why
             parser.exit(1, f"{parser.prog}: error: {error}\n")
         return 0
     if args.command == "throughput":

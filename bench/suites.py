@@ -315,7 +315,7 @@ def direct_vs_pg() -> Suite:
 # methods (AlignProp checkpointed through the chain, as its paper), the LCM for ROCM (whose backward through 50 SD
 # steps with its divergence would not fit a night), SD3.5-medium (the field's flow base; SD3-medium stays in the world
 # as `sd3`) for ORW-CFM-W2, the GRPO family, DRaFT, DiffusionNFT and Adjoint Matching, with DDPO on all three as the
-# common reference.
+# common reference; and Flow-GRPO, the field's flow method, on SD3-medium and FLUX.1-dev, so every family runs nightly.
 NIGHTLY_METHODS = (
     "base@sd15",
     "best_of_n@sd15",
@@ -343,6 +343,10 @@ NIGHTLY_METHODS = (
     "draft@sd35",
     "diffusion_nft@sd35",
     "adjoint_matching@sd35",
+    "base@sd3",
+    "flow_grpo@sd3",
+    "base@flux",
+    "flow_grpo@flux",
 )
 # Batches a LoRA step fits in one 80 GB GPU with gradient checkpointing at 512 px.
 NIGHTLY_OVERRIDES = {

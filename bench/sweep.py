@@ -8,6 +8,7 @@ each run's numbers depend only on its spec, so all three give the same leaderboa
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import threading
@@ -16,7 +17,9 @@ from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
 from pathlib import Path
 
-from bench.cell import run_cell
+import pandas as pd
+
+from bench.cell import run_cell, world_of
 from bench.parallel import ONE_PROCESS, DataParallel
 from bench.report import write_results
 from bench.runner import RunSpec
@@ -27,10 +30,11 @@ from models.progress import progress, relay_to, relayed, say
 from worlds import ARTIFACTS, ensure_world, world_entry
 
 
-def build_models(world: str) -> None:
-    """Builds the world's networks, or checks that every checkpoint it reads is in the cache."""
+def build_models(world: str, ship: bool = False) -> None:
+    """Builds the world's networks and checks them against the shipped ones (with `ship`, ships them), or checks
+    that every checkpoint it reads is in the cache."""
     start = time.monotonic()
-    world_entry(world).prepare(world, ARTIFACTS, print)
+    world_entry(world).prepare(world, ARTIFACTS, print, ship)
     print(f"world {world!r} ready ({time.monotonic() - start:.0f}s)")
 
 
@@ -95,6 +99,39 @@ def write_tables(store_path: Path, out_dir: Path, studies: tuple[str, ...] = ())
     say(f"wrote {len(written)} files into {out_dir}; read {out_dir / 'report.html'} or {out_dir / 'leaderboard.md'}")
 
 
+def plan(cells: list[RunSpec], store_path: Path, workers: int) -> str:
+    """What a sweep is about to do, said before it starts: how many of its runs the store has already (done or n/a:
+    reused), how many it computes, and about how long those take, from the store's own finished runs of the same
+    method, variant, model and reward (where it has none, of the same method and model)."""
+    if not store_path.exists():
+        return f"{len(cells)} runs to compute (a new store: no time estimate yet)"
+    world = world_of(cells[0].world)
+    try:
+        hashes = {(spec.model, spec.source): world.model_hash(spec.model, spec.source) for spec in cells}
+    except ValueError:  # a checkpoint missing from the cache: its runs fail with the reason, one by one
+        return f"{len(cells)} runs (some base models cannot be read: no plan)"
+    with Store(store_path, read_only=True) as store:
+        runs = store.runs_frame()
+    status = dict(zip(runs["run_id"], runs["status"]))
+    done = runs[runs["status"] == "done"]
+    seconds = (pd.to_datetime(done["finished"]) - pd.to_datetime(done["started"])).dt.total_seconds()
+    by_cell = seconds.groupby([done["method"], done["variant"], done["model"], done["reward"]]).median()
+    by_model = seconds.groupby([done["method"], done["model"]]).median()
+    todo = [s for s in cells if status.get(s.run_id(hashes[(s.model, s.source)])) not in ("done", "n/a")]
+    estimates = [by_cell.get((s.method, s.variant, s.model, s.reward), by_model.get((s.method, s.model))) for s in todo]
+    known = [e for e in estimates if e is not None and not math.isnan(e)]
+    line = f"{len(cells)} runs: {len(cells) - len(todo)} reused from the store, {len(todo)} to compute"
+    if not todo:
+        return line
+    if not known:
+        return line + " (no time estimate: the store has no finished runs of these methods)"
+    minutes = sum(known) * len(todo) / len(known) / max(workers, 1) / 60
+    unknown = f"; {len(todo) - len(known)} of them by the others' mean" if len(known) < len(todo) else ""
+    return (
+        line + f" (about {minutes:.0f} min with {max(workers, 1)} worker(s), from the store's finished runs{unknown})"
+    )
+
+
 def run_suite(
     suite: Suite,
     store_path: Path,
@@ -121,6 +158,8 @@ def run_suite(
         ensure_world(suite.world)  # built once here, before parallel workers could race to build it
     parallel.barrier()
     cells = specs(suite)
+    if parallel.main:
+        say(f"suite {suite.name!r}: " + plan(cells, store_path, workers))
     start = time.monotonic()
     if use_ray:
         from bench.ray_backend import run_cells

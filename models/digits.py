@@ -18,7 +18,6 @@ so adding a generator to the world never retrains the others.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import re
@@ -38,6 +37,7 @@ from models.io import atomic_torch_save, atomic_write_bytes
 from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoiser
 from models.policy import ChainPolicy, DiffusionPolicy, images_to_model_space
 from models.progress import progress
+from models.shipped import CACHE, install, shipped_manifest, weights_hash
 from models.text import TEXT_DIM, PromptEncoder
 
 IMAGE_SHAPE = (1, 8, 8)
@@ -78,17 +78,6 @@ def load_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     train, rest = train_test_split(index, train_size=0.60, stratify=data.target, random_state=0)
     judge, test = train_test_split(rest, train_size=0.625, stratify=data.target[rest], random_state=0)
     return {name: (images[idx], labels[idx]) for name, idx in (("train", train), ("judge", judge), ("test", test))}
-
-
-def weights_hash(module: nn.Module | dict) -> str:
-    """SHA-256 over a state dict's names, dtypes, shapes and bytes: the version of a set of weights."""
-    state = module.state_dict() if isinstance(module, nn.Module) else module
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -356,6 +345,30 @@ def stale_components(directory: Path, cfg: WorldConfig) -> list[str]:
     return stale
 
 
+def install_shipped(directory: Path, cfg: WorldConfig, world: str) -> list[str]:
+    """Installs into `directory` the shipped networks of `world` (models/shipped.py) of every stale component whose
+    shipped recipe is `cfg`'s, checking each against its hash; returns their names (none where nothing ships)."""
+    shipped = shipped_manifest(world)
+    stale = stale_components(directory, cfg)
+    if not stale or not shipped["components"]:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest, installed = read_manifest(directory), []
+    for name in stale:  # in build order: a component's inputs are settled before its recipe is compared
+        hashes = {n: e["hash"] for n, e in manifest["components"].items() if n not in stale or n in installed}
+        entry = shipped["components"].get(name)
+        inputs_known = all(i in hashes for i in COMPONENTS[name][1])
+        if entry is None or not inputs_known or entry["recipe"] != recipe(name, cfg, hashes):
+            continue
+        install(world, name, directory, entry["hash"])
+        manifest["components"][name] = entry
+        atomic_write_bytes(directory / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+        installed.append(name)
+    if installed and not (directory / f"{CACHE}.pt").exists():
+        install(world, CACHE, directory, shipped["cache_hash"])
+    return installed
+
+
 def build_world(out_dir: Path, cfg: WorldConfig = WorldConfig(), log=print) -> dict:
     """Trains every stale component of the world and records it in the manifest. Deterministic: each
     component draws from its own seed, so building it alone or with the others gives the same weights."""
@@ -363,7 +376,7 @@ def build_world(out_dir: Path, cfg: WorldConfig = WorldConfig(), log=print) -> d
     splits = load_splits()
     encoder = PromptEncoder()
     encoder([p for name in PROMPT_SETS for p in load_prompts(name)])
-    atomic_torch_save(encoder.cache, out_dir / "prompt_embeddings.pt")
+    atomic_torch_save(encoder.cache, out_dir / f"{CACHE}.pt")
     manifest = read_manifest(out_dir)
     built = _Built(out_dir, cfg, encoder)
     for name in stale_components(out_dir, cfg):

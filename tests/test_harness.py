@@ -9,11 +9,12 @@ import pytest
 import torch
 
 import worlds
-from bench.cli import main
+from bench.cli import build_parser, main, suite_from_args
 from bench.meter import Budget
 from bench.runner import RunSpec, execute
 from bench.store import LEASE_STALE_S, Store
 from bench.suites import SUITES, validate
+from bench.sweep import plan, specs
 from methods.ddpo import DDPO
 from models.policy import DiffusionPolicy
 from rewards import REWARDS
@@ -227,6 +228,10 @@ def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_
     argv = ["run", "--suite", "smoke", "--method", "base,ddpo,rocm", "--seeds", "2", "--store", str(store)]
     assert main(argv) == 0
     first = capsys.readouterr().out
+    # said before it starts
+    assert (
+        "suite 'smoke': 28 runs: 0 reused from the store, 28 to compute (no time estimate: the store has no " in first
+    )
     assert "28 runs, 26 done, 2 n/a, 0 failed" in first
     board = (tmp_path / "smoke" / "leaderboard.md").read_text()
     for text in (
@@ -244,8 +249,16 @@ def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_
     ):
         assert text in board, text
     assert (tmp_path / "smoke" / "leaderboard.csv").exists() and (tmp_path / "smoke" / "samples_digit.png").exists()
+    # a third seed's runs are timed by the store's finished runs of the same cells
+    with_third_seed = suite_from_args(build_parser().parse_args([*argv[:-4], "--seeds", "3", *argv[-2:]]))
+    assert re.fullmatch(
+        r"42 runs: 28 reused from the store, 14 to compute \(about \d+ min with 2 worker\(s\), from the store's "
+        r"finished runs\)",
+        plan(specs(with_third_seed), store, 2),
+    )
     assert main(argv) == 0
     again = capsys.readouterr().out
+    assert "suite 'smoke': 28 runs: 28 reused from the store, 0 to compute" in again
     # one line for the reused runs, none per run; the answer and where the tables are, not the tables
     assert "28 runs, 0 done, 0 n/a, 0 failed, 28 reused from the store" in again
     assert "-s0-" not in again and "| base |" not in again

@@ -95,9 +95,11 @@ class WorldEntry(Protocol):
         """Builds whatever the world builds here and is missing or stale; returns its directory under `root`."""
         ...
 
-    def prepare(self, name: str, root: Path, log) -> None:
-        """`bench models`: builds the world, or checks that every checkpoint it reads is there (failing, with a
-        ValueError naming how to get it, where one is missing)."""
+    def prepare(self, name: str, root: Path, log, ship: bool = False) -> None:
+        """`bench models`: builds the world from scratch and checks it against the weights the repository ships, or
+        checks that every checkpoint it reads is there (failing, with a ValueError naming what differs or how to get
+        what is missing). `ship`: replace the shipped weights with the rebuilt ones (a ValueError where the world
+        ships none)."""
         ...
 
     def load(self, name: str, root: Path, log) -> World:

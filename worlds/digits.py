@@ -2,9 +2,10 @@
 prompts naming a digit, three generators (diffusion, consistency, flow) built here deterministically
 (models/digits.py), the `digit`, `compress` and `gold` rewards, and a judge no method ever sees.
 
-Its networks are rebuilt only when missing or built from another recipe, and the manifest's weight hashes are
-recorded with every result. Evaluation, per prompt set (eval_seen: train phrasings; eval_unseen: phrasings never
-trained on):
+Its networks ship with the repository (weights/digits/, models/shipped.py) and are installed on first use; they are
+built only where the shipped ones are of another recipe (and `bench models` rebuilds them all to check the shipped
+hashes). The manifest's weight hashes are recorded with every result. Evaluation, per prompt set (eval_seen: train
+phrasings; eval_unseen: phrasings never trained on):
   reward     mean of the run's training reward (the proxy being optimised);
   judge_acc  fraction of images the judge reads as the prompted digit (the held-out measure of success);
   diversity  mean pairwise L2 distance between the judge features of images of the same prompt;
@@ -14,6 +15,7 @@ trained on):
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -28,6 +30,7 @@ from models.digits import (
     WorldConfig,
     build_world,
     digit_of,
+    install_shipped,
     load_prompts,
     load_splits,
     read_manifest,
@@ -35,6 +38,8 @@ from models.digits import (
 )
 from models.networks import CNNClassifier, FeatureExtractor, MLPClassifier
 from models.policy import ChainPolicy, Policy
+from models.shipped import ship as ship_world
+from models.shipped import shipped_manifest
 from models.text import PromptEncoder
 from rewards.feedback import top_demonstrations
 from worlds.metrics import mean_pairwise_distance
@@ -123,15 +128,46 @@ class DigitsEntry:
         return GENERATORS[model][1]
 
     def ensure(self, name: str, root: Path, log=print) -> Path:
+        """The shipped networks (weights/<name>/) where their recipe is this world's, built where not."""
         directory = root / name
+        installed = install_shipped(directory, self.config, name)
+        if installed:
+            log(f"installed the shipped {', '.join(installed)} of world {name!r} (weights/{name}/, hashes checked)")
         stale = stale_components(directory, self.config)
         if stale:
             log(f"building {', '.join(stale)} of world {name!r} into {directory} (once; later runs reuse them)")
             build_world(directory, self.config, log=log)
         return directory
 
-    def prepare(self, name: str, root: Path, log=print) -> None:
-        self.ensure(name, root, log)
+    def prepare(self, name: str, root: Path, log=print, ship: bool = False) -> None:
+        """Trains every network from scratch into <root>/<name>-rebuilt and compares its hashes with the shipped
+        manifest's; with `ship`, the rebuilt networks become the shipped ones. A world that ships none is built in
+        place, as `ensure` does."""
+        shipped = shipped_manifest(name)
+        if not shipped["components"] and not ship:
+            self.ensure(name, root, log)
+            return
+        rebuilt = root / f"{name}-rebuilt"
+        shutil.rmtree(rebuilt, ignore_errors=True)
+        log(f"building every network of world {name!r} from scratch into {rebuilt}")
+        manifest = build_world(rebuilt, self.config, log=log)
+        if ship:
+            log(f"shipped the rebuilt networks as {ship_world(rebuilt, name, manifest)}")
+            return
+        differ = []
+        for component, entry in manifest["components"].items():
+            expected = shipped["components"].get(component, {}).get("hash", "(none)")
+            same = entry["hash"] == expected
+            log(f"  {component}: {'same as shipped' if same else 'DIFFERS from shipped'} ({entry['hash'][:12]})")
+            if not same:
+                differ.append(f"{component} (built {entry['hash'][:12]}, shipped {expected[:12]})")
+        if differ:
+            raise ValueError(
+                f"the rebuilt {', '.join(differ)} differ from the shipped weights of world {name!r}: the build is "
+                "deterministic on one kind of CPU, but another CPU or torch build sums floats in another order "
+                "(vector width, threads), which moves the weights' last bits; results record the hash they ran "
+                "with, and runs keep using the shipped weights"
+            )
 
     def load(self, name: str, root: Path, log=print) -> DigitsWorld:
         directory = self.ensure(name, root, log)

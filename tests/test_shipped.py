@@ -1,0 +1,61 @@
+"""The networks the repository ships (weights/, models/shipped.py): a fresh checkout installs them instead of
+training, refuses a file that does not hold the weights its manifest names, and `bench models` rebuilds every
+network and says which differ from the shipped ones."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import models.digits
+import models.shipped
+from models.shipped import SHIPPED, install, ship, shipped_manifest, weights_hash
+from worlds import world_entry
+
+
+def test_a_fresh_checkout_installs_the_shipped_networks_and_trains_none(tmp_path, monkeypatch):
+    def no_build(*args, **kwargs):
+        raise AssertionError("a shipped network was trained again")
+
+    monkeypatch.setattr("worlds.digits.build_world", no_build)
+    said = []
+    directory = world_entry("digits").ensure("digits", tmp_path, said.append)
+    shipped = shipped_manifest("digits")
+    assert said == [
+        "installed the shipped reward_classifier, judge, denoiser, consistency, flow of world 'digits' "
+        "(weights/digits/, hashes checked)"
+    ]
+    for name, entry in shipped["components"].items():
+        state = torch.load(directory / f"{name}.pt", weights_only=True)
+        assert weights_hash(state) == entry["hash"]
+    assert world_entry("digits").ensure("digits", tmp_path, said.append) == directory and len(said) == 1
+
+
+def test_a_shipped_file_that_does_not_hold_its_manifests_weights_is_refused(tmp_path):
+    shutil.copytree(SHIPPED / "digits", tmp_path / "digits")
+    path = tmp_path / "digits" / "judge.safetensors"
+    state = load_file(str(path))
+    first = sorted(state)[0]
+    state[first] = state[first] + 1e-6
+    save_file(state, str(path))
+    expected = shipped_manifest("digits")["components"]["judge"]["hash"]
+    with pytest.raises(ValueError, match=r"judge.safetensors does not hold the weights its manifest names"):
+        install("digits", "judge", tmp_path / "out", expected, root=tmp_path)
+
+
+@pytest.mark.slow
+def test_bench_models_rebuilds_every_network_and_names_those_that_differ_from_the_shipped(tmp_path, monkeypatch):
+    entry = world_entry("digits-tiny")
+    built = entry.ensure("digits-tiny", tmp_path / "artifacts", print)
+    shipped_root = tmp_path / "weights"
+    ship(built, "digits-tiny", models.digits.read_manifest(built), root=shipped_root)
+    monkeypatch.setattr(models.shipped, "SHIPPED", shipped_root)
+    entry.prepare("digits-tiny", tmp_path / "artifacts", print)  # the same machine rebuilds the same weights
+    manifest_path = shipped_root / "digits-tiny" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["components"]["flow"]["hash"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"the rebuilt flow \(built \w{12}, shipped 000000000000\) differ"):
+        entry.prepare("digits-tiny", tmp_path / "artifacts", print)
