@@ -462,29 +462,36 @@ def write_direct(results: pd.DataFrame, out: Path) -> Path:
     start_values = (_values(base, PRIMARY_SPLIT, "reward").mean(), _values(base, PRIMARY_SPLIT, "judge_acc").mean())
     flow_labels = sorted(label for label in final["label"].unique() if label.endswith("@flow") and label != base_label)
     finals = {label: _values(_cell(final, label), PRIMARY_SPLIT, "reward").mean() for label in flow_labels}
-    gaining = [value for value in finals.values() if value > start_values[0]]
-    level = min(gaining) if gaining else math.nan
+    gaining = sorted(value for value in finals.values() if value > start_values[0])
+    # two levels: the lowest final reward of the methods that gained (every one of them passes it) and their median
+    # (half of them pass it), where the methods that push the reward furthest show what their gain is made of
+    levels = (gaining[0], float(np.median(gaining))) if gaining else (math.nan, math.nan)
     lines += [
         "",
         "## Over-optimization: the judge at equal reward",
         "",
         f"Each flow method's mean curve of (reward, judge accuracy) over the milestones, from the base model's "
-        f"({start_values[0]:.3f}, {start_values[1]:.3f}), read where it first reaches reward {level:.3f}: the lowest "
-        "final reward among the methods that gained (so every one of them passes it). At equal reward, a lower judge "
-        "is more of the gain bought by hacking the reward rather than drawing the prompted digit better (on `gold`, "
-        "whose ink term rewards bold strokes whatever they draw, that is ink bought with correctness). The final "
-        "columns are at the full budget.",
+        f"({start_values[0]:.3f}, {start_values[1]:.3f}), read where it first reaches a reward level: "
+        f"{levels[0]:.3f}, the lowest final reward among the methods that gained (every one of them passes it), and "
+        f"{levels[1]:.3f}, their median (`—`: not reached). At equal reward, a lower judge is more of the gain bought "
+        "by hacking the reward rather than drawing the prompted digit better (on `gold`, whose ink term rewards bold "
+        "strokes whatever they draw, that is ink bought with correctness). The final columns are at the full "
+        "budget.",
         "",
-        "| method | judge acc at equal reward ↑ | final reward ↑ | final judge acc ↑ | final diversity ↑ "
-        "| final FID ↓ |",
-        "|---|---|---|---|---|---|",
+        f"| method | judge acc at reward {levels[0]:.3f} ↑ | judge acc at reward {levels[1]:.3f} ↑ | final reward ↑ "
+        "| final judge acc ↑ | final diversity ↑ | final FID ↓ |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for label in sorted(flow_labels, key=lambda label: -judge_at_reward(_cell(results, label), start_values, level)):
+
+    def judges(label: str) -> list[float]:
+        return [judge_at_reward(_cell(results, label), start_values, level) for level in levels]
+
+    # best judge at the higher level first (those that never reach it after), then at the lower one
+    for label in sorted(flow_labels, key=lambda label: [-(-1.0 if math.isnan(j) else j) for j in judges(label)[::-1]]):
         cell = _cell(final, label)
-        at_level = judge_at_reward(_cell(results, label), start_values, level)
+        shown = ["—" if math.isnan(j) else f"{j:.3f}" for j in judges(label)]
         values = [_values(cell, PRIMARY_SPLIT, metric) for metric in ("reward", "judge_acc", "diversity", "fid")]
-        shown = "—" if math.isnan(at_level) else f"{at_level:.3f}"
-        lines.append(f"| {label} | {shown} | " + " | ".join(_ci(v.to_numpy()) for v in values) + " |")
+        lines.append(f"| {label} | {' | '.join(shown)} | " + " | ".join(_ci(v.to_numpy()) for v in values) + " |")
     path = out / "direct.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path

@@ -135,16 +135,18 @@ def test_the_direct_study_measures_efficiency_and_the_judge_at_equal_reward(tmp_
     for seed in (0, 1):
         rows += cell("base@flow", seed, 0.0, 0.0, 0.0) + cell("flow_grpo@flow", seed, 1.0, 100.0, 0.1)
         rows += cell("diffusion_nft@flow", seed, 1.0, 50.0, 0.0) + cell("draft@flow", seed, 2.0, 100.0, 0.4)
+        rows += cell("alignprop@flow", seed, 3.0, 100.0, 0.2)
     text = STUDIES["direct"](pd.DataFrame(rows), tmp_path).read_text()
     # equal curves but for the wall clock: the same queries and NFE, half the seconds
     assert "| diffusion_nft@flow | flow_grpo@flow | 1.000 | 1.000 | 0.500 |" in text
     assert "draft/full@flow" not in text  # no cells, no rows
-    # the level is 0, the lowest final reward of the gaining methods: flow_grpo reaches it at its end (judge 0.8),
-    # draft at its first milestone (judge 0.9 - 0.4 / 2); best judge first
-    assert "first reaches reward 0.000" in text
-    table = text[text.index("| method | judge acc at equal reward") :]
-    rows = [
-        table.index(f"| {row} |")
-        for row in ("diffusion_nft@flow | 0.900", "flow_grpo@flow | 0.800", "draft@flow | 0.700")
-    ]
+    # the levels: 0, the lowest final reward of the gaining methods (finals 0, 0, 1, 2), and 0.5, their median.
+    # At 0.5: alignprop at its first milestone (judge 0.8), draft halfway to its second (0.6), the others never.
+    # At 0: alignprop two thirds of the way to its first milestone (0.833), draft at its first (0.7), flow_grpo at its
+    # end (0.8), diffusion_nft at its end (0.9). Best judge at the higher level first, then at the lower one.
+    assert "first reaches a reward level: 0.000, the lowest" in text and "0.500, their median" in text
+    table = text[text.index("| method | judge acc at reward") :]
+    order = ["alignprop@flow | 0.833 | 0.800", "draft@flow | 0.700 | 0.600", "diffusion_nft@flow | 0.900 | —",
+             "flow_grpo@flow | 0.800 | —"]  # fmt: skip
+    rows = [table.index(f"| {row} |") for row in order]
     assert rows == sorted(rows)
