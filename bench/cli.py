@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import importlib.util
 import inspect
 import math
@@ -38,8 +39,10 @@ OUT_HELP = (
 )
 
 
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (attribute docstrings are not kept at runtime)."""
+    """The docstring under each field of a dataclass (attribute docstrings are not kept at runtime), read from its
+    source once per process: a later parser (a forked child that may not read the source files) reuses them."""
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
     docs = {}
     for node, following in zip(body, body[1:]):
