@@ -43,7 +43,7 @@ class Config(Options):
     """Distinct train prompts per iteration."""
     samples_per_prompt: int = option(2, at_least=1)
     """Memoryless chains per prompt."""
-    sample_steps: int | None = option(None, at_least=3)
+    sample_steps: int | None = option(None, at_least=2)
     """Steps of each chain; None: the model's default."""
     reward_scale: float = option(10.0, above=0)
     """lambda: the tilt's strength, p* ~ p_base exp(lambda r)."""

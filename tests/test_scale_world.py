@@ -211,7 +211,9 @@ def test_nightly_gpu_smoke_end_to_end(tmp_path, capsys):
     assert main(["run", "--suite", "nightly-gpu", "--smoke", "--store", str(store)]) == 0
     out = capsys.readouterr().out
     runs = len(NIGHTLY_METHODS) * 2
-    assert f"{runs} runs, {runs - 1} done, 1 n/a, 0 failed" in out  # rocm cannot use jpeg
+    # the methods that need reward gradients cannot use jpeg
+    refused = sum(METHODS[entry.partition("@")[0]].needs_differentiable_reward for entry in NIGHTLY_METHODS)
+    assert refused == 6 and f"{runs} runs, {runs - refused} done, {refused} n/a, 0 failed" in out
     board = (store.parent / "leaderboard.md").read_text()
     for text in (
         "| ddpo | sd15 |",
