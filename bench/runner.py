@@ -203,7 +203,7 @@ class Run:
         self.main = parallel.main
         self.log = log if self.main else (lambda *_: None)
         self.loggers = loggers if self.main else NO_LOGGERS
-        self.checkpoint_dir, self.checkpoint_every_s = checkpoint_dir, checkpoint_every_s
+        self.checkpoint_every_s = checkpoint_every_s
         self.method = METHODS[spec.method]
         self.served = bool(spec.reward_server)
         self.raw_reward = (

@@ -413,7 +413,7 @@ DIRECT_SPEED = (
     ("draft@flow", "ddpo@flow"),
     ("draft@consistency", "rocm@consistency"),
 )
-COMPUTE_AXES = (("reward_queries", "reward queries"), ("nfe", "NFE"), ("wall_s", "wall seconds"))
+COMPUTE_AXES = ("reward_queries", "nfe", "wall_s")
 
 
 def judge_at_reward(cell: pd.DataFrame, start: tuple[float, float], level: float) -> float:
@@ -453,12 +453,12 @@ def write_direct(results: pd.DataFrame, out: Path) -> Path:
         start = "base@" + method.rpartition("@")[2]
         if _cell(results, start).empty:
             continue
-        estimates = [efficiency(results, method, reference, start, reward, axis) for axis, _ in COMPUTE_AXES]
-        if any(estimate is None for estimate in estimates):
+        estimates = [efficiency(results, method, reference, start, reward, axis) for axis in COMPUTE_AXES]
+        found = [estimate for estimate in estimates if estimate is not None]
+        if len(found) < len(estimates):
             continue
-        fractions = [_fraction(*estimate["fraction"]) for estimate in estimates if estimate is not None]
-        target = _ci(estimates[0]["target"]) if estimates[0] is not None else ""
-        lines.append(f"| {method} | {reference} | " + " | ".join(fractions) + f" | {target} |")
+        fractions = " | ".join(_fraction(*estimate["fraction"]) for estimate in found)
+        lines.append(f"| {method} | {reference} | {fractions} | {_ci(found[0]['target'])} |")
     start_values = (_values(base, PRIMARY_SPLIT, "reward").mean(), _values(base, PRIMARY_SPLIT, "judge_acc").mean())
     flow_labels = sorted(label for label in final["label"].unique() if label.endswith("@flow") and label != base_label)
     finals = {label: _values(_cell(final, label), PRIMARY_SPLIT, "reward").mean() for label in flow_labels}
@@ -483,13 +483,14 @@ def write_direct(results: pd.DataFrame, out: Path) -> Path:
         "|---|---|---|---|---|---|---|",
     ]
 
-    def judges(label: str) -> list[float]:
-        return [judge_at_reward(_cell(results, label), start_values, level) for level in levels]
-
+    judges = {
+        label: [judge_at_reward(_cell(results, label), start_values, level) for level in levels]
+        for label in flow_labels
+    }
     # best judge at the higher level first (those that never reach it after), then at the lower one
-    for label in sorted(flow_labels, key=lambda label: [-(-1.0 if math.isnan(j) else j) for j in judges(label)[::-1]]):
+    for label in sorted(flow_labels, key=lambda label: [-(-1.0 if math.isnan(j) else j) for j in judges[label][::-1]]):
         cell = _cell(final, label)
-        shown = ["—" if math.isnan(j) else f"{j:.3f}" for j in judges(label)]
+        shown = ["—" if math.isnan(j) else f"{j:.3f}" for j in judges[label]]
         values = [_values(cell, PRIMARY_SPLIT, metric) for metric in ("reward", "judge_acc", "diversity", "fid")]
         lines.append(f"| {label} | {' | '.join(shown)} | " + " | ".join(_ci(v.to_numpy()) for v in values) + " |")
     path = out / "direct.md"

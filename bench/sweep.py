@@ -117,16 +117,18 @@ def plan(cells: list[RunSpec], store_path: Path, workers: int) -> str:
     seconds = (pd.to_datetime(done["finished"]) - pd.to_datetime(done["started"])).dt.total_seconds()
     by_cell = seconds.groupby([done["method"], done["variant"], done["model"], done["reward"]]).median()
     by_model = seconds.groupby([done["method"], done["model"]]).median()
-    todo = [s for s in cells if status.get(s.run_id(hashes[(s.model, s.source)])) not in ("done", "n/a")]
-    estimates = [by_cell.get((s.method, s.variant, s.model, s.reward), by_model.get((s.method, s.model))) for s in todo]
+    to_compute = [s for s in cells if status.get(s.run_id(hashes[(s.model, s.source)])) not in ("done", "n/a")]
+    estimates = [
+        by_cell.get((s.method, s.variant, s.model, s.reward), by_model.get((s.method, s.model))) for s in to_compute
+    ]
     known = [e for e in estimates if e is not None and not math.isnan(e)]
-    line = f"{len(cells)} runs: {len(cells) - len(todo)} reused from the store, {len(todo)} to compute"
-    if not todo:
+    line = f"{len(cells)} runs: {len(cells) - len(to_compute)} reused from the store, {len(to_compute)} to compute"
+    if not to_compute:
         return line
     if not known:
         return line + " (no time estimate: the store has no finished runs of these methods)"
-    minutes = sum(known) * len(todo) / len(known) / max(workers, 1) / 60
-    unknown = f"; {len(todo) - len(known)} of them by the others' mean" if len(known) < len(todo) else ""
+    minutes = sum(known) * len(to_compute) / len(known) / max(workers, 1) / 60
+    unknown = f"; {len(to_compute) - len(known)} of them by the others' mean" if len(known) < len(to_compute) else ""
     return (
         line + f" (about {minutes:.0f} min with {max(workers, 1)} worker(s), from the store's finished runs{unknown})"
     )

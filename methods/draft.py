@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Options, option
-from methods.toolkit.reward_gradients import reward_backprop, truncated_backprop_usage
+from methods.toolkit.reward_gradients import ascend_reward, reward_backprop, truncated_backprop_usage
 from methods.trainer import Trainer, chain_work, make_optimizer
 
 
@@ -105,7 +105,4 @@ class DRaFT(Trainer):
             grad=True,
             checkpoint=cfg.gradient_checkpointing,
         )
-        rewards = self.reward(denoised.images, copies)
-        loss = -rewards.mean()
-        self.descend(loss, cfg.max_grad_norm)
-        return {"reward": rewards.mean().item(), "loss": loss.item()}
+        return ascend_reward(self, denoised.images, copies)

@@ -297,8 +297,9 @@ class ChainPolicy(ABC):
         first_graph = taken - (taken if grad_steps is None else grad_steps)
         latents, means, stds, log_probs, predictions = [x], [], [], [], []
         for step in range(taken):
-            with torch.set_grad_enabled(grad and step >= first_graph):
-                if grad and checkpoint and step >= first_graph:
+            graphed = grad and step >= first_graph
+            with torch.set_grad_enabled(graphed):
+                if graphed and checkpoint:
                     # the whole step is recomputed in the backward pass (no early stop once its saved tensors are
                     # back), so every family's recomputation is one more network evaluation, which the meter counts
                     with torch.utils.checkpoint.set_checkpoint_early_stop(False):

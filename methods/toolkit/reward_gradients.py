@@ -24,7 +24,13 @@ def reward_backprop(trainer, prompts: list[str], steps: int, grad_steps: int, et
     trajectory = trainer.policy.sample(
         prompts, steps, trainer.generator, eta=eta, grad=True, grad_steps=grad_steps, checkpoint=checkpoint
     )
-    rewards = trainer.reward(trajectory.images, prompts)
+    return ascend_reward(trainer, trajectory.images, prompts)
+
+
+def ascend_reward(trainer, images, prompts: list[str]) -> dict:
+    """One optimizer step of -mean r(images) through whatever graph the images carry (the trainer's config gives
+    max_grad_norm). Returns the reward and the loss."""
+    rewards = trainer.reward(images, prompts)
     loss = -rewards.mean()
     trainer.descend(loss, trainer.config.max_grad_norm)
     return {"reward": rewards.mean().item(), "loss": loss.item()}
