@@ -31,7 +31,7 @@ from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label
 from bench.leaderboard import TRAINING_REWARD, safe_name
 from methods import METHODS
 from models.io import atomic_write_bytes
-from worlds import MODEL_FAMILIES
+from worlds import WORLDS
 
 COMPUTE_UNITS = {"nfe": "NFE", "reward_queries": "reward queries", "wall_s": "wall seconds"}
 PARETO_METRICS = ("diversity", "fid")
@@ -39,6 +39,8 @@ SERIES_KEYS = [*ENTRY_KEYS, "budget_unit"]
 _PANEL_INCHES = (4.2, 3.2)
 # tab20's strong colours first, then its light ones: the first ten methods get the most distinct colours
 _COLORS = [colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+# every model's place among its world's generators: a suite runs in one world, so only those share a figure
+_WORLD_MODELS = {model: list(entry.models) for entry in WORLDS.values() for model in entry.models}
 # no "*": the over-optimization figure marks each series' full budget with a star
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "8", "d", "H")
 _LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2, 1, 2)))
@@ -46,17 +48,17 @@ _LINE_STYLES = ("-", "--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, 
 
 def series_style(method: str, model: str, variants: list[str]) -> dict[str, object]:
     """The look of a method's series on a model, the same in every figure: the method's colour and marker (by its
-    place in the methods registry), the model's line style (by its place among the worlds' generators). A variant
+    place in the methods registry), the model's line style (by its place among its world's generators). A variant
     (`method/variant`) keeps its method's colour and moves its marker on by its place in `variants` (every variant
     name the figures show, sorted), so the variants of one method stay apart."""
     name, _, variant = method.partition("/")
     index = list(METHODS).index(name) if name in METHODS else len(METHODS)
     marker = index + (variants.index(variant) + 1 if variant else 0)
-    models = list(MODEL_FAMILIES)
+    models = _WORLD_MODELS.get(model, [model])
     return {
         "color": _COLORS[index % len(_COLORS)],
         "marker": _MARKERS[marker % len(_MARKERS)],
-        "linestyle": _LINE_STYLES[models.index(model) % len(_LINE_STYLES)] if model in models else "-",
+        "linestyle": _LINE_STYLES[models.index(model) % len(_LINE_STYLES)],
     }
 
 

@@ -11,6 +11,8 @@ discretization  the reward gain kept when a method is evaluated with other sampl
 preference_budget  learning from feedback by the number of preference pairs.
 direct          the direct-gradient and likelihood-free families' claims: DiffusionNFT's and DRaFT-1's efficiency, and
                 the judge at equal reward (over-optimization).
+families        GenEval's table in miniature (the compositional world): the judge's score per prompt family, the
+                reward reader's excess over it (hacking), and base -> best with whether the intervals separate.
 grpo            the GRPO family's claims: MixGRPO's and MixGRPO-Flash's speed (the efficiency measure over wall
                 seconds and NFE), Flow-GRPO's denoising reduction, and whether its KL or GRPO-Guard holds the judge
                 while the proxy rises.
@@ -32,6 +34,7 @@ from bench.leaderboard import interval
 from bench.stats import bootstrap_ci, stratified_bootstrap_ci
 from models.digits import GENERATORS
 from models.io import atomic_write_bytes
+from models.scene_rules import FAMILIES
 
 PRIMARY_SPLIT = "eval_unseen"
 TRAIN_SPLIT = "eval_seen"
@@ -498,6 +501,62 @@ def write_direct(results: pd.DataFrame, out: Path) -> Path:
     return path
 
 
+def write_families(results: pd.DataFrame, out: Path) -> Path:
+    """GenEval's table in miniature (the compositional world): per reward and model, every cell at the largest budget
+    with the judge's score per prompt family on held-out combinations, the overall score, the rewards' reader's
+    overall score and its excess over the judge's (reward hacking); then base -> best on the overall score and on
+    text rendering, and whether the best method's interval separates from the runner-up's."""
+    final = _final(results)
+    family_columns = [f"judge_{family}" for family in FAMILIES]
+    lines = [
+        "# Prompt families: GenEval and OCR in miniature",
+        "",
+        f"Budget {final['budget_unit'].iloc[0]} {final['budget'].iloc[0]:g}, on `{PRIMARY_SPLIT}` prompts "
+        "(combinations no train prompt has); mean [95% bootstrap CI] over seeds. Each family's score is the "
+        "fraction of its images whose judge reading satisfies the prompt; `overall` is their mean (GenEval's score, "
+        "text rendering as a seventh task). `reader` is the same overall score as the rewards' reader reads the "
+        "images, and `reader - judge` its excess (per seed): a method that raises it satisfies the reward's reader, "
+        "not the prompt.",
+    ]
+    for key, cells in final.groupby(["reward", "model"]):
+        reward, model = cast(tuple, key)
+        lines += [
+            "",
+            f"## Reward: {reward}, model: {model}",
+            "",
+            "| method | seeds | overall ↑ | " + " | ".join(FAMILIES) + " | reader ↑ | reader - judge ↓ |",
+            "|---|---|---|" + "---|" * len(FAMILIES) + "---|---|",
+        ]
+        overall = {str(label): _values(cell, PRIMARY_SPLIT, "judge_score") for label, cell in cells.groupby("label")}
+        base = next((label for label in overall if label.startswith("base@")), None)
+        trained = sorted((label for label in overall if label != base), key=lambda k: -overall[k].mean())
+        for label in [base, *trained] if base else trained:
+            cell = _cell(cells, label)
+            reader = _values(cell, PRIMARY_SPLIT, "reader_score")
+            values = [_ci(_values(cell, PRIMARY_SPLIT, m).to_numpy()) for m in family_columns]
+            lines.append(
+                f"| {label} | {cell['seed'].nunique()} | {_ci(overall[label].to_numpy())} | "
+                + " | ".join(values)
+                + f" | {_ci(reader.to_numpy())} | {_ci((reader - overall[label]).to_numpy())} |"
+            )
+        if base is None or not trained:
+            continue
+        lines.append("")
+        for metric, name in (("judge_score", "overall"), ("judge_ocr", "ocr")):
+            per_method = {label: _values(_cell(cells, label), PRIMARY_SPLIT, metric) for label in overall}
+            best, *rest = sorted(trained, key=lambda k: -per_method[k].mean())
+            text = f"- {name}: {base} {_ci(per_method[base].to_numpy())} -> {best} {_ci(per_method[best].to_numpy())}"
+            if rest:
+                separated = bootstrap_ci(per_method[best].tolist())[1] > bootstrap_ci(per_method[rest[0]].tolist())[2]
+                text += f"; the runner-up, {rest[0]}, {_ci(per_method[rest[0]].to_numpy())}: the intervals " + (
+                    "separate" if separated else "overlap"
+                )
+            lines.append(text)
+    path = out / "families.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
 STUDIES = {
     "efficiency": write_efficiency,
     "regularization": functools.partial(
@@ -516,6 +575,7 @@ STUDIES = {
     "preference_budget": write_preference_budget,
     "grpo": write_grpo,
     "direct": write_direct,
+    "families": write_families,
 }
 
 

@@ -144,6 +144,31 @@ def smoke() -> Suite:
     )
 
 
+# The default suite's entries on the compositional world, which has a diffusion and a flow model (no consistency model).
+SCENES_METHODS = tuple(
+    f"{entry.partition('@')[0]}@scene-{entry.partition('@')[2] or 'diffusion'}"
+    for entry in DEFAULT_METHODS
+    if not entry.endswith("@consistency")
+)
+
+
+def scenes(smoke: bool = False) -> Suite:
+    """The default suite's methods on the compositional world (GenEval and OCR in miniature): both rewards, 3 seeds,
+    300k NFE. `smoke`: its tiny twin, at the smoke suite's size."""
+    suite = Suite("scenes", methods=SCENES_METHODS, rewards=("geneval", "ocr"), world="scenes", studies=("families",))
+    if smoke:
+        sized = SUITES["smoke"]()
+        return dataclasses.replace(
+            sized,
+            name="scenes",
+            methods=suite.methods,
+            rewards=suite.rewards,
+            world="scenes-tiny",
+            studies=suite.studies,
+        )
+    return suite
+
+
 def rocm_efficiency() -> Suite:
     """ROCM against DDPO on the consistency model (and DDPO on the diffusion model) on `digit`, evaluated
     at ten milestones, for the reward queries each needs to reach a reward (bench/studies.py)."""
@@ -436,6 +461,7 @@ SUITES = {
     "feedback": feedback,
     "grpo-family": grpo_family,
     "direct-vs-pg": direct_vs_pg,
+    "scenes": scenes,
     "nightly-gpu": nightly_gpu,
 }
 

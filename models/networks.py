@@ -78,24 +78,29 @@ class MLPClassifier(nn.Module):
         return self.net(images * 2 - 1)
 
 
+def cnn_trunk(image_shape: tuple[int, int, int], features: int) -> nn.Sequential:
+    """The judges' small CNN: (N, *image_shape) in model space -> (N, features)."""
+    channels, height, width = image_shape
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(32, 64, 3, padding=1, stride=2),
+        nn.GELU(),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.GELU(),
+        nn.Flatten(),
+        nn.Linear(64 * math.ceil(height / 2) * math.ceil(width / 2), features),
+        nn.GELU(),
+    )
+
+
 class CNNClassifier(nn.Module):
     """The judge: a small CNN whose penultimate layer is the feature space for FID and diversity."""
 
     def __init__(self, image_shape: tuple[int, int, int], features: int = 64, classes: int = 10):
         super().__init__()
-        channels, height, width = image_shape
         self.num_features = features
-        self.trunk = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(32, 64, 3, padding=1, stride=2),
-            nn.GELU(),
-            nn.Conv2d(64, 64, 3, padding=1),
-            nn.GELU(),
-            nn.Flatten(),
-            nn.Linear(64 * math.ceil(height / 2) * math.ceil(width / 2), features),
-            nn.GELU(),
-        )
+        self.trunk = cnn_trunk(image_shape, features)
         self.head = nn.Linear(features, classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -105,13 +110,136 @@ class CNNClassifier(nn.Module):
         return self.head(self.features(images))
 
 
-class FeatureExtractor(nn.Module):
-    """Adapts the judge's trunk to torchmetrics' `feature=` protocol (images in [0, 1])."""
+def slots_of(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, S, C, patch, patch): the image's patch x patch slots in reading order."""
+    b, c, h, w = images.shape
+    grid = images.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
+    return grid.reshape(b, (h // patch) * (w // patch), c, patch, patch)
 
-    def __init__(self, judge: CNNClassifier):
+
+def image_of(slots: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of `slots_of`: (B, S, C, patch, patch) -> (B, C, height, width)."""
+    b, _, c, patch, _ = slots.shape
+    grid = slots.reshape(b, height // patch, width // patch, c, patch, patch).permute(0, 3, 1, 4, 2, 5)
+    return grid.reshape(b, c, height, width)
+
+
+class SlotBlock(nn.Module):
+    """A transformer block over the slots, modulated by the timestep (DiT's adaLN-Zero): self-attention among the
+    slots, cross-attention from the slots to the prompt's tokens, an MLP."""
+
+    def __init__(self, width: int, heads: int):
         super().__init__()
-        self.judge = judge
-        self.num_features = judge.num_features
+        self.heads = heads
+        self.norm_self = nn.LayerNorm(width, elementwise_affine=False)
+        self.norm_cross = nn.LayerNorm(width)
+        self.norm_mlp = nn.LayerNorm(width, elementwise_affine=False)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.self_out = nn.Linear(width, width)
+        self.cross_q = nn.Linear(width, width)
+        self.cross_out = nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(approximate="tanh"), nn.Linear(4 * width, width))
+        self.modulation = nn.Linear(width, 6 * width)
+        # adaLN-Zero: every block starts as the identity
+        for layer in (self.modulation, self.cross_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.judge.features(images)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, w = x.shape
+        return x.view(b, n, self.heads, w // self.heads).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, n, _ = x.shape
+        return x.transpose(1, 2).reshape(b, n, -1)
+
+    def forward(
+        self, h: torch.Tensor, cond: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)[:, None].chunk(6, dim=2)
+        q, k, v = self.qkv(self.norm_self(h) * (1 + scale1) + shift1).chunk(3, dim=2)
+        attended = nn.functional.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        h = h + gate1 * self.self_out(self._merge(attended))
+        attended = nn.functional.scaled_dot_product_attention(
+            self._heads(self.cross_q(self.norm_cross(h))), keys, values, attn_mask=mask
+        )
+        h = h + self.cross_out(self._merge(attended))
+        return h + gate2 * self.mlp(self.norm_mlp(h) * (1 + scale2) + shift2)
+
+
+class SlotTransformer(nn.Module):
+    """eps_theta(x_t, t, tokens) (or the velocity): (B, C, H, W), (B,), (B, L, text_dim) -> (B, C, H, W).
+
+    The compositional world's generator: a small DiT whose patches are the scene's slots, so a token is one slot.
+    The slots attend to each other (a count or a relation spans slots) and to the prompt's token embeddings, which
+    are projected to keys and values once and shared by every block (padding tokens, all zeros, are masked)."""
+
+    def __init__(self, image_shape, text_dim: int, patch: int, width: int = 192, depth: int = 4, heads: int = 4):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        channels, height, image_width = self.image_shape
+        self.patch, self.heads = patch, heads
+        slots = (height // patch) * (image_width // patch)
+        self.inp = nn.Linear(channels * patch * patch, width)
+        self.position = nn.Parameter(torch.randn(slots, width) * 0.02)
+        self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.text = nn.Linear(text_dim, 2 * width)
+        self.blocks = nn.ModuleList(SlotBlock(width, heads) for _ in range(depth))
+        self.norm_out = nn.LayerNorm(width, elementwise_affine=False)
+        self.out = nn.Linear(width, channels * patch * patch)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        slots = slots_of(x, self.patch)
+        b, s = slots.shape[:2]
+        h = self.inp(slots.flatten(2)) + self.position
+        cond = self.time(timestep_embedding(t, h.shape[-1]))
+        keys, values = self.text(text).chunk(2, dim=2)
+        heads = self.heads
+        keys = keys.view(b, -1, heads, keys.shape[-1] // heads).transpose(1, 2)
+        values = values.view(b, -1, heads, values.shape[-1] // heads).transpose(1, 2)
+        mask = (text != 0).any(dim=2)[:, None, None, :]
+        for block in self.blocks:
+            h = block(h, cond, keys, values, mask)
+        out = self.out(self.norm_out(h))
+        return image_of(out.view(b, s, *slots.shape[2:]), *self.image_shape[1:])
+
+
+class SlotReader(nn.Module):
+    """A scene reader: each slot's digit (10: empty) and colour logits from its pixels, one network shared by the
+    slots. `trunk` maps a slot (N, C, patch, patch) in model space to features (N, num_features)."""
+
+    def __init__(self, trunk: nn.Module, num_features: int, patch: int, classes: int = 11, colours: int = 3):
+        super().__init__()
+        self.trunk, self.patch, self.num_features = trunk, patch, num_features
+        self.digit = nn.Linear(num_features, classes)
+        self.colour = nn.Linear(num_features, colours)
+
+    def slot_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> (B, S, num_features)."""
+        slots = slots_of(images * 2 - 1, self.patch)
+        return self.trunk(slots.flatten(0, 1)).view(*slots.shape[:2], -1)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The whole scene's features, its slots' in reading order: (B, S * num_features)."""
+        return self.slot_features(images).flatten(1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Digit logits (B, S, classes) and colour logits (B, S, colours)."""
+        features = self.slot_features(images)
+        return self.digit(features), self.colour(features)
+
+
+def mlp_slot_reader(channels: int, patch: int, hidden: int = 256) -> SlotReader:
+    """The reward's reader: an MLP per slot."""
+    trunk = nn.Sequential(
+        nn.Flatten(), nn.Linear(channels * patch * patch, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU()
+    )
+    return SlotReader(trunk, hidden, patch)
+
+
+def cnn_slot_reader(channels: int, patch: int, features: int = 64) -> SlotReader:
+    """The judge's reader: a small CNN per slot (another architecture than the reward's, so it does not share its
+    blind spots); its features are the space of FID and diversity."""
+    return SlotReader(cnn_trunk((channels, patch, patch), features), features, patch)

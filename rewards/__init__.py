@@ -1,6 +1,7 @@
 """Reward models, by name: plain classes with a `from_world` constructor and a class-level
 `differentiable`, so a config can be checked against a method before any weights load. A world offers a subset
-(worlds/: `WorldEntry.rewards`): the digits worlds the first three, the scale worlds the published models."""
+(worlds/: `WorldEntry.rewards`): the digits worlds digit, compress and gold, the scenes worlds geneval, ocr and
+compress, the scale worlds the published models."""
 
 from rewards.aesthetic import AestheticReward
 from rewards.base import Reward
@@ -12,11 +13,14 @@ from rewards.hpsv2 import HPSv2Reward
 from rewards.imagereward import ImageRewardReward
 from rewards.jpeg import JpegCompressibilityReward
 from rewards.pickscore import PickScoreReward
+from rewards.scene import GenevalReward, OcrReward
 
 REWARDS: dict[str, type[Reward]] = {
     "digit": DigitReward,
     "compress": CompressReward,
     "gold": GoldReward,
+    "geneval": GenevalReward,
+    "ocr": OcrReward,
     "aesthetic": AestheticReward,
     "pickscore": PickScoreReward,
     "clip_score": ClipScoreReward,

@@ -60,7 +60,7 @@ def test_gaussian_log_prob_is_the_closed_form_density():
 
 
 def test_trajectory_log_probs_are_the_density_of_the_steps_taken(tiny_world):
-    policy = tiny_world.make_policy()
+    policy = tiny_world.make_policy("diffusion")
     traj = policy.sample(["a handwritten seven", "the digit 3"], 5, torch.Generator().manual_seed(0), eta=1.0)
     assert traj.latents.shape == (2, 6, 1, 8, 8) and traj.log_probs.shape == (2, 5)
     assert traj.images.min() >= 0 and traj.images.max() <= 1
@@ -73,7 +73,7 @@ def test_trajectory_log_probs_are_the_density_of_the_steps_taken(tiny_world):
 
 
 def test_deterministic_sampler_has_no_log_probs_and_grad_mode_reaches_parameters(tiny_world):
-    policy = tiny_world.make_policy()
+    policy = tiny_world.make_policy("diffusion")
     traj = policy.sample(["a handwritten two"], 3, torch.Generator().manual_seed(0), grad=True)
     assert traj.log_probs is None and float(traj.stds.abs().sum()) == 0
     traj.images.sum().backward()

@@ -29,7 +29,7 @@ def test_budget_parse_rejects_with_the_valid_units(text):
 
 def test_forward_counts_batch_backward_counts_twice_reference_copies_count(tiny_world):
     meter = Meter()
-    policy = MeteredPolicy(tiny_world.make_policy(), meter)
+    policy = MeteredPolicy(tiny_world.make_policy("diffusion"), meter)
     with torch.no_grad():
         policy.sample(["a handwritten one"] * 3, 4, torch.Generator().manual_seed(0))
     assert meter.usage.nfe == 12 and meter.usage.samples == 3

@@ -19,7 +19,7 @@ def test_a_fresh_checkout_installs_the_shipped_networks_and_trains_none(tmp_path
     def no_build(*args, **kwargs):
         raise AssertionError("a shipped network was trained again")
 
-    monkeypatch.setattr("worlds.digits.build_world", no_build)
+    monkeypatch.setattr("models.build.build_components", no_build)
     said = []
     directory = world_entry("digits").ensure("digits", tmp_path, said.append)
     shipped = shipped_manifest("digits")
@@ -50,7 +50,7 @@ def test_bench_models_rebuilds_every_network_and_names_those_that_differ_from_th
     entry = world_entry("digits-tiny")
     built = entry.ensure("digits-tiny", tmp_path / "artifacts", print)
     shipped_root = tmp_path / "weights"
-    ship(built, "digits-tiny", models.digits.read_manifest(built), root=shipped_root)
+    ship(built, "digits-tiny", models.digits.RECIPE.read_manifest(built), root=shipped_root)
     monkeypatch.setattr(models.shipped, "SHIPPED", shipped_root)
     entry.prepare("digits-tiny", tmp_path / "artifacts", print)  # the same machine rebuilds the same weights
     manifest_path = shipped_root / "digits-tiny" / "manifest.json"

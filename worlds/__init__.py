@@ -2,6 +2,8 @@
 
 A world offers generators (by model name, each of a family), rewards, prompts and its evaluation (worlds/base.py):
   digits, digits-tiny  the embedded world of 8x8 digits (worlds/digits.py, its networks built by models/digits.py);
+  scenes, scenes-tiny  the embedded compositional world: scenes of coloured digits, prompts in GenEval's families
+                       and text rendering (worlds/scenes.py, its networks built by models/scenes.py);
   scale, scale-tiny    Stable Diffusion 1.5, LCM, SD3, SD3.5 and FLUX through diffusers with the published reward
                        models, and their tiny CPU-sized twin (worlds/scale.py).
 Model names are unique across worlds, so an entry `method@model` names its world's kind too.
@@ -12,15 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.digits import WorldConfig, tiny_world_config
+from models.scenes import ScenesConfig, tiny_scenes_config
 from worlds.base import World, WorldEntry
 from worlds.digits import DigitsEntry
 from worlds.scale import SCALE, SCALE_TINY, ScaleEntry
+from worlds.scenes import ScenesEntry
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 WORLDS: dict[str, WorldEntry] = {
     "digits": DigitsEntry(WorldConfig()),
     # The same world with barely trained networks: for tests and smoke runs, never for results.
     "digits-tiny": DigitsEntry(tiny_world_config()),
+    "scenes": ScenesEntry(ScenesConfig()),
+    "scenes-tiny": ScenesEntry(tiny_scenes_config()),
     "scale": ScaleEntry(SCALE),
     "scale-tiny": ScaleEntry(SCALE_TINY),
 }

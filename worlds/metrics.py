@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 
 def mean_pairwise_distance(features: torch.Tensor, groups: int) -> float:
@@ -11,3 +15,25 @@ def mean_pairwise_distance(features: torch.Tensor, groups: int) -> float:
     k = grouped.shape[1]
     distances = torch.cdist(grouped, grouped)
     return float((distances.sum(dim=(1, 2)) / (k * (k - 1))).mean())
+
+
+class _Features(nn.Module):
+    """Adapts a judge's feature map to torchmetrics' `feature=` protocol (images in [0, 1])."""
+
+    def __init__(self, features: Callable[[torch.Tensor], torch.Tensor], num_features: int):
+        super().__init__()
+        self.features, self.num_features = features, num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+
+def frechet_distance(
+    features: Callable[[torch.Tensor], torch.Tensor], num_features: int, fake: torch.Tensor, real: torch.Tensor
+) -> float:
+    """FID between two image sets (N, C, H, W) in [0, 1] in a judge's feature space (torchmetrics' computation)."""
+    # sync_on_compute=False: in a data-parallel run only the main process evaluates; it must not wait for the others
+    fid = FrechetInceptionDistance(feature=_Features(features, num_features), normalize=True, sync_on_compute=False)
+    fid.update(real, real=True)
+    fid.update(fake, real=False)
+    return float(fid.compute())

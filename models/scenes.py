@@ -1,0 +1,336 @@
+"""The embedded compositional world `scenes`: data, prompts, and the deterministic build of its networks.
+
+A scene is a 16x16 RGB canvas of four 8x8 slots (a 2x2 grid, read row-major); a slot is empty or holds one real
+handwritten digit (scikit-learn's 8x8 digits, the digits world's splits) drawn in red, green or blue. Prompts are
+GenEval's six families plus text rendering (models/scene_rules.py), one a line in prompts/scenes/*.txt:
+  train        738 prompts; the generators learn from scenes composed for them on the fly;
+  eval_seen    8 train prompts of each family;
+  eval_unseen  8 prompts of each family whose combination no train prompt has (two digits, a digit and a count or
+               colour, a relation between two digits, two coloured digits, a number), and the single digits
+               written as words ("a seven"), which no train prompt does.
+Networks, each trained here from its own seed and versioned by the SHA-256 of its weights (models/build.py):
+  denoiser: the epsilon-prediction base generator (SlotTransformer: a small DiT whose tokens are the slots,
+            reading the prompt's MiniLM token embeddings), sampled with DDIM;
+  flow:     the same network trained by flow matching, as SD3 is;
+  reader:   the reward's scene reader (an MLP per slot: digit or empty, and colour), on the train split;
+  judge:    the evaluation's scene reader (a CNN per slot), on the judge split, which the reader never sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models import build
+from models.build import Component, cosine_lr
+from models.digits import load_splits
+from models.flow import FlowPolicy
+from models.networks import SlotReader, SlotTransformer, cnn_slot_reader, mlp_slot_reader
+from models.policy import ChainPolicy, DiffusionPolicy
+from models.progress import progress
+from models.scene_rules import (
+    COLOURS,
+    COUNT_WORDS,
+    DIGIT_WORDS,
+    EMPTY,
+    RELATION_PAIRS,
+    RELATIONS,
+    SLOTS,
+    Request,
+    parse,
+)
+from models.text import TEXT_DIM, TokenEncoder
+
+WORLD = "scenes"
+PATCH = 8
+IMAGE_SHAPE = (len(COLOURS), 2 * PATCH, 2 * PATCH)
+PROMPT_DIR = Path(__file__).resolve().parents[1] / "prompts" / WORLD
+PROMPT_SETS = ("train", "eval_seen", "eval_unseen")
+EVAL_PER_FAMILY = 8
+
+Scene = list[tuple[int, int]]
+"""(digit or EMPTY, colour index) per slot, in reading order."""
+
+
+def prompt_sets() -> dict[str, list[str]]:
+    """The world's three prompt sets, drawn once from a fixed seed (prompts/scenes/*.txt hold them): every family's
+    combinations, a fifth of each (at least EVAL_PER_FAMILY) held out for eval_unseen, EVAL_PER_FAMILY of each
+    family evaluated."""
+    rng = random.Random(0)
+    pairs = list(itertools.combinations(range(10), 2))
+    families = {
+        "two": [f"a {a} and a {b}" for a, b in (rng.sample(pair, 2) for pair in pairs)],
+        "counting": [f"{word} {d}s" for d in range(10) for word in COUNT_WORDS],
+        "colour": [f"a {c} {d}" for d in range(10) for c in COLOURS],
+        "position": [f"a {a} {r} a {b}" for a, b in itertools.permutations(range(10), 2) for r in RELATIONS],
+        "binding": [
+            f"a {ca} {a} and a {cb} {b}"
+            for a, b in (rng.sample(pair, 2) for pair in pairs)
+            for ca, cb in itertools.permutations(COLOURS, 2)
+        ],
+        "ocr": [
+            f"the number {n}"
+            for low, high in ((10, 100), (100, 1000), (1000, 10000))
+            for n in sorted(rng.sample(range(low, high), 60))
+        ],
+    }
+    train, seen, unseen = [f"a {d}" for d in range(10)], [], []
+    seen += rng.sample(train, EVAL_PER_FAMILY)
+    unseen += rng.sample([f"{'an' if word == 'eight' else 'a'} {word}" for word in DIGIT_WORDS], EVAL_PER_FAMILY)
+    for prompts in families.values():
+        held = set(rng.sample(prompts, max(len(prompts) // 5, EVAL_PER_FAMILY)))
+        kept = [p for p in prompts if p not in held]
+        train += kept
+        seen += rng.sample(kept, EVAL_PER_FAMILY)
+        unseen += rng.sample(sorted(held), EVAL_PER_FAMILY)
+    return {"train": train, "eval_seen": seen, "eval_unseen": unseen}
+
+
+def load_prompts(name: str) -> list[str]:
+    if name not in PROMPT_SETS:
+        raise ValueError(f"unknown prompt set {name!r}; valid: {', '.join(PROMPT_SETS)}")
+    prompts = [line.strip() for line in (PROMPT_DIR / f"{name}.txt").read_text().splitlines() if line.strip()]
+    for prompt in prompts:
+        parse(prompt)
+    return prompts
+
+
+def _choice(n: int, generator: torch.Generator) -> int:
+    return int(torch.randint(0, n, (1,), generator=generator))
+
+
+def _slots(k: int, generator: torch.Generator) -> list[int]:
+    return torch.randperm(SLOTS, generator=generator)[:k].tolist()
+
+
+def scene_for(request: Request, generator: torch.Generator) -> Scene:
+    """A random scene that satisfies `request` and holds nothing else: the named digits in random valid slots, in
+    their colours or random ones; the other slots empty."""
+    scene = [(EMPTY, 0)] * SLOTS
+
+    def put(slot: int, obj: tuple[int, int | None]) -> None:
+        scene[slot] = (obj[0], _choice(len(COLOURS), generator) if obj[1] is None else obj[1])
+
+    if request.family == "position":
+        first, second = RELATION_PAIRS[request.relation][_choice(2, generator)]
+        put(first, request.objects[0])
+        put(second, request.objects[1])
+    elif request.family == "ocr":
+        filled = sorted(_slots(len(request.text), generator))
+        for slot, obj in zip(filled, request.objects):
+            put(slot, obj)
+    elif request.family == "counting":
+        for slot in _slots(request.count, generator):
+            put(slot, request.objects[0])
+    else:
+        for slot, obj in zip(_slots(len(request.objects), generator), request.objects):
+            put(slot, obj)
+    return scene
+
+
+def render(scenes: list[Scene], images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Scenes drawn with random handwritten digits of the split (images (N, 1, 8, 8), labels (N,)): (B, 3, 16, 16)."""
+    by_digit = [torch.nonzero(labels == d).squeeze(1) for d in range(10)]
+    canvas = torch.zeros(len(scenes), *IMAGE_SHAPE)
+    for b, scene in enumerate(scenes):
+        for slot, (digit, colour) in enumerate(scene):
+            if digit == EMPTY:
+                continue
+            pick = by_digit[digit][_choice(len(by_digit[digit]), generator)]
+            row, col = divmod(slot, 2)
+            canvas[b, colour, row * PATCH : (row + 1) * PATCH, col * PATCH : (col + 1) * PATCH] = images[pick, 0]
+    return canvas
+
+
+def compose(prompts: list[str], images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One real scene for each prompt, drawn from the split: (B, 3, 16, 16) in [0, 1]."""
+    return render([scene_for(parse(p), generator) for p in prompts], images, labels, generator)
+
+
+@dataclass(frozen=True)
+class ScenesConfig:
+    """How the world's networks are trained. Changing any field changes the weights' hashes."""
+
+    seed: int = 0
+    """Seed of every random draw of the build."""
+    generator_width: int = 192
+    """Token width of the slot transformer."""
+    generator_depth: int = 4
+    """Number of its blocks."""
+    generator_steps: int = 3500
+    """Optimizer steps of each base generator's own loss."""
+    generator_batch: int = 192
+    """Scenes per generator step."""
+    generator_lr: float = 5e-4
+    """Peak AdamW learning rate (cosine decay to 0)."""
+    ema_decay: float = 0.999
+    """The saved base model is the exponential moving average of the weights."""
+    reader_steps: int = 3000
+    """Optimizer steps of each scene reader."""
+    reader_noise: float = 0.1
+    """Std of the pixel noise added while training the readers, so they stay sane off the data manifold."""
+
+
+def tiny_scenes_config() -> ScenesConfig:
+    """A world that builds in seconds, for tests: the same code paths, untrained-quality models."""
+    return ScenesConfig(generator_width=32, generator_depth=1, generator_steps=40, generator_batch=32, reader_steps=60)
+
+
+@functools.cache
+def _train_prompts_by_family() -> list[list[str]]:
+    by_family: dict[str, list[str]] = {}
+    for prompt in load_prompts("train"):
+        by_family.setdefault(parse(prompt).family, []).append(prompt)
+    return list(by_family.values())
+
+
+def training_batch(
+    images: torch.Tensor, labels: torch.Tensor, size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, list[str]]:
+    """`size` train prompts (a family drawn uniformly, then one of its prompts) with a real scene composed for each
+    from the split: ((size, 3, 16, 16), prompts)."""
+    families = _train_prompts_by_family()
+    prompts = []
+    for _ in range(size):
+        family = families[_choice(len(families), generator)]
+        prompts.append(family[_choice(len(family), generator)])
+    return compose(prompts, images, labels, generator), prompts
+
+
+def reader_batch(
+    images: torch.Tensor, labels: torch.Tensor, size: int, noise: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`size` single slots for a reader: pixels (size, 3, 8, 8) in [0, 1] (a random digit of the split in a random
+    colour, or empty one time in eleven, plus pixel noise), their digit class (EMPTY: empty) and colour."""
+    pick = torch.randint(0, len(images), (size,), generator=generator)
+    empty = torch.rand(size, generator=generator) < 1 / 11
+    colour = torch.randint(0, len(COLOURS), (size,), generator=generator)
+    digits = torch.where(empty, torch.full_like(pick, EMPTY), labels[pick])
+    slots = torch.zeros(size, len(COLOURS), PATCH, PATCH)
+    slots[torch.arange(size), colour] = images[pick, 0] * (~empty).float()[:, None, None]
+    slots = (slots + noise * torch.randn(slots.shape, generator=generator)).clamp(0, 1)
+    return slots, digits, colour
+
+
+def train_reader(
+    reader: SlotReader, images: torch.Tensor, labels: torch.Tensor, cfg: ScenesConfig, generator: torch.Generator
+) -> SlotReader:
+    """Cross-entropy on each slot's digit (or empty) and, where it holds one, its colour."""
+    optimizer = torch.optim.AdamW(reader.parameters(), lr=2e-3, weight_decay=1e-4)
+    for step in progress(range(cfg.reader_steps), desc="reader"):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, cfg.reader_steps, 2e-3)
+        slots, digits, colours = reader_batch(images, labels, 128, cfg.reader_noise, generator)
+        features = reader.trunk(slots * 2 - 1)
+        filled = digits != EMPTY
+        loss = nn.functional.cross_entropy(reader.digit(features), digits) + nn.functional.cross_entropy(
+            reader.colour(features[filled]), colours[filled]
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return reader.eval().requires_grad_(False)
+
+
+def _generator_network(cfg: ScenesConfig) -> SlotTransformer:
+    return SlotTransformer(IMAGE_SHAPE, TEXT_DIM, PATCH, cfg.generator_width, cfg.generator_depth)
+
+
+def _train_generator(policy_class: type[ChainPolicy], cfg: ScenesConfig, splits, built, generator, log):
+    model, ema = _generator_network(cfg), _generator_network(cfg)
+    ema.load_state_dict(model.state_dict())
+    policy = policy_class(model, built.encoder)
+    images, labels = splits["train"]
+    return build.train_generator(
+        model,
+        ema,
+        policy,
+        lambda g: training_batch(images, labels, cfg.generator_batch, g),
+        cfg.generator_steps,
+        cfg.generator_lr,
+        cfg.ema_decay,
+        generator,
+        log,
+    )
+
+
+def _build_reader(cfg, splits, built, generator, log):
+    images, labels = splits["train"]
+    return train_reader(mlp_slot_reader(len(COLOURS), PATCH), images, labels, cfg, generator)
+
+
+def _build_judge(cfg, splits, built, generator, log):
+    images, labels = splits["judge"]
+    return train_reader(cnn_slot_reader(len(COLOURS), PATCH), images, labels, cfg, generator)
+
+
+_READER_FIELDS = ("reader_steps", "reader_noise")
+_GENERATOR_FIELDS = (
+    "generator_width",
+    "generator_depth",
+    "generator_steps",
+    "generator_batch",
+    "generator_lr",
+    "ema_decay",
+)
+COMPONENTS = {
+    "reader": Component(_READER_FIELDS, (), _build_reader, lambda cfg: mlp_slot_reader(len(COLOURS), PATCH)),
+    "judge": Component(_READER_FIELDS, (), _build_judge, lambda cfg: cnn_slot_reader(len(COLOURS), PATCH)),
+    "denoiser": Component(
+        _GENERATOR_FIELDS,
+        (),
+        lambda cfg, splits, built, g, log: _train_generator(DiffusionPolicy, cfg, splits, built, g, log),
+        _generator_network,
+    ),
+    "flow": Component(
+        _GENERATOR_FIELDS,
+        (),
+        lambda cfg, splits, built, g, log: _train_generator(FlowPolicy, cfg, splits, built, g, log),
+        _generator_network,
+    ),
+}
+# The world's generators, by the model name a run chooses: (component, policy class).
+GENERATORS: dict[str, tuple[str, type[ChainPolicy]]] = {
+    "scene-diffusion": ("denoiser", DiffusionPolicy),
+    "scene-flow": ("flow", FlowPolicy),
+}
+
+
+def reader_accuracy(reader: SlotReader, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """A reader's accuracy on slots of a split (every image once, in its colour by index, plus as many empty)."""
+    generator = torch.Generator().manual_seed(0)
+    slots, digits, colours = reader_batch(images, labels, 4 * len(images), 0.0, generator)
+    with torch.no_grad():
+        features = reader.trunk(slots * 2 - 1)
+        filled = digits != EMPTY
+        digit_acc = (reader.digit(features).argmax(1) == digits).float().mean()
+        colour_acc = (reader.colour(features[filled]).argmax(1) == colours[filled]).float().mean()
+    return {"test_digit_accuracy": float(digit_acc), "test_colour_accuracy": float(colour_acc)}
+
+
+def build_world(out_dir: Path, cfg: ScenesConfig = ScenesConfig(), log=print) -> dict:
+    """Trains every stale component of the world and records it in the manifest (models/build.py), with each
+    reader's accuracy on the test split. On one thread: its weights then do not depend on the machine's core count
+    (the float sums' order does), and a build beside other work does not stall waiting for a busy core."""
+    splits = load_splits()
+    encoder = TokenEncoder()
+    encoder([p for name in PROMPT_SETS for p in load_prompts(name)])
+
+    def assess(name: str, network: nn.Module) -> dict:
+        return reader_accuracy(network, *splits["test"]) if isinstance(network, SlotReader) else {}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build.build_components(COMPONENTS, out_dir, cfg, WORLD, splits, encoder, assess, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+RECIPE = build.WorldRecipe(WORLD, COMPONENTS, GENERATORS, build_world)
