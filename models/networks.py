@@ -216,10 +216,14 @@ class SlotReader(nn.Module):
         self.digit = nn.Linear(num_features, classes)
         self.colour = nn.Linear(num_features, colours)
 
+    def features_of_slots(self, slots: torch.Tensor) -> torch.Tensor:
+        """Single slots (N, C, patch, patch) in [0, 1] -> (N, num_features)."""
+        return self.trunk(slots * 2 - 1)
+
     def slot_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> (B, S, num_features)."""
-        slots = slots_of(images * 2 - 1, self.patch)
-        return self.trunk(slots.flatten(0, 1)).view(*slots.shape[:2], -1)
+        slots = slots_of(images, self.patch)
+        return self.features_of_slots(slots.flatten(0, 1)).view(*slots.shape[:2], -1)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The whole scene's features, its slots' in reading order: (B, S * num_features)."""
@@ -229,6 +233,12 @@ class SlotReader(nn.Module):
         """Digit logits (B, S, classes) and colour logits (B, S, colours)."""
         features = self.slot_features(images)
         return self.digit(features), self.colour(features)
+
+    @torch.no_grad()
+    def read(self, images: torch.Tensor) -> list[list[tuple[int, int]]]:
+        """Each image's most likely scene: (digit class, colour) per slot, in reading order."""
+        digit_logits, colour_logits = self(images)
+        return torch.stack([digit_logits.argmax(2), colour_logits.argmax(2)], dim=2).tolist()
 
 
 def mlp_slot_reader(channels: int, patch: int, hidden: int = 256) -> SlotReader:

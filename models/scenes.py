@@ -227,7 +227,7 @@ def train_reader(
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, cfg.reader_steps, 2e-3)
         slots, digits, colours = reader_batch(images, labels, 128, cfg.reader_noise, generator)
-        features = reader.trunk(slots * 2 - 1)
+        features = reader.features_of_slots(slots)
         filled = digits != EMPTY
         loss = nn.functional.cross_entropy(reader.digit(features), digits) + nn.functional.cross_entropy(
             reader.colour(features[filled]), colours[filled]
@@ -307,7 +307,7 @@ def reader_accuracy(reader: SlotReader, images: torch.Tensor, labels: torch.Tens
     generator = torch.Generator().manual_seed(0)
     slots, digits, colours = reader_batch(images, labels, 4 * len(images), 0.0, generator)
     with torch.no_grad():
-        features = reader.trunk(slots * 2 - 1)
+        features = reader.features_of_slots(slots)
         filled = digits != EMPTY
         digit_acc = (reader.digit(features).argmax(1) == digits).float().mean()
         colour_acc = (reader.colour(features[filled]).argmax(1) == colours[filled]).float().mean()

@@ -11,8 +11,8 @@ split only; the judge that scores the leaderboard is another reader, trained on 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
+from models.networks import SlotReader
 from models.scene_rules import parse, partial, satisfaction_probability
 
 FLOOR = 1e-6
@@ -20,7 +20,7 @@ FLOOR = 1e-6
 
 
 class _ReaderReward:
-    def __init__(self, reader: nn.Module, weights_hash: str):
+    def __init__(self, reader: SlotReader, weights_hash: str):
         self.reader = reader.eval().requires_grad_(False)
         self.version = f"1-{weights_hash[:8]}"
 
@@ -35,9 +35,7 @@ class GenevalReward(_ReaderReward):
     higher_is_better = True
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        with torch.no_grad():
-            digit_logits, colour_logits = self.reader(images.detach())
-        scenes = torch.stack([digit_logits.argmax(2), colour_logits.argmax(2)], dim=2).tolist()
+        scenes = self.reader.read(images.detach())
         scores = [partial(parse(prompt), scene) for prompt, scene in zip(prompts, scenes)]
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 

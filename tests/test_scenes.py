@@ -12,7 +12,7 @@ from test_methods import flat_parameters, make
 from bench.meter import Budget
 from methods import METHODS
 from models import scene_rules
-from models.networks import SlotTransformer, image_of, slots_of
+from models.networks import SlotReader, SlotTransformer, image_of, slots_of
 from models.scene_rules import EMPTY, FAMILIES, Request, parse, partial, satisfaction_probability, strict
 from models.scenes import (
     IMAGE_SHAPE,
@@ -189,6 +189,8 @@ class _OracleReader(torch.nn.Module):
 
     def forward(self, images):
         return self.digit_logits, self.colour_logits
+
+    read = SlotReader.read
 
 
 def test_the_rewards_score_the_readers_scene_and_its_likelihood():

@@ -46,17 +46,10 @@ DEMONSTRATION_CANDIDATES = 4
 """Real scenes composed per train prompt, from the judge split, that the annotator's demonstrations are chosen from."""
 
 
-def read_scenes(reader: SlotReader, images: torch.Tensor) -> list[list[tuple[int, int]]]:
-    """Each image's most likely scene under `reader`: (digit or EMPTY, colour) per slot."""
-    with torch.no_grad():
-        digit_logits, colour_logits = reader(images)
-    return torch.stack([digit_logits.argmax(2), colour_logits.argmax(2)], dim=2).tolist()
-
-
 def family_scores(reader: SlotReader, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
     """GenEval's score per family present in `prompts`: the fraction of its images that satisfy their prompt."""
     passed: dict[str, list[bool]] = {}
-    for prompt, scene in zip(prompts, read_scenes(reader, images)):
+    for prompt, scene in zip(prompts, reader.read(images)):
         request = parse(prompt)
         passed.setdefault(request.family, []).append(strict(request, scene))
     return {family: sum(v) / len(v) for family, v in passed.items()}
