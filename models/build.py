@@ -192,25 +192,31 @@ def train_generator(
     ema_decay: float,
     generator: torch.Generator,
     log=print,
+    clip: float | None = None,
+    loss: Callable[[torch.Tensor, list[str], torch.Generator], torch.Tensor] | None = None,
 ) -> nn.Module:
-    """Trains `policy` (whose network is `model`) from scratch with its family's own loss (the denoising loss, flow
-    matching) on `batches`, AdamW with a cosine decay from `lr`; returns `ema` (a copy of `model` at the start)
-    holding the exponential moving average of its weights."""
+    """Trains `policy` (whose network is `model`) from scratch with `loss` (images, prompts, generator) -> a scalar,
+    by default its family's own (the denoising loss, flow matching), on `batches`, AdamW with a cosine decay from
+    `lr` (the gradient's norm clipped to `clip`, if given); returns `ema` (a copy of `model` at the start) holding
+    the exponential moving average of its weights."""
+    objective = policy.loss if loss is None else loss
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     start = time.monotonic()
     for step in progress(range(steps), desc=policy.family):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, lr)
         batch_images, batch_prompts = batches(generator)
-        loss = policy.loss(batch_images, batch_prompts, generator)
+        value = objective(batch_images, batch_prompts, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), model.parameters()):
                 p_ema.lerp_(p, 1 - ema_decay)
         if (step + 1) % 1000 == 0:
-            log(f"  {policy.family} step {step + 1}/{steps} loss {loss.item():.4f} ({time.monotonic() - start:.0f}s)")
+            log(f"  {policy.family} step {step + 1}/{steps} loss {value.item():.4f} ({time.monotonic() - start:.0f}s)")
     return ema.eval()
 
 

@@ -80,6 +80,19 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float) -> torc
     return (x_t - math.sqrt(1 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
 
 
+def epsilon_from_data(alphas_cumprod: torch.Tensor, floor: float = 0.05):
+    """For a network that predicts the clean image x0 at x_t (JiT's data prediction, Li and He 2025, arXiv
+    2511.13720): (x_t, t (B,), x0) -> its noise eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t), with sqrt(1 - a_t)
+    held at least `floor` where the division would blow up (the first timesteps)."""
+    alphas = alphas_cumprod.float()
+
+    def epsilon(x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        a = alphas.to(x_t.device)[t.long()].view(-1, *(1,) * (x_t.dim() - 1))
+        return (x_t - a.sqrt() * x0) / (1 - a).sqrt().clamp(min=floor)
+
+    return epsilon
+
+
 def ddim_transition(
     x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float, alpha_bar_prev: float, eta: float
 ) -> tuple[torch.Tensor, float]:

@@ -35,6 +35,15 @@ from models.policy import ChainPolicy, Transition, reduce_per_image
 TIMESTEP_SCALE = 1000.0
 
 
+def velocity_from_data(x: torch.Tensor, timestep: torch.Tensor, x0: torch.Tensor, floor: float = 0.05) -> torch.Tensor:
+    """The velocity of a network that predicts the clean image x0 at x_t (timestep (B,) in the network's units,
+    1000 t): v = (x_t - x0) / t, with t held at least `floor` where the division would blow up (JiT's data
+    prediction, Li and He 2025, arXiv 2511.13720). Regressed through the flow matching loss, it is the
+    x0 error weighted by 1 / t^2."""
+    t = (timestep.float() / TIMESTEP_SCALE).view(-1, *(1,) * (x.dim() - 1))
+    return (x - x0) / t.clamp(min=floor)
+
+
 def flow_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, eta: float) -> tuple[torch.Tensor, float]:
     """Mean and std of the step from time t to s < t, given the velocity v predicted at (x, t)."""
     x0, eps = x - t * v, x + (1 - t) * v

@@ -10,6 +10,7 @@ the reward classifier's blind spots.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -172,11 +173,29 @@ class SlotTransformer(nn.Module):
 
     The compositional world's generator: a small DiT whose patches are the scene's slots, so a token is one slot.
     The slots attend to each other (a count or a relation spans slots) and to the prompt's token embeddings, which
-    are projected to keys and values once and shared by every block (padding tokens, all zeros, are masked)."""
+    are projected to keys and values once and shared by every block (padding tokens, all zeros, are masked). The
+    prompt's mean token, normalised, joins the timestep in the adaLN conditioning (as SD3's pooled text embedding
+    does), so every slot sees the whole prompt in every block.
 
-    def __init__(self, image_shape, text_dim: int, patch: int, width: int = 192, depth: int = 4, heads: int = 4):
+    With `from_data`, the network predicts the clean image and `from_data(x_t, t, x0)` turns it into its family's
+    output (the velocity: flow.velocity_from_data). A slot is 192 numbers and so is a token: a network asked for the
+    noise (or the velocity, which holds it) must carry the noise through that bottleneck and leaves some in its
+    samples, while the clean slot lies on the digits' low-dimensional manifold (JiT, Li and He 2025, arXiv
+    2511.13720)."""
+
+    def __init__(
+        self,
+        image_shape,
+        text_dim: int,
+        patch: int,
+        width: int = 192,
+        depth: int = 4,
+        heads: int = 4,
+        from_data: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.image_shape = tuple(image_shape)
+        self.from_data = from_data
         channels, height, image_width = self.image_shape
         self.patch, self.heads = patch, heads
         slots = (height // patch) * (image_width // patch)
@@ -184,6 +203,7 @@ class SlotTransformer(nn.Module):
         self.position = nn.Parameter(torch.randn(slots, width) * 0.02)
         self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.text = nn.Linear(text_dim, 2 * width)
+        self.pooled = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, width))
         self.blocks = nn.ModuleList(SlotBlock(width, heads) for _ in range(depth))
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False)
         self.out = nn.Linear(width, channels * patch * patch)
@@ -194,16 +214,18 @@ class SlotTransformer(nn.Module):
         slots = slots_of(x, self.patch)
         b, s = slots.shape[:2]
         h = self.inp(slots.flatten(2)) + self.position
-        cond = self.time(timestep_embedding(t, h.shape[-1]))
+        present = (text != 0).any(dim=2)
+        pooled = (text * present[..., None]).sum(1) / present.sum(1, keepdim=True).clamp(min=1)
+        cond = self.time(timestep_embedding(t, h.shape[-1])) + self.pooled(pooled)
         keys, values = self.text(text).chunk(2, dim=2)
         heads = self.heads
         keys = keys.view(b, -1, heads, keys.shape[-1] // heads).transpose(1, 2)
         values = values.view(b, -1, heads, values.shape[-1] // heads).transpose(1, 2)
-        mask = (text != 0).any(dim=2)[:, None, None, :]
+        mask = present[:, None, None, :]
         for block in self.blocks:
             h = block(h, cond, keys, values, mask)
-        out = self.out(self.norm_out(h))
-        return image_of(out.view(b, s, *slots.shape[2:]), *self.image_shape[1:])
+        out = image_of(self.out(self.norm_out(h)).view(b, s, *slots.shape[2:]), *self.image_shape[1:])
+        return out if self.from_data is None else self.from_data(x, t, out)
 
 
 class SlotReader(nn.Module):

@@ -386,15 +386,24 @@ class DiffusionPolicy(ChainPolicy):
 
     def loss(self, images, prompts, generator, weights=None):
         """The denoising loss E_t,eps ||eps - eps_theta(x_t, t)||^2 on images in [0, 1]."""
-        return reduce_per_image(self._squared_errors(images, prompts, generator), weights)
+        return reduce_per_image(self._squared_errors(images, prompts, generator)[0], weights)
+
+    def velocity_loss(self, images: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+        """The denoising loss weighted by 1 / alpha_bar_t: the v-prediction loss (Salimans and Ho 2022, arXiv
+        2202.00512), whatever the network predicts; in x0's terms its error weighted by 1 / (1 - alpha_bar_t), where
+        the denoising loss weighs it by alpha_bar_t / (1 - alpha_bar_t), which vanishes at high noise. What a base
+        generator predicting clean images learns from (models/scenes.py); methods fine-tune with `loss`."""
+        errors, t = self._squared_errors(images, prompts, generator)
+        return (errors.flatten(1).mean(dim=1) / self.alphas_cumprod[t].to(errors)).mean()
 
     def training_errors(self, images, prompts, generator):
-        return self._squared_errors(images, prompts, generator).flatten(1).mean(dim=1)
+        return self._squared_errors(images, prompts, generator)[0].flatten(1).mean(dim=1)
 
-    def _squared_errors(self, images, prompts, generator) -> torch.Tensor:
+    def _squared_errors(self, images, prompts, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps - eps_theta(x_t, t))^2 (B, *latent_shape) at random timesteps t (B,)."""
         x0 = self.encode(images)
         t = torch.randint(0, self.schedule.num_train_timesteps, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator).to(self.device)
         x_t = add_noise(x0, noise, self.alphas_cumprod[t].to(self.device))
         eps = self.predict(x_t, t.to(self.device), self._text(prompts), guided=False)
-        return (eps - noise) ** 2
+        return (eps - noise) ** 2, t

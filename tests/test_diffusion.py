@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from models.diffusion import NoiseSchedule, alpha_bar_at, ddim_transition, gaussian_log_prob
+from models.diffusion import NoiseSchedule, alpha_bar_at, ddim_transition, epsilon_from_data, gaussian_log_prob
+from models.policy import DiffusionPolicy
 
 
 def sd_like_scheduler() -> DDIMScheduler:
@@ -78,3 +79,37 @@ def test_deterministic_sampler_has_no_log_probs_and_grad_mode_reaches_parameters
     assert traj.log_probs is None and float(traj.stds.abs().sum()) == 0
     traj.images.sum().backward()
     assert all(p.grad is not None for p in policy.trainable_parameters())
+
+
+class _DataPredictor(torch.nn.Module):
+    """Predicts the clean image (in model space) as a fixed image, whatever x_t; its noise follows from
+    epsilon_from_data."""
+
+    def __init__(self, guess: torch.Tensor, floor: float):
+        super().__init__()
+        self.guess, self.image_shape = torch.nn.Parameter(guess), tuple(guess.shape)
+        self.to_epsilon = epsilon_from_data(NoiseSchedule().alphas_cumprod(), floor)
+
+    def forward(self, x, t, text):
+        return self.to_epsilon(x, t, self.guess.expand_as(x))
+
+
+def test_a_data_prediction_gives_its_noise_and_the_velocity_loss_weighs_its_error_by_one_over_one_minus_alpha_bar():
+    alphas = NoiseSchedule().alphas_cumprod()
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 1, 4, 4, generator=generator), torch.randn(3, 1, 4, 4, generator=generator)
+    t = torch.tensor([900, 300, 2])
+    a = alphas[t].float().view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    predicted = epsilon_from_data(alphas, floor=0.05)(x_t, t, x0)
+    assert torch.allclose(predicted[:2], eps[:2], atol=1e-4)  # the exact clean image gives the exact noise
+    assert torch.allclose(predicted[2], eps[2] * (1 - a[2]).sqrt() / 0.05, atol=1e-4)  # held below the floor
+
+    images = torch.rand(6, 1, 4, 4, generator=generator)
+    guess = torch.rand(1, 4, 4, generator=generator)
+    policy = DiffusionPolicy(_DataPredictor(guess, floor=0.0), lambda prompts: torch.zeros(len(prompts), 1))
+    loss = policy.velocity_loss(images, ["a"] * 6, torch.Generator().manual_seed(1))
+    draws = torch.Generator().manual_seed(1)  # the loss's own draws: its timesteps, then its noise
+    t = torch.randint(0, 1000, (6,), generator=draws)
+    x0_error = (guess - (images * 2 - 1)).pow(2).flatten(1).mean(dim=1)  # in model space
+    assert torch.allclose(loss, (x0_error / (1 - alphas[t].float())).mean(), rtol=1e-4)

@@ -8,7 +8,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
-from models.flow import TIMESTEP_SCALE, FlowPolicy, flow_transition
+from models.flow import TIMESTEP_SCALE, FlowPolicy, flow_transition, velocity_from_data
 
 
 class ConstantText(nn.Module):
@@ -125,3 +125,14 @@ def test_a_chain_can_be_noised_on_chosen_steps_only_and_start_from_given_noise()
         policy.sample(["x"], 6, torch.Generator(), eta=(0.5, 0.5))
     with pytest.raises(ValueError, match="a flow model has no sampler 'ode'; valid: native, flow_grpo, dance_grpo"):
         policy.sample(["x"], 6, torch.Generator(), sde="ode")
+
+
+def test_a_data_prediction_gives_the_velocity_of_its_path_and_is_held_near_the_data():
+    generator = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(3, 2, 4, 4, generator=generator), torch.randn(3, 2, 4, 4, generator=generator)
+    t = torch.tensor([0.9, 0.3, 0.02])
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * eps
+    v = velocity_from_data(x_t, t * TIMESTEP_SCALE, x0, floor=0.05)
+    # the exact clean image gives the path's velocity eps - x0, except below the floor, where t is held at 0.05
+    assert torch.allclose(v[:2], (eps - x0)[:2], atol=1e-5)
+    assert torch.allclose(v[2], (eps - x0)[2] * 0.02 / 0.05, atol=1e-5)

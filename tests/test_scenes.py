@@ -12,6 +12,7 @@ from test_methods import flat_parameters, make
 from bench.meter import Budget
 from methods import METHODS
 from models import scene_rules
+from models.flow import velocity_from_data
 from models.networks import SlotReader, SlotTransformer, image_of, slots_of
 from models.scene_rules import EMPTY, FAMILIES, Request, parse, partial, satisfaction_probability, strict
 from models.scenes import (
@@ -162,6 +163,34 @@ def test_scenes_composed_for_a_prompt_satisfy_it_as_a_perfect_reader_sees_them()
     assert len(filled) == 2 and {c for _, c in filled} == {R, B}
 
 
+@pytest.mark.parametrize(
+    "prompt, digits",
+    [
+        ("a 7", [7, EMPTY, EMPTY, EMPTY]),
+        ("a 3 and a 5", [3, 5, EMPTY, EMPTY]),
+        ("three 6s", [6, 6, 6, EMPTY]),
+        ("a 2 above a 9", [2, EMPTY, 9, EMPTY]),
+        ("a 2 below a 9", [9, EMPTY, 2, EMPTY]),
+        ("a 4 left of a 1", [4, 1, EMPTY, EMPTY]),
+        ("a 4 right of a 1", [1, 4, EMPTY, EMPTY]),
+        ("the number 407", [4, 0, 7, EMPTY]),
+    ],
+)
+def test_the_generators_learn_the_canonical_layout(prompt, digits):
+    scenes = [scene_for(parse(prompt), torch.Generator().manual_seed(seed)) for seed in range(4)]
+    assert all([digit for digit, _ in scene] == digits for scene in scenes)
+
+
+def test_a_canonical_scene_keeps_the_colours_asked_and_draws_the_others():
+    colours = {
+        tuple(c for _, c in scene_for(parse("a red 3 and a blue 8"), torch.Generator().manual_seed(s)))
+        for s in range(8)
+    }
+    assert colours == {(R, B, 0, 0)}
+    drawn = {scene_for(parse("a 3"), torch.Generator().manual_seed(s))[0][1] for s in range(16)}
+    assert drawn == {R, G, B}
+
+
 def test_slots_round_trip_and_the_generator_ignores_padding_tokens():
     x = torch.randn(2, *IMAGE_SHAPE)
     assert torch.equal(image_of(slots_of(x, 8), 16, 16), x)
@@ -178,6 +207,9 @@ def test_slots_round_trip_and_the_generator_ignores_padding_tokens():
     changed = text.clone()
     changed[:, 3] += 1
     assert not torch.allclose(out, network(x, t, changed), atol=1e-3)
+    # predicting clean slots, it returns its family's output computed from them
+    network.from_data = velocity_from_data
+    assert torch.allclose(network(x, t, text), velocity_from_data(x, t, out), atol=1e-6)
 
 
 class _OracleReader(torch.nn.Module):
