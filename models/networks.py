@@ -178,10 +178,10 @@ class SlotTransformer(nn.Module):
     does), so every slot sees the whole prompt in every block.
 
     With `from_data`, the network predicts the clean image and `from_data(x_t, t, x0)` turns it into its family's
-    output (the velocity: flow.velocity_from_data). A slot is 192 numbers and so is a token: a network asked for the
-    noise (or the velocity, which holds it) must carry the noise through that bottleneck and leaves some in its
-    samples, while the clean slot lies on the digits' low-dimensional manifold (JiT, Li and He 2025, arXiv
-    2511.13720)."""
+    output (flow.velocity_from_data, diffusion.epsilon_from_data). A slot is 192 numbers and so is a token: a
+    network asked for the noise (or the velocity, which holds it) must carry the noise through that bottleneck and
+    leaves some in its samples, while the clean slot lies on the digits' low-dimensional manifold (JiT, Li and He
+    2025, arXiv 2511.13720)."""
 
     def __init__(
         self,

@@ -110,10 +110,10 @@ def _choice(n: int, generator: torch.Generator) -> int:
 def scene_for(request: Request, generator: torch.Generator) -> Scene:
     """The scene the generators learn to draw for `request`, holding nothing else: the named digits in the canonical
     layout (in the prompt's order, in reading order from the first slot; a relation in its first slot pair), in their
-    colours or random ones; the other slots empty. The layout is canonical, not random, because a generator learning
-    where to put a digit from the noise rather than from the prompt is what kept a few thousand CPU steps from
-    learning the scenes at all; the rules that score the scenes hold under any layout, so a fine-tuned generator is
-    free to place its digits anywhere."""
+    colours or random ones; the other slots empty. The layout is canonical, not random: a generator that must also
+    learn where to put each digit learnt far less in a CPU build's steps (held-out score 0.10 with random layouts
+    against 0.17 canonical, flow at 1,500 steps); the rules that score the scenes hold under any layout, so a
+    fine-tuned generator is free to place its digits anywhere."""
     scene = [(EMPTY, 0)] * SLOTS
 
     def put(slot: int, obj: tuple[int, int | None]) -> None:
