@@ -373,17 +373,20 @@ NIGHTLY_METHODS = (
     "base@flux",
     "flow_grpo@flux",
 )
-# Batches a LoRA step fits in one 80 GB GPU with gradient checkpointing at 512 px.
+# Batches a LoRA step fits in one 80 GB GPU with gradient checkpointing at 512 px. The policy-gradient methods
+# re-evaluate one trained step per network call there, the batch measured to fit; batching several (their default,
+# STEPS_PER_CALL) multiplies that call's activations and is unmeasured on a GPU.
+ONE_STEP_PER_CALL = {"steps_per_call": 1}
 NIGHTLY_OVERRIDES = {
     "best_of_n": {"max_candidates": 8},
     "raft": {"prompts_per_iter": 8, "samples_per_prompt": 4, "updates_per_iter": 1},
-    "ddpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
-    "sas": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
+    "ddpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4, **ONE_STEP_PER_CALL},
+    "sas": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4, **ONE_STEP_PER_CALL},
     "rocm": {"prompts_per_iter": 2, "samples_per_prompt": 2, "gradient_checkpointing": True},
     "orw_cfm_w2": {"prompts_per_iter": 4, "samples_per_prompt": 4, "updates_per_iter": 1},
-    "flow_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},  # as ddpo's
-    "mix_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
-    "dance_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4},
+    "flow_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4, **ONE_STEP_PER_CALL},  # as ddpo's
+    "mix_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4, **ONE_STEP_PER_CALL},
+    "dance_grpo": {"prompts_per_iter": 4, "samples_per_prompt": 8, "minibatch": 4, **ONE_STEP_PER_CALL},
     "dpo": {"prompts_per_iter": 8, "samples_per_prompt": 4, "sample_steps": 20, "batch": 4},
     "sft": {"batch": 8},
     "draft": {"prompts_per_iter": 4, "samples_per_prompt": 2, "gradient_checkpointing": True},
@@ -396,7 +399,7 @@ NIGHTLY_OVERRIDES = {
         "preference_pairs": 100,
         "collect_steps": 20,
         "reward_batch": 32,
-        "rl_options": "prompts_per_iter=4,samples_per_prompt=8,minibatch=4",
+        "rl_options": "prompts_per_iter=4,samples_per_prompt=8,minibatch=4,steps_per_call=1",
     },  # as ddpo's above
     "aihf": {
         "preference_pairs": 100,

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Options, option
-from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_epochs, ppo_usage, steps_trained
+from methods.toolkit.policy_gradient import (
+    STEPS_PER_CALL,
+    group_normalized_advantages,
+    ppo_epochs,
+    ppo_usage,
+    steps_trained,
+)
 from methods.trainer import Trainer, chain_work, make_optimizer
 
 
@@ -43,6 +49,9 @@ class Config(Options):
     """Passes of PPO updates over each iteration's trajectories."""
     minibatch: int = option(16, at_least=1)
     """Trajectories per optimizer step."""
+    steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
+    """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
+    states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
     step_fraction: float = option(1.0, above=0, at_most=1)
     """Fraction of the chain's stochastic steps (chosen at random per minibatch) trained on."""
     clip_range: float = option(0.2, above=0)
@@ -65,10 +74,10 @@ LEARNING_RATES = {"diffusion": 3e-5, "consistency": 1e-5, "flow": 3e-5}
 
 class DDPO(Trainer):
     name = "ddpo"
-    version = (
-        "3"  # 2: the KL penalty is per dimension (methods/toolkit/divergences.py), sample_steps follows the model;
-    )
-    # 3: only stochastic steps are actions (a consistency model's last step is deterministic)
+    # 2: the KL penalty is per dimension (methods/toolkit/divergences.py), sample_steps follows the model;
+    # 3: only stochastic steps are actions (a consistency model's last step is deterministic);
+    # 4: the trained steps' re-evaluation is batched, steps_per_call to a network call (float sums reordered)
+    version = "4"
     Config = Config
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Options, option
-from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_epochs, ppo_usage
+from methods.toolkit.policy_gradient import STEPS_PER_CALL, group_normalized_advantages, ppo_epochs, ppo_usage
 from methods.trainer import Trainer, chain_work, make_optimizer
 
 
@@ -54,6 +54,9 @@ class Config(Options):
     """Passes of PPO updates over each iteration's trajectories."""
     minibatch: int = option(16, at_least=1)
     """Trajectories per optimizer step."""
+    steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
+    """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
+    states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
     clip_range: float = option(0.2, above=0)
     """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
     adv_clip: float = option(5.0, above=0)
@@ -92,7 +95,8 @@ def sde_window(steps: int, config: Config) -> tuple[int, int]:
 
 class FlowGRPO(Trainer):
     name = "flow_grpo"
-    version = "1"
+    # 2: the trained steps' re-evaluation is batched, steps_per_call to a network call (float sums reordered)
+    version = "2"
     Config = Config
     families = ("flow",)
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}

@@ -70,7 +70,8 @@ class Config(Options):
 
 class RewardModelPipeline(Trainer):
     name = "pipeline"
-    version = "1"
+    # 2: stage 2's ddpo re-evaluates its trained steps batched (its version 4: float sums reordered)
+    version = "2"
     Config = Config
     learns_from_feedback = True
     data_parallel = False  # its preference dataset is collected once, at the start, by one process

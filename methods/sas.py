@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Options, option
-from methods.toolkit.policy_gradient import ppo_chain_backward
+from methods.toolkit.policy_gradient import STEPS_PER_CALL, ppo_chain_backward
 from methods.trainer import Trainer, chain_work, make_optimizer
 
 GRIDS = ("stratified", "fixed")
@@ -61,6 +61,9 @@ class Config(Options):
     """Weight of the path KL to the frozen base model (0 disables it and its reference passes)."""
     minibatch: int = option(16, at_least=1)
     """Trajectories per optimizer step."""
+    steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
+    """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
+    states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
     clip_range: float = option(0.2, above=0)
     """PPO ratio clipping epsilon, per step."""
     adv_clip: float = option(5.0, above=0)
@@ -98,7 +101,8 @@ def value_increments(values: torch.Tensor, scale: float, clip: float) -> torch.T
 
 class ScoresAsActions(Trainer):
     name = "sas"
-    version = "1"
+    # 2: the trained steps' re-evaluation is batched, steps_per_call to a network call (float sums reordered)
+    version = "2"
     Config = Config
     families = ("diffusion",)
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
@@ -169,6 +173,7 @@ class ScoresAsActions(Trainer):
             cfg.clip_range,
             cfg.beta,
             average=False,
+            chunk=cfg.steps_per_call,
         )
         stats["ratio_dev"] += step_stats["ratio_dev"]
         stats["clip_frac"] += step_stats["clip_frac"]

@@ -73,9 +73,12 @@ class ConsistencyPolicy(ChainPolicy):
         eps = self.predict(x, t.to(x.device), text, network)
         return consistency_output(x, eps, t, self.alphas_cumprod[t].to(x.device))
 
-    def transition(self, x, step, timesteps, text, eta, sde="native"):
-        t = timesteps[step].expand(x.shape[0])
-        x0 = self.predict_x0(x, t, text)
+    def step_output(self, x, t, text):
+        """f_theta(x_t, t), the consistency function's x0."""
+        return self.predict_x0(x, t, text)
+
+    def transition_from(self, x, output, step, timesteps, eta, sde):
+        x0 = output
         if step + 1 == len(timesteps):
             # A tiny final noise (the schedule's smallest, ~0.01) would make this step an action too, but its
             # log-probability gradient is ~100x the other steps' and swamps PPO (measured: 18-35% of ratios

@@ -88,10 +88,14 @@ class FlowPolicy(ChainPolicy):
         (no classifier-free guidance, where a family has it)."""
         return self._velocity(x, t, self._text(prompts), guided=False)
 
-    def transition(self, x, step, timesteps, text, eta, sde="native"):
+    def step_output(self, x, t, text):
+        """v_theta(x_t, t), guided where the family has guidance."""
+        return self._velocity(x, t, text)
+
+    def transition_from(self, x, output, step, timesteps, eta, sde):
         t = float(timesteps[step])
         s = float(timesteps[step + 1]) if step + 1 < len(timesteps) else 0.0
-        v = self._velocity(x, timesteps[step].expand(x.shape[0]), text)
+        v = output
         if sde == "native" or s == 0 or eta == 0:
             return Transition(*flow_transition(x, v, t, s, eta if sde == "native" else 0.0), x - t * v)
         return Transition(*sde_transition(x, v, t, s, sde_noise_level(sde, eta, t, s)), x - t * v)

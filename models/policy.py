@@ -225,12 +225,24 @@ class ChainPolicy(ABC):
     """The stochastic samplers the family offers; `native` is its own (DDIM's eta for diffusion and flow, the
     consistency sampler's noise)."""
 
-    @abstractmethod
     def transition(
-        self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text: torch.Tensor, eta: float, sde: str = "native"
+        self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text, eta: float, sde: str = "native"
     ) -> Transition:
-        """Step `step` of the chain over `timesteps`, from x (B, C, H, W) at timesteps[step], with noise level eta in
-        the sampler `sde`."""
+        """Step `step` of the chain over `timesteps`, from x (B, *latent_shape) at timesteps[step], with noise level
+        eta in the sampler `sde`: one network call (`step_output`), then the family's step (`transition_from`)."""
+        output = self.step_output(x, timesteps[step].expand(len(x)), text)
+        return self.transition_from(x, output, step, timesteps, eta, sde)
+
+    @abstractmethod
+    def step_output(self, x: torch.Tensor, t: torch.Tensor, text) -> torch.Tensor:
+        """What the family's step is computed from (its eps, velocity or x0 estimate) at states x (B, *latent_shape)
+        and per-sample grid timesteps t (B,), the sampler's units: one network call, (B, *latent_shape)."""
+
+    @abstractmethod
+    def transition_from(
+        self, x: torch.Tensor, output: torch.Tensor, step: int, timesteps: torch.Tensor, eta: float, sde: str
+    ) -> Transition:
+        """The transition of `transition` from x and its `step_output` at timesteps[step]; no network call."""
 
     @abstractmethod
     def loss(
@@ -333,15 +345,21 @@ class ChainPolicy(ABC):
         )
 
     def step_mean(self, trajectory: Trajectory, step: int) -> torch.Tensor:
-        """Mean of the transition at `step` under the current parameters: (B, C, H, W), differentiable."""
-        return self.transition(
-            trajectory.latents[:, step].to(self.device),
-            step,
-            trajectory.timesteps,
-            self._text(trajectory.prompts),
-            trajectory.eta[step],
-            trajectory.sde,
-        ).mean
+        """Mean of the transition at `step` under the current parameters: (B, *latent_shape), differentiable."""
+        return self.step_means(trajectory, [step])[0]
+
+    def step_means(self, trajectory: Trajectory, steps: Sequence[int]) -> list[torch.Tensor]:
+        """The means of `step_mean` at several steps of the chains, from one network call on the K * B states
+        (step-major): the K steps' evaluations batched, which costs the same network evaluations as K calls in
+        fewer, larger ones. Differentiable; the caller bounds K, since the call's activations grow with it."""
+        batch = len(trajectory.prompts)
+        x = torch.cat([trajectory.latents[:, s] for s in steps]).to(self.device)
+        t = trajectory.timesteps[list(steps)].repeat_interleave(batch)
+        output = self.step_output(x, t, self._text(trajectory.prompts * len(steps)))
+        return [
+            self.transition_from(x_s, output_s, s, trajectory.timesteps, trajectory.eta[s], trajectory.sde).mean
+            for s, x_s, output_s in zip(steps, x.split(batch), output.split(batch), strict=True)
+        ]
 
     def log_prob(self, trajectory: Trajectory, step: int) -> torch.Tensor:
         """log p_theta(x_{step+1} | x_step) of the recorded step under the current parameters: (B,)."""
@@ -375,9 +393,12 @@ class DiffusionPolicy(ChainPolicy):
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         return self.schedule.sampling_timesteps(steps)
 
-    def transition(self, x, step, timesteps, text, eta, sde="native"):
-        t = int(timesteps[step])
-        eps = self.predict(x, torch.full((x.shape[0],), t, device=x.device), text)
+    def step_output(self, x, t, text):
+        """eps_theta(x_t, t)."""
+        return self.predict(x, t.to(x.device), text)
+
+    def transition_from(self, x, output, step, timesteps, eta, sde):
+        t, eps = int(timesteps[step]), output
         # after the last timestep the chain lands on alpha_bar_0 (alpha_bar_at's convention for t < 0)
         t_prev = int(timesteps[step + 1]) if step + 1 < len(timesteps) else -1
         alpha_bar = alpha_bar_at(self.alphas_cumprod, t)

@@ -107,6 +107,22 @@ def test_recorded_log_probs_are_reproduced_under_unchanged_parameters(pipelines,
             assert torch.allclose(policy.log_prob(trajectory, s), trajectory.log_probs[:, s], rtol=1e-5, atol=1e-3)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_several_steps_re_evaluated_in_one_network_call_are_each_steps_own_mean(pipelines, family):
+    """Policy gradients' batched re-evaluation (step_means) through each family's conditioning and guidance."""
+    policy = load(pipelines, family)
+    calls: list[int] = []
+    with torch.no_grad():
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(1), eta=1.0)
+        policy.network.register_forward_hook(lambda _module, inputs, _output: calls.append(len(inputs[0])))
+        steps = trajectory.stochastic_steps[::-1]
+        batched = policy.step_means(trajectory, steps)
+        guidance = 2 if policy.guided_by_cfg else 1  # the unconditional half rides along in the same call
+        assert calls == [guidance * len(steps) * len(PROMPTS)]
+        for s, mean in zip(steps, batched, strict=True):
+            assert torch.allclose(mean, policy.step_mean(trajectory, s), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", ["sd", "lcm", "sd3", "sd3-t5", "flux"])
 def test_the_deterministic_sampler_is_diffusers_pipeline(pipelines, family):
     """Prompt encoding, guidance, the sampler and the VAE's scaling, all at once: our chain and the pipeline's

@@ -11,7 +11,7 @@ from bench.runner import load_checkpoint
 from methods import METHODS
 from methods.best_of_n import candidates_for_budget
 from methods.options import NUMBERS, option, parse_option
-from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss
+from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_chain_backward, ppo_clipped_loss
 from models.digits import GENERATORS
 from models.io import atomic_torch_save
 from rewards import REWARDS
@@ -188,6 +188,75 @@ def test_ddpo_on_a_consistency_model_trains_its_stochastic_steps_at_the_model_le
     one_step, _ = make(tiny_world, "ddpo", "consistency", sample_steps=1)
     with pytest.raises(ValueError, match="a 1-step consistency sampler has none"):
         one_step.step()
+
+
+def network_calls(policy) -> list[int]:
+    """The batch size of every call of the policy's network from now on."""
+    calls: list[int] = []
+    policy.network.register_forward_hook(lambda _module, inputs, _output: calls.append(len(inputs[0])))
+    return calls
+
+
+# the chains policy gradients train on: DDIM, the flow's own stochastic sampler and both GRPO SDEs, consistency's
+CHAINS = [
+    ("diffusion", "native"),
+    ("flow", "native"),
+    ("flow", "flow_grpo"),
+    ("flow", "dance_grpo"),
+    ("consistency", "native"),
+]
+
+
+@pytest.mark.parametrize("model, sde", CHAINS)
+def test_several_steps_re_evaluated_in_one_network_call_are_each_steps_own_mean(tiny_world, model, sde):
+    policy = tiny_world.make_policy(model)
+    with torch.no_grad():
+        chain = policy.sample(
+            ["a handwritten five", "a handwritten two"] * 2, 4, torch.Generator().manual_seed(0), eta=0.8, sde=sde
+        )
+        steps = [2, 0, 1]  # any order
+        calls = network_calls(policy)
+        batched = policy.step_means(chain, steps)
+        assert calls == [len(steps) * 4]  # one call on the three steps' states
+        for s, mean in zip(steps, batched, strict=True):
+            assert torch.allclose(mean, policy.step_mean(chain, s), rtol=0, atol=1e-5)
+            assert torch.allclose(mean, chain.means[:, s], rtol=0, atol=1e-5)  # what the sampler drew the step from
+
+
+@pytest.mark.parametrize("model, sde", [("diffusion", "native"), ("flow", "flow_grpo")])
+def test_ppo_gradients_and_diagnostics_do_not_depend_on_how_many_steps_share_a_network_call(tiny_world, model, sde):
+    """The batched re-evaluation reorders float sums and nothing else: one step per call, an uneven split and all
+    steps in one call give the same gradient (with the KL's reference passes, and GRPO-Guard's ratio on the flow)."""
+    policy, reference = tiny_world.make_policy(model), tiny_world.make_policy(model)
+    with torch.no_grad():
+        for p in policy.trainable_parameters():  # off the sampling policy, so ratios and the KL are not trivial
+            p.add_(1e-3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        chain = reference.sample(["a handwritten five"] * 4, 5, torch.Generator().manual_seed(1), eta=0.8, sde=sde)
+    advantages = torch.tensor([1.0, -0.5, 2.0, -1.5])
+    steps = chain.stochastic_steps[::-1]  # any order
+    results = []
+    for chunk in (1, 3, len(steps)):
+        policy.network.zero_grad()
+        stats = ppo_chain_backward(
+            policy,
+            reference,
+            chain,
+            steps,
+            advantages,
+            0.2,
+            0.1,
+            average=True,
+            chunk=chunk,
+            guard=sde != "native",
+        )
+        results.append((stats, torch.cat([p.grad.flatten() for p in policy.trainable_parameters()])))
+    (stats, gradient), rest = results[0], results[1:]
+    assert gradient.abs().sum() > 0 and min(stats["kl"]) > 0
+    for other_stats, other_gradient in rest:
+        assert (other_gradient - gradient).norm() < 1e-4 * gradient.norm()  # float32 sums, in another order
+        for name, values in stats.items():
+            # a log-density sums ~1e3 pixel terms: its rounding moves the ratio by ~1e-4 of itself
+            assert other_stats[name] == pytest.approx(values, rel=1e-3, abs=1e-6)
 
 
 def test_ppo_clipped_loss_known_values():

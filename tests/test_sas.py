@@ -39,6 +39,7 @@ def path_kl(policy, reference, chain) -> float:
         clip_range=0.2,
         kl_coef=1.0,
         average=False,
+        chunk=3,
     )
     return sum(stats["kl"])
 

@@ -29,6 +29,11 @@ import torch
 from methods.toolkit.divergences import closed_form
 from models.diffusion import gaussian_log_prob
 
+STEPS_PER_CALL = 10
+"""The default of the methods' `steps_per_call`, the trained steps one network call re-evaluates. Measured on a
+digits DDPO step (20 steps, minibatch 16, one thread): 1.50 s at 1, 0.76 s at 4, 0.67 s at 10, 0.62 s at 20;
+10 keeps a call's activations to half a 20-step chain's."""
+
 
 def ppo_clipped_loss(
     log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
@@ -72,40 +77,48 @@ def ppo_chain_backward(
     clip_range: float,
     kl_coef: float,
     average: bool,
+    chunk: int,
     guard: bool = False,
 ) -> dict[str, list[float]]:
-    """Backpropagates L(theta) above over the chosen stochastic `steps` of a (sub)trajectory of B chains, one step
-    at a time (each step's graph is freed before the next is built); the caller zeroes and applies the gradients.
+    """Backpropagates L(theta) above over the chosen stochastic `steps` of a (sub)trajectory of B chains, `chunk`
+    steps at a time: their means come from one network call on chunk * B states (policy.step_means), one backward
+    frees the chunk's graph before the next is built; the caller zeroes and applies the gradients.
 
     advantages: (B,), the same for every step (the chain's normalised return), or (B, N), one column per step.
     reference: the frozen policy of the KL term, or None (no KL, and no reference passes).
     average: divide by the number of steps (a mean over steps) instead of summing them.
+    chunk: steps per network call (1: a call per step); the call's activations grow with it.
     guard: GRPO-Guard's regulated ratio and 1 / dt_s step weights (a flow model's chain: its timesteps are times).
     Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), clip_frac, and kl where there is a reference.
     """
     stats: dict[str, list[float]] = {"loss": [], "ratio_dev": [], "clip_frac": [], "kl": []}
     divisor = len(steps) if average else 1
-    for s in steps:
-        mean = policy.step_mean(trajectory, s)
-        std = float(trajectory.stds[s])
-        log_prob = gaussian_log_prob(trajectory.latents[:, s + 1], mean, std)
-        step_advantages = advantages if advantages.dim() == 1 else advantages[:, s]
-        old_log_prob, weight = trajectory.log_probs[:, s], 1.0
-        if guard:
-            log_prob = guarded_log_ratio(log_prob, old_log_prob, mean, trajectory.means[:, s], std)
-            old_log_prob, weight = torch.zeros_like(log_prob), 1 / step_length(trajectory, s)
-        loss, ratio = ppo_clipped_loss(log_prob, old_log_prob, step_advantages, clip_range)
-        loss = weight * loss
+    for first in range(0, len(steps), chunk):
+        group = steps[first : first + chunk]
+        means = policy.step_means(trajectory, group)
         if reference is not None:
             with torch.no_grad():
-                reference_mean = reference.step_mean(trajectory, s)
-            kl = closed_form("kl", mean, std, reference_mean, std).mean()
-            loss = loss + kl_coef * kl
-            stats["kl"].append(kl.item())
-        (loss / divisor).backward()
-        stats["loss"].append(loss.item())
-        stats["ratio_dev"].append((ratio - 1).abs().mean().item())
-        stats["clip_frac"].append(((ratio - 1).abs() > clip_range).float().mean().item())
+                reference_means = reference.step_means(trajectory, group)
+        losses = []
+        for i, (s, mean) in enumerate(zip(group, means, strict=True)):
+            std = float(trajectory.stds[s])
+            log_prob = gaussian_log_prob(trajectory.latents[:, s + 1], mean, std)
+            step_advantages = advantages if advantages.dim() == 1 else advantages[:, s]
+            old_log_prob, weight = trajectory.log_probs[:, s], 1.0
+            if guard:
+                log_prob = guarded_log_ratio(log_prob, old_log_prob, mean, trajectory.means[:, s], std)
+                old_log_prob, weight = torch.zeros_like(log_prob), 1 / step_length(trajectory, s)
+            loss, ratio = ppo_clipped_loss(log_prob, old_log_prob, step_advantages, clip_range)
+            loss = weight * loss
+            if reference is not None:
+                kl = closed_form("kl", mean, std, reference_means[i], std).mean()
+                loss = loss + kl_coef * kl
+                stats["kl"].append(kl.item())
+            losses.append(loss)
+            stats["loss"].append(loss.item())
+            stats["ratio_dev"].append((ratio - 1).abs().mean().item())
+            stats["clip_frac"].append(((ratio - 1).abs() > clip_range).float().mean().item())
+        (torch.stack(losses).sum() / divisor).backward()
     return stats
 
 
@@ -139,8 +152,9 @@ def ppo_epochs(
     trajectories in random minibatches of `minibatch` chains (over all processes), each an optimizer step of L(theta)
     averaged over a random `step_fraction` of each chain's stochastic steps (DDPO's timestep subsampling, DanceGRPO's
     timestep selection); `guard`: GRPO-Guard's regulated ratio (ppo_chain_backward). The trainer's config gives
-    inner_epochs, minibatch, clip_range, kl_coef and max_grad_norm, and `trainer.reference` the KL's frozen policy
-    (None: no KL). advantages: (B,), one per chain. Returns the diagnostics' means over every trained step."""
+    inner_epochs, minibatch, steps_per_call, clip_range, kl_coef and max_grad_norm, and `trainer.reference` the KL's
+    frozen policy (None: no KL). advantages: (B,), one per chain. Returns the diagnostics' means over every trained
+    step."""
     cfg = trainer.config
     trained = steps_trained(step_fraction, len(trajectory.stochastic_steps))
     stats: dict[str, list[float]] = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
@@ -162,6 +176,7 @@ def ppo_epochs(
                 cfg.clip_range,
                 cfg.kl_coef,
                 average=True,
+                chunk=cfg.steps_per_call,
                 guard=guard,
             )
             for name, values in step_stats.items():
