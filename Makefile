@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint test test-all test-slow models bench leaderboard docs throughput clean
+.PHONY: install lint test test-all test-slow models bench leaderboard docs throughput cpu-throughput clean
 
 install: $(STAMP)
 
@@ -62,6 +62,11 @@ docs: $(STAMP)
 # Training-step images/s, peak memory and MFU on real-size random-weight SD 1.5, LCM and SD3 (a GPU benchmark).
 throughput: $(STAMP)
 	$(PY) -m bench throughput $(if $(METHOD),--method $(METHOD)) $(ARGS)
+
+# The policy-gradient update on one CPU thread: digits NFE/s and GFLOP/s against matmul; with TRL_PYTHON (the python
+# of a virtualenv holding trl 0.23.1), DDPO against trl's DDPOTrainer on a tiny SD pipeline (bench/throughput/cpu.py).
+cpu-throughput: $(STAMP)
+	$(PY) -m bench cpu-throughput $(if $(TRL_PYTHON),--trl-python $(TRL_PYTHON)) $(ARGS)
 
 clean:
 	rm -rf results/*/*.runs .pytest_cache

@@ -22,6 +22,7 @@ from pathlib import Path
 from bench.loggers import LOGGERS, check_loggers
 from bench.meter import UNITS, Budget
 from bench.suites import SUITES, build_suite, check_names, parse_entry, validate
+from bench.throughput.cpu import DIGITS_METHODS
 from methods import METHODS
 from methods.options import parse_option
 from models.progress import MODES as PROGRESS_MODES
@@ -30,6 +31,7 @@ from rewards import REWARDS
 from worlds import MODELS, WORLDS, world_entry
 
 SCALE_MODELS = tuple(WORLDS["scale"].models)
+CPU_METHODS = tuple(DIGITS_METHODS)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -312,6 +314,29 @@ def build_parser() -> Parser:
     )
     speed.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
+    cpu = commands.add_parser(
+        "cpu-throughput",
+        help="the policy-gradient update on one CPU thread: digits NFE/s and GFLOP/s against the thread's matmul, "
+        "and with --trl-python DDPO against trl's DDPOTrainer (bench/throughput/cpu.py)",
+        description="Times each policy-gradient method's training step on the digits world at one and at its "
+        "default steps per network call, and prints a table; bench/throughput/cpu.py documents every figure.",
+    )
+    cpu.add_argument(
+        "--method",
+        type=_names("method", CPU_METHODS),
+        default=CPU_METHODS,
+        help=f"comma-separated subset of {', '.join(CPU_METHODS)} (default: all)",
+    )
+    cpu.add_argument("--steps", type=_positive_int, default=3, help="timed steps after one warm-up (default 3)")
+    cpu.add_argument(
+        "--trl-python",
+        help="the python of a virtualenv holding trl 0.23.1 (bench/throughput/trl_ddpo.py): also time DDPO against "
+        "trl's DDPOTrainer on a tiny Stable Diffusion pipeline",
+    )
+    cpu.add_argument(
+        "--rounds", type=_positive_int, default=3, help="alternating rounds of each side against trl (default 3)"
+    )
+
     serve = commands.add_parser(
         "serve",
         help="serve one of a world's rewards over HTTP (rewards/server.py), for runs that score through it",
@@ -436,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             sweep.build_models(args.world, args.ship)
         except ValueError as error:  # rebuilt weights that differ, or a checkpoint missing: say which, and why
             parser.exit(1, f"{parser.prog}: error: {error}\n")
+        return 0
+    if args.command == "cpu-throughput":
+        from bench.throughput import cpu
+
+        if args.trl_python and not Path(args.trl_python).is_file():
+            parser.error(f"--trl-python: no python at {args.trl_python}; give the python of trl's virtualenv")
+        print(cpu.report(list(args.method), args.steps, args.trl_python, args.rounds))
         return 0
     if args.command == "throughput":
         from bench.throughput import timing

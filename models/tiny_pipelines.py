@@ -61,13 +61,14 @@ def text_config(hidden: int, projection: int = 32):
     )
 
 
-def tiny_unet(time_cond_proj_dim=None):
+def tiny_unet(time_cond_proj_dim=None, sample_size: int = 8):
+    """A 985k-parameter UNet2DConditionModel; `sample_size`: the latent side its pipeline samples at by default."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
-        sample_size=8,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),

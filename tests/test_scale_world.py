@@ -3,6 +3,7 @@ saved with save_pretrained and loaded back): one training step of every method x
 evaluation metrics, its identity, the suite's validation, and the nightly GPU suite end to end at --smoke size."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.throughput.counting import host_reads_of_meta_tensors
 from methods import METHODS
+from methods.toolkit.policy_gradient import STEPS_PER_CALL
 from models.scale.config import DiffusersConfig
 from rewards import REWARDS
 from rewards.feedback import Feedback
@@ -234,6 +236,34 @@ def test_the_throughput_benchmark_measures_every_training_method_on_every_family
     assert status == 0 and "failed" not in out, out
     for name, model in PAIRS:
         assert (f"| {model} | {name} |" in out) == METHODS[name].trains, (name, model)
+
+
+@pytest.mark.slow
+def test_the_cpu_benchmark_times_every_policy_gradient_method_on_digits_batched_and_not(capsys):
+    from bench.throughput.cpu import DIGITS_METHODS
+
+    assert main(["cpu-throughput", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    for method, model in DIGITS_METHODS.items():
+        rows = [line.split() for line in out.splitlines() if line.startswith(f"{method} ")]
+        assert [(row[1], row[2]) for row in rows] == [(model, "1"), (model, str(STEPS_PER_CALL))], out
+        assert all(float(row[5]) > 0 for row in rows)  # GFLOP/s
+
+
+def test_the_trl_comparisons_pipeline_is_the_985k_unet_at_32_px_and_our_side_prints_each_timed_step(tmp_path, capsys):
+    from bench.throughput.cpu import time_ours, write_sd_pipeline
+    from models.scale.config import StableDiffusionConfig
+    from models.scale.unet import StableDiffusionPolicy
+
+    pipeline = write_sd_pipeline(tmp_path)
+    assert (pipeline / "tokenizer" / "vocab.json").is_file()  # trl's transformers 4 reads the slow tokenizer's files
+    config = StableDiffusionConfig(source=str(pipeline), resolution=32, min_vocab=0)
+    policy = StableDiffusionPolicy.from_pretrained(pipeline, config=config)
+    assert policy.latent_shape == (4, 16, 16) and policy.image_shape == (3, 32, 32)
+    assert sum(p.numel() for p in policy.backbone.parameters() if not p.requires_grad) == 985_444
+    time_ours(str(pipeline), 1)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["samples"] == 16 and len(result["seconds"]) == 1 and result["seconds"][0] > 0
 
 
 def test_the_backward_flops_of_a_rocm_step_are_counted():

@@ -1,0 +1,220 @@
+"""`python -m bench cpu-throughput`: how fast the policy-gradient update runs on one CPU thread, against the machine's
+own float32 matmul and against trl's DDPOTrainer.
+
+digits  each policy-gradient method's training step on the digits world (its default config), at one step per
+        network call (the re-evaluation unbatched) and at its default steps_per_call: NFE/s, and those times the
+        generator's FLOPs per NFE (counted by torch's FlopCounterMode) as GFLOP/s and as a share of the best
+        float32 matmul rate this thread reaches (square matrices of 256 to 2,048);
+trl     with --trl-python: DDPO on one tiny Stable Diffusion pipeline (32 px, 16 x 16 x 4 latents, the 985k-parameter
+        UNet of models/tiny_pipelines.py), here and in trl 0.23.1's DDPOTrainer, in separate processes that
+        alternate (ours, trl, ours, trl, ...), each timing `steps` training steps after a warm-up step. Both sides:
+        10 DDIM steps at eta 1, guidance 5 in sampling and in training, 16 samples per step trained in one
+        minibatch over every step, one optimizer step, LoRA r = 4 on to_q, to_k, to_v and to_out.0, float32, the
+        mean brightness as the reward. trl lives in its own virtualenv (bench/throughput/trl_ddpo.py says which).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.meter import Meter, MeteredPolicy, MeteredReward
+from bench.throughput import trl_ddpo
+from methods import METHODS
+from methods.toolkit.policy_gradient import STEPS_PER_CALL
+
+DIGITS_METHODS = {
+    "ddpo": "diffusion",
+    "sas": "diffusion",
+    "flow_grpo": "flow",
+    "mix_grpo": "flow",
+    "dance_grpo": "flow",
+}
+"""The methods that train through methods/toolkit/policy_gradient.py, on the digits generator each is run on."""
+TRL_SCRIPT = Path(trl_ddpo.__file__)
+ONE_THREAD = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Each side's environment: offline (everything is on disk), one thread."""
+
+
+def matmul_rate() -> float:
+    """The best float32 matmul FLOP/s of this thread over square sizes 256 to 2,048."""
+    best = 0.0
+    for n in (256, 512, 1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        _ = a @ b  # warm-up
+        repeats = max(3, int(2e10 / n**3))
+        start = time.perf_counter()
+        for _ in range(repeats):
+            _ = a @ b
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start))
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsRate:
+    method: str
+    model: str
+    steps_per_call: int
+    seconds_per_step: float
+    nfe_per_second: float
+    flops_per_nfe: float
+
+
+def flops_per_nfe(policy) -> float:
+    """FLOPs of one network evaluation (a forward on one state)."""
+    x = torch.randn(4, *policy.latent_shape)
+    t = policy.sampling_timesteps(policy.default_steps)[:1].expand(4)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        policy.step_output(x, t, policy._text(["a handwritten zero"] * 4))
+    return counter.get_total_flops() / 4
+
+
+def digits_rates(methods: list[str], steps: int) -> list[DigitsRate]:
+    from rewards import REWARDS
+    from worlds import load_world
+
+    world = load_world("digits")
+    reward = REWARDS["digit"].from_world(world)
+    rates = []
+    for method in methods:
+        model = DIGITS_METHODS[method]
+        flops = flops_per_nfe(world.make_policy(model))
+        for per_call in (1, STEPS_PER_CALL):
+            meter = Meter()
+            cls = METHODS[method]
+            policy = MeteredPolicy(world.make_policy(model), meter)
+            options = cls.Config(steps_per_call=per_call)
+            trainer = cls(policy, MeteredReward(reward, meter), world.prompts["train"], options, 0)
+            trainer.step()  # warm-up
+            nfe, start = meter.usage.nfe, time.perf_counter()
+            for _ in range(steps):
+                trainer.step()
+            seconds = time.perf_counter() - start
+            rates.append(DigitsRate(method, model, per_call, seconds / steps, (meter.usage.nfe - nfe) / seconds, flops))
+    return rates
+
+
+def write_sd_pipeline(directory: Path) -> Path:
+    """The comparison's Stable Diffusion pipeline (module docstring), saved by diffusers' own save_pretrained."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    from models.tiny_pipelines import SD_SCHEDULER, letters_tokenizer, text_config, tiny_unet, tiny_vae
+
+    torch.manual_seed(0)
+    vocab = directory / "vocab"
+    # diffusers annotates its components narrower than it accepts (None for the safety checker, any scheduler)
+    pipeline: Any = StableDiffusionPipeline
+    schedule: dict[str, Any] = dict(SD_SCHEDULER, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipeline(
+        vae=tiny_vae(latent_channels=4),
+        text_encoder=CLIPTextModel(text_config(32)),
+        tokenizer=letters_tokenizer(vocab),
+        unet=tiny_unet(sample_size=16),  # 16 x 16 latents: 32 px through the VAE's factor 2
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        scheduler=DDIMScheduler(**schedule),
+    ).save_pretrained(directory / "sd")
+    # transformers 5 saves the fast tokenizer's file alone; trl's transformers 4 loads the slow one from these
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(vocab / name, directory / "sd" / "tokenizer" / name)
+    return directory / "sd"
+
+
+class Brightness:
+    """The comparison's reward on both sides: each image's mean pixel value."""
+
+    version = "brightness"
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return images.float().mean(dim=(1, 2, 3))
+
+
+def time_ours(pipeline_dir: str, timed_steps: int) -> None:
+    """This project's side of the comparison, in its own process: prints the JSON line trl_ddpo.py prints."""
+    from models.scale.config import StableDiffusionConfig
+    from models.scale.unet import StableDiffusionPolicy
+
+    torch.manual_seed(0)  # one thread: versus_trl starts this process with ONE_THREAD's environment
+    config = StableDiffusionConfig(
+        source=pipeline_dir, resolution=32, guidance_scale=trl_ddpo.GUIDANCE, dtype="float32", min_vocab=0, device="cpu"
+    )
+    policy = StableDiffusionPolicy.from_pretrained(pipeline_dir, config=config)
+    groups = len(trl_ddpo.PROMPTS)
+    options = METHODS["ddpo"].Config(
+        prompts_per_iter=groups,
+        samples_per_prompt=trl_ddpo.SAMPLES // groups,
+        sample_steps=trl_ddpo.STEPS,
+        eta=1.0,
+        minibatch=trl_ddpo.SAMPLES,
+        learning_rate=trl_ddpo.LEARNING_RATE,
+    )
+    meter = Meter()
+    trainer = METHODS["ddpo"](
+        MeteredPolicy(policy, meter), MeteredReward(Brightness(), meter), list(trl_ddpo.PROMPTS), options, 0
+    )
+    seconds = []
+    for _ in range(timed_steps + 1):
+        start = time.perf_counter()
+        trainer.step()
+        seconds.append(time.perf_counter() - start)
+    print(json.dumps({"seconds": seconds[1:], "samples": trl_ddpo.SAMPLES}))
+
+
+def versus_trl(trl_python: str, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Samples/s of each side in each round, the sides alternating in fresh processes."""
+    rates: dict[str, list[float]] = {"ours": [], "trl": []}
+    with tempfile.TemporaryDirectory() as root:
+        pipeline = str(write_sd_pipeline(Path(root)))
+        commands = {
+            "ours": [sys.executable, "-m", "bench.throughput.cpu", pipeline, str(steps)],
+            "trl": [trl_python, str(TRL_SCRIPT), pipeline, str(steps)],
+        }
+        for _ in range(rounds):
+            for side, command in commands.items():
+                done = subprocess.run(command, capture_output=True, text=True, env=ONE_THREAD)
+                if done.returncode != 0:
+                    raise RuntimeError(f"the {side} side failed:\n{done.stderr[-3000:]}")
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                rates[side] += [result["samples"] / s for s in result["seconds"]]
+    return rates
+
+
+def report(methods: list[str], steps: int, trl_python: str | None, rounds: int) -> str:
+    torch.set_num_threads(1)
+    peak = matmul_rate()
+    lines = [f"one thread's float32 matmul: {peak / 1e9:.1f} GFLOP/s (best of 256 to 2,048 square)", ""]
+    lines.append("digits, one training step (default config), one thread:")
+    lines.append("method      model      steps/call  s/step   NFE/s  GFLOP/s  of matmul")
+    for r in digits_rates(methods, steps):
+        gflops = r.nfe_per_second * r.flops_per_nfe / 1e9
+        lines.append(
+            f"{r.method:<11} {r.model:<10} {r.steps_per_call:>10} {r.seconds_per_step:>7.2f} {r.nfe_per_second:>7,.0f} "
+            f"{gflops:>8.1f} {gflops * 1e9 / peak:>10.0%}"
+        )
+    if trl_python:
+        rates = versus_trl(trl_python, rounds, steps)
+        ours, trl = statistics.median(rates["ours"]), statistics.median(rates["trl"])
+        lines += ["", "tiny SD DDPO (32 px, 10 DDIM steps, CFG 5, 16 samples/step), one thread, samples/s:"]
+        for side, values in rates.items():
+            each = ", ".join(f"{v:.2f}" for v in values)
+            lines.append(f"  {side:<5} median {statistics.median(values):.2f}  ({each})")
+        lines.append(f"  ours / trl: {ours / trl:.2f}x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    time_ours(sys.argv[1], int(sys.argv[2]))

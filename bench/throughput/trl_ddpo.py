@@ -1,0 +1,76 @@
+"""trl's DDPOTrainer timed on a pipeline directory, the other side of `bench cpu-throughput --trl-python`.
+
+Run by the python of a separate virtualenv that holds trl 0.23.1 (the last release with DDPOTrainer) and its own
+diffusers and transformers; it imports neither this project nor anything it does not need, so it runs there as a
+plain script: `python bench/throughput/trl_ddpo.py PIPELINE_DIR STEPS` prints one JSON line, the seconds of each
+timed training step after one warm-up step. The configuration is the comparison's (bench/throughput/cpu.py: SIDE):
+its sampler, guidance, batch and LoRA, on one torch thread, float32.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+
+# the comparison's configuration, as bench/throughput/cpu.py states it for both sides
+SAMPLES, STEPS, GUIDANCE, LEARNING_RATE = 16, 10, 5.0, 3e-4
+PROMPTS = ("a red cube", "two blue spheres", "the letter k", "a green ring")
+
+
+def main(pipeline_dir: str, timed_steps: int) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    warnings.filterwarnings("ignore")
+    from accelerate import PartialState
+    from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline  # pyright: ignore[reportMissingImports]
+
+    PartialState()  # the pipeline logs through accelerate before the trainer has made its Accelerator
+
+    counter = iter(range(10**9))
+
+    def prompt_fn():
+        return PROMPTS[next(counter) % len(PROMPTS)], {}
+
+    def reward_fn(images, prompts, metadata):
+        return images.float().mean(dim=(1, 2, 3)), {}  # the same cheap reward as ours: mean brightness
+
+    with tempfile.TemporaryDirectory() as project_dir:
+        config = DDPOConfig(
+            num_epochs=timed_steps + 1,
+            sample_num_steps=STEPS,
+            sample_eta=1.0,
+            sample_guidance_scale=GUIDANCE,
+            sample_batch_size=SAMPLES,
+            sample_num_batches_per_epoch=1,
+            train_batch_size=SAMPLES,
+            train_gradient_accumulation_steps=1,
+            train_num_inner_epochs=1,
+            train_timestep_fraction=1.0,
+            train_cfg=True,
+            train_learning_rate=LEARNING_RATE,
+            train_use_8bit_adam=False,
+            per_prompt_stat_tracking=False,
+            mixed_precision="no",
+            log_with=None,
+            project_kwargs={"project_dir": project_dir},
+            save_freq=10**9,
+            async_reward_computation=False,
+        )
+        pipeline = DefaultDDPOStableDiffusionPipeline(pipeline_dir, use_lora=True)
+        pipeline.sd_pipeline.set_progress_bar_config(disable=True)
+        trainer = DDPOTrainer(config, reward_fn, prompt_fn, pipeline)
+        seconds = []
+        for epoch in range(timed_steps + 1):
+            start = time.perf_counter()
+            trainer.step(epoch, epoch)
+            seconds.append(time.perf_counter() - start)
+    print(json.dumps({"seconds": seconds[1:], "samples": SAMPLES}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]))
