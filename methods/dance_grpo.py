@@ -24,6 +24,7 @@ import torch
 from methods.options import Options, option
 from methods.toolkit.policy_gradient import (
     STEPS_PER_CALL,
+    check_sampling_pass_reuse,
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
@@ -55,6 +56,10 @@ class Config(Options):
     steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
     """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
     states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
+    reuse_sampling_pass: bool = option(False, added=True)
+    """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
+    constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
+    step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
     clip_range: float = option(0.2, above=0)
     """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
     adv_clip: float = option(5.0, above=0)
@@ -65,6 +70,10 @@ class Config(Options):
     """AdamW learning rate."""
     max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_sampling_pass_reuse(self)
 
 
 class DanceGRPO(Trainer):
@@ -99,6 +108,7 @@ class DanceGRPO(Trainer):
                 eta=self.noise_level,
                 sde=SAMPLERS[self.policy.family],
                 initial=shared.repeat_interleave(cfg.samples_per_prompt, dim=0),
+                score_graph=cfg.reuse_sampling_pass,
             )
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)

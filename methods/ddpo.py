@@ -25,6 +25,7 @@ import torch
 from methods.options import Options, option
 from methods.toolkit.policy_gradient import (
     STEPS_PER_CALL,
+    check_sampling_pass_reuse,
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
@@ -52,6 +53,10 @@ class Config(Options):
     steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
     """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
     states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
+    reuse_sampling_pass: bool = option(False, added=True)
+    """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
+    constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
+    step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
     step_fraction: float = option(1.0, above=0, at_most=1)
     """Fraction of the chain's stochastic steps (chosen at random per minibatch) trained on."""
     clip_range: float = option(0.2, above=0)
@@ -64,6 +69,10 @@ class Config(Options):
     """AdamW learning rate; None: the model's (LEARNING_RATES)."""
     max_grad_norm: float = option(1.0, above=0)
     """Gradient clipping threshold (L2 norm)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_sampling_pass_reuse(self)
 
 
 # Measured on `digit`: on the 4-step consistency chain, 3e-5 clips 26-34% of the PPO ratios and the reward
@@ -96,7 +105,13 @@ class DDPO(Trainer):
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
-            trajectory = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator, eta=cfg.eta)
+            trajectory = self.policy.sample(
+                prompts,
+                self.sampler_steps(cfg.sample_steps),
+                self.generator,
+                eta=cfg.eta,
+                score_graph=cfg.reuse_sampling_pass,
+            )
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         if not trajectory.stochastic_steps:
             raise ValueError(

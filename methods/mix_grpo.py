@@ -29,7 +29,13 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Options, option
-from methods.toolkit.policy_gradient import STEPS_PER_CALL, group_normalized_advantages, ppo_epochs, ppo_usage
+from methods.toolkit.policy_gradient import (
+    STEPS_PER_CALL,
+    check_sampling_pass_reuse,
+    group_normalized_advantages,
+    ppo_epochs,
+    ppo_usage,
+)
 from methods.trainer import Trainer, chain_work, make_optimizer
 
 
@@ -57,6 +63,10 @@ class Config(Options):
     steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
     """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
     states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
+    reuse_sampling_pass: bool = option(False, added=True)
+    """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
+    constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
+    step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
     clip_range: float = option(0.2, above=0)
     """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
     adv_clip: float = option(5.0, above=0)
@@ -70,6 +80,10 @@ class Config(Options):
     flash_steps: int = option(0, at_least=0, added=True)
     """MixGRPO-Flash: the ODE steps after the window, over evenly spaced points of the remaining grid; 0: every step
     of the grid (MixGRPO)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_sampling_pass_reuse(self)
 
 
 def window_size(steps: int, config: Config) -> int:
@@ -123,7 +137,9 @@ class MixGRPO(Trainer):
         noise = [cfg.noise_level if start <= s < start + window else 0.0 for s in range(len(grid))]
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
-            trajectory = self.policy.sample(prompts, grid, self.generator, eta=noise, sde="flow_grpo")
+            trajectory = self.policy.sample(
+                prompts, grid, self.generator, eta=noise, sde="flow_grpo", score_graph=cfg.reuse_sampling_pass
+            )
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages)

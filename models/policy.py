@@ -40,6 +40,8 @@ class Trajectory:
     images: torch.Tensor  # (B, C, H, W) in [0, 1]
     eta: tuple[float, ...]  # (S,): each step's noise level, in the units of the sampler `sde`
     sde: str = "native"  # the family's stochastic sampler the chain was drawn with (ChainPolicy.sdes)
+    mean_graphs: tuple[torch.Tensor, ...] = ()  # sampled with score_graph: each step's mean (B, C, H, W) under the
+    # sampling parameters, differentiable through that step's network call alone; () otherwise
 
     @property
     def stochastic_steps(self) -> list[int]:
@@ -56,6 +58,7 @@ class Trajectory:
             predictions=self.predictions[index],
             log_probs=None if self.log_probs is None else self.log_probs[index],
             images=self.images[index],
+            mean_graphs=tuple(mean[index] for mean in self.mean_graphs),
         )
 
 
@@ -107,6 +110,7 @@ class Policy(Protocol):
         grad_steps: int | None = None,
         until: int | None = None,
         checkpoint: bool = False,
+        score_graph: bool = False,
     ) -> Trajectory: ...
 
     def noised(self, x0: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -275,6 +279,7 @@ class ChainPolicy(ABC):
         grad_steps: int | None = None,
         until: int | None = None,
         checkpoint: bool = False,
+        score_graph: bool = False,
     ) -> Trajectory:
         """Runs the sampler over `steps` steps of the family's grid, or over an explicit grid (a descending tensor of
         the timesteps the steps start from, as `sampling_timesteps` returns). `eta` is the noise level of every step,
@@ -284,13 +289,18 @@ class ChainPolicy(ABC):
         step is mean + std * noise); `grad_steps` K keeps the graph of the last K steps taken only (DRaFT-K's
         truncation: the steps before run without it); `checkpoint` then recomputes each step's activations in the
         backward pass instead of keeping them. `until` k stops the chain after its first k steps (the trajectory holds
-        x_0 .. x_k, and its images decode x_k); None: every step."""
+        x_0 .. x_k, and its images decode x_k); None: every step. `score_graph` keeps instead the graph a policy
+        gradient differentiates: each step's mean, in `mean_graphs`, through that step's network call alone, with the
+        states taken as constants (the actions), so the sampling pass doubles as the on-policy evaluation of its
+        steps (methods/toolkit/policy_gradient.py: ppo_chain_backward's on_policy); the chain itself is unchanged."""
         timesteps = steps if isinstance(steps, torch.Tensor) else self.sampling_timesteps(steps)
         etas = (float(eta),) * len(timesteps) if isinstance(eta, int | float) else tuple(map(float, eta))
         if len(etas) != len(timesteps) or min(etas) < 0:
             raise ValueError(f"eta must be >= 0, one value or one per step ({len(timesteps)}), got {eta}")
         if sde not in self.sdes:
             raise ValueError(f"a {self.family} model has no sampler {sde!r}; valid: {', '.join(self.sdes)}")
+        if grad and score_graph:
+            raise ValueError("a chain keeps one graph: the reparameterized one (grad) or the score's (score_graph)")
         text = self._text(prompts)
         if initial is None:
             x = torch.randn((len(prompts), *self.latent_shape), generator=generator).to(self.device)
@@ -307,9 +317,9 @@ class ChainPolicy(ABC):
                 f"graph of 1 to those taken (grad_steps: {grad_steps})"
             )
         first_graph = taken - (taken if grad_steps is None else grad_steps)
-        latents, means, stds, log_probs, predictions = [x], [], [], [], []
+        latents, means, stds, log_probs, predictions, mean_graphs = [x], [], [], [], [], []
         for step in range(taken):
-            graphed = grad and step >= first_graph
+            graphed = (grad and step >= first_graph) or score_graph
             with torch.set_grad_enabled(graphed):
                 if graphed and checkpoint:
                     # the whole step is recomputed in the backward pass (no early stop once its saved tensors are
@@ -320,6 +330,9 @@ class ChainPolicy(ABC):
                         )
                 else:
                     mean, std, x0 = self.transition(x, step, timesteps, text, etas[step], sde)
+                if score_graph:
+                    mean_graphs.append(mean)
+                    mean, x0 = mean.detach(), x0.detach()
                 if std > 0:
                     noise = torch.randn(x.shape, generator=generator).to(self.device)
                     x = mean + std * noise
@@ -342,6 +355,7 @@ class ChainPolicy(ABC):
             images=self.decode(x),
             eta=etas,
             sde=sde,
+            mean_graphs=tuple(mean_graphs),
         )
 
     def step_mean(self, trajectory: Trajectory, step: int) -> torch.Tensor:

@@ -123,6 +123,19 @@ def test_several_steps_re_evaluated_in_one_network_call_are_each_steps_own_mean(
             assert torch.allclose(mean, policy.step_mean(trajectory, s), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_sampling_pass_keeps_each_steps_mean_differentiable_in_the_adapters(pipelines, family):
+    """reuse_sampling_pass's graph (score_graph) through each family's conditioning and guidance: a sampled step's
+    mean is its re-evaluated one, and its gradient reaches the LoRA weights."""
+    policy = load(pipelines, family)
+    with torch.no_grad():
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(1), eta=1.0, score_graph=True)
+        step = trajectory.stochastic_steps[-1]
+        assert torch.allclose(trajectory.mean_graphs[step], policy.step_mean(trajectory, step), rtol=0, atol=1e-5)
+    trajectory.mean_graphs[step].square().sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
+
+
 @pytest.mark.parametrize("family", ["sd", "lcm", "sd3", "sd3-t5", "flux"])
 def test_the_deterministic_sampler_is_diffusers_pipeline(pipelines, family):
     """Prompt encoding, guidance, the sampler and the VAE's scaling, all at once: our chain and the pipeline's

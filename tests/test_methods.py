@@ -259,6 +259,65 @@ def test_ppo_gradients_and_diagnostics_do_not_depend_on_how_many_steps_share_a_n
             assert other_stats[name] == pytest.approx(values, rel=1e-3, abs=1e-6)
 
 
+@pytest.mark.parametrize("model, sde", CHAINS)
+def test_the_sampling_pass_is_the_on_policy_evaluation_of_its_steps(tiny_world, model, sde):
+    """score_graph leaves the chain as it was and keeps each step's mean differentiable through that step alone, so
+    the PPO gradient taken on it equals the re-evaluated one at the sampling parameters (rho = 1), with the KL's
+    reference passes and GRPO-Guard's ratio on the flow, and calls the policy's network no more."""
+    policy, reference = tiny_world.make_policy(model), tiny_world.make_policy(model)
+    with torch.no_grad():
+        for p in reference.network.parameters():  # off the policy, so the KL is not trivial
+            p.add_(1e-3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        prompts = ["a handwritten five", "a handwritten two"] * 2
+        plain = policy.sample(prompts, 4, torch.Generator().manual_seed(1), eta=0.8, sde=sde)
+        graphed = policy.sample(prompts, 4, torch.Generator().manual_seed(1), eta=0.8, sde=sde, score_graph=True)
+    for field in ("latents", "means", "log_probs", "images"):
+        torch.testing.assert_close(getattr(graphed, field), getattr(plain, field), rtol=0, atol=0, equal_nan=True)
+    assert not plain.mean_graphs and all(m.requires_grad for m in graphed.mean_graphs)
+    assert not graphed.latents.requires_grad and not graphed.images.requires_grad  # the actions are constants
+    advantages = torch.tensor([1.0, -0.5, 2.0, -1.5])
+    steps = graphed.stochastic_steps[::-1]
+    gradients, calls = [], network_calls(policy)
+    for on_policy in (False, True):
+        policy.network.zero_grad()
+        stats = ppo_chain_backward(
+            policy, reference, graphed, steps, advantages, 0.2, 0.1, True, 1, sde != "native", on_policy=on_policy
+        )
+        gradients.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters()]))
+        assert max(stats["ratio_dev"]) < 1e-3 and min(stats["kl"]) > 0
+    re_evaluated, reused = gradients
+    assert calls == [4] * len(steps)  # the re-evaluation's only: the on-policy pass took the sampling's means
+    assert re_evaluated.abs().sum() > 0 and (reused - re_evaluated).norm() < 1e-4 * re_evaluated.norm()
+
+
+REUSING = [("ddpo", "diffusion"), ("ddpo", "consistency"), ("flow_grpo", "flow"), ("mix_grpo", "flow")]
+REUSING.append(("dance_grpo", "flow"))
+
+
+@pytest.mark.parametrize("name, model", REUSING)
+def test_reusing_the_sampling_pass_takes_the_re_evaluated_step_for_fewer_network_evaluations(tiny_world, name, model):
+    one_minibatch = {"minibatch": 6, "inner_epochs": 2}  # small_config's 2 x 3 chains; the second epoch re-evaluates
+    steps = {}
+    for reuse in (False, True):
+        trainer, meter = make(tiny_world, name, model, **one_minibatch, reuse_sampling_pass=reuse)
+        before = flat_parameters(trainer)
+        trainer.step()
+        assert meter.accounts["train"].nfe == METHODS[name].step_usage(trainer.config, GENERATORS[model][1])["nfe"]
+        steps[reuse] = (flat_parameters(trainer) - before, meter.accounts["train"].nfe)
+    (re_evaluated, nfe), (reused, fewer) = steps[False], steps[True]
+    # AdamW's first steps move a parameter by ~lr whatever its gradient's size, so float noise in a near-zero
+    # gradient moves single entries: the updates agree as vectors
+    assert fewer < nfe and (reused - re_evaluated).norm() < 1e-2 * re_evaluated.norm()
+
+
+def test_reusing_the_sampling_pass_needs_one_minibatch_of_every_chain():
+    with pytest.raises(
+        ValueError, match=r"ddpo.minibatch \(16\) must be at least prompts_per_iter x samples_per_prompt \(64\)"
+    ):
+        METHODS["ddpo"].Config(reuse_sampling_pass=True)
+    assert METHODS["flow_grpo"].Config(reuse_sampling_pass=True, minibatch=64).reuse_sampling_pass
+
+
 def test_ppo_clipped_loss_known_values():
     old = torch.zeros(4)
     new = torch.log(torch.tensor([1.5, 1.5, 0.5, 0.5]))

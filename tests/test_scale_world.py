@@ -261,9 +261,10 @@ def test_the_trl_comparisons_pipeline_is_the_985k_unet_at_32_px_and_our_side_pri
     policy = StableDiffusionPolicy.from_pretrained(pipeline, config=config)
     assert policy.latent_shape == (4, 16, 16) and policy.image_shape == (3, 32, 32)
     assert sum(p.numel() for p in policy.backbone.parameters() if not p.requires_grad) == 985_444
-    time_ours(str(pipeline), 1)
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["samples"] == 16 and len(result["seconds"]) == 1 and result["seconds"][0] > 0
+    for reuse_sampling_pass in (False, True):
+        time_ours(str(pipeline), 1, reuse_sampling_pass)
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["samples"] == 16 and len(result["seconds"]) == 1 and result["seconds"][0] > 0
 
 
 def test_the_backward_flops_of_a_rocm_step_are_counted():

@@ -7,10 +7,13 @@ digits  each policy-gradient method's training step on the digits world (its def
         float32 matmul rate this thread reaches (square matrices of 256 to 2,048);
 trl     with --trl-python: DDPO on one tiny Stable Diffusion pipeline (32 px, 16 x 16 x 4 latents, the 985k-parameter
         UNet of models/tiny_pipelines.py), here and in trl 0.23.1's DDPOTrainer, in separate processes that
-        alternate (ours, trl, ours, trl, ...), each timing `steps` training steps after a warm-up step. Both sides:
-        10 DDIM steps at eta 1, guidance 5 in sampling and in training, 16 samples per step trained in one
-        minibatch over every step, one optimizer step, LoRA r = 4 on to_q, to_k, to_v and to_out.0, float32, the
-        mean brightness as the reward. trl lives in its own virtualenv (bench/throughput/trl_ddpo.py says which).
+        alternate (ours twice, trl, ours twice, trl, ...), each timing `steps` training steps after a warm-up
+        step. Both sides: 10 DDIM steps at eta 1, guidance 5 in sampling and in training, 16 samples per step
+        trained in one minibatch over every step, one optimizer step, LoRA r = 4 on to_q, to_k, to_v and
+        to_out.0, float32, the mean brightness as the reward. Ours runs twice: re-evaluating every trained step
+        as trl does, and with ddpo.reuse_sampling_pass, where that one on-policy minibatch differentiates the
+        sampling pass instead (the same gradient, as its ratio is 1, trl's too). trl lives in its own virtualenv
+        (bench/throughput/trl_ddpo.py says which).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ DIGITS_METHODS = {
 }
 """The methods that train through methods/toolkit/policy_gradient.py, on the digits generator each is run on."""
 TRL_SCRIPT = Path(trl_ddpo.__file__)
+SIDES = ("ours, re-evaluating", "ours, reusing", "trl")
+"""The comparison's sides: ours re-evaluating every trained step, ours with ddpo.reuse_sampling_pass, trl's."""
 ONE_THREAD = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 """Each side's environment: offline (everything is on disk), one thread."""
 
@@ -143,7 +148,7 @@ class Brightness:
         return images.float().mean(dim=(1, 2, 3))
 
 
-def time_ours(pipeline_dir: str, timed_steps: int) -> None:
+def time_ours(pipeline_dir: str, timed_steps: int, reuse_sampling_pass: bool) -> None:
     """This project's side of the comparison, in its own process: prints the JSON line trl_ddpo.py prints."""
     from models.scale.config import StableDiffusionConfig
     from models.scale.unet import StableDiffusionPolicy
@@ -161,6 +166,7 @@ def time_ours(pipeline_dir: str, timed_steps: int) -> None:
         eta=1.0,
         minibatch=trl_ddpo.SAMPLES,
         learning_rate=trl_ddpo.LEARNING_RATE,
+        reuse_sampling_pass=reuse_sampling_pass,
     )
     meter = Meter()
     trainer = METHODS["ddpo"](
@@ -176,13 +182,15 @@ def time_ours(pipeline_dir: str, timed_steps: int) -> None:
 
 def versus_trl(trl_python: str, rounds: int, steps: int) -> dict[str, list[float]]:
     """Samples/s of each side in each round, the sides alternating in fresh processes."""
-    rates: dict[str, list[float]] = {"ours": [], "trl": []}
+    ours = [sys.executable, "-m", "bench.throughput.cpu"]
     with tempfile.TemporaryDirectory() as root:
         pipeline = str(write_sd_pipeline(Path(root)))
         commands = {
-            "ours": [sys.executable, "-m", "bench.throughput.cpu", pipeline, str(steps)],
-            "trl": [trl_python, str(TRL_SCRIPT), pipeline, str(steps)],
+            SIDES[0]: [*ours, pipeline, str(steps), "re-evaluate"],
+            SIDES[1]: [*ours, pipeline, str(steps), "reuse"],
+            SIDES[2]: [trl_python, str(TRL_SCRIPT), pipeline, str(steps)],
         }
+        rates: dict[str, list[float]] = {side: [] for side in commands}
         for _ in range(rounds):
             for side, command in commands.items():
                 done = subprocess.run(command, capture_output=True, text=True, env=ONE_THREAD)
@@ -207,14 +215,15 @@ def report(methods: list[str], steps: int, trl_python: str | None, rounds: int) 
         )
     if trl_python:
         rates = versus_trl(trl_python, rounds, steps)
-        ours, trl = statistics.median(rates["ours"]), statistics.median(rates["trl"])
+        medians = {side: statistics.median(values) for side, values in rates.items()}
         lines += ["", "tiny SD DDPO (32 px, 10 DDIM steps, CFG 5, 16 samples/step), one thread, samples/s:"]
         for side, values in rates.items():
             each = ", ".join(f"{v:.2f}" for v in values)
-            lines.append(f"  {side:<5} median {statistics.median(values):.2f}  ({each})")
-        lines.append(f"  ours / trl: {ours / trl:.2f}x")
+            lines.append(f"  {side:<19} median {medians[side]:.2f}  ({each})")
+        for side in SIDES[:2]:
+            lines.append(f"  {side} / trl: {medians[side] / medians[SIDES[2]]:.2f}x")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    time_ours(sys.argv[1], int(sys.argv[2]))
+    time_ours(sys.argv[1], int(sys.argv[2]), {"re-evaluate": False, "reuse": True}[sys.argv[3]])

@@ -79,10 +79,15 @@ def ppo_chain_backward(
     average: bool,
     chunk: int,
     guard: bool = False,
+    on_policy: bool = False,
 ) -> dict[str, list[float]]:
     """Backpropagates L(theta) above over the chosen stochastic `steps` of a (sub)trajectory of B chains, `chunk`
     steps at a time: their means come from one network call on chunk * B states (policy.step_means), one backward
     frees the chunk's graph before the next is built; the caller zeroes and applies the gradients.
+
+    on_policy: the parameters are still those the chains were sampled with (sampled with score_graph, no optimizer
+    step since), so the means are the sampling pass's own, `trajectory.mean_graphs`, and no step is re-evaluated.
+    There rho_s = 1 and the clipped surrogate's gradient is -A_s grad log pi_theta, the re-evaluated one.
 
     advantages: (B,), the same for every step (the chain's normalised return), or (B, N), one column per step.
     reference: the frozen policy of the KL term, or None (no KL, and no reference passes).
@@ -95,7 +100,7 @@ def ppo_chain_backward(
     divisor = len(steps) if average else 1
     for first in range(0, len(steps), chunk):
         group = steps[first : first + chunk]
-        means = policy.step_means(trajectory, group)
+        means = [trajectory.mean_graphs[s] for s in group] if on_policy else policy.step_means(trajectory, group)
         if reference is not None:
             with torch.no_grad():
                 reference_means = reference.step_means(trajectory, group)
@@ -136,13 +141,27 @@ def steps_trained(step_fraction: float, actions: int) -> int:
 def ppo_usage(config, images: int, steps: int, trained: int) -> dict[str, float]:
     """What one iteration of the methods that run ppo_epochs costs: sampling `images` chains of `steps` steps, then per
     epoch (config.inner_epochs) a forward and a backward of `trained` steps of each chain, and the reference's forward
-    of each where config.kl_coef > 0."""
+    of each where config.kl_coef > 0; with config.reuse_sampling_pass the first epoch's forward is the sampling's."""
     reference = images * trained if config.kl_coef > 0 else 0
+    reused = images * trained if config.reuse_sampling_pass else 0
     return {
-        "nfe": images * steps + config.inner_epochs * (images * trained * 3 + reference),
+        "nfe": images * steps + config.inner_epochs * (images * trained * 3 + reference) - reused,
         "reward_queries": images,
         "samples": images,
     }
+
+
+def check_sampling_pass_reuse(config) -> None:
+    """Refuses a PPO config whose `reuse_sampling_pass` could not pay: the sampling pass's graph serves the first
+    optimizer step only, and a backward through it runs over every chain it was built on, so one minibatch must hold
+    every chain of the iteration (config.minibatch >= prompts_per_iter * samples_per_prompt)."""
+    method = type(config).__module__.rpartition(".")[2]
+    chains = config.prompts_per_iter * config.samples_per_prompt
+    if config.reuse_sampling_pass and config.minibatch < chains:
+        raise ValueError(
+            f"{method}.reuse_sampling_pass needs one minibatch of every chain: {method}.minibatch "
+            f"({config.minibatch}) must be at least prompts_per_iter x samples_per_prompt ({chains})"
+        )
 
 
 def ppo_epochs(
@@ -152,13 +171,14 @@ def ppo_epochs(
     trajectories in random minibatches of `minibatch` chains (over all processes), each an optimizer step of L(theta)
     averaged over a random `step_fraction` of each chain's stochastic steps (DDPO's timestep subsampling, DanceGRPO's
     timestep selection); `guard`: GRPO-Guard's regulated ratio (ppo_chain_backward). The trainer's config gives
-    inner_epochs, minibatch, steps_per_call, clip_range, kl_coef and max_grad_norm, and `trainer.reference` the KL's
-    frozen policy (None: no KL). advantages: (B,), one per chain. Returns the diagnostics' means over every trained
-    step."""
+    inner_epochs, minibatch, steps_per_call, clip_range, kl_coef, max_grad_norm and reuse_sampling_pass (the first
+    optimizer step differentiates the sampling pass of a trajectory sampled with score_graph), and
+    `trainer.reference` the KL's frozen policy (None: no KL). advantages: (B,), one per chain. Returns the
+    diagnostics' means over every trained step."""
     cfg = trainer.config
     trained = steps_trained(step_fraction, len(trajectory.stochastic_steps))
     stats: dict[str, list[float]] = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
-    for _ in range(cfg.inner_epochs):
+    for epoch in range(cfg.inner_epochs):
         order = torch.randperm(len(trajectory.prompts), generator=trainer.generator)
         size = trainer.parallel.share(cfg.minibatch, f"{trainer.name}.minibatch")
         for start in range(0, len(order), size):
@@ -178,6 +198,7 @@ def ppo_epochs(
                 average=True,
                 chunk=cfg.steps_per_call,
                 guard=guard,
+                on_policy=cfg.reuse_sampling_pass and epoch == start == 0,
             )
             for name, values in step_stats.items():
                 stats[name] += values
