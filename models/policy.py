@@ -41,7 +41,7 @@ class Trajectory:
     eta: tuple[float, ...]  # (S,): each step's noise level, in the units of the sampler `sde`
     sde: str = "native"  # the family's stochastic sampler the chain was drawn with (ChainPolicy.sdes)
     mean_graphs: tuple[torch.Tensor, ...] = ()  # sampled with score_graph: each step's mean (B, C, H, W) under the
-    # sampling parameters, differentiable through that step's network call alone; () otherwise
+    # sampling parameters, a stochastic step's differentiable through that step's network call alone; () otherwise
 
     @property
     def stochastic_steps(self) -> list[int]:
@@ -290,9 +290,9 @@ class ChainPolicy(ABC):
         truncation: the steps before run without it); `checkpoint` then recomputes each step's activations in the
         backward pass instead of keeping them. `until` k stops the chain after its first k steps (the trajectory holds
         x_0 .. x_k, and its images decode x_k); None: every step. `score_graph` keeps instead the graph a policy
-        gradient differentiates: each step's mean, in `mean_graphs`, through that step's network call alone, with the
-        states taken as constants (the actions), so the sampling pass doubles as the on-policy evaluation of its
-        steps (methods/toolkit/policy_gradient.py: ppo_chain_backward's on_policy); the chain itself is unchanged."""
+        gradient differentiates: each stochastic step's mean, in `mean_graphs`, through that step's network call alone,
+        with the states taken as constants (the actions), so the sampling pass doubles as the on-policy evaluation of
+        its steps (methods/toolkit/policy_gradient.py: ppo_chain_backward's on_policy); the chain is unchanged."""
         timesteps = steps if isinstance(steps, torch.Tensor) else self.sampling_timesteps(steps)
         etas = (float(eta),) * len(timesteps) if isinstance(eta, int | float) else tuple(map(float, eta))
         if len(etas) != len(timesteps) or min(etas) < 0:
@@ -330,8 +330,8 @@ class ChainPolicy(ABC):
                         )
                 else:
                     mean, std, x0 = self.transition(x, step, timesteps, text, etas[step], sde)
-                if score_graph:
-                    mean_graphs.append(mean)
+                if score_graph:  # a deterministic step is no action: its graph is let go at once
+                    mean_graphs.append(mean if std > 0 else mean.detach())
                     mean, x0 = mean.detach(), x0.detach()
                 if std > 0:
                     noise = torch.randn(x.shape, generator=generator).to(self.device)
