@@ -176,6 +176,12 @@ def build_parser() -> Parser:
         action="store_true",
         help="make the rebuilt networks the ones the repository ships (weights/<world>/), after a recipe change",
     )
+    models.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=2,
+        help="processes building independent networks side by side, one torch thread pool each (default 2)",
+    )
     _add_progress(models)
 
     run = commands.add_parser(
@@ -458,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "models":
         try:
-            sweep.build_models(args.world, args.ship)
+            sweep.build_models(args.world, args.ship, args.workers)
         except ValueError as error:  # rebuilt weights that differ, or a checkpoint missing: say which, and why
             parser.exit(1, f"{parser.prog}: error: {error}\n")
         return 0

@@ -30,11 +30,11 @@ from models.progress import progress, relay_to, relayed, say
 from worlds import ARTIFACTS, ensure_world, world_entry
 
 
-def build_models(world: str, ship: bool = False) -> None:
-    """Builds the world's networks and checks them against the shipped ones (with `ship`, ships them), or checks
-    that every checkpoint it reads is in the cache."""
+def build_models(world: str, ship: bool = False, workers: int = 1) -> None:
+    """Builds the world's networks (`workers` side by side) and checks them against the shipped ones (with `ship`,
+    ships them), or checks that every checkpoint it reads is in the cache."""
     start = time.monotonic()
-    world_entry(world).prepare(world, ARTIFACTS, print, ship)
+    world_entry(world).prepare(world, ARTIFACTS, print, ship, workers)
     print(f"world {world!r} ready ({time.monotonic() - start:.0f}s)")
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+import multiprocessing
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,7 +29,7 @@ from models.consistency import ConsistencyPolicy, distillation_grid
 from models.diffusion import add_noise
 from models.io import atomic_torch_save, atomic_write_bytes
 from models.policy import ChainPolicy, DiffusionPolicy, images_to_model_space
-from models.progress import progress
+from models.progress import progress, relay_to, relayed, say
 from models.shipped import CACHE, install, shipped_manifest, weights_hash
 from models.text import PromptEncoder
 
@@ -119,38 +122,120 @@ def install_shipped(components: dict[str, Component], directory: Path, cfg, worl
     return installed
 
 
+class BuildInputs(NamedTuple):
+    """What building a world's components takes, besides its config."""
+
+    components: dict[str, Component]
+    data: Any
+    """The world's data, handed to every component's build."""
+    encoder: PromptEncoder
+    """Holds every prompt's embedding (saved as the prompt cache)."""
+    assess: Callable[[str, nn.Module], dict]
+    """(name, network) -> the figures recorded beside a component's hash (e.g. a classifier's test accuracy)."""
+
+
+Inputs = Callable[[Any, dict | None], BuildInputs]
+"""(cfg, a prompt cache or None) -> the build's inputs. A module-level function, so that a build's worker processes
+can be handed it; given the cache the build saved, a worker's encoder holds exactly the build's embeddings."""
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Inside, torch computes on `threads` threads (None: as it was)."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def build_component(given: BuildInputs, name: str, out_dir: Path, cfg, hashes: dict[str, str], log=print) -> dict:
+    """Trains one component (its inputs already in `out_dir`, `hashes` holding theirs), saves it, and returns its
+    manifest entry. Its random draws come from its own seed alone, so it builds the same in any process."""
+    seed = (cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
+    torch.manual_seed(seed)  # network initialisation draws from the global generator
+    log(f"building {name}")
+    start = time.monotonic()
+    built = Built(out_dir, given.components, cfg, given.encoder)
+    network = given.components[name].build(cfg, given.data, built, torch.Generator().manual_seed(seed), log)
+    atomic_torch_save(network.state_dict(), out_dir / f"{name}.pt")
+    return {
+        "recipe": recipe(given.components, name, cfg, hashes),
+        "hash": weights_hash(network),
+        "build_seconds": round(time.monotonic() - start, 1),
+        **given.assess(name, network),
+    }
+
+
+_worker_inputs: dict[tuple, BuildInputs] = {}  # in a build's worker process: its inputs, made once
+
+
+def _start_builder(lines, threads: int | None) -> None:
+    relay_to(lines)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _build_in_worker(inputs: Inputs, name: str, out_dir: Path, cfg, hashes: dict[str, str]) -> dict:
+    key = (inputs.__module__, inputs.__qualname__, cfg, out_dir)
+    if key not in _worker_inputs:
+        cache = torch.load(out_dir / f"{CACHE}.pt", map_location="cpu", weights_only=True)
+        _worker_inputs[key] = inputs(cfg, cache)
+    return build_component(_worker_inputs[key], name, out_dir, cfg, hashes, say)
+
+
 def build_components(
-    components: dict[str, Component],
-    out_dir: Path,
-    cfg,
-    world: str,
-    data,
-    encoder: PromptEncoder,
-    assess: Callable[[str, nn.Module], dict],
-    log=print,
+    world: str, inputs: Inputs, out_dir: Path, cfg, log=print, workers: int = 1, threads: int | None = None
 ) -> dict:
-    """Trains every stale component into `out_dir` and records it in the manifest (after each, so an interrupted
-    build keeps what it finished). `encoder` holds every prompt's embedding (saved as the prompt cache); `assess`
-    gives the figures recorded beside a component's hash (e.g. a classifier's test accuracy)."""
+    """Trains every stale component into `out_dir` and records it in the manifest (after each, so an interrupted or
+    failed build keeps what it finished), each on `threads` torch threads (None: torch's default). With `workers`
+    > 1, components whose inputs are built train side by side, each in a worker process of its own (spawned, as
+    the sweep's are); each draws from its own seed only, so they build the same weights as one process does."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(encoder.cache, out_dir / f"{CACHE}.pt")
+    given = inputs(cfg, None)
+    atomic_torch_save(given.encoder.cache, out_dir / f"{CACHE}.pt")
     manifest = read_manifest(out_dir, world)
-    built = Built(out_dir, components, cfg, encoder)
-    for name in stale_components(components, out_dir, cfg, world):
-        hashes = {n: e["hash"] for n, e in manifest["components"].items()}
-        seed = (cfg.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
-        torch.manual_seed(seed)  # network initialisation draws from the global generator
-        log(f"building {name}")
-        start = time.monotonic()
-        network = components[name].build(cfg, data, built, torch.Generator().manual_seed(seed), log)
-        atomic_torch_save(network.state_dict(), out_dir / f"{name}.pt")
-        manifest["components"][name] = {
-            "recipe": recipe(components, name, cfg, hashes),
-            "hash": weights_hash(network),
-            "build_seconds": round(time.monotonic() - start, 1),
-            **assess(name, network),
-        }
+    stale = stale_components(given.components, out_dir, cfg, world)
+
+    def hashes() -> dict[str, str]:
+        return {n: e["hash"] for n, e in manifest["components"].items()}
+
+    def record(name: str, entry: dict) -> None:
+        built = {**manifest["components"], name: entry}
+        manifest["components"] = {n: built[n] for n in given.components if n in built}  # in build order
         atomic_write_bytes(out_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
+
+    if workers == 1 or len(stale) == 1:
+        with torch_threads(threads):
+            for name in stale:
+                record(name, build_component(given, name, out_dir, cfg, hashes(), log))
+        return manifest
+    # spawn, not fork: a forked child would inherit this process's torch thread pools and locks
+    context = multiprocessing.get_context("spawn")
+    lines = context.Queue()
+    waiting, running, failure = list(stale), {}, None
+    with (
+        relayed(lines),
+        ProcessPoolExecutor(workers, mp_context=context, initializer=_start_builder, initargs=(lines, threads)) as pool,
+    ):
+        while waiting or running:
+            ready = [n for n in waiting if not set(given.components[n].inputs) & {*waiting, *running.values()}]
+            for name in ready if failure is None else []:
+                waiting.remove(name)
+                running[pool.submit(_build_in_worker, inputs, name, out_dir, cfg, hashes())] = name
+            if not running:
+                break  # a failure left components waiting for it
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                try:
+                    record(name, future.result())
+                except Exception as error:  # the others still finish and are recorded
+                    failure = failure or error
+    if failure is not None:
+        raise failure
     return manifest
 
 
@@ -163,8 +248,16 @@ class WorldRecipe:
     components: dict[str, Component]
     generators: dict[str, tuple[str, type[ChainPolicy]]]
     """Model name a run chooses -> (component, policy class)."""
-    build: Callable[..., dict]
-    """(out_dir, cfg, log) -> the manifest: trains every stale component (with `build_components`)."""
+    inputs: Inputs
+    """What its build takes (`BuildInputs`)."""
+    threads: int | None = None
+    """Torch threads each component trains on (None: torch's default). One makes the weights independent of the
+    machine's core count (the float sums' order depends on it) and keeps a build beside other work from stalling on
+    a busy core."""
+
+    def build(self, out_dir: Path, cfg: Any, log=print, workers: int = 1) -> dict:
+        """Trains every stale component into `out_dir` (`build_components`); returns the manifest."""
+        return build_components(self.world, self.inputs, out_dir, cfg, log, workers, self.threads)
 
     def read_manifest(self, directory: Path) -> dict:
         return read_manifest(directory, self.world)

@@ -11,7 +11,7 @@ Networks, each trained here from its own seed and versioned by the SHA-256 of it
   flow: a rectified-flow (velocity) base generator trained by flow matching, as SD3 is;
   reward classifier (MLP) behind the `digit` reward; judge (CNN), for evaluation only.
 Each network is a component built from a recipe (the config fields it depends on and the hashes
-of the components it learns from); `build_world` rebuilds only the components whose recipe changed,
+of the components it learns from); the build (`RECIPE.build`) trains only the components whose recipe changed,
 so adding a generator to the world never retrains the others.
 """
 
@@ -219,11 +219,10 @@ GENERATORS: dict[str, tuple[str, type[ChainPolicy]]] = {
 }
 
 
-def build_world(out_dir: Path, cfg: WorldConfig = WorldConfig(), log=print) -> dict:
-    """Trains every stale component of the world and records it in the manifest (models/build.py), with each
-    classifier's accuracy on the test split."""
+def build_inputs(cfg: WorldConfig, cache: dict | None) -> build.BuildInputs:
+    """The build's inputs (models/build.py), each classifier assessed by its accuracy on the test split."""
     splits = load_splits()
-    encoder = PromptEncoder()
+    encoder = PromptEncoder(cache)
     encoder([p for name in PROMPT_SETS for p in load_prompts(name)])
 
     def assess(name: str, network: nn.Module) -> dict:
@@ -232,7 +231,7 @@ def build_world(out_dir: Path, cfg: WorldConfig = WorldConfig(), log=print) -> d
         test_images, test_labels = splits["test"]
         return {"test_accuracy": float((network(test_images).argmax(1) == test_labels).float().mean())}
 
-    return build.build_components(COMPONENTS, out_dir, cfg, "digits", splits, encoder, assess, log)
+    return build.BuildInputs(COMPONENTS, splits, encoder, assess)
 
 
-RECIPE = build.WorldRecipe("digits", COMPONENTS, GENERATORS, build_world)
+RECIPE = build.WorldRecipe("digits", COMPONENTS, GENERATORS, build_inputs)

@@ -328,23 +328,16 @@ def reader_accuracy(reader: SlotReader, images: torch.Tensor, labels: torch.Tens
     return {"test_digit_accuracy": float(digit_acc), "test_colour_accuracy": float(colour_acc)}
 
 
-def build_world(out_dir: Path, cfg: ScenesConfig = ScenesConfig(), log=print) -> dict:
-    """Trains every stale component of the world and records it in the manifest (models/build.py), with each
-    reader's accuracy on the test split. On one thread: its weights then do not depend on the machine's core count
-    (the float sums' order does), and a build beside other work does not stall waiting for a busy core."""
+def build_inputs(cfg: ScenesConfig, cache: dict | None) -> build.BuildInputs:
+    """The build's inputs (models/build.py), each reader assessed by its accuracy on the test split."""
     splits = load_splits()
-    encoder = TokenEncoder()
+    encoder = TokenEncoder(cache)
     encoder([p for name in PROMPT_SETS for p in load_prompts(name)])
 
     def assess(name: str, network: nn.Module) -> dict:
         return reader_accuracy(network, *splits["test"]) if isinstance(network, SlotReader) else {}
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return build.build_components(COMPONENTS, out_dir, cfg, WORLD, splits, encoder, assess, log)
-    finally:
-        torch.set_num_threads(threads)
+    return build.BuildInputs(COMPONENTS, splits, encoder, assess)
 
 
-RECIPE = build.WorldRecipe(WORLD, COMPONENTS, GENERATORS, build_world)
+RECIPE = build.WorldRecipe(WORLD, COMPONENTS, GENERATORS, build_inputs, threads=1)

@@ -282,11 +282,12 @@ def test_the_scenes_world_scores_real_scenes_of_its_prompts_near_perfect_and_noi
     assert scores["judge_score"] > noise["judge_score"] + 0.2 and scores["fid"] < noise["fid"]
 
 
-def test_the_build_is_deterministic(tmp_path):
-    from models.scenes import build_world
+def test_the_build_is_deterministic_alone_or_side_by_side(tmp_path):
+    from models.scenes import RECIPE
 
-    first = build_world(tmp_path / "a", tiny_scenes_config(), log=lambda *_: None)
-    second = build_world(tmp_path / "b", tiny_scenes_config(), log=lambda *_: None)
+    first = RECIPE.build(tmp_path / "a", tiny_scenes_config(), log=lambda *_: None)
+    second = RECIPE.build(tmp_path / "b", tiny_scenes_config(), log=lambda *_: None, workers=2)
+    assert list(second["components"]) == list(first["components"]) == list(RECIPE.components)
     assert {n: c["hash"] for n, c in first["components"].items()} == {
         n: c["hash"] for n, c in second["components"].items()
     }

@@ -95,11 +95,11 @@ class WorldEntry(Protocol):
         """Builds whatever the world builds here and is missing or stale; returns its directory under `root`."""
         ...
 
-    def prepare(self, name: str, root: Path, log, ship: bool = False) -> None:
+    def prepare(self, name: str, root: Path, log, ship: bool = False, workers: int = 1) -> None:
         """`bench models`: builds the world from scratch and checks it against the weights the repository ships, or
         checks that every checkpoint it reads is there (failing, with a ValueError naming what differs or how to get
         what is missing). `ship`: replace the shipped weights with the rebuilt ones (a ValueError where the world
-        ships none)."""
+        ships none). `workers`: processes that build independent networks side by side."""
         ...
 
     def load(self, name: str, root: Path, log) -> World:

@@ -92,10 +92,10 @@ class EmbeddedEntry:
             self.recipe.build(directory, self.config, log=log)
         return directory
 
-    def prepare(self, name: str, root: Path, log=print, ship: bool = False) -> None:
-        """Trains every network from scratch into <root>/<name>-rebuilt and compares its hashes with the shipped
-        manifest's; with `ship`, the rebuilt networks become the shipped ones. A world that ships none is built in
-        place, as `ensure` does."""
+    def prepare(self, name: str, root: Path, log=print, ship: bool = False, workers: int = 1) -> None:
+        """Trains every network from scratch into <root>/<name>-rebuilt, `workers` side by side, and compares its
+        hashes with the shipped manifest's; with `ship`, the rebuilt networks become the shipped ones. A world that
+        ships none is built in place, as `ensure` does."""
         shipped = shipped_manifest(name)
         if not shipped["components"] and not ship:
             self.ensure(name, root, log)
@@ -103,7 +103,7 @@ class EmbeddedEntry:
         rebuilt = root / f"{name}-rebuilt"
         shutil.rmtree(rebuilt, ignore_errors=True)
         log(f"building every network of world {name!r} from scratch into {rebuilt}")
-        manifest = self.recipe.build(rebuilt, self.config, log=log)
+        manifest = self.recipe.build(rebuilt, self.config, log, workers)
         if ship:
             log(f"shipped the rebuilt networks as {ship_world(rebuilt, name, manifest)}")
             return

@@ -335,7 +335,7 @@ class ScaleEntry:
             build_tiny(directory, log)
         return directory
 
-    def prepare(self, name: str, root: Path, log=print, ship: bool = False) -> None:
+    def prepare(self, name: str, root: Path, log=print, ship: bool = False, workers: int = 1) -> None:
         if ship:
             raise ValueError(f"world {name!r} ships no weights: its generators are checkpoints from the model cache")
         self.load(name, root, log).verify(log)
