@@ -180,7 +180,8 @@ def build_parser() -> Parser:
         "--workers",
         type=_positive_int,
         default=2,
-        help="processes building independent networks side by side, one torch thread pool each (default 2)",
+        help="processes building independent networks side by side, where a world's networks train on a fixed number "
+        "of threads, as the scenes world's do on one (default 2)",
     )
     _add_progress(models)
 

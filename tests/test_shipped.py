@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import models.digits
 import models.shipped
+from models.digits import tiny_world_config
 from models.shipped import SHIPPED, install, ship, shipped_manifest, weights_hash
 from worlds import world_entry
 
@@ -59,3 +60,14 @@ def test_bench_models_rebuilds_every_network_and_names_those_that_differ_from_th
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"the rebuilt flow \(built \w{12}, shipped 000000000000\) differ"):
         entry.prepare("digits-tiny", tmp_path / "artifacts", print)
+
+
+def test_a_world_whose_networks_train_on_every_core_builds_in_one_process(tmp_path, monkeypatch):
+    # its weights depend on the thread count, and side-by-side workers would each compute on every core
+    def no_workers(*args, **kwargs):
+        raise AssertionError("worker processes were started")
+
+    monkeypatch.setattr("models.build.ProcessPoolExecutor", no_workers)
+    assert models.digits.RECIPE.threads is None
+    manifest = models.digits.RECIPE.build(tmp_path, tiny_world_config(), log=lambda *_: None, workers=2)
+    assert list(manifest["components"]) == list(models.digits.COMPONENTS)

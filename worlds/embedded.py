@@ -118,6 +118,6 @@ class EmbeddedEntry:
             raise ValueError(
                 f"the rebuilt {', '.join(differ)} differ from the shipped weights of world {name!r}: the build is "
                 "deterministic on one kind of CPU, but another CPU or torch build sums floats in another order "
-                "(vector width, threads), which moves the weights' last bits; results record the hash they ran "
-                "with, and runs keep using the shipped weights"
+                "(vector width, threads), which moves the weights' last bits and training compounds them; results "
+                "record the hash they ran with, and runs keep using the shipped weights"
             )
