@@ -26,7 +26,9 @@ from models.scale.config import (
     StableDiffusionConfig,
 )
 from models.scale.flux import FluxPolicy, pack, size_shift, unpack
+from models.scale.fused_lora import FusedLoRALinear
 from models.scale.hub import noise_schedule_from
+from models.scale.lora import adapters_disabled
 from models.scale.sd3 import StableDiffusion3Policy
 from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy, guidance_scale_embedding
 from models.tiny_pipelines import FLUX_SCHEDULER, RESOLUTION, SD_SCHEDULER, write_tiny_pipelines
@@ -250,6 +252,48 @@ def test_the_loss_trains_only_the_lora_weights(pipelines, family):
         assert (p.grad is not None) == (module == "denoiser" and name in lora), (module, name)
     # LoRA starts with B = 0, so only B has a gradient at first
     assert any(p.grad.abs().sum() > 0 for name, p in policy.backbone.named_parameters() if "lora_B" in name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_adapter_is_fused_and_computes_what_peft_computes(pipelines, family):
+    from peft.tuners.lora.layer import Linear
+
+    policy = load(pipelines, family, lora_alpha=2.0)  # scaling 1/2: the fused product must carry it
+    layers = [m for m in policy.backbone.modules() if isinstance(m, Linear)]
+    assert layers and all(isinstance(m, FusedLoRALinear) for m in layers)
+    assert len(layers) == len(lora_names(policy)) // 2  # an A and a B each
+    generator = torch.Generator().manual_seed(0)
+    for layer in layers[:4]:
+        for p in layer.lora_B.parameters():
+            p.data = torch.randn(p.shape, generator=generator)  # B starts at 0, where the update would vanish
+        x = torch.randn(2, 5, layer.in_features, generator=generator, requires_grad=True)
+        grad_out = torch.randn(2, 5, layer.out_features, generator=generator)
+        results = []
+        for forward in (layer.forward, lambda x, layer=layer: Linear.forward(layer, x)):  # fused, then peft's own
+            output = forward(x)
+            params = [x, *layer.lora_A.parameters(), *layer.lora_B.parameters()]
+            results.append([output, *torch.autograd.grad(output, params, grad_out)])
+        for fused, peft in zip(*results, strict=True):
+            torch.testing.assert_close(fused, peft, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(results[0][0], layer.base_layer(x))  # the update is there
+        with adapters_disabled(policy.backbone):
+            assert torch.equal(layer(x), layer.base_layer(x))
+
+
+@pytest.mark.parametrize("family", ["sd", "lcm"])
+def test_a_unet_on_the_cpu_attends_through_the_classic_processor_to_sdpas_result(pipelines, family):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    policy = load(pipelines, family)
+    processors = list(policy.backbone.attn_processors.values())
+    assert processors and all(type(p) is AttnProcessor for p in processors)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *policy.latent_shape, generator=generator)
+    t = torch.tensor([900, 100])
+    text = policy._text(PROMPTS)
+    classic = policy.step_output(x, t, text)
+    policy.backbone.set_attn_processor(AttnProcessor2_0())
+    torch.testing.assert_close(classic, policy.step_output(x, t, text), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

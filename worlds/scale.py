@@ -43,7 +43,7 @@ from models.scale.config import (
     StableDiffusionConfig,
 )
 from models.scale.flux import FluxPolicy
-from models.scale.lora import LoRALatentPolicy
+from models.scale.lora import ARITHMETIC_VERSION, LoRALatentPolicy
 from models.scale.sd3 import StableDiffusion3Policy, StableDiffusion35Policy
 from models.scale.unet import LatentConsistencyPolicy, StableDiffusionPolicy
 from models.tiny_pipelines import AESTHETIC_WIDTHS, write_tiny_clip, write_tiny_pipelines
@@ -230,12 +230,17 @@ class ScaleWorld:
         return resolve_directory(self.model_config(model, source).source, "model", ["model_index.json", "*/*"])
 
     def model_hash(self, model: str, source: str = "") -> str:
-        """The weights' fingerprint and the loading config (as declared, device aside): the base model's identity."""
+        """The weights' fingerprint, the loading config (as declared, device aside) and the arithmetic's version:
+        the base model's identity."""
         root = self.checkpoint_root(model, source)
         declared = {k: v for k, v in dataclasses.asdict(self.config.models[model]).items() if k != "device"}
         if source:
             declared["source"] = source
-        identity = json.dumps({"weights": weights_fingerprint(root), "config": declared}, sort_keys=True, default=list)
+        identity = json.dumps(
+            {"weights": weights_fingerprint(root), "config": declared, "arithmetic": ARITHMETIC_VERSION},
+            sort_keys=True,
+            default=list,
+        )
         return hashlib.sha256(identity.encode()).hexdigest()
 
     def make_policy(self, model: str, source: str = "") -> Policy:

@@ -20,6 +20,12 @@ from models.hub import resolve_directory
 from models.policy import ChainPolicy, images_to_model_space, model_space_to_images
 from models.scale.config import DECODE_BATCH, DiffusersConfig
 
+ARITHMETIC_VERSION = 2
+"""The version of how the families compute, part of a base model's identity (ScaleWorld.model_hash): a change of float
+order moves every run's numbers, so runs under another are other runs. 2: the adapters' update fused into one product
+(fused_lora.py), and on the CPU the UNets' attention at latents up to 32 x 32 by diffusers' classic processor
+(unet.py)."""
+
 
 class Conditioning(NamedTuple):
     """The text inputs of the network for B prompts, and those of the empty prompt (guidance's null condition)."""
@@ -112,6 +118,8 @@ class LoRALatentPolicy(ChainPolicy):
     def _add_lora(self) -> None:
         from peft import LoraConfig
 
+        from models.scale.fused_lora import fuse_adapters  # imports peft
+
         cfg = self.config
         lora = LoraConfig(
             r=cfg.lora_rank,
@@ -126,6 +134,7 @@ class LoRALatentPolicy(ChainPolicy):
                 f"lora_target_modules {list(cfg.lora_target_modules)} do not fit the "
                 f"{type(self.backbone).__name__}: {error}"
             ) from error
+        fuse_adapters(self.backbone)
         # peft marks the adapters, and only them, trainable; they train in float32 whatever the frozen dtype
         self._lora = [(name, p) for name, p in self.backbone.named_parameters() if p.requires_grad]
         for _, p in self._lora:
