@@ -49,9 +49,7 @@ class FusedLoRALinear(Linear):
         return adapter
 
 
-def fuse_adapters(model: nn.Module) -> int:
-    """Makes every peft LoRA linear layer of `model` a FusedLoRALinear, in place; returns how many."""
-    layers = [m for m in model.modules() if type(m) is Linear]
-    for layer in layers:
+def fuse_adapters(model: nn.Module) -> None:
+    """Makes every peft LoRA linear layer of `model` a FusedLoRALinear, in place."""
+    for layer in [m for m in model.modules() if type(m) is Linear]:
         layer.__class__ = FusedLoRALinear
-    return len(layers)
