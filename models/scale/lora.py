@@ -20,11 +20,11 @@ from models.hub import resolve_directory
 from models.policy import ChainPolicy, images_to_model_space, model_space_to_images
 from models.scale.config import DECODE_BATCH, DiffusersConfig
 
-ARITHMETIC_VERSION = 2
+ARITHMETIC_VERSION = 3
 """The version of how the families compute, part of a base model's identity (ScaleWorld.model_hash): a change of float
 order moves every run's numbers, so runs under another are other runs. 2: the adapters' update fused into one product
 (fused_lora.py), and on the CPU the UNets' attention at latents up to 32 x 32 by diffusers' classic processor
-(unet.py)."""
+(unet.py). 3: on the CPU the adapters' update merged into the base layer's weight (fused_lora.py)."""
 
 
 class Conditioning(NamedTuple):
