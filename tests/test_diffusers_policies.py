@@ -282,10 +282,10 @@ def test_every_adapter_is_fused_and_computes_what_peft_computes(pipelines, famil
             output = forward(x)
             params = [x, *layer.lora_A.parameters(), *layer.lora_B.parameters()]
             results.append([output, *torch.autograd.grad(output, params, grad_out)])
-        for ours in results[1:]:
+        # the merged way sums the adapters' gradients through the (out x in) g^T x: another float order
+        for ours, rtol, atol in ((results[1], 1e-4, 1e-5), (results[2], 1e-5, 1e-6)):
             for computed, expected in zip(ours, results[0], strict=True):
-                # the merged way sums the adapters' gradients through the (out x in) g^T x: another float order
-                torch.testing.assert_close(computed, expected, rtol=1e-4, atol=1e-5)
+                torch.testing.assert_close(computed, expected, rtol=rtol, atol=atol)
         assert not torch.equal(results[0][0], layer.base_layer(x))  # the update is there
         with adapters_disabled(policy.backbone):
             assert torch.equal(layer(x), layer.base_layer(x))
