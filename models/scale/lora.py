@@ -20,11 +20,12 @@ from models.hub import resolve_directory
 from models.policy import ChainPolicy, images_to_model_space, model_space_to_images
 from models.scale.config import DECODE_BATCH, DiffusersConfig
 
-ARITHMETIC_VERSION = 3
+ARITHMETIC_VERSION = 4
 """The version of how the families compute, part of a base model's identity (ScaleWorld.model_hash): a change of float
 order moves every run's numbers, so runs under another are other runs. 2: the adapters' update fused into one product
 (fused_lora.py), and on the CPU the UNets' attention at latents up to 32 x 32 by diffusers' classic processor
-(unet.py). 3: on the CPU the adapters' update merged into the base layer's weight (fused_lora.py)."""
+(unet.py). 3: on the CPU the adapters' update merged into the base layer's weight (fused_lora.py). 4: on the CPU the
+UNets' attention's products transposed and its scale on the queries (attention.py)."""
 
 
 class Conditioning(NamedTuple):

@@ -71,16 +71,15 @@ class _UNetPolicy(LoRALatentPolicy):
         )
         if self.device.type == "cpu" and side <= 32:
             # SDPA's CPU flash kernel recomputes the attention in its backward, which at short sequences costs more
-            # than keeping the softmax as diffusers' classic processor does: on the tiny SD pipeline of
-            # bench/throughput/cpu.py a self-attention's forward and backward take 11.6 ms instead of 14.9, a
-            # cross-attention's 5.2 instead of 6.1 (batch 32, 64 queries, head dimension 8, one thread). The kept
-            # scores are side^4 floats per head and image at full resolution: 4 MB at a 32 x 32 latent, 64 MB at
-            # SD 1.5's 64 x 64, where flash's recomputation is the better trade
-            from diffusers.models.attention_processor import Attention, AttnProcessor
+            # than keeping the softmax: on the tiny SD pipeline of bench/throughput/cpu.py diffusers' classic
+            # processor, which keeps it, took a self-attention's forward and backward in 11.6 ms instead of 14.9, a
+            # cross-attention's in 5.2 instead of 6.1 (batch 32, 64 queries, head dimension 8, one thread), and
+            # KeptSoftmaxAttention computes the classic processor's products faster (attention.py). The kept scores
+            # are side^4 floats per head and image at full resolution: 4 MB at a 32 x 32 latent, 64 MB at SD 1.5's
+            # 64 x 64, where flash's recomputation is the better trade
+            from models.scale.attention import attend_with_kept_softmax
 
-            for module in unet.modules():
-                if isinstance(module, Attention):
-                    module.set_processor(AttnProcessor())
+            attend_with_kept_softmax(unet)
 
     def _encode_prompts(self, prompts):
         tokenizer, encoder = self.tokenizers[0], self.text_encoders[0]
