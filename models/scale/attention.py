@@ -45,12 +45,18 @@ class _KeptSoftmaxCore(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # pyright: ignore[reportIncompatibleMethodOverride]
         scaled_query, key, value, probabilities = ctx.saved_tensors
-        grad_probabilities = torch.bmm(grad_out, value.transpose(1, 2))
-        grad_value_t = torch.bmm(grad_out.transpose(1, 2), probabilities)
-        grad_scores = torch._softmax_backward_data(grad_probabilities, probabilities, -1, probabilities.dtype)
-        grad_query_t = torch.bmm(key.transpose(1, 2), grad_scores.transpose(1, 2)).mul_(ctx.scale)
-        grad_key_t = torch.bmm(scaled_query.transpose(1, 2), grad_scores)
-        return grad_query_t.transpose(1, 2), grad_key_t.transpose(1, 2), grad_value_t.transpose(1, 2), None
+        needs_query, needs_key, needs_value, _ = ctx.needs_input_grad
+        grad_query = grad_key = grad_value = None
+        if needs_value:
+            grad_value = torch.bmm(grad_out.transpose(1, 2), probabilities).transpose(1, 2)
+        if needs_query or needs_key:
+            grad_probabilities = torch.bmm(grad_out, value.transpose(1, 2))
+            grad_scores = torch._softmax_backward_data(grad_probabilities, probabilities, -1, probabilities.dtype)
+            if needs_query:
+                grad_query = torch.bmm(key.transpose(1, 2), grad_scores.transpose(1, 2)).mul_(ctx.scale).transpose(1, 2)
+            if needs_key:
+                grad_key = torch.bmm(scaled_query.transpose(1, 2), grad_scores).transpose(1, 2)
+        return grad_query, grad_key, grad_value, None
 
 
 class KeptSoftmaxAttention(AttnProcessor):
