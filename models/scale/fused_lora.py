@@ -38,9 +38,8 @@ class FusedLoRALinear(Linear):
         if plain is None:
             return super().forward(x, *args, **kwargs)
         base, down, up, scaling = plain
-        if x.device.type == "cpu":
-            return merged_lora(x, base.weight, base.bias, down.weight, up.weight * scaling)
-        return fused_lora(x, base.weight, base.bias, down.weight, up.weight * scaling)
+        combine = merged_lora if x.device.type == "cpu" else fused_lora
+        return combine(x, base.weight, base.bias, down.weight, up.weight * scaling)
 
     def _plain_adapter(
         self, x: torch.Tensor, args: tuple, kwargs: dict
