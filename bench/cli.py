@@ -43,18 +43,26 @@ OUT_HELP = (
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (attribute docstrings are not kept at runtime), read from its
-    source once per process: a later parser (a forked child that may not read the source files) reuses them."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    """The docstring under each field of a dataclass (attribute docstrings are not kept at runtime), read from the
+    source of its classes once per process: a field redeclared without one keeps its base class's (a shared option
+    at another default). A later parser (a forked child that may not read the source files) reuses them."""
     docs = {}
-    for node, following in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(following.value.value.split())
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        definition = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
+        if not isinstance(definition, ast.ClassDef):
+            raise TypeError(f"the source of {klass.__qualname__} is not a class definition")
+        body = definition.body
+        for node, following in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(following.value.value.split())
     return docs
 
 

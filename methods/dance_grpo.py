@@ -21,16 +21,16 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import option
 from methods.toolkit.policy_gradient import (
-    STEPS_PER_CALL,
-    check_sampling_pass_reuse,
+    PolicyGradientTrainer,
+    PPOOptions,
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
     steps_trained,
 )
-from methods.trainer import Trainer, chain_work, make_optimizer
+from methods.trainer import chain_work
 
 # eta per family: the flow SDE's noise level, DDIM's stochasticity (DDPM's sampler at 1)
 NOISE_LEVELS = {"flow": 0.3, "diffusion": 1.0}
@@ -38,49 +38,25 @@ SAMPLERS = {"flow": "dance_grpo", "diffusion": "native"}
 
 
 @dataclass(frozen=True)
-class Config(Options):
-    prompts_per_iter: int = option(8, at_least=1)
-    """Distinct train prompts per iteration."""
-    samples_per_prompt: int = option(8, at_least=2)
-    """G: the group of samples of each prompt, from one initial noise."""
+class Config(PPOOptions):
+    """DanceGRPO's options: the policy-gradient ones (methods/toolkit/policy_gradient.py: PPOOptions, without a KL term
+    as in the paper), the noise level and the timestep selection; a group's samples share their initial noise."""
+
     sample_steps: int | None = option(None, at_least=2)
-    """T: sampler steps of the training chains; None: the model's default."""
+    """T: sampler steps of the training chains, at least 2 (a flow chain's last step is deterministic, so one step has
+    no action); None: the model's default."""
     noise_level: float | None = option(None, above=0)
     """eta: the flow SDE's constant noise level, or DDIM's eta on a diffusion model; None: NOISE_LEVELS."""
     timestep_fraction: float = option(0.6, above=0, at_most=1)
     """tau: the fraction of each chain's stochastic steps (drawn at random per minibatch) trained on."""
-    inner_epochs: int = option(1, at_least=1)
-    """Passes of PPO updates over each iteration's trajectories."""
-    minibatch: int = option(16, at_least=1)
-    """Trajectories per optimizer step."""
-    steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
-    """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
-    states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
-    reuse_sampling_pass: bool = option(False, added=True)
-    """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
-    constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
-    step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
-    clip_range: float = option(0.2, above=0)
-    """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
-    adv_clip: float = option(5.0, above=0)
-    """Group-relative advantages are clipped to [-adv_clip, adv_clip]."""
-    kl_coef: float = option(0.0, at_least=0)
-    """Weight of the per-step KL to the frozen base model (0, as in the paper, disables it)."""
-    learning_rate: float = option(3e-5, above=0)
-    """AdamW learning rate."""
-    max_grad_norm: float = option(1.0, above=0)
-    """Gradient clipping threshold (L2 norm)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_sampling_pass_reuse(self)
 
 
-class DanceGRPO(Trainer):
+class DanceGRPO(PolicyGradientTrainer):
     name = "dance_grpo"
     # 2: the trained steps' re-evaluation is batched, steps_per_call to a network call (float sums reordered)
     version = "2"
     Config = Config
+    config: Config
     families = ("flow", "diffusion")
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
@@ -91,8 +67,6 @@ class DanceGRPO(Trainer):
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)
-        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
-        self.reference = policy.frozen_copy() if config.kl_coef > 0 else None
         self.noise_level = NOISE_LEVELS[policy.family] if config.noise_level is None else config.noise_level
 
     def step(self) -> dict[str, float]:
@@ -112,5 +86,5 @@ class DanceGRPO(Trainer):
             )
             rewards = self.reward(trajectory.images, prompts).float().cpu()
         advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
-        summary = ppo_epochs(self, trajectory, advantages, cfg.timestep_fraction)
+        summary = ppo_epochs(self, trajectory, advantages, step_fraction=cfg.timestep_fraction)
         return {"reward": rewards.mean().item(), **summary}

@@ -22,57 +22,30 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import option
 from methods.toolkit.policy_gradient import (
-    STEPS_PER_CALL,
-    check_sampling_pass_reuse,
+    PolicyGradientTrainer,
+    PPOOptions,
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
     steps_trained,
 )
-from methods.trainer import Trainer, chain_work, make_optimizer
+from methods.trainer import chain_work
 
 
 @dataclass(frozen=True)
-class Config(Options):
-    prompts_per_iter: int = option(8, at_least=1)
-    """Distinct train prompts per iteration."""
-    samples_per_prompt: int = option(8, at_least=2)
-    """Trajectories per prompt; advantages are normalised within each prompt's group."""
-    sample_steps: int | None = option(None, at_least=1)
-    """Sampler steps of each chain (the MDP's horizon for ddpo); None: the model's default (20 DDIM steps,
-    4 consistency steps)."""
+class Config(PPOOptions):
+    """DDPO's options: the policy-gradient ones (methods/toolkit/policy_gradient.py: PPOOptions), DDIM's eta and the
+    timestep subsampling; the learning rate follows the model family unless given."""
+
     eta: float = option(1.0, above=0)
     """DDIM's stochasticity on the diffusion model; > 0 is required so every step has a density (the
     consistency sampler's noise is its own)."""
-    inner_epochs: int = option(1, at_least=1)
-    """Passes of PPO updates over each iteration's trajectories."""
-    minibatch: int = option(16, at_least=1)
-    """Trajectories per optimizer step."""
-    steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
-    """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
-    states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
-    reuse_sampling_pass: bool = option(False, added=True)
-    """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
-    constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
-    step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
     step_fraction: float = option(1.0, above=0, at_most=1)
     """Fraction of the chain's stochastic steps (chosen at random per minibatch) trained on."""
-    clip_range: float = option(0.2, above=0)
-    """PPO ratio clipping epsilon."""
-    adv_clip: float = option(5.0, above=0)
-    """Normalised advantages are clipped to [-adv_clip, adv_clip]."""
-    kl_coef: float = option(0.0, at_least=0)
-    """Weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
     learning_rate: float | None = option(None, above=0)
     """AdamW learning rate; None: the model's (LEARNING_RATES)."""
-    max_grad_norm: float = option(1.0, above=0)
-    """Gradient clipping threshold (L2 norm)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_sampling_pass_reuse(self)
 
 
 # Measured on `digit`: on the 4-step consistency chain, 3e-5 clips 26-34% of the PPO ratios and the reward
@@ -81,13 +54,14 @@ class Config(Options):
 LEARNING_RATES = {"diffusion": 3e-5, "consistency": 1e-5, "flow": 3e-5}
 
 
-class DDPO(Trainer):
+class DDPO(PolicyGradientTrainer):
     name = "ddpo"
     # 2: the KL penalty is per dimension (methods/toolkit/divergences.py), sample_steps follows the model;
     # 3: only stochastic steps are actions (a consistency model's last step is deterministic);
     # 4: the trained steps' re-evaluation is batched, steps_per_call to a network call (float sums reordered)
     version = "4"
     Config = Config
+    config: Config
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     @classmethod
@@ -96,10 +70,8 @@ class DDPO(Trainer):
         return ppo_usage(config, images, steps, steps_trained(config.step_fraction, actions))
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
-        super().__init__(policy, reward, prompts, config, seed)
         learning_rate = LEARNING_RATES[policy.family] if config.learning_rate is None else config.learning_rate
-        self.optimizer = make_optimizer(policy.trainable_parameters(), learning_rate)
-        self.reference = policy.frozen_copy() if config.kl_coef > 0 else None
+        super().__init__(policy, reward, prompts, config, seed, learning_rate)
 
     def step(self) -> dict[str, float]:
         cfg = self.config
@@ -119,5 +91,5 @@ class DDPO(Trainer):
                 "has none (set ddpo.sample_steps >= 2)"
             )
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
-        summary = ppo_epochs(self, trajectory, advantages, cfg.step_fraction)
+        summary = ppo_epochs(self, trajectory, advantages, step_fraction=cfg.step_fraction)
         return {"reward": rewards.mean().item(), **summary}

@@ -34,49 +34,29 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import option
 from methods.toolkit.policy_gradient import (
-    STEPS_PER_CALL,
-    check_sampling_pass_reuse,
+    PolicyGradientTrainer,
+    PPOOptions,
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
 )
-from methods.trainer import Trainer, chain_work, make_optimizer
+from methods.trainer import chain_work
 
 
 @dataclass(frozen=True)
-class Config(Options):
-    prompts_per_iter: int = option(8, at_least=1)
-    """Distinct train prompts per iteration."""
-    samples_per_prompt: int = option(8, at_least=2)
-    """G: the group of samples of each prompt whose rewards set each other's advantages."""
+class Config(PPOOptions):
+    """Flow-GRPO's options: the policy-gradient ones (methods/toolkit/policy_gradient.py: PPOOptions) at the paper's
+    training steps and KL weight, the SDE's noise level, the Fast window and GRPO-Guard."""
+
     sample_steps: int | None = option(10, at_least=2)
     """T_train: sampler steps of the training chains (denoising reduction; evaluation uses the model's default);
     None: the model's default."""
     noise_level: float = option(0.7, above=0)
     """a in sigma_t = a sqrt(t / (1 - t)): the SDE's stochasticity."""
-    inner_epochs: int = option(1, at_least=1)
-    """Passes of PPO updates over each iteration's trajectories."""
-    minibatch: int = option(16, at_least=1)
-    """Trajectories per optimizer step."""
-    steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
-    """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
-    states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
-    reuse_sampling_pass: bool = option(False, added=True)
-    """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
-    constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
-    step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
-    clip_range: float = option(0.2, above=0)
-    """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
-    adv_clip: float = option(5.0, above=0)
-    """Group-relative advantages are clipped to [-adv_clip, adv_clip]."""
     kl_coef: float = option(0.04, at_least=0)
     """beta: weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
-    learning_rate: float = option(3e-5, above=0)
-    """AdamW learning rate."""
-    max_grad_norm: float = option(1.0, above=0)
-    """Gradient clipping threshold (L2 norm)."""
     sde_window: int = option(0, at_least=0, added=True)
     """Flow-GRPO-Fast's w: the SDE's steps of each chain, at a random place among its first `sde_window_steps`, the
     only ones trained (the ODE's elsewhere); 0: the SDE on every step (Flow-GRPO)."""
@@ -87,7 +67,6 @@ class Config(Options):
 
     def __post_init__(self):
         super().__post_init__()
-        check_sampling_pass_reuse(self)
         if self.sde_window > self.sde_window_steps:
             raise ValueError(
                 f"flow_grpo.sde_window ({self.sde_window}) must fit in flow_grpo.sde_window_steps "
@@ -104,11 +83,12 @@ def sde_window(steps: int, config: Config) -> tuple[int, int]:
     return size, max(min(config.sde_window_steps, steps - 1) - size, 0)
 
 
-class FlowGRPO(Trainer):
+class FlowGRPO(PolicyGradientTrainer):
     name = "flow_grpo"
     # 2: the trained steps' re-evaluation is batched, steps_per_call to a network call (float sums reordered)
     version = "2"
     Config = Config
+    config: Config
     families = ("flow",)
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
@@ -117,11 +97,6 @@ class FlowGRPO(Trainer):
         images, steps, actions = chain_work(config, generator)
         # every stochastic step is trained: the chain's, or the Fast window's
         return ppo_usage(config, images, steps, sde_window(steps, config)[0] or actions)
-
-    def __init__(self, policy, reward, prompts, config: Config, seed: int):
-        super().__init__(policy, reward, prompts, config, seed)
-        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
-        self.reference = policy.frozen_copy() if config.kl_coef > 0 else None
 
     def step(self) -> dict[str, float]:
         cfg = self.config

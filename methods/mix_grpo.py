@@ -28,25 +28,25 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import option
 from methods.toolkit.policy_gradient import (
-    STEPS_PER_CALL,
-    check_sampling_pass_reuse,
+    PolicyGradientTrainer,
+    PPOOptions,
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
 )
-from methods.trainer import Trainer, chain_work, make_optimizer
+from methods.trainer import chain_work
 
 
 @dataclass(frozen=True)
-class Config(Options):
-    prompts_per_iter: int = option(8, at_least=1)
-    """Distinct train prompts per iteration."""
-    samples_per_prompt: int = option(8, at_least=2)
-    """G: the group of samples of each prompt whose rewards set each other's advantages."""
+class Config(PPOOptions):
+    """MixGRPO's options: the policy-gradient ones (methods/toolkit/policy_gradient.py: PPOOptions, without a KL term
+    as in the paper), the sliding window, the SDE's noise level inside it and Flash's steps after it."""
+
     sample_steps: int | None = option(None, at_least=2)
-    """T: sampler steps of the training chains; None: the model's default."""
+    """T: sampler steps of the training chains, at least 2 (a flow chain's last step is deterministic, so one step has
+    no action); None: the model's default."""
     window: int = option(4, at_least=1)
     """w: the SDE steps of each chain, the only ones trained (a chain of T steps has at most T - 1: a longer window is
     the whole chain's stochastic steps)."""
@@ -56,34 +56,9 @@ class Config(Options):
     """Steps the window moves at each shift."""
     noise_level: float = option(0.7, above=0)
     """a in sigma_t = a sqrt(t / (1 - t)), inside the window."""
-    inner_epochs: int = option(1, at_least=1)
-    """Passes of PPO updates over each iteration's trajectories."""
-    minibatch: int = option(16, at_least=1)
-    """Trajectories per optimizer step."""
-    steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
-    """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
-    states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
-    reuse_sampling_pass: bool = option(False, added=True)
-    """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
-    constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
-    step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
-    clip_range: float = option(0.2, above=0)
-    """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
-    adv_clip: float = option(5.0, above=0)
-    """Group-relative advantages are clipped to [-adv_clip, adv_clip]."""
-    kl_coef: float = option(0.0, at_least=0)
-    """Weight of the per-step KL to the frozen base model (0, as in the paper, disables it)."""
-    learning_rate: float = option(3e-5, above=0)
-    """AdamW learning rate."""
-    max_grad_norm: float = option(1.0, above=0)
-    """Gradient clipping threshold (L2 norm)."""
     flash_steps: int = option(0, at_least=0, added=True)
     """MixGRPO-Flash: the ODE steps after the window, over evenly spaced points of the remaining grid; 0: every step
     of the grid (MixGRPO)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_sampling_pass_reuse(self)
 
 
 def window_size(steps: int, config: Config) -> int:
@@ -107,11 +82,12 @@ def flash_grid(grid: torch.Tensor, end: int, flash_steps: int) -> torch.Tensor:
     return torch.cat([grid[:end], grid[kept]])
 
 
-class MixGRPO(Trainer):
+class MixGRPO(PolicyGradientTrainer):
     name = "mix_grpo"
     # 2: the trained steps' re-evaluation is batched, steps_per_call to a network call (float sums reordered)
     version = "2"
     Config = Config
+    config: Config
     families = ("flow",)
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 4, "window": 2, "minibatch": 4}
 
@@ -125,8 +101,6 @@ class MixGRPO(Trainer):
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):
         super().__init__(policy, reward, prompts, config, seed)
-        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
-        self.reference = policy.frozen_copy() if config.kl_coef > 0 else None
         self.iteration = 0
 
     def step(self) -> dict[str, float]:

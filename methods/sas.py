@@ -30,7 +30,9 @@ continuous-time); advantages are divided by the batch's terminal-reward std, so 
 the KL gradient is taken at the visited states (as DDPO's penalty), not through them. With `grid = "stratified"` every
 iteration draws a new grid, one time uniformly in each of the N strata of the time axis: the time integral is estimated
 by Monte Carlo, as a diffusion model's own training loss is, so the score is improved at every time and not only at one
-grid's points.
+grid's points. The update is the toolkit's (methods/toolkit/policy_gradient.py: ppo_epochs) with every step of the
+grid in order and the steps' terms summed, so the shared options inner_epochs and reuse_sampling_pass apply here too
+(1 and off by default, as the recorded runs ran).
 """
 
 from __future__ import annotations
@@ -39,45 +41,37 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
-from methods.toolkit.policy_gradient import STEPS_PER_CALL, ppo_chain_backward
-from methods.trainer import Trainer, chain_work, make_optimizer
+from methods.options import option
+from methods.toolkit.policy_gradient import PolicyGradientOptions, PolicyGradientTrainer, ppo_epochs, ppo_usage
+from methods.trainer import chain_work
 
 GRIDS = ("stratified", "fixed")
 
 
 @dataclass(frozen=True)
-class Config(Options):
-    prompts_per_iter: int = option(8, at_least=1)
-    """Distinct train prompts per iteration."""
-    samples_per_prompt: int = option(8, at_least=2)
-    """Trajectories per prompt."""
-    sample_steps: int | None = option(None, at_least=1)
-    """N, the steps of the training grid; None: the model's default (20)."""
+class Config(PolicyGradientOptions):
+    """Scores-as-Actions' options: the policy-gradient ones (methods/toolkit/policy_gradient.py), the training grid
+    and the path KL's weight beta."""
+
     grid: str = "stratified"
     """stratified: a new grid every iteration, one time drawn in each of N equal strata; fixed: the sampler's own
     N-step grid every time (as discrete-time methods train)."""
     beta: float = option(0.01, at_least=0)
     """Weight of the path KL to the frozen base model (0 disables it and its reference passes)."""
-    minibatch: int = option(16, at_least=1)
-    """Trajectories per optimizer step."""
-    steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
-    """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
-    states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
-    clip_range: float = option(0.2, above=0)
-    """PPO ratio clipping epsilon, per step."""
-    adv_clip: float = option(5.0, above=0)
-    """Step advantages, in units of the batch's terminal-reward std, are clipped to [-adv_clip, adv_clip]."""
+    # added to sas after its runs were recorded: at 1 it stays out of their identity
+    inner_epochs: int = option(1, at_least=1, added=True)
     learning_rate: float = option(3e-6, above=0)
     """AdamW learning rate. Per-step terms are summed over the grid, not averaged as DDPO's are; measured on
     `digit` with 20 steps, 1e-5 and 3e-5 lose judge accuracy and FID, 3e-6 gains on both."""
-    max_grad_norm: float = option(1.0, above=0)
-    """Gradient clipping threshold (L2 norm)."""
 
     def __post_init__(self):
         super().__post_init__()
         if self.grid not in GRIDS:
             raise ValueError(f"sas.grid must be one of {', '.join(GRIDS)}; got {self.grid!r}")
+
+    @property
+    def kl_weight(self) -> float:
+        return self.beta
 
 
 def calibrated_values(predicted: torch.Tensor, terminal: torch.Tensor) -> torch.Tensor:
@@ -99,29 +93,20 @@ def value_increments(values: torch.Tensor, scale: float, clip: float) -> torch.T
     return ((values[:, 1:] - values[:, :-1]) / scale).clamp(-clip, clip)
 
 
-class ScoresAsActions(Trainer):
+class ScoresAsActions(PolicyGradientTrainer):
     name = "sas"
     # 2: the trained steps' re-evaluation is batched, steps_per_call to a network call (float sums reordered)
     version = "2"
     Config = Config
+    config: Config
     families = ("diffusion",)
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     @classmethod
     def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
-        # the value reads the reward of every step's prediction and of the image; the reference runs forward only
+        # PPO's update over every step, and the value reads the reward of every step's prediction and of the image
         images, steps, actions = chain_work(config, generator)
-        reference = images * actions if config.beta > 0 else 0
-        return {
-            "nfe": images * steps + images * actions * 3 + reference,
-            "reward_queries": images * (steps + 1),
-            "samples": images,
-        }
-
-    def __init__(self, policy, reward, prompts, config: Config, seed: int):
-        super().__init__(policy, reward, prompts, config, seed)
-        self.optimizer = make_optimizer(policy.trainable_parameters(), config.learning_rate)
-        self.reference = policy.frozen_copy() if config.beta > 0 else None
+        return {**ppo_usage(config, images, steps, actions), "reward_queries": images * (steps + 1)}
 
     def training_grid(self) -> int | torch.Tensor:
         steps = self.sampler_steps(self.config.sample_steps)
@@ -135,7 +120,9 @@ class ScoresAsActions(Trainer):
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
-            trajectory = self.policy.sample(prompts, self.training_grid(), self.generator, eta=1.0)
+            trajectory = self.policy.sample(
+                prompts, self.training_grid(), self.generator, eta=1.0, score_graph=cfg.reuse_sampling_pass
+            )
             steps = len(trajectory.timesteps)
             predicted = (
                 torch.stack(
@@ -151,32 +138,6 @@ class ScoresAsActions(Trainer):
         values = self.parallel.local(calibrated_values(self.parallel.gather(predicted), all_terminal))
         scale = float(all_terminal.std(unbiased=False)) + 1e-6
         advantages = value_increments(values, scale, cfg.adv_clip)
-        stats = {"ratio_dev": [], "clip_frac": [], "kl": []}
-        order = torch.randperm(len(prompts), generator=self.generator)
-        minibatch = self.parallel.share(cfg.minibatch, "sas.minibatch")
-        for start in range(0, len(order), minibatch):
-            index = order[start : start + minibatch]
-            self._update(trajectory.subset(index), advantages[index], stats)
-        summary = {name: sum(values) / len(values) for name, values in stats.items() if values}
+        # every step of the grid, its terms summed: the Riemann sum of the time integral
+        summary = ppo_epochs(self, trajectory, advantages, step_fraction=None, summed=True)
         return {"reward": values[:, -1].mean().item(), **summary}
-
-    def _update(self, part, advantages, stats) -> None:
-        """One optimizer step on a minibatch: the per-step surrogates and KLs summed over the whole grid."""
-        cfg = self.config
-        self.zero_gradients()
-        step_stats = ppo_chain_backward(
-            self.policy,
-            self.reference,
-            part,
-            part.stochastic_steps,
-            advantages,
-            cfg.clip_range,
-            cfg.beta,
-            average=False,
-            chunk=cfg.steps_per_call,
-        )
-        stats["ratio_dev"] += step_stats["ratio_dev"]
-        stats["clip_frac"] += step_stats["clip_frac"]
-        if self.reference is not None:
-            stats["kl"].append(sum(step_stats["kl"]))  # the path KL of the minibatch
-        self.apply_gradients(cfg.max_grad_norm)

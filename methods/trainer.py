@@ -131,7 +131,7 @@ class Trainer(ABC):
         self.parallel = parallel
         if parallel.world_size > 1:
             self.generator.manual_seed(self.seed + PROCESS_SEED_STRIDE * parallel.rank)
-            parallel.broadcast(self.policy.trainable_parameters())
+            parallel.broadcast(self.trained_parameters())
 
     def prompt_batch(self, groups: int, per_group: int) -> list[str]:
         """This process's share of an iteration's prompts: `groups` train prompts over all processes, each
@@ -139,6 +139,14 @@ class Trainer(ABC):
         return prompt_groups(
             self.prompts, self.parallel.share(groups, f"{self.name}.prompts_per_iter"), per_group, self.generator
         )
+
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        """Every parameter the method's optimizer updates: the policy's, and any the method trains beside it (a value
+        network in the optimizer's parameter groups), which data-parallel processes must keep identical too. Before an
+        optimizer exists (and for methods that never train): the policy's trainable parameters."""
+        if self.optimizer is None:
+            return self.policy.trainable_parameters()
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _trained_optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer is None:
@@ -156,8 +164,9 @@ class Trainer(ABC):
         self.apply_gradients(max_grad_norm)
 
     def apply_gradients(self, max_grad_norm: float) -> None:
-        """One optimizer step on the accumulated gradients: averaged over processes, clipped, applied."""
-        parameters = self.policy.trainable_parameters()
+        """One optimizer step on the accumulated gradients of every trained parameter: averaged over processes,
+        clipped, applied."""
+        parameters = self.trained_parameters()
         self.parallel.average_gradients(parameters)
         torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
         self._trained_optimizer().step()

@@ -122,6 +122,11 @@ class Policy(Protocol):
 
     def step_mean(self, trajectory: Trajectory, step: int) -> torch.Tensor: ...
 
+    def step_means(self, trajectory: Trajectory, steps: Sequence[int]) -> list[torch.Tensor]:
+        """The means of the recorded chains' transitions at `steps` under the current parameters, one (B,
+        *latent_shape) tensor a step, from one network call on the steps' states: differentiable."""
+        ...
+
     def loss(
         self, images: torch.Tensor, prompts: list[str], generator: torch.Generator, weights: torch.Tensor | None = None
     ) -> torch.Tensor: ...

@@ -11,7 +11,12 @@ from bench.runner import load_checkpoint
 from methods import METHODS
 from methods.best_of_n import candidates_for_budget
 from methods.options import NUMBERS, option, parse_option
-from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_chain_backward, ppo_clipped_loss
+from methods.toolkit.policy_gradient import (
+    PolicyGradientOptions,
+    group_normalized_advantages,
+    ppo_chain_backward,
+    ppo_clipped_loss,
+)
 from models.digits import GENERATORS
 from models.io import atomic_torch_save
 from rewards import REWARDS
@@ -67,8 +72,10 @@ def test_step_is_finite_and_changes_parameters(tiny_world, name, model, reward):
     assert torch.equal(before, flat_parameters(trainer)) == ((name, model, reward) in NO_REWARD_SPREAD)
 
 
-# The tiny world's 60-step flow model draws noise, whose PNGs all take the same 140 bytes.
-NO_REWARD_SPREAD = {(name, "flow", "compress") for name in ("ddpo", "flow_grpo", "mix_grpo", "dance_grpo", "dpo")}
+# The tiny world's 60-step flow model draws noise, whose PNGs all take the same 140 bytes; the methods that learn from
+# reward differences alone are those on the policy-gradient options (advantages within a group) and dpo (its pairs).
+RELATIVE = {name for name, method in METHODS.items() if issubclass(method.Config, PolicyGradientOptions)} | {"dpo"}
+NO_REWARD_SPREAD = {(name, "flow", "compress") for name in RELATIVE}
 
 
 @pytest.mark.parametrize("name, model", TRAINING)
@@ -293,13 +300,8 @@ def test_the_sampling_pass_is_the_on_policy_evaluation_of_its_steps(tiny_world, 
     assert re_evaluated.abs().sum() > 0 and (reused - re_evaluated).norm() < 1e-4 * re_evaluated.norm()
 
 
-REUSING = [
-    ("ddpo", "diffusion"),
-    ("ddpo", "consistency"),
-    ("flow_grpo", "flow"),
-    ("mix_grpo", "flow"),
-    ("dance_grpo", "flow"),
-]
+# every pairing of a method on the shared policy-gradient options, which hold reuse_sampling_pass
+REUSING = [pair for pair in TRAINING if issubclass(METHODS[pair[0]].Config, PolicyGradientOptions)]
 
 
 @pytest.mark.parametrize("name, model", REUSING)

@@ -1,7 +1,9 @@
 """The method toolkit: the math the registered methods share, written once. Registered methods import it, never
 each other.
 
-  policy_gradient  PPO's clipped surrogate, group-normalized advantages, the PPO (+ KL) update over the chain's steps
+  policy_gradient  the chain policy-gradient contract: the options its methods share (PolicyGradientOptions,
+                   PPOOptions), their trainer base, PPO's clipped surrogate, group-normalized advantages and the
+                   PPO (+ KL) update over the chain's steps, (B,) or (B, N) advantages
   weightings       reward weightings (exp / linear / rank / uniform) of weighted maximum-likelihood steps
   divergences      f-divergences between the per-step Gaussians of two policies, closed form and Monte Carlo
   preferences      preference pairs from the annotator, and Bradley-Terry reward models fitted to them

@@ -18,21 +18,108 @@ grows as std shrinks. RatioNorm adds the shift back and rescales by std,
   log rho~_s = (log rho_s + ||d||^2 / (2 std^2)) std = eps . d,
 centred at 0 for every step, and the step's loss is weighted by 1 / dt_s (dt_s the step's length in flow time), since
 d, and with it the gradient, scales with dt_s.
+
+A method on this contract declares its Config as PPOOptions (or PolicyGradientOptions with its own `kl_weight`) plus
+its own options, its trainer as a PolicyGradientTrainer (the optimizer and the KL's reference come with it), and its
+`step` samples the chains, turns the rewards into advantages, (B,) or (B, N), and calls `ppo_epochs`; `ppo_usage`
+states what that costs.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
+from methods.options import Options, option
 from methods.toolkit.divergences import closed_form
+from methods.trainer import Trainer, make_optimizer
 from models.diffusion import gaussian_log_prob
+from models.policy import Policy, Trajectory
 
 STEPS_PER_CALL = 10
 """The default of the methods' `steps_per_call`, the trained steps one network call re-evaluates. Measured on a
 digits DDPO step (20 steps, minibatch 16, one thread): 1.50 s at 1, 0.76 s at 4, 0.67 s at 10, 0.62 s at 20;
 10 keeps a call's activations to half a 20-step chain's."""
+
+
+@dataclass(frozen=True)
+class PolicyGradientOptions(Options, ABC):
+    """The options every method trained by `ppo_epochs` shares, declared and documented once here. A method's Config
+    extends this class (or PPOOptions), adds its own options, and redeclares a shared field only to give it another
+    default or range; the command line's help reads the docstring from the class that declares the field."""
+
+    prompts_per_iter: int = option(8, at_least=1)
+    """Distinct train prompts per iteration."""
+    samples_per_prompt: int = option(8, at_least=2)
+    """G: the samples of each prompt per iteration (the group of the group-relative advantages)."""
+    sample_steps: int | None = option(None, at_least=1)
+    """Sampler steps of the training chains (the MDP's horizon); None: the model's default."""
+    inner_epochs: int = option(1, at_least=1)
+    """Passes of PPO updates over each iteration's trajectories."""
+    minibatch: int = option(16, at_least=1)
+    """Trajectories per optimizer step."""
+    steps_per_call: int = option(STEPS_PER_CALL, at_least=1)
+    """Trained steps of a minibatch whose re-evaluation is batched into one network call (steps_per_call x minibatch
+    states); lower it to bound memory, 1: a call per step. Batching only reorders float sums."""
+    reuse_sampling_pass: bool = option(False, added=True)
+    """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
+    constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
+    step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
+    clip_range: float = option(0.2, above=0)
+    """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
+    adv_clip: float = option(5.0, above=0)
+    """Advantages, in units of the rewards' spread, are clipped to [-adv_clip, adv_clip]."""
+    learning_rate: float = option(3e-5, above=0)
+    """AdamW learning rate."""
+    max_grad_norm: float = option(1.0, above=0)
+    """Gradient clipping threshold (L2 norm)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_sampling_pass_reuse(self)
+
+    @property
+    @abstractmethod
+    def kl_weight(self) -> float:
+        """The weight of the per-step KL to the frozen reference policy (0: no KL, no reference, none of its passes):
+        the option a method names it by (PPOOptions' kl_coef, Scores-as-Actions' beta)."""
+
+
+@dataclass(frozen=True)
+class PPOOptions(PolicyGradientOptions):
+    """The policy-gradient options of DDPO and the GRPO family: the shared ones and the KL penalty's kl_coef."""
+
+    kl_coef: float = option(0.0, at_least=0)
+    """Weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
+
+    @property
+    def kl_weight(self) -> float:
+        return self.kl_coef
+
+
+class PolicyGradientTrainer(Trainer):
+    """A method whose update is `ppo_epochs`: its optimizer over the policy's trainable parameters, and the frozen
+    reference of the KL term where the config weighs one (`reference`, None otherwise)."""
+
+    config: PolicyGradientOptions
+
+    def __init__(
+        self,
+        policy: Policy,
+        reward,
+        prompts: list[str],
+        config: PolicyGradientOptions,
+        seed: int,
+        learning_rate: float | None = None,
+    ):
+        """`learning_rate`: the optimizer's, where the method resolves it per model (None: config.learning_rate)."""
+        super().__init__(policy, reward, prompts, config, seed)
+        rate = config.learning_rate if learning_rate is None else learning_rate
+        self.optimizer = make_optimizer(policy.trainable_parameters(), rate)
+        self.reference: Policy | None = policy.frozen_copy() if config.kl_weight > 0 else None
 
 
 def ppo_clipped_loss(
@@ -69,9 +156,9 @@ def group_normalized_advantages(rewards: torch.Tensor, groups: int, clip: float)
 
 
 def ppo_chain_backward(
-    policy,
-    reference,
-    trajectory,
+    policy: Policy,
+    reference: Policy | None,
+    trajectory: Trajectory,
     steps: Sequence[int],
     advantages: torch.Tensor,
     clip_range: float,
@@ -96,6 +183,9 @@ def ppo_chain_backward(
     guard: GRPO-Guard's regulated ratio and 1 / dt_s step weights (a flow model's chain: its timesteps are times).
     Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), clip_frac, and kl where there is a reference.
     """
+    if trajectory.log_probs is None:
+        raise ValueError("a policy gradient needs stochastic steps; every step of this chain is deterministic")
+    sampled_log_probs = trajectory.log_probs
     stats: dict[str, list[float]] = {"loss": [], "ratio_dev": [], "clip_frac": [], "kl": []}
     divisor = len(steps) if average else 1
     for first in range(0, len(steps), chunk):
@@ -109,7 +199,7 @@ def ppo_chain_backward(
             std = float(trajectory.stds[s])
             log_prob = gaussian_log_prob(trajectory.latents[:, s + 1], mean, std)
             step_advantages = advantages if advantages.dim() == 1 else advantages[:, s]
-            old_log_prob, weight = trajectory.log_probs[:, s], 1.0
+            old_log_prob, weight = sampled_log_probs[:, s], 1.0
             if guard:
                 log_prob = guarded_log_ratio(log_prob, old_log_prob, mean, trajectory.means[:, s], std)
                 old_log_prob, weight = torch.zeros_like(log_prob), 1 / step_length(trajectory, s)
@@ -127,7 +217,7 @@ def ppo_chain_backward(
     return stats
 
 
-def step_length(trajectory, step: int) -> float:
+def step_length(trajectory: Trajectory, step: int) -> float:
     """dt of a flow chain's step: from its time to the next (0 after the last)."""
     times = trajectory.timesteps
     return float(times[step]) - (float(times[step + 1]) if step + 1 < len(times) else 0.0)
@@ -138,11 +228,11 @@ def steps_trained(step_fraction: float, actions: int) -> int:
     return max(1, round(step_fraction * actions))
 
 
-def ppo_usage(config, images: int, steps: int, trained: int) -> dict[str, float]:
+def ppo_usage(config: PolicyGradientOptions, images: int, steps: int, trained: int) -> dict[str, float]:
     """What one iteration of the methods that run ppo_epochs costs: sampling `images` chains of `steps` steps, then per
     epoch (config.inner_epochs) a forward and a backward of `trained` steps of each chain, and the reference's forward
-    of each where config.kl_coef > 0; with config.reuse_sampling_pass the first epoch's forward is the sampling's."""
-    reference = images * trained if config.kl_coef > 0 else 0
+    of each where config.kl_weight > 0; with config.reuse_sampling_pass the first epoch's forward is the sampling's."""
+    reference = images * trained if config.kl_weight > 0 else 0
     reused = images * trained if config.reuse_sampling_pass else 0
     return {
         "nfe": images * steps + config.inner_epochs * (images * trained * 3 + reference) - reused,
@@ -151,7 +241,7 @@ def ppo_usage(config, images: int, steps: int, trained: int) -> dict[str, float]
     }
 
 
-def check_sampling_pass_reuse(config) -> None:
+def check_sampling_pass_reuse(config: PolicyGradientOptions) -> None:
     """Refuses a PPO config whose `reuse_sampling_pass` could not pay: the sampling pass's graph serves the first
     optimizer step only, and a backward through it runs over every chain it was built on, so one minibatch must hold
     every chain of the iteration (config.minibatch >= prompts_per_iter * samples_per_prompt)."""
@@ -165,18 +255,32 @@ def check_sampling_pass_reuse(config) -> None:
 
 
 def ppo_epochs(
-    trainer, trajectory, advantages: torch.Tensor, step_fraction: float = 1.0, guard: bool = False
+    trainer: PolicyGradientTrainer,
+    trajectory: Trajectory,
+    advantages: torch.Tensor,
+    *,
+    step_fraction: float | None = 1.0,
+    guard: bool = False,
+    summed: bool = False,
 ) -> dict[str, float]:
-    """PPO's update of one iteration, as DDPO and the GRPO papers make it: `inner_epochs` passes over the
-    trajectories in random minibatches of `minibatch` chains (over all processes), each an optimizer step of L(theta)
-    averaged over a random `step_fraction` of each chain's stochastic steps (DDPO's timestep subsampling, DanceGRPO's
-    timestep selection); `guard`: GRPO-Guard's regulated ratio (ppo_chain_backward). The trainer's config gives
-    inner_epochs, minibatch, steps_per_call, clip_range, kl_coef, max_grad_norm and reuse_sampling_pass (the first
-    optimizer step differentiates the sampling pass of a trajectory sampled with score_graph), and
-    `trainer.reference` the KL's frozen policy (None: no KL). advantages: (B,), one per chain. Returns the
-    diagnostics' means over every trained step."""
+    """PPO's update of one iteration, as DDPO and the GRPO papers make it: config.inner_epochs passes over the
+    trajectories in random minibatches of config.minibatch chains (over all processes), each an optimizer step of
+    L(theta) over the trained steps of each chain.
+
+    advantages: (B,), one per chain and the same at every step (a normalised return), or (B, N), one per chain and
+    step of the trajectory's N steps (Scores-as-Actions' value increments).
+    step_fraction: train a random `step_fraction` of each chain's stochastic steps, drawn anew per minibatch (DDPO's
+    timestep subsampling, DanceGRPO's timestep selection; 1.0 draws them all in a random order); None: every
+    stochastic step in the chain's order, with nothing drawn.
+    guard: GRPO-Guard's regulated ratio (ppo_chain_backward). summed: the steps' terms are summed (a continuous-time
+    objective's Riemann sum) instead of averaged.
+    The KL term weighs config.kl_weight against trainer.reference; with config.reuse_sampling_pass the first optimizer
+    step differentiates the sampling pass of a trajectory sampled with score_graph. Returns the diagnostics' means
+    over every trained step; where `summed`, loss and kl are each minibatch's sums over its steps, averaged over the
+    minibatches."""
     cfg = trainer.config
-    trained = steps_trained(step_fraction, len(trajectory.stochastic_steps))
+    actions = len(trajectory.stochastic_steps)
+    trained = actions if step_fraction is None else steps_trained(step_fraction, actions)
     stats: dict[str, list[float]] = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
     for epoch in range(cfg.inner_epochs):
         order = torch.randperm(len(trajectory.prompts), generator=trainer.generator)
@@ -184,23 +288,26 @@ def ppo_epochs(
         for start in range(0, len(order), size):
             index = order[start : start + size]
             part = trajectory.subset(index)
-            actions = part.stochastic_steps
-            draw = torch.randperm(len(actions), generator=trainer.generator)[:trained]
+            steps = part.stochastic_steps
+            if step_fraction is not None:
+                draw = torch.randperm(len(steps), generator=trainer.generator)[:trained]
+                steps = [steps[i] for i in draw.tolist()]
             trainer.zero_gradients()
             step_stats = ppo_chain_backward(
                 trainer.policy,
                 trainer.reference,
                 part,
-                [actions[i] for i in draw.tolist()],
+                steps,
                 advantages[index],
                 cfg.clip_range,
-                cfg.kl_coef,
-                average=True,
+                cfg.kl_weight,
+                average=not summed,
                 chunk=cfg.steps_per_call,
                 guard=guard,
                 on_policy=cfg.reuse_sampling_pass and epoch == start == 0,
             )
             for name, values in step_stats.items():
-                stats[name] += values
+                # a summed objective's loss and KL (the path KL) are its minibatch's sums over the steps
+                stats[name] += [sum(values)] if summed and name in ("loss", "kl") and values else values
             trainer.apply_gradients(cfg.max_grad_norm)
     return {name: sum(values) / len(values) for name, values in stats.items() if values}
