@@ -25,9 +25,10 @@ import torch
 
 from bench.evaluate import EvalConfig, evaluate
 from bench.loggers import NO_LOGGERS, ExperimentLoggers, RunLogger
-from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
+from bench.meter import Budget, Meter
 from bench.parallel import ONE_PROCESS, DataParallel
 from bench.store import USED_KEYS, RunRecord, Store
+from bench.trainers import build_trainer
 from methods import METHODS
 from models.io import atomic_torch_save
 from models.progress import progress, say
@@ -272,15 +273,16 @@ class Run:
         spec = self.spec
         torch.manual_seed(spec.seed)
         self.meter = Meter()
-        # A method that learns from feedback gets the annotator holding the reward, never the reward itself.
         policy = self.world.make_policy(spec.model, spec.source)
-        signal = (
-            Feedback.from_world(self.world, self.raw_reward, self.meter, policy)
-            if self.method.learns_from_feedback
-            else MeteredReward(self.raw_reward, self.meter)
-        )
-        self.trainer = self.method(
-            MeteredPolicy(policy, self.meter), signal, self.world.prompts["train"], spec.method_config, spec.seed
+        self.trainer = build_trainer(
+            spec.method,
+            policy,
+            self.raw_reward,
+            self.world.prompts["train"],
+            spec.method_config,
+            spec.seed,
+            self.meter,
+            lambda meter: Feedback.from_world(self.world, self.raw_reward, meter, policy),
         )
         self.trainer.distribute(self.parallel)
         if self.checkpoint.exists():

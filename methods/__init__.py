@@ -19,8 +19,9 @@ from methods.refl import ReFL
 from methods.rocm import ROCM
 from methods.sas import ScoresAsActions
 from methods.sft import SFT
+from methods.trainer import Trainer
 
-METHODS = {
+METHODS: dict[str, type[Trainer]] = {
     "base": BaseModel,
     "best_of_n": BestOfN,
     "raft": RAFT,

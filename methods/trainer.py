@@ -27,8 +27,11 @@ class Parallel(Protocol):
     its own random stream, and gradients are averaged once per optimizer step, so the effective batch is the
     config's whatever the number of processes, and the parameters stay identical on every process."""
 
-    rank: int
-    world_size: int
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
 
     def share(self, total: int, what: str) -> int:
         """This process's part of a batch of `total` (`what` names the option in the error if it does not split)."""

@@ -1,6 +1,7 @@
 """Data-parallel training of one run over processes (gloo on CPU stands in for NCCL on GPUs)."""
 
 import dataclasses
+import functools
 import os
 import socket
 import time
@@ -22,7 +23,8 @@ def _free_port() -> int:
 
 
 def _train(rank: int, world_size: int, port: int, method: str, model: str, out: dict) -> None:
-    from bench.meter import Meter, MeteredPolicy, MeteredReward
+    from bench.meter import Meter
+    from bench.trainers import build_trainer
     from methods import METHODS
     from rewards import REWARDS
     from worlds import WORLDS, load_world
@@ -33,14 +35,15 @@ def _train(rank: int, world_size: int, port: int, method: str, model: str, out: 
     scale = model in WORLDS["scale"].models
     world = load_world("scale-tiny" if scale else "digits-tiny", log=lambda *_: None)
     meter = Meter()
-    cls = METHODS[method]
     options = {**SMALL, **({"minibatch": 4} if method in ("ddpo", "sas") else {})}
-    trainer = cls(
-        MeteredPolicy(world.make_policy(model), meter),
-        MeteredReward(REWARDS["pickscore" if scale else "digit"].from_world(world), meter),
+    trainer = build_trainer(
+        method,
+        world.make_policy(model),
+        REWARDS["pickscore" if scale else "digit"].from_world(world),
         world.prompts["train"],
-        dataclasses.replace(cls.Config(), **options),
-        seed=0,
+        dataclasses.replace(METHODS[method].Config(), **options),
+        0,
+        meter,
     )
     trainer.distribute(DataParallel(rank, world_size))
     trainer.step()
@@ -82,19 +85,16 @@ def test_a_batch_that_does_not_split_is_refused():
 
 
 def test_methods_collecting_feedback_once_refuse_to_run_data_parallel(tiny_world):
-    from bench.meter import Meter, MeteredPolicy
+    from bench.meter import Meter
+    from bench.trainers import build_trainer
     from methods import METHODS
     from rewards import REWARDS
     from rewards.feedback import Feedback
 
-    meter = Meter()
-    policy = tiny_world.make_policy("diffusion")
-    trainer = METHODS["aihf"](
-        MeteredPolicy(policy, meter),
-        Feedback.from_world(tiny_world, REWARDS["digit"].from_world(tiny_world), meter, policy),
-        tiny_world.prompts["train"],
-        METHODS["aihf"].Config(),
-        seed=0,
+    policy, reward = tiny_world.make_policy("diffusion"), REWARDS["digit"].from_world(tiny_world)
+    annotator = functools.partial(Feedback.from_world, tiny_world, reward, base_policy=policy)
+    trainer = build_trainer(
+        "aihf", policy, reward, tiny_world.prompts["train"], METHODS["aihf"].Config(), 0, Meter(), annotator
     )
     with pytest.raises(ValueError, match="cannot run data-parallel"):
         trainer.distribute(DataParallel(0, 2))

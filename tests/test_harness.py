@@ -264,3 +264,26 @@ def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_
     assert "-s0-" not in again and "| base |" not in again
     assert "Best judge_acc (eval_unseen) at the full budget" in again and "leaderboard.md" in again
     assert main(["leaderboard", "--suite", "smoke", "--store", str(store)]) == 0
+
+
+def test_a_method_that_learns_from_feedback_is_built_with_its_annotator_only(tiny_world):
+    """build_trainer hands a feedback method the annotator (never the reward) and refuses to build it without one;
+    every other method gets the metered reward."""
+    from bench.meter import Meter
+    from bench.trainers import build_trainer
+    from methods import METHODS
+    from rewards.feedback import Feedback
+
+    policy, reward = tiny_world.make_policy("diffusion"), REWARDS["digit"].from_world(tiny_world)
+    prompts, config = tiny_world.prompts["train"], METHODS["sft"].Config()
+    with pytest.raises(ValueError, match="sft learns from an annotator's feedback"):
+        build_trainer("sft", policy, reward, prompts, config, 0, Meter())
+    annotators = []
+
+    def annotator(meter):
+        annotators.append(Feedback.from_world(tiny_world, reward, meter, policy))
+        return annotators[-1]
+
+    assert build_trainer("sft", policy, reward, prompts, config, 0, Meter(), annotator).reward is annotators[0]
+    ddpo = build_trainer("ddpo", policy, reward, prompts, METHODS["ddpo"].Config(), 0, Meter(), annotator)
+    assert len(annotators) == 1 and ddpo.reward.name == reward.name and ddpo.reward is not reward

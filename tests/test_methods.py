@@ -1,13 +1,15 @@
 """The contract every registered method keeps, plus each method's own math."""
 
 import dataclasses
+import functools
 import math
 
 import pytest
 import torch
 
-from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
+from bench.meter import Budget, Meter
 from bench.runner import load_checkpoint
+from bench.trainers import build_trainer
 from methods import METHODS
 from methods.best_of_n import candidates_for_budget
 from methods.options import NUMBERS, option, parse_option
@@ -40,12 +42,8 @@ def make(world, name, model="diffusion", seed=0, reward="digit", **overrides):
     config = dataclasses.replace(method.Config(), **{**method.small_config, **overrides})
     raw_reward = REWARDS[reward].from_world(world)
     policy = world.make_policy(model)
-    signal = (
-        Feedback.from_world(world, raw_reward, meter, policy)
-        if method.learns_from_feedback
-        else MeteredReward(raw_reward, meter)
-    )
-    trainer = method(MeteredPolicy(policy, meter), signal, world.prompts["train"], config, seed)
+    annotator = functools.partial(Feedback.from_world, world, raw_reward, base_policy=policy)
+    trainer = build_trainer(name, policy, raw_reward, world.prompts["train"], config, seed, meter, annotator)
     return trainer, meter
 
 

@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from bench.meter import Meter, MeteredPolicy, MeteredReward
+from bench.meter import Meter
+from bench.trainers import build_trainer
 from methods import METHODS
 from methods.rocm import Config, regularized_loss
 from methods.trainer import prompt_groups
@@ -17,13 +18,8 @@ SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "max
 def make(world, **overrides):
     meter = Meter()
     config = dataclasses.replace(Config(), **{**SMALL, **overrides})
-    trainer = METHODS["rocm"](
-        MeteredPolicy(world.make_policy("consistency"), meter),
-        MeteredReward(REWARDS["digit"].from_world(world), meter),
-        world.prompts["train"],
-        config,
-        seed=0,
-    )
+    policy, reward = world.make_policy("consistency"), REWARDS["digit"].from_world(world)
+    trainer = build_trainer("rocm", policy, reward, world.prompts["train"], config, 0, meter)
     return trainer, meter
 
 

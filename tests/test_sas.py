@@ -124,17 +124,19 @@ def test_the_last_prediction_of_a_deterministic_chain_is_its_image(tiny_world):
 def test_training_grid_follows_the_config(tiny_world, grid):
     import dataclasses
 
-    from bench.meter import Meter, MeteredPolicy, MeteredReward
-    from methods.sas import Config, ScoresAsActions
+    from bench.meter import Meter
+    from bench.trainers import build_trainer
+    from methods.sas import Config
     from rewards import REWARDS
 
-    meter = Meter()
-    trainer = ScoresAsActions(
-        MeteredPolicy(tiny_world.make_policy("diffusion"), meter),
-        MeteredReward(REWARDS["digit"].from_world(tiny_world), meter),
+    trainer = build_trainer(
+        "sas",
+        tiny_world.make_policy("diffusion"),
+        REWARDS["digit"].from_world(tiny_world),
         tiny_world.prompts["train"],
         dataclasses.replace(Config(), sample_steps=4, grid=grid),
-        seed=0,
+        0,
+        Meter(),
     )
     grids = [trainer.training_grid() for _ in range(2)]
     assert (grids == [4, 4]) if grid == "fixed" else not torch.equal(*grids)

@@ -3,15 +3,17 @@ saved with save_pretrained and loaded back): one training step of every method x
 evaluation metrics, its identity, the suite's validation, and the nightly GPU suite end to end at --smoke size."""
 
 import dataclasses
+import functools
 import json
 
 import pytest
 import torch
 
 from bench.cli import main
-from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
+from bench.meter import Budget, Meter
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.throughput.counting import host_reads_of_meta_tensors
+from bench.trainers import build_trainer
 from methods import METHODS
 from methods.toolkit.policy_gradient import STEPS_PER_CALL
 from models.scale.config import DiffusersConfig
@@ -52,16 +54,11 @@ def world():
 
 def make(world, name, model, reward="pickscore", policy=None, raw_reward=None):
     meter = Meter()
-    method = METHODS[name]
     config = SMOKE.method_config(name)
     policy = policy or world.make_policy(model)
     raw_reward = raw_reward or REWARDS[reward].from_world(world)
-    signal = (
-        Feedback.from_world(world, raw_reward, meter, policy)
-        if method.learns_from_feedback
-        else MeteredReward(raw_reward, meter)
-    )
-    return method(MeteredPolicy(policy, meter), signal, world.prompts["train"], config, 0), meter
+    annotator = functools.partial(Feedback.from_world, world, raw_reward, base_policy=policy)
+    return build_trainer(name, policy, raw_reward, world.prompts["train"], config, 0, meter, annotator), meter
 
 
 def test_every_family_has_a_model_in_both_scale_worlds_and_every_method_a_pairing():

@@ -33,19 +33,17 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.meter import Meter, MeteredPolicy, MeteredReward
+from bench.meter import Meter
 from bench.throughput import trl_ddpo
+from bench.trainers import build_trainer
 from methods import METHODS
-from methods.toolkit.policy_gradient import STEPS_PER_CALL
+from methods.toolkit.policy_gradient import STEPS_PER_CALL, PolicyGradientOptions
 
 DIGITS_METHODS = {
-    "ddpo": "diffusion",
-    "sas": "diffusion",
-    "flow_grpo": "flow",
-    "mix_grpo": "flow",
-    "dance_grpo": "flow",
+    name: method.families[0] for name, method in METHODS.items() if issubclass(method.Config, PolicyGradientOptions)
 }
-"""The methods that train through methods/toolkit/policy_gradient.py, on the digits generator each is run on."""
+"""The methods that train through methods/toolkit/policy_gradient.py (their Config on its PolicyGradientOptions), on
+the digits generator of each one's first family."""
 TRL_SCRIPT = Path(trl_ddpo.__file__)
 SIDES = ("ours, re-evaluating", "ours, reusing", "trl")
 """The comparison's sides: ours re-evaluating every trained step, ours with ddpo.reuse_sampling_pass, trl's."""
@@ -98,10 +96,8 @@ def digits_rates(methods: list[str], steps: int) -> list[DigitsRate]:
         flops = flops_per_nfe(world.make_policy(model))
         for per_call in (1, STEPS_PER_CALL):
             meter = Meter()
-            cls = METHODS[method]
-            policy = MeteredPolicy(world.make_policy(model), meter)
-            options = cls.Config(steps_per_call=per_call)
-            trainer = cls(policy, MeteredReward(reward, meter), world.prompts["train"], options, 0)
+            options = METHODS[method].Config(steps_per_call=per_call)
+            trainer = build_trainer(method, world.make_policy(model), reward, world.prompts["train"], options, 0, meter)
             trainer.step()  # warm-up
             nfe, start = meter.usage.nfe, time.perf_counter()
             for _ in range(steps):
@@ -169,9 +165,7 @@ def time_ours(pipeline_dir: str, timed_steps: int, reuse_sampling_pass: bool) ->
         reuse_sampling_pass=reuse_sampling_pass,
     )
     meter = Meter()
-    trainer = METHODS["ddpo"](
-        MeteredPolicy(policy, meter), MeteredReward(Brightness(), meter), list(trl_ddpo.PROMPTS), options, 0
-    )
+    trainer = build_trainer("ddpo", policy, Brightness(), list(trl_ddpo.PROMPTS), options, 0, meter)
     seconds = []
     for _ in range(timed_steps + 1):
         start = time.perf_counter()

@@ -87,7 +87,8 @@ def measure(
 ) -> Measurement:
     """One method's training step on one architecture: warm-up, then `repeats` timed steps, then a FLOP count. On
     the meta device (no data, no time) only the FLOPs are counted: a GPU's work, measured on any machine."""
-    from bench.meter import Meter, MeteredPolicy, MeteredReward
+    from bench.meter import Meter
+    from bench.trainers import build_trainer
 
     meta = device is not None and torch.device(device).type == "meta"
     with host_reads_of_meta_tensors() if meta else contextlib.nullcontext():
@@ -100,12 +101,17 @@ def measure(
         config = method_config(method, size, steps, checkpointing)
         meter = Meter()
         prompts = ["a photo of a cat"] * 8
-        if METHODS[method].learns_from_feedback:  # random pixels as demonstrations: only their shape costs time
-            demonstrations = (torch.rand(8, *policy.image_shape), prompts)
-            signal = Feedback(reward, demonstrations, meter, reward_model="prompt")
-        else:
-            signal = MeteredReward(reward, meter)
-        trainer = METHODS[method](MeteredPolicy(policy, meter), signal, prompts, config, seed=0)
+        trainer = build_trainer(
+            method,
+            policy,
+            reward,
+            prompts,
+            config,
+            0,
+            meter,
+            # random pixels as the annotator's demonstrations: only their shape costs time
+            lambda meter: Feedback(reward, (torch.rand(8, *policy.image_shape), prompts), meter, reward_model="prompt"),
+        )
         seconds = backward_seconds = peak = None
         if not meta:
             trainer.step()  # warm-up: kernels chosen, optimizer state allocated
