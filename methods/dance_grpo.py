@@ -74,17 +74,13 @@ class DanceGRPO(PolicyGradientTrainer):
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         groups = len(prompts) // cfg.samples_per_prompt
         shared = torch.randn((groups, *self.policy.latent_shape), generator=self.generator)
-        with torch.no_grad():
-            trajectory = self.policy.sample(
-                prompts,
-                self.sampler_steps(cfg.sample_steps),
-                self.generator,
-                eta=self.noise_level,
-                sde=SAMPLERS[self.policy.family],
-                initial=shared.repeat_interleave(cfg.samples_per_prompt, dim=0),
-                score_graph=cfg.reuse_sampling_pass,
-            )
-            rewards = self.reward(trajectory.images, prompts).float().cpu()
+        trajectory, rewards = self.sample_scored(
+            prompts,
+            self.sampler_steps(cfg.sample_steps),
+            self.noise_level,
+            sde=SAMPLERS[self.policy.family],
+            initial=shared.repeat_interleave(cfg.samples_per_prompt, dim=0),
+        )
         advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, step_fraction=cfg.timestep_fraction)
         return {"reward": rewards.mean().item(), **summary}

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from methods.options import option
 from methods.toolkit.policy_gradient import (
     PolicyGradientTrainer,
@@ -76,20 +74,7 @@ class DDPO(PolicyGradientTrainer):
     def step(self) -> dict[str, float]:
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        with torch.no_grad():
-            trajectory = self.policy.sample(
-                prompts,
-                self.sampler_steps(cfg.sample_steps),
-                self.generator,
-                eta=cfg.eta,
-                score_graph=cfg.reuse_sampling_pass,
-            )
-            rewards = self.reward(trajectory.images, prompts).float().cpu()
-        if not trajectory.stochastic_steps:
-            raise ValueError(
-                "ddpo needs a stochastic sampling step to train on; a 1-step consistency sampler "
-                "has none (set ddpo.sample_steps >= 2)"
-            )
+        trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), cfg.eta)
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, step_fraction=cfg.step_fraction)
         return {"reward": rewards.mean().item(), **summary}

@@ -108,11 +108,7 @@ class FlowGRPO(PolicyGradientTrainer):
             noise = [cfg.noise_level if start <= s < start + size else 0.0 for s in range(steps)]
             window = {"window_start": float(start)}
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        with torch.no_grad():
-            trajectory = self.policy.sample(
-                prompts, steps, self.generator, eta=noise, sde="flow_grpo", score_graph=cfg.reuse_sampling_pass
-            )
-            rewards = self.reward(trajectory.images, prompts).float().cpu()
+        trajectory, rewards = self.sample_scored(prompts, steps, noise, sde="flow_grpo")
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, guard=cfg.guard)
         return {"reward": rewards.mean().item(), **window, **summary}

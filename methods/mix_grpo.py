@@ -110,11 +110,7 @@ class MixGRPO(PolicyGradientTrainer):
         grid = flash_grid(self.policy.sampling_timesteps(steps), start + window, cfg.flash_steps)
         noise = [cfg.noise_level if start <= s < start + window else 0.0 for s in range(len(grid))]
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        with torch.no_grad():
-            trajectory = self.policy.sample(
-                prompts, grid, self.generator, eta=noise, sde="flow_grpo", score_graph=cfg.reuse_sampling_pass
-            )
-            rewards = self.reward(trajectory.images, prompts).float().cpu()
+        trajectory, rewards = self.sample_scored(prompts, grid, noise, sde="flow_grpo")
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages)
         self.iteration += 1

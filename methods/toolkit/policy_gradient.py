@@ -20,9 +20,9 @@ centred at 0 for every step, and the step's loss is weighted by 1 / dt_s (dt_s t
 d, and with it the gradient, scales with dt_s.
 
 A method on this contract declares its Config as PPOOptions (or PolicyGradientOptions with its own `kl_weight`) plus
-its own options, its trainer as a PolicyGradientTrainer (the optimizer and the KL's reference come with it), and its
-`step` samples the chains, turns the rewards into advantages, (B,) or (B, N), and calls `ppo_epochs`; `ppo_usage`
-states what that costs.
+its own options, its trainer as a PolicyGradientTrainer (the optimizer, the KL's reference, `sample_scored` and the
+cost of training every step come with it), and its `step` samples and scores the chains, turns the rewards into
+advantages, (B,) or (B, N), and calls `ppo_epochs`; `ppo_usage` states what that costs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 
 from methods.options import Options, option
 from methods.toolkit.divergences import closed_form
-from methods.trainer import Trainer, make_optimizer
+from methods.trainer import Trainer, chain_work, make_optimizer
 from models.diffusion import gaussian_log_prob
 from models.policy import Policy, Trajectory
 
@@ -120,6 +120,42 @@ class PolicyGradientTrainer(Trainer):
         rate = config.learning_rate if learning_rate is None else learning_rate
         self.optimizer = make_optimizer(policy.trainable_parameters(), rate)
         self.reference: Policy | None = policy.frozen_copy() if config.kl_weight > 0 else None
+
+    @classmethod
+    def step_usage(cls, config: PolicyGradientOptions, generator: type) -> dict[str, float]:
+        """ppo_epochs' cost where it trains every stochastic step of every chain (ppo_usage); a method that trains
+        fewer steps, or queries the reward more often, states its own."""
+        images, steps, actions = chain_work(config, generator)
+        return ppo_usage(config, images, steps, actions)
+
+    def sample_scored(
+        self,
+        prompts: list[str],
+        steps: int | torch.Tensor,
+        eta: float | Sequence[float],
+        sde: str = "native",
+        initial: torch.Tensor | None = None,
+    ) -> tuple[Trajectory, torch.Tensor]:
+        """The iteration's chains of `prompts` from the sampling policy (Policy.sample's steps, eta, sde and initial
+        noise; with the score's graph where the config reuses the sampling pass) and their rewards, (B,) float32 on
+        the CPU. A chain without a stochastic step (a 1-step consistency sampler) has nothing to train: refused."""
+        with torch.no_grad():
+            trajectory = self.policy.sample(
+                prompts,
+                steps,
+                self.generator,
+                eta=eta,
+                sde=sde,
+                initial=initial,
+                score_graph=self.config.reuse_sampling_pass,
+            )
+            rewards = self.reward(trajectory.images, prompts).float().cpu()
+        if not trajectory.stochastic_steps:
+            raise ValueError(
+                f"{self.name} needs a stochastic sampling step to train on; a chain of {len(trajectory.timesteps)} "
+                f"step(s) here has none (set {self.name}.sample_steps >= 2)"
+            )
+        return trajectory, rewards
 
 
 def ppo_clipped_loss(
