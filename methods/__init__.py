@@ -1,4 +1,5 @@
-"""Fine-tuning methods, by name. Adding a method: one file in methods/ and one line here."""
+"""Fine-tuning methods, by name. Adding a method: one file in methods/ and one line here, or a package of one's own
+that declares it as an entry point in the group `rlhf_bench.methods` (models/installed.py, docs/extending.md)."""
 
 from methods.adjoint_matching import AdjointMatching
 from methods.aihf import AIHF
@@ -20,6 +21,7 @@ from methods.rocm import ROCM
 from methods.sas import ScoresAsActions
 from methods.sft import SFT
 from methods.trainer import Trainer
+from models.installed import installed_entries
 
 METHODS: dict[str, type[Trainer]] = {
     "base": BaseModel,
@@ -42,3 +44,11 @@ METHODS: dict[str, type[Trainer]] = {
     "refl": ReFL,
     "adjoint_matching": AdjointMatching,
 }
+METHODS.update(
+    installed_entries(
+        "rlhf_bench.methods",
+        METHODS,
+        "a Trainer subclass (methods/trainer.py)",
+        lambda entry: isinstance(entry, type) and issubclass(entry, Trainer),
+    )
+)

@@ -1,8 +1,10 @@
 """Reward models, by name: plain classes with a `from_world` constructor and a class-level
 `differentiable`, so a config can be checked against a method before any weights load. A world offers a subset
 (worlds/: `WorldEntry.rewards`): the digits worlds digit, compress and gold, the scenes worlds geneval, ocr and
-compress, the scale worlds the published models."""
+compress, the scale worlds the published models. An installed package adds its own through the entry-point group
+`rlhf_bench.rewards` (models/installed.py)."""
 
+from models.installed import installed_entries
 from rewards.aesthetic import AestheticReward
 from rewards.base import Reward
 from rewards.clip_score import ClipScoreReward
@@ -28,3 +30,14 @@ REWARDS: dict[str, type[Reward]] = {
     "hpsv2": HPSv2Reward,
     "jpeg": JpegCompressibilityReward,
 }
+REWARDS.update(
+    installed_entries(
+        "rlhf_bench.rewards",
+        REWARDS,
+        "a Reward class (rewards/base.py: name, version, differentiable, higher_is_better, from_world)",
+        lambda entry: (
+            isinstance(entry, type)
+            and all(hasattr(entry, a) for a in ("name", "version", "differentiable", "higher_is_better", "from_world"))
+        ),
+    )
+)

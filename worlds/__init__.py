@@ -6,7 +6,8 @@ A world offers generators (by model name, each of a family), rewards, prompts an
                        and text rendering (worlds/scenes.py, its networks built by models/scenes.py);
   scale, scale-tiny    Stable Diffusion 1.5, LCM, SD3, SD3.5 and FLUX through diffusers with the published reward
                        models, and their tiny CPU-sized twin (worlds/scale.py).
-Model names are unique across worlds, so an entry `method@model` names its world's kind too.
+Model names are unique across worlds, so an entry `method@model` names its world's kind too. An installed package adds
+its own through the entry-point group `rlhf_bench.worlds` (models/installed.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.digits import WorldConfig, tiny_world_config
+from models.installed import installed_entries
 from models.scenes import ScenesConfig, tiny_scenes_config
 from worlds.base import World, WorldEntry
 from worlds.digits import DigitsEntry
@@ -30,6 +32,16 @@ WORLDS: dict[str, WorldEntry] = {
     "scale": ScaleEntry(SCALE),
     "scale-tiny": ScaleEntry(SCALE_TINY),
 }
+WORLDS.update(
+    installed_entries(
+        "rlhf_bench.worlds",
+        WORLDS,
+        "a WorldEntry (worlds/base.py: models, rewards, generator_class, ensure, prepare, load)",
+        lambda entry: all(
+            hasattr(entry, a) for a in ("models", "rewards", "generator_class", "ensure", "prepare", "load")
+        ),
+    )
+)
 MODEL_FAMILIES = {model: family for entry in WORLDS.values() for model, family in entry.models.items()}
 """Every world's generators by name, with their family (a run fine-tunes one of them)."""
 MODELS = tuple(MODEL_FAMILIES)
