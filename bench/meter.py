@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from models.sampler import DETERMINISTIC, Sampler
+
 UNITS = ("nfe", "reward_queries", "samples", "wall_s")
 """The units a run's budget can be expressed in."""
 _SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
@@ -131,8 +133,8 @@ class MeteredPolicy:
     def __getattr__(self, name):
         return getattr(self._policy, name)
 
-    def sample(self, prompts, steps, generator, **kwargs):
-        trajectory = self._policy.sample(prompts, steps, generator, **kwargs)
+    def sample(self, prompts, steps, generator, sampler: Sampler = DETERMINISTIC, **kwargs):
+        trajectory = self._policy.sample(prompts, steps, generator, sampler, **kwargs)
         self._meter.usage.samples += len(prompts)
         return trajectory
 

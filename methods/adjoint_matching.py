@@ -35,6 +35,7 @@ from methods.options import Options, option
 from methods.toolkit.policy_gradient import steps_trained
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.policy import FlowMatchingPolicy
+from models.sampler import Sampler
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class AdjointMatching(Trainer):
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         steps = self.sampler_steps(cfg.sample_steps)
         with torch.no_grad():
-            chain = self.policy.sample(prompts, steps, self.generator, eta=1.0)  # memoryless
+            chain = self.policy.sample(prompts, steps, self.generator, Sampler(noise=1.0))  # memoryless
         final = chain.latents[:, -1].detach().requires_grad_(True)
         rewards = self.reward(self.policy.decode(final), prompts)
         (reward_gradient,) = torch.autograd.grad(rewards.sum(), final)

@@ -1,7 +1,7 @@
 """`dance_grpo`: DanceGRPO (Xue et al., "DanceGRPO: Unleashing GRPO on Visual Generation", arXiv 2505.07818).
 
 GRPO on the sampling chain of a rectified flow or a diffusion model. Each step of the chain is a Gaussian policy: on
-a flow model the Euler-Maruyama step of the marginal-preserving SDE (models/flow.py, sampler `dance_grpo`)
+a flow model the Euler-Maruyama step of the marginal-preserving SDE (models/flow.py, dynamics `dance-sde`)
   dx = [v_theta + eta^2 / (2 t) (x + (1 - t) v_theta)] dt + eta dw   (a constant noise level eta),
 on a diffusion model DDIM's stochastic step (DDPM's at eta = 1). Its two departures from Flow-GRPO's recipe:
   - shared initial noise: the G samples of a prompt start from one x_T, so their rewards differ only by the
@@ -31,10 +31,11 @@ from methods.toolkit.policy_gradient import (
     steps_trained,
 )
 from methods.trainer import chain_work
+from models.sampler import Sampler
 
 # eta per family: the flow SDE's noise level, DDIM's stochasticity (DDPM's sampler at 1)
 NOISE_LEVELS = {"flow": 0.3, "diffusion": 1.0}
-SAMPLERS = {"flow": "dance_grpo", "diffusion": "native"}
+DYNAMICS = {"flow": "dance-sde", "diffusion": "ddim"}
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,7 @@ class DanceGRPO(PolicyGradientTrainer):
         trajectory, rewards = self.sample_scored(
             prompts,
             self.sampler_steps(cfg.sample_steps),
-            self.noise_level,
-            sde=SAMPLERS[self.policy.family],
+            Sampler(DYNAMICS[self.policy.family], self.noise_level),
             initial=shared.repeat_interleave(cfg.samples_per_prompt, dim=0),
         )
         advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)

@@ -30,6 +30,7 @@ from methods.toolkit.policy_gradient import (
     steps_trained,
 )
 from methods.trainer import chain_work
+from models.sampler import Sampler
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class DDPO(PolicyGradientTrainer):
     def step(self) -> dict[str, float]:
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), cfg.eta)
+        trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), Sampler(noise=cfg.eta))
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, step_fraction=cfg.step_fraction)
         return {"reward": rewards.mean().item(), **summary}

@@ -28,6 +28,7 @@ import torch
 from methods.options import Options, option
 from methods.toolkit.reward_gradients import ascend_reward, reward_backprop, truncated_backprop_usage
 from methods.trainer import Trainer, chain_work, make_optimizer
+from models.sampler import Sampler
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class DRaFT(Trainer):
     def _low_variance_step(self, prompts: list[str], steps: int) -> dict[str, float]:
         cfg, n = self.config, self.config.lv_samples
         with torch.no_grad():
-            chain = self.policy.sample(prompts, steps, self.generator, eta=cfg.eta)
+            chain = self.policy.sample(prompts, steps, self.generator, Sampler(noise=cfg.eta))
         final = chain.latents[:, -1].repeat(n, *(1,) * (chain.latents.dim() - 2))
         last = chain.timesteps[-1:]
         noise = torch.randn(final.shape, generator=self.generator).to(final.device)
@@ -100,7 +101,7 @@ class DRaFT(Trainer):
             copies,
             last,
             self.generator,
-            eta=cfg.eta,
+            Sampler(noise=cfg.eta),
             initial=self.policy.noised(final, last[0], noise),
             grad=True,
             checkpoint=cfg.gradient_checkpointing,

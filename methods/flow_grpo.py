@@ -1,6 +1,6 @@
 """`flow_grpo`: Flow-GRPO (Liu et al., "Flow-GRPO: Training Flow Matching Models via Online RL", arXiv 2505.05470).
 
-The rectified-flow sampler's ODE becomes an SDE with the same marginals (models/flow.py, sampler `flow_grpo`),
+The rectified-flow sampler's ODE becomes an SDE with the same marginals (models/flow.py, dynamics `flow-sde`),
   dx = [v_theta + sigma_t^2 / (2 t) (x + (1 - t) v_theta)] dt + sigma_t dw,   sigma_t = a sqrt(t / (1 - t)),
 whose Euler-Maruyama steps are Gaussian policies pi_theta(x_{t-dt} | x_t, c). For G samples of each prompt with
 rewards R_1..R_G, the group-relative advantage A_i = (R_i - mean(R)) / std(R) is every step's, and
@@ -43,6 +43,7 @@ from methods.toolkit.policy_gradient import (
     ppo_usage,
 )
 from methods.trainer import chain_work
+from models.sampler import Sampler
 
 
 @dataclass(frozen=True)
@@ -101,14 +102,14 @@ class FlowGRPO(PolicyGradientTrainer):
     def step(self) -> dict[str, float]:
         cfg = self.config
         steps = self.sampler_steps(cfg.sample_steps)
-        noise, window = cfg.noise_level, {}
+        sampler, window = Sampler("flow-sde", cfg.noise_level), {}
         size, last_start = sde_window(steps, cfg)
         if size:  # Flow-GRPO-Fast: the SDE on a window drawn for this iteration, the ODE elsewhere
             start = int(torch.randint(last_start + 1, (1,), generator=self.generator))
-            noise = [cfg.noise_level if start <= s < start + size else 0.0 for s in range(steps)]
+            sampler = Sampler("flow-sde", cfg.noise_level, window=(start, start + size))
             window = {"window_start": float(start)}
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        trajectory, rewards = self.sample_scored(prompts, steps, noise, sde="flow_grpo")
+        trajectory, rewards = self.sample_scored(prompts, steps, sampler)
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, guard=cfg.guard)
         return {"reward": rewards.mean().item(), **window, **summary}

@@ -2,7 +2,7 @@
 2507.21802).
 
 Flow-GRPO's policy gradient (methods/flow_grpo.py) with the SDE confined to a window: of the T sampler steps, the w
-steps [l, l + w) are the SDE's Euler-Maruyama steps (models/flow.py, sampler `flow_grpo`), the others the ODE's
+steps [l, l + w) are the SDE's Euler-Maruyama steps (models/flow.py, dynamics `flow-sde`), the others the ODE's
 deterministic Euler steps, so only the window's steps are actions and only they are trained:
   J(theta) = E [ 1/G sum_i 1/w sum_{t in [l, l + w)} min(rho_t^i A_i, clip(rho_t^i, 1 - eps, 1 + eps) A_i) ],
 with A_i the group-relative advantage of the sample's reward. The window slides from high noise to low as training
@@ -37,6 +37,7 @@ from methods.toolkit.policy_gradient import (
     ppo_usage,
 )
 from methods.trainer import chain_work
+from models.sampler import Sampler
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,9 @@ class MixGRPO(PolicyGradientTrainer):
         steps = self.sampler_steps(cfg.sample_steps)
         start, window = window_start(self.iteration, steps, cfg), window_size(steps, cfg)
         grid = flash_grid(self.policy.sampling_timesteps(steps), start + window, cfg.flash_steps)
-        noise = [cfg.noise_level if start <= s < start + window else 0.0 for s in range(len(grid))]
+        sampler = Sampler("flow-sde", cfg.noise_level, window=(start, start + window))
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        trajectory, rewards = self.sample_scored(prompts, grid, noise, sde="flow_grpo")
+        trajectory, rewards = self.sample_scored(prompts, grid, sampler)
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages)
         self.iteration += 1

@@ -27,6 +27,7 @@ import torch
 from methods.options import Options, option
 from methods.toolkit.divergences import DIVERGENCES, step_divergence
 from methods.trainer import Trainer, chain_work, make_optimizer
+from models.sampler import Sampler
 
 NO_DIVERGENCE = "none"
 
@@ -104,7 +105,7 @@ class ROCM(Trainer):
             prompts,
             self.sampler_steps(cfg.sample_steps),
             self.generator,
-            eta=cfg.eta,
+            Sampler(noise=cfg.eta),
             grad=True,
             checkpoint=cfg.gradient_checkpointing,
         )

@@ -44,6 +44,7 @@ import torch
 from methods.options import option
 from methods.toolkit.policy_gradient import PolicyGradientOptions, PolicyGradientTrainer, ppo_epochs, ppo_usage
 from methods.trainer import chain_work
+from models.sampler import Sampler
 
 GRIDS = ("stratified", "fixed")
 
@@ -120,8 +121,9 @@ class ScoresAsActions(PolicyGradientTrainer):
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         with torch.no_grad():
+            # DDIM at eta = 1, DDPM's posterior step: the Euler-Maruyama step the objective is written for
             trajectory = self.policy.sample(
-                prompts, self.training_grid(), self.generator, eta=1.0, score_graph=cfg.reuse_sampling_pass
+                prompts, self.training_grid(), self.generator, Sampler(noise=1.0), score_graph=cfg.reuse_sampling_pass
             )
             steps = len(trajectory.timesteps)
             predicted = (

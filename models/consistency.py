@@ -11,7 +11,7 @@ Multistep sampling over S timesteps chosen from the grid: x_{tau_1} ~ N(0, I); e
 x0 = f(x_{tau_i}, tau_i) and re-noises it to the next timestep, x_{tau_{i+1}} ~ N(sqrt(a_next) x0,
 (1 - a_next) I), so every step but the last is a Gaussian transition (an action, for policy-gradient
 methods and divergences); the last step returns x0 itself, deterministically, as in LCM and RLCM. The
-noise is the sampler's own: DDIM's `eta` has no counterpart here and is ignored.
+noise is the schedule's: the dynamics `consistency` (models/sampler.py) reads no noise level.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class ConsistencyPolicy(ChainPolicy):
     family = "consistency"
     default_steps = 4
     loss_nfe = 4  # consistency training's target is a no-grad forward of the EMA target network
+    dynamics = ("consistency",)
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         if not 1 <= steps <= ORIGINAL_STEPS:
@@ -77,7 +78,7 @@ class ConsistencyPolicy(ChainPolicy):
         """f_theta(x_t, t), the consistency function's x0."""
         return self.predict_x0(x, t, text)
 
-    def transition_from(self, x, output, step, timesteps, eta, sde):
+    def transition_from(self, x, output, step, timesteps, noise, dynamics):
         x0 = output
         if step + 1 == len(timesteps):
             # A tiny final noise (the schedule's smallest, ~0.01) would make this step an action too, but its

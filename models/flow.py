@@ -18,8 +18,8 @@ ODE's for any noise level sigma_t (Flow-GRPO, Liu et al. 2025, arXiv 2505.05470,
   dx = [v + sigma_t^2 / (2 t) (x + (1 - t) v)] dt + sigma_t dw,
 taken by Euler-Maruyama from t to s < t:
   x_s ~ N(x_t - (t - s) [v + sigma_t^2 / (2 t) eps_hat],  sigma_t^2 (t - s) I),   eps_hat = x_t + (1 - t) v,
-with sigma_t = a sqrt(t / (1 - t)) (sampler `flow_grpo`, noise level a; at t = 1, where it is infinite, it is
-taken at the chain's next time) or sigma_t = eta constant (`dance_grpo`: DanceGRPO, Xue et al. 2025, arXiv
+with sigma_t = a sqrt(t / (1 - t)) (dynamics `flow-sde`, noise level a; at t = 1, where it is infinite, it is
+taken at the chain's next time) or sigma_t = eta constant (`dance-sde`: DanceGRPO, Xue et al. 2025, arXiv
 2505.07818). Their last step, to s = 0, is the deterministic Euler step here, as in the sampler above, so that
 images carry no injected noise (the papers' samplers noise it too; in pixel space that noise is visible).
 """
@@ -52,9 +52,9 @@ def flow_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, eta: f
     return (1 - s) * x0 + math.sqrt(s**2 - std**2) * eps, std
 
 
-def sde_noise_level(sde: str, level: float, t: float, s: float) -> float:
-    """sigma_t of the GRPO samplers' SDE for a step from t to s."""
-    if sde == "dance_grpo":
+def sde_noise_level(dynamics: str, level: float, t: float, s: float) -> float:
+    """sigma_t of the SDE `dynamics` (flow-sde or dance-sde) at noise level `level`, for a step from t to s."""
+    if dynamics == "dance-sde":
         return level
     u = t if t < 1 else s  # sqrt(t / (1 - t)) is infinite at t = 1
     return level * math.sqrt(u / (1 - u))
@@ -67,13 +67,13 @@ def sde_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, sigma: 
 
 
 class FlowPolicy(ChainPolicy):
-    """A rectified-flow model, sampled by Euler (eta = 0), its DDIM-form stochastic sampler (`native`), or the GRPO
-    papers' SDE (`flow_grpo`, `dance_grpo`)."""
+    """A rectified-flow model, sampled by Euler (noise 0), its DDIM-form stochastic sampler (`ddim`), or the GRPO
+    papers' SDE (`flow-sde`, `dance-sde`)."""
 
     family = "flow"
     default_steps = 20
     loss_nfe = 3
-    sdes = ("native", "flow_grpo", "dance_grpo")
+    dynamics = ("ddim", "flow-sde", "dance-sde")
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         if steps < 1:
@@ -92,13 +92,13 @@ class FlowPolicy(ChainPolicy):
         """v_theta(x_t, t), guided where the family has guidance."""
         return self._velocity(x, t, text)
 
-    def transition_from(self, x, output, step, timesteps, eta, sde):
+    def transition_from(self, x, output, step, timesteps, noise, dynamics):
         t = float(timesteps[step])
         s = float(timesteps[step + 1]) if step + 1 < len(timesteps) else 0.0
         v = output
-        if sde == "native" or s == 0 or eta == 0:
-            return Transition(*flow_transition(x, v, t, s, eta if sde == "native" else 0.0), x - t * v)
-        return Transition(*sde_transition(x, v, t, s, sde_noise_level(sde, eta, t, s)), x - t * v)
+        if dynamics == "ddim" or s == 0 or noise == 0:
+            return Transition(*flow_transition(x, v, t, s, noise if dynamics == "ddim" else 0.0), x - t * v)
+        return Transition(*sde_transition(x, v, t, s, sde_noise_level(dynamics, noise, t, s)), x - t * v)
 
     def noised(self, x0: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = (1 - t) x0 + t noise at flow time t = `timestep`."""

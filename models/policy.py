@@ -20,6 +20,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from models.diffusion import NoiseSchedule, add_noise, alpha_bar_at, ddim_transition, gaussian_log_prob, predict_x0
+from models.sampler import DETERMINISTIC, Sampler
 from models.text import PromptEncoder
 
 
@@ -38,8 +39,8 @@ class Trajectory:
     log_probs: torch.Tensor | None  # (B, S): log p(x_prev | x_t) of the step taken, NaN at a deterministic
     # step; None if no step is stochastic
     images: torch.Tensor  # (B, C, H, W) in [0, 1]
-    eta: tuple[float, ...]  # (S,): each step's noise level, in the units of the sampler `sde`
-    sde: str = "native"  # the family's stochastic sampler the chain was drawn with (ChainPolicy.sdes)
+    noise: tuple[float, ...]  # (S,): each step's noise level, in the units of its `dynamics`
+    dynamics: str  # the dynamics the chain's steps followed (models/sampler.py: DYNAMICS)
     mean_graphs: tuple[torch.Tensor, ...] = ()  # sampled with score_graph: each step's mean (B, C, H, W) under the
     # sampling parameters, a stochastic step's differentiable through that step's network call alone; () otherwise
 
@@ -102,9 +103,8 @@ class Policy(Protocol):
         prompts: list[str],
         steps: int | torch.Tensor,
         generator: torch.Generator,
+        sampler: Sampler = DETERMINISTIC,
         *,
-        eta: float | Sequence[float] = 0.0,
-        sde: str = "native",
         initial: torch.Tensor | None = None,
         grad: bool = False,
         grad_steps: int | None = None,
@@ -230,17 +230,16 @@ class ChainPolicy(ABC):
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         """The `steps` timesteps the sampler starts its steps from, descending: (steps,)."""
 
-    sdes: tuple[str, ...] = ("native",)
-    """The stochastic samplers the family offers; `native` is its own (DDIM's eta for diffusion and flow, the
-    consistency sampler's noise)."""
+    dynamics: tuple[str, ...] = ("ddim",)
+    """The dynamics (models/sampler.py: DYNAMICS) the family's stochastic steps can follow; the first is its own."""
 
     def transition(
-        self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text, eta: float, sde: str = "native"
+        self, x: torch.Tensor, step: int, timesteps: torch.Tensor, text, noise: float, dynamics: str
     ) -> Transition:
-        """Step `step` of the chain over `timesteps`, from x (B, *latent_shape) at timesteps[step], with noise level
-        eta in the sampler `sde`: one network call (`step_output`), then the family's step (`transition_from`)."""
+        """Step `step` of the chain over `timesteps`, from x (B, *latent_shape) at timesteps[step], at noise level
+        `noise` of `dynamics`: one network call (`step_output`), then the family's step (`transition_from`)."""
         output = self.step_output(x, timesteps[step].expand(len(x)), text)
-        return self.transition_from(x, output, step, timesteps, eta, sde)
+        return self.transition_from(x, output, step, timesteps, noise, dynamics)
 
     @abstractmethod
     def step_output(self, x: torch.Tensor, t: torch.Tensor, text) -> torch.Tensor:
@@ -249,7 +248,7 @@ class ChainPolicy(ABC):
 
     @abstractmethod
     def transition_from(
-        self, x: torch.Tensor, output: torch.Tensor, step: int, timesteps: torch.Tensor, eta: float, sde: str
+        self, x: torch.Tensor, output: torch.Tensor, step: int, timesteps: torch.Tensor, noise: float, dynamics: str
     ) -> Transition:
         """The transition of `transition` from x and its `step_output` at timesteps[step]; no network call."""
 
@@ -276,9 +275,8 @@ class ChainPolicy(ABC):
         prompts: list[str],
         steps: int | torch.Tensor,
         generator: torch.Generator,
+        sampler: Sampler = DETERMINISTIC,
         *,
-        eta: float | Sequence[float] = 0.0,
-        sde: str = "native",
         initial: torch.Tensor | None = None,
         grad: bool = False,
         grad_steps: int | None = None,
@@ -287,8 +285,8 @@ class ChainPolicy(ABC):
         score_graph: bool = False,
     ) -> Trajectory:
         """Runs the sampler over `steps` steps of the family's grid, or over an explicit grid (a descending tensor of
-        the timesteps the steps start from, as `sampling_timesteps` returns). `eta` is the noise level of every step,
-        or of each step (0: a deterministic step), in the units of the stochastic sampler `sde` (one of `sdes`).
+        the timesteps the steps start from, as `sampling_timesteps` returns), each step following the `sampler`'s
+        dynamics at its noise level (models/sampler.py; the default: the family's deterministic sampler).
         `initial` is the starting noise x_T (B, *latent_shape), drawn from the generator when None. With grad=True the
         latents, means and final images are differentiable w.r.t. the parameters (the reparameterization trick: each
         step is mean + std * noise); `grad_steps` K keeps the graph of the last K steps taken only (DRaFT-K's
@@ -299,11 +297,12 @@ class ChainPolicy(ABC):
         with the states taken as constants (the actions), so the sampling pass doubles as the on-policy evaluation of
         its steps (methods/toolkit/policy_gradient.py: ppo_chain_backward's on_policy); the chain is unchanged."""
         timesteps = steps if isinstance(steps, torch.Tensor) else self.sampling_timesteps(steps)
-        etas = (float(eta),) * len(timesteps) if isinstance(eta, int | float) else tuple(map(float, eta))
-        if len(etas) != len(timesteps) or min(etas) < 0:
-            raise ValueError(f"eta must be >= 0, one value or one per step ({len(timesteps)}), got {eta}")
-        if sde not in self.sdes:
-            raise ValueError(f"a {self.family} model has no sampler {sde!r}; valid: {', '.join(self.sdes)}")
+        levels = sampler.noise_levels(len(timesteps))
+        dynamics = sampler.dynamics or self.dynamics[0]
+        if dynamics not in self.dynamics:
+            raise ValueError(
+                f"a {self.family} model has no sampler dynamics {dynamics!r}; valid: {', '.join(self.dynamics)}"
+            )
         if grad and score_graph:
             raise ValueError("a chain keeps one graph: the reparameterized one (grad) or the score's (score_graph)")
         text = self._text(prompts)
@@ -331,10 +330,10 @@ class ChainPolicy(ABC):
                     # back), so every family's recomputation is one more network evaluation, which the meter counts
                     with torch.utils.checkpoint.set_checkpoint_early_stop(False):
                         mean, std, x0 = torch.utils.checkpoint.checkpoint(
-                            self.transition, x, step, timesteps, text, etas[step], sde, use_reentrant=False
+                            self.transition, x, step, timesteps, text, levels[step], dynamics, use_reentrant=False
                         )
                 else:
-                    mean, std, x0 = self.transition(x, step, timesteps, text, etas[step], sde)
+                    mean, std, x0 = self.transition(x, step, timesteps, text, levels[step], dynamics)
                 if score_graph:  # a deterministic step is no action: its graph is let go at once
                     mean_graphs.append(mean if std > 0 else mean.detach())
                     mean, x0 = mean.detach(), x0.detach()
@@ -358,8 +357,8 @@ class ChainPolicy(ABC):
             stds=torch.tensor(stds, dtype=torch.float32),
             log_probs=torch.stack(log_probs, dim=1) if any(std > 0 for std in stds) else None,
             images=self.decode(x),
-            eta=etas,
-            sde=sde,
+            noise=levels,
+            dynamics=dynamics,
             mean_graphs=tuple(mean_graphs),
         )
 
@@ -376,7 +375,7 @@ class ChainPolicy(ABC):
         t = trajectory.timesteps[list(steps)].repeat_interleave(batch)
         output = self.step_output(x, t, self._text(trajectory.prompts * len(steps)))
         return [
-            self.transition_from(x_s, output_s, s, trajectory.timesteps, trajectory.eta[s], trajectory.sde).mean
+            self.transition_from(x_s, output_s, s, trajectory.timesteps, trajectory.noise[s], trajectory.dynamics).mean
             for s, x_s, output_s in zip(steps, x.split(batch), output.split(batch), strict=True)
         ]
 
@@ -416,12 +415,12 @@ class DiffusionPolicy(ChainPolicy):
         """eps_theta(x_t, t)."""
         return self.predict(x, t.to(x.device), text)
 
-    def transition_from(self, x, output, step, timesteps, eta, sde):
+    def transition_from(self, x, output, step, timesteps, noise, dynamics):
         t, eps = int(timesteps[step]), output
         # after the last timestep the chain lands on alpha_bar_0 (alpha_bar_at's convention for t < 0)
         t_prev = int(timesteps[step + 1]) if step + 1 < len(timesteps) else -1
         alpha_bar = alpha_bar_at(self.alphas_cumprod, t)
-        mean, std = ddim_transition(x, eps, alpha_bar, alpha_bar_at(self.alphas_cumprod, t_prev), eta)
+        mean, std = ddim_transition(x, eps, alpha_bar, alpha_bar_at(self.alphas_cumprod, t_prev), noise)
         return Transition(mean, std, predict_x0(x, eps, alpha_bar))
 
     def loss(self, images, prompts, generator, weights=None):

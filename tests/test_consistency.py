@@ -46,8 +46,8 @@ def test_sampling_timesteps_match_lcm_scheduler(steps):
     assert policy_with(torch.zeros(2, 1, 4, 4)).sampling_timesteps(steps).tolist() == scheduler.timesteps.tolist()
 
 
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_every_step_matches_lcm_scheduler(eta):
+@pytest.mark.parametrize("noise", [0.0, 1.0])
+def test_every_step_matches_lcm_scheduler(noise):
     steps, g = 4, torch.Generator().manual_seed(0)
     eps = torch.randn(2, 1, 4, 4, generator=g)
     policy = policy_with(eps)
@@ -56,12 +56,12 @@ def test_every_step_matches_lcm_scheduler(eta):
     timesteps = policy.sampling_timesteps(steps)
     for step, t in enumerate(timesteps.tolist()):
         x = torch.randn(2, 1, 4, 4, generator=g)
-        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 3), eta)
+        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 3), noise, "consistency")
         result = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(step))
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(step))
         if step + 1 < steps:
             assert torch.allclose(mean + std * noise, result.prev_sample, atol=1e-5)
-        else:  # the last step returns the prediction, whatever DDIM's eta
+        else:  # the last step returns the prediction, whatever the noise level (which consistency does not read)
             assert torch.allclose(mean, result.denoised, atol=1e-5) and std == 0
 
 

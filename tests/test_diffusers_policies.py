@@ -18,6 +18,7 @@ from diffusers import (
 
 from bench.meter import Meter, MeteredPolicy
 from models.diffusion import NoiseSchedule
+from models.sampler import Sampler
 from models.scale.config import (
     DECODE_BATCH,
     FluxConfig,
@@ -87,7 +88,7 @@ def train_one_step(policy, seed: int = 3):
 def test_sampling_gives_images_in_the_unit_interval(pipelines, family):
     policy = load(pipelines, family)
     with torch.no_grad():
-        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(0), eta=1.0)
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(0), Sampler(noise=1.0))
     assert policy.image_shape == (3, RESOLUTION, RESOLUTION)
     # the config asks for bfloat16 (the default), which only CUDA gets: on the CPU everything is float32
     assert policy.config.dtype == "bfloat16"
@@ -102,7 +103,7 @@ def test_sampling_gives_images_in_the_unit_interval(pipelines, family):
 def test_recorded_log_probs_are_reproduced_under_unchanged_parameters(pipelines, family, stochastic):
     policy = load(pipelines, family)
     with torch.no_grad():
-        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(1), eta=1.0)
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(1), Sampler(noise=1.0))
         assert len(trajectory.stochastic_steps) == stochastic
         for s in trajectory.stochastic_steps:
             assert torch.isfinite(trajectory.log_probs[:, s]).all()
@@ -115,7 +116,7 @@ def test_several_steps_re_evaluated_in_one_network_call_are_each_steps_own_mean(
     policy = load(pipelines, family)
     calls: list[int] = []
     with torch.no_grad():
-        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(1), eta=1.0)
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(1), Sampler(noise=1.0))
         policy.network.register_forward_hook(lambda _module, inputs, _output: calls.append(len(inputs[0])))
         steps = trajectory.stochastic_steps[::-1]
         batched = policy.step_means(trajectory, steps)
@@ -131,7 +132,7 @@ def test_the_sampling_pass_keeps_each_steps_mean_differentiable_in_the_adapters(
     mean is its re-evaluated one, and its gradient reaches the LoRA weights."""
     policy = load(pipelines, family)
     with torch.no_grad():
-        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(1), eta=1.0, score_graph=True)
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(1), Sampler(noise=1.0), score_graph=True)
         step = trajectory.stochastic_steps[-1]
         assert torch.allclose(trajectory.mean_graphs[step], policy.step_mean(trajectory, step), rtol=0, atol=1e-5)
     trajectory.mean_graphs[step].square().sum().backward()
@@ -321,7 +322,7 @@ def test_a_unet_on_the_cpu_attends_with_its_softmax_kept_to_diffusers_result_and
 def test_a_reward_on_the_decoded_images_backpropagates_into_lora(pipelines, family):
     policy = load(pipelines, family)
     trajectory = policy.sample(
-        PROMPTS, 2, torch.Generator().manual_seed(0), eta=1.0, grad=True, checkpoint=family == "sd"
+        PROMPTS, 2, torch.Generator().manual_seed(0), Sampler(noise=1.0), grad=True, checkpoint=family == "sd"
     )
     # the reward sees only the images: its gradient reaches the chain through the VAE decoder
     (trajectory.images * torch.linspace(-1, 1, RESOLUTION)).mean().backward()
@@ -337,7 +338,7 @@ def test_the_reference_keeps_the_base_model_after_training(pipelines, family):
     reference = policy.frozen_copy()
     assert reference.trainable_parameters() == [] and reference.vae is policy.vae
     with torch.no_grad():
-        trajectory = policy.sample(PROMPTS, 2, torch.Generator().manual_seed(4), eta=1.0)
+        trajectory = policy.sample(PROMPTS, 2, torch.Generator().manual_seed(4), Sampler(noise=1.0))
         before = policy.step_mean(trajectory, 0)
     train_one_step(policy)
     with torch.no_grad():
@@ -379,7 +380,7 @@ def test_state_dict_round_trip_carries_only_lora(pipelines, family):
     trained = policy.state_dict()
     assert set(trained) == set(initial) and all("lora_" in name for name in trained)
     with torch.no_grad():
-        trajectory = policy.sample(PROMPTS, 2, torch.Generator().manual_seed(6), eta=1.0)
+        trajectory = policy.sample(PROMPTS, 2, torch.Generator().manual_seed(6), Sampler(noise=1.0))
         trained_mean = policy.step_mean(trajectory, 0)
         fresh = load(pipelines, family)
         assert not torch.allclose(fresh.step_mean(trajectory, 0), trained_mean, atol=1e-4)
@@ -398,7 +399,7 @@ def test_the_meter_counts_both_halves_of_a_guided_step(pipelines, family, guidan
     meter = Meter()
     policy = MeteredPolicy(load(pipelines, family, guidance_scale=guidance), meter)
     with torch.no_grad():
-        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(0), eta=1.0)
+        trajectory = policy.sample(PROMPTS, 3, torch.Generator().manual_seed(0), Sampler(noise=1.0))
     assert meter.usage.nfe == 3 * per_image * len(PROMPTS) and meter.usage.samples == 2
     with torch.no_grad():
         policy.frozen_copy().step_mean(trajectory, 0)  # the reference shares the watched network

@@ -8,6 +8,7 @@ from diffusers import DDIMScheduler
 
 from models.diffusion import NoiseSchedule, alpha_bar_at, ddim_transition, epsilon_from_data, gaussian_log_prob
 from models.policy import DiffusionPolicy
+from models.sampler import Sampler
 
 
 def sd_like_scheduler() -> DDIMScheduler:
@@ -62,7 +63,9 @@ def test_gaussian_log_prob_is_the_closed_form_density():
 
 def test_trajectory_log_probs_are_the_density_of_the_steps_taken(tiny_world):
     policy = tiny_world.make_policy("diffusion")
-    traj = policy.sample(["a handwritten seven", "the digit 3"], 5, torch.Generator().manual_seed(0), eta=1.0)
+    traj = policy.sample(
+        ["a handwritten seven", "the digit 3"], 5, torch.Generator().manual_seed(0), Sampler(noise=1.0)
+    )
     assert traj.latents.shape == (2, 6, 1, 8, 8) and traj.log_probs.shape == (2, 5)
     assert traj.images.min() >= 0 and traj.images.max() <= 1
     for s in range(5):

@@ -14,6 +14,7 @@ from methods.alignprop import truncation_range
 from methods.diffusion_nft import implicit_policies, nft_loss, optimality_probability
 from models.diffusion import add_noise
 from models.flow import TIMESTEP_SCALE, FlowPolicy
+from models.sampler import Sampler
 
 
 def reward_gradient(trainer, meter, grad_steps, steps=4):
@@ -50,8 +51,12 @@ def test_draft_k_backpropagates_through_exactly_the_last_k_steps_and_k_equal_t_i
 def test_a_chain_stopped_early_is_the_start_of_the_whole_chain(tiny_world):
     trainer, _ = make(tiny_world, "refl", "diffusion")
     with torch.no_grad():
-        whole = trainer.policy.sample(["a handwritten one"] * 2, 6, torch.Generator().manual_seed(3), eta=0.5)
-        start = trainer.policy.sample(["a handwritten one"] * 2, 6, torch.Generator().manual_seed(3), eta=0.5, until=4)
+        whole = trainer.policy.sample(
+            ["a handwritten one"] * 2, 6, torch.Generator().manual_seed(3), Sampler(noise=0.5)
+        )
+        start = trainer.policy.sample(
+            ["a handwritten one"] * 2, 6, torch.Generator().manual_seed(3), Sampler(noise=0.5), until=4
+        )
     assert start.latents.shape[1] == 5 and torch.equal(start.latents, whole.latents[:, :5])
     assert start.stochastic_steps == [0, 1, 2, 3] and torch.equal(start.log_probs, whole.log_probs[:, :4])
     with pytest.raises(ValueError, match="takes 1 to 6"):
@@ -158,7 +163,7 @@ def test_the_memoryless_sampler_forgets_its_start_and_lands_on_the_data_distribu
 
     def correlation(eta):
         with torch.no_grad():
-            chain = policy.sample(["x"] * 4000, 200, torch.Generator().manual_seed(2), eta=eta)
+            chain = policy.sample(["x"] * 4000, 200, torch.Generator().manual_seed(2), Sampler(noise=eta))
         start, end = chain.latents[:, 0].flatten(), chain.latents[:, -1].flatten()
         return torch.corrcoef(torch.stack([start, end]))[0, 1].item(), end
 

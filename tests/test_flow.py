@@ -9,6 +9,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
 from models.flow import TIMESTEP_SCALE, FlowPolicy, flow_transition, velocity_from_data
+from models.sampler import Sampler
 
 
 class ConstantText(nn.Module):
@@ -43,7 +44,7 @@ def test_the_deterministic_step_is_diffusers_euler_step():
     scheduler.set_timesteps(sigmas=timesteps.tolist())
     for step in range(steps):
         x = torch.randn(2, 1, 4, 4, generator=g)
-        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 1), eta=0.0)
+        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 1), 0.0, "ddim")
         v = policy.network(x, torch.full((2,), float(timesteps[step]) * TIMESTEP_SCALE), None)
         expected = scheduler.step(v, scheduler.timesteps[step], x).prev_sample
         assert std == 0 and torch.allclose(mean, expected, atol=1e-6)
@@ -54,7 +55,7 @@ def test_every_sampler_lands_on_the_data_distribution(eta):
     mu, c = 0.3, 0.5
     policy = FlowPolicy(GaussianVelocity(mu, c), ConstantText())
     with torch.no_grad():
-        chain = policy.sample(["x"] * 2000, 200, torch.Generator().manual_seed(1), eta=eta)
+        chain = policy.sample(["x"] * 2000, 200, torch.Generator().manual_seed(1), Sampler(noise=eta))
     x = chain.latents[:, -1].flatten()
     assert abs(x.mean().item() - mu) < 0.01 and abs(x.std().item() - c) < 0.01
 
@@ -73,7 +74,9 @@ def test_the_posterior_std_keeps_the_path_marginals():
 
 def test_every_stochastic_step_but_the_last_is_an_action(tiny_world):
     policy = tiny_world.make_policy("flow")
-    chain = policy.sample(["a handwritten seven", "the digit 3"], 4, torch.Generator().manual_seed(0), eta=1.0)
+    chain = policy.sample(
+        ["a handwritten seven", "the digit 3"], 4, torch.Generator().manual_seed(0), Sampler(noise=1.0)
+    )
     assert chain.stochastic_steps == [0, 1, 2] and float(chain.stds[-1]) == 0
     with torch.no_grad():
         for s in chain.stochastic_steps:
@@ -81,8 +84,8 @@ def test_every_stochastic_step_but_the_last_is_an_action(tiny_world):
     assert policy.sample(["x"], 4, torch.Generator().manual_seed(0)).log_probs is None  # Euler: deterministic
 
 
-@pytest.mark.parametrize("sde, level", [("flow_grpo", 0.7), ("dance_grpo", 0.3)])
-def test_the_grpo_sde_step_is_the_papers_euler_maruyama_step(sde, level):
+@pytest.mark.parametrize("dynamics, level", [("flow-sde", 0.7), ("dance-sde", 0.3)])
+def test_the_grpo_sde_step_is_the_papers_euler_maruyama_step(dynamics, level):
     policy = FlowPolicy(GaussianVelocity(0.3, 0.5), ConstantText())
     timesteps, g = policy.sampling_timesteps(5), torch.Generator().manual_seed(0)
     for step in range(4):  # the last step, to t = 0, is the deterministic Euler step
@@ -91,22 +94,22 @@ def test_the_grpo_sde_step_is_the_papers_euler_maruyama_step(sde, level):
         v = policy.network(x, torch.full((2,), t * TIMESTEP_SCALE), None)
         # Flow-GRPO eq. 9 (dt = s - t): x_{t+dt} = x_t + [v + sigma^2/(2t) (x_t + (1 - t) v)] dt + sigma sqrt(-dt) eps
         u = t if t < 1 else s
-        sigma = level * math.sqrt(u / (1 - u)) if sde == "flow_grpo" else level
+        sigma = level * math.sqrt(u / (1 - u)) if dynamics == "flow-sde" else level
         expected_mean = x + (v + sigma**2 / (2 * t) * (x + (1 - t) * v)) * (s - t)
-        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 1), eta=level, sde=sde)
+        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 1), level, dynamics)
         assert torch.allclose(mean, expected_mean, atol=1e-6) and math.isclose(std, sigma * math.sqrt(t - s))
-    mean, std, _ = policy.transition(x, 4, timesteps, torch.zeros(2, 1), eta=level, sde=sde)
+    mean, std, _ = policy.transition(x, 4, timesteps, torch.zeros(2, 1), level, dynamics)
     assert std == 0
 
 
 @pytest.mark.parametrize(
-    "sde, level", [("flow_grpo", 0.3), ("flow_grpo", 0.7), ("flow_grpo", 1.0), ("dance_grpo", 0.5)]
+    "dynamics, level", [("flow-sde", 0.3), ("flow-sde", 0.7), ("flow-sde", 1.0), ("dance-sde", 0.5)]
 )
-def test_the_grpo_sdes_land_on_the_data_distribution(sde, level):
+def test_the_grpo_sdes_land_on_the_data_distribution(dynamics, level):
     mu, c = 0.3, 0.5
     policy = FlowPolicy(GaussianVelocity(mu, c), ConstantText())
     with torch.no_grad():
-        chain = policy.sample(["x"] * 2000, 200, torch.Generator().manual_seed(1), eta=level, sde=sde)
+        chain = policy.sample(["x"] * 2000, 200, torch.Generator().manual_seed(1), Sampler(dynamics, level))
     x = chain.latents[:, -1].flatten()
     assert abs(x.mean().item() - mu) < 0.01 and abs(x.std().item() - c) < 0.01
     assert chain.stochastic_steps == list(range(199))
@@ -115,16 +118,23 @@ def test_the_grpo_sdes_land_on_the_data_distribution(sde, level):
 def test_a_chain_can_be_noised_on_chosen_steps_only_and_start_from_given_noise():
     policy = FlowPolicy(GaussianVelocity(0.3, 0.5), ConstantText())
     initial = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3)).expand(3, -1, -1, -1)
-    chain = policy.sample(
-        ["x"] * 3, 6, torch.Generator().manual_seed(0), eta=(0, 0, 0.7, 0.7, 0, 0), sde="flow_grpo", initial=initial
-    )
-    assert chain.stochastic_steps == [2, 3] and chain.eta == (0, 0, 0.7, 0.7, 0, 0)
+    window = Sampler("flow-sde", 0.7, window=(2, 4))
+    chain = policy.sample(["x"] * 3, 6, torch.Generator().manual_seed(0), window, initial=initial)
+    assert chain.stochastic_steps == [2, 3] and chain.noise == (0, 0, 0.7, 0.7, 0, 0)
     assert torch.equal(chain.latents[:, 0], initial) and torch.equal(chain.latents[0, 2], chain.latents[2, 2])  # ODE
     assert not torch.equal(chain.latents[0, 3], chain.latents[2, 3])  # a window step noises each chain on its own
-    with pytest.raises(ValueError, match="one value or one per step"):
-        policy.sample(["x"], 6, torch.Generator(), eta=(0.5, 0.5))
-    with pytest.raises(ValueError, match="a flow model has no sampler 'ode'; valid: native, flow_grpo, dance_grpo"):
-        policy.sample(["x"], 6, torch.Generator(), sde="ode")
+    with pytest.raises(ValueError, match=r"a sampler's window \(2, 8\) reaches past the chain's 6 steps"):
+        policy.sample(["x"], 6, torch.Generator(), Sampler("flow-sde", 0.7, window=(2, 8)))
+    with pytest.raises(
+        ValueError, match="a flow model has no sampler dynamics 'consistency'; valid: ddim, flow-sde, dance-sde"
+    ):
+        policy.sample(["x"], 6, torch.Generator(), Sampler("consistency"))
+    with pytest.raises(
+        ValueError, match="unknown sampler dynamics 'ode'; valid: ddim, consistency, flow-sde, dance-sde"
+    ):
+        Sampler("ode")
+    with pytest.raises(ValueError, match="noise level must be a finite number >= 0, got -0.5"):
+        Sampler(noise=-0.5)
 
 
 def test_a_data_prediction_gives_the_velocity_of_its_path_and_is_held_near_the_data():

@@ -17,6 +17,7 @@ from methods.toolkit.divergences import closed_form
 from methods.toolkit.policy_gradient import guarded_log_ratio, ppo_clipped_loss, step_length
 from models.diffusion import gaussian_log_prob
 from models.digits import GENERATORS
+from models.sampler import Sampler
 
 
 def captured_samples(trainer) -> list:
@@ -34,7 +35,7 @@ def captured_samples(trainer) -> list:
 def test_flow_grpo_is_exactly_on_policy_at_its_first_pass_and_its_kl_to_itself_is_zero(tiny_world):
     trainer, _ = make(tiny_world, "flow_grpo", "flow")
     chain = trainer.policy.sample(
-        ["a handwritten five"] * 4, 4, torch.Generator().manual_seed(0), eta=0.7, sde="flow_grpo"
+        ["a handwritten five"] * 4, 4, torch.Generator().manual_seed(0), Sampler("flow-sde", 0.7)
     )
     assert chain.stochastic_steps == [0, 1, 2]
     for s in chain.stochastic_steps:
@@ -49,7 +50,7 @@ def test_flow_grpo_trains_with_fewer_steps_than_it_is_evaluated_with(tiny_world)
     trainer, _ = make(tiny_world, "flow_grpo", "flow", sample_steps=5)
     chains = captured_samples(trainer)
     trainer.step()
-    assert len(chains[0].timesteps) == 5 and chains[0].sde == "flow_grpo" and chains[0].eta == (0.7,) * 5
+    assert len(chains[0].timesteps) == 5 and chains[0].dynamics == "flow-sde" and chains[0].noise == (0.7,) * 5
     assert trainer.policy.default_steps != 5  # evaluation (Trainer.generate) samples at the model's default
 
 
@@ -117,7 +118,7 @@ def test_mix_grpo_noises_and_trains_its_window_only(tiny_world):
     windows = [trainer.step()["window_start"] for _ in range(3)]
     assert windows == [0.0, 1.0, 1.0]  # 4 steps, window 2: l in {0, 1}
     assert [chain.stochastic_steps for chain in chains] == [[0, 1], [1, 2], [1, 2]]
-    assert chains[1].eta == (0.0, 0.7, 0.7, 0.0)
+    assert chains[1].noise == (0.0, 0.7, 0.7, 0.0)
     whole, _ = make(tiny_world, "mix_grpo", "flow", window=9)  # longer than the chain: all its stochastic steps
     chains = captured_samples(whole)
     assert whole.step()["window_start"] == 0.0 and chains[0].stochastic_steps == [0, 1, 2]
@@ -148,8 +149,8 @@ def test_dance_grpo_starts_each_group_from_one_noise(tiny_world, model):
     start = chains[0].latents[:, 0]  # 2 prompts x 3 samples
     assert torch.equal(start[0], start[1]) and torch.equal(start[0], start[2]) and not torch.equal(start[0], start[3])
     assert not torch.equal(chains[0].images[0], chains[0].images[1])  # the sampler's noise sets them apart
-    assert chains[0].sde == ("dance_grpo" if model == "flow" else "native")
-    assert chains[0].eta[0] == (0.3 if model == "flow" else 1.0)
+    assert chains[0].dynamics == ("dance-sde" if model == "flow" else "ddim")
+    assert chains[0].noise[0] == (0.3 if model == "flow" else 1.0)
 
 
 def test_the_dpo_loss_on_hand_made_errors_and_the_direction_it_pushes():

@@ -21,6 +21,7 @@ from methods.toolkit.policy_gradient import (
 )
 from models.digits import GENERATORS
 from models.io import atomic_torch_save
+from models.sampler import Sampler
 from rewards import REWARDS
 from rewards.feedback import Feedback
 from rewards.ranking import top_k_per_group
@@ -174,7 +175,7 @@ def test_best_of_n_refuses_a_wall_clock_budget():
 
 def test_ddpo_ratio_is_exactly_one_on_the_first_on_policy_pass(tiny_world):
     trainer, _ = make(tiny_world, "ddpo")
-    traj = trainer.policy.sample(["a handwritten five"] * 4, 3, torch.Generator().manual_seed(0), eta=1.0)
+    traj = trainer.policy.sample(["a handwritten five"] * 4, 3, torch.Generator().manual_seed(0), Sampler(noise=1.0))
     for s in range(3):
         with torch.no_grad():
             _, ratio = ppo_clipped_loss(trainer.policy.log_prob(traj, s), traj.log_probs[:, s], torch.ones(4), 0.2)
@@ -186,7 +187,7 @@ def test_ddpo_on_a_consistency_model_trains_its_stochastic_steps_at_the_model_le
     assert trainer.optimizer.param_groups[0]["lr"] == 1e-5
     assert make(tiny_world, "ddpo")[0].optimizer.param_groups[0]["lr"] == 3e-5
     assert make(tiny_world, "ddpo", "consistency", learning_rate=2e-4)[0].optimizer.param_groups[0]["lr"] == 2e-4
-    traj = trainer.policy.sample(["a handwritten five"] * 2, 3, torch.Generator().manual_seed(0), eta=1.0)
+    traj = trainer.policy.sample(["a handwritten five"] * 2, 3, torch.Generator().manual_seed(0), Sampler(noise=1.0))
     assert traj.stochastic_steps == [0, 1] and torch.isnan(traj.log_probs[:, 2]).all()
     with pytest.raises(ValueError, match="step 2 of this chain is deterministic"):
         trainer.policy.log_prob(traj, 2)
@@ -204,20 +205,21 @@ def network_calls(policy) -> list[int]:
 
 # the chains policy gradients train on: DDIM, the flow's own stochastic sampler and both GRPO SDEs, consistency's
 CHAINS = [
-    ("diffusion", "native"),
-    ("flow", "native"),
-    ("flow", "flow_grpo"),
-    ("flow", "dance_grpo"),
-    ("consistency", "native"),
+    ("diffusion", "ddim"),
+    ("flow", "ddim"),
+    ("flow", "flow-sde"),
+    ("flow", "dance-sde"),
+    ("consistency", "consistency"),
 ]
+SDES = ("flow-sde", "dance-sde")
 
 
-@pytest.mark.parametrize("model, sde", CHAINS)
-def test_several_steps_re_evaluated_in_one_network_call_are_each_steps_own_mean(tiny_world, model, sde):
+@pytest.mark.parametrize("model, dynamics", CHAINS)
+def test_several_steps_re_evaluated_in_one_network_call_are_each_steps_own_mean(tiny_world, model, dynamics):
     policy = tiny_world.make_policy(model)
     with torch.no_grad():
         chain = policy.sample(
-            ["a handwritten five", "a handwritten two"] * 2, 4, torch.Generator().manual_seed(0), eta=0.8, sde=sde
+            ["a handwritten five", "a handwritten two"] * 2, 4, torch.Generator().manual_seed(0), Sampler(dynamics, 0.8)
         )
         steps = [2, 0, 1]  # any order
         calls = network_calls(policy)
@@ -228,15 +230,19 @@ def test_several_steps_re_evaluated_in_one_network_call_are_each_steps_own_mean(
             assert torch.allclose(mean, chain.means[:, s], rtol=0, atol=1e-5)  # what the sampler drew the step from
 
 
-@pytest.mark.parametrize("model, sde", [("diffusion", "native"), ("flow", "flow_grpo")])
-def test_ppo_gradients_and_diagnostics_do_not_depend_on_how_many_steps_share_a_network_call(tiny_world, model, sde):
+@pytest.mark.parametrize("model, dynamics", [("diffusion", "ddim"), ("flow", "flow-sde")])
+def test_ppo_gradients_and_diagnostics_do_not_depend_on_how_many_steps_share_a_network_call(
+    tiny_world, model, dynamics
+):
     """The batched re-evaluation reorders float sums and nothing else: one step per call, an uneven split and all
     steps in one call give the same gradient (with the KL's reference passes, and GRPO-Guard's ratio on the flow)."""
     policy, reference = tiny_world.make_policy(model), tiny_world.make_policy(model)
     with torch.no_grad():
         for p in policy.trainable_parameters():  # off the sampling policy, so ratios and the KL are not trivial
             p.add_(1e-3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
-        chain = reference.sample(["a handwritten five"] * 4, 5, torch.Generator().manual_seed(1), eta=0.8, sde=sde)
+        chain = reference.sample(
+            ["a handwritten five"] * 4, 5, torch.Generator().manual_seed(1), Sampler(dynamics, 0.8)
+        )
     advantages = torch.tensor([1.0, -0.5, 2.0, -1.5])
     steps = chain.stochastic_steps[::-1]  # any order
     results = []
@@ -252,7 +258,7 @@ def test_ppo_gradients_and_diagnostics_do_not_depend_on_how_many_steps_share_a_n
             0.1,
             average=True,
             chunk=chunk,
-            guard=sde != "native",
+            guard=dynamics in SDES,
         )
         results.append((stats, torch.cat([p.grad.flatten() for p in policy.trainable_parameters()])))
     (stats, gradient), rest = results[0], results[1:]
@@ -264,8 +270,8 @@ def test_ppo_gradients_and_diagnostics_do_not_depend_on_how_many_steps_share_a_n
             assert other_stats[name] == pytest.approx(values, rel=1e-3, abs=1e-6)
 
 
-@pytest.mark.parametrize("model, sde", CHAINS)
-def test_the_sampling_pass_is_the_on_policy_evaluation_of_its_steps(tiny_world, model, sde):
+@pytest.mark.parametrize("model, dynamics", CHAINS)
+def test_the_sampling_pass_is_the_on_policy_evaluation_of_its_steps(tiny_world, model, dynamics):
     """score_graph leaves the chain as it was and keeps each step's mean differentiable through that step alone, so
     the PPO gradient taken on it equals the re-evaluated one at the sampling parameters (rho = 1), with the KL's
     reference passes and GRPO-Guard's ratio on the flow, and calls the policy's network no more."""
@@ -274,8 +280,8 @@ def test_the_sampling_pass_is_the_on_policy_evaluation_of_its_steps(tiny_world, 
         for p in reference.network.parameters():  # off the policy, so the KL is not trivial
             p.add_(1e-3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
         prompts = ["a handwritten five", "a handwritten two"] * 2
-        plain = policy.sample(prompts, 4, torch.Generator().manual_seed(1), eta=0.8, sde=sde)
-        graphed = policy.sample(prompts, 4, torch.Generator().manual_seed(1), eta=0.8, sde=sde, score_graph=True)
+        plain = policy.sample(prompts, 4, torch.Generator().manual_seed(1), Sampler(dynamics, 0.8))
+        graphed = policy.sample(prompts, 4, torch.Generator().manual_seed(1), Sampler(dynamics, 0.8), score_graph=True)
     for field in ("latents", "means", "log_probs", "images"):
         torch.testing.assert_close(getattr(graphed, field), getattr(plain, field), rtol=0, atol=0, equal_nan=True)
     stochastic = graphed.stochastic_steps
@@ -289,7 +295,7 @@ def test_the_sampling_pass_is_the_on_policy_evaluation_of_its_steps(tiny_world, 
     for on_policy in (False, True):
         policy.network.zero_grad()
         stats = ppo_chain_backward(
-            policy, reference, graphed, steps, advantages, 0.2, 0.1, True, 1, sde != "native", on_policy=on_policy
+            policy, reference, graphed, steps, advantages, 0.2, 0.1, True, 1, dynamics in SDES, on_policy=on_policy
         )
         gradients.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters()]))
         assert max(stats["ratio_dev"]) < 1e-3 and min(stats["kl"]) > 0

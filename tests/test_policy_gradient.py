@@ -11,6 +11,7 @@ from bench.cli import field_docs
 from methods import METHODS
 from methods.toolkit.policy_gradient import PolicyGradientOptions, PPOOptions, ppo_epochs
 from methods.trainer import SingleProcess
+from models.sampler import Sampler
 
 POLICY_GRADIENT = sorted(name for name, method in METHODS.items() if issubclass(method.Config, PolicyGradientOptions))
 SHARED = {f.name: f for f in dataclasses.fields(PPOOptions)}
@@ -44,7 +45,7 @@ def trainer_and_chain(world, **overrides):
     trainer, _ = make(world, "flow_grpo", "flow", **overrides)
     with torch.no_grad():
         prompts = trainer.prompt_batch(2, 3)
-        trajectory = trainer.policy.sample(prompts, 4, torch.Generator().manual_seed(3), eta=0.7, sde="flow_grpo")
+        trajectory = trainer.policy.sample(prompts, 4, torch.Generator().manual_seed(3), Sampler("flow-sde", 0.7))
     return trainer, trajectory
 
 

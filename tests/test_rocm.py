@@ -10,6 +10,7 @@ from bench.trainers import build_trainer
 from methods import METHODS
 from methods.rocm import Config, regularized_loss
 from methods.trainer import prompt_groups
+from models.sampler import Sampler
 from rewards import REWARDS
 
 SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "max_grad_norm": 1e30}  # no clipping
@@ -34,7 +35,7 @@ def test_beta_zero_is_plain_reward_backpropagation(tiny_world):
     policy, reward = tiny_world.make_policy("consistency"), REWARDS["digit"].from_world(tiny_world)
     generator = torch.Generator().manual_seed(0)
     prompts = prompt_groups(tiny_world.prompts["train"], 2, 3, generator)
-    images = policy.sample(prompts, 3, generator, eta=1.0, grad=True).images
+    images = policy.sample(prompts, 3, generator, Sampler(noise=1.0), grad=True).images
     (-reward(images, prompts).mean()).backward()
     for ours, expected in zip(gradients(trainer), (p.grad for p in policy.trainable_parameters())):
         assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-7)

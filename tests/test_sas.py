@@ -8,6 +8,7 @@ from methods.sas import calibrated_values, value_increments
 from methods.toolkit.policy_gradient import ppo_chain_backward
 from models.diffusion import NoiseSchedule
 from models.policy import DiffusionPolicy
+from models.sampler import Sampler
 
 
 class ShiftedScore(nn.Module):
@@ -47,7 +48,7 @@ def path_kl(policy, reference, chain) -> float:
 def test_path_kl_of_a_policy_with_itself_is_zero(tiny_world):
     policy, _ = policies(tiny_world, 0.0)
     with torch.no_grad():
-        chain = policy.sample(["a handwritten three"] * 4, 10, torch.Generator().manual_seed(0), eta=1.0)
+        chain = policy.sample(["a handwritten three"] * 4, 10, torch.Generator().manual_seed(0), Sampler(noise=1.0))
     assert path_kl(policy, policy, chain) == 0.0
 
 
@@ -58,7 +59,7 @@ def test_path_kl_is_quadratic_in_the_score_gap_and_a_riemann_sum_that_converges(
     def kl(shift, steps):
         reference = policies(tiny_world, shift)[1]
         with torch.no_grad():
-            chain = policy.sample(prompts, steps, torch.Generator().manual_seed(0), eta=1.0)
+            chain = policy.sample(prompts, steps, torch.Generator().manual_seed(0), Sampler(noise=1.0))
         return path_kl(policy, reference, chain)
 
     # the mean gap is linear in the shift along the same chain, so the KL is exactly quadratic
@@ -106,8 +107,10 @@ def test_jittered_grid_draws_one_timestep_in_each_stratum():
 def test_sampling_on_an_explicit_grid_is_sampling_with_its_step_count(tiny_world):
     policy = tiny_world.make_policy("diffusion")
     prompts = ["a handwritten eight"] * 2
-    by_count = policy.sample(prompts, 5, torch.Generator().manual_seed(0), eta=1.0)
-    by_grid = policy.sample(prompts, policy.schedule.sampling_timesteps(5), torch.Generator().manual_seed(0), eta=1.0)
+    by_count = policy.sample(prompts, 5, torch.Generator().manual_seed(0), Sampler(noise=1.0))
+    by_grid = policy.sample(
+        prompts, policy.schedule.sampling_timesteps(5), torch.Generator().manual_seed(0), Sampler(noise=1.0)
+    )
     assert torch.equal(by_count.images, by_grid.images) and torch.equal(by_count.log_probs, by_grid.log_probs)
 
 

@@ -38,6 +38,7 @@ from methods.toolkit.divergences import closed_form
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.diffusion import gaussian_log_prob
 from models.policy import Policy, Trajectory
+from models.sampler import Sampler
 
 STEPS_PER_CALL = 10
 """The default of the methods' `steps_per_call`, the trained steps one network call re-evaluates. Measured on a
@@ -132,11 +133,10 @@ class PolicyGradientTrainer(Trainer):
         self,
         prompts: list[str],
         steps: int | torch.Tensor,
-        eta: float | Sequence[float],
-        sde: str = "native",
+        sampler: Sampler,
         initial: torch.Tensor | None = None,
     ) -> tuple[Trajectory, torch.Tensor]:
-        """The iteration's chains of `prompts` from the sampling policy (Policy.sample's steps, eta, sde and initial
+        """The iteration's chains of `prompts` from the sampling policy (Policy.sample's steps, sampler and initial
         noise; with the score's graph where the config reuses the sampling pass) and their rewards, (B,) float32 on
         the CPU. A chain without a stochastic step (a 1-step consistency sampler) has nothing to train: refused."""
         with torch.no_grad():
@@ -144,8 +144,7 @@ class PolicyGradientTrainer(Trainer):
                 prompts,
                 steps,
                 self.generator,
-                eta=eta,
-                sde=sde,
+                sampler,
                 initial=initial,
                 score_graph=self.config.reuse_sampling_pass,
             )

@@ -9,6 +9,8 @@ steps run without it, so grad L is the gradient of r through the last K steps, w
 
 from __future__ import annotations
 
+from models.sampler import Sampler
+
 
 def truncated_backprop_usage(images: int, steps: int, grad_steps: float, checkpoint: bool) -> dict[str, float]:
     """What one iteration of `reward_backprop` costs: `images` chains of `steps` forwards, a backward (2) through
@@ -22,7 +24,7 @@ def reward_backprop(trainer, prompts: list[str], steps: int, grad_steps: int, et
     """One optimizer step of L(theta) above on `prompts`: chains of `steps` steps (noise level `eta`), the graph
     kept through the last `grad_steps`; the trainer's config gives max_grad_norm. Returns the reward and the loss."""
     trajectory = trainer.policy.sample(
-        prompts, steps, trainer.generator, eta=eta, grad=True, grad_steps=grad_steps, checkpoint=checkpoint
+        prompts, steps, trainer.generator, Sampler(noise=eta), grad=True, grad_steps=grad_steps, checkpoint=checkpoint
     )
     return ascend_reward(trainer, trajectory.images, prompts)
 

@@ -22,6 +22,7 @@ import torch
 
 from methods.options import option
 from methods.toolkit.policy_gradient import PolicyGradientTrainer, PPOOptions, ppo_epochs
+from models.sampler import Sampler
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class RLOO(PolicyGradientTrainer):
     def step(self) -> dict[str, float]:
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), cfg.eta)
+        trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), Sampler(noise=cfg.eta))
         advantages = leave_one_out_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages)
         return {"reward": rewards.mean().item(), **summary}
