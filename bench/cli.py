@@ -1,4 +1,5 @@
-"""`python -m bench`: build worlds, run suites, write leaderboards.
+"""`python -m bench`: build worlds, run suites, write leaderboards. This module parses the command line and hands it
+to the subcommand's handler (bench/commands.py).
 
 Every method option is a flag `--<method>.<field>` whose help is the field's docstring in the
 method's Config, so `--help` documents them all. Everything is validated before any model loads.
@@ -10,30 +11,27 @@ import argparse
 import ast
 import dataclasses
 import functools
-import importlib.util
 import inspect
 import math
-import os
 import re
 import sys
 import textwrap
 from pathlib import Path
 
+from bench.commands import HANDLERS
 from bench.loggers import LOGGERS, check_loggers
 from bench.meter import UNITS, Budget
-from bench.suites import SUITES, build_suite, check_names, parse_entry, validate
+from bench.suites import SUITES, check_names, parse_entry
 from bench.throughput.cpu import DIGITS_METHODS
 from methods import METHODS
 from methods.options import parse_option
 from models.progress import MODES as PROGRESS_MODES
-from models.progress import show_bars
 from rewards import REWARDS
-from worlds import MODELS, WORLDS, world_entry
+from worlds import MODELS, WORLDS
 
 SCALE_MODELS = tuple(WORLDS["scale"].models)
 CPU_METHODS = tuple(DIGITS_METHODS)
 
-ROOT = Path(__file__).resolve().parents[1]
 
 OUT_HELP = (
     "folder of the tables, plots and report.html (default: the store's folder for a store named store.sqlite, "
@@ -257,7 +255,8 @@ def build_parser() -> Parser:
         "--workers",
         type=_positive_int,
         default=1,
-        help="run cells in this many parallel local worker processes sharing the store (default 1)",
+        help="run cells in this many parallel local worker processes sharing the store (default 1; `make bench` "
+        "passes the machine's core count)",
     )
     run.add_argument(
         "--backend",
@@ -294,10 +293,10 @@ def build_parser() -> Parser:
     speed = commands.add_parser(
         "throughput",
         help="images/s, peak memory and MFU of each method's training step on real-size random-weight "
-        "SD 1.5, LCM and SD3 architectures (a GPU benchmark; --size tiny runs anywhere)",
+        f"architectures ({', '.join(SCALE_MODELS)}; a GPU benchmark; --size tiny runs anywhere)",
         description="Builds each architecture with random weights (nothing is downloaded), runs one warm-up and "
         "--repeats timed training steps of each method with the nightly suite's batch sizes, and prints a "
-        "table; bench/throughput.py documents every column.",
+        "table; bench/throughput/timing.py documents every column.",
     )
     speed.add_argument(
         "--model",
@@ -314,12 +313,13 @@ def build_parser() -> Parser:
         "--size",
         choices=("real", "tiny"),
         default="real",
-        help="real: the published architectures at 512 px (SD3: 1024 px); tiny: toy models, for tests",
+        help="real: the published architectures at their configured sides (models/scale/config.py); tiny: toy "
+        "models, for tests",
     )
     speed.add_argument(
         "--sample-steps",
         type=_positive_int,
-        help="sampler steps of each training step (default: the model's own: 50, 4, 28)",
+        help="sampler steps of each training step (default: each model's own)",
     )
     speed.add_argument("--repeats", type=_positive_int, default=2, help="timed steps after one warm-up (default 2)")
     speed.add_argument(
@@ -376,169 +376,10 @@ def build_parser() -> Parser:
     return parser
 
 
-def _select(entries: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
-    """The entries `--method` asks for: a bare method name stands for all of the suite's entries of that
-    method (every model and variant), or its plain entry if the suite has none."""
-    chosen = []
-    for name in wanted:
-        if "@" in name or "/" in name:
-            chosen.append(name)
-        else:
-            chosen += [e for e in entries if e.partition("@")[0].partition("/")[0] == name] or [name]
-    return tuple(dict.fromkeys(chosen))
-
-
-def suite_from_args(args):
-    suite = build_suite(args.suite[0], args.smoke)
-    overrides = {m: dict(v) for m, v in suite.overrides.items()}
-    for key, value in vars(args).items():
-        if "." in key and value is not None:
-            method, option = key.split(".", 1)
-            overrides.setdefault(method, {})[option] = value
-    suite = dataclasses.replace(
-        suite,
-        methods=_select(suite.methods, args.method) if args.method else suite.methods,
-        rewards=args.reward or suite.rewards,
-        seeds=tuple(range(args.seeds)) if args.seeds else suite.seeds,
-        budget=args.budget or suite.budget,
-        budget_tolerance=args.budget_tolerance or suite.budget_tolerance,
-        overrides=overrides,
-        sources=dict(source.split("=", 1) for source in args.source or ()),
-        reward_servers=dict(server.split("=", 1) for server in args.reward_server or ()),
-    )
-    return validate(suite)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "run":
-        try:
-            suite = suite_from_args(args)
-        except (ValueError, TypeError) as error:
-            parser.error(str(error))
-        if args.source and not world_entry(suite.world).takes_sources:
-            parser.error(
-                f"--source replaces a scale world's checkpoints; suite {suite.name!r} runs in world {suite.world!r}"
-            )
-        if args.backend == "ray" and args.workers > 1:
-            parser.error(
-                "--workers is for the local backend; with --backend ray the cluster's CPUs set the parallelism"
-            )
-        if args.ray_address and args.backend != "ray":
-            parser.error("--ray-address needs --backend ray")
-        if args.backend == "ray" and importlib.util.find_spec("ray") is None:
-            parser.error("--backend ray needs the ray package: pip install -e '.[ray]'")
-        if launched_processes() > 1 and (args.workers > 1 or args.backend == "ray"):
-            parser.error(
-                "under `accelerate launch` every process trains each run together (data-parallel); "
-                "drop --workers and --backend ray"
-            )
-    if args.command == "leaderboard":
-        try:
-            suite = build_suite(args.suite[0], args.smoke)
-        except ValueError as error:
-            parser.error(str(error))
-    if args.command == "run":
-        from rewards.server import RemoteReward
-
-        for name, url in suite.reward_servers.items():
-            try:  # a server that is down or serves another reward fails now, not in every run
-                RemoteReward.connect(url, expect=name, timeout=30, retries=1)
-            except (ConnectionError, ValueError) as error:
-                parser.error(str(error))
-    if args.command == "serve":
-        offered = world_entry(args.world).rewards
-        if args.reward not in offered:
-            parser.error(f"world {args.world!r} offers no {args.reward!r} reward; valid: {', '.join(offered)}")
-        import torch
-
-        from rewards.server import serve
-        from worlds import load_world
-
-        torch.set_num_threads(args.threads)
-        serve(
-            REWARDS[args.reward].from_world(load_world(args.world)),
-            args.host,
-            args.port,
-            lambda line: print(line, flush=True),
-        )
-        return 0
-    if args.command in ("models", "run"):
-        show_bars(args.progress)
-    # Heavy imports only after the command line is known to be valid.
-    from bench import sweep
-    from bench.store import Store
-    from models.io import check_writable
-
-    if args.command == "models":
-        try:
-            sweep.build_models(args.world, args.ship, args.workers)
-        except ValueError as error:  # rebuilt weights that differ, or a checkpoint missing: say which, and why
-            parser.exit(1, f"{parser.prog}: error: {error}\n")
-        return 0
-    if args.command == "cpu-throughput":
-        from bench.throughput import cpu
-
-        if args.trl_python and not Path(args.trl_python).is_file():
-            parser.error(f"--trl-python: no python at {args.trl_python}; give the python of trl's virtualenv")
-        print(cpu.report(list(args.method), args.steps, args.trl_python, args.rounds))
-        return 0
-    if args.command == "throughput":
-        from bench.throughput import timing
-
-        results = timing.run(
-            list(args.model),
-            list(args.method) if args.method else None,
-            size=args.size,
-            sample_steps=args.sample_steps,
-            repeats=args.repeats,
-            checkpointing=not args.no_checkpointing,
-            device=args.device,
-        )
-        print(timing.table(results))
-        return 1 if any(r.failure for r in results) else 0
-    store = args.store or ROOT / "results" / suite.name / "store.sqlite"
-    out_dir = args.out or sweep.results_dir(store)
-    if args.command == "leaderboard" and not store.exists():
-        smoke = " --smoke" if args.smoke else ""
-        parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
-    try:
-        check_writable(out_dir)
-    except OSError as error:
-        parser.exit(
-            1,
-            f"{parser.prog}: error: cannot write the tables into {out_dir} ({error.strerror}); choose a "
-            "folder with --out\n",
-        )
-    if args.command == "leaderboard":
-        try:
-            sweep.write_tables(store, out_dir, suite.studies)
-        except ValueError as error:  # a store that is corrupt or of another schema
-            parser.exit(1, f"{parser.prog}: error: {error}\n")
-        return 0
-    try:  # a store that cannot be written fails now, naming its path, not after the world has loaded
-        Store(store).close()
-    except ValueError as error:
-        parser.exit(1, f"{parser.prog}: error: {error}\n")
-    if launched_processes() > 1:
-        from bench.parallel import start_data_parallel
-
-        return sweep.run_suite(suite, store, loggers=args.logger, parallel=start_data_parallel(), out_dir=out_dir)
-    return sweep.run_suite(
-        suite,
-        store,
-        workers=args.workers,
-        use_ray=args.backend == "ray",
-        ray_address=args.ray_address,
-        loggers=args.logger,
-        out_dir=out_dir,
-    )
-
-
-def launched_processes() -> int:
-    """The number of processes `accelerate launch` (or torchrun) started this one among: 1 when run directly."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return HANDLERS[args.command](parser, args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ that declares it as an entry point in the group `rlhf_bench.methods` (models/ins
 from methods.adjoint_matching import AdjointMatching
 from methods.aihf import AIHF
 from methods.alignprop import AlignProp
-from methods.base import BaseModel
+from methods.base_model import BaseModel
 from methods.best_of_n import BestOfN
 from methods.dance_grpo import DanceGRPO
 from methods.ddpo import DDPO

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import worlds
-from bench.cli import build_parser, main, suite_from_args
+from bench.cli import build_parser, main
+from bench.commands import suite_from_args
 from bench.meter import Budget
 from bench.runner import RunSpec, execute
 from bench.store import LEASE_STALE_S, Store
@@ -287,3 +288,12 @@ def test_a_method_that_learns_from_feedback_is_built_with_its_annotator_only(tin
     assert build_trainer("sft", policy, reward, prompts, config, 0, Meter(), annotator).reward is annotators[0]
     ddpo = build_trainer("ddpo", policy, reward, prompts, METHODS["ddpo"].Config(), 0, Meter(), annotator)
     assert len(annotators) == 1 and ddpo.reward.name == reward.name and ddpo.reward is not reward
+
+
+def test_every_subcommand_has_one_handler():
+    import argparse
+
+    from bench.commands import HANDLERS
+
+    subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subcommands.choices) == set(HANDLERS)

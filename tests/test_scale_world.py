@@ -281,7 +281,8 @@ def test_the_backward_flops_of_a_rocm_step_are_counted():
 def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, tmp_path):
     import shutil
 
-    from bench.cli import build_parser, suite_from_args
+    from bench.cli import build_parser
+    from bench.commands import suite_from_args
     from bench.sweep import specs
 
     mine = str(shutil.copytree(world.directory / "sd", tmp_path / "my-sd"))

@@ -1,0 +1,210 @@
+"""The handlers of `python -m bench`'s subcommands, one each (bench/cli.py parses the command line and dispatches).
+A handler checks what its command needs before any world loads and answers a fault with one line and exit 2
+(`parser.error`); the heavy imports come after."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+from pathlib import Path
+
+from bench.suites import Suite, build_suite, validate
+from models.progress import show_bars
+from rewards import REWARDS
+from worlds import world_entry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launched_processes() -> int:
+    """The number of processes `accelerate launch` (or torchrun) started this one among: 1 when run directly."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _select(entries: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
+    """The entries `--method` asks for: a bare method name stands for all of the suite's entries of that
+    method (every model and variant), or its plain entry if the suite has none."""
+    chosen = []
+    for name in wanted:
+        if "@" in name or "/" in name:
+            chosen.append(name)
+        else:
+            chosen += [e for e in entries if e.partition("@")[0].partition("/")[0] == name] or [name]
+    return tuple(dict.fromkeys(chosen))
+
+
+def suite_from_args(args) -> Suite:
+    """`bench run`'s suite: the preset, with the command line's methods, rewards, seeds, budget and options over it."""
+    suite = build_suite(args.suite[0], args.smoke)
+    overrides = {m: dict(v) for m, v in suite.overrides.items()}
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            method, option = key.split(".", 1)
+            overrides.setdefault(method, {})[option] = value
+    suite = dataclasses.replace(
+        suite,
+        methods=_select(suite.methods, args.method) if args.method else suite.methods,
+        rewards=args.reward or suite.rewards,
+        seeds=tuple(range(args.seeds)) if args.seeds else suite.seeds,
+        budget=args.budget or suite.budget,
+        budget_tolerance=args.budget_tolerance or suite.budget_tolerance,
+        overrides=overrides,
+        sources=dict(source.split("=", 1) for source in args.source or ()),
+        reward_servers=dict(server.split("=", 1) for server in args.reward_server or ()),
+    )
+    return validate(suite)
+
+
+def _tables_folder(parser: argparse.ArgumentParser, args, suite: Suite) -> tuple[Path, Path]:
+    """(store, out folder) of a command that writes a suite's tables; a folder that cannot be written fails now."""
+    from bench import sweep
+    from models.io import check_writable
+
+    store = args.store or ROOT / "results" / suite.name / "store.sqlite"
+    out_dir = args.out or sweep.results_dir(store)
+    if args.command == "leaderboard" and not store.exists():
+        smoke = " --smoke" if args.smoke else ""
+        parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
+    try:
+        check_writable(out_dir)
+    except OSError as error:
+        parser.exit(
+            1,
+            f"{parser.prog}: error: cannot write the tables into {out_dir} ({error.strerror}); choose a "
+            "folder with --out\n",
+        )
+    return store, out_dir
+
+
+def run(parser: argparse.ArgumentParser, args) -> int:
+    try:
+        suite = suite_from_args(args)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+    if args.source and not world_entry(suite.world).takes_sources:
+        parser.error(
+            f"--source replaces a scale world's checkpoints; suite {suite.name!r} runs in world {suite.world!r}"
+        )
+    if args.backend == "ray" and args.workers > 1:
+        parser.error("--workers is for the local backend; with --backend ray the cluster's CPUs set the parallelism")
+    if args.ray_address and args.backend != "ray":
+        parser.error("--ray-address needs --backend ray")
+    if args.backend == "ray" and importlib.util.find_spec("ray") is None:
+        parser.error("--backend ray needs the ray package: pip install -e '.[ray]'")
+    if launched_processes() > 1 and (args.workers > 1 or args.backend == "ray"):
+        parser.error(
+            "under `accelerate launch` every process trains each run together (data-parallel); "
+            "drop --workers and --backend ray"
+        )
+    from rewards.server import RemoteReward
+
+    for name, url in suite.reward_servers.items():
+        try:  # a server that is down or serves another reward fails now, not in every run
+            RemoteReward.connect(url, expect=name, timeout=30, retries=1)
+        except (ConnectionError, ValueError) as error:
+            parser.error(str(error))
+    show_bars(args.progress)
+    from bench import sweep
+    from bench.store import Store
+
+    store, out_dir = _tables_folder(parser, args, suite)
+    try:  # a store that cannot be written fails now, naming its path, not after the world has loaded
+        Store(store).close()
+    except ValueError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    if launched_processes() > 1:
+        from bench.parallel import start_data_parallel
+
+        return sweep.run_suite(suite, store, loggers=args.logger, parallel=start_data_parallel(), out_dir=out_dir)
+    return sweep.run_suite(
+        suite,
+        store,
+        workers=args.workers,
+        use_ray=args.backend == "ray",
+        ray_address=args.ray_address,
+        loggers=args.logger,
+        out_dir=out_dir,
+    )
+
+
+def leaderboard(parser: argparse.ArgumentParser, args) -> int:
+    try:
+        suite = build_suite(args.suite[0], args.smoke)
+    except ValueError as error:
+        parser.error(str(error))
+    from bench import sweep
+
+    store, out_dir = _tables_folder(parser, args, suite)
+    try:
+        sweep.write_tables(store, out_dir, suite.studies)
+    except ValueError as error:  # a store that is corrupt or of another schema
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    return 0
+
+
+def models(parser: argparse.ArgumentParser, args) -> int:
+    show_bars(args.progress)
+    from bench import sweep
+
+    try:
+        sweep.build_models(args.world, args.ship, args.workers)
+    except ValueError as error:  # rebuilt weights that differ, or a checkpoint missing: say which, and why
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    return 0
+
+
+def serve(parser: argparse.ArgumentParser, args) -> int:
+    offered = world_entry(args.world).rewards
+    if args.reward not in offered:
+        parser.error(f"world {args.world!r} offers no {args.reward!r} reward; valid: {', '.join(offered)}")
+    import torch
+
+    from rewards.server import serve as serve_reward
+    from worlds import load_world
+
+    torch.set_num_threads(args.threads)
+    serve_reward(
+        REWARDS[args.reward].from_world(load_world(args.world)),
+        args.host,
+        args.port,
+        lambda line: print(line, flush=True),
+    )
+    return 0
+
+
+def throughput(parser: argparse.ArgumentParser, args) -> int:
+    from bench.throughput import timing
+
+    results = timing.run(
+        list(args.model),
+        list(args.method) if args.method else None,
+        size=args.size,
+        sample_steps=args.sample_steps,
+        repeats=args.repeats,
+        checkpointing=not args.no_checkpointing,
+        device=args.device,
+    )
+    print(timing.table(results))
+    return 1 if any(r.failure for r in results) else 0
+
+
+def cpu_throughput(parser: argparse.ArgumentParser, args) -> int:
+    if args.trl_python and not Path(args.trl_python).is_file():
+        parser.error(f"--trl-python: no python at {args.trl_python}; give the python of trl's virtualenv")
+    from bench.throughput import cpu
+
+    print(cpu.report(list(args.method), args.steps, args.trl_python, args.rounds))
+    return 0
+
+
+HANDLERS = {
+    "run": run,
+    "leaderboard": leaderboard,
+    "models": models,
+    "serve": serve,
+    "throughput": throughput,
+    "cpu-throughput": cpu_throughput,
+}
+"""Each subcommand's handler: handler(parser, args) -> exit status."""
