@@ -8,60 +8,22 @@ method's Config, so `--help` documents them all. Everything is validated before 
 from __future__ import annotations
 
 import argparse
-import ast
-import dataclasses
-import functools
-import inspect
 import math
 import re
 import sys
-import textwrap
 from pathlib import Path
 
-from bench.commands import HANDLERS
-from bench.loggers import LOGGERS, check_loggers
-from bench.meter import UNITS, Budget
-from bench.suites import SUITES, check_names, parse_entry
-from bench.throughput.cpu import DIGITS_METHODS
-from methods import METHODS
+from bench.budget import UNITS, Budget
+from bench.catalog import Catalog, Option, catalog
+from bench.loggers import check_loggers
+from bench.names import check_names
 from methods.options import parse_option
 from models.progress import MODES as PROGRESS_MODES
-from rewards import REWARDS
-from worlds import MODELS, WORLDS
-
-SCALE_MODELS = tuple(WORLDS["scale"].models)
-CPU_METHODS = tuple(DIGITS_METHODS)
-
 
 OUT_HELP = (
     "folder of the tables, plots and report.html (default: the store's folder for a store named store.sqlite, "
     "else a folder beside the store named after it)"
 )
-
-
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (attribute docstrings are not kept at runtime), read from the
-    source of its classes once per process: a field redeclared without one keeps its base class's (a shared option
-    at another default). A later parser (a forked child that may not read the source files) reuses them."""
-    docs = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        definition = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0]
-        if not isinstance(definition, ast.ClassDef):
-            raise TypeError(f"the source of {klass.__qualname__} is not a class definition")
-        body = definition.body
-        for node, following in zip(body, body[1:]):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(following, ast.Expr)
-                and isinstance(following.value, ast.Constant)
-                and isinstance(following.value.value, str)
-            ):
-                docs[node.target.id] = " ".join(following.value.value.split())
-    return docs
 
 
 def _names(kind: str, valid):
@@ -74,32 +36,43 @@ def _names(kind: str, valid):
     return parse
 
 
-def _entries(text: str) -> tuple[str, ...]:
-    entries = tuple(e.strip() for e in text.split(",") if e.strip())
-    try:
-        if not entries:
-            raise ValueError(f"no method given; valid: {', '.join(METHODS)}")
-        for entry in entries:
-            parse_entry(entry)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return entries
+def _entries(known: Catalog):
+    def parse(text: str) -> tuple[str, ...]:
+        entries = tuple(e.strip() for e in text.split(",") if e.strip())
+        try:
+            if not entries:
+                raise ValueError(f"no method given; valid: {', '.join(known.methods)}")
+            for entry in entries:
+                known.check_entry(entry)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return entries
+
+    return parse
 
 
-def _source(text: str) -> str:
-    model, _, source = text.partition("=")
-    if model not in SCALE_MODELS or not source:
-        raise argparse.ArgumentTypeError(f"expected MODEL=SOURCE with MODEL in {', '.join(SCALE_MODELS)}, got {text!r}")
-    return text
+def _source(known: Catalog):
+    def parse(text: str) -> str:
+        model, _, source = text.partition("=")
+        if model not in known.scale_models or not source:
+            raise argparse.ArgumentTypeError(
+                f"expected MODEL=SOURCE with MODEL in {', '.join(known.scale_models)}, got {text!r}"
+            )
+        return text
+
+    return parse
 
 
-def _reward_server(text: str) -> str:
-    name, _, url = text.partition("=")
-    if name not in REWARDS or not url.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(
-            f"expected NAME=URL with NAME in {', '.join(REWARDS)} and URL http://HOST:PORT, got {text!r}"
-        )
-    return text
+def _reward_server(known: Catalog):
+    def parse(text: str) -> str:
+        name, _, url = text.partition("=")
+        if name not in known.rewards or not url.startswith(("http://", "https://")):
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=URL with NAME in {', '.join(known.rewards)} and URL http://HOST:PORT, got {text!r}"
+            )
+        return text
+
+    return parse
 
 
 def _budget(text: str) -> Budget:
@@ -125,12 +98,12 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _option(field: dataclasses.Field):
-    """argparse's parser for the method option `field` (methods/options.py): its type and declared range."""
+def _option(option: Option):
+    """argparse's parser for a method option (methods/options.py): its type and declared range."""
 
     def parse(text: str):
         try:
-            return parse_option(text, field)
+            return parse_option(text, option.annotation, option.bounds)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -141,13 +114,15 @@ class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line naming what is wrong and what is valid, and which takes no abbreviated
     option (argparse would read `--ddpo.clip 0.1` as `--ddpo.clip_range 0.1`, silently)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, method_options: dict[str, list[str]] | None = None, **kwargs):
+        """`method_options`: each method's option names, which an unrecognized `--method.option` lists."""
         super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.method_options = method_options or {}
 
     def error(self, message: str):
         unknown = re.search(r"--([a-z_]+)\.([a-z_]+)", message)
-        if message.startswith("unrecognized arguments") and unknown and unknown[1] in METHODS:
-            valid = [f.name for f in dataclasses.fields(METHODS[unknown[1]].Config)]
+        if message.startswith("unrecognized arguments") and unknown and unknown[1] in self.method_options:
+            valid = self.method_options[unknown[1]]
             message += f" ({unknown[1]} options: {', '.join(valid) or 'none'})"
         missing = re.fullmatch(r"argument (--[\w.-]+): expected one argument", message)
         if missing:  # argparse reads a value like -inf or -1e-3 as a flag
@@ -171,12 +146,15 @@ def _add_progress(command: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+def build_parser(known: Catalog | None = None) -> Parser:
+    """The command line's parser over the catalog `known` (None: bench/catalog.py's, from its cache where fresh)."""
+    known = known or catalog()[0]
+    options = {name: [o.name for o in method.options] for name, method in known.methods.items()}
+    parser = Parser(prog="python -m bench", description=__doc__.split("\n\n")[0], method_options=options)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     models = commands.add_parser("models", help="build (or verify) a world's networks")
-    models.add_argument("--world", default="digits", choices=list(WORLDS), help="world to build")
+    models.add_argument("--world", default="digits", choices=list(known.worlds), help="world to build")
     models.add_argument(
         "--ship",
         action="store_true",
@@ -201,8 +179,8 @@ def build_parser() -> Parser:
     run.add_argument(
         "--suite",
         default="default",
-        type=_names("suite", SUITES),
-        help=f"preset grid ({', '.join(SUITES)}); flags below override its parts",
+        type=_names("suite", known.suites),
+        help=f"preset grid ({', '.join(known.suites)}); flags below override its parts",
     )
     run.add_argument(
         "--smoke",
@@ -212,21 +190,21 @@ def build_parser() -> Parser:
     )
     run.add_argument(
         "--method",
-        type=_entries,
+        type=_entries(known),
         help=f"comma-separated METHOD[/VARIANT][@MODEL] (VARIANT: one of the suite's), METHOD in: "
-        f"{', '.join(METHODS)}; "
-        f"MODEL in: {', '.join(MODELS)} (default: the method's first supported family)",
+        f"{', '.join(known.methods)}; "
+        f"MODEL in: {', '.join(known.models)} (default: the method's first supported family)",
     )
     run.add_argument(
         "--source",
         action="append",
-        type=_source,
+        type=_source(known),
         metavar="MODEL=SOURCE",
         help=f"fine-tune this checkpoint (a hub id in the local cache, or a pipeline directory) as a scale "
-        f"world's MODEL ({', '.join(SCALE_MODELS)}), e.g. a fine-tuned SD 1.5 as sd15; repeatable",
+        f"world's MODEL ({', '.join(known.scale_models)}), e.g. a fine-tuned SD 1.5 as sd15; repeatable",
     )
     run.add_argument(
-        "--reward", type=_names("reward", REWARDS), help=f"comma-separated subset of: {', '.join(REWARDS)}"
+        "--reward", type=_names("reward", known.rewards), help=f"comma-separated subset of: {', '.join(known.rewards)}"
     )
     run.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
     run.add_argument(
@@ -244,7 +222,7 @@ def build_parser() -> Parser:
     run.add_argument(
         "--reward-server",
         action="append",
-        type=_reward_server,
+        type=_reward_server(known),
         metavar="NAME=URL",
         help="score the reward NAME through the server at URL (`python -m bench serve`) instead of in this process: "
         "same name, version and scores; repeatable",
@@ -273,40 +251,39 @@ def build_parser() -> Parser:
         "--logger",
         type=_loggers,
         default=(),
-        help=f"comma-separated experiment loggers ({', '.join(LOGGERS)}; the 'loggers' extra), "
+        help=f"comma-separated experiment loggers ({', '.join(known.loggers)}; the 'loggers' extra), "
         "writing beside the store in <store>.runs/logs/",
     )
     _add_progress(run)
-    for name, method in METHODS.items():
-        group = run.add_argument_group(f"{name} options", (method.__doc__ or "").strip().split("\n")[0] or None)
-        docs = field_docs(method.Config)
-        for f in dataclasses.fields(method.Config):
+    for name, method in known.methods.items():
+        group = run.add_argument_group(f"{name} options", method.summary or None)
+        for option in method.options:
             group.add_argument(
-                f"--{name}.{f.name}",
-                dest=f"{name}.{f.name}",
-                type=_option(f),
-                metavar=str(f.type).upper(),
-                help=f"{docs.get(f.name, '')} (default: {f.default}"
-                + (f"; valid: {f.metadata['bounds']})" if "bounds" in f.metadata else ")"),
+                f"--{name}.{option.name}",
+                dest=f"{name}.{option.name}",
+                type=_option(option),
+                metavar=option.annotation.upper(),
+                help=f"{option.doc} (default: {option.default}"
+                + (f"; valid: {option.bounds})" if option.bounds is not None else ")"),
             )
 
     speed = commands.add_parser(
         "throughput",
         help="images/s, peak memory and MFU of each method's training step on real-size random-weight "
-        f"architectures ({', '.join(SCALE_MODELS)}; a GPU benchmark; --size tiny runs anywhere)",
+        f"architectures ({', '.join(known.scale_models)}; a GPU benchmark; --size tiny runs anywhere)",
         description="Builds each architecture with random weights (nothing is downloaded), runs one warm-up and "
         "--repeats timed training steps of each method with the nightly suite's batch sizes, and prints a "
         "table; bench/throughput/timing.py documents every column.",
     )
     speed.add_argument(
         "--model",
-        type=_names("model", SCALE_MODELS),
-        default=SCALE_MODELS,
-        help=f"comma-separated subset of {', '.join(SCALE_MODELS)} (default: all)",
+        type=_names("model", known.scale_models),
+        default=known.scale_models,
+        help=f"comma-separated subset of {', '.join(known.scale_models)} (default: all)",
     )
     speed.add_argument(
         "--method",
-        type=_names("method", METHODS),
+        type=_names("method", known.methods),
         help="comma-separated methods (default: every method that trains the model)",
     )
     speed.add_argument(
@@ -338,9 +315,9 @@ def build_parser() -> Parser:
     )
     cpu.add_argument(
         "--method",
-        type=_names("method", CPU_METHODS),
-        default=CPU_METHODS,
-        help=f"comma-separated subset of {', '.join(CPU_METHODS)} (default: all)",
+        type=_names("method", known.cpu_methods),
+        default=known.cpu_methods,
+        help=f"comma-separated subset of {', '.join(known.cpu_methods)} (default: all)",
     )
     cpu.add_argument("--steps", type=_positive_int, default=3, help="timed steps after one warm-up (default 3)")
     cpu.add_argument(
@@ -358,8 +335,8 @@ def build_parser() -> Parser:
         description="Loads the reward as the world offers it and serves it until interrupted; a run scores through "
         "it with --reward-server NAME=URL. Prints the address it serves at.",
     )
-    serve.add_argument("--world", default="digits", choices=list(WORLDS), help="the world whose reward to serve")
-    serve.add_argument("--reward", required=True, choices=list(REWARDS), help="the reward to serve")
+    serve.add_argument("--world", default="digits", choices=list(known.worlds), help="the world whose reward to serve")
+    serve.add_argument("--reward", required=True, choices=list(known.rewards), help="the reward to serve")
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="the port to listen on (0: any free one; default 8000)")
     serve.add_argument(
@@ -369,7 +346,9 @@ def build_parser() -> Parser:
     board = commands.add_parser(
         "leaderboard", help="regenerate results/<suite>/ (tables, plots, report.html) from the store alone"
     )
-    board.add_argument("--suite", default="default", type=_names("suite", SUITES), help=f"one of {', '.join(SUITES)}")
+    board.add_argument(
+        "--suite", default="default", type=_names("suite", known.suites), help=f"one of {', '.join(known.suites)}"
+    )
     board.add_argument("--smoke", action="store_true", help="the suite's --smoke twin's results")
     board.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
     board.add_argument("--out", type=Path, help=OUT_HELP)
@@ -378,7 +357,9 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # with the catalog's cache fresh, bad input has been answered by now, torch-free
+    from bench.commands import HANDLERS
+
     return HANDLERS[args.command](parser, args)
 
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bench.store import RunRecord
+if TYPE_CHECKING:
+    from bench.store import RunRecord
+
 
 LOGGERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # name -> the package it needs
 

@@ -17,8 +17,6 @@ for inference-time methods such as best-of-N this is their whole cost).
 
 from __future__ import annotations
 
-import math
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -27,10 +25,6 @@ import torch
 from torch import nn
 
 from models.sampler import DETERMINISTIC, Sampler
-
-UNITS = ("nfe", "reward_queries", "samples", "wall_s")
-"""The units a run's budget can be expressed in."""
-_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 
 
 @dataclass
@@ -43,30 +37,6 @@ class Usage:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """An amount of one unit of compute, e.g. `nfe:200k` or `reward_queries:5000`."""
-
-    unit: str
-    amount: float
-
-    @classmethod
-    def parse(cls, text: str) -> Budget:
-        unit, _, amount = text.rpartition(":")
-        unit = unit or "nfe"
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMgG]?)\s*", amount)
-        amount = float(match[1]) * _SUFFIX[match[2].lower()] if match else math.nan
-        if unit not in UNITS or not 0 < amount < math.inf:
-            raise ValueError(
-                f"bad budget {text!r}: expected [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} "
-                f"(default nfe) and AMOUNT a finite number > 0, e.g. nfe:200k or reward_queries:5000"
-            )
-        return cls(unit, amount)
-
-    def __str__(self) -> str:
-        return f"{self.unit}:{self.amount:g}"
 
 
 class Meter:

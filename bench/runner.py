@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from bench.budget import Budget
 from bench.evaluate import EvalConfig, evaluate
 from bench.loggers import NO_LOGGERS, ExperimentLoggers, RunLogger
-from bench.meter import Budget, Meter
+from bench.meter import Meter
 from bench.parallel import ONE_PROCESS, DataParallel
 from bench.store import USED_KEYS, RunRecord, Store
 from bench.trainers import build_trainer

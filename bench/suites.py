@@ -11,12 +11,13 @@ import inspect
 import math
 from dataclasses import dataclass, field
 
+from bench.budget import Budget
 from bench.evaluate import EvalConfig
-from bench.meter import Budget
+from bench.names import check_entry, check_names
 from bench.studies import STUDIES
 from methods import METHODS
 from rewards import REWARDS
-from worlds import MODELS, model_family, world_entry
+from worlds import MODEL_FAMILIES, world_entry
 
 
 @dataclass(frozen=True)
@@ -66,19 +67,12 @@ def parse_entry(entry: str, variants: dict[str, dict] | None = None, world: str 
     made before the suite is known)."""
     name, _, model = entry.partition("@")
     method, _, variant = name.partition("/")
-    check_names("method", [method], METHODS)
+    models = MODEL_FAMILIES if world is None else world_entry(world).models
+    check_entry(entry, {m: cls.families for m, cls in METHODS.items()}, models)
     if variant and variants is not None and name not in variants:
         valid = [v for v in variants if v.startswith(f"{method}/")]
         raise ValueError(f"unknown variant {name!r}; valid: {', '.join(valid) or 'none in this suite'}")
-    if not model:
-        return method, variant, default_model(method, world or "digits")
-    check_names("model", [model], MODELS if world is None else tuple(world_entry(world).models))
-    if model_family(model) not in METHODS[method].families:
-        raise ValueError(
-            f"{method} cannot fine-tune {model!r} (a {model_family(model)} model); "
-            f"it runs on {', '.join(METHODS[method].families)} models"
-        )
-    return method, variant, model
+    return method, variant, model or default_model(method, world or "digits")
 
 
 # The suite's entries: every method on its default model, and the policy-gradient, ranking and direct-gradient methods
@@ -485,14 +479,6 @@ def build_suite(name: str, smoke: bool = False) -> Suite:
     if name not in sized:
         raise ValueError(f"suite {name!r} has no --smoke size; suites with one: {', '.join(sized)}")
     return SUITES[name](smoke=True)
-
-
-def check_names(kind: str, names, valid) -> tuple[str, ...]:
-    names = tuple(names)
-    unknown = [n for n in names if n not in valid]
-    if unknown or not names:
-        raise ValueError(f"unknown {kind} {', '.join(map(repr, unknown)) or '(none given)'}; valid: {', '.join(valid)}")
-    return names
 
 
 def check_budget(suite: Suite) -> None:

@@ -73,10 +73,9 @@ class Options:
                 raise ValueError(f"{method}.{f.name} {reason}")
 
 
-def parse_option(text: str, field: dataclasses.Field):
-    """The value of `text` for the Config field `field` (declared bool, int, float, str, or int or float
-    `| None`, where none means the model's own default); a ValueError says what was expected."""
-    annotation = str(field.type)
+def parse_option(text: str, annotation: str, bounds: Bounds | None):
+    """The value of `text` for a Config field declared as `annotation` (bool, int, float, str, or int or float
+    `| None`, where none means the model's own default) with `bounds`; a ValueError says what was expected."""
     if annotation == "bool":
         if text.lower() in TRUE:
             return True
@@ -92,7 +91,7 @@ def parse_option(text: str, field: dataclasses.Field):
             value = int(text) if kind == "int" else float(text)
         except ValueError:
             raise ValueError(f"expected {NOUNS[kind]}{' or none' if optional else ''}, got {text!r}") from None
-        reason = fault(value, annotation, field.metadata.get("bounds"))
+        reason = fault(value, annotation, bounds)
         if reason:
             raise ValueError(reason)
         return value

@@ -62,7 +62,7 @@ class Config(Options):
                     f"{self.rl_method} ({', '.join(sorted(fields))}), got {pair!r}"
                 )
             try:
-                options[name] = parse_option(value, fields[name])
+                options[name] = parse_option(value, str(fields[name].type), fields[name].metadata.get("bounds"))
             except ValueError as error:
                 raise ValueError(f"pipeline.rl_options: {name}: {error}") from None
         return dataclasses.replace(defaults, **options)

@@ -106,8 +106,8 @@ class Failing(torch.nn.Module):
 
 
 def _run(rank: int, world_size: int, port: int, store_path: str, failing_rank: int | None = None) -> None:
+    from bench.budget import Budget
     from bench.evaluate import EvalConfig
-    from bench.meter import Budget
     from bench.runner import RunSpec, execute
     from bench.store import Store
     from methods import METHODS
@@ -174,8 +174,8 @@ def test_a_process_that_fails_ends_the_run_instead_of_leaving_the_others_waiting
 
 
 def test_a_data_parallel_sweep_leaves_the_methods_that_cannot_split_to_a_single_process(tiny_world, tmp_path):
+    from bench.budget import Budget
     from bench.evaluate import EvalConfig
-    from bench.meter import Budget
     from bench.runner import RunSpec, execute
     from bench.store import Store
     from methods import METHODS

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import worlds
+from bench.budget import Budget
 from bench.cli import build_parser, main
 from bench.commands import suite_from_args
-from bench.meter import Budget
 from bench.runner import RunSpec, execute
 from bench.store import LEASE_STALE_S, Store
 from bench.suites import SUITES, validate

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from bench.meter import Budget, Meter, MeteredPolicy, MeteredReward
+from bench.budget import Budget
+from bench.meter import Meter, MeteredPolicy, MeteredReward
 from rewards import REWARDS
 
 

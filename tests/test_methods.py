@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from bench.meter import Budget, Meter
+from bench.budget import Budget
+from bench.meter import Meter
 from bench.runner import load_checkpoint
 from bench.trainers import build_trainer
 from methods import METHODS
 from methods.best_of_n import candidates_for_budget
-from methods.options import NUMBERS, option, parse_option
+from methods.options import NUMBERS, Bounds, option, parse_option
 from methods.toolkit.policy_gradient import (
     PolicyGradientOptions,
     group_normalized_advantages,
@@ -377,9 +378,10 @@ def test_the_pipelines_second_stage_takes_its_options():
         PipelineConfig(rl_options="minibatch=4.5")
 
 
-def declared(annotation: str, **bounds) -> dataclasses.Field:
-    """A Config field declared as `annotation` with `bounds`."""
-    return dataclasses.fields(dataclasses.make_dataclass("C", [("x", annotation, option(None, **bounds))]))[0]
+def declared(annotation: str, **bounds) -> tuple[str, Bounds]:
+    """The type and range of a Config field declared as `annotation` with `bounds`."""
+    field = dataclasses.fields(dataclasses.make_dataclass("C", [("x", annotation, option(None, **bounds))]))[0]
+    return str(field.type), field.metadata["bounds"]
 
 
 @pytest.mark.parametrize(
@@ -395,7 +397,7 @@ def declared(annotation: str, **bounds) -> dataclasses.Field:
     ],
 )
 def test_an_option_reads_by_its_declared_type(text, annotation, value):
-    assert parse_option(text, declared(annotation)) == value
+    assert parse_option(text, *declared(annotation)) == value
 
 
 @pytest.mark.parametrize(
@@ -415,7 +417,7 @@ def test_an_option_reads_by_its_declared_type(text, annotation, value):
 )
 def test_an_option_of_the_wrong_kind_or_out_of_range_says_what_was_expected(text, annotation, bounds, message):
     with pytest.raises(ValueError, match=message):
-        parse_option(text, declared(annotation, **bounds))
+        parse_option(text, *declared(annotation, **bounds))
 
 
 NUMERIC_OPTIONS = [

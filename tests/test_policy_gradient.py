@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_methods import flat_parameters, make
 
-from bench.cli import field_docs
+from bench.catalog import field_docs
 from methods import METHODS
 from methods.toolkit.policy_gradient import PolicyGradientOptions, PPOOptions, ppo_epochs
 from methods.trainer import SingleProcess

@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
+from bench.budget import Budget
 from bench.cli import main
-from bench.meter import Budget, Meter
+from bench.meter import Meter
 from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.throughput.counting import host_reads_of_meta_tensors
 from bench.trainers import build_trainer

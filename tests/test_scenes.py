@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_methods import flat_parameters, make
 
-from bench.meter import Budget
+from bench.budget import Budget
 from methods import METHODS
 from models import scene_rules
 from models.flow import velocity_from_data
