@@ -144,9 +144,11 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+@functools.cache
 def code_key() -> str:
     """A hash of everything the catalog is made from: this Python, the packages' source files, and the entry points
-    that installed packages declare with those packages' source files."""
+    that installed packages declare with those packages' source files. Read once per process, as the code it hashes
+    is loaded once: a forked child that may not read the source files (tests/test_store.py) reuses it."""
     digest = hashlib.sha256(f"{SCHEMA}:{sys.version}".encode())
     files = sorted(p for package in PACKAGES for p in (ROOT / package).rglob("*.py"))
     for group in GROUPS:
