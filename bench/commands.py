@@ -57,16 +57,18 @@ def suite_from_args(args) -> Suite:
     return validate(suite)
 
 
-def _tables_folder(parser: argparse.ArgumentParser, args, suite: Suite) -> tuple[Path, Path]:
-    """(store, out folder) of a command that writes a suite's tables; a folder that cannot be written fails now."""
+def _store(args, suite: Suite) -> Path:
+    """The results store a command reads or writes: --store, or the suite's own."""
+    return args.store or ROOT / "results" / suite.name / "store.sqlite"
+
+
+def _tables_folder(parser: argparse.ArgumentParser, args, store: Path) -> Path:
+    """The folder the tables of `store` are written into: --out, or beside the store; one that cannot be written fails
+    now, before any work."""
     from bench import sweep
     from models.io import check_writable
 
-    store = args.store or ROOT / "results" / suite.name / "store.sqlite"
     out_dir = args.out or sweep.results_dir(store)
-    if args.command == "leaderboard" and not store.exists():
-        smoke = " --smoke" if args.smoke else ""
-        parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
     try:
         check_writable(out_dir)
     except OSError as error:
@@ -75,7 +77,7 @@ def _tables_folder(parser: argparse.ArgumentParser, args, suite: Suite) -> tuple
             f"{parser.prog}: error: cannot write the tables into {out_dir} ({error.strerror}); choose a "
             "folder with --out\n",
         )
-    return store, out_dir
+    return out_dir
 
 
 def run(parser: argparse.ArgumentParser, args) -> int:
@@ -109,7 +111,8 @@ def run(parser: argparse.ArgumentParser, args) -> int:
     from bench import sweep
     from bench.store import Store
 
-    store, out_dir = _tables_folder(parser, args, suite)
+    store = _store(args, suite)
+    out_dir = _tables_folder(parser, args, store)
     try:  # a store that cannot be written fails now, naming its path, not after the world has loaded
         Store(store).close()
     except ValueError as error:
@@ -136,7 +139,11 @@ def leaderboard(parser: argparse.ArgumentParser, args) -> int:
         parser.error(str(error))
     from bench import sweep
 
-    store, out_dir = _tables_folder(parser, args, suite)
+    store = _store(args, suite)
+    if not store.exists():
+        smoke = " --smoke" if args.smoke else ""
+        parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
+    out_dir = _tables_folder(parser, args, store)
     try:
         sweep.write_tables(store, out_dir, suite.studies)
     except ValueError as error:  # a store that is corrupt or of another schema

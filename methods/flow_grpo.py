@@ -102,13 +102,13 @@ class FlowGRPO(PolicyGradientTrainer):
     def step(self) -> dict[str, float]:
         cfg = self.config
         steps = self.sampler_steps(cfg.sample_steps)
-        sampler, window = Sampler("flow-sde", cfg.noise_level), {}
+        span, window = None, {}
         size, last_start = sde_window(steps, cfg)
         if size:  # Flow-GRPO-Fast: the SDE on a window drawn for this iteration, the ODE elsewhere
             start = int(torch.randint(last_start + 1, (1,), generator=self.generator))
-            sampler = Sampler("flow-sde", cfg.noise_level, window=(start, start + size))
-            window = {"window_start": float(start)}
+            span, window = (start, start + size), {"window_start": float(start)}
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
+        sampler = Sampler("flow-sde", cfg.noise_level, window=span)
         trajectory, rewards = self.sample_scored(prompts, steps, sampler)
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, guard=cfg.guard)
