@@ -58,6 +58,8 @@ class Method:
 @dataclass(frozen=True)
 class Catalog:
     suites: tuple[str, ...]
+    sized_suites: tuple[str, ...]
+    """The suites with a CPU-sized twin (`run --smoke`)."""
     methods: dict[str, Method]
     rewards: tuple[str, ...]
     worlds: tuple[str, ...]
@@ -72,8 +74,8 @@ class Catalog:
     @classmethod
     def from_registries(cls) -> Catalog:
         """The catalog as the registries hold it now (imports every method, reward and world)."""
+        from bench.experiments import SUITES
         from bench.loggers import LOGGERS
-        from bench.suites import SUITES
         from bench.throughput.cpu import DIGITS_METHODS
         from methods import METHODS
         from rewards import REWARDS
@@ -90,6 +92,7 @@ class Catalog:
             methods[name] = Method(summary, tuple(method.families), options)
         return cls(
             suites=tuple(SUITES),
+            sized_suites=tuple(n for n, make in SUITES.items() if "smoke" in inspect.signature(make).parameters),
             methods=methods,
             rewards=tuple(REWARDS),
             worlds=tuple(WORLDS),
@@ -111,7 +114,8 @@ class Catalog:
             name: Method(m["summary"], tuple(m["families"]), tuple(option(o) for o in m["options"]))
             for name, m in data["methods"].items()
         }
-        tuples = {k: tuple(data[k]) for k in ("suites", "rewards", "worlds", "scale_models", "cpu_methods", "loggers")}
+        names = ("suites", "sized_suites", "rewards", "worlds", "scale_models", "cpu_methods", "loggers")
+        tuples = {k: tuple(data[k]) for k in names}
         return cls(methods=methods, models=dict(data["models"]), **tuples)
 
     def check_entry(self, entry: str) -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from bench.budget import UNITS, Budget
-from bench.catalog import Catalog, Option, catalog
+from bench.catalog import Catalog, Method, Option, catalog
 from bench.loggers import check_loggers
 from bench.names import check_names
 from methods.options import parse_option
@@ -146,6 +146,44 @@ def _add_progress(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_method_options(parser: argparse.ArgumentParser, name: str, method: Method, shown: bool) -> None:
+    """`--NAME.OPTION` for each of a method's options, parsed to its type within its declared range; `shown`: listed
+    in the parser's help, as a group (`run --help` lists none, `run --help-method NAME` one method's)."""
+    group = parser.add_argument_group(f"{name} options", method.summary or None) if shown else parser
+    for option in method.options:
+        group.add_argument(
+            f"--{name}.{option.name}",
+            dest=f"{name}.{option.name}",
+            type=_option(option),
+            metavar=option.annotation.upper(),
+            help=f"{option.doc} (default: {option.default}"
+            + (f"; valid: {option.bounds})" if option.bounds is not None else ")")
+            if shown
+            else argparse.SUPPRESS,
+        )
+
+
+class _MethodHelp(argparse.Action):
+    """`run --help-method METHOD`: one method's options (`all`: every method's), so that `run --help` fits a screen."""
+
+    def __init__(self, option_strings, dest, known: Catalog, **kwargs):
+        self.known = known
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = str(values)
+        if name != "all" and name not in self.known.methods:
+            parser.error(
+                f"argument --help-method: unknown method {name!r}; valid: all, {', '.join(self.known.methods)}"
+            )
+        shown = argparse.ArgumentParser(prog=f"{parser.prog} --METHOD.OPTION VALUE", add_help=False)
+        for method_name, method in self.known.methods.items():
+            if name in ("all", method_name):
+                _add_method_options(shown, method_name, method, shown=True)
+        shown.print_help()
+        parser.exit()
+
+
 def build_parser(known: Catalog | None = None) -> Parser:
     """The command line's parser over the catalog `known` (None: bench/catalog.py's, from its cache where fresh)."""
     known = known or catalog()[0]
@@ -186,7 +224,7 @@ def build_parser(known: Catalog | None = None) -> Parser:
         "--smoke",
         action="store_true",
         help="the suite's CPU-sized twin (tiny random models, minutes; results/<suite>-smoke/), for the "
-        "suites that have one (nightly-gpu)",
+        f"suites that have one ({', '.join(known.sized_suites)})",
     )
     run.add_argument(
         "--method",
@@ -255,17 +293,16 @@ def build_parser(known: Catalog | None = None) -> Parser:
         "writing beside the store in <store>.runs/logs/",
     )
     _add_progress(run)
+    run.add_argument(
+        "--help-method",
+        action=_MethodHelp,
+        known=known,
+        metavar="METHOD",
+        help="list a method's options, --METHOD.OPTION VALUE, with their defaults, ranges and meaning, and exit "
+        "(all: every method's)",
+    )
     for name, method in known.methods.items():
-        group = run.add_argument_group(f"{name} options", method.summary or None)
-        for option in method.options:
-            group.add_argument(
-                f"--{name}.{option.name}",
-                dest=f"{name}.{option.name}",
-                type=_option(option),
-                metavar=option.annotation.upper(),
-                help=f"{option.doc} (default: {option.default}"
-                + (f"; valid: {option.bounds})" if option.bounds is not None else ")"),
-            )
+        _add_method_options(run, name, method, shown=False)
 
     speed = commands.add_parser(
         "throughput",

@@ -10,7 +10,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from bench.suites import Suite, build_suite, validate
+from bench.experiments import Suite, build_suite
+from bench.experiments.suite import validate
 from models.progress import show_bars
 from rewards import REWARDS
 from worlds import world_entry

@@ -1,5 +1,5 @@
 """Names checked against what is valid, with one-line errors that list it: torch-free, for the command line's
-catalog (bench/catalog.py) and the suites (bench/suites.py) alike."""
+catalog (bench/catalog.py) and the suites (bench/experiments/) alike."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 - leaderboard.csv / .md and samples_<reward>.png (bench.leaderboard),
 - aggregate.csv and improvement.csv (bench.aggregate),
 - compute_ / overoptimization_ / pareto_<reward>.png (bench.curves),
-- the suite's study tables, if it has any (bench.studies),
+- the suite's study tables, if it has any (bench/experiments/),
 - report.html: one static, self-contained page (inline style, images embedded as data URIs, no
   script) with the tables, plots and sample grids of every reward, the aggregates across rewards,
   the studies, every run's status, git sha and config, and the failed runs with their reasons.
@@ -21,6 +21,8 @@ import pandas as pd
 
 from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label, write_aggregates
 from bench.curves import write_curves
+from bench.experiments.suite import Study
+from bench.experiments.tables import write_studies
 from bench.leaderboard import (
     USED_NAMES,
     _human,
@@ -36,7 +38,6 @@ from bench.leaderboard import (
     write_leaderboard,
 )
 from bench.store import USED_KEYS, Store
-from bench.studies import write_studies
 from models.io import atomic_write_bytes
 
 PRIMARY_SPLIT = "eval_unseen"
@@ -63,7 +64,7 @@ nav ul { display: flex; flex-wrap: wrap; gap: 0.4em 1.5em; list-style: none; pad
 
 
 def write_results(
-    store: Store, out_dir: Path, studies: tuple[str, ...] = (), primary_split: str = PRIMARY_SPLIT
+    store: Store, out_dir: Path, studies: tuple[Study, ...] = (), primary_split: str = PRIMARY_SPLIT
 ) -> tuple[list[Path], list[str]]:
     """Write every file of the module docstring into out_dir; return their paths and the console's few lines of
     answer (bench.leaderboard.glance)."""

@@ -22,12 +22,16 @@ CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 
 
+Values = Sequence[float] | np.ndarray
+"""One cell's values, one per seed: a sequence or a 1-D array."""
+
+
 def iqm(values: np.ndarray, axis: int = -1) -> np.ndarray:
     """Interquartile mean: the mean of the middle 50% (a quarter cut from each end, as rliable)."""
     return scipy.stats.trim_mean(values, 0.25, axis=axis)
 
 
-def _as_samples(samples: Sequence[Sequence[float]]) -> list[np.ndarray]:
+def _as_samples(samples: Sequence[Values]) -> list[np.ndarray]:
     arrays = [np.asarray(s, dtype=np.float64) for s in samples]
     for a in arrays:
         if a.ndim != 1 or a.size == 0:
@@ -40,7 +44,7 @@ def _as_samples(samples: Sequence[Sequence[float]]) -> list[np.ndarray]:
 
 
 def stratified_bootstrap_ci(
-    samples: Sequence[Sequence[float]],
+    samples: Sequence[Values],
     statistic: Callable[..., np.ndarray],
     seed: int = 0,
 ) -> tuple[float, float, float]:
@@ -78,7 +82,7 @@ def stratified_bootstrap_ci(
 
 
 def bootstrap_ci(
-    values: Sequence[float], statistic: Callable[..., np.ndarray] = np.mean, seed: int = 0
+    values: Values, statistic: Callable[..., np.ndarray] = np.mean, seed: int = 0
 ) -> tuple[float, float, float]:
     """(estimate, low, high): `statistic` (np.mean or iqm) of one cell's values, one per seed, and its
     bootstrap interval over seeds."""
@@ -88,9 +92,7 @@ def bootstrap_ci(
     return stratified_bootstrap_ci([x], statistic, seed)
 
 
-def paired_difference_ci(
-    values: Sequence[float], baseline: Sequence[float], seed: int = 0
-) -> tuple[float, float, float]:
+def paired_difference_ci(values: Values, baseline: Values, seed: int = 0) -> tuple[float, float, float]:
     """bootstrap_ci of the mean of values[i] - baseline[i]; the caller matches the pairs (same seed)."""
     a = np.asarray(values, dtype=np.float64)
     b = np.asarray(baseline, dtype=np.float64)
@@ -118,8 +120,8 @@ def _probability_of_improvement(*samples, axis=-1):
 
 
 def probability_of_improvement(
-    x_per_task: Sequence[Sequence[float]],
-    y_per_task: Sequence[Sequence[float]],
+    x_per_task: Sequence[Values],
+    y_per_task: Sequence[Values],
     seed: int = 0,
 ) -> tuple[float, float, float]:
     """(P, low, high): the probability that a run of X beats a run of Y on a task drawn at random (the

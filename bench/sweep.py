@@ -20,11 +20,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cell import run_cell, world_of
+from bench.experiments import Suite
+from bench.experiments.suite import Study
 from bench.parallel import ONE_PROCESS, DataParallel
 from bench.report import write_results
 from bench.runner import RunSpec
 from bench.store import Store
-from bench.suites import Suite
 from models.io import replaced_together
 from models.progress import progress, relay_to, relayed, say
 from worlds import ARTIFACTS, ensure_world, world_entry
@@ -90,7 +91,7 @@ def results_dir(store_path: Path) -> Path:
     return store_path.with_suffix("") if store_path.suffix else store_path.with_name(f"{store_path.name}-results")
 
 
-def write_tables(store_path: Path, out_dir: Path, studies: tuple[str, ...] = ()) -> None:
+def write_tables(store_path: Path, out_dir: Path, studies: tuple[Study, ...] = ()) -> None:
     """Every table, plot and the report of a store, into out_dir, replacing the earlier ones all together."""
     with Store(store_path, read_only=True) as store, replaced_together(out_dir) as staging:
         written, answer = write_results(store, staging, studies)

@@ -89,6 +89,7 @@ class AIHF(Trainer):
     Config = Config
     learns_from_feedback = True
     data_parallel = False  # its preference dataset is collected once, at the start, by one process
+    compared_on = ("diffusion",)  # the feedback suite studies it further, on the diffusion model
     small_config = {
         "prompts_per_iter": 2,
         "samples_per_prompt": 3,

@@ -76,6 +76,7 @@ class RewardModelPipeline(Trainer):
     learns_from_feedback = True
     data_parallel = False  # its preference dataset is collected once, at the start, by one process
     families = ("diffusion", "consistency")
+    compared_on = ()  # AIHF's baseline: compared with it in the feedback suite
     small_config = {"preference_pairs": 6, "collect_steps": 4, "reward_steps": 3}
 
     @classmethod

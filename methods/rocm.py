@@ -82,6 +82,7 @@ class ROCM(Trainer):
     Config = Config
     needs_differentiable_reward = True
     families = ("consistency", "diffusion")
+    compared_on = ("consistency",)  # the paper's family; ROCM on a diffusion model is the scenes world's
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
 
     @classmethod

@@ -31,6 +31,7 @@ class SFT(Trainer):
     version = "1"
     Config = Config
     learns_from_feedback = True
+    compared_on = ()  # AIHF's baseline: compared with it in the feedback suite
     small_config = {"batch": 4}
 
     @classmethod

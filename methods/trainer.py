@@ -88,6 +88,10 @@ class Trainer(ABC):
     then a rewards.feedback.Feedback, which hides the reward's values."""
     families: ClassVar[tuple[str, ...]] = ("diffusion", "consistency", "flow")
     """The generator families (Policy.family) the method can fine-tune; the first is its default."""
+    compared_on: ClassVar[tuple[str, ...] | None] = None
+    """The families on which the leaderboard suites (bench/experiments/suite.py: leaderboard_entries) fine-tune it:
+    None for every family it can; fewer where the others add cost without a question (a method bound to its paper's
+    family, or a baseline compared in a suite of its own)."""
     data_parallel: ClassVar[bool] = True
     """False for methods that cannot split their work over processes (see `distribute`)."""
     small_config: ClassVar[dict[str, object]] = {}

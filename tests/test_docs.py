@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from bench.docs import DOCUMENTS, ROOT, blocks, quote, refreshed, tables
+from bench.experiments import SUITES
+from bench.experiments.tables import write_studies
 from bench.leaderboard import ranked_frames, write_leaderboard
 from bench.store import Store
-from bench.studies import write_studies
-from bench.suites import SUITES
 
 # a prose number at the tables' precision: 0.047, -139.758, +0.012
 _PRECISE = re.compile(r"(?<![\w.])[+-]?\d+\.\d{3}(?![\d])")

@@ -12,9 +12,10 @@ import worlds
 from bench.budget import Budget
 from bench.cli import build_parser, main
 from bench.commands import suite_from_args
+from bench.experiments import SUITES
+from bench.experiments.suite import validate
 from bench.runner import RunSpec, execute
 from bench.store import LEASE_STALE_S, Store
-from bench.suites import SUITES, validate
 from bench.sweep import plan, specs
 from methods.ddpo import DDPO
 from models.policy import DiffusionPolicy
@@ -76,20 +77,31 @@ def test_bad_input_is_one_line_naming_the_valid_choices_before_any_model_loads(a
     assert len(err.strip().splitlines()) == 1 and message in err, err
 
 
-def test_help_documents_every_method_option(capsys):
+def test_help_documents_every_method_option_and_run_help_fits_a_screen(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
     with pytest.raises(SystemExit):
-        main(["run", "--help"])
+        main(["run", "--help-method", "all"])
     out = capsys.readouterr().out
     for option in (
         "--ddpo.clip_range",
         "--raft.keep_per_prompt",
         "--best_of_n.max_candidates",
-        "--budget",
         "--rocm.divergence",
         "--rocm.gradient_checkpointing",
     ):
         assert option in out
     assert "PPO ratio clipping epsilon" in out
+    with pytest.raises(SystemExit):
+        main(["run", "--help-method", "rocm"])
+    out = capsys.readouterr().out
+    assert "--rocm.divergence" in out and "--ddpo." not in out
+    for command in ("run", "models", "serve", "leaderboard", "throughput", "cpu-throughput"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert len(out.splitlines()) <= 60, f"{command} --help is {len(out.splitlines())} lines"
+        if command == "run":
+            assert "--budget" in out and "--help-method" in out and "--ddpo." not in out
 
 
 def smoke_spec(method="ddpo", seed=0):
@@ -297,3 +309,19 @@ def test_every_subcommand_has_one_handler():
 
     subcommands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert set(subcommands.choices) == set(HANDLERS)
+
+
+def test_a_registered_method_joins_every_leaderboard_suite_without_an_edit_there(monkeypatch):
+    from bench.experiments import build_suite
+    from methods import METHODS
+
+    class Newcomer(METHODS["flow_grpo"]):
+        name = "newcomer"
+
+    monkeypatch.setitem(METHODS, "newcomer", Newcomer)
+    assert "newcomer@flow" in build_suite("default").methods and "newcomer@flow" in build_suite("smoke").methods
+    assert "newcomer@scene-flow" in build_suite("scenes").methods
+    assert "newcomer@sd35" in build_suite("nightly-gpu").methods
+    # a baseline compared in a suite of its own (compared_on empty) stays off the default leaderboard
+    assert not any(entry.startswith(("sft@", "pipeline@")) for entry in build_suite("default").methods)
+    assert {"sft@scene-diffusion", "pipeline@scene-diffusion"} <= set(build_suite("scenes").methods)

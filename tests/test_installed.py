@@ -56,8 +56,8 @@ def test_a_bad_entry_point_is_refused_by_name(monkeypatch, points, message):
 @pytest.mark.slow
 def test_the_example_package_installed_runs_its_method_in_the_smoke_suite(tmp_path):
     """pip installs tests/example_plugin (offline: no index, the environment's setuptools); with it on the path its
-    method has its options in `bench run --help`, runs in the smoke suite and keeps the methods' contract (the contract
-    tests, run over it) like a built-in one."""
+    method is listed by `bench run --help` with its options in `--help-method rloo`, runs in the smoke suite and keeps
+    the methods' contract (the contract tests, run over it) like a built-in one."""
     target, source = tmp_path / "site", tmp_path / "example"
     shutil.copytree(EXAMPLE, source)  # the build writes beside its sources: a copy keeps the repository clean
     subprocess.run(
@@ -73,7 +73,8 @@ def test_the_example_package_installed_runs_its_method_in_the_smoke_suite(tmp_pa
             [sys.executable, "-m", "bench", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
         )
 
-    help_text = " ".join(bench("run", "--help").stdout.split())  # argparse wraps the help's lines
+    assert "rloo" in " ".join(bench("run", "--help").stdout.split())  # among the methods --method takes
+    help_text = " ".join(bench("run", "--help-method", "rloo").stdout.split())  # argparse wraps the help's lines
     assert "--rloo.learning_rate" in help_text and "a consistency sampler's noise is its own" in help_text
     store = tmp_path / "store.sqlite"
     run = bench(
@@ -81,7 +82,8 @@ def test_the_example_package_installed_runs_its_method_in_the_smoke_suite(tmp_pa
     )
     assert run.returncode == 0, run.stderr
     with sqlite3.connect(store) as db:
-        assert db.execute("select method, status from runs").fetchall() == [("rloo", "done")] * 2  # both rewards
+        # it joined the smoke suite on each of its three families, as a built-in method does: both rewards on each
+        assert db.execute("select method, status from runs").fetchall() == [("rloo", "done")] * 6
     # the contract every registered method keeps, now over the installed one too
     contract = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_methods.py", "-k", "rloo"],

@@ -11,8 +11,9 @@ import torch
 
 from bench.budget import Budget
 from bench.cli import main
+from bench.experiments import Suite, build_suite
+from bench.experiments.suite import parse_entry, validate
 from bench.meter import Meter
-from bench.suites import NIGHTLY_METHODS, Suite, build_suite, parse_entry, validate
 from bench.throughput.counting import host_reads_of_meta_tensors
 from bench.trainers import build_trainer
 from methods import METHODS
@@ -201,8 +202,8 @@ def test_the_annotator_demonstrates_the_best_of_the_base_models_samples_of_each_
 def test_the_nightly_suite_and_its_smoke_twin_are_the_same_grid():
     full, smoke = build_suite("nightly-gpu"), build_suite("nightly-gpu", smoke=True)
     assert validate(full).world == "scale" and validate(smoke).world == "scale-tiny"
-    assert full.methods == smoke.methods == NIGHTLY_METHODS and full.rewards == smoke.rewards
-    assert {name for name, _ in PAIRS} == {e.partition("@")[0] for e in NIGHTLY_METHODS}
+    assert full.methods == smoke.methods and full.rewards == smoke.rewards
+    assert {name for name, _ in PAIRS} == {e.partition("@")[0] for e in full.methods}
 
 
 @pytest.mark.slow
@@ -210,9 +211,10 @@ def test_nightly_gpu_smoke_end_to_end(tmp_path, capsys):
     store = tmp_path / "nightly-gpu-smoke" / "store.sqlite"
     assert main(["run", "--suite", "nightly-gpu", "--smoke", "--store", str(store)]) == 0
     out = capsys.readouterr().out
-    runs = len(NIGHTLY_METHODS) * 2
+    entries = build_suite("nightly-gpu").methods
+    runs = len(entries) * 2
     # the methods that need reward gradients cannot use jpeg
-    refused = sum(METHODS[entry.partition("@")[0]].needs_differentiable_reward for entry in NIGHTLY_METHODS)
+    refused = sum(METHODS[entry.partition("@")[0]].needs_differentiable_reward for entry in entries)
     assert refused == 6 and f"{runs} runs, {runs - refused} done, {refused} n/a, 0 failed" in out
     board = (store.parent / "leaderboard.md").read_text()
     for text in (

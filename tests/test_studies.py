@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.studies import STUDIES, efficiency, queries_to_reach
+from bench.experiments.direct_vs_pg import write_direct
+from bench.experiments.grpo_family import write_grpo
+from bench.experiments.tables import efficiency, queries_to_reach
 
 
 def test_queries_to_reach_interpolates_to_the_first_crossing():
@@ -114,7 +116,7 @@ def test_the_grpo_study_answers_each_claim_from_the_cells_it_has(tmp_path):
     for seed in (0, 1):
         rows += cell("base@flow", seed, 0.0, 0.0) + cell("flow_grpo@flow", seed, 1.0, 100.0)
         rows += cell("mix_grpo@flow", seed, 2.0, 100.0) + cell("flow_grpo/no-kl@flow", seed, 1.5, 100.0)
-    text = STUDIES["grpo"](pd.DataFrame(rows), tmp_path).read_text()
+    text = write_grpo(pd.DataFrame(rows), tmp_path).read_text()
     # mix_grpo's mean curve -1, 0, 1 over 0, 50, 100 s reaches flow_grpo's final 0 at 50 s: half the wall time
     assert "| mix_grpo@flow | flow_grpo@flow | 0.500 | 0.500 |" in text
     assert "dance_grpo@flow" not in text  # no cells, no rows
@@ -136,7 +138,7 @@ def test_the_direct_study_measures_efficiency_and_the_judge_at_equal_reward(tmp_
         rows += cell("base@flow", seed, 0.0, 0.0, 0.0) + cell("flow_grpo@flow", seed, 1.0, 100.0, 0.1)
         rows += cell("diffusion_nft@flow", seed, 1.0, 50.0, 0.0) + cell("draft@flow", seed, 2.0, 100.0, 0.4)
         rows += cell("alignprop@flow", seed, 3.0, 100.0, 0.2)
-    text = STUDIES["direct"](pd.DataFrame(rows), tmp_path).read_text()
+    text = write_direct(pd.DataFrame(rows), tmp_path).read_text()
     # equal curves but for the wall clock: the same queries and NFE, half the seconds
     assert "| diffusion_nft@flow | flow_grpo@flow | 1.000 | 1.000 | 0.500 |" in text
     assert "draft/full@flow" not in text  # no cells, no rows

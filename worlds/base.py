@@ -66,6 +66,11 @@ class WorldEntry(Protocol):
         ...
 
     @property
+    def metrics(self) -> dict[str, bool]:
+        """The evaluation's metric -> higher is better (those of the loaded World)."""
+        ...
+
+    @property
     def headline_metric(self) -> str:
         """The held-out measure of success that tables lead with."""
         ...

@@ -69,6 +69,7 @@ class DigitsEntry(EmbeddedEntry):
 
     recipe = RECIPE
     rewards = ("digit", "compress", "gold")
+    metrics = METRICS
     headline_metric = "judge_acc"
     headline_label = "held-out judge"
 

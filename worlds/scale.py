@@ -312,6 +312,7 @@ class ScaleEntry:
     """A scale world as registered: its generators' and rewards' checkpoints."""
 
     config: ScaleWorldConfig
+    metrics = METRICS
     headline_metric = "clip_score"
     headline_label = "prompt fidelity"
     # a second worker would load a second model onto the same GPU; several GPUs train one run together instead

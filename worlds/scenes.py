@@ -102,6 +102,7 @@ class ScenesEntry(EmbeddedEntry):
 
     recipe = RECIPE
     rewards = ("geneval", "ocr", "compress")
+    metrics = METRICS
     headline_metric = "judge_score"
     headline_label = "held-out judge (GenEval-style score)"
 

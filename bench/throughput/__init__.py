@@ -13,8 +13,8 @@ training step on the real-size architectures, with random weights (nothing to do
         and CLIP text encoder, at 512 px; T5-XXL as zeros (512 tokens).
 The reward is the LAION aesthetic predictor's architecture (CLIP ViT-L/14 + MLP head), differentiable, so every
 method runs (those that learn from feedback label by it, with random pixels as demonstrations). Each method takes
-the nightly suite's config (bench/suites.py) and LoRA in the model's precision (bf16 on a GPU); one step warms up,
-then `repeats` steps are timed. Reported per step:
+the nightly suite's config (bench/experiments/nightly_gpu.py) and LoRA in the model's precision (bf16 on a GPU);
+one step warms up, then `repeats` steps are timed. Reported per step:
   images/s     images the step sampled and trained on (prompts_per_iter x samples_per_prompt; sft: its batch) /
                wall seconds;
   peak GiB     torch.cuda.max_memory_allocated (CUDA only);

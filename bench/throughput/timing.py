@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from bench.suites import build_suite
+from bench.experiments import build_suite
 from bench.throughput.architectures import aesthetic_reward, build_policy, prompt_tokenizer
 from bench.throughput.counting import BackwardMeter, host_reads_of_meta_tensors, peak_tflops, synchronize
 from methods import METHODS

@@ -1,0 +1,205 @@
+"""What a suite is: a grid of methods x rewards x seeds, one budget (evaluated at milestones), and the method
+settings, checked before any model loads. A method entry is `method[/variant][@model]`: `@model` picks the world's
+generator to fine-tune (default: the method's first supported family), and `/variant` names one of the suite's
+`variants`, a labelled set of options, so one suite can compare configs of the same method. The suites themselves,
+each with the study tables it writes, are the modules beside this one."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.budget import Budget
+from bench.evaluate import EvalConfig
+from bench.names import check_entry, check_names
+from methods import METHODS
+from rewards import REWARDS
+from worlds import MODEL_FAMILIES, world_entry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+TEN_MILESTONES = tuple(round(0.1 * k, 1) for k in range(1, 11))
+"""Milestones every tenth of the budget: a study's curves over compute."""
+Study = Callable[["pd.DataFrame", Path], Path]
+"""A table written beside the leaderboard: (the suite's results, each row labelled method[/variant]@model as its
+entry; the folder) -> the file written."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    methods: tuple[str, ...] = tuple(METHODS)
+    """Entries `method[/variant][@model]`."""
+    rewards: tuple[str, ...] = ("digit", "compress")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budget: Budget = Budget("nfe", 300_000)
+    milestones: tuple[float, ...] = (0.25, 0.5, 1.0)
+    budget_tolerance: float = 0.1
+    """How far past a milestone a run may train, as a fraction of it: a run stops at the first step that reaches the
+    milestone, so it passes it by less than one step; `validate` refuses a budget whose first milestone a method's
+    step could pass by more."""
+    world: str = "digits"
+    eval: EvalConfig = EvalConfig()
+    overrides: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """method -> {config field: value}, applied over the method's Config defaults."""
+    variants: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """`method/variant` -> {config field: value}, applied over the overrides for entries naming it."""
+    studies: tuple[Study, ...] = ()
+    """Tables written beside the leaderboard, each answering one question from the store (bench/experiments/)."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Model -> a checkpoint of one's own in its place (`bench run --source MODEL=SOURCE`), in worlds that take one."""
+    reward_servers: dict[str, str] = field(default_factory=dict)
+    """Reward -> the address of a server that scores it (`bench run --reward-server NAME=URL`, rewards/server.py)."""
+
+    def method_config(self, method: str, variant: str = ""):
+        options = {**self.overrides.get(method, {}), **(self.variants[f"{method}/{variant}"] if variant else {})}
+        return dataclasses.replace(METHODS[method].Config(), **options)
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        """(method, variant, model) of every method entry."""
+        return [parse_entry(entry, self.variants, self.world) for entry in self.methods]
+
+
+def default_model(method: str, world: str = "digits") -> str:
+    """The world's first generator of the method's first family."""
+    family = METHODS[method].families[0]
+    return next(m for m, f in world_entry(world).models.items() if f == family)
+
+
+def parse_entry(
+    entry: str, variants: Mapping[str, Mapping] | None = None, world: str | None = None
+) -> tuple[str, str, str]:
+    """`method[/variant][@model]` -> (method, variant, model), validated against the registries, the suite's
+    variants and its world's generators (None: any variant name and any world's model are accepted, for checks
+    made before the suite is known)."""
+    name, _, model = entry.partition("@")
+    method, _, variant = name.partition("/")
+    models = MODEL_FAMILIES if world is None else world_entry(world).models
+    check_entry(entry, {m: cls.families for m, cls in METHODS.items()}, models)
+    if variant and variants is not None and name not in variants:
+        valid = [v for v in variants if v.startswith(f"{method}/")]
+        raise ValueError(f"unknown variant {name!r}; valid: {', '.join(valid) or 'none in this suite'}")
+    return method, variant, model or default_model(method, world or "digits")
+
+
+def leaderboard_entries(world: str, every_method: bool = False) -> tuple[str, ...]:
+    """A leaderboard suite's entries, from what each method declares (Trainer.families, .compared_on): every method on
+    the world's first model of each family it is compared on, family by family in the world's order. `every_method`:
+    a method compared on none of the world's families joins on the first of its families the world has, so that
+    every method the world can run is on its leaderboard."""
+    models = world_entry(world).models
+    first_model = {
+        family: next(m for m, f in models.items() if f == family) for family in dict.fromkeys(models.values())
+    }
+    entries = [
+        f"{name}@{model}"
+        for family, model in first_model.items()
+        for name, method in METHODS.items()
+        if family in (method.families if method.compared_on is None else method.compared_on)
+    ]
+    if every_method:
+        placed = {entry.partition("@")[0] for entry in entries}
+        for name, method in METHODS.items():
+            family = next((f for f in method.families if f in first_model), None)
+            if name not in placed and family is not None:
+                entries.append(f"{name}@{first_model[family]}")
+    return tuple(entries)
+
+
+def check_budget(suite: Suite) -> None:
+    """Refuses a budget whose first milestone one of the suite's training methods could pass by more than the suite's
+    tolerance, naming the smallest budget that keeps every milestone within it. The step that reaches a milestone
+    passes it by less than its own cost: the first step's (with its one-off work) when that step alone reaches the
+    milestone, a later step's otherwise (Trainer.step_usage, .iteration_usage). Later milestones are larger, so
+    the first is the one at risk."""
+    unit, fraction, tolerance = suite.budget.unit, suite.milestones[0], suite.budget_tolerance
+    first = suite.budget.amount * fraction
+    world = world_entry(suite.world)
+    too_small = {}  # entry -> (what a step could pass the first milestone by, the smallest budget that fits)
+    for method, variant, model in suite.entries():
+        if not METHODS[method].trains:
+            continue
+        config, generator = suite.method_config(method, variant), world.generator_class(model)
+        first_step = METHODS[method].step_usage(config, generator).get(unit, 0.0)
+        later_step = METHODS[method].iteration_usage(config, generator).get(unit, 0.0)
+        past = max(first_step - first, later_step)
+        if past > tolerance * first:
+            # the smallest first milestone m with max(first_step - m, later_step) <= tolerance * m, as a budget
+            smallest = max(later_step / tolerance, first_step / (1 + tolerance)) / fraction
+            too_small[f"{method}/{variant}@{model}" if variant else f"{method}@{model}"] = (past, smallest)
+    if too_small:
+        entry, (past, smallest) = max(too_small.items(), key=lambda item: item[1][1])
+        others = f" (and {len(too_small) - 1} more of its entries)" if len(too_small) > 1 else ""
+        raise ValueError(
+            f"budget {suite.budget} is too small for {entry}{others}: a step costs up to {past:g} {unit}, more than "
+            f"{tolerance:.0%} of the first milestone ({first:g}, at {fraction:g} of the budget); the smallest budget "
+            f"that keeps every milestone within {tolerance:.0%} is {unit}:{_round_up(smallest)} (or allow more: "
+            "--budget-tolerance)"
+        )
+
+
+def _round_up(amount: float) -> str:
+    """`amount` rounded up to two significant digits, written as a budget: 492,800 -> 500k."""
+    scale = 10 ** max(math.floor(math.log10(amount)) - 1, 0)
+    rounded = math.ceil(amount / scale) * scale
+    if rounded >= 1_000_000:
+        return f"{rounded / 1_000_000:g}M"
+    return f"{rounded / 1_000:g}k" if rounded >= 1_000 else f"{rounded:g}"
+
+
+def validate(suite: Suite) -> Suite:
+    """Fails fast, before any model loads, on anything a run would only discover later."""
+    if not suite.methods:
+        raise ValueError("a suite needs at least one method")
+    entries = suite.entries()
+    check_names("reward", suite.rewards, REWARDS)
+    offered = world_entry(suite.world).rewards
+    missing = [r for r in suite.rewards if r not in offered]
+    if missing:
+        raise ValueError(
+            f"world {suite.world!r} offers no {', '.join(map(repr, missing))} reward; valid: {', '.join(offered)}"
+        )
+    named = {**suite.overrides, **{name.partition("/")[0]: values for name, values in suite.variants.items()}}
+    for method, values in named.items():
+        check_names("method", [method], METHODS)
+        fields = {f.name for f in dataclasses.fields(METHODS[method].Config)}
+        check_names(f"{method} option", values, sorted(fields))
+    for method, variant, _ in entries:
+        suite.method_config(method, variant)
+    if (
+        not suite.milestones
+        or any(not 0 < m <= 1 for m in suite.milestones)
+        or list(suite.milestones) != sorted(set(suite.milestones))
+    ):
+        raise ValueError(f"milestones must be increasing fractions in (0, 1], got {suite.milestones}")
+    served = [name for name in suite.reward_servers if name not in suite.rewards]
+    if served:
+        raise ValueError(
+            f"--reward-server names {', '.join(map(repr, served))}, which the suite does not run; its rewards: "
+            f"{', '.join(suite.rewards)}"
+        )
+    check_budget(suite)
+    if suite.eval.samples_per_prompt < 2:
+        raise ValueError(
+            "eval samples_per_prompt must be >= 2 (diversity compares images of a prompt), "
+            f"got {suite.eval.samples_per_prompt}"
+        )
+    runnable = [
+        (m, r)
+        for m, _, _ in entries
+        for r in suite.rewards
+        if METHODS[m].incompatibility(REWARDS[r], suite.budget.unit) is None
+    ]
+    if not runnable:
+        reasons = {
+            f"{m}+{r}": METHODS[m].incompatibility(REWARDS[r], suite.budget.unit)
+            for m, _, _ in entries
+            for r in suite.rewards
+        }
+        raise ValueError(f"no method/reward pair of this suite can run: {reasons}")
+    return suite

@@ -1,0 +1,189 @@
+"""What the studies share: each experiment's study table (the modules beside this one) answers one question from the
+store alone, with these measures. Seeds give 95% bootstrap intervals (bench/stats.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.experiments.suite import Study
+from bench.leaderboard import interval
+from bench.stats import bootstrap_ci, stratified_bootstrap_ci
+from models.io import atomic_write_bytes
+
+PRIMARY_SPLIT = "eval_unseen"
+TRAIN_SPLIT = "eval_seen"
+
+
+def ci(values) -> str:
+    """Mean [95% bootstrap CI], the mean alone where the interval is a point (every seed agreed)."""
+    mean, lo, hi = values if isinstance(values, tuple) else bootstrap_ci(values)
+    return interval(mean, lo, hi)
+
+
+def queries_to_reach(queries: np.ndarray, rewards: np.ndarray, target: float) -> float:
+    """The first (linearly interpolated) x at which the curve (queries, rewards) reaches `target`,
+    or inf if it never does. queries: increasing (N,), starting at the base model's 0 (or any compute axis)."""
+    for i in range(len(queries)):
+        if rewards[i] >= target:
+            if i == 0:
+                return float(queries[0])
+            fraction = (target - rewards[i - 1]) / (rewards[i] - rewards[i - 1])
+            return float(queries[i - 1] + fraction * (queries[i] - queries[i - 1]))
+    return math.inf
+
+
+def efficiency(
+    results: pd.DataFrame, method: str, reference: str, base: str, reward: str, spent_on: str = "reward_queries"
+) -> dict | None:
+    """The compute `spent_on` (reward_queries, nfe, wall_s) that `method` needs for its mean reward curve over seeds
+    to reach `reference`'s final mean reward, as a fraction of the reference's, with a bootstrap interval that
+    resamples each method's seeds (seed i of one method has nothing to do with seed i of the other). None if either
+    has no runs."""
+    ours = results.loc[
+        (results["reward"] == reward) & (results["split"] == PRIMARY_SPLIT) & (results["metric"] == "reward")
+    ]
+    base_reward = ours.loc[ours["label"] == base, "value"]
+    if base_reward.empty:
+        raise ValueError(f"the efficiency study needs {base} runs for the reward at 0 queries")
+    start = base_reward.mean()
+    finals = ours.loc[ours["label"] == reference].sort_values("milestone").groupby("seed").last()
+    curves = ours.loc[ours["label"] == method].pivot_table(index="seed", columns="milestone", values="value")
+    if finals.empty or curves.empty:
+        return None
+    queries = np.concatenate([[0.0], ours.loc[ours["label"] == method].groupby("milestone")[spent_on].mean()])
+    targets, spent = finals["value"].to_numpy(), finals[spent_on].to_numpy()
+
+    def fraction(reference_seeds: np.ndarray, method_seeds: np.ndarray, axis: int = -1) -> np.ndarray:
+        # arguments are (resamples of) seed indices, so that both seed sets are resampled on their own
+        reference_seeds, method_seeds = reference_seeds.astype(int), method_seeds.astype(int)
+        target = targets[reference_seeds].mean(axis=-1)
+        curve = curves.to_numpy()[method_seeds].mean(axis=-2)
+        needed = np.array(
+            [
+                queries_to_reach(queries, np.concatenate([[start], c]), t)
+                for c, t in zip(curve.reshape(-1, curve.shape[-1]), target.reshape(-1))
+            ]
+        )
+        return needed.reshape(target.shape) / spent[reference_seeds].mean(axis=-1)
+
+    with np.errstate(invalid="ignore"):  # an unreached target is inf, whose spread scipy computes too
+        estimate = stratified_bootstrap_ci(
+            [np.arange(len(targets), dtype=float), np.arange(len(curves), dtype=float)], fraction
+        )
+    return {
+        "fraction": estimate,
+        "target": bootstrap_ci(targets),
+        "gain": bootstrap_ci(targets - start),
+        "reference_queries": spent.mean(),
+        "method_queries": estimate[0] * spent.mean(),
+        "seeds": (len(curves), len(targets)),
+    }
+
+
+def _bound(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:.3f}"
+
+
+def fraction_text(value: float, low: float, high: float) -> str:
+    """A fraction of a reference's compute with its interval, as `ci` writes a mean (`never`: not reached)."""
+    text, bounds = _bound(value), (_bound(low), _bound(high))
+    return text if bounds == (text, text) else f"{text} [{bounds[0]}, {bounds[1]}]"
+
+
+def write_settings_table(results: pd.DataFrame, out: Path, name: str, title: str, settings: tuple[str, ...]) -> Path:
+    """Every cell at the suite's largest budget, per reward, with the method settings the study varies (the study of a
+    suite of one method's variants)."""
+    final = final_budget(results)
+    columns = [
+        (TRAIN_SPLIT, "reward", "train reward ↑"),
+        (PRIMARY_SPLIT, "reward", "reward (unseen) ↑"),
+        (PRIMARY_SPLIT, "judge_acc", "judge acc (unseen) ↑"),
+        (PRIMARY_SPLIT, "diversity", "diversity ↑"),
+        (PRIMARY_SPLIT, "fid", "FID ↓"),
+    ]
+    lines = [
+        f"# {title}",
+        "",
+        f"Budget {final['budget_unit'].iloc[0]} {final['budget'].iloc[0]:g}; mean [95% bootstrap CI] over seeds. "
+        f"Train reward is the proxy on the train phrasings ({TRAIN_SPLIT}); the rest are on unseen phrasings.",
+    ]
+    for reward, cells in final.groupby("reward"):
+        lines += [
+            "",
+            f"## Reward: {reward}",
+            "",
+            "| method | " + " | ".join(settings) + " | seeds | " + " | ".join(c[2] for c in columns) + " |",
+            "|---|" + "---|" * len(settings) + "---|" + "---|" * len(columns),
+        ]
+        for label, cell in cells.groupby("label", sort=False):
+            config = json.loads(cell["config_json"].iloc[0])["method_config"]
+            if config.get("divergence") == "none":
+                config["beta"] = 0  # without a divergence the default beta in the config weighs nothing
+            values = [str(config.get(setting, "—")) for setting in settings]
+            metrics = [
+                ci(cell.loc[(cell["split"] == s) & (cell["metric"] == m), "value"].to_numpy()) for s, m, _ in columns
+            ]
+            lines.append(
+                f"| {label} | " + " | ".join(values) + f" | {cell['seed'].nunique()} | " + " | ".join(metrics) + " |"
+            )
+    path = out / f"{name}.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
+
+
+def final_budget(results: pd.DataFrame) -> pd.DataFrame:
+    return results.loc[results["budget"] == results["budget"].max()]
+
+
+def cell_of(results: pd.DataFrame, label: str) -> pd.DataFrame:
+    """The rows of one method[/variant]@model."""
+    return results.loc[results["label"] == label]
+
+
+def by_seed(cell: pd.DataFrame, split: str, metric: str) -> pd.Series:
+    """One value per seed, indexed by seed."""
+    rows = cell.loc[(cell["split"] == split) & (cell["metric"] == metric)]
+    return rows.set_index("seed")["value"].sort_index()
+
+
+def step_splits(results: pd.DataFrame) -> list[tuple[int | None, str]]:
+    """(steps, split) of the primary split's evaluations: (None, eval_unseen) for the default steps, then the
+    `eval_unseen@<steps>` ones, by step count."""
+    extra = sorted(int(s.rpartition("@")[2]) for s in results["split"].unique() if s.startswith(f"{PRIMARY_SPLIT}@"))
+    splits: list[tuple[int | None, str]] = [(None, PRIMARY_SPLIT)]
+    return splits + [(n, f"{PRIMARY_SPLIT}@{n}") for n in extra]
+
+
+def flow_study(results: pd.DataFrame, name: str, title: str) -> tuple[pd.DataFrame, pd.DataFrame, str, list[str]]:
+    """A flow-model study's final results, its base@flow cells there, its reward and its table's opening lines."""
+    final = final_budget(results)
+    base = cell_of(final, "base@flow")
+    if base.empty:
+        raise ValueError(f"the {name} study needs base@flow runs: gains are measured against them")
+    reward = final["reward"].iloc[0]
+    lines = [
+        f"# {title}",
+        "",
+        f"Reward `{reward}` on `{PRIMARY_SPLIT}` prompts, flow model, budget {final['budget_unit'].iloc[0]} "
+        f"{final['budget'].iloc[0]:g}; mean [95% bootstrap CI] over seeds.",
+        "",
+    ]
+    return final, base, reward, lines
+
+
+def write_studies(runs: pd.DataFrame, results: pd.DataFrame, out_dir: Path, studies: tuple[Study, ...]) -> list[Path]:
+    """The studies' tables from the leaderboard's frames (bench.leaderboard.ranked_frames), whose `method`
+    already names the variant: each row is labelled as the suites spell it, method[/variant]@model."""
+    if not studies:
+        return []
+    configs = runs.set_index("run_id")["config_json"]
+    results = results.assign(
+        label=results["method"] + "@" + results["model"], config_json=results["run_id"].map(configs)
+    )
+    return [study(results, Path(out_dir)) for study in studies]
