@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.leaderboard import BASE_METHOD, CELL_KEYS, TRAINING_REWARD
+from bench.standings import BASE_METHOD, CELL_KEYS, TRAINING_REWARD
 from bench.stats import iqm, pooled, probability_of_improvement, stratified_bootstrap_ci
 from models.io import atomic_write_bytes
 

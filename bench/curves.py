@@ -28,7 +28,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label
-from bench.leaderboard import TRAINING_REWARD, safe_name
+from bench.formats import safe_name
+from bench.standings import TRAINING_REWARD
 from methods import METHODS
 from models.io import atomic_write_bytes
 from worlds import WORLDS

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bench.store import RunRecord
+    from bench.store_schema import RunRecord
 
 
 LOGGERS = {"tensorboard": "tensorboard", "wandb": "wandb"}  # name -> the package it needs

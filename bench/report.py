@@ -23,21 +23,11 @@ from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label, write_aggregates
 from bench.curves import write_curves
 from bench.experiments.suite import Study
 from bench.experiments.tables import write_studies
-from bench.leaderboard import (
-    USED_NAMES,
-    _human,
-    _rank,
-    full_budgets,
-    glance,
-    headline,
-    interval,
-    metric_order,
-    ranked_frames,
-    ranking,
-    safe_name,
-    write_leaderboard,
-)
-from bench.store import USED_KEYS, Store
+from bench.formats import USED_NAMES, human, interval, rank_text, safe_name
+from bench.leaderboard import write_leaderboard
+from bench.standings import full_budgets, glance, headline, metric_order, ranked_frames, ranking
+from bench.store import Store
+from bench.store_schema import USED_KEYS
 from models.io import atomic_write_bytes
 
 PRIMARY_SPLIT = "eval_unseen"
@@ -67,7 +57,7 @@ def write_results(
     store: Store, out_dir: Path, studies: tuple[Study, ...] = (), primary_split: str = PRIMARY_SPLIT
 ) -> tuple[list[Path], list[str]]:
     """Write every file of the module docstring into out_dir; return their paths and the console's few lines of
-    answer (bench.leaderboard.glance)."""
+    answer (bench.standings.glance)."""
     out_dir = Path(out_dir)
     with store.snapshot():
         written = write_leaderboard(store, out_dir, primary_split=primary_split)
@@ -150,10 +140,10 @@ def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str, he
     rows = []
     for r in cells.to_dict("records"):
         done = r["status"] == "done"
-        cols = [_e(_rank(r["rank"]))] if ranked else []
+        cols = [_e(rank_text(r["rank"]))] if ranked else []
         cols += [_e(r[k]) for k in ENTRY_KEYS]
         if not ranked:
-            cols += [_e(r["method_version"]), _e(f"{r['budget_unit']} {_human(r['budget'])}") if done else "—"]
+            cols += [_e(r["method_version"]), _e(f"{r['budget_unit']} {human(r['budget'])}") if done else "—"]
         cols.append(str(r["n_seeds"]))
         values = []
         for m in metrics:
@@ -166,7 +156,7 @@ def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str, he
             f'<td class="num">{_value(r, f"{delta}/mean", f"{delta}/lo", f"{delta}/hi", signed=True)}</td>'
         ] * has_delta
         cols += values[:1] + deltas + values[1:]
-        cols += [_num(_human(r[k]) if done else "—") for k in used]
+        cols += [_num(human(r[k]) if done else "—") for k in used]
         note = f"{r['failed']} failed run(s)" if done and r["failed"] else r["note"]
         cols.append(_e(note if isinstance(note, str) else ""))
         cols = [c if c.startswith("<td") else f"<td>{c}</td>" for c in cols]
@@ -188,7 +178,7 @@ def _aggregate_section(out_dir: Path, notes: list[str]) -> str:
     rows = [
         "<tr>"
         + "".join(f"<td>{_e(r[k])}</td>" for k in ENTRY_KEYS)
-        + f"<td>{_e(r['budget_unit'])} {_e(_human(r['budget']))}</td><td>{_e(r['tasks'])}</td><td>{r['n_runs']}</td>"
+        + f"<td>{_e(r['budget_unit'])} {_e(human(r['budget']))}</td><td>{_e(r['tasks'])}</td><td>{r['n_runs']}</td>"
         + _num(_interval(r, "mean", "mean_lo", "mean_hi"))
         + _num(_interval(r, "iqm", "iqm_lo", "iqm_hi"))
         + "</tr>"
@@ -197,7 +187,7 @@ def _aggregate_section(out_dir: Path, notes: list[str]) -> str:
     parts.append(_table(header, rows))
     for (metric, unit, budget), pairs in improvement.groupby(["metric", "budget_unit", "budget"]):
         parts.append(
-            f"<h3>Probability of improvement: {_e(metric)} at {_e(unit)} {_e(_human(budget))}</h3>"
+            f"<h3>Probability of improvement: {_e(metric)} at {_e(unit)} {_e(human(budget))}</h3>"
             '<p class="note">Row beats column: the chance that a run of the row method beats a run of the '
             "column method on a reward drawn at random, with its 95% stratified bootstrap interval; one matrix per "
             "model (improvement.csv also pairs methods across models).</p>"
@@ -249,7 +239,7 @@ def _runs_section(all_runs: pd.DataFrame, ranked: pd.DataFrame) -> str:
             + "".join(f"<td>{_e(r[k])}</td>" for k in ENTRY_KEYS)
             + f"<td>{_e(r['variant'])}</td><td>{_e(r['method_version'])}</td>"
             f"<td>{_e(r[TASK_KEY])}</td><td>{r['seed']}</td>"
-            f"<td>{_e(r['budget_unit'])} {_e(_human(r['budget']))}</td><td>{_e(status)}</td>"
+            f"<td>{_e(r['budget_unit'])} {_e(human(r['budget']))}</td><td>{_e(status)}</td>"
             f'<td><code title="{_e(r["git_sha"])}">{_e(r["git_sha"][:10])}</code></td>'
             f"<td>{_e(_minute(r['started']))}</td><td>{_e(_minute(r['finished']))}</td>"
             f"<td><details><summary>config {_e(r['config_hash'][:10])}</summary><pre>{_e(config)}</pre></details></td>"

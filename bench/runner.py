@@ -28,7 +28,8 @@ from bench.evaluate import EvalConfig, evaluate
 from bench.loggers import NO_LOGGERS, ExperimentLoggers, RunLogger
 from bench.meter import Meter
 from bench.parallel import ONE_PROCESS, DataParallel
-from bench.store import USED_KEYS, RunRecord, Store
+from bench.store import Store
+from bench.store_schema import USED_KEYS, RunRecord
 from bench.trainers import build_trainer
 from methods import METHODS
 from models.io import atomic_torch_save

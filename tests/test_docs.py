@@ -10,7 +10,8 @@ import pytest
 from bench.docs import DOCUMENTS, ROOT, blocks, quote, refreshed, tables
 from bench.experiments import SUITES
 from bench.experiments.tables import write_studies
-from bench.leaderboard import ranked_frames, write_leaderboard
+from bench.leaderboard import write_leaderboard
+from bench.standings import ranked_frames
 from bench.store import Store
 
 # a prose number at the tables' precision: 0.047, -139.758, +0.012

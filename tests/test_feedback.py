@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bench.meter import Meter
-from bench.store import SCHEMA_VERSION, Store
+from bench.store import Store
+from bench.store_schema import SCHEMA_VERSION
 from methods.aihf import reward_objective
 from methods.toolkit.weightings import reward_weights
 from rewards.feedback import AnnotatorConfig, Feedback, top_demonstrations

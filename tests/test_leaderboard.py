@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.leaderboard import _human, write_leaderboard
+from bench.formats import human
+from bench.leaderboard import write_leaderboard
 from bench.stats import bootstrap_ci, paired_difference_ci
-from bench.store import RunRecord, Store
+from bench.store import Store
+from bench.store_schema import RunRecord
 from bench.sweep import results_dir
 from models.io import STAGING, replaced_together
 
@@ -280,7 +282,7 @@ def test_refuses_an_unknown_primary_split(store, tmp_path):
 
 
 def test_human_numbers():
-    assert [_human(x) for x in (50_000, 1_234_567, 35_000, 999_999, 12.345, 0.5)] == [
+    assert [human(x) for x in (50_000, 1_234_567, 35_000, 999_999, 12.345, 0.5)] == [
         "50k",
         "1.23M",
         "35k",

@@ -10,7 +10,8 @@ from matplotlib.container import ErrorbarContainer
 
 from bench.curves import figures, pareto_front
 from bench.report import write_results
-from bench.store import RunRecord, Store
+from bench.store import Store
+from bench.store_schema import RunRecord
 from methods import METHODS
 from worlds import WORLDS
 

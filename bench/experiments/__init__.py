@@ -22,14 +22,14 @@ from collections.abc import Callable
 
 from bench.experiments.default import default, smoke
 from bench.experiments.direct_vs_pg import direct_vs_pg
-from bench.experiments.feedback import feedback
 from bench.experiments.grpo_family import grpo_family
 from bench.experiments.nightly_gpu import nightly_gpu
 from bench.experiments.orw_alpha import orw_alpha
+from bench.experiments.preference_budget import feedback
 from bench.experiments.rocm_efficiency import rocm_efficiency
 from bench.experiments.rocm_regularization import rocm_regularization
 from bench.experiments.sas_discretization import sas_discretization
-from bench.experiments.scenes import scenes
+from bench.experiments.scenes_leaderboard import scenes
 from bench.experiments.suite import Suite
 from bench.names import check_names
 

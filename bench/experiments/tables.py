@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from bench.experiments.suite import Study
-from bench.leaderboard import interval
+from bench.formats import interval
 from bench.stats import bootstrap_ci, stratified_bootstrap_ci
 from models.io import atomic_write_bytes
 
@@ -178,7 +178,7 @@ def flow_study(results: pd.DataFrame, name: str, title: str) -> tuple[pd.DataFra
 
 
 def write_studies(runs: pd.DataFrame, results: pd.DataFrame, out_dir: Path, studies: tuple[Study, ...]) -> list[Path]:
-    """The studies' tables from the leaderboard's frames (bench.leaderboard.ranked_frames), whose `method`
+    """The studies' tables from the leaderboard's frames (bench.standings.ranked_frames), whose `method`
     already names the variant: each row is labelled as the suites spell it, method[/variant]@model."""
     if not studies:
         return []

@@ -13,8 +13,8 @@ from torch import nn
 
 from models.flow import TIMESTEP_SCALE, FlowPolicy
 from models.scale.config import FluxConfig
-from models.scale.hub import load_component, load_tokenizer, read_scheduler_config
 from models.scale.lora import LoRALatentPolicy
+from models.scale.pipelines import load_component, load_tokenizer, read_scheduler_config
 
 PACK = 2
 """FLUX packs each 2 x 2 patch of latents into one token (its 16 channels become 64)."""

@@ -11,8 +11,8 @@ from torch import nn
 
 from models.flow import TIMESTEP_SCALE, FlowPolicy
 from models.scale.config import StableDiffusion3Config, StableDiffusion35Config
-from models.scale.hub import load_component, load_tokenizer, read_scheduler_config
 from models.scale.lora import LoRALatentPolicy
+from models.scale.pipelines import load_component, load_tokenizer, read_scheduler_config
 
 
 class SD3Denoiser(nn.Module):

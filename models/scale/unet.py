@@ -13,8 +13,8 @@ from models.consistency import ORIGINAL_STEPS, TIMESTEP_SCALING, ConsistencyPoli
 from models.diffusion import NoiseSchedule
 from models.policy import DiffusionPolicy
 from models.scale.config import SD_SCHEDULE, LatentConsistencyConfig, StableDiffusionConfig
-from models.scale.hub import load_component, load_tokenizer, noise_schedule_from, read_scheduler_config
 from models.scale.lora import LoRALatentPolicy
+from models.scale.pipelines import load_component, load_tokenizer, noise_schedule_from, read_scheduler_config
 
 
 class UNetDenoiser(nn.Module):
