@@ -78,8 +78,7 @@ class Catalog:
         from bench.loggers import LOGGERS
         from bench.throughput.cpu import DIGITS_METHODS
         from methods import METHODS
-        from rewards import REWARDS
-        from worlds import MODEL_FAMILIES, WORLDS
+        from worlds import MODEL_FAMILIES, REWARDS, WORLDS
 
         methods = {}
         for name, method in METHODS.items():

@@ -13,8 +13,7 @@ from pathlib import Path
 from bench.experiments import Suite, build_suite
 from bench.experiments.suite import validate
 from models.progress import show_bars
-from rewards import REWARDS
-from worlds import world_entry
+from worlds import REWARDS, world_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 

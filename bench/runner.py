@@ -34,9 +34,9 @@ from bench.trainers import build_trainer
 from methods import METHODS
 from models.io import atomic_torch_save
 from models.progress import progress, say
-from rewards import REWARDS
 from rewards.feedback import AnnotatorConfig, Feedback
 from rewards.server import RemoteReward
+from worlds import REWARDS
 
 
 @dataclass(frozen=True)

@@ -431,7 +431,7 @@ class DiffusionPolicy(ChainPolicy):
         """The denoising loss weighted by 1 / alpha_bar_t: the v-prediction loss (Salimans and Ho 2022, arXiv
         2202.00512), whatever the network predicts; in x0's terms its error weighted by 1 / (1 - alpha_bar_t), where
         the denoising loss weighs it by alpha_bar_t / (1 - alpha_bar_t), which vanishes at high noise. What a base
-        generator predicting clean images learns from (models/scenes.py); methods fine-tune with `loss`."""
+        generator predicting clean images learns from (the scenes world's); methods fine-tune with `loss`."""
         errors, t = self._squared_errors(images, prompts, generator)
         return (errors.flatten(1).mean(dim=1) / self.alphas_cumprod[t].to(errors)).mean()
 

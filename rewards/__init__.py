@@ -1,28 +1,22 @@
-"""Reward models, by name: plain classes with a `from_world` constructor and a class-level
+"""The shared reward models, by name: plain classes with a `from_world` constructor and a class-level
 `differentiable`, so a config can be checked against a method before any weights load. A world offers a subset
-(worlds/: `WorldEntry.rewards`): the digits worlds digit, compress and gold, the scenes worlds geneval, ocr and
-compress, the scale worlds the published models. An installed package adds its own through the entry-point group
-`rlhf_bench.rewards` (models/installed.py)."""
+(worlds/: `WorldEntry.rewards`), and defines those read from its own networks and prompt language itself (the
+digits worlds digit and gold, the scenes worlds geneval and ocr: `WorldEntry.reward_classes`); worlds.REWARDS holds
+them all. An installed package adds its own through the entry-point group `rlhf_bench.rewards`
+(models/installed.py)."""
 
 from models.installed import installed_entries
 from rewards.aesthetic import AestheticReward
 from rewards.base import Reward
 from rewards.clip_score import ClipScoreReward
 from rewards.compress import CompressReward
-from rewards.digit import DigitReward
-from rewards.gold import GoldReward
 from rewards.hpsv2 import HPSv2Reward
 from rewards.imagereward import ImageRewardReward
 from rewards.jpeg import JpegCompressibilityReward
 from rewards.pickscore import PickScoreReward
-from rewards.scene import GenevalReward, OcrReward
 
 REWARDS: dict[str, type[Reward]] = {
-    "digit": DigitReward,
     "compress": CompressReward,
-    "gold": GoldReward,
-    "geneval": GenevalReward,
-    "ocr": OcrReward,
     "aesthetic": AestheticReward,
     "pickscore": PickScoreReward,
     "clip_score": ClipScoreReward,

@@ -17,8 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from models.digits import digit_of
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -39,26 +38,6 @@ class AnnotatorConfig:
             raise ValueError(f"annotator demonstration_fraction must be in (0, 1], got {self.demonstration_fraction}")
 
 
-def top_demonstrations(
-    images: torch.Tensor, labels: torch.Tensor, prompts: list[str], reward, fraction: float
-) -> tuple[torch.Tensor, list[str]]:
-    """The best `fraction` of each digit's images (N, C, H, W) by `reward`, each paired with the prompts
-    naming its digit in turn: (images (M, C, H, W), prompts (M,)), digit-major."""
-    by_digit = {}
-    for prompt in prompts:
-        by_digit.setdefault(digit_of(prompt), []).append(prompt)
-    chosen, chosen_prompts = [], []
-    for digit, phrasings in sorted(by_digit.items()):
-        pool = images[labels == digit]
-        named = [phrasings[i % len(phrasings)] for i in range(len(pool))]
-        with torch.no_grad():
-            scores = reward(pool, named)
-        keep = scores.argsort(descending=True)[: max(1, round(fraction * len(pool)))]
-        chosen.append(pool[keep])
-        chosen_prompts += [named[i] for i in keep.tolist()]
-    return torch.cat(chosen), chosen_prompts
-
-
 class Feedback:
     """The annotator as a method sees it: labels and demonstrations, never the hidden reward's values."""
 
@@ -67,22 +46,23 @@ class Feedback:
         reward,
         demonstrations: tuple[torch.Tensor, list[str]],
         meter,
+        reward_model: type[nn.Module],
         config: AnnotatorConfig = AnnotatorConfig(),
-        reward_model: str = "digit",
     ):
         self._reward = reward
         self._meter = meter
         self.config = config
         self.demonstrations = demonstrations
         self.reward_model = reward_model
-        """The learned reward's architecture for this world's images and prompts (rewards.learned.REWARD_MODELS)."""
+        """The learned reward's architecture for this world's images and prompts (World.learned_reward_model), a
+        module class taking the image shape."""
 
     @classmethod
     def from_world(cls, world, reward, meter, base_policy, config: AnnotatorConfig = AnnotatorConfig()) -> Feedback:
         """The annotator of `world` holding `reward`; `base_policy` is the run's untrained model (the scale worlds
         draw demonstrations from it)."""
         demos = world.demonstrations(reward, config.demonstration_fraction, base_policy)
-        return cls(reward, demos, meter, config, world.learned_reward_model)
+        return cls(reward, demos, meter, world.learned_reward_model, config)
 
     def prefer(
         self, images_a: torch.Tensor, images_b: torch.Tensor, prompts: list[str], generator: torch.Generator

@@ -1,49 +1,23 @@
 """Reward models learned from preference labels (Bradley-Terry), and their use as an ordinary reward.
 
 r_phi(x, c), trained on pairs (a, b, c, y) with y = 1 where a was preferred, by the Bradley-Terry likelihood
-P(a > b | c) = sigmoid(r_phi(a, c) - r_phi(b, c)). Two architectures, by the world's prompts (REWARD_MODELS):
-  digit   (the digits world) a small CNN over the image with one output per digit, the prompt's digit picking
-          the output, so one network scores every prompt;
-  prompt  (any prompts: the scale worlds) a small CNN over the image at 64 x 64 px and a bag of the prompt's
-          hashed words, joined by an MLP. Both are trained from scratch: the published reward models start from
-          pretrained CLIP or BLIP backbones, which would make the learned reward a near copy of the hidden one
-          when that is PickScore or ImageReward.
-Both move the images to their own device, so the preference data can stay on the CPU.
+P(a > b | c) = sigmoid(r_phi(a, c) - r_phi(b, c)), on the architecture the world calls for
+(World.learned_reward_model). A world with a prompt language of its own brings its own (the digits world's: one
+output per digit, worlds/digits/rewards.py); PromptRewardModel takes any prompts (the scenes and scale worlds): a
+small CNN over the image at 64 x 64 px and a bag of the prompt's hashed words, joined by an MLP. Each is trained
+from scratch: the published reward models start from pretrained CLIP or BLIP backbones, which would make the learned
+reward a near copy of the hidden one when that is PickScore or ImageReward. Each moves the images to its own device,
+so the preference data can stay on the CPU.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import zlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from models.digits import digit_of
-
-
-class RewardModel(nn.Module):
-    def __init__(self, image_shape: tuple[int, int, int] = (1, 8, 8), width: int = 32, classes: int = 10):
-        super().__init__()
-        channels, height, width_px = image_shape
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(width, width, 3, padding=1, stride=2),
-            nn.GELU(),
-            nn.Flatten(),
-            nn.Linear(width * math.ceil(height / 2) * math.ceil(width_px / 2), 64),
-            nn.GELU(),
-            nn.Linear(64, classes),
-        )
-
-    def forward(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Scores (B,) of images (B, C, H, W) in [0, 1] for their prompts."""
-        images = images.to(self.net[0].weight.device)
-        digits = torch.tensor([digit_of(p) for p in prompts], device=images.device)
-        return self.net(images * 2 - 1).gather(1, digits[:, None]).squeeze(1)
 
 
 def word_buckets(prompts: list[str], buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,23 +61,20 @@ class PromptRewardModel(nn.Module):
         return self.head(torch.cat([image, text, image * text], dim=1)).squeeze(1)
 
 
-REWARD_MODELS = {"digit": RewardModel, "prompt": PromptRewardModel}
-
-
 def bradley_terry_loss(score_a: torch.Tensor, score_b: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Negative mean log-likelihood of labels (B,) (1: a preferred, 0: b) under P(a > b) = sigmoid(s_a - s_b)."""
     return F.binary_cross_entropy_with_logits(score_a - score_b, labels.to(score_a))
 
 
 class LearnedReward:
-    """A trained RewardModel as a Reward (differentiable): what the classic pipeline's RL stage optimizes."""
+    """A trained reward model as a Reward (differentiable): what the classic pipeline's RL stage optimizes."""
 
     name = "learned"
     version = "1"
     differentiable = True
     higher_is_better = True
 
-    def __init__(self, model: RewardModel):
+    def __init__(self, model: nn.Module):
         self.model = model.eval().requires_grad_(False)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

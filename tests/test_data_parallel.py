@@ -26,8 +26,7 @@ def _train(rank: int, world_size: int, port: int, method: str, model: str, out: 
     from bench.meter import Meter
     from bench.trainers import build_trainer
     from methods import METHODS
-    from rewards import REWARDS
-    from worlds import WORLDS, load_world
+    from worlds import REWARDS, WORLDS, load_world
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -88,8 +87,8 @@ def test_methods_collecting_feedback_once_refuse_to_run_data_parallel(tiny_world
     from bench.meter import Meter
     from bench.trainers import build_trainer
     from methods import METHODS
-    from rewards import REWARDS
     from rewards.feedback import Feedback
+    from worlds import REWARDS
 
     policy, reward = tiny_world.make_policy("diffusion"), REWARDS["digit"].from_world(tiny_world)
     annotator = functools.partial(Feedback.from_world, tiny_world, reward, base_policy=policy)

@@ -11,9 +11,10 @@ from bench.store import Store
 from bench.store_schema import SCHEMA_VERSION
 from methods.aihf import reward_objective
 from methods.toolkit.weightings import reward_weights
-from rewards.feedback import AnnotatorConfig, Feedback, top_demonstrations
-from rewards.gold import INK_WEIGHT, GoldReward
+from rewards.feedback import AnnotatorConfig, Feedback
 from rewards.learned import bradley_terry_loss
+from worlds.digits import top_demonstrations
+from worlds.digits.rewards import INK_WEIGHT, DigitRewardModel, GoldReward
 
 
 def test_bradley_terry_likelihood_on_hand_made_pairs():
@@ -39,7 +40,9 @@ class Ink:
 
 
 def feedback(meter, **config):
-    return Feedback(Ink(), (torch.zeros(1, 1, 8, 8), ["a handwritten one"]), meter, AnnotatorConfig(**config))
+    return Feedback(
+        Ink(), (torch.zeros(1, 1, 8, 8), ["a handwritten one"]), meter, DigitRewardModel, AnnotatorConfig(**config)
+    )
 
 
 def test_a_decisive_annotator_prefers_the_higher_hidden_reward_and_every_label_is_counted():

@@ -16,8 +16,8 @@ from methods.mix_grpo import flash_grid, window_start
 from methods.toolkit.divergences import closed_form
 from methods.toolkit.policy_gradient import guarded_log_ratio, ppo_clipped_loss, step_length
 from models.diffusion import gaussian_log_prob
-from models.digits import GENERATORS
 from models.sampler import Sampler
+from worlds.digits.build import GENERATORS
 
 
 def captured_samples(trainer) -> list:

@@ -19,7 +19,7 @@ from bench.store import LEASE_STALE_S, Store
 from bench.sweep import plan, specs
 from methods.ddpo import DDPO
 from models.policy import DiffusionPolicy
-from rewards import REWARDS
+from worlds import REWARDS
 
 
 @pytest.mark.parametrize(

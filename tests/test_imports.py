@@ -82,3 +82,11 @@ def test_no_import_cycle():
     # the registry imports every method; the pipeline reaches its second stage through the registry
     cycles = [c for m in sorted(GRAPH) if (c := cycle_from(m)) and not set(c) <= {"methods", *COMPOSED}]
     assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
+
+
+def test_bench_reaches_a_world_only_through_its_registry_and_protocols():
+    """A world is one package (worlds/<name>/: data, prompt language, build, rewards); the harness asks it through
+    worlds/__init__.py and worlds/base.py only, so a world added from outside needs nothing from bench."""
+    for module in (m for m in MODULES if m.split(".")[0] == "bench"):
+        inner = sorted(i for i in GRAPH[module] if i.startswith("worlds.") and i != "worlds.base")
+        assert not inner, f"{module} imports {inner}: bench may import only worlds and worlds.base"

@@ -5,7 +5,7 @@ import torch
 
 from bench.budget import Budget
 from bench.meter import Meter, MeteredPolicy, MeteredReward
-from rewards import REWARDS
+from worlds import REWARDS
 
 
 @pytest.mark.parametrize(

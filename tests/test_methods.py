@@ -18,13 +18,12 @@ from methods.toolkit.policy_gradient import (
     ppo_chain_backward,
     ppo_clipped_loss,
 )
-from models.digits import GENERATORS
 from models.io import atomic_torch_save
 from models.sampler import Sampler
-from rewards import REWARDS
 from rewards.feedback import Feedback
 from rewards.ranking import top_k_per_group
-from worlds import WORLDS, model_family
+from worlds import REWARDS, WORLDS, model_family
+from worlds.digits.build import GENERATORS
 
 # every (method, model) pairing the digits world offers (the scale world's: tests/test_scale_world.py)
 MODELS, WORLD_REWARDS = tuple(WORLDS["digits"].models), WORLDS["digits"].rewards

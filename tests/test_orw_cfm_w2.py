@@ -7,7 +7,7 @@ from torch import nn
 from methods.orw_cfm_w2 import ORWCFMW2, Config, orw_loss
 from methods.toolkit.weightings import reward_weights
 from models.flow import TIMESTEP_SCALE, FlowPolicy
-from rewards import REWARDS
+from worlds import REWARDS
 
 
 def test_reward_weights_known_values():

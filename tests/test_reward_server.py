@@ -20,8 +20,8 @@ from bench.cell import run_cell
 from bench.cli import main
 from bench.runner import execute
 from bench.store import Store
-from rewards import REWARDS
 from rewards.server import RemoteReward
+from worlds import REWARDS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from models.digits import digit_of, load_prompts
-from rewards import REWARDS
 from rewards.compress import png_bytes
+from worlds import REWARDS
+from worlds.digits.data import digit_of, load_prompts
 
 
 @pytest.mark.parametrize(
@@ -21,7 +21,7 @@ def test_digit_of_rejects_prompts_naming_no_single_digit(prompt):
 
 
 def test_prompt_sets_cover_every_digit_and_unseen_phrasings_are_new():
-    train, seen, unseen = (load_prompts(s) for s in ("train", "eval_seen", "eval_unseen"))
+    train, seen, unseen = (load_prompts()[s] for s in ("train", "eval_seen", "eval_unseen"))
     for prompts in (train, seen, unseen):
         assert sorted({digit_of(p) for p in prompts}) == list(range(10))
     assert set(seen) <= set(train) and not set(unseen) & set(train)

@@ -11,7 +11,7 @@ from methods import METHODS
 from methods.rocm import Config, regularized_loss
 from methods.trainer import prompt_groups
 from models.sampler import Sampler
-from rewards import REWARDS
+from worlds import REWARDS
 
 SMALL = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "max_grad_norm": 1e30}  # no clipping
 

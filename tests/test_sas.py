@@ -130,7 +130,7 @@ def test_training_grid_follows_the_config(tiny_world, grid):
     from bench.meter import Meter
     from bench.trainers import build_trainer
     from methods.sas import Config
-    from rewards import REWARDS
+    from worlds import REWARDS
 
     trainer = build_trainer(
         "sas",

@@ -19,9 +19,9 @@ from bench.trainers import build_trainer
 from methods import METHODS
 from methods.toolkit.policy_gradient import STEPS_PER_CALL
 from models.scale.config import DiffusersConfig
-from rewards import REWARDS
 from rewards.feedback import Feedback
-from worlds import WORLDS, model_family
+from rewards.learned import PromptRewardModel
+from worlds import REWARDS, WORLDS, model_family
 from worlds.scale import (
     DEMONSTRATION_CANDIDATES,
     DEMONSTRATION_SEED,
@@ -196,7 +196,7 @@ def test_the_annotator_demonstrates_the_best_of_the_base_models_samples_of_each_
         scores = reward(pool, candidates).view(len(train), -1).sort(dim=1, descending=True).values
         kept = reward(images, prompts).view(len(train), 2)
     torch.testing.assert_close(kept, scores[:, :2], atol=1e-4, rtol=1e-4)
-    assert Feedback.from_world(world, reward, Meter(), policy).reward_model == "prompt"
+    assert Feedback.from_world(world, reward, Meter(), policy).reward_model is PromptRewardModel
 
 
 def test_the_nightly_suite_and_its_smoke_twin_are_the_same_grid():

@@ -11,25 +11,15 @@ from test_methods import flat_parameters, make
 
 from bench.budget import Budget
 from methods import METHODS
-from models import scene_rules
 from models.flow import velocity_from_data
 from models.networks import SlotReader, SlotTransformer, image_of, slots_of
-from models.scene_rules import EMPTY, FAMILIES, Request, parse, partial, satisfaction_probability, strict
-from models.scenes import (
-    IMAGE_SHAPE,
-    PROMPT_SETS,
-    ScenesConfig,
-    compose,
-    load_prompts,
-    load_splits,
-    prompt_sets,
-    scene_for,
-    tiny_scenes_config,
-)
-from rewards import REWARDS
-from rewards.scene import FLOOR, GenevalReward, OcrReward
-from worlds import WORLDS, load_world, model_family
+from worlds import REWARDS, WORLDS, load_world, model_family
+from worlds.digits.data import load_splits
 from worlds.scenes import ScenesEntry
+from worlds.scenes.build import RECIPE, ScenesConfig, tiny_scenes_config
+from worlds.scenes.data import IMAGE_SHAPE, compose, draw_prompt_sets, load_prompts, scene_for
+from worlds.scenes.rewards import FLOOR, GenevalReward, OcrReward
+from worlds.scenes.rules import EMPTY, FAMILIES, SLOTS, Request, parse, partial, satisfaction_probability, strict
 
 R, G, B = 0, 1, 2
 _ = (EMPTY, 0)
@@ -91,7 +81,7 @@ def _brute_force(request: Request, digits: torch.Tensor, colours: torch.Tensor) 
     named = sorted({d for d, _ in request.objects})
     other = next(d for d in range(10) if d not in named)
     states, chances = [], []
-    for slot in range(scene_rules.SLOTS):
+    for slot in range(SLOTS):
         p_other = 1 - digits[slot, named].sum() - digits[slot, EMPTY]
         slot_states = [((EMPTY, 0), float(digits[slot, EMPTY]))]
         for digit in [*named, other]:
@@ -135,15 +125,15 @@ def test_satisfaction_probability_is_exact_against_enumerating_every_scene(promp
 
 
 def test_the_committed_prompt_sets_are_the_generated_ones_and_hold_out_their_combinations():
-    generated = prompt_sets()
-    train = set(load_prompts("train"))
-    for name in PROMPT_SETS:
-        assert load_prompts(name) == generated[name]
+    generated = draw_prompt_sets()
+    train = set(load_prompts()["train"])
+    for name in generated:
+        assert load_prompts()[name] == generated[name]
     for name in ("eval_seen", "eval_unseen"):
-        families = [parse(p).family for p in load_prompts(name)]
+        families = [parse(p).family for p in load_prompts()[name]]
         assert {f: families.count(f) for f in FAMILIES} == {f: 8 for f in FAMILIES}
-    assert set(load_prompts("eval_seen")) <= train
-    unseen = load_prompts("eval_unseen")
+    assert set(load_prompts()["eval_seen"]) <= train
+    unseen = load_prompts()["eval_unseen"]
     assert not set(unseen) & train
     # a held-out combination's parts (digits, counts, colours, relations) were all seen in training
     train_words = {word for p in train for word in p.split()}
@@ -153,7 +143,7 @@ def test_the_committed_prompt_sets_are_the_generated_ones_and_hold_out_their_com
 def test_scenes_composed_for_a_prompt_satisfy_it_as_a_perfect_reader_sees_them():
     generator = torch.Generator().manual_seed(0)
     images, labels = load_splits()["test"]
-    prompts = load_prompts("train")[::7]
+    prompts = load_prompts()["train"][::7]
     for prompt in prompts:
         assert strict(parse(prompt), scene_for(parse(prompt), generator))
     canvas = compose(["a red 3 and a blue 8"], images, labels, torch.Generator().manual_seed(1))
@@ -283,8 +273,6 @@ def test_the_scenes_world_scores_real_scenes_of_its_prompts_near_perfect_and_noi
 
 
 def test_the_build_is_deterministic_alone_or_side_by_side(tmp_path):
-    from models.scenes import RECIPE
-
     first = RECIPE.build(tmp_path / "a", tiny_scenes_config(), log=lambda *_: None)
     second = RECIPE.build(tmp_path / "b", tiny_scenes_config(), log=lambda *_: None, workers=2)
     assert list(second["components"]) == list(first["components"]) == list(RECIPE.components)

@@ -9,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import models.digits
 import models.shipped
-from models.digits import tiny_world_config
 from models.shipped import SHIPPED, install, ship, shipped_manifest, weights_hash
 from worlds import world_entry
+from worlds.digits.build import COMPONENTS, RECIPE, tiny_world_config
 
 
 def test_a_fresh_checkout_installs_the_shipped_networks_and_trains_none(tmp_path, monkeypatch):
@@ -51,7 +50,7 @@ def test_bench_models_rebuilds_every_network_and_names_those_that_differ_from_th
     entry = world_entry("digits-tiny")
     built = entry.ensure("digits-tiny", tmp_path / "artifacts", print)
     shipped_root = tmp_path / "weights"
-    ship(built, "digits-tiny", models.digits.RECIPE.read_manifest(built), root=shipped_root)
+    ship(built, "digits-tiny", RECIPE.read_manifest(built), root=shipped_root)
     monkeypatch.setattr(models.shipped, "SHIPPED", shipped_root)
     entry.prepare("digits-tiny", tmp_path / "artifacts", print)  # the same machine rebuilds the same weights
     manifest_path = shipped_root / "digits-tiny" / "manifest.json"
@@ -68,6 +67,6 @@ def test_a_world_whose_networks_train_on_every_core_builds_in_one_process(tmp_pa
         raise AssertionError("worker processes were started")
 
     monkeypatch.setattr("models.build.ProcessPoolExecutor", no_workers)
-    assert models.digits.RECIPE.threads is None
-    manifest = models.digits.RECIPE.build(tmp_path, tiny_world_config(), log=lambda *_: None, workers=2)
-    assert list(manifest["components"]) == list(models.digits.COMPONENTS)
+    assert RECIPE.threads is None
+    manifest = RECIPE.build(tmp_path, tiny_world_config(), log=lambda *_: None, workers=2)
+    assert list(manifest["components"]) == list(COMPONENTS)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from models.policy import Policy
 
@@ -23,8 +24,12 @@ class World(Protocol):
     """Prompt split -> prompts: `train` (what methods train on) and the evaluation splits (EvalConfig.splits)."""
     metrics: dict[str, bool]
     """The evaluation's metric -> higher is better."""
-    learned_reward_model: str
-    """The architecture a method that learns a reward from preferences uses here (rewards.learned.REWARD_MODELS)."""
+
+    @property
+    def learned_reward_model(self) -> type[nn.Module]:
+        """The architecture a method that learns a reward from preferences uses here: a module class taking the image
+        shape (C, H, W), scoring (images, prompts) (rewards/learned.py)."""
+        ...
 
     def model_hash(self, model: str, source: str = "") -> str:
         """The identity of a generator's weights (those of `source` in its place, where the world takes one): the
@@ -57,7 +62,13 @@ class WorldEntry(Protocol):
 
     @property
     def rewards(self) -> tuple[str, ...]:
-        """The rewards (rewards.REWARDS) the world offers."""
+        """The rewards (worlds.REWARDS) the world offers."""
+        ...
+
+    @property
+    def reward_classes(self) -> dict[str, type]:
+        """The rewards the world defines itself (read from its own networks and prompt language), by name: beside the
+        shared ones of rewards/, they make up worlds.REWARDS."""
         ...
 
     def generator_class(self, model: str) -> type:

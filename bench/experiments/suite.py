@@ -17,8 +17,7 @@ from bench.budget import Budget
 from bench.evaluate import EvalConfig
 from bench.names import check_entry, check_names
 from methods import METHODS
-from rewards import REWARDS
-from worlds import MODEL_FAMILIES, world_entry
+from worlds import MODEL_FAMILIES, REWARDS, world_entry
 
 if TYPE_CHECKING:
     import pandas as pd

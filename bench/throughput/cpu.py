@@ -85,8 +85,7 @@ def flops_per_nfe(policy) -> float:
 
 
 def digits_rates(methods: list[str], steps: int) -> list[DigitsRate]:
-    from rewards import REWARDS
-    from worlds import load_world
+    from worlds import REWARDS, load_world
 
     world = load_world("digits")
     reward = REWARDS["digit"].from_world(world)

@@ -14,6 +14,7 @@ from bench.throughput.architectures import aesthetic_reward, build_policy, promp
 from bench.throughput.counting import BackwardMeter, host_reads_of_meta_tensors, peak_tflops, synchronize
 from methods import METHODS
 from rewards.feedback import Feedback
+from rewards.learned import PromptRewardModel
 from worlds import model_family
 
 
@@ -110,7 +111,7 @@ def measure(
             0,
             meter,
             # random pixels as the annotator's demonstrations: only their shape costs time
-            lambda meter: Feedback(reward, (torch.rand(8, *policy.image_shape), prompts), meter, reward_model="prompt"),
+            lambda meter: Feedback(reward, (torch.rand(8, *policy.image_shape), prompts), meter, PromptRewardModel),
         )
         seconds = backward_seconds = peak = None
         if not meta:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.trainer import prompt_groups
-from rewards.learned import REWARD_MODELS, RewardModel, bradley_terry_loss
+from rewards.learned import bradley_terry_loss
 
 PREFERENCE_SEED_OFFSET = 7919
 """Offsets the preference generator's seed from the trainer's, so the pairs do not reuse the training noise."""
@@ -47,7 +47,7 @@ def collect_preferences(policy, feedback, prompts: list[str], pairs: int, steps:
     return Preferences(images_a, images_b, chosen, feedback.prefer(images_a, images_b, chosen, generator))
 
 
-def preference_accuracy(model: RewardModel, preferences: Preferences) -> float:
+def preference_accuracy(model: torch.nn.Module, preferences: Preferences) -> float:
     """Fraction of the labels the model's scores agree with."""
     with torch.no_grad():
         margin = model(preferences.images_a, preferences.prompts) - model(preferences.images_b, preferences.prompts)
@@ -55,7 +55,7 @@ def preference_accuracy(model: RewardModel, preferences: Preferences) -> float:
 
 
 def fit_bradley_terry(
-    model: RewardModel,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     preferences: Preferences,
     steps: int,
@@ -77,5 +77,5 @@ def new_reward_model(feedback, policy, seed: int) -> torch.nn.Module:
     the policy's device; the same for a seed whatever ran before."""
     with torch.random.fork_rng():
         torch.manual_seed(seed + PREFERENCE_SEED_OFFSET)
-        model = REWARD_MODELS[feedback.reward_model](policy.image_shape)
+        model = feedback.reward_model(policy.image_shape)
     return model.to(policy.device)

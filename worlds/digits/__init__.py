@@ -1,6 +1,7 @@
 """The embedded `digits` world (and its barely trained twin `digits-tiny`, for tests and smoke runs): 8x8 digits,
 prompts naming a digit, three generators (diffusion, consistency, flow) built here deterministically
-(models/digits.py), the `digit`, `compress` and `gold` rewards, and a judge no method ever sees.
+(build.py, from data.py's data and prompt language), the `digit`, `compress` and `gold` rewards (rewards.py: digit and
+gold are the world's own), and a judge no method ever sees.
 
 Its networks ship with the repository (weights/digits/, models/shipped.py) and are installed on first use; they are
 built only where the shipped ones are of another recipe (and `bench models` rebuilds them all to check the shipped
@@ -21,15 +22,36 @@ from typing import cast
 
 import torch
 
-from models.digits import PROMPT_SETS, RECIPE, digit_of, load_prompts, load_splits
 from models.networks import CNNClassifier, MLPClassifier
 from models.shipped import CACHE
 from models.text import PromptEncoder
-from rewards.feedback import top_demonstrations
+from worlds.digits.build import RECIPE
+from worlds.digits.data import digit_of, load_prompts, load_splits
+from worlds.digits.rewards import DigitReward, DigitRewardModel, GoldReward
 from worlds.embedded import EmbeddedEntry, EmbeddedWorld, load_weights
 from worlds.metrics import frechet_distance, mean_pairwise_distance
 
 METRICS = {"reward": True, "judge_acc": True, "diversity": True, "fid": False}  # name -> higher is better
+
+
+def top_demonstrations(
+    images: torch.Tensor, labels: torch.Tensor, prompts: list[str], reward, fraction: float
+) -> tuple[torch.Tensor, list[str]]:
+    """The best `fraction` of each digit's images (N, C, H, W) by `reward`, each paired with the prompts
+    naming its digit in turn: (images (M, C, H, W), prompts (M,)), digit-major."""
+    by_digit = {}
+    for prompt in prompts:
+        by_digit.setdefault(digit_of(prompt), []).append(prompt)
+    chosen, chosen_prompts = [], []
+    for digit, phrasings in sorted(by_digit.items()):
+        pool = images[labels == digit]
+        named = [phrasings[i % len(phrasings)] for i in range(len(pool))]
+        with torch.no_grad():
+            scores = reward(pool, named)
+        keep = scores.argsort(descending=True)[: max(1, round(fraction * len(pool)))]
+        chosen.append(pool[keep])
+        chosen_prompts += [named[i] for i in keep.tolist()]
+    return torch.cat(chosen), chosen_prompts
 
 
 @dataclass
@@ -40,7 +62,7 @@ class DigitsWorld(EmbeddedWorld):
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
     recipe = RECIPE
     metrics = METRICS
-    learned_reward_model = "digit"
+    learned_reward_model = DigitRewardModel
 
     def score_images(
         self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward
@@ -69,6 +91,7 @@ class DigitsEntry(EmbeddedEntry):
 
     recipe = RECIPE
     rewards = ("digit", "compress", "gold")
+    reward_classes = {"digit": DigitReward, "gold": GoldReward}
     metrics = METRICS
     headline_metric = "judge_acc"
     headline_label = "held-out judge"
@@ -83,6 +106,6 @@ class DigitsEntry(EmbeddedEntry):
             encoder=PromptEncoder(load_weights(directory, CACHE)),
             reward_classifier=cast(MLPClassifier, self.frozen(directory, "reward_classifier")),
             judge=cast(CNNClassifier, self.frozen(directory, "judge")),
-            prompts={split: load_prompts(split) for split in PROMPT_SETS},
+            prompts=load_prompts(),
             splits=load_splits(),
         )

@@ -1,7 +1,8 @@
 """The embedded compositional world `scenes` (and its barely trained twin `scenes-tiny`, for tests and smoke runs):
 GenEval and OCR in miniature. 16x16 scenes of up to four coloured handwritten digits in a 2x2 grid, prompts in
-GenEval's six families plus text rendering (models/scene_rules.py), two generators (diffusion, flow) built here
-deterministically (models/scenes.py), the `geneval`, `ocr` and `compress` rewards, and a judge no method ever sees.
+GenEval's six families plus text rendering (rules.py; data.py composes real scenes for them), two generators
+(diffusion, flow) built here deterministically (build.py), the `geneval`, `ocr` (the world's own: rewards.py) and
+`compress` rewards, and a judge no method ever sees.
 
 Evaluation follows GenEval's protocol: a reader turns each image into a scene (per slot: a digit or empty, and a
 colour) and each prompt family's rule checks it. Per prompt set (eval_seen: train prompts; eval_unseen: combinations
@@ -27,12 +28,16 @@ from typing import cast
 import torch
 
 from models.networks import SlotReader
-from models.scene_rules import FAMILIES, SLOTS, parse, strict
-from models.scenes import PROMPT_SETS, RECIPE, compose, load_prompts, load_splits
 from models.shipped import CACHE
 from models.text import TokenEncoder
+from rewards.learned import PromptRewardModel
+from worlds.digits.data import load_splits
 from worlds.embedded import EmbeddedEntry, EmbeddedWorld, load_weights
 from worlds.metrics import frechet_distance, mean_pairwise_distance
+from worlds.scenes.build import RECIPE
+from worlds.scenes.data import compose, load_prompts
+from worlds.scenes.rewards import GenevalReward, OcrReward
+from worlds.scenes.rules import FAMILIES, SLOTS, parse, strict
 
 METRICS = {
     "reward": True,
@@ -63,7 +68,7 @@ class ScenesWorld(EmbeddedWorld):
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
     recipe = RECIPE
     metrics = METRICS
-    learned_reward_model = "prompt"
+    learned_reward_model = PromptRewardModel
 
     def score_images(
         self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward
@@ -102,6 +107,7 @@ class ScenesEntry(EmbeddedEntry):
 
     recipe = RECIPE
     rewards = ("geneval", "ocr", "compress")
+    reward_classes = {"geneval": GenevalReward, "ocr": OcrReward}
     metrics = METRICS
     headline_metric = "judge_score"
     headline_label = "held-out judge (GenEval-style score)"
@@ -116,6 +122,6 @@ class ScenesEntry(EmbeddedEntry):
             encoder=TokenEncoder(load_weights(directory, CACHE)),
             reader=cast(SlotReader, self.frozen(directory, "reader")),
             judge=cast(SlotReader, self.frozen(directory, "judge")),
-            prompts={split: load_prompts(split) for split in PROMPT_SETS},
+            prompts=load_prompts(),
             splits=load_splits(),
         )

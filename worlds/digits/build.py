@@ -1,10 +1,5 @@
-"""The embedded `digits` world: data, prompts, and the deterministic build of its networks.
+"""The deterministic build of the digits world's networks, from its data (worlds/digits/data.py).
 
-Data: scikit-learn's 1,797 8x8 handwritten digits, split once (stratified, fixed seed) into
-  train (60%): the base generator and the reward classifier learn from it;
-  judge (25%): only the judge learns from it, so it never shares the reward classifier's data;
-  test  (15%): held out from everything; the reference set for FID and classifier accuracy.
-Prompts: natural-language text naming one digit, one a line in prompts/digits/*.txt.
 Networks, each trained here from its own seed and versioned by the SHA-256 of its weights:
   denoiser: the epsilon-prediction base generator (TextConditionedDenoiser, sampled with DDIM);
   consistency: a consistency model distilled from the denoiser (sampled in 1 to 8 steps);
@@ -17,11 +12,8 @@ so adding a generator to the world never retrains the others.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,45 +25,7 @@ from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoise
 from models.policy import ChainPolicy, DiffusionPolicy
 from models.progress import progress
 from models.text import TEXT_DIM, PromptEncoder
-
-IMAGE_SHAPE = (1, 8, 8)
-PROMPT_DIR = Path(__file__).resolve().parents[1] / "prompts" / "digits"
-PROMPT_SETS = ("train", "eval_seen", "eval_unseen")
-SPLITS = ("train", "judge", "test")
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_DIGIT_TOKEN = re.compile(r"\b(" + "|".join(DIGIT_WORDS) + r"|[0-9])\b", re.IGNORECASE)
-
-
-def digit_of(prompt: str) -> int:
-    """The digit a prompt names ("a handwritten seven" -> 7). Exactly one digit must be named."""
-    found = {m.lower() for m in _DIGIT_TOKEN.findall(prompt)}
-    digits = {int(m) if m.isdigit() else DIGIT_WORDS.index(m) for m in found}
-    if len(digits) != 1:
-        raise ValueError(f"a digits-world prompt must name exactly one digit (a word or a numeral), got {prompt!r}")
-    return digits.pop()
-
-
-def load_prompts(name: str) -> list[str]:
-    if name not in PROMPT_SETS:
-        raise ValueError(f"unknown prompt set {name!r}; valid: {', '.join(PROMPT_SETS)}")
-    prompts = [line.strip() for line in (PROMPT_DIR / f"{name}.txt").read_text().splitlines() if line.strip()]
-    for prompt in prompts:
-        digit_of(prompt)
-    return prompts
-
-
-def load_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """split -> (images (N, 1, 8, 8) float32 in [0, 1], labels (N,) int64). Always the same split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    data = load_digits()
-    images = torch.tensor(data.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    labels = torch.tensor(data.target, dtype=torch.int64)
-    index = np.arange(len(labels))
-    train, rest = train_test_split(index, train_size=0.60, stratify=data.target, random_state=0)
-    judge, test = train_test_split(rest, train_size=0.625, stratify=data.target[rest], random_state=0)
-    return {name: (images[idx], labels[idx]) for name, idx in (("train", train), ("judge", judge), ("test", test))}
+from worlds.digits.data import IMAGE_SHAPE, digit_of, load_prompts, load_splits
 
 
 @dataclass(frozen=True)
@@ -134,7 +88,7 @@ def train_classifier(
 
 def training_batch(images: torch.Tensor, labels: torch.Tensor, size: int, generator: torch.Generator):
     """`size` train images, each with a random train prompt naming its digit: ((size, 1, 8, 8), prompts)."""
-    by_digit = [[p for p in load_prompts("train") if digit_of(p) == d] for d in range(10)]
+    by_digit = [[p for p in load_prompts()["train"] if digit_of(p) == d] for d in range(10)]
     idx = torch.randint(0, len(images), (size,), generator=generator)
     choice = torch.randint(0, len(by_digit[0]), (size,), generator=generator)
     return images[idx], [by_digit[int(labels[i])][int(c)] for i, c in zip(idx, choice)]
@@ -223,7 +177,7 @@ def build_inputs(cfg: WorldConfig, cache: dict | None) -> build.BuildInputs:
     """The build's inputs (models/build.py), each classifier assessed by its accuracy on the test split."""
     splits = load_splits()
     encoder = PromptEncoder(cache)
-    encoder([p for name in PROMPT_SETS for p in load_prompts(name)])
+    encoder([p for prompts in load_prompts().values() for p in prompts])
 
     def assess(name: str, network: nn.Module) -> dict:
         if name not in ("reward_classifier", "judge"):

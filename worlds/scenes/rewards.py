@@ -1,7 +1,7 @@
 """The compositional world's rewards, both read by the world's reward reader (an MLP per slot, trained on the train
 split only; the judge that scores the leaderboard is another reader, trained on data this one never saw):
 
-  geneval  GenEval's rule with partial credit (models/scene_rules.partial) on the reader's most likely scene: the
+  geneval  GenEval's rule with partial credit (rules.partial) on the reader's most likely scene: the
            fraction of the prompt satisfied, in [0, 1]; not differentiable, as Flow-GRPO trains on GenEval;
   ocr      log P(the scene reads as the prompt asks) under the reader's per-slot distributions
            (scene_rules.satisfaction_probability), differentiable: for a number of four digits, the sum of the
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from models.networks import SlotReader
-from models.scene_rules import parse, partial, satisfaction_probability
+from worlds.scenes.rules import parse, partial, satisfaction_probability
 
 FLOOR = 1e-6
 """Added to the probability before the log: the reward stays finite (>= log 1e-6) with gradients everywhere."""

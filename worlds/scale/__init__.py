@@ -50,6 +50,7 @@ from models.tiny_pipelines import AESTHETIC_WIDTHS, write_tiny_clip, write_tiny_
 from models.tiny_pipelines import RESOLUTION as TINY_RESOLUTION
 from rewards.aesthetic import HEAD_FILENAME, random_head
 from rewards.clip_score import ClipScoreReward, clip_image_embeddings
+from rewards.learned import PromptRewardModel
 from rewards.ranking import top_k_per_group
 from worlds.metrics import mean_pairwise_distance
 
@@ -199,7 +200,7 @@ def weights_fingerprint(root: Path) -> str:
 
 class ScaleWorld:
     metrics = METRICS
-    learned_reward_model = "prompt"
+    learned_reward_model = PromptRewardModel
 
     def __init__(self, name: str, config: ScaleWorldConfig, directory: Path | None):
         self.name = name
@@ -322,6 +323,11 @@ class ScaleEntry:
     @property
     def models(self) -> dict[str, str]:
         return self.config.families()
+
+    @property
+    def reward_classes(self) -> dict[str, type]:
+        """None of its own: it scores with the published reward models (rewards/)."""
+        return {}
 
     @property
     def gpus_per_cell(self) -> float:
