@@ -45,6 +45,8 @@ class Option:
     """The default as the help shows it."""
     bounds: Bounds | None
     doc: str
+    search: str = ""
+    """The range tuning searches it over (Trainer.search_space), as text; "" where it is not searched."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,14 @@ class Catalog:
         for name, method in METHODS.items():
             docs = field_docs(method.Config)
             options = tuple(
-                Option(f.name, str(f.type), str(f.default), f.metadata.get("bounds"), docs.get(f.name, ""))
+                Option(
+                    f.name,
+                    str(f.type),
+                    str(f.default),
+                    f.metadata.get("bounds"),
+                    docs.get(f.name, ""),
+                    str(method.search_space[f.name]) if f.name in method.search_space else "",
+                )
                 for f in dataclasses.fields(method.Config)
             )
             summary = (method.__doc__ or "").strip().split("\n")[0]

@@ -157,7 +157,8 @@ def _add_method_options(parser: argparse.ArgumentParser, name: str, method: Meth
             type=_option(option),
             metavar=option.annotation.upper(),
             help=f"{option.doc} (default: {option.default}"
-            + (f"; valid: {option.bounds})" if option.bounds is not None else ")")
+            + (f"; valid: {option.bounds}" if option.bounds is not None else "")
+            + (f"; tuned over {option.search})" if option.search else ")")
             if shown
             else argparse.SUPPRESS,
         )
@@ -176,7 +177,9 @@ class _MethodHelp(argparse.Action):
             parser.error(
                 f"argument --help-method: unknown method {name!r}; valid: all, {', '.join(self.known.methods)}"
             )
-        shown = argparse.ArgumentParser(prog=f"{parser.prog} --METHOD.OPTION VALUE", add_help=False)
+        shown = argparse.ArgumentParser(
+            prog=f"{parser.prog} --METHOD.OPTION VALUE", usage=argparse.SUPPRESS, add_help=False
+        )
         for method_name, method in self.known.methods.items():
             if name in ("all", method_name):
                 _add_method_options(shown, method_name, method, shown=True)

@@ -17,8 +17,23 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> dict[str, type[Trainer]]:
     if name == "METHODS":
-        return _registry()
+        methods = _registry()
+        if not _checked:
+            # after the registry exists: checking a Config at its defaults may read it (the pipeline's second stage)
+            _checked.append(True)
+            from methods.options import check_search_space
+
+            try:
+                for method_name, method in methods.items():
+                    check_search_space(method_name, method.Config, method.search_space)
+            except ValueError:
+                _checked.clear()  # refused again on the next use, not accepted unchecked
+                raise
+        return methods
     raise AttributeError(f"module 'methods' has no attribute {name!r}")
+
+
+_checked: list[bool] = []
 
 
 @functools.cache

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import Interval, Options, option
 from methods.toolkit.policy_gradient import steps_trained
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.policy import FlowMatchingPolicy
@@ -85,6 +85,7 @@ class AdjointMatching(Trainer):
     Config = Config
     needs_differentiable_reward = True
     families = ("flow",)
+    search_space = {"learning_rate": Interval(1e-6, 1e-4, log=True), "reward_scale": Interval(1.0, 100.0, log=True)}
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 2, "sample_steps": 4, "minibatch": 4}
     policy: FlowMatchingPolicy
 

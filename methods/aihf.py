@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import Interval, Options, option
 from methods.toolkit.preferences import Preferences, collect_preferences, new_reward_model, preference_accuracy
 from methods.toolkit.weightings import reward_weights
 from methods.trainer import Trainer, chain_work, make_optimizer
@@ -90,6 +90,12 @@ class AIHF(Trainer):
     learns_from_feedback = True
     data_parallel = False  # its preference dataset is collected once, at the start, by one process
     compared_on = ("diffusion",)  # the feedback suite studies it further, on the diffusion model
+    search_space = {
+        "learning_rate": Interval(3e-6, 3e-4, log=True),
+        "reward_learning_rate": Interval(1e-4, 1e-2, log=True),
+        "demo_weight": Interval(0.0, 1.0),
+        "tau": Interval(0.1, 10.0, log=True),
+    }
     small_config = {
         "prompts_per_iter": 2,
         "samples_per_prompt": 3,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import Interval, Options, option
 from methods.toolkit.reward_gradients import reward_backprop, truncated_backprop_usage
 from methods.trainer import Trainer, chain_work, make_optimizer
 
@@ -56,6 +56,7 @@ class AlignProp(Trainer):
     version = "1"
     Config = Config
     needs_differentiable_reward = True
+    search_space = {"learning_rate": Interval(1e-6, 1e-4, log=True), "eta": Interval(0.0, 1.0)}
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "min_grad_steps": 3}
 
     @classmethod

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import option
+from methods.options import Interval, option
 from methods.toolkit.policy_gradient import (
     PolicyGradientTrainer,
     PPOOptions,
@@ -59,6 +59,11 @@ class DanceGRPO(PolicyGradientTrainer):
     Config = Config
     config: Config
     families = ("flow", "diffusion")
+    search_space = {
+        "learning_rate": Interval(3e-6, 3e-4, log=True),
+        "noise_level": Interval(0.1, 1.0, log=True),
+        "clip_range": Interval(0.02, 0.5, log=True),
+    }
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     @classmethod

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.options import option
+from methods.options import Interval, option
 from methods.toolkit.policy_gradient import (
     PolicyGradientTrainer,
     PPOOptions,
@@ -61,6 +61,11 @@ class DDPO(PolicyGradientTrainer):
     version = "4"
     Config = Config
     config: Config
+    search_space = {
+        "learning_rate": Interval(1e-6, 1e-3, log=True),
+        "clip_range": Interval(1e-4, 0.5, log=True),
+        "kl_coef": Interval(0.0, 0.1),
+    }
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     @classmethod

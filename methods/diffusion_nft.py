@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import Interval, Options, option
 from methods.trainer import Trainer, make_optimizer
 from models.policy import FlowMatchingPolicy
 
@@ -95,6 +95,7 @@ class DiffusionNFT(Trainer):
     version = "1"
     Config = Config
     families = ("flow",)
+    search_space = {"learning_rate": Interval(3e-6, 3e-4, log=True), "beta": Interval(0.1, 10.0, log=True)}
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
     policy: FlowMatchingPolicy
 

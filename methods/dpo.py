@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from methods.options import Options, option
+from methods.options import Interval, Options, option
 from methods.trainer import Trainer, make_optimizer
 
 PAIRINGS = ("online", "offline")
@@ -76,6 +76,7 @@ class DiffusionDPO(Trainer):
     version = "1"
     Config = Config
     families = ("diffusion", "flow")
+    search_space = {"learning_rate": Interval(1e-6, 1e-4, log=True), "beta": Interval(500.0, 50_000.0, log=True)}
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "offline_pairs": 3, "sample_steps": 3, "batch": 2}
 
     @classmethod

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import option
+from methods.options import Interval, option
 from methods.toolkit.policy_gradient import (
     PolicyGradientTrainer,
     PPOOptions,
@@ -91,6 +91,12 @@ class FlowGRPO(PolicyGradientTrainer):
     Config = Config
     config: Config
     families = ("flow",)
+    search_space = {
+        "learning_rate": Interval(3e-6, 3e-4, log=True),
+        "kl_coef": Interval(0.0, 0.2),
+        "noise_level": Interval(0.3, 1.0),
+        "clip_range": Interval(0.02, 0.5, log=True),
+    }
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     @classmethod

@@ -98,3 +98,73 @@ def parse_option(text: str, annotation: str, bounds: Bounds | None):
     if kind == "str":
         return text
     raise ValueError(f"options of type {annotation} cannot be given as text")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A numeric option's tuning range [low, high], searched on a log scale with `log` (a learning rate, a weight
+    spanning decades) or a linear one; integers for an int option."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    def __str__(self) -> str:
+        return f"[{self.low:g}, {self.high:g}]{' (log)' if self.log else ''}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An option's tuning values, searched as categories."""
+
+    values: tuple
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(map(str, self.values)) + "}"
+
+
+Search = Interval | Choice
+
+
+def search_fault(field: dataclasses.Field, search: Search, default_config) -> str | None:
+    """Why `search` is not a valid tuning range for the Config field `field` (whose Config at its defaults is
+    `default_config`), or None: the range must lie within the option's declared range, hold ints for an int option,
+    and contain the option's default (the paper's value), so that tuning can only find the default or better."""
+    annotation, default = str(field.type), getattr(default_config, field.name)
+    if isinstance(search, Choice):
+        if len(search.values) < 2:
+            return f"searches {search}: a choice needs at least two values"
+        for value in search.values:
+            try:
+                dataclasses.replace(default_config, **{field.name: value})
+            except (ValueError, TypeError) as error:
+                return f"searches {search}, but {value!r} is not a valid value ({error})"
+        return None if default in search.values else f"searches {search}, which leaves out its default {default!r}"
+    kind = annotation.removesuffix(" | None")
+    if kind not in NUMBERS:
+        return f"searches {search}, an interval, but the option is a {annotation}: search it as a Choice"
+    if not (math.isfinite(search.low) and math.isfinite(search.high) and search.low < search.high):
+        return f"searches {search}: an interval needs finite ends, low < high"
+    if kind == "int" and not (float(search.low).is_integer() and float(search.high).is_integer()):
+        return f"searches {search}: an int option's interval has integer ends"
+    if search.log and search.low <= 0:
+        return f"searches {search}: a log-scale interval needs low > 0"
+    for end in (search.low, search.high):
+        reason = fault(end, annotation, field.metadata.get("bounds"))
+        if reason:
+            return f"searches {search}, but its end {reason}"
+    if default is not None and not search.low <= default <= search.high:
+        return f"searches {search}, which leaves out its default {default:g}"
+    return None
+
+
+def check_search_space(name: str, config_class: type, space: dict[str, Search]) -> None:
+    """Refuses, in one line, a method's tuning search space (Trainer.search_space) that names an option its Config
+    lacks or searches one outside the option's valid range (search_fault)."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    for option_name, search in space.items():
+        if option_name not in fields:
+            raise ValueError(f"{name}.search_space names no option {option_name!r}; options: {', '.join(fields)}")
+        reason = search_fault(fields[option_name], search, config_class())
+        if reason:
+            raise ValueError(f"{name}.{option_name} {reason}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import Interval, Options, option
 from methods.toolkit.weightings import WEIGHTINGS, reward_weights
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.policy import FlowMatchingPolicy
@@ -74,6 +74,11 @@ class ORWCFMW2(Trainer):
     version = "1"
     Config = Config
     families = ("flow",)
+    search_space = {
+        "learning_rate": Interval(3e-6, 3e-4, log=True),
+        "tau": Interval(0.1, 10.0, log=True),
+        "alpha": Interval(0.01, 10.0, log=True),
+    }
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "updates_per_iter": 2}
 
     @classmethod

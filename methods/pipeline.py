@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from methods.options import Options, option, parse_option
+from methods.options import Interval, Options, option, parse_option
 from methods.toolkit.preferences import collect_preferences, fit_bradley_terry, new_reward_model, preference_accuracy
 from methods.trainer import Trainer, make_optimizer
 from rewards.learned import LearnedReward
@@ -77,6 +77,10 @@ class RewardModelPipeline(Trainer):
     data_parallel = False  # its preference dataset is collected once, at the start, by one process
     families = ("diffusion", "consistency")
     compared_on = ()  # AIHF's baseline: compared with it in the feedback suite
+    search_space = {
+        "reward_learning_rate": Interval(1e-4, 1e-2, log=True),
+        "reward_steps": Interval(100, 1000, log=True),
+    }
     small_config = {"preference_pairs": 6, "collect_steps": 4, "reward_steps": 3}
 
     @classmethod

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import Interval, Options, option
 from methods.trainer import Trainer, chain_work, make_optimizer
 from rewards.ranking import top_k_per_group
 
@@ -52,6 +52,7 @@ class RAFT(Trainer):
     name = "raft"
     version = "1"
     Config = Config
+    search_space = {"learning_rate": Interval(3e-6, 3e-4, log=True), "keep_per_prompt": Interval(1, 4)}
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "updates_per_iter": 2}
 
     @classmethod

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import Interval, Options, option
 from methods.trainer import Trainer, make_optimizer, prompt_groups
 
 
@@ -63,6 +63,7 @@ class ReFL(Trainer):
     version = "1"
     Config = Config
     needs_differentiable_reward = True
+    search_space = {"learning_rate": Interval(1e-6, 1e-4, log=True), "reward_weight": Interval(0.1, 10.0, log=True)}
     small_config = {
         "prompts_per_iter": 2,
         "samples_per_prompt": 3,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import Choice, Interval, Options, option
 from methods.toolkit.divergences import DIVERGENCES, step_divergence
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.sampler import Sampler
@@ -83,6 +83,11 @@ class ROCM(Trainer):
     needs_differentiable_reward = True
     families = ("consistency", "diffusion")
     compared_on = ("consistency",)  # the paper's family; ROCM on a diffusion model is the scenes world's
+    search_space = {
+        "learning_rate": Interval(1e-6, 1e-4, log=True),
+        "beta": Interval(1e-4, 0.1, log=True),
+        "divergence": Choice(("kl", "reverse_kl", "chi2", "js", "hellinger", "tv")),
+    }
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3}
 
     @classmethod

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import option
+from methods.options import Interval, option
 from methods.toolkit.policy_gradient import PolicyGradientOptions, PolicyGradientTrainer, ppo_epochs, ppo_usage
 from methods.trainer import chain_work
 from models.sampler import Sampler
@@ -101,6 +101,11 @@ class ScoresAsActions(PolicyGradientTrainer):
     Config = Config
     config: Config
     families = ("diffusion",)
+    search_space = {
+        "learning_rate": Interval(3e-7, 3e-5, log=True),
+        "beta": Interval(1e-3, 0.1, log=True),
+        "clip_range": Interval(0.02, 0.5, log=True),
+    }
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     @classmethod

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Options, option
+from methods.options import Interval, Options, option
 from methods.trainer import Trainer, make_optimizer
 
 
@@ -32,6 +32,7 @@ class SFT(Trainer):
     Config = Config
     learns_from_feedback = True
     compared_on = ()  # AIHF's baseline: compared with it in the feedback suite
+    search_space = {"learning_rate": Interval(3e-6, 3e-4, log=True), "batch": Interval(8, 64)}
     small_config = {"batch": 4}
 
     @classmethod

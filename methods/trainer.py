@@ -14,6 +14,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
+from methods.options import Search
 from models.policy import Policy
 
 PROCESS_SEED_STRIDE = 1_000_003
@@ -94,6 +95,10 @@ class Trainer(ABC):
     family, or a baseline compared in a suite of its own)."""
     data_parallel: ClassVar[bool] = True
     """False for methods that cannot split their work over processes (see `distribute`)."""
+    search_space: ClassVar[dict[str, Search]] = {}
+    """The options tuning searches (bench tune) and over what range: the learning rate always, and the regularization
+    weight, clip range, temperature or noise level where the method has them; each range within the option's valid
+    one and holding its default (the paper's value), checked when the method is registered."""
     small_config: ClassVar[dict[str, object]] = {}
     """Options (over Config's defaults) under which one step takes well under a second on the tiny worlds: what the
     contract tests (tests/test_methods.py) train with."""

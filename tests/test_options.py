@@ -3,11 +3,12 @@ its declared range, with a one-line error naming the option, what was given and 
 
 import dataclasses
 import math
+import re
 
 import pytest
 
 from methods import METHODS
-from methods.options import NUMBERS, Bounds, option, parse_option
+from methods.options import NUMBERS, Bounds, Choice, Interval, check_search_space, option, parse_option
 from methods.pipeline import Config as PipelineConfig
 
 
@@ -110,3 +111,35 @@ def test_every_numeric_option_declares_its_range_and_refuses_nan_inf_and_what_li
         if math.isfinite(value) or str(field.type).startswith("float"):
             with pytest.raises(ValueError, match=f"{name}.{field.name} must be"):
                 METHODS[name].Config(**{field.name: int(value) if math.isfinite(value) else value})
+
+
+@pytest.mark.parametrize("name", [name for name, method in METHODS.items() if method.trains])
+def test_every_trained_method_searches_two_to_four_options_its_learning_rate_among_them(name):
+    method = METHODS[name]
+    fields = {f.name for f in dataclasses.fields(method.Config)}
+    assert 2 <= len(method.search_space) <= 4, f"{name} searches {sorted(method.search_space)}"
+    rates = {"learning_rate", "reward_learning_rate"} & fields  # the pipeline's policy rate is its second stage's
+    assert rates & set(method.search_space), f"{name} does not search its learning rate"
+
+
+@pytest.mark.parametrize(
+    "name, space, message",
+    [
+        ("ddpo", {"clip": Interval(0.1, 0.3)}, "ddpo.search_space names no option 'clip'; options: prompts_per_iter"),
+        ("ddpo", {"clip_range": Interval(0.0, 0.5)}, "ddpo.clip_range searches [0, 0.5], but its end must be > 0"),
+        (
+            "ddpo",
+            {"clip_range": Interval(0.3, 0.5)},
+            "ddpo.clip_range searches [0.3, 0.5], which leaves out its default",
+        ),
+        ("ddpo", {"kl_coef": Interval(0.0, 0.1, log=True)}, "needs low > 0"),
+        ("ddpo", {"clip_range": Interval(0.5, 0.1)}, "an interval needs finite ends, low < high"),
+        ("raft", {"keep_per_prompt": Interval(1, 2.5)}, "an int option's interval has integer ends"),
+        ("rocm", {"divergence": Choice(("kl", "l2"))}, "but 'l2' is not a valid value"),
+        ("rocm", {"divergence": Choice(("js", "tv"))}, "which leaves out its default 'kl'"),
+        ("rocm", {"divergence": Interval(0, 1)}, "an interval, but the option is a str: search it as a Choice"),
+    ],
+)
+def test_a_search_space_outside_the_options_valid_ranges_is_refused_in_one_line(name, space, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_search_space(name, METHODS[name].Config, space)

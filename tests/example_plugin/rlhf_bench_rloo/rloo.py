@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import option
+from methods.options import Interval, option
 from methods.toolkit.policy_gradient import PolicyGradientTrainer, PPOOptions, ppo_epochs
 from models.sampler import Sampler
 
@@ -49,6 +49,7 @@ class RLOO(PolicyGradientTrainer):
     version = "1"
     Config = Config
     config: Config
+    search_space = {"learning_rate": Interval(3e-6, 3e-4, log=True), "clip_range": Interval(0.02, 0.5, log=True)}
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     def step(self) -> dict[str, float]:
