@@ -241,6 +241,7 @@ def ranking(table: pd.DataFrame, directions: dict[str, bool], primary_split: str
     full (largest) budget, `base` first as the reference, then the methods ranked by the headline `metric` on the
     primary split, best first (`rank`: 1 for the best, ties at the printed precision share a rank; 0 for base),
     then the cells without results (n/a, failed: rank NaN)."""
+    table = table.copy()  # one block per dtype: the table is built a column at a time, which pandas warns of below
     done = table[table["status"] == "done"]
     done = done[done["budget"] == done.groupby(["reward", "budget_unit"])["budget"].transform("max")].copy()
     column = f"{primary_split}/{metric}/mean"
