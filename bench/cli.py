@@ -226,7 +226,7 @@ def build_parser(known: Catalog | None = None) -> Parser:
     run.add_argument(
         "--smoke",
         action="store_true",
-        help="the suite's CPU-sized twin (tiny random models, minutes; results/<suite>-smoke/), for the "
+        help="the suite's CPU-sized twin (tiny random models, minutes; artifacts/results/<suite>-smoke/), for the "
         f"suites that have one ({', '.join(known.sized_suites)})",
     )
     run.add_argument(

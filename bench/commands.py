@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.experiments import Suite, build_suite
 from bench.experiments.suite import validate
 from models.progress import show_bars
-from worlds import REWARDS, world_entry
+from worlds import ARTIFACTS, REWARDS, world_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +58,13 @@ def suite_from_args(args) -> Suite:
 
 
 def _store(args, suite: Suite) -> Path:
-    """The results store a command reads or writes: --store, or the suite's own."""
-    return args.store or ROOT / "results" / suite.name / "store.sqlite"
+    """The results store a command reads or writes: --store, or the suite's own: under results/ (committed), or for a
+    suite on a tiny world (smoke, a --smoke twin), whose numbers describe no model, under artifacts/results/, out of
+    the repository's tree."""
+    if args.store:
+        return args.store
+    root = ARTIFACTS / "results" if suite.world.endswith("-tiny") else ROOT / "results"
+    return root / suite.name / "store.sqlite"
 
 
 def _tables_folder(parser: argparse.ArgumentParser, args, store: Path) -> Path:

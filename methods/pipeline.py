@@ -81,7 +81,12 @@ class RewardModelPipeline(Trainer):
         "reward_learning_rate": Interval(1e-4, 1e-2, log=True),
         "reward_steps": Interval(100, 1000, log=True),
     }
-    small_config = {"preference_pairs": 6, "collect_steps": 4, "reward_steps": 3}
+    small_config = {
+        "preference_pairs": 6,
+        "collect_steps": 4,
+        "reward_steps": 3,
+        "rl_options": "prompts_per_iter=2,samples_per_prompt=3,sample_steps=3,minibatch=4",
+    }
 
     @classmethod
     def step_usage(cls, config: Config, generator: type) -> dict[str, float]:

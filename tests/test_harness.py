@@ -325,3 +325,27 @@ def test_a_registered_method_joins_every_leaderboard_suite_without_an_edit_there
     # a baseline compared in a suite of its own (compared_on empty) stays off the default leaderboard
     assert not any(entry.startswith(("sft@", "pipeline@")) for entry in build_suite("default").methods)
     assert {"sft@scene-diffusion", "pipeline@scene-diffusion"} <= set(build_suite("scenes").methods)
+
+
+@pytest.mark.parametrize(
+    "argv, folder",
+    [
+        (["run"], "results/default"),
+        (["run", "--suite", "scenes"], "results/scenes"),
+        (["run", "--suite", "smoke"], "artifacts/results/smoke"),
+        (["run", "--suite", "scenes", "--smoke"], "artifacts/results/scenes-smoke"),
+        (["run", "--suite", "nightly-gpu", "--smoke"], "artifacts/results/nightly-gpu-smoke"),
+    ],
+)
+def test_results_of_a_tiny_world_are_stored_out_of_the_repositorys_tree(argv, folder):
+    from bench.commands import ROOT, _store
+
+    args = build_parser().parse_args(argv)
+    assert _store(args, suite_from_args(args)) == ROOT / folder / "store.sqlite"
+
+
+@pytest.mark.parametrize("name, smoke", [(n, False) for n in SUITES] + [("scenes", True), ("nightly-gpu", True)])
+def test_every_suite_and_smoke_twin_passes_its_checks(name, smoke):
+    from bench.experiments import build_suite
+
+    assert validate(build_suite(name, smoke)).methods
