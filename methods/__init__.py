@@ -41,6 +41,7 @@ def _registry() -> dict[str, type[Trainer]]:
     from methods.adjoint_matching import AdjointMatching
     from methods.aihf import AIHF
     from methods.alignprop import AlignProp
+    from methods.awm import AWM
     from methods.base_model import BaseModel
     from methods.best_of_n import BestOfN
     from methods.dance_grpo import DanceGRPO
@@ -80,6 +81,7 @@ def _registry() -> dict[str, type[Trainer]]:
         "alignprop": AlignProp,
         "refl": ReFL,
         "adjoint_matching": AdjointMatching,
+        "awm": AWM,
     }
     methods.update(
         installed_entries(
