@@ -125,11 +125,8 @@ class AdjointMatching(Trainer):
             : steps_trained(cfg.step_fraction, len(interior))
         ]
         chosen = [interior[i] for i in draw.tolist()]
-        order = torch.randperm(len(prompts), generator=self.generator)
-        size = self.parallel.share(cfg.minibatch, f"{self.name}.minibatch")
         losses = []
-        for start in range(0, len(order), size):
-            index = order[start : start + size]
+        for index in self.minibatches(len(prompts), cfg.minibatch):
             batch_prompts = [prompts[i] for i in index.tolist()]
             self.zero_gradients()
             for k in chosen:

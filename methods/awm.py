@@ -127,10 +127,7 @@ class AWM(Trainer):
             old_log_prob = flow_log_likelihood(self.policy.velocity(x_t, t, prompts), target)
         losses, gaps, clipped = [], [], []
         for _ in range(cfg.inner_epochs):
-            order = torch.randperm(len(prompts), generator=self.generator)
-            size = self.parallel.share(cfg.minibatch, f"{self.name}.minibatch")
-            for start in range(0, len(order), size):
-                index = order[start : start + size]
+            for index in self.minibatches(len(prompts), cfg.minibatch):
                 batch_prompts = [prompts[i] for i in index.tolist()]
                 v_theta = self.policy.velocity(x_t[index], t[index], batch_prompts)
                 v_ref = None

@@ -133,10 +133,7 @@ class DiffusionNFT(Trainer):
         r = optimality_probability(rewards, len(prompts) // cfg.samples_per_prompt)
         losses = []
         for x_t, t, target, v_old in epochs:
-            order = torch.randperm(len(prompts), generator=self.generator)
-            size = self.parallel.share(cfg.minibatch, f"{self.name}.minibatch")
-            for start in range(0, len(order), size):
-                index = order[start : start + size]
+            for index in self.minibatches(len(prompts), cfg.minibatch):
                 batch_prompts = [prompts[i] for i in index.tolist()]
                 v_theta = self.policy.velocity(x_t[index], t[index], batch_prompts)
                 loss = nft_loss(v_theta, v_old[index], target[index], r[index], cfg.beta)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import ClassVar, Protocol
 
 import torch
@@ -168,6 +169,14 @@ class Trainer(ABC):
     def zero_gradients(self) -> None:
         """Drops the accumulated gradients before a new optimizer step's backward passes."""
         self._trained_optimizer().zero_grad(set_to_none=True)
+
+    def minibatches(self, count: int, minibatch: int) -> Iterator[torch.Tensor]:
+        """The indices of `count` items in an order drawn from `self.generator`, in this process's shares of
+        `minibatch` (the `minibatch` option: its error names it if it does not split over the processes)."""
+        order = torch.randperm(count, generator=self.generator)
+        size = self.parallel.share(minibatch, f"{self.name}.minibatch")
+        for start in range(0, count, size):
+            yield order[start : start + size]
 
     def descend(self, loss: torch.Tensor, max_grad_norm: float) -> None:
         """One optimizer step down `loss`: its gradients alone, then `apply_gradients`."""

@@ -318,10 +318,7 @@ def ppo_epochs(
     trained = actions if step_fraction is None else steps_trained(step_fraction, actions)
     stats: dict[str, list[float]] = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
     for epoch in range(cfg.inner_epochs):
-        order = torch.randperm(len(trajectory.prompts), generator=trainer.generator)
-        size = trainer.parallel.share(cfg.minibatch, f"{trainer.name}.minibatch")
-        for start in range(0, len(order), size):
-            index = order[start : start + size]
+        for batch, index in enumerate(trainer.minibatches(len(trajectory.prompts), cfg.minibatch)):
             part = trajectory.subset(index)
             steps = part.stochastic_steps
             if step_fraction is not None:
@@ -339,7 +336,7 @@ def ppo_epochs(
                 average=not summed,
                 chunk=cfg.steps_per_call,
                 guard=guard,
-                on_policy=cfg.reuse_sampling_pass and epoch == start == 0,
+                on_policy=cfg.reuse_sampling_pass and epoch == batch == 0,
             )
             for name, values in step_stats.items():
                 # a summed objective's loss and KL (the path KL) are its minibatch's sums over the steps
