@@ -349,3 +349,11 @@ def test_every_suite_and_smoke_twin_passes_its_checks(name, smoke):
     from bench.experiments import build_suite
 
     assert validate(build_suite(name, smoke)).methods
+
+
+def test_a_methods_default_model_is_on_the_first_of_its_families_the_world_has():
+    from bench.experiments.suite import parse_entry
+
+    # rocm's first family (consistency) is not in the scenes world: its diffusion model is, where a StopIteration was
+    assert parse_entry("rocm", None, "scenes") == ("rocm", "", "scene-diffusion")
+    assert parse_entry("rocm", None, "digits") == ("rocm", "", "consistency")

@@ -64,10 +64,21 @@ class Suite:
         return [parse_entry(entry, self.variants, self.world) for entry in self.methods]
 
 
+def first_models(world: str) -> dict[str, str]:
+    """Family -> the world's first generator of it, families in the world's order."""
+    firsts: dict[str, str] = {}
+    for model, family in world_entry(world).models.items():
+        firsts.setdefault(family, model)
+    return firsts
+
+
 def default_model(method: str, world: str = "digits") -> str:
-    """The world's first generator of the method's first family."""
-    family = METHODS[method].families[0]
-    return next(m for m, f in world_entry(world).models.items() if f == family)
+    """The world's first generator of the first of the method's families the world has."""
+    firsts, families = first_models(world), METHODS[method].families
+    family = next((f for f in families if f in firsts), None)
+    if family is None:
+        raise ValueError(f"{method} fine-tunes {', '.join(families)} models; world {world!r} has none")
+    return firsts[family]
 
 
 def parse_entry(
@@ -91,10 +102,7 @@ def leaderboard_entries(world: str, every_method: bool = False) -> tuple[str, ..
     the world's first model of each family it is compared on, family by family in the world's order. `every_method`:
     a method compared on none of the world's families joins on the first of its families the world has, so that
     every method the world can run is on its leaderboard."""
-    models = world_entry(world).models
-    first_model = {
-        family: next(m for m, f in models.items() if f == family) for family in dict.fromkeys(models.values())
-    }
+    first_model = first_models(world)
     entries = [
         f"{name}@{model}"
         for family, model in first_model.items()
@@ -104,9 +112,8 @@ def leaderboard_entries(world: str, every_method: bool = False) -> tuple[str, ..
     if every_method:
         placed = {entry.partition("@")[0] for entry in entries}
         for name, method in METHODS.items():
-            family = next((f for f in method.families if f in first_model), None)
-            if name not in placed and family is not None:
-                entries.append(f"{name}@{first_model[family]}")
+            if name not in placed and any(f in first_model for f in method.families):
+                entries.append(f"{name}@{default_model(name, world)}")
     return tuple(entries)
 
 
