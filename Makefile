@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint test test-all test-slow models bench leaderboard docs throughput cpu-throughput clean
+.PHONY: install lint test test-all test-slow models bench tune leaderboard docs throughput cpu-throughput clean
 
 install: $(STAMP)
 
@@ -50,6 +50,13 @@ bench: $(STAMP)
 	$(PY) -m bench run --suite $(SUITE) \
 		$(if $(METHOD),--method $(METHOD)) $(if $(REWARD),--reward $(REWARD)) \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(BUDGET),--budget $(BUDGET)) \
+		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
+
+# Tune every trained method of a suite with the same budget per cell (bench/tune.py), resumable; writes
+# results/<suite>/tuned.json, which the suite's METHOD/tuned@MODEL entries (and SUITE=scenes-tuned) run.
+tune: $(STAMP)
+	$(PY) -m bench tune --suite $(SUITE) \
+		$(if $(METHOD),--method $(METHOD)) $(if $(REWARD),--reward $(REWARD)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 leaderboard: $(STAMP)

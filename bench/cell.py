@@ -5,7 +5,7 @@ the other."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,12 +46,16 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 def run_cell(
-    spec: RunSpec, store_path: Path, loggers: tuple[str, ...] = (), parallel: DataParallel = ONE_PROCESS
+    spec: RunSpec,
+    store_path: Path,
+    loggers: tuple[str, ...] = (),
+    parallel: DataParallel = ONE_PROCESS,
+    keep_going: Callable[[str, int], bool] | None = None,
 ) -> str:
     """One cell, in whatever process runs it (this one, a local worker, a Ray task, or each process of a
     data-parallel launch): opens the store, runs (or resumes, or skips) the run, returns its status. Safe to
     run concurrently with other cells on the same store: the store serializes writes, and each run has its
-    own checkpoint."""
+    own checkpoint. `keep_going`: asked at each milestone whether to go on (bench/runner.py: execute)."""
     runs = work_dir(store_path)
     with Store(store_path) as store, _one_torch_thread():
         return execute(
@@ -61,4 +65,5 @@ def run_cell(
             runs / "checkpoints",
             loggers=ExperimentLoggers(loggers, runs / "logs"),
             parallel=parallel,
+            keep_going=keep_going,
         )

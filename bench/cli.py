@@ -82,14 +82,23 @@ def _budget(text: str) -> Budget:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _tolerance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a fraction > 0 (0.1: 10%), got {text!r}")
-    return value
+def _positive(expected: str):
+    """argparse's parser for a finite number > 0, whose error says it expected `expected`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_tolerance = _positive("a fraction > 0 (0.1: 10%)")
+_positive_number = _positive("a number > 0")
 
 
 def _positive_int(text: str) -> int:
@@ -306,6 +315,45 @@ def build_parser(known: Catalog | None = None) -> Parser:
     )
     for name, method in known.methods.items():
         _add_method_options(run, name, method, shown=False)
+
+    tune = commands.add_parser(
+        "tune",
+        help="search each trained method's options with the same budget per cell (Optuna; resumable), then write "
+        "tuned.json beside the suite's store for its METHOD/tuned@MODEL entries",
+        description="Tunes every (method, model, reward) cell asked for: TPE trials, each an ordinary run of the "
+        "suite's budget scored on the tuning split (never on eval_unseen), pruned by successive halving at the "
+        "milestones, until the cell's tuning budget is spent; a killed tune resumes where it stopped. bench/tune.py "
+        "documents it.",
+    )
+    tune.add_argument(
+        "--suite", default="scenes", type=_names("suite", known.suites), help="the suite whose cells to tune"
+    )
+    tune.add_argument("--smoke", action="store_true", help="the suite's --smoke twin (tiny world, minutes)")
+    tune.add_argument(
+        "--method",
+        type=_entries(known),
+        help="comma-separated METHOD[@MODEL] (default: every trained method of the suite)",
+    )
+    tune.add_argument(
+        "--reward", type=_names("reward", known.rewards), help="comma-separated subset of the suite's rewards"
+    )
+    tune.add_argument(
+        "--budget-runs",
+        type=_positive_number,
+        metavar="RUNS",
+        help="the tuning budget of each cell in run budgets, pruned trials included (default: the suite's, 8)",
+    )
+    tune.add_argument(
+        "--workers", type=_positive_int, default=1, help="local processes running trials side by side (default 1)"
+    )
+    tune.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna's database of the studies (default: sqlite:///<results>/tuning/studies.sqlite); a PostgreSQL or "
+        "MySQL URL lets workers on several machines share a tune, with --store on a folder they share",
+    )
+    tune.add_argument("--store", type=Path, help="the suite's results store (default results/<suite>/store.sqlite)")
+    _add_progress(tune)
 
     speed = commands.add_parser(
         "throughput",

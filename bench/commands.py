@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from bench.experiments import Suite, build_suite
-from bench.experiments.suite import validate
+from bench.experiments.suite import TUNED, read_tuned, tuned_file, validate
 from models.progress import show_bars
 from worlds import ARTIFACTS, REWARDS, world_entry
 
@@ -36,24 +36,31 @@ def _select(entries: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...
 
 
 def suite_from_args(args) -> Suite:
-    """`bench run`'s suite: the preset, with the command line's methods, rewards, seeds, budget and options over it."""
+    """`bench run`'s (or `bench tune`'s) suite: the preset, with the command line's methods, rewards, seeds, budget and
+    options over it, and the tuned options beside its store where an entry asks for them (METHOD/tuned)."""
     suite = build_suite(args.suite[0], args.smoke)
     overrides = {m: dict(v) for m, v in suite.overrides.items()}
     for key, value in vars(args).items():
         if "." in key and value is not None:
             method, option = key.split(".", 1)
             overrides.setdefault(method, {})[option] = value
+    seeds, budget, tolerance = (getattr(args, name, None) for name in ("seeds", "budget", "budget_tolerance"))
     suite = dataclasses.replace(
         suite,
         methods=_select(suite.methods, args.method) if args.method else suite.methods,
         rewards=args.reward or suite.rewards,
-        seeds=tuple(range(args.seeds)) if args.seeds else suite.seeds,
-        budget=args.budget or suite.budget,
-        budget_tolerance=args.budget_tolerance or suite.budget_tolerance,
+        seeds=tuple(range(seeds)) if seeds else suite.seeds,
+        budget=budget or suite.budget,
+        budget_tolerance=tolerance or suite.budget_tolerance,
         overrides=overrides,
-        sources=dict(source.split("=", 1) for source in args.source or ()),
-        reward_servers=dict(server.split("=", 1) for server in args.reward_server or ()),
+        sources=dict(source.split("=", 1) for source in getattr(args, "source", None) or ()),
+        reward_servers=dict(server.split("=", 1) for server in getattr(args, "reward_server", None) or ()),
     )
+    if any(entry.partition("@")[0].endswith(f"/{TUNED}") for entry in suite.methods):
+        from bench import sweep
+
+        tuned = read_tuned(tuned_file(sweep.results_dir(_store(args, suite))))
+        suite = dataclasses.replace(suite, tuned={**tuned, **suite.tuned})
     return validate(suite)
 
 
@@ -64,7 +71,7 @@ def _store(args, suite: Suite) -> Path:
     if args.store:
         return args.store
     root = ARTIFACTS / "results" if suite.world.endswith("-tiny") else ROOT / "results"
-    return root / suite.name / "store.sqlite"
+    return root / (suite.results or suite.name) / "store.sqlite"
 
 
 def _tables_folder(parser: argparse.ArgumentParser, args, store: Path) -> Path:
@@ -211,8 +218,36 @@ def cpu_throughput(parser: argparse.ArgumentParser, args) -> int:
     return 0
 
 
+def tune(parser: argparse.ArgumentParser, args) -> int:
+    """Tunes each asked-for cell of the suite in turn (bench/tune.py), `--workers` processes side by side on each,
+    then writes tuned.json beside the suite's store."""
+    from bench import tune as tuning
+
+    try:
+        suite = suite_from_args(args)
+        cells = tuning.tuning_cells(suite)
+        budget_runs = args.budget_runs or suite.tuning_budget
+        tuning.check_tune(suite, cells, budget_runs)
+    except (ValueError, TypeError) as error:
+        parser.error(str(error))
+    if launched_processes() > 1:
+        parser.error("a tune runs its trials one process each; run it without accelerate launch (--workers N instead)")
+    from bench import sweep
+
+    store = _store(args, suite)
+    results = sweep.results_dir(store)
+    storage = args.storage or tuning.default_storage(results)
+    try:  # a database that cannot be opened fails now, in one line, before any world loads
+        tuning.check_storage(storage, tuning.tuning_folder(results))
+    except ValueError as error:
+        parser.error(str(error))
+    show_bars(args.progress)
+    return tuning.tune_suite(suite, cells, store, storage, budget_runs, args.workers)
+
+
 HANDLERS = {
     "run": run,
+    "tune": tune,
     "leaderboard": leaderboard,
     "models": models,
     "serve": serve,

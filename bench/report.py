@@ -62,6 +62,7 @@ def write_results(
     with store.snapshot():
         written = write_leaderboard(store, out_dir, primary_split=primary_split)
         runs, results = ranked_frames(store)
+        results.attrs["store"] = str(store.path)  # what a study reads beside the store (tables.py: write_tuning)
         study_paths = write_studies(runs, results, out_dir, studies)
         all_runs = store.runs_frame()
     table = pd.read_csv(out_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])

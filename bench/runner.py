@@ -18,6 +18,7 @@ import json
 import math
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,16 +174,19 @@ def execute(
     log=say,
     loggers: ExperimentLoggers = NO_LOGGERS,
     parallel: DataParallel = ONE_PROCESS,
+    keep_going: Callable[[str, int], bool] | None = None,
 ) -> str:
     """Runs (or resumes, or skips) one run and returns its final status: done, failed or n/a; reused when the store
     has it done or n/a already (said by the sweep's summary, not here); held when another sweep on the store is
-    running it.
+    running it; stopped when `keep_going(run_id, milestone index)`, asked once each milestone is in the store (those
+    recorded before a resume included), answers False: the run stays 'running' in the store, unleased, with the
+    milestones it has, and its checkpoint is deleted (a tune's pruned trial, bench/tune.py).
 
     Data-parallel (every process of an `accelerate launch` calls this with its `parallel`): all processes train,
     their compute adds up against the budget, and only the main one evaluates and writes the store; each
     process checkpoints its own random state, so a resumed run continues every process where it stopped. A
     process that fails raises, ending the launch: the others could not go on without it."""
-    return Run(spec, world, store, checkpoint_dir, checkpoint_every_s, log, loggers, parallel).execute()
+    return Run(spec, world, store, checkpoint_dir, checkpoint_every_s, log, loggers, parallel, keep_going).execute()
 
 
 class Run:
@@ -201,8 +205,10 @@ class Run:
         log,
         loggers: ExperimentLoggers,
         parallel: DataParallel,
+        keep_going: Callable[[str, int], bool] | None = None,
     ):
         self.spec, self.world, self.store, self.parallel = spec, world, store, parallel
+        self.keep_going = keep_going
         self.main = parallel.main
         self.log = log if self.main else (lambda *_: None)
         self.loggers = loggers if self.main else NO_LOGGERS
@@ -244,7 +250,7 @@ class Run:
                 # everything from here on fails this run alone, with its reason: a bad checkpoint, a trainer that
                 # cannot be built, a step or an evaluation that raises
                 self._build()
-                self._train()
+                finished = self._train()
             except Exception as error:  # a failing run is recorded with its reason; the sweep goes on
                 if self.main:
                     self.store.finish_run(run_id, "failed", f"{type(error).__name__}: {error}")
@@ -255,10 +261,10 @@ class Run:
                     # timeout
                     raise
                 return "failed"
-        if self.main:
+        if self.main and finished:
             self.store.finish_run(run_id, "done")
         self.checkpoint.unlink(missing_ok=True)
-        return "done"
+        return "done" if finished else "stopped"
 
     def _incompatibility(self) -> str | None:
         reason = self.method.incompatibility(REWARDS[self.spec.reward], self.spec.budget.unit)
@@ -305,7 +311,8 @@ class Run:
         account = self.meter.accounts["train"].as_dict()
         return dict(zip(USED_KEYS, self.parallel.total([account[k] for k in USED_KEYS])))
 
-    def _train(self) -> None:
+    def _train(self) -> bool:
+        """Trains through every milestone (True), or until `keep_going` says stop (False)."""
         recorded = self.store.milestones_recorded(self.record.run_id)
         self.started = time.monotonic()
         run_log = self.loggers.open(self.record)
@@ -314,8 +321,12 @@ class Run:
                 if index not in recorded:
                     self._train_until(fraction, run_log)
                     self._milestone(index, fraction, run_log)
+                if self.keep_going is not None and not self.keep_going(self.record.run_id, index):
+                    self.log(f"{self.record.run_id}: stopped at {fraction:.0%} of {self.spec.budget}")
+                    return False
         finally:
             run_log.close()
+        return True
 
     def _train_until(self, fraction: float, run_log: RunLogger) -> None:
         trainer, meter = self.trainer, self.meter

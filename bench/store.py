@@ -19,8 +19,6 @@ refused at open, with its path and what SQLite's integrity check found.
 from __future__ import annotations
 
 import math
-import os
-import socket
 import sqlite3
 import sys
 import threading
@@ -34,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.owners import owner_id, owner_is_dead
 from bench.store_schema import (
     FINAL_STATUSES,
     MIGRATIONS,
@@ -54,30 +53,10 @@ _BUSY_TIMEOUT_S = 60.0
 # A run's owner refreshes its lease this often; a lease not refreshed for LEASE_STALE_S belongs to a dead owner.
 HEARTBEAT_S = 10.0
 LEASE_STALE_S = 60.0
-HOST = socket.gethostname()
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def owner_id() -> str:
-    """This process, as the owner of the runs it claims: its host and process id."""
-    return f"{HOST}:{os.getpid()}"
-
-
-def _owner_is_dead(owner: str) -> bool:
-    """Whether the owner is a process of this host that no longer exists (its lease need not go stale first)."""
-    host, _, pid = owner.rpartition(":")
-    if host != HOST or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
 
 
 class Store:
@@ -287,7 +266,7 @@ class Store:
         """The owner of a live lease on the run: one whose heartbeat is fresh and whose process is not known to be
         dead; None when the run is free to claim."""
         row = self._conn.execute("SELECT owner, heartbeat FROM leases WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None or time.time() - row[1] > LEASE_STALE_S or _owner_is_dead(row[0]):
+        if row is None or time.time() - row[1] > LEASE_STALE_S or owner_is_dead(row[0]):
             return None
         return row[0]
 
@@ -398,6 +377,18 @@ class Store:
             )
             conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", metric_rows)
             conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", sample_rows)
+
+    def readings(self, run_id: str, split: str, metric: str, unit: str) -> dict[int, tuple[float, float]]:
+        """Milestone -> (`metric` on `split`, the `unit` used by then) of a run, whatever its status: what a tune
+        reads of its trials (bench/tune.py)."""
+        if unit not in USED_KEYS:
+            raise ValueError(f"unknown unit {unit!r}; valid: {', '.join(USED_KEYS)}")
+        rows = self._conn.execute(
+            f"SELECT m.milestone, x.value, m.{unit} FROM milestones m JOIN metrics x ON x.run_id = m.run_id AND "
+            "x.milestone = m.milestone AND x.split = ? AND x.metric = ? WHERE m.run_id = ?",
+            (split, metric, run_id),
+        )
+        return {milestone: (value, used) for milestone, value, used in rows}
 
     def samples(self, run_id: str, milestone: int, split: str) -> tuple[list[str], np.ndarray]:
         row = self._conn.execute(

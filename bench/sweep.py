@@ -13,7 +13,9 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from itertools import repeat
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def specs(suite: Suite) -> list[RunSpec]:
             method=method,
             variant=variant,
             model=model,
-            method_config=suite.method_config(method, variant),
+            method_config=suite.method_config(method, variant, model, reward),
             reward=reward,
             seed=seed,
             budget=suite.budget,
@@ -67,6 +69,21 @@ def start_worker(parent: int, lines) -> None:
     with the sweep (`end_with_parent`)."""
     relay_to(lines)
     end_with_parent(parent)
+
+
+@contextmanager
+def local_workers(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """`workers` local processes, their output relayed to this one's, each ending with it (start_worker)."""
+    # spawn, not fork: a forked child would inherit this process's torch thread pools and locks.
+    context = multiprocessing.get_context("spawn")
+    lines = context.Queue()
+    with (
+        relayed(lines),
+        ProcessPoolExecutor(
+            workers, mp_context=context, initializer=start_worker, initargs=(os.getpid(), lines)
+        ) as pool,
+    ):
+        yield pool
 
 
 def end_with_parent(parent: int) -> None:
@@ -169,15 +186,7 @@ def run_suite(
 
         statuses = run_cells(cells, store_path, loggers, ray_address)
     elif workers > 1:
-        # spawn, not fork: a forked child would inherit this process's torch thread pools and locks.
-        context = multiprocessing.get_context("spawn")
-        lines = context.Queue()
-        with (
-            relayed(lines),
-            ProcessPoolExecutor(
-                workers, mp_context=context, initializer=start_worker, initargs=(os.getpid(), lines)
-            ) as pool,
-        ):
+        with local_workers(workers) as pool:
             jobs = pool.map(run_cell, cells, repeat(store_path), repeat(loggers))
             statuses = list(progress(jobs, total=len(cells), desc="cells"))
     else:

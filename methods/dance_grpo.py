@@ -64,6 +64,7 @@ class DanceGRPO(PolicyGradientTrainer):
         "noise_level": Interval(0.1, 1.0, log=True),
         "clip_range": Interval(0.02, 0.5, log=True),
     }
+    model_defaults = {"noise_level": NOISE_LEVELS}
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     @classmethod

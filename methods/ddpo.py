@@ -66,6 +66,7 @@ class DDPO(PolicyGradientTrainer):
         "clip_range": Interval(1e-4, 0.5, log=True),
         "kl_coef": Interval(0.0, 0.1),
     }
+    model_defaults = {"learning_rate": LEARNING_RATES}
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import ClassVar, Protocol
 
 import torch
@@ -100,6 +100,9 @@ class Trainer(ABC):
     """The options tuning searches (bench tune) and over what range: the learning rate always, and the regularization
     weight, clip range, temperature or noise level where the method has them; each range within the option's valid
     one and holding its default (the paper's value), checked when the method is registered."""
+    model_defaults: ClassVar[Mapping[str, Mapping[str, object]]] = {}
+    """An option whose default is None (the model's own): its value per generator family, which a tune's first trial
+    (the defaults) runs with."""
     small_config: ClassVar[dict[str, object]] = {}
     """Options (over Config's defaults) under which one step takes well under a second on the tiny worlds: what the
     contract tests (tests/test_methods.py) train with."""

@@ -348,7 +348,34 @@ def test_results_of_a_tiny_world_are_stored_out_of_the_repositorys_tree(argv, fo
 def test_every_suite_and_smoke_twin_passes_its_checks(name, smoke):
     from bench.experiments import build_suite
 
-    assert validate(build_suite(name, smoke)).methods
+    suite = build_suite(name, smoke)
+    if suite.results and not suite.methods:  # a suite of another's tuned cells, none tuned yet: it says so
+        with pytest.raises(ValueError, match=f"tune some first \\(make tune SUITE={suite.results}\\)"):
+            validate(suite)
+        return
+    assert validate(suite).methods
+
+
+def test_a_tuned_suite_runs_the_tuned_cells_beside_the_defaults(tmp_path, monkeypatch):
+    from bench.experiments import scenes_leaderboard
+    from bench.tune import write_tuned
+
+    (tmp_path / "scenes").mkdir()
+    cell = {"options": {"learning_rate": 1e-5}, "score": 0.6, "objective": "", "budget": "", "spent": 0, "trials": []}
+    write_tuned(tmp_path / "scenes" / "tuned.json", {"flow_grpo@scene-flow/geneval": cell})
+    monkeypatch.setattr(scenes_leaderboard, "RESULTS", tmp_path)
+    suite = validate(scenes_leaderboard.scenes_tuned())
+    assert (suite.methods, suite.rewards, suite.seeds) == (
+        ("flow_grpo/tuned@scene-flow",),
+        ("geneval",),
+        (0, 1, 2, 3, 4),
+    )
+    [spec] = [s for s in specs(suite) if s.seed == 0]
+    assert (spec.variant, spec.method_config.learning_rate, spec.suite) == ("tuned", 1e-5, "scenes-tuned")
+    args = build_parser().parse_args(["run", "--suite", "scenes-tuned"])
+    from bench.commands import ROOT, _store
+
+    assert _store(args, suite) == ROOT / "results" / "scenes" / "store.sqlite"  # beside the defaults
 
 
 def test_a_methods_default_model_is_on_the_first_of_its_families_the_world_has():

@@ -17,6 +17,8 @@ def test_a_single_file_is_split_every_fifth_held_out(tmp_path):
     sets = load_prompt_set(path)
     assert sets["eval_unseen"] == ["prompt 4", "prompt 9"] and len(sets["train"]) == 8
     assert sets["eval_seen"] == ["prompt 0", "prompt 5"]
+    # the tuning split: as many train prompts as eval_seen, none of its, spread through the file
+    assert sets.pop("eval_tune") == ["prompt 1", "prompt 6"]
     assert sets == split_prompts([f"prompt {i}" for i in range(10)])
 
 

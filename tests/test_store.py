@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import bench.store
-from bench.store import HOST, LEASE_STALE_S, Store, owner_id
+from bench.owners import HOST, owner_id
+from bench.store import LEASE_STALE_S, Store
 from bench.store_schema import SCHEMA_VERSION, RunRecord
 
 USED = {"nfe": 1000.0, "reward_queries": 64.0, "samples": 64.0, "labels": 0.0, "wall_s": 1.5}

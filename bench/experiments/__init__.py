@@ -5,6 +5,7 @@ declares (suite.py: leaderboard_entries), so a method added to the registry join
 
   default, smoke       every method on the digits world (smoke: its tiny twin, in minutes)
   scenes               every method on the compositional world; study: GenEval's table per prompt family
+  scenes-tuned         the scenes suite's tuned configs (`make tune`), 5 fresh seeds, into the scenes store
   rocm-efficiency      ROCM against DDPO; study: the reward queries to reach the other's reward
   rocm-regularization  ROCM by divergence x beta
   orw-alpha            ORW-CFM-W2 by the W2 bound's weight
@@ -29,7 +30,7 @@ from bench.experiments.preference_budget import feedback
 from bench.experiments.rocm_efficiency import rocm_efficiency
 from bench.experiments.rocm_regularization import rocm_regularization
 from bench.experiments.sas_discretization import sas_discretization
-from bench.experiments.scenes_leaderboard import scenes
+from bench.experiments.scenes_leaderboard import scenes, scenes_tuned
 from bench.experiments.suite import Suite
 from bench.names import check_names
 
@@ -44,6 +45,7 @@ SUITES: dict[str, Callable[..., Suite]] = {
     "grpo-family": grpo_family,
     "direct-vs-pg": direct_vs_pg,
     "scenes": scenes,
+    "scenes-tuned": scenes_tuned,
     "nightly-gpu": nightly_gpu,
 }
 

@@ -17,11 +17,13 @@ import pandas as pd
 
 from bench.budget import Budget
 from bench.experiments.default import smoke as smoke_suite
-from bench.experiments.suite import Suite, leaderboard_entries
-from bench.experiments.tables import PRIMARY_SPLIT, by_seed, cell_of, ci, final_budget
+from bench.experiments.suite import TUNED, Suite, leaderboard_entries, read_tuned, tuned_file
+from bench.experiments.tables import PRIMARY_SPLIT, by_seed, cell_of, ci, final_budget, write_tuning
 from bench.stats import bootstrap_ci
 from models.io import atomic_write_bytes
 from worlds import world_entry
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 
 def scenes(smoke: bool = False) -> Suite:
@@ -32,7 +34,7 @@ def scenes(smoke: bool = False) -> Suite:
         methods=leaderboard_entries("scenes", every_method=True),
         rewards=("geneval", "ocr"),
         world="scenes",
-        studies=(write_families,),
+        studies=(write_families, write_tuning),
     )
     if smoke:
         return dataclasses.replace(
@@ -47,6 +49,25 @@ def scenes(smoke: bool = False) -> Suite:
             studies=suite.studies,
         )
     return suite
+
+
+def scenes_tuned() -> Suite:
+    """The scenes suite's tuned cells (results/scenes/tuned.json, `make tune SUITE=scenes`): each at its tuned options
+    on 5 fresh seeds, into the scenes store beside the defaults, whose leaderboard then shows both."""
+    suite = scenes()
+    tuned = read_tuned(tuned_file(RESULTS / suite.name))
+    cells = [key.partition("/") for key in tuned]
+    methods = tuple(dict.fromkeys(f"{cell.replace('@', f'/{TUNED}@')}" for cell, _, reward in cells))
+    rewards = tuple(r for r in suite.rewards if any(reward == r for _, _, reward in cells))
+    return dataclasses.replace(
+        suite,
+        name="scenes-tuned",
+        methods=methods,
+        rewards=rewards,
+        seeds=tuple(range(5)),
+        tuned=tuned,
+        results="scenes",
+    )
 
 
 def write_families(results: pd.DataFrame, out: Path) -> Path:

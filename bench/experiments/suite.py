@@ -1,12 +1,14 @@
 """What a suite is: a grid of methods x rewards x seeds, one budget (evaluated at milestones), and the method
 settings, checked before any model loads. A method entry is `method[/variant][@model]`: `@model` picks the world's
 generator to fine-tune (default: the method's first supported family), and `/variant` names one of the suite's
-`variants`, a labelled set of options, so one suite can compare configs of the same method. The suites themselves,
-each with the study tables it writes, are the modules beside this one."""
+`variants`, a labelled set of options, so one suite can compare configs of the same method, or `tuned`, the options
+a tune chose for that cell (bench/tune.py). The suites themselves, each with the study tables it writes, are the modules
+beside this one."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from worlds import MODEL_FAMILIES, REWARDS, world_entry
 if TYPE_CHECKING:
     import pandas as pd
 
+TUNED = "tuned"
+"""The variant whose options are the tuned ones of its (method, model, reward) cell (Suite.tuned)."""
 TEN_MILESTONES = tuple(round(0.1 * k, 1) for k in range(1, 11))
 """Milestones every tenth of the budget: a study's curves over compute."""
 Study = Callable[["pd.DataFrame", Path], Path]
@@ -54,14 +58,50 @@ class Suite:
     """Model -> a checkpoint of one's own in its place (`bench run --source MODEL=SOURCE`), in worlds that take one."""
     reward_servers: dict[str, str] = field(default_factory=dict)
     """Reward -> the address of a server that scores it (`bench run --reward-server NAME=URL`, rewards/server.py)."""
+    tuning_budget: float = 8.0
+    """What a tune of one (method, model, reward) cell spends, in run budgets: every trial's use, pruned trials
+    included (bench/tune.py); the same for every cell."""
+    tuned: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    """`method@model/reward` -> the options a tune chose there (tuned.json beside the store), for `method/tuned`."""
+    results: str = ""
+    """The suite whose results folder (and store) this one writes into ('' its own): a suite of further runs of
+    another's cells, such as its tuned configs, shares its leaderboard."""
 
-    def method_config(self, method: str, variant: str = ""):
-        options = {**self.overrides.get(method, {}), **(self.variants[f"{method}/{variant}"] if variant else {})}
+    def method_config(self, method: str, variant: str = "", model: str = "", reward: str = ""):
+        """A method entry's config: the method's defaults, the suite's overrides, then the variant's options (the
+        tuned ones of the (method, model, reward) cell for `tuned`)."""
+        if variant == TUNED:
+            key = f"{method}@{model}/{reward}"
+            if key not in self.tuned:
+                raise ValueError(
+                    f"no tuned options for {key} in suite {self.name!r}; tune it first: "
+                    f"python -m bench tune --suite {self.results or self.name} --method {method}@{model} "
+                    f"--reward {reward}"
+                )
+            options = {**self.overrides.get(method, {}), **self.tuned[key]}
+        else:
+            options = {**self.overrides.get(method, {}), **(self.variants[f"{method}/{variant}"] if variant else {})}
         return dataclasses.replace(METHODS[method].Config(), **options)
 
     def entries(self) -> list[tuple[str, str, str]]:
         """(method, variant, model) of every method entry."""
         return [parse_entry(entry, self.variants, self.world) for entry in self.methods]
+
+
+def tuned_file(results: Path) -> Path:
+    """The tuned options of the cells of the store in folder `results` (written by bench/tune.py)."""
+    return results / "tuned.json"
+
+
+def read_tuned(path: Path) -> dict[str, dict[str, object]]:
+    """cell key -> its tuned options, from tuned.json (JSON: reading it runs no code); {} where there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        cells = json.loads(path.read_text())
+        return {key: dict(cell["options"]) for key, cell in cells.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path} is not readable as tuned options ({type(error).__name__}: {error})") from None
 
 
 def first_models(world: str) -> dict[str, str]:
@@ -91,7 +131,7 @@ def parse_entry(
     method, _, variant = name.partition("/")
     models = MODEL_FAMILIES if world is None else world_entry(world).models
     check_entry(entry, {m: cls.families for m, cls in METHODS.items()}, models)
-    if variant and variants is not None and name not in variants:
+    if variant and variant != TUNED and variants is not None and name not in variants:
         valid = [v for v in variants if v.startswith(f"{method}/")]
         raise ValueError(f"unknown variant {name!r}; valid: {', '.join(valid) or 'none in this suite'}")
     return method, variant, model or default_model(method, world or "digits")
@@ -130,9 +170,10 @@ def check_budget(suite: Suite) -> None:
     for method, variant, model in suite.entries():
         if not METHODS[method].trains:
             continue
-        config, generator = suite.method_config(method, variant), world.generator_class(model)
-        first_step = METHODS[method].step_usage(config, generator).get(unit, 0.0)
-        later_step = METHODS[method].iteration_usage(config, generator).get(unit, 0.0)
+        generator = world.generator_class(model)
+        configs = [suite.method_config(method, variant, model, reward) for reward in suite.rewards]
+        first_step = max(METHODS[method].step_usage(config, generator).get(unit, 0.0) for config in configs)
+        later_step = max(METHODS[method].iteration_usage(config, generator).get(unit, 0.0) for config in configs)
         past = max(first_step - first, later_step)
         if past > tolerance * first:
             # the smallest first milestone m with max(first_step - m, later_step) <= tolerance * m, as a budget
@@ -161,7 +202,15 @@ def _round_up(amount: float) -> str:
 def validate(suite: Suite) -> Suite:
     """Fails fast, before any model loads, on anything a run would only discover later."""
     if not suite.methods:
-        raise ValueError("a suite needs at least one method")
+        raise ValueError(
+            "a suite needs at least one method"
+            + (
+                f"; suite {suite.name!r} runs the tuned cells of results/{suite.results}/: tune some first "
+                f"(make tune SUITE={suite.results})"
+                if suite.results
+                else ""
+            )
+        )
     entries = suite.entries()
     check_names("reward", suite.rewards, REWARDS)
     offered = world_entry(suite.world).rewards
@@ -175,8 +224,9 @@ def validate(suite: Suite) -> Suite:
         check_names("method", [method], METHODS)
         fields = {f.name for f in dataclasses.fields(METHODS[method].Config)}
         check_names(f"{method} option", values, sorted(fields))
-    for method, variant, _ in entries:
-        suite.method_config(method, variant)
+    for method, variant, model in entries:
+        for reward in suite.rewards:
+            suite.method_config(method, variant, model, reward)
     if (
         not suite.milestones
         or any(not 0 < m <= 1 for m in suite.milestones)

@@ -187,3 +187,65 @@ def write_studies(runs: pd.DataFrame, results: pd.DataFrame, out_dir: Path, stud
         label=results["method"] + "@" + results["model"], config_json=results["run_id"].map(configs)
     )
     return [study(results, Path(out_dir)) for study in studies]
+
+
+def write_tuning(results: pd.DataFrame, out: Path) -> Path:
+    """Default and tuned side by side (tuning.md): per reward and model, each method's default and tuned score on the
+    headline metric at the largest budget, the gain from tuning with its interval (each side's seeds resampled on their
+    own: the tuned runs' seeds are not the default's), and the tuning compute from tuned.json; ranked by the tuned
+    score. Methods with nothing to tune (base, best_of_n) show their one score."""
+    from bench.experiments.suite import TUNED
+    from worlds import world_entry
+
+    final = final_budget(results)
+    metric = world_entry(final["world"].iloc[0]).headline_metric
+    from bench.experiments.suite import tuned_file
+
+    tuned_path = tuned_file(Path(results.attrs.get("store", out / "store.sqlite")).parent)
+    summaries = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
+    unit = final["budget_unit"].iloc[0]
+    lines = [
+        "# Default and tuned",
+        "",
+        f"`{metric}` on `{PRIMARY_SPLIT}` at {unit} {final['budget'].iloc[0]:g}, mean [95% bootstrap CI] over seeds. A "
+        "tuned config is the best of its cell's trials (`make tune`: the same budget for every cell, scored on the "
+        "tuning split, never on this one), run on fresh seeds; `gain` is tuned - default, each side's seeds resampled "
+        f"on their own; `tuning {unit}` is what the cell's tune spent, pruned trials included.",
+    ]
+    for key, cells in final.groupby(["reward", "model"]):
+        reward, model = key  # type: ignore[misc]
+        scores = {str(label): by_seed(cell, PRIMARY_SPLIT, metric) for label, cell in cells.groupby("label")}
+        rows = []
+        for label, default in scores.items():
+            method = label.partition("@")[0]
+            if "/" in method:
+                continue
+            tuned = scores.get(f"{method}/{TUNED}@{model}")
+            summary = summaries.get(f"{method}@{model}/{reward}")
+            rows.append((method, default, tuned, summary))
+        rows.sort(key=lambda row: -(row[2] if row[2] is not None else row[1]).mean())
+        lines += [
+            "",
+            f"## Reward: {reward}, model: {model}",
+            "",
+            f"| method | default | tuned | gain | tuning {unit} | tuned options |",
+            "|---|---|---|---|---|---|",
+        ]
+        for method, default, tuned, summary in rows:
+            if tuned is None:
+                lines.append(f"| {method} | {ci(default.to_numpy())} | - | - | - | - |")
+                continue
+            gain = stratified_bootstrap_ci(
+                [tuned.to_numpy(), default.to_numpy()], lambda t, d, axis=-1: t.mean(axis) - d.mean(axis)
+            )
+            spent = f"{summary['spent']:.3g}" if summary else "?"
+            options = ", ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in (summary or {}).get("options", {}).items()
+            )
+            lines.append(
+                f"| {method} | {ci(default.to_numpy())} | {ci(tuned.to_numpy())} | {ci(gain)} | {spent} | {options} |"
+            )
+    path = out / "tuning.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path
