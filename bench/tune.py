@@ -4,7 +4,7 @@ A tune searches one (method, model, reward) cell of a suite over the options its
 (Trainer.search_space), as an Optuna study:
 - trials are sampled by TPE, seeded per trial (the study's name and the trial's number), so a killed tune that is
   resumed asks for exactly the trials an uninterrupted one would;
-- the first trial is the method's default options, so a tune can only find the default or better;
+- the first trial is the method's default options (pruned, like any trial, where it trails at a milestone);
 - each trial is an ordinary run of the suite's budget and milestones in the tune's own results store
   (`tuning/store.sqlite` beside the suite's store): same run ids, reused when a trial repeats, resumed from its
   checkpoint when a tune was killed during it;

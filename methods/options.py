@@ -129,7 +129,7 @@ Search = Interval | Choice
 def search_fault(field: dataclasses.Field, search: Search, default_config) -> str | None:
     """Why `search` is not a valid tuning range for the Config field `field` (whose Config at its defaults is
     `default_config`), or None: the range must lie within the option's declared range, hold ints for an int option,
-    and contain the option's default (the paper's value), so that tuning can only find the default or better."""
+    and contain the option's default (the paper's value), so that the default is among what tuning can choose."""
     annotation, default = str(field.type), getattr(default_config, field.name)
     if isinstance(search, Choice):
         if len(search.values) < 2:
