@@ -152,3 +152,44 @@ def test_the_direct_study_measures_efficiency_and_the_judge_at_equal_reward(tmp_
              "flow_grpo@flow | 0.800 | —"]  # fmt: skip
     rows = [table.index(f"| {row} |") for row in order]
     assert rows == sorted(rows)
+
+
+def test_rank_agreement_is_kendalls_tau():
+    import scipy.stats
+
+    from bench.experiments.tables import _rank_agreement
+
+    pairs = [(0.5, 0.6), (0.4, 0.7), (0.3, 0.2), (0.45, 0.5)]
+    tau = scipy.stats.kendalltau([d for d, _ in pairs], [t for _, t in pairs])[0]
+    assert _rank_agreement(pairs).endswith(f"Kendall's tau {tau:+.2f}.")
+    assert "needs 3 tuned methods, 2 here" in _rank_agreement(pairs[:2])
+
+
+def test_the_tuning_table_sets_each_methods_default_beside_its_tuned_runs(tmp_path):
+    import json
+
+    from bench.experiments.tables import write_tuning
+
+    def rows(label, seeds_values):
+        return [
+            {"label": label, "world": "scenes", "reward": "geneval", "model": "scene-flow", "budget": 3e5,
+             "budget_unit": "nfe", "split": "eval_unseen", "metric": "judge_score", "seed": s, "value": v}
+            for s, v in seeds_values
+        ]  # fmt: skip
+
+    frame = pd.DataFrame(
+        rows("base@scene-flow", [(0, 0.5)])
+        + rows("raft@scene-flow", [(0, 0.4), (1, 0.5)])
+        + rows("raft/tuned@scene-flow", [(0, 0.7), (1, 0.8), (2, 0.75)])
+    )
+    summary = {"options": {"learning_rate": 2.5e-05}, "spent": 2.4e6}
+    (tmp_path / "tuned.json").write_text(json.dumps({"raft@scene-flow/geneval": summary}))
+    frame.attrs["store"] = str(tmp_path / "store.sqlite")
+    out = tmp_path / "tables"  # the tables' folder (a staging one, as write_tables passes): tuned.json is by the store
+    out.mkdir()
+    table = write_tuning(frame, out).read_text()
+    # ranked by the tuned score: raft's tuned 0.75 over base's 0.5; the gain is 0.75 - 0.45
+    assert "| raft | 0.450 [0.400, 0.500] | 0.750 [0.700, 0.800] | 0.300" in table
+    assert "| 2.4e+06 | learning_rate=2.5e-05 |" in table
+    assert table.index("| raft |") < table.index("| base |")
+    assert "needs 3 tuned methods, 1 here" in table

@@ -246,6 +246,18 @@ def write_tuning(results: pd.DataFrame, out: Path) -> Path:
             lines.append(
                 f"| {method} | {ci(default.to_numpy())} | {ci(tuned.to_numpy())} | {ci(gain)} | {spent} | {options} |"
             )
+        both = [(default.mean(), tuned.mean()) for _, default, tuned, _ in rows if tuned is not None]
+        lines += ["", _rank_agreement(both)]
     path = out / "tuning.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
+
+
+def _rank_agreement(pairs: list[tuple[float, float]]) -> str:
+    """Whether tuning reorders the methods it tuned: Kendall's tau between their default and tuned means."""
+    if len(pairs) < 3:
+        return f"Rank agreement of the default and tuned orders: needs 3 tuned methods, {len(pairs)} here."
+    # Kendall's tau: (concordant - discordant pairs of methods) / all pairs; a tie in either order counts as neither
+    signs = [np.sign(d1 - d2) * np.sign(t1 - t2) for i, (d1, t1) in enumerate(pairs) for d2, t2 in pairs[i + 1 :]]
+    tau = float(np.sum(signs)) / len(signs)
+    return f"Rank agreement of the default and tuned orders ({len(pairs)} tuned methods): Kendall's tau {tau:+.2f}."
