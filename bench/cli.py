@@ -166,7 +166,7 @@ def _add_method_options(parser: argparse.ArgumentParser, name: str, method: Meth
             type=_option(option),
             metavar=option.annotation.upper(),
             help=f"{option.doc} (default: {option.default}"
-            + (f"; valid: {option.bounds}" if option.bounds is not None else "")
+            + (f"; valid: {option.bounds}" if option.bounds is not None and option.annotation != "str" else "")
             + (f"; tuned over {option.search})" if option.search else ")")
             if shown
             else argparse.SUPPRESS,

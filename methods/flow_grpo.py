@@ -26,6 +26,11 @@ Flow-GRPO-Fast (the reference repository's `train_sd3_fast.py`, its `sde_window_
 chains take the SDE's steps on [l, l + w) and the ODE's deterministic Euler steps elsewhere, and only the window's
 steps are actions and trained (the objective's 1/T sum over t becomes 1/w over the window). The window stays among
 the stochastic steps (never the last one, to t = 0).
+
+Coefficients-preserving sampling (Wang and Yu, arXiv 2509.05952; its reference repository is Flow-GRPO with one more
+sampler), with `dynamics = "cps"`: the chains' stochastic steps are CPS's Gaussians,
+x_{t-dt} ~ N((1 - s) x0_hat + s cos(eta pi / 2) eps_hat, (s sin(eta pi / 2))^2), s = t - dt, eta = `noise_level`
+(models/flow.py); the objective is unchanged.
 """
 
 from __future__ import annotations
@@ -36,8 +41,8 @@ import torch
 
 from methods.options import Interval, option
 from methods.toolkit.policy_gradient import (
+    FlowSDEOptions,
     PolicyGradientTrainer,
-    PPOOptions,
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
@@ -47,15 +52,13 @@ from models.sampler import Sampler
 
 
 @dataclass(frozen=True)
-class Config(PPOOptions):
-    """Flow-GRPO's options: the policy-gradient ones (methods/toolkit/policy_gradient.py: PPOOptions) at the paper's
+class Config(FlowSDEOptions):
+    """Flow-GRPO's options: the policy-gradient ones (methods/toolkit/policy_gradient.py: FlowSDEOptions) at the paper's
     training steps and KL weight, the SDE's noise level, the Fast window and GRPO-Guard."""
 
     sample_steps: int | None = option(10, at_least=2)
     """T_train: sampler steps of the training chains (denoising reduction; evaluation uses the model's default);
     None: the model's default."""
-    noise_level: float = option(0.7, above=0)
-    """a in sigma_t = a sqrt(t / (1 - t)): the SDE's stochasticity."""
     kl_coef: float = option(0.04, at_least=0)
     """beta: weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
     sde_window: int = option(0, at_least=0, added=True)
@@ -114,7 +117,7 @@ class FlowGRPO(PolicyGradientTrainer):
             start = int(torch.randint(last_start + 1, (1,), generator=self.generator))
             span, window = (start, start + size), {"window_start": float(start)}
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        sampler = Sampler("flow-sde", cfg.noise_level, window=span)
+        sampler = Sampler(cfg.dynamics, cfg.noise_level, window=span)
         trajectory, rewards = self.sample_scored(prompts, steps, sampler)
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, guard=cfg.guard)

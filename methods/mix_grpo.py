@@ -30,8 +30,8 @@ import torch
 
 from methods.options import Interval, option
 from methods.toolkit.policy_gradient import (
+    FlowSDEOptions,
     PolicyGradientTrainer,
-    PPOOptions,
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
@@ -41,8 +41,8 @@ from models.sampler import Sampler
 
 
 @dataclass(frozen=True)
-class Config(PPOOptions):
-    """MixGRPO's options: the policy-gradient ones (methods/toolkit/policy_gradient.py: PPOOptions, without a KL term
+class Config(FlowSDEOptions):
+    """MixGRPO's options: the policy-gradient ones (methods/toolkit/policy_gradient.py: FlowSDEOptions, no KL term
     as in the paper), the sliding window, the SDE's noise level inside it and Flash's steps after it."""
 
     sample_steps: int | None = option(None, at_least=2)
@@ -55,8 +55,6 @@ class Config(PPOOptions):
     """Iterations between two moves of the window."""
     stride: int = option(1, at_least=1)
     """Steps the window moves at each shift."""
-    noise_level: float = option(0.7, above=0)
-    """a in sigma_t = a sqrt(t / (1 - t)), inside the window."""
     flash_steps: int = option(0, at_least=0, added=True)
     """MixGRPO-Flash: the ODE steps after the window, over evenly spaced points of the remaining grid; 0: every step
     of the grid (MixGRPO)."""
@@ -115,7 +113,7 @@ class MixGRPO(PolicyGradientTrainer):
         steps = self.sampler_steps(cfg.sample_steps)
         start, window = window_start(self.iteration, steps, cfg), window_size(steps, cfg)
         grid = flash_grid(self.policy.sampling_timesteps(steps), start + window, cfg.flash_steps)
-        sampler = Sampler("flow-sde", cfg.noise_level, window=(start, start + window))
+        sampler = Sampler(cfg.dynamics, cfg.noise_level, window=(start, start + window))
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         trajectory, rewards = self.sample_scored(prompts, grid, sampler)
         advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)

@@ -22,6 +22,15 @@ with sigma_t = a sqrt(t / (1 - t)) (dynamics `flow-sde`, noise level a; at t = 1
 taken at the chain's next time) or sigma_t = eta constant (`dance-sde`: DanceGRPO, Xue et al. 2025, arXiv
 2505.07818). Their last step, to s = 0, is the deterministic Euler step here, as in the sampler above, so that
 images carry no injected noise (the papers' samplers noise it too; in pixel space that noise is visible).
+
+Coefficients-preserving sampling (`cps`, Wang and Yu 2025, arXiv 2509.05952) is the DDIM form above with the noise
+set by its level eta in [0, 1] rather than by the posterior:
+  x_s ~ N((1 - s) x0 + s cos(eta pi / 2) eps_hat,  (s sin(eta pi / 2))^2 I),
+so that for a perfect v the coefficients of x_s on the data and on the noise are the path's, (1 - s) and s (the
+Euler-Maruyama SDE's are not: its excess noise is what CPS removes); eta = 0 is the Euler step, eta = 1 renoises the
+predicted clean image afresh. It keeps the coefficients, not the path's marginals: each step renoises x0_hat, a
+posterior mean, by O(1) rather than O(sqrt(dt)), so over many steps its images spread less than the data, the more
+so the larger eta (tests/test_flow.py).
 """
 
 from __future__ import annotations
@@ -66,14 +75,21 @@ def sde_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, sigma: 
     return x - (t - s) * (v + sigma**2 / (2 * t) * eps), sigma * math.sqrt(t - s)
 
 
+def cps_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, eta: float) -> tuple[torch.Tensor, float]:
+    """Mean and std of coefficients-preserving sampling's step from t to s < t at noise level eta in [0, 1]."""
+    x0, eps = x - t * v, x + (1 - t) * v
+    angle = eta * math.pi / 2
+    return (1 - s) * x0 + s * math.cos(angle) * eps, s * math.sin(angle)
+
+
 class FlowPolicy(ChainPolicy):
-    """A rectified-flow model, sampled by Euler (noise 0), its DDIM-form stochastic sampler (`ddim`), or the GRPO
-    papers' SDE (`flow-sde`, `dance-sde`)."""
+    """A rectified-flow model, sampled by Euler (noise 0), its DDIM-form stochastic sampler (`ddim`), the GRPO
+    papers' SDE (`flow-sde`, `dance-sde`) or coefficients-preserving sampling (`cps`)."""
 
     family = "flow"
     default_steps = 20
     loss_nfe = 3
-    dynamics = ("ddim", "flow-sde", "dance-sde")
+    dynamics = ("ddim", "flow-sde", "dance-sde", "cps")
 
     def sampling_timesteps(self, steps: int) -> torch.Tensor:
         if steps < 1:
@@ -98,6 +114,8 @@ class FlowPolicy(ChainPolicy):
         v = output
         if dynamics == "ddim" or s == 0 or noise == 0:
             return Transition(*flow_transition(x, v, t, s, noise if dynamics == "ddim" else 0.0), x - t * v)
+        if dynamics == "cps":
+            return Transition(*cps_transition(x, v, t, s, noise), x - t * v)
         return Transition(*sde_transition(x, v, t, s, sde_noise_level(dynamics, noise, t, s)), x - t * v)
 
     def noised(self, x0: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,9 @@ DYNAMICS = {
     "flow-sde": "the reverse-time SDE with the flow ODE's marginals at sigma_t = a sqrt(t / (1 - t)), noise level a "
     "(Flow-GRPO's sampler)",
     "dance-sde": "the same SDE at a constant sigma_t = eta, noise level eta (DanceGRPO's sampler)",
+    "cps": "coefficients-preserving sampling (Wang and Yu 2025, arXiv 2509.05952): the predicted clean image and noise "
+    "recombined with the path's own coefficients at the next time, a share sin(eta pi / 2) of the noise drawn fresh, "
+    "noise level eta in [0, 1] (a flow model's)",
 }
 """Every dynamics a family may offer, by name, with what it is."""
 
@@ -39,6 +42,8 @@ class Sampler:
             raise ValueError(f"unknown sampler dynamics {self.dynamics!r}; valid: {', '.join(DYNAMICS)}")
         if not (math.isfinite(self.noise) and self.noise >= 0):
             raise ValueError(f"a sampler's noise level must be a finite number >= 0, got {self.noise}")
+        if self.dynamics == "cps" and self.noise > 1:
+            raise ValueError(f"coefficients-preserving sampling's noise level is in [0, 1], got {self.noise}")
         if self.window is not None and not 0 <= self.window[0] <= self.window[1]:
             raise ValueError(f"a sampler's window (start, stop) needs 0 <= start <= stop, got {self.window}")
 

@@ -8,7 +8,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
-from models.flow import TIMESTEP_SCALE, FlowPolicy, flow_transition, velocity_from_data
+from models.flow import TIMESTEP_SCALE, FlowPolicy, cps_transition, flow_transition, sde_transition, velocity_from_data
 from models.sampler import Sampler
 
 
@@ -115,6 +115,56 @@ def test_the_grpo_sdes_land_on_the_data_distribution(dynamics, level):
     assert chain.stochastic_steps == list(range(199))
 
 
+@pytest.mark.parametrize("eta", [0.3, 0.8, 1.0])
+def test_cps_keeps_the_paths_coefficients_on_data_and_noise(eta):
+    # with the true velocity, x_t = (1 - t) x0 + t eps gives x_s = (1 - s) x0 + s cos(eta pi/2) eps + s sin(eta pi/2) z:
+    # on the data the path's coefficient 1 - s, on the noise (old and fresh together) the path's s, exactly
+    for t, s in [(1.0, 0.75), (0.8, 0.3), (0.5, 0.1)]:
+        x0, eps = torch.tensor([0.4]), torch.tensor([1.0])
+        mean, std = cps_transition((1 - t) * x0 + t * eps, eps - x0, t, s, eta)
+        old_noise = ((mean - (1 - s) * x0) / eps).item()
+        assert math.isclose(old_noise, s * math.cos(eta * math.pi / 2), rel_tol=1e-5, abs_tol=1e-7)
+        assert math.isclose(old_noise**2 + std**2, s**2, rel_tol=1e-5) and math.isclose(
+            std, s * math.sin(eta * math.pi / 2)
+        )
+    # the Flow-SDE's Euler-Maruyama step at the same point does not keep them: its noise exceeds the path's s
+    x_t, v = 0.6 * torch.tensor([0.4]) + 0.4 * torch.tensor([1.0]), torch.tensor([0.6])
+    mean, std = sde_transition(x_t, v, 0.4, 0.3, 0.7 * math.sqrt(0.4 / 0.6))
+    assert ((mean - 0.7 * 0.4) / 1.0).item() ** 2 + std**2 > 0.3**2 * 1.01
+
+
+def test_cps_is_the_papers_step_and_euler_at_noise_0():
+    policy = FlowPolicy(GaussianVelocity(0.3, 0.5), ConstantText())
+    timesteps, g = policy.sampling_timesteps(5), torch.Generator().manual_seed(0)
+    for step in range(4):
+        t, s = float(timesteps[step]), float(timesteps[step + 1])
+        x = torch.randn(2, 1, 4, 4, generator=g)
+        v = policy.network(x, torch.full((2,), t * TIMESTEP_SCALE), None)
+        # FlowCPS: std = sigma_prev sin(eta pi/2), mean = x0_hat (1 - sigma_prev) + eps_hat sqrt(sigma_prev^2 - std^2)
+        std_expected = s * math.sin(0.8 * math.pi / 2)
+        expected = (x - t * v) * (1 - s) + (x + (1 - t) * v) * math.sqrt(s**2 - std_expected**2)
+        mean, std, _ = policy.transition(x, step, timesteps, torch.zeros(2, 1), 0.8, "cps")
+        assert torch.allclose(mean, expected, atol=1e-6) and math.isclose(std, std_expected)
+        euler, zero, _ = policy.transition(x, step, timesteps, torch.zeros(2, 1), 0.0, "cps")
+        assert torch.allclose(euler, x + (s - t) * v, atol=1e-6) and zero == 0
+
+
+def test_cps_lands_on_the_data_mean_with_less_spread_the_more_it_renoises():
+    # it keeps the path's coefficients, not its marginals: each step renoises the model's x0_hat, a posterior mean with
+    # less spread than the data, by O(1) rather than the O(sqrt(dt)) of a marginal-preserving SDE, so at 100 steps the
+    # spread of the Gaussian data (0.5) is kept at eta = 0 (Euler) and shrinks as eta grows
+    mu, c = 0.3, 0.5
+    policy = FlowPolicy(GaussianVelocity(mu, c), ConstantText())
+    spreads = []
+    for eta in (0.0, 0.5, 1.0):
+        with torch.no_grad():
+            chain = policy.sample(["x"] * 2000, 100, torch.Generator().manual_seed(1), Sampler("cps", eta))
+        x = chain.latents[:, -1].flatten()
+        assert abs(x.mean().item() - mu) < 0.01
+        spreads.append(x.std().item())
+    assert abs(spreads[0] - c) < 0.01 and spreads[0] > spreads[1] + 0.02 > spreads[2] + 0.04
+
+
 def test_a_chain_can_be_noised_on_chosen_steps_only_and_start_from_given_noise():
     policy = FlowPolicy(GaussianVelocity(0.3, 0.5), ConstantText())
     initial = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(3)).expand(3, -1, -1, -1)
@@ -126,13 +176,15 @@ def test_a_chain_can_be_noised_on_chosen_steps_only_and_start_from_given_noise()
     with pytest.raises(ValueError, match=r"a sampler's window \(2, 8\) reaches past the chain's 6 steps"):
         policy.sample(["x"], 6, torch.Generator(), Sampler("flow-sde", 0.7, window=(2, 8)))
     with pytest.raises(
-        ValueError, match="a flow model has no sampler dynamics 'consistency'; valid: ddim, flow-sde, dance-sde"
+        ValueError, match="a flow model has no sampler dynamics 'consistency'; valid: ddim, flow-sde, dance-sde, cps"
     ):
         policy.sample(["x"], 6, torch.Generator(), Sampler("consistency"))
     with pytest.raises(
-        ValueError, match="unknown sampler dynamics 'ode'; valid: ddim, consistency, flow-sde, dance-sde"
+        ValueError, match="unknown sampler dynamics 'ode'; valid: ddim, consistency, flow-sde, dance-sde, cps"
     ):
         Sampler("ode")
+    with pytest.raises(ValueError, match=r"coefficients-preserving sampling's noise level is in \[0, 1\], got 1.5"):
+        Sampler("cps", 1.5)
     with pytest.raises(ValueError, match="noise level must be a finite number >= 0, got -0.5"):
         Sampler(noise=-0.5)
 

@@ -69,6 +69,22 @@ def test_flow_grpo_fast_noises_and_trains_a_random_window_among_the_first_steps(
         dataclasses.replace(trainer.config, sde_window=4)
 
 
+@pytest.mark.parametrize("method", ["flow_grpo", "mix_grpo"])
+def test_the_grpo_sde_methods_draw_and_train_their_chains_with_cps_when_asked(tiny_world, method):
+    trainer, _ = make(tiny_world, method, "flow", sample_steps=4, dynamics="cps", noise_level=0.8)
+    chains = captured_samples(trainer)
+    stats = trainer.step()
+    chain = chains[0]
+    assert chain.dynamics == "cps" and math.isfinite(stats["reward"])
+    for step in chain.stochastic_steps:  # coefficients-preserving sampling's std: the next time's s sin(eta pi/2)
+        s = float(chain.timesteps[step + 1])
+        assert math.isclose(float(chain.stds[step]), s * math.sin(0.8 * math.pi / 2), rel_tol=1e-6)
+    with pytest.raises(ValueError, match=f"{method}.dynamics must be one of flow-sde, cps, got 'ode'"):
+        dataclasses.replace(trainer.config, dynamics="ode")
+    with pytest.raises(ValueError, match=f"{method}.noise_level must be <= 1 with dynamics cps"):
+        dataclasses.replace(trainer.config, noise_level=1.5)
+
+
 def test_options_added_to_a_method_keep_its_earlier_runs_ids_at_their_default():
     plain = config_identity(METHODS["flow_grpo"].Config())
     assert "sde_window" not in plain and "sde_window_steps" not in plain and plain["kl_coef"] == 0.04

@@ -101,6 +101,30 @@ class PPOOptions(PolicyGradientOptions):
         return self.kl_coef
 
 
+SDE_DYNAMICS = ("flow-sde", "cps")
+"""The dynamics the GRPO family's flow chains may be drawn with (models/sampler.py)."""
+
+
+@dataclass(frozen=True)
+class FlowSDEOptions(PPOOptions):
+    """PPO's options and the dynamics of the stochastic steps and their noise level, for the methods that train a flow
+    model's SDE steps (Flow-GRPO, MixGRPO)."""
+
+    noise_level: float = option(0.7, above=0)
+    """The stochastic steps' noise: a in sigma_t = a sqrt(t / (1 - t)) (flow-sde), eta (cps)."""
+    dynamics: str = option("flow-sde", added=True)
+    """The stochastic steps' dynamics: flow-sde (Flow-GRPO's SDE, noise level a) or cps (coefficients-preserving
+    sampling, arXiv 2509.05952: noise level eta in (0, 1], models/flow.py)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        method = type(self).__module__.rpartition(".")[2]
+        if self.dynamics not in SDE_DYNAMICS:
+            raise ValueError(f"{method}.dynamics must be one of {', '.join(SDE_DYNAMICS)}, got {self.dynamics!r}")
+        if self.dynamics == "cps" and self.noise_level > 1:
+            raise ValueError(f"{method}.noise_level must be <= 1 with dynamics cps (eta), got {self.noise_level:g}")
+
+
 class PolicyGradientTrainer(Trainer):
     """A method whose update is `ppo_epochs`: its optimizer over the policy's trainable parameters, and the frozen
     reference of the KL term where the config weighs one (`reference`, None otherwise)."""
