@@ -19,7 +19,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint test test-all test-slow models bench tune leaderboard docs throughput cpu-throughput clean
+.PHONY: install lint test test-all test-slow models bench tune publish leaderboard docs throughput cpu-throughput clean
 
 install: $(STAMP)
 
@@ -53,11 +53,16 @@ bench: $(STAMP)
 		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 # Tune every trained method of a suite with the same budget per cell (bench/tune.py), resumable; writes
-# results/<suite>/tuned.json, which the suite's METHOD/tuned@MODEL entries (and SUITE=scenes-tuned) run.
+# tuned.json beside the suite's local store, which its METHOD/tuned@MODEL entries (and SUITE=scenes-tuned) run.
 tune: $(STAMP)
 	$(PY) -m bench tune --suite $(SUITE) \
 		$(if $(METHOD),--method $(METHOD)) $(if $(REWARD),--reward $(REWARD)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
+
+# Copy a suite's local results (artifacts/results/<suite>/, what make bench and make tune wrote) into its committed
+# ones, results/<suite>/, and rewrite their tables; refused from a tree whose code differs from its commit.
+publish: $(STAMP)
+	$(PY) -m bench publish --suite $(SUITE)
 
 leaderboard: $(STAMP)
 	$(PY) -m bench leaderboard --suite $(SUITE) $(ARGS)

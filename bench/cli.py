@@ -8,142 +8,19 @@ method's Config, so `--help` documents them all. Everything is validated before 
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
 from pathlib import Path
 
-from bench.budget import UNITS, Budget
-from bench.catalog import Catalog, Method, Option, catalog
-from bench.loggers import check_loggers
-from bench.names import check_names
-from methods.options import parse_option
+from bench import arguments
+from bench.arguments import Parser
+from bench.budget import UNITS
+from bench.catalog import Catalog, Method, catalog
 from models.progress import MODES as PROGRESS_MODES
 
 OUT_HELP = (
     "folder of the tables, plots and report.html (default: the store's folder for a store named store.sqlite, "
     "else a folder beside the store named after it)"
 )
-
-
-def _names(kind: str, valid):
-    def parse(text: str) -> tuple[str, ...]:
-        try:
-            return check_names(kind, [n.strip() for n in text.split(",") if n.strip()], valid)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse
-
-
-def _entries(known: Catalog):
-    def parse(text: str) -> tuple[str, ...]:
-        entries = tuple(e.strip() for e in text.split(",") if e.strip())
-        try:
-            if not entries:
-                raise ValueError(f"no method given; valid: {', '.join(known.methods)}")
-            for entry in entries:
-                known.check_entry(entry)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-        return entries
-
-    return parse
-
-
-def _source(known: Catalog):
-    def parse(text: str) -> str:
-        model, _, source = text.partition("=")
-        if model not in known.scale_models or not source:
-            raise argparse.ArgumentTypeError(
-                f"expected MODEL=SOURCE with MODEL in {', '.join(known.scale_models)}, got {text!r}"
-            )
-        return text
-
-    return parse
-
-
-def _reward_server(known: Catalog):
-    def parse(text: str) -> str:
-        name, _, url = text.partition("=")
-        if name not in known.rewards or not url.startswith(("http://", "https://")):
-            raise argparse.ArgumentTypeError(
-                f"expected NAME=URL with NAME in {', '.join(known.rewards)} and URL http://HOST:PORT, got {text!r}"
-            )
-        return text
-
-    return parse
-
-
-def _budget(text: str) -> Budget:
-    try:
-        return Budget.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _positive(expected: str):
-    """argparse's parser for a finite number > 0, whose error says it expected `expected`."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-_tolerance = _positive("a fraction > 0 (0.1: 10%)")
-_positive_number = _positive("a number > 0")
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
-def _option(option: Option):
-    """argparse's parser for a method option (methods/options.py): its type and declared range."""
-
-    def parse(text: str):
-        try:
-            return parse_option(text, option.annotation, option.bounds)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    return parse
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line naming what is wrong and what is valid, and which takes no abbreviated
-    option (argparse would read `--ddpo.clip 0.1` as `--ddpo.clip_range 0.1`, silently)."""
-
-    def __init__(self, *args, method_options: dict[str, list[str]] | None = None, **kwargs):
-        """`method_options`: each method's option names, which an unrecognized `--method.option` lists."""
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-        self.method_options = method_options or {}
-
-    def error(self, message: str):
-        unknown = re.search(r"--([a-z_]+)\.([a-z_]+)", message)
-        if message.startswith("unrecognized arguments") and unknown and unknown[1] in self.method_options:
-            valid = self.method_options[unknown[1]]
-            message += f" ({unknown[1]} options: {', '.join(valid) or 'none'})"
-        missing = re.fullmatch(r"argument (--[\w.-]+): expected one argument", message)
-        if missing:  # argparse reads a value like -inf or -1e-3 as a flag
-            message += f" (a value starting with '-' is written {missing[1]}=VALUE)"
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _loggers(text: str) -> tuple[str, ...]:
-    try:
-        return check_loggers(tuple(n.strip() for n in text.split(",") if n.strip()))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_progress(command: argparse.ArgumentParser) -> None:
@@ -163,7 +40,7 @@ def _add_method_options(parser: argparse.ArgumentParser, name: str, method: Meth
         group.add_argument(
             f"--{name}.{option.name}",
             dest=f"{name}.{option.name}",
-            type=_option(option),
+            type=arguments.option(option),
             metavar=option.annotation.upper(),
             help=f"{option.doc} (default: {option.default}"
             + (f"; valid: {option.bounds}" if option.bounds is not None and option.annotation != "str" else "")
@@ -212,7 +89,7 @@ def build_parser(known: Catalog | None = None) -> Parser:
     )
     models.add_argument(
         "--workers",
-        type=_positive_int,
+        type=arguments.positive_int,
         default=2,
         help="processes building independent networks side by side, where a world's networks train on a fixed number "
         "of threads, as the scenes world's do on one (default 2)",
@@ -229,7 +106,7 @@ def build_parser(known: Catalog | None = None) -> Parser:
     run.add_argument(
         "--suite",
         default="default",
-        type=_names("suite", known.suites),
+        type=arguments.names("suite", known.suites),
         help=f"preset grid ({', '.join(known.suites)}); flags below override its parts",
     )
     run.add_argument(
@@ -240,7 +117,7 @@ def build_parser(known: Catalog | None = None) -> Parser:
     )
     run.add_argument(
         "--method",
-        type=_entries(known),
+        type=arguments.entries(known),
         help=f"comma-separated METHOD[/VARIANT][@MODEL] (VARIANT: one of the suite's), METHOD in: "
         f"{', '.join(known.methods)}; "
         f"MODEL in: {', '.join(known.models)} (default: the method's first supported family)",
@@ -248,23 +125,25 @@ def build_parser(known: Catalog | None = None) -> Parser:
     run.add_argument(
         "--source",
         action="append",
-        type=_source(known),
+        type=arguments.source(known),
         metavar="MODEL=SOURCE",
         help=f"fine-tune this checkpoint (a hub id in the local cache, or a pipeline directory) as a scale "
         f"world's MODEL ({', '.join(known.scale_models)}), e.g. a fine-tuned SD 1.5 as sd15; repeatable",
     )
     run.add_argument(
-        "--reward", type=_names("reward", known.rewards), help=f"comma-separated subset of: {', '.join(known.rewards)}"
+        "--reward",
+        type=arguments.names("reward", known.rewards),
+        help=f"comma-separated subset of: {', '.join(known.rewards)}",
     )
-    run.add_argument("--seeds", type=_positive_int, help="number of seeds (0..N-1)")
+    run.add_argument("--seeds", type=arguments.positive_int, help="number of seeds (0..N-1)")
     run.add_argument(
         "--budget",
-        type=_budget,
+        type=arguments.budget,
         help=f"total budget per run, [UNIT:]AMOUNT with UNIT in {', '.join(UNITS)} (default nfe), e.g. nfe:300k",
     )
     run.add_argument(
         "--budget-tolerance",
-        type=_tolerance,
+        type=arguments.tolerance,
         metavar="FRACTION",
         help="how far past a milestone a run may train, e.g. 0.1 for 10%% (default: the suite's, 10%% in most); a "
         "budget whose first milestone a method's step could pass by more is refused, naming the smallest that fits",
@@ -272,16 +151,21 @@ def build_parser(known: Catalog | None = None) -> Parser:
     run.add_argument(
         "--reward-server",
         action="append",
-        type=_reward_server(known),
+        type=arguments.reward_server(known),
         metavar="NAME=URL",
         help="score the reward NAME through the server at URL (`python -m bench serve`) instead of in this process: "
         "same name, version and scores; repeatable",
     )
-    run.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
+    run.add_argument(
+        "--store",
+        type=Path,
+        help="results store (default: the local layer artifacts/results/<suite>/store.sqlite, which starts with the "
+        "committed runs of results/<suite>/; make publish copies its runs there)",
+    )
     run.add_argument("--out", type=Path, help=OUT_HELP)
     run.add_argument(
         "--workers",
-        type=_positive_int,
+        type=arguments.positive_int,
         default=1,
         help="run cells in this many parallel local worker processes sharing the store (default 1; `make bench` "
         "passes the machine's core count)",
@@ -299,7 +183,7 @@ def build_parser(known: Catalog | None = None) -> Parser:
     )
     run.add_argument(
         "--logger",
-        type=_loggers,
+        type=arguments.loggers,
         default=(),
         help=f"comma-separated experiment loggers ({', '.join(known.loggers)}; the 'loggers' extra), "
         "writing beside the store in <store>.runs/logs/",
@@ -326,25 +210,28 @@ def build_parser(known: Catalog | None = None) -> Parser:
         "documents it.",
     )
     tune.add_argument(
-        "--suite", default="scenes", type=_names("suite", known.suites), help="the suite whose cells to tune"
+        "--suite", default="scenes", type=arguments.names("suite", known.suites), help="the suite whose cells to tune"
     )
     tune.add_argument("--smoke", action="store_true", help="the suite's --smoke twin (tiny world, minutes)")
     tune.add_argument(
         "--method",
-        type=_entries(known),
+        type=arguments.entries(known),
         help="comma-separated METHOD[@MODEL] (default: every trained method of the suite)",
     )
     tune.add_argument(
-        "--reward", type=_names("reward", known.rewards), help="comma-separated subset of the suite's rewards"
+        "--reward", type=arguments.names("reward", known.rewards), help="comma-separated subset of the suite's rewards"
     )
     tune.add_argument(
         "--budget-runs",
-        type=_positive_number,
+        type=arguments.positive_number,
         metavar="RUNS",
         help="the tuning budget of each cell in run budgets, pruned trials included (default: the suite's, 8)",
     )
     tune.add_argument(
-        "--workers", type=_positive_int, default=1, help="local processes running trials side by side (default 1)"
+        "--workers",
+        type=arguments.positive_int,
+        default=1,
+        help="local processes running trials side by side (default 1)",
     )
     tune.add_argument(
         "--storage",
@@ -352,7 +239,9 @@ def build_parser(known: Catalog | None = None) -> Parser:
         help="Optuna's database of the studies (default: sqlite:///<results>/tuning/studies.sqlite); a PostgreSQL or "
         "MySQL URL lets workers on several machines share a tune, with --store on a folder they share",
     )
-    tune.add_argument("--store", type=Path, help="the suite's results store (default results/<suite>/store.sqlite)")
+    tune.add_argument(
+        "--store", type=Path, help="the suite's results store (default: its local layer, artifacts/results/<suite>/)"
+    )
     _add_progress(tune)
 
     speed = commands.add_parser(
@@ -365,13 +254,13 @@ def build_parser(known: Catalog | None = None) -> Parser:
     )
     speed.add_argument(
         "--model",
-        type=_names("model", known.scale_models),
+        type=arguments.names("model", known.scale_models),
         default=known.scale_models,
         help=f"comma-separated subset of {', '.join(known.scale_models)} (default: all)",
     )
     speed.add_argument(
         "--method",
-        type=_names("method", known.methods),
+        type=arguments.names("method", known.methods),
         help="comma-separated methods (default: every method that trains the model)",
     )
     speed.add_argument(
@@ -383,10 +272,12 @@ def build_parser(known: Catalog | None = None) -> Parser:
     )
     speed.add_argument(
         "--sample-steps",
-        type=_positive_int,
+        type=arguments.positive_int,
         help="sampler steps of each training step (default: each model's own)",
     )
-    speed.add_argument("--repeats", type=_positive_int, default=2, help="timed steps after one warm-up (default 2)")
+    speed.add_argument(
+        "--repeats", type=arguments.positive_int, default=2, help="timed steps after one warm-up (default 2)"
+    )
     speed.add_argument(
         "--no-checkpointing",
         action="store_true",
@@ -403,18 +294,23 @@ def build_parser(known: Catalog | None = None) -> Parser:
     )
     cpu.add_argument(
         "--method",
-        type=_names("method", known.cpu_methods),
+        type=arguments.names("method", known.cpu_methods),
         default=known.cpu_methods,
         help=f"comma-separated subset of {', '.join(known.cpu_methods)} (default: all)",
     )
-    cpu.add_argument("--steps", type=_positive_int, default=3, help="timed steps after one warm-up (default 3)")
+    cpu.add_argument(
+        "--steps", type=arguments.positive_int, default=3, help="timed steps after one warm-up (default 3)"
+    )
     cpu.add_argument(
         "--trl-python",
         help="the python of a virtualenv holding trl 0.23.1 (bench/throughput/trl_ddpo.py): also time DDPO against "
         "trl's DDPOTrainer on a tiny Stable Diffusion pipeline",
     )
     cpu.add_argument(
-        "--rounds", type=_positive_int, default=3, help="alternating rounds of each side against trl (default 3)"
+        "--rounds",
+        type=arguments.positive_int,
+        default=3,
+        help="alternating rounds of each side against trl (default 3)",
     )
 
     serve = commands.add_parser(
@@ -428,18 +324,45 @@ def build_parser(known: Catalog | None = None) -> Parser:
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="the port to listen on (0: any free one; default 8000)")
     serve.add_argument(
-        "--threads", type=_positive_int, default=1, help="torch threads (default 1, as every cell runs: same scores)"
+        "--threads",
+        type=arguments.positive_int,
+        default=1,
+        help="torch threads (default 1, as every cell runs: same scores)",
     )
 
     board = commands.add_parser(
         "leaderboard", help="regenerate results/<suite>/ (tables, plots, report.html) from the store alone"
     )
     board.add_argument(
-        "--suite", default="default", type=_names("suite", known.suites), help=f"one of {', '.join(known.suites)}"
+        "--suite",
+        default="default",
+        type=arguments.names("suite", known.suites),
+        help=f"one of {', '.join(known.suites)}",
     )
     board.add_argument("--smoke", action="store_true", help="the suite's --smoke twin's results")
-    board.add_argument("--store", type=Path, help="results store (default results/<suite>/store.sqlite)")
+    board.add_argument(
+        "--local",
+        action="store_true",
+        help="the local layer's tables (artifacts/results/<suite>/, what your sweeps computed over the committed runs)",
+    )
+    board.add_argument(
+        "--store", type=Path, help="results store (default: the committed results/<suite>/store.sqlite, else the local)"
+    )
     board.add_argument("--out", type=Path, help=OUT_HELP)
+    published = commands.add_parser(
+        "publish",
+        help="copy a suite's local results (artifacts/results/<suite>/) into its committed ones and rewrite their "
+        "tables, from a clean tree",
+        description="Committed results (results/<suite>/) are a read-only reference; sweeps and tunes write a local "
+        "layer over them. This copies the local runs that finished at a clean code version, and a tune's trials, "
+        "studies and tuned options, into the committed layer, then rewrites its tables (bench/layers.py).",
+    )
+    published.add_argument(
+        "--suite",
+        default="default",
+        type=arguments.names("suite", known.suites),
+        help=f"one of {', '.join(known.suites)}",
+    )
     return parser
 
 

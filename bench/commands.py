@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.experiments import Suite, build_suite
 from bench.experiments.suite import TUNED, read_tuned, tuned_file, validate
-from models.progress import show_bars
+from models.progress import say, show_bars
 from worlds import ARTIFACTS, REWARDS, world_entry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,14 +64,28 @@ def suite_from_args(args) -> Suite:
     return validate(suite)
 
 
+def _committed(suite: Suite) -> Path:
+    """The folder of a suite's committed results (bench/layers.py): results/<suite>/."""
+    return ROOT / "results" / (suite.results or suite.name)
+
+
 def _store(args, suite: Suite) -> Path:
-    """The results store a command reads or writes: --store, or the suite's own: under results/ (committed), or for a
-    suite on a tiny world (smoke, a --smoke twin), whose numbers describe no model, under artifacts/results/, out of
-    the repository's tree."""
+    """The results store a sweep or a tune writes: --store, or the suite's local layer over its committed results
+    (bench/layers.py), artifacts/results/<suite>/, out of the repository's tree."""
     if args.store:
         return args.store
-    root = ARTIFACTS / "results" if suite.world.endswith("-tiny") else ROOT / "results"
-    return root / (suite.results or suite.name) / "store.sqlite"
+    return ARTIFACTS / "results" / (suite.results or suite.name) / "store.sqlite"
+
+
+def _layered(args, suite: Suite, store: Path) -> None:
+    """Brings the suite's committed runs into its local store (bench/layers.py), unless --store names another."""
+    if args.store:
+        return
+    from bench.layers import sync
+
+    copied = sync(_committed(suite), store.parent)
+    if copied:
+        say(f"{copied} runs of the committed {_committed(suite).relative_to(ROOT)}/ copied into the local layer")
 
 
 def _tables_folder(parser: argparse.ArgumentParser, args, store: Path) -> Path:
@@ -127,6 +141,7 @@ def run(parser: argparse.ArgumentParser, args) -> int:
     out_dir = _tables_folder(parser, args, store)
     try:  # a store that cannot be written fails now, naming its path, not after the world has loaded
         Store(store).close()
+        _layered(args, suite, store)
     except ValueError as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     if launched_processes() > 1:
@@ -151,7 +166,8 @@ def leaderboard(parser: argparse.ArgumentParser, args) -> int:
         parser.error(str(error))
     from bench import sweep
 
-    store = _store(args, suite)
+    committed = _committed(suite) / "store.sqlite"
+    store = args.store or (committed if committed.exists() and not args.local else _store(args, suite))
     if not store.exists():
         smoke = " --smoke" if args.smoke else ""
         parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
@@ -235,6 +251,10 @@ def tune(parser: argparse.ArgumentParser, args) -> int:
     from bench import sweep
 
     store = _store(args, suite)
+    try:
+        _layered(args, suite, store)
+    except ValueError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     results = sweep.results_dir(store)
     storage = args.storage or tuning.default_storage(results)
     try:  # a database that cannot be opened fails now, in one line, before any world loads
@@ -245,9 +265,39 @@ def tune(parser: argparse.ArgumentParser, args) -> int:
     return tuning.tune_suite(suite, cells, store, storage, budget_runs, args.workers)
 
 
+def publish(parser: argparse.ArgumentParser, args) -> int:
+    """Copies a suite's local results into its committed ones (bench/layers.py) and rewrites the committed tables;
+    refused from a tree whose code differs from its commit, whose results no commit would reproduce."""
+    try:
+        suite = build_suite(args.suite[0])
+    except ValueError as error:
+        parser.error(str(error))
+    from bench.runner import git_sha
+
+    version = git_sha()
+    if version == "unknown" or version.endswith("-dirty"):
+        parser.error(
+            f"the code differs from its commit ({version}): commit it first, so that published results name the "
+            "code that made them"
+        )
+    local, committed = _store(argparse.Namespace(store=None), suite).parent, _committed(suite)
+    if not (local / "store.sqlite").exists():
+        parser.error(f"no local results at {local}: run `make bench SUITE={args.suite[0]}` first")
+    from bench import layers, sweep
+
+    try:
+        copied = layers.publish(local, committed)
+        sweep.write_tables(committed / "store.sqlite", committed, suite.studies)
+    except ValueError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    say(f"published {copied} runs of {local} into {committed.relative_to(ROOT)}/")
+    return 0
+
+
 HANDLERS = {
     "run": run,
     "tune": tune,
+    "publish": publish,
     "leaderboard": leaderboard,
     "models": models,
     "serve": serve,

@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.experiments.suite import Suite, tuned_file
+from bench.experiments.suite import Suite, tuned_file, write_tuned
 from methods import METHODS
 from methods.options import Choice, Interval
-from models.io import atomic_write_bytes
 from models.prompts import TUNE_SPLIT
 from worlds import REWARDS, world_entry
 
@@ -354,12 +353,6 @@ def cell_summary(suite: Suite, cell: Cell, storage: str, store_path: Path, budge
         "spent": spent,
         "trials": trials,
     }
-
-
-def write_tuned(path: Path, cells: dict[str, dict]) -> None:
-    """tuned.json: each tuned cell's summary (cell_summary), in key order (read back by read_tuned)."""
-    text = json.dumps({key: cells[key] for key in sorted(cells)}, indent=2, allow_nan=False)
-    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def update_tuned(suite: Suite, cells: list[Cell], storage: str, results: Path, budget_runs: float) -> dict[str, dict]:

@@ -330,18 +330,19 @@ def test_a_registered_method_joins_every_leaderboard_suite_without_an_edit_there
 @pytest.mark.parametrize(
     "argv, folder",
     [
-        (["run"], "results/default"),
-        (["run", "--suite", "scenes"], "results/scenes"),
-        (["run", "--suite", "smoke"], "artifacts/results/smoke"),
-        (["run", "--suite", "scenes", "--smoke"], "artifacts/results/scenes-smoke"),
-        (["run", "--suite", "nightly-gpu", "--smoke"], "artifacts/results/nightly-gpu-smoke"),
+        (["run"], "default"),
+        (["run", "--suite", "scenes"], "scenes"),
+        (["run", "--suite", "smoke"], "smoke"),
+        (["run", "--suite", "scenes", "--smoke"], "scenes-smoke"),
+        (["run", "--suite", "nightly-gpu", "--smoke"], "nightly-gpu-smoke"),
+        (["tune", "--suite", "scenes"], "scenes"),
     ],
 )
-def test_results_of_a_tiny_world_are_stored_out_of_the_repositorys_tree(argv, folder):
+def test_a_sweep_writes_its_local_layer_out_of_the_repositorys_tree(argv, folder):
     from bench.commands import ROOT, _store
 
     args = build_parser().parse_args(argv)
-    assert _store(args, suite_from_args(args)) == ROOT / folder / "store.sqlite"
+    assert _store(args, suite_from_args(args)) == ROOT / "artifacts" / "results" / folder / "store.sqlite"
 
 
 @pytest.mark.parametrize("name, smoke", [(n, False) for n in SUITES] + [("scenes", True), ("nightly-gpu", True)])
@@ -358,12 +359,12 @@ def test_every_suite_and_smoke_twin_passes_its_checks(name, smoke):
 
 def test_a_tuned_suite_runs_the_tuned_cells_beside_the_defaults(tmp_path, monkeypatch):
     from bench.experiments import scenes_leaderboard
-    from bench.tune import write_tuned
+    from bench.experiments.suite import write_tuned
 
     (tmp_path / "scenes").mkdir()
     cell = {"options": {"learning_rate": 1e-5}, "score": 0.6, "objective": "", "budget": "", "spent": 0, "trials": []}
     write_tuned(tmp_path / "scenes" / "tuned.json", {"flow_grpo@scene-flow/geneval": cell})
-    monkeypatch.setattr(scenes_leaderboard, "RESULTS", tmp_path)
+    monkeypatch.setattr(scenes_leaderboard, "LAYERS", (tmp_path / "local", tmp_path))
     suite = validate(scenes_leaderboard.scenes_tuned())
     assert (suite.methods, suite.rewards, suite.seeds) == (
         ("flow_grpo/tuned@scene-flow",),
@@ -373,9 +374,10 @@ def test_a_tuned_suite_runs_the_tuned_cells_beside_the_defaults(tmp_path, monkey
     [spec] = [s for s in specs(suite) if s.seed == 0]
     assert (spec.variant, spec.method_config.learning_rate, spec.suite) == ("tuned", 1e-5, "scenes-tuned")
     args = build_parser().parse_args(["run", "--suite", "scenes-tuned"])
-    from bench.commands import ROOT, _store
+    from bench.commands import ROOT, _committed, _store
 
-    assert _store(args, suite) == ROOT / "results" / "scenes" / "store.sqlite"  # beside the defaults
+    assert _store(args, suite) == ROOT / "artifacts" / "results" / "scenes" / "store.sqlite"  # beside the defaults
+    assert _committed(suite) == ROOT / "results" / "scenes"
 
 
 def test_a_methods_default_model_is_on_the_first_of_its_families_the_world_has():

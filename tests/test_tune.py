@@ -12,7 +12,7 @@ import pytest
 
 from bench.cli import main
 from bench.experiments import build_suite
-from bench.experiments.suite import TUNED, read_tuned
+from bench.experiments.suite import TUNED, read_tuned, write_tuned
 from bench.tune import (
     TRIAL_SEED,
     Cell,
@@ -21,7 +21,6 @@ from bench.tune import (
     distributions,
     trial_spec,
     tuning_cells,
-    write_tuned,
 )
 from methods import METHODS
 from models.prompts import TUNE_SPLIT, tuning_split

@@ -21,9 +21,10 @@ from bench.experiments.suite import TUNED, Suite, leaderboard_entries, read_tune
 from bench.experiments.tables import PRIMARY_SPLIT, by_seed, cell_of, ci, final_budget, write_tuning
 from bench.stats import bootstrap_ci
 from models.io import atomic_write_bytes
-from worlds import world_entry
+from worlds import ARTIFACTS, world_entry
 
-RESULTS = Path(__file__).resolve().parents[2] / "results"
+LAYERS = (ARTIFACTS / "results", ARTIFACTS.parent / "results")
+"""Where a suite's tuned.json is looked for: its local layer, then its committed one (bench/layers.py)."""
 
 
 def scenes(smoke: bool = False) -> Suite:
@@ -52,10 +53,11 @@ def scenes(smoke: bool = False) -> Suite:
 
 
 def scenes_tuned() -> Suite:
-    """The scenes suite's tuned cells (results/scenes/tuned.json, `make tune SUITE=scenes`): each at its tuned options
-    on 5 fresh seeds, into the scenes store beside the defaults, whose leaderboard then shows both."""
+    """The scenes suite's tuned cells (tuned.json of `make tune SUITE=scenes`, local or committed): each at its tuned
+    options on 5 fresh seeds, into the scenes store beside the defaults, whose leaderboard then shows both."""
     suite = scenes()
-    tuned = read_tuned(tuned_file(RESULTS / suite.name))
+    found = [tuned_file(layer / suite.name) for layer in LAYERS if tuned_file(layer / suite.name).is_file()]
+    tuned = read_tuned(found[0]) if found else {}
     cells = [key.partition("/") for key in tuned]
     methods = tuple(dict.fromkeys(f"{cell.replace('@', f'/{TUNED}@')}" for cell, _, reward in cells))
     rewards = tuple(r for r in suite.rewards if any(reward == r for _, _, reward in cells))

@@ -19,6 +19,7 @@ from bench.budget import Budget
 from bench.evaluate import EvalConfig
 from bench.names import check_entry, check_names
 from methods import METHODS
+from models.io import atomic_write_bytes
 from worlds import MODEL_FAMILIES, REWARDS, world_entry
 
 if TYPE_CHECKING:
@@ -102,6 +103,12 @@ def read_tuned(path: Path) -> dict[str, dict[str, object]]:
         return {key: dict(cell["options"]) for key, cell in cells.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path} is not readable as tuned options ({type(error).__name__}: {error})") from None
+
+
+def write_tuned(path: Path, cells: dict[str, dict]) -> None:
+    """tuned.json: each tuned cell's summary (bench/tune.py: cell_summary), in key order; read_tuned reads it."""
+    text = json.dumps({key: cells[key] for key in sorted(cells)}, indent=2, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def first_models(world: str) -> dict[str, str]:
