@@ -54,10 +54,14 @@ nav ul { display: flex; flex-wrap: wrap; gap: 0.4em 1.5em; list-style: none; pad
 
 
 def write_results(
-    store: Store, out_dir: Path, studies: tuple[Study, ...] = (), primary_split: str = PRIMARY_SPLIT
+    store: Store,
+    out_dir: Path,
+    studies: tuple[Study, ...] = (),
+    primary_split: str = PRIMARY_SPLIT,
+    asked: tuple[str, ...] = (),
 ) -> tuple[list[Path], list[str]]:
     """Write every file of the module docstring into out_dir; return their paths and the console's few lines of
-    answer (bench.standings.glance)."""
+    answer (bench.standings.glance: about the `asked` methods, where given)."""
     out_dir = Path(out_dir)
     with store.snapshot():
         written = write_leaderboard(store, out_dir, primary_split=primary_split)
@@ -73,7 +77,7 @@ def write_results(
     written += write_curves(table, directions, out_dir, primary_split, metric, label)
     page = _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store.path.name, primary_split, metric)
     atomic_write_bytes(out_dir / "report.html", page.encode())
-    return written + study_paths + [out_dir / "report.html"], glance(table, directions, primary_split, metric)
+    return written + study_paths + [out_dir / "report.html"], glance(table, directions, primary_split, metric, asked)
 
 
 def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_name, split, metric) -> str:

@@ -277,14 +277,20 @@ def full_budgets(cells: pd.DataFrame) -> str:
     return ", ".join(f"{unit} {human(budget)}" for unit, budget in done.groupby("budget_unit")["budget"].max().items())
 
 
-def glance(table: pd.DataFrame, directions: dict[str, bool], primary_split: str, metric: str) -> list[str]:
+def glance(
+    table: pd.DataFrame, directions: dict[str, bool], primary_split: str, metric: str, asked: tuple[str, ...] = ()
+) -> list[str]:
     """A few lines with the answer, for the console: each reward and model's best method by the headline at the full
     budget (ties: each), its headline with interval and paired difference to base, the other metrics' paired
-    differences, and its compute."""
+    differences, and its compute; with `asked` (methods as the tables label them, method[/variant]), those methods'
+    rows instead, each with its place in its reward and model's ranking."""
     ranked = ranking(table, directions, primary_split, metric)
-    best = ranked.loc[ranked["rank"] == 1]
+    best = (
+        ranked.loc[ranked["method"].isin(asked) & ranked["rank"].notna()] if asked else ranked.loc[ranked["rank"] == 1]
+    )
     if best.empty:
         return []
+    ranked_in_cell = ranked.loc[ranked["rank"] > 0].groupby(["reward", "model"]).size()
     others = sorted(
         (m for m in directions if m != metric and f"{primary_split}/{m}/delta_vs_base/mean" in best),
         key=lambda m: metric_order(m, metric),
@@ -292,12 +298,18 @@ def glance(table: pd.DataFrame, directions: dict[str, bool], primary_split: str,
     budgets = full_budgets(best)
     where = [f"{r} @ {m}" for r, m in zip(best["reward"], best["model"])]
     width, method_width = max(map(len, where)), max(map(len, best["method"]))
-    lines = [f"Best {metric} ({primary_split}) at the full budget, {budgets}; Δ = paired difference to base:"]
+    title = "The asked-for methods' rank by" if asked else "Best"
+    lines = [f"{title} {metric} ({primary_split}) at the full budget, {budgets}; Δ = paired difference to base:"]
     for cell, r in zip(where, best.to_dict("records")):
         delta = [f"Δ {cell_interval(r, f'{primary_split}/{metric}/delta_vs_base', signed=True)}"]
         delta += [f"{m} Δ {r[f'{primary_split}/{m}/delta_vs_base/mean']:+.3f}" for m in others]
+        place = (
+            (f"#{r['rank']:.0f} of {ranked_in_cell.get((r['reward'], r['model']), 0)}  " if r["rank"] else "base  ")
+            if asked
+            else ""
+        )
         lines.append(
-            f"  {cell:<{width}}  {r['method']:<{method_width}}  {cell_interval(r, f'{primary_split}/{metric}')} "
+            f"  {cell:<{width}}  {r['method']:<{method_width}}  {place}{cell_interval(r, f'{primary_split}/{metric}')} "
             f"({delta[0]})  {'  '.join(delta[1:])}  {human(r['nfe'])} NFE, {human(r['wall_s'])} s"
         )
     return lines

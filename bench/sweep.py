@@ -108,10 +108,10 @@ def results_dir(store_path: Path) -> Path:
     return store_path.with_suffix("") if store_path.suffix else store_path.with_name(f"{store_path.name}-results")
 
 
-def write_tables(store_path: Path, out_dir: Path, studies: tuple[Study, ...] = ()) -> None:
+def write_tables(store_path: Path, out_dir: Path, studies: tuple[Study, ...] = (), asked: tuple[str, ...] = ()) -> None:
     """Every table, plot and the report of a store, into out_dir, replacing the earlier ones all together."""
     with Store(store_path, read_only=True) as store, replaced_together(out_dir) as staging:
-        written, answer = write_results(store, staging, studies)
+        written, answer = write_results(store, staging, studies, asked=asked)
     for line in answer:
         say(line)
     say(f"wrote {len(written)} files into {out_dir}; read {out_dir / 'report.html'} or {out_dir / 'leaderboard.md'}")
@@ -162,6 +162,7 @@ def run_suite(
     loggers: tuple[str, ...] = (),
     parallel: DataParallel = ONE_PROCESS,
     out_dir: Path | None = None,
+    asked: tuple[str, ...] = (),
 ) -> int:
     """Runs every cell, in this process, in `workers` local processes, or as Ray tasks, or, data-parallel,
     in this process together with the other launched ones; returns 0 if all cells are done or not
@@ -202,5 +203,5 @@ def run_suite(
         + f" ({time.monotonic() - start:.0f}s)"
     )
     out_dir = out_dir or results_dir(store_path)
-    write_tables(store_path, out_dir, suite.studies)
+    write_tables(store_path, out_dir, suite.studies, asked)
     return 1 if failed else 0

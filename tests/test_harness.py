@@ -275,7 +275,12 @@ def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_
     # one line for the reused runs, none per run; the answer and where the tables are, not the tables
     assert "28 runs, 0 done, 0 n/a, 0 failed, 28 reused from the store" in again
     assert "-s0-" not in again and "| base |" not in again
-    assert "Best judge_acc (eval_unseen) at the full budget" in again and "leaderboard.md" in again
+    # the methods asked for, each with its place in its reward and model's ranking (rocm and ddpo on consistency)
+    assert "The asked-for methods' rank by judge_acc (eval_unseen) at the full budget" in again
+    assert re.search(r"digit @ consistency +rocm +#[12] of 2 ", again) and re.search(
+        r"digit @ flow +base +base ", again
+    )
+    assert "leaderboard.md" in again
     assert main(["leaderboard", "--suite", "smoke", "--store", str(store)]) == 0
 
 
