@@ -38,8 +38,11 @@ def cell_interval(row: dict, prefix: str, signed: bool = False) -> str:
     return interval(mean, row.get(f"{prefix}/lo", math.nan), row.get(f"{prefix}/hi", math.nan), signed)
 
 
-def rank_text(rank: float) -> str:
-    return "—" if pd.isna(rank) or rank == 0 else str(int(rank))
+def rank_text(rank: float, tied: int = 1) -> str:
+    """A place in a ranking: '=2' where it is shared, '—' for base and the cells without results."""
+    if pd.isna(rank) or rank == 0:
+        return "—"
+    return f"={int(rank)}" if tied > 1 else str(int(rank))
 
 
 def human(x: float) -> str:

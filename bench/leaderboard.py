@@ -28,6 +28,7 @@ from bench.standings import (
     ranked_frames,
     ranking,
     shown_metrics,
+    ties_at_the_top,
 )
 from bench.store import Store
 from models.io import atomic_write_bytes
@@ -115,6 +116,8 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
             metric,
             True,
         )
+        ties = ties_at_the_top(ranked.loc[ranked["reward"] == reward], primary_split, metric)
+        lines += ["", *(f"- {line}" for line in ties)] if ties else []
         lines += ["", f"### {reward}: every budget", ""]
         lines += _reward_table(
             table[table["reward"] == reward], results[results["reward"] == reward], primary_split, arrows, metric, False
@@ -168,7 +171,7 @@ def _reward_table(
     for r in table.to_dict("records"):
         done = r["status"] == "done"
         empty = "n/a" if r["status"] == "n/a" else "—"
-        cells = [rank_text(r["rank"])] if ranked else []
+        cells = [rank_text(r["rank"], r["tied"])] if ranked else []
         cells += [md_cell(r["method"]), md_cell(r["model"])]
         if not ranked:
             cells += [md_cell(r["method_version"]), f"{r['budget_unit']} {human(r['budget'])}" if done else "—"]

@@ -25,7 +25,15 @@ from bench.experiments.suite import Study
 from bench.experiments.tables import write_studies
 from bench.formats import USED_NAMES, human, interval, rank_text, safe_name
 from bench.leaderboard import write_leaderboard
-from bench.standings import full_budgets, glance, headline, metric_order, ranked_frames, ranking
+from bench.standings import (
+    full_budgets,
+    glance,
+    headline,
+    metric_order,
+    ranked_frames,
+    ranking,
+    ties_at_the_top,
+)
 from bench.store import Store
 from bench.store_schema import USED_KEYS
 from models.io import atomic_write_bytes
@@ -113,6 +121,9 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
             f"ranked by {_e(metric)}, best first.</p>"
         )
         parts.append(_cell_table(top, directions, split, metric, ranked=True))
+        ties = ties_at_the_top(top, split, metric)
+        if ties:
+            parts.append('<ul class="note">' + "".join(f"<li>{_e(line)}</li>" for line in ties) + "</ul>")
         parts.append(
             f"<details><summary>Every budget ({len(cells)} rows, with interquartile means)</summary>"
             + _cell_table(cells, directions, split, metric, ranked=False)
@@ -145,7 +156,7 @@ def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str, he
     rows = []
     for r in cells.to_dict("records"):
         done = r["status"] == "done"
-        cols = [_e(rank_text(r["rank"]))] if ranked else []
+        cols = [_e(rank_text(r["rank"], r["tied"]))] if ranked else []
         cols += [_e(r[k]) for k in ENTRY_KEYS]
         if not ranked:
             cols += [_e(r["method_version"]), _e(f"{r['budget_unit']} {human(r['budget'])}") if done else "—"]

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.formats import cell_interval, human
+from bench.formats import cell_interval, human, rank_text
 from bench.stats import bootstrap_ci, iqm, paired_difference_ci
 from bench.store import Store
 from bench.store_schema import USED_KEYS
@@ -259,9 +259,13 @@ def ranking(table: pd.DataFrame, directions: dict[str, bool], primary_split: str
         done.loc[is_method, "rank"] = math.nan
     full_units = dict(zip(done["reward"], done["budget_unit"]))
     missing = table[table["status"] != "done"]
-    missing = missing[[full_units.get(r, u) == u for r, u in zip(missing["reward"], missing["budget_unit"])]]
-    frame = pd.concat([done, missing.assign(rank=math.nan)], ignore_index=True)
-    frame = frame.astype({"n_seeds": int, "failed": int})  # an empty `missing` leaves them float
+    missing = missing.loc[[full_units.get(r, u) == u for r, u in zip(missing["reward"], missing["budget_unit"])]]
+    # how many of the cell's methods share each rank (base: none)
+    done["tied"] = (
+        done.groupby(["reward", "budget_unit", "model", "rank"])["rank"].transform("size").where(is_method, 0)
+    )
+    frame = pd.concat([done, missing.assign(rank=math.nan, tied=0)], ignore_index=True)
+    frame = frame.astype({"n_seeds": int, "failed": int, "tied": int})  # an empty `missing` leaves them float
     # base, then the ranked methods, then the cells without results (sorted on a narrow frame of the keys: the table
     # is wide, and a column inserted into it fragments it)
     keys = frame[["reward", "budget_unit", "model", "rank", "method"]].assign(
@@ -269,6 +273,23 @@ def ranking(table: pd.DataFrame, directions: dict[str, bool], primary_split: str
     )
     order = keys.sort_values(["reward", "budget_unit", "model", "group", "rank", "method"], na_position="last").index
     return frame.loc[order].reset_index(drop=True)
+
+
+def ties_at_the_top(ranked: pd.DataFrame, primary_split: str, metric: str) -> list[str]:
+    """One line per reward and model whose first place several methods share: the headline does not separate them,
+    and where they share a fraction's ceiling, 1.000, it is saturated there."""
+    column = f"{primary_split}/{metric}/mean"
+    lines = []
+    top = ranked.loc[(ranked["rank"] == 1) & (ranked["tied"] > 1)]
+    for (reward, model), cell in top.groupby(["reward", "model"], sort=False):
+        value = cell[column].iloc[0]
+        saturated = round(value, 3) == 1.0 and ranked[column].dropna().between(0, 1).all()
+        lines.append(
+            f"{reward} @ {model}: {len(cell)} methods tie at #1 ({metric} {value:.3f}: "
+            + ("saturated, the headline's ceiling" if saturated else "the headline does not separate them")
+            + f"): {', '.join(cell['method'])}; read the other columns"
+        )
+    return lines
 
 
 def full_budgets(cells: pd.DataFrame) -> str:
@@ -304,7 +325,11 @@ def glance(
         delta = [f"Δ {cell_interval(r, f'{primary_split}/{metric}/delta_vs_base', signed=True)}"]
         delta += [f"{m} Δ {r[f'{primary_split}/{m}/delta_vs_base/mean']:+.3f}" for m in others]
         place = (
-            (f"#{r['rank']:.0f} of {ranked_in_cell.get((r['reward'], r['model']), 0)}  " if r["rank"] else "base  ")
+            (
+                f"#{rank_text(r['rank'], r['tied'])} of {ranked_in_cell.get((r['reward'], r['model']), 0)}  "
+                if r["rank"]
+                else "base  "
+            )
             if asked
             else ""
         )
@@ -312,7 +337,7 @@ def glance(
             f"  {cell:<{width}}  {r['method']:<{method_width}}  {place}{cell_interval(r, f'{primary_split}/{metric}')} "
             f"({delta[0]})  {'  '.join(delta[1:])}  {human(r['nfe'])} NFE, {human(r['wall_s'])} s"
         )
-    return lines
+    return lines + [f"  {line}" for line in ties_at_the_top(ranked, primary_split, metric)]
 
 
 def shown_metrics(results: pd.DataFrame, primary_split: str, metric: str) -> list[str]:

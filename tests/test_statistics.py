@@ -112,3 +112,31 @@ def test_improvement_table_compares_every_pair_at_the_largest_budget():
     assert reward.loc[("a", "b"), "p"] == pytest.approx((1.0 + 0.5) / 2)
     assert reward.loc[("b", "a"), "p"] == pytest.approx((0.0 + 0.5) / 2)
     assert reward.loc[("a", "c"), "tasks"] == "digit" and reward.loc[("a", "c"), "p"] == 1.0
+
+
+def test_shared_places_read_as_ties_and_a_shared_ceiling_as_saturation():
+    import pandas as pd
+
+    from bench.formats import rank_text
+    from bench.standings import ties_at_the_top
+
+    assert (rank_text(1, 3), rank_text(2, 1), rank_text(0, 0), rank_text(float("nan"), 0)) == ("=1", "2", "—", "—")
+    column = "eval_unseen/judge_acc/mean"
+    ranked = pd.DataFrame(
+        {
+            "reward": ["digit"] * 6,
+            "model": ["flow"] * 3 + ["diffusion"] * 3,
+            "method": ["base", "raft", "ddpo", "base", "sas", "dpo"],
+            "rank": [0, 1, 1, 0, 1, 1],
+            "tied": [0, 2, 2, 0, 2, 2],
+            column: [0.98, 1.0, 1.0, 0.5, 0.9, 0.9],
+        }
+    )
+    lines = ties_at_the_top(ranked, "eval_unseen", "judge_acc")
+    assert lines == [
+        "digit @ flow: 2 methods tie at #1 (judge_acc 1.000: saturated, the headline's ceiling): raft, ddpo; read the "
+        "other columns",
+        "digit @ diffusion: 2 methods tie at #1 (judge_acc 0.900: the headline does not separate them): sas, dpo; read "
+        "the other columns",
+    ]
+    assert ties_at_the_top(ranked.assign(tied=[0, 1, 1, 0, 1, 1]), "eval_unseen", "judge_acc") == []
