@@ -92,13 +92,16 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
     suite = ", ".join(sorted(all_runs["suite"].unique()))
     tasks = sorted(table[TASK_KEY].unique())
     ranked = ranking(table, directions, split, metric)
-    counts = ", ".join(f"{n} {status}" for status, n in all_runs["status"].value_counts().sort_index().items())
+    counts = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().sort_index().items())
+    # one count of runs, the sweep's: the ranked ones; a method's earlier versions are kept in the store, unranked
+    earlier = len(all_runs) - len(runs)
+    earlier_text = f"; {earlier} more of methods' earlier versions, kept in the store and not ranked" if earlier else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Leaderboard: {_e(suite)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Leaderboard: {_e(suite)}</h1>",
-        f'<p class="note">Generated from <code>{_e(store_name)}</code>: {len(all_runs)} runs ({_e(counts)}). '
+        f'<p class="note">Generated from <code>{_e(store_name)}</code>: {len(runs)} runs ({_e(counts)}{earlier_text}). '
         f"Code at git {_codes(runs['git_sha'])}; base models "
         + "; ".join(f"{_e(model)} {_codes(hashes)}" for model, hashes in runs.groupby("model")["base_model_hash"])
         + ". "

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.formats import cell_interval, human, rank_text
+from bench.formats import cell_interval, human
 from bench.stats import bootstrap_ci, iqm, paired_difference_ci
 from bench.store import Store
 from bench.store_schema import USED_KEYS
@@ -326,7 +326,8 @@ def glance(
         delta += [f"{m} Δ {r[f'{primary_split}/{m}/delta_vs_base/mean']:+.3f}" for m in others]
         place = (
             (
-                f"#{rank_text(r['rank'], r['tied'])} of {ranked_in_cell.get((r['reward'], r['model']), 0)}  "
+                f"#{r['rank']:.0f}{' (tied)' if r['tied'] > 1 else ''} of "
+                f"{ranked_in_cell.get((r['reward'], r['model']), 0)}  "
                 if r["rank"]
                 else "base  "
             )

@@ -116,6 +116,7 @@ def test_a_step_on_an_accelerator_keeps_every_tensor_on_its_device(world, name, 
     assert images.is_meta and images.shape == (2, 3, 16, 16)
 
 
+@pytest.mark.slow  # every trained pairing, over a minute together on 2 cores (make test-all runs it)
 @pytest.mark.parametrize("name, model", [pair for pair in GRID if METHODS[pair.values[0]].trains])
 def test_a_bf16_step_trains_float32_lora_weights(world, monkeypatch, name, model):
     """The mixed precision a GPU runs (frozen weights in bf16 under autocast, LoRA in float32), here on the CPU's
@@ -181,6 +182,7 @@ def test_suites_are_checked_against_their_world():
         build_suite("default", smoke=True)
 
 
+@pytest.mark.slow  # over 10 s on 2 cores (make test-all runs it)
 def test_the_annotator_demonstrates_the_best_of_the_base_models_samples_of_each_prompt(world):
     reward = REWARDS["pickscore"].from_world(world)
     policy = world.make_policy("sd15")
@@ -250,6 +252,7 @@ def test_the_cpu_benchmark_times_every_policy_gradient_method_on_digits_batched_
         assert all(float(row[5]) > 0 for row in rows)  # GFLOP/s
 
 
+@pytest.mark.slow  # over 10 s on 2 cores (make test-all runs it)
 def test_the_trl_comparisons_pipeline_is_the_985k_unet_at_32_px_and_our_side_prints_each_timed_step(tmp_path, capsys):
     from bench.throughput.cpu import time_ours, write_sd_pipeline
     from models.scale.config import StableDiffusionConfig

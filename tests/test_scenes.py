@@ -272,6 +272,7 @@ def test_the_scenes_world_scores_real_scenes_of_its_prompts_near_perfect_and_noi
     assert scores["judge_score"] > noise["judge_score"] + 0.2 and scores["fid"] < noise["fid"]
 
 
+@pytest.mark.slow  # builds the world twice, over 10 s on 2 cores (make test-all runs it)
 def test_the_build_is_deterministic_alone_or_side_by_side(tmp_path):
     first = RECIPE.build(tmp_path / "a", tiny_scenes_config(), log=lambda *_: None)
     second = RECIPE.build(tmp_path / "b", tiny_scenes_config(), log=lambda *_: None, workers=2)

@@ -61,6 +61,7 @@ def test_bench_models_rebuilds_every_network_and_names_those_that_differ_from_th
         entry.prepare("digits-tiny", tmp_path / "artifacts", print)
 
 
+@pytest.mark.slow  # over 10 s on 2 cores (make test-all runs it)
 def test_a_world_whose_networks_train_on_every_core_builds_in_one_process(tmp_path, monkeypatch):
     # its weights depend on the thread count, and side-by-side workers would each compute on every core
     def no_workers(*args, **kwargs):
