@@ -192,4 +192,5 @@ def test_the_tuning_table_sets_each_methods_default_beside_its_tuned_runs(tmp_pa
     assert "| raft | 0.450 [0.400, 0.500] | 0.750 [0.700, 0.800] | 0.300" in table
     assert "| 2.4e+06 | learning_rate=2.5e-05 |" in table
     assert table.index("| raft |") < table.index("| base |")
+    assert "| base | 0.500 | nothing to tune |" in table
     assert "needs 3 tuned methods, 1 here" in table

@@ -195,6 +195,7 @@ def write_tuning(results: pd.DataFrame, out: Path) -> Path:
     own: the tuned runs' seeds are not the default's), and the tuning compute from tuned.json; ranked by the tuned
     score. Methods with nothing to tune (base, best_of_n) show their one score."""
     from bench.experiments.suite import TUNED
+    from methods import METHODS
     from worlds import world_entry
 
     final = final_budget(results)
@@ -233,7 +234,9 @@ def write_tuning(results: pd.DataFrame, out: Path) -> Path:
         ]
         for method, default, tuned, summary in rows:
             if tuned is None:
-                lines.append(f"| {method} | {ci(default.to_numpy())} | - | - | - | - |")
+                searched = METHODS[method].trains and METHODS[method].search_space if method in METHODS else False
+                said = "not tuned yet" if searched else "nothing to tune"
+                lines.append(f"| {method} | {ci(default.to_numpy())} | {said} | - | - | - |")
                 continue
             gain = stratified_bootstrap_ci(
                 [tuned.to_numpy(), default.to_numpy()], lambda t, d, axis=-1: t.mean(axis) - d.mean(axis)
