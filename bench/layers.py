@@ -79,16 +79,17 @@ def publish(local: Path, committed: Path) -> int:
     """Copies the local layer's finished runs of clean code versions into the committed one, with a tune's trials, its
     studies (where the local file holds every committed study) and its tuned options (the local ones over the
     committed); returns how many runs it copied."""
-    copied = merge_runs(local / "store.sqlite", committed / "store.sqlite", PUBLISHABLE)
-    copied += merge_runs(local / "tuning" / "store.sqlite", committed / "tuning" / "store.sqlite", "1")
     studies = Path("tuning") / "studies.sqlite"
-    if (local / studies).is_file():
+    if (local / studies).is_file():  # checked before anything is written: a refused publish changes nothing
         missing = study_names(committed / studies) - study_names(local / studies)
         if missing:
             raise ValueError(
                 f"the local {local / studies} lacks the committed studies {', '.join(sorted(missing))}: it did not "
                 "start from the committed file; tune those cells locally first, or publish without the studies"
             )
+    copied = merge_runs(local / "store.sqlite", committed / "store.sqlite", PUBLISHABLE)
+    copied += merge_runs(local / "tuning" / "store.sqlite", committed / "tuning" / "store.sqlite", "1")
+    if (local / studies).is_file():
         shutil.copyfile(local / studies, committed / studies)
     if tuned_file(local).is_file():
         held = json.loads(tuned_file(committed).read_text()) if tuned_file(committed).is_file() else {}

@@ -92,3 +92,24 @@ def test_a_sweep_reuses_the_committed_runs_and_writes_none_of_its_own_there(comm
     with pytest.raises(SystemExit) as exit_:
         main(["publish", "--suite", "smoke"])
     assert exit_.value.code == 2 and (committed / "store.sqlite").read_bytes() == before
+
+
+def test_a_tunes_options_and_studies_come_into_the_local_layer_once_and_go_back_only_if_complete(committed, tmp_path):
+    (committed / "tuning").mkdir()
+    with sqlite3.connect(committed / "tuning" / "studies.sqlite") as db:  # Optuna's table of studies, in miniature
+        db.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT)")
+        db.execute("INSERT INTO studies VALUES (1, 'smoke:ddpo@flow/digit')")
+    (committed / "tuned.json").write_text('{"ddpo@flow/digit": {"options": {"learning_rate": 1e-05}}}\n')
+    local = tmp_path / "artifacts" / "results" / "smoke"
+    sync(committed, local)
+    assert (local / "tuned.json").read_bytes() == (committed / "tuned.json").read_bytes()
+    assert (local / "tuning" / "studies.sqlite").read_bytes() == (committed / "tuning" / "studies.sqlite").read_bytes()
+    (local / "tuned.json").write_text('{"ddpo@flow/digit": {"options": {"learning_rate": 2e-05}}}\n')
+    sync(committed, local)  # what the local layer holds of its own stays
+    assert "2e-05" in (local / "tuned.json").read_text()
+    with sqlite3.connect(local / "tuning" / "studies.sqlite") as db:  # a local file that lost a committed study
+        db.execute("DELETE FROM studies")
+    before = (committed / "store.sqlite").read_bytes()
+    with pytest.raises(ValueError, match="lacks the committed studies smoke:ddpo@flow/digit"):
+        publish(local, committed)
+    assert (committed / "store.sqlite").read_bytes() == before  # refused before anything was written
