@@ -24,9 +24,11 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "installing the project into $(VENV) (first use, or pyproject.toml changed): about 2 minutes and 2.5 GB"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	@echo "installed: $$($(PY) -m pip list --format freeze 2>/dev/null | wc -l) packages"
 	rm -f $(VENV)/.installed-* && touch $@
 
 lint: $(STAMP)
