@@ -9,6 +9,7 @@ import pytest
 
 from bench.docs import DOCUMENTS, ROOT, blocks, quote, refreshed, tables
 from bench.experiments import SUITES
+from bench.experiments.suite import tuned_file
 from bench.experiments.tables import write_studies
 from bench.leaderboard import write_leaderboard
 from bench.standings import ranked_frames
@@ -56,6 +57,8 @@ def test_a_quote_names_a_section_or_takes_every_table(tmp_path):
 def test_the_quoted_files_are_what_their_stores_give(suite, tmp_path):
     committed = ROOT / "results" / suite
     shutil.copy(committed / "store.sqlite", tmp_path / "store.sqlite")
+    if tuned_file(committed).is_file():  # a tune's record beside the store, which tuning.md reads
+        shutil.copy(tuned_file(committed), tuned_file(tmp_path))
     with Store(tmp_path / "store.sqlite", read_only=True) as store:
         written = write_leaderboard(store, tmp_path)
         runs, results = ranked_frames(store)
