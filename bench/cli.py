@@ -100,8 +100,9 @@ def build_parser(known: Catalog | None = None) -> Parser:
         "run",
         help="run a suite (resumable) and write its leaderboard",
         description="Runs every method x reward x seed of a suite, skipping finished runs and resuming "
-        "interrupted ones, then writes results/<suite>/: leaderboard tables, aggregates, curves and "
-        "report.html.",
+        "interrupted ones, then writes the suite's local layer, artifacts/results/<suite>/ (it starts with the "
+        "committed runs of results/<suite>/; make publish copies its runs there): leaderboard tables, aggregates, "
+        "curves and report.html.",
     )
     run.add_argument(
         "--suite",

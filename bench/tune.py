@@ -194,6 +194,12 @@ def step(fraction: float) -> int:
     return round(100 * fraction)
 
 
+def last_use(store, run_id: str, metric: str, unit: str) -> float:
+    """What a trial's run used of `unit` by its last recorded milestone (0 before its first)."""
+    readings = store.readings(run_id, TUNE_SPLIT, metric, unit)
+    return readings[max(readings)][1] if readings else 0.0
+
+
 class Tune:
     """One worker's tune of one cell: asks, runs and tells trials until the tuning budget is spent. Several workers
     (processes or machines) share the study and the trials' store; a trial whose worker died is taken over by the
@@ -206,7 +212,6 @@ class Tune:
         self.budget = budget_runs * suite.budget.amount
         self.metric, _ = objective(suite)
         self.store = Store(store_path)
-        self.run_ids: dict[str, str] = {}
 
     def run(self) -> None:
         from bench.cell import world_of
@@ -233,12 +238,8 @@ class Tune:
 
     def spent(self) -> float:
         """The budget's unit spent by the study's trials: each distinct run's use at its last recorded milestone."""
-        unit = self.suite.budget.unit
-        total = 0.0
-        for run_id in {t.user_attrs["run_id"] for t in self.trials() if "run_id" in t.user_attrs}:
-            readings = self.store.readings(run_id, TUNE_SPLIT, self.metric, unit)
-            total += readings[max(readings)][1] if readings else 0.0
-        return total
+        run_ids = {t.user_attrs["run_id"] for t in self.trials() if "run_id" in t.user_attrs}
+        return sum(last_use(self.store, run_id, self.metric, self.suite.budget.unit) for run_id in run_ids)
 
     def next_trial(self):
         """A trial to run: one left running by a worker that died (its run's lease is free), else a new one."""
@@ -250,15 +251,12 @@ class Tune:
                 # Optuna has no public call that continues a running trial; its Trial is made from the trial's id
                 trial = optuna.trial.Trial(self.study(frozen.number), frozen._trial_id)
                 self.log(f"{self.cell.key}: trial {frozen.number} resumed")
-                return trial, self.spec_of(frozen.params)
+                return trial, trial_spec(self.suite, self.cell, frozen.params)
         study = self.study(len(self.trials()))
         trial = study.ask(distributions(self.cell.method))
-        spec = self.spec_of(trial.params)
+        spec = trial_spec(self.suite, self.cell, trial.params)
         trial.set_user_attr("run_id", spec.run_id(self.base_hash))
         return trial, spec
-
-    def spec_of(self, params: Mapping[str, object]) -> RunSpec:
-        return trial_spec(self.suite, self.cell, params)
 
     def run_trial(self, trial, spec: RunSpec) -> None:
         import optuna
@@ -329,8 +327,7 @@ def cell_summary(suite: Suite, cell: Cell, storage: str, store_path: Path, budge
     trials, spent = [], 0.0
     with Store(store_path, read_only=True) as store:
         for trial in study.get_trials(deepcopy=False):
-            readings = store.readings(trial.user_attrs.get("run_id", ""), TUNE_SPLIT, metric, unit)
-            used = readings[max(readings)][1] if readings else 0.0
+            used = last_use(store, trial.user_attrs.get("run_id", ""), metric, unit)
             spent += used
             trials.append(
                 {

@@ -33,7 +33,7 @@ import torch
 
 from methods.options import Interval, Options, option
 from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss
-from methods.trainer import Trainer, make_optimizer
+from methods.trainer import Trainer, chain_work, make_optimizer
 from models.policy import FlowMatchingPolicy
 
 
@@ -101,8 +101,7 @@ class AWM(Trainer):
     def step_usage(cls, config: Config, generator: type) -> dict[str, float]:
         # the chains and the old log-likelihoods' pass, then per epoch the policy's forward + backward and the
         # reference's forward when beta > 0
-        images = config.prompts_per_iter * config.samples_per_prompt
-        steps = config.sample_steps or generator.default_steps
+        images, steps, _ = chain_work(config, generator)
         per_epoch = images * (3 + (1 if config.beta > 0 else 0))
         return {
             "nfe": images * (steps + 1) + config.inner_epochs * per_epoch,
