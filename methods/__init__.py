@@ -49,6 +49,7 @@ def _registry() -> dict[str, type[Trainer]]:
     from methods.diffusion_nft import DiffusionNFT
     from methods.dpo import DiffusionDPO
     from methods.draft import DRaFT
+    from methods.flow_dppo import FlowDPPO
     from methods.flow_grpo import FlowGRPO
     from methods.mix_grpo import MixGRPO
     from methods.orw_cfm_w2 import ORWCFMW2
@@ -82,6 +83,7 @@ def _registry() -> dict[str, type[Trainer]]:
         "refl": ReFL,
         "adjoint_matching": AdjointMatching,
         "awm": AWM,
+        "flow_dppo": FlowDPPO,
     }
     methods.update(
         installed_entries(

@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0")
 NOUNS = {"int": "an integer", "float": "a number"}
 NUMBERS = ("int", "float")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,15 @@ class Bounds:
         return " and ".join(f"{sign}{end:g}" for sign, end in ends if end is not None) or "finite"
 
 
-def option(default, *, above=None, at_least=None, at_most=None, below=None, added: bool = False):
+def option(
+    default: T,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+    added: bool = False,
+) -> T:
     """A Config field whose values must lie in the given range (and be finite), e.g. `option(0.2, above=0)`.
     `added`: an option added to a method after runs of it were recorded; at its default it is left out of a run's
     identity (bench/runner.py: config_identity), so those runs keep their ids."""

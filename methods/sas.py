@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Interval, option
-from methods.toolkit.policy_gradient import PolicyGradientOptions, PolicyGradientTrainer, ppo_epochs, ppo_usage
+from methods.toolkit.policy_gradient import PolicyGradientTrainer, RatioClipOptions, ppo_epochs, ppo_usage
 from methods.trainer import chain_work
 from models.sampler import Sampler
 
@@ -50,7 +50,7 @@ GRIDS = ("stratified", "fixed")
 
 
 @dataclass(frozen=True)
-class Config(PolicyGradientOptions):
+class Config(RatioClipOptions):
     """Scores-as-Actions' options: the policy-gradient ones (methods/toolkit/policy_gradient.py), the training grid
     and the path KL's weight beta."""
 

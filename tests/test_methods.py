@@ -14,6 +14,7 @@ from methods import METHODS
 from methods.best_of_n import candidates_for_budget
 from methods.toolkit.policy_gradient import (
     PolicyGradientOptions,
+    RatioClip,
     group_normalized_advantages,
     ppo_chain_backward,
     ppo_clipped_loss,
@@ -256,7 +257,7 @@ def test_ppo_gradients_and_diagnostics_do_not_depend_on_how_many_steps_share_a_n
             chain,
             steps,
             advantages,
-            0.2,
+            RatioClip(0.2),
             0.1,
             average=True,
             chunk=chunk,
@@ -297,7 +298,17 @@ def test_the_sampling_pass_is_the_on_policy_evaluation_of_its_steps(tiny_world, 
     for on_policy in (False, True):
         policy.network.zero_grad()
         stats = ppo_chain_backward(
-            policy, reference, graphed, steps, advantages, 0.2, 0.1, True, 1, dynamics in SDES, on_policy=on_policy
+            policy,
+            reference,
+            graphed,
+            steps,
+            advantages,
+            RatioClip(0.2),
+            0.1,
+            True,
+            1,
+            dynamics in SDES,
+            on_policy=on_policy,
         )
         gradients.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters()]))
         assert max(stats["ratio_dev"]) < 1e-3 and min(stats["kl"]) > 0

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from methods.sas import calibrated_values, value_increments
-from methods.toolkit.policy_gradient import ppo_chain_backward
+from methods.toolkit.policy_gradient import RatioClip, ppo_chain_backward
 from models.diffusion import NoiseSchedule
 from models.policy import DiffusionPolicy
 from models.sampler import Sampler
@@ -37,7 +37,7 @@ def path_kl(policy, reference, chain) -> float:
         chain,
         chain.stochastic_steps,
         torch.zeros(len(chain.images)),
-        clip_range=0.2,
+        trust_region=RatioClip(0.2),
         kl_coef=1.0,
         average=False,
         chunk=3,

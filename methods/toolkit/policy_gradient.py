@@ -19,10 +19,15 @@ grows as std shrinks. RatioNorm adds the shift back and rescales by std,
 centred at 0 for every step, and the step's loss is weighted by 1 / dt_s (dt_s the step's length in flow time), since
 d, and with it the gradient, scales with dt_s.
 
-A method on this contract declares its Config as PPOOptions (or PolicyGradientOptions with its own `kl_weight`) plus
-its own options, its trainer as a PolicyGradientTrainer (the optimizer, the KL's reference, `sample_scored` and the
-cost of training every step come with it), and its `step` samples and scores the chains, turns the rewards into
-advantages, (B,) or (B, N), and calls `ppo_epochs`; `ppo_usage` states what that costs.
+Flow-DPPO (methods/flow_dppo.py) bounds the update otherwise: the clip gives way to DPPO's mask (KLMask), which drops
+a step's term where its exact Gaussian KL from the sampling policy exceeds a threshold and the ratio has already moved
+the way the advantage pushes it.
+
+A method on this contract declares its Config as PPOOptions (or PolicyGradientOptions with its own `kl_weight` and
+`trust_region`, from the option mixins below) plus its own options, its trainer as a PolicyGradientTrainer (the
+optimizer, the KL's reference, `sample_scored` and the cost of training every step come with it), and its `step`
+samples and scores the chains, turns the rewards into advantages, (B,) or (B, N), and calls `ppo_epochs`; `ppo_usage`
+states what that costs.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from methods.options import Options, option
 from methods.toolkit.divergences import closed_form
@@ -69,8 +75,6 @@ class PolicyGradientOptions(Options, ABC):
     """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
     constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
     step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
-    clip_range: float = option(0.2, above=0)
-    """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
     adv_clip: float = option(5.0, above=0)
     """Advantages, in units of the rewards' spread, are clipped to [-adv_clip, adv_clip]."""
     learning_rate: float = option(3e-5, above=0)
@@ -88,10 +92,27 @@ class PolicyGradientOptions(Options, ABC):
         """The weight of the per-step KL to the frozen reference policy (0: no KL, no reference, none of its passes):
         the option a method names it by (PPOOptions' kl_coef, Scores-as-Actions' beta)."""
 
+    @property
+    @abstractmethod
+    def trust_region(self) -> RatioClip | KLMask:
+        """What bounds an update's move from the sampling policy: PPO's clip (RatioClipOptions) or DPPO's mask."""
+
 
 @dataclass(frozen=True)
-class PPOOptions(PolicyGradientOptions):
-    """The policy-gradient options of DDPO and the GRPO family: the shared ones and the KL penalty's kl_coef."""
+class RatioClipOptions(PolicyGradientOptions):
+    """The policy-gradient options of the methods whose trust region is PPO's clipped ratio."""
+
+    clip_range: float = option(0.2, above=0)
+    """PPO ratio clipping epsilon (for log-densities summed over pixels)."""
+
+    @property
+    def trust_region(self) -> RatioClip:
+        return RatioClip(self.clip_range)
+
+
+@dataclass(frozen=True)
+class KLPenaltyOptions(Options):
+    """The per-step KL penalty weighed by `kl_coef`, for a method's Config beside its policy-gradient options."""
 
     kl_coef: float = option(0.0, at_least=0)
     """Weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
@@ -101,14 +122,20 @@ class PPOOptions(PolicyGradientOptions):
         return self.kl_coef
 
 
+@dataclass(frozen=True)
+class PPOOptions(KLPenaltyOptions, RatioClipOptions):
+    """The policy-gradient options of DDPO and the GRPO family: the shared ones, PPO's clip range and the KL penalty's
+    kl_coef."""
+
+
 SDE_DYNAMICS = ("flow-sde", "cps")
 """The dynamics the GRPO family's flow chains may be drawn with (models/sampler.py)."""
 
 
 @dataclass(frozen=True)
-class FlowSDEOptions(PPOOptions):
-    """PPO's options and the dynamics of the stochastic steps and their noise level, for the methods that train a flow
-    model's SDE steps (Flow-GRPO, MixGRPO)."""
+class FlowSDEDynamics(Options):
+    """The dynamics of a flow chain's stochastic steps and their noise level, for the methods that train a flow
+    model's SDE steps; a method's Config adds it to its policy-gradient options (FlowSDEOptions, Flow-DPPO's)."""
 
     noise_level: float = option(0.7, above=0)
     """The stochastic steps' noise: a in sigma_t = a sqrt(t / (1 - t)) (flow-sde), eta (cps)."""
@@ -123,6 +150,11 @@ class FlowSDEOptions(PPOOptions):
             raise ValueError(f"{method}.dynamics must be one of {', '.join(SDE_DYNAMICS)}, got {self.dynamics!r}")
         if self.dynamics == "cps" and self.noise_level > 1:
             raise ValueError(f"{method}.noise_level must be <= 1 with dynamics cps (eta), got {self.noise_level:g}")
+
+
+@dataclass(frozen=True)
+class FlowSDEOptions(FlowSDEDynamics, PPOOptions):
+    """PPO's options and the flow SDE's dynamics, for Flow-GRPO and MixGRPO."""
 
 
 class PolicyGradientTrainer(Trainer):
@@ -193,6 +225,52 @@ def ppo_clipped_loss(
     return torch.maximum(unclipped, clipped).mean(), ratio
 
 
+@dataclass(frozen=True)
+class RatioClip:
+    """PPO's trust region: the ratio is clipped to [1 - clip_range, 1 + clip_range] where clipping lowers the
+    surrogate (ppo_clipped_loss); `outside` names the diagnostic that counts the terms outside it."""
+
+    clip_range: float
+    outside = "clip_frac"
+
+    def surrogate(
+        self, log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, step: tuple[Tensor, Tensor, float]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(the loss to minimise, the ratio (B,), which terms lie outside the region (B,)) from the log-probabilities
+        under theta and the sampling policy and the advantages (B,); the step's Gaussians are not read."""
+        loss, ratio = ppo_clipped_loss(log_prob, old_log_prob, advantages, self.clip_range)
+        return loss, ratio, (ratio - 1).abs() > self.clip_range
+
+
+@dataclass(frozen=True)
+class KLMask:
+    """DPPO's trust region (Qi et al., "Rethinking the Trust Region in LLM Reinforcement Learning", arXiv 2602.04879,
+    its equations 12 and 14), made exact for Gaussian steps by Flow-DPPO: the unclipped surrogate -A rho, with a term
+    dropped (its gradient zeroed, its place in the mean kept) where the step's KL from the sampling policy exceeds
+    `threshold` and the ratio has already moved the way the advantage pushes it (rho > 1 with A > 0, rho < 1 with
+    A < 0): a term may always move back towards the sampling policy. `outside` names the diagnostic of the masked."""
+
+    threshold: float
+    outside = "mask_frac"
+
+    def surrogate(
+        self, log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, step: tuple[Tensor, Tensor, float]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(the loss to minimise, the ratio (B,), the masked terms (B,)) from the log-probabilities under theta and
+        the sampling policy, the advantages (B,), and the step's Gaussians (mean under theta, mean under the sampling
+        policy, their std), whose KL per dimension, ||mu_theta - mu_old||^2 / (2 std^2 D), is the divergence."""
+        advantages = advantages.to(log_prob.device)
+        ratio = torch.exp(log_prob - old_log_prob.to(log_prob.device))
+        mean, old_mean, std = step
+        with torch.no_grad():
+            divergence = closed_form("kl", mean, std, old_mean.to(mean.device), std)
+        pushed_on = ((ratio > 1) & (advantages > 0)) | ((ratio < 1) & (advantages < 0))
+        masked = (divergence > self.threshold) & pushed_on
+        # where, not a product: a ratio that overflowed would make 0 * inf a NaN
+        loss = torch.where(masked, torch.zeros_like(ratio), -advantages * ratio).mean()
+        return loss, ratio, masked
+
+
 def guarded_log_ratio(
     log_prob: torch.Tensor, old_log_prob: torch.Tensor, mean: torch.Tensor, old_mean: torch.Tensor, std: float
 ) -> torch.Tensor:
@@ -220,7 +298,7 @@ def ppo_chain_backward(
     trajectory: Trajectory,
     steps: Sequence[int],
     advantages: torch.Tensor,
-    clip_range: float,
+    trust_region: RatioClip | KLMask,
     kl_coef: float,
     average: bool,
     chunk: int,
@@ -240,12 +318,14 @@ def ppo_chain_backward(
     average: divide by the number of steps (a mean over steps) instead of summing them.
     chunk: steps per network call (1: a call per step); the call's activations grow with it.
     guard: GRPO-Guard's regulated ratio and 1 / dt_s step weights (a flow model's chain: its timesteps are times).
-    Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), clip_frac, and kl where there is a reference.
+    trust_region: what bounds the move from the sampling policy (RatioClip or KLMask).
+    Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), the share of terms outside the trust region
+    (clip_frac or mask_frac) and kl where there is a reference.
     """
     if trajectory.log_probs is None:
         raise ValueError("a policy gradient needs stochastic steps; every step of this chain is deterministic")
     sampled_log_probs = trajectory.log_probs
-    stats: dict[str, list[float]] = {"loss": [], "ratio_dev": [], "clip_frac": [], "kl": []}
+    stats: dict[str, list[float]] = {"loss": [], "ratio_dev": [], trust_region.outside: [], "kl": []}
     divisor = len(steps) if average else 1
     for first in range(0, len(steps), chunk):
         group = steps[first : first + chunk]
@@ -262,7 +342,8 @@ def ppo_chain_backward(
             if guard:
                 log_prob = guarded_log_ratio(log_prob, old_log_prob, mean, trajectory.means[:, s], std)
                 old_log_prob, weight = torch.zeros_like(log_prob), 1 / step_length(trajectory, s)
-            loss, ratio = ppo_clipped_loss(log_prob, old_log_prob, step_advantages, clip_range)
+            gaussians = (mean, trajectory.means[:, s], std)
+            loss, ratio, outside = trust_region.surrogate(log_prob, old_log_prob, step_advantages, gaussians)
             loss = weight * loss
             if reference is not None:
                 kl = closed_form("kl", mean, std, reference_means[i], std).mean()
@@ -271,7 +352,7 @@ def ppo_chain_backward(
             losses.append(loss)
             stats["loss"].append(loss.item())
             stats["ratio_dev"].append((ratio - 1).abs().mean().item())
-            stats["clip_frac"].append(((ratio - 1).abs() > clip_range).float().mean().item())
+            stats[trust_region.outside].append(outside.float().mean().item())
         (torch.stack(losses).sum() / divisor).backward()
     return stats
 
@@ -340,7 +421,7 @@ def ppo_epochs(
     cfg = trainer.config
     actions = len(trajectory.stochastic_steps)
     trained = actions if step_fraction is None else steps_trained(step_fraction, actions)
-    stats: dict[str, list[float]] = {"ratio_dev": [], "clip_frac": [], "kl": [], "loss": []}
+    stats: dict[str, list[float]] = {"ratio_dev": [], cfg.trust_region.outside: [], "kl": [], "loss": []}
     for epoch in range(cfg.inner_epochs):
         for batch, index in enumerate(trainer.minibatches(len(trajectory.prompts), cfg.minibatch)):
             part = trajectory.subset(index)
@@ -355,7 +436,7 @@ def ppo_epochs(
                 part,
                 steps,
                 advantages[index],
-                cfg.clip_range,
+                cfg.trust_region,
                 cfg.kl_weight,
                 average=not summed,
                 chunk=cfg.steps_per_call,
