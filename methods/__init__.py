@@ -54,6 +54,7 @@ def _registry() -> dict[str, type[Trainer]]:
     from methods.mix_grpo import MixGRPO
     from methods.orw_cfm_w2 import ORWCFMW2
     from methods.pipeline import RewardModelPipeline
+    from methods.pref_grpo import PrefGRPO
     from methods.raft import RAFT
     from methods.refl import ReFL
     from methods.rocm import ROCM
@@ -84,6 +85,7 @@ def _registry() -> dict[str, type[Trainer]]:
         "adjoint_matching": AdjointMatching,
         "awm": AWM,
         "flow_dppo": FlowDPPO,
+        "pref_grpo": PrefGRPO,
     }
     methods.update(
         installed_entries(
