@@ -46,6 +46,7 @@ def _registry() -> dict[str, type[Trainer]]:
     from methods.best_of_n import BestOfN
     from methods.dance_grpo import DanceGRPO
     from methods.ddpo import DDPO
+    from methods.dgpo import DGPO
     from methods.diffusion_nft import DiffusionNFT
     from methods.dpo import DiffusionDPO
     from methods.draft import DRaFT
@@ -86,6 +87,7 @@ def _registry() -> dict[str, type[Trainer]]:
         "awm": AWM,
         "flow_dppo": FlowDPPO,
         "pref_grpo": PrefGRPO,
+        "dgpo": DGPO,
     }
     methods.update(
         installed_entries(

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import Interval, Options, option
+from methods.toolkit.flow_matching import flow_matching_error
 from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.policy import FlowMatchingPolicy
@@ -65,7 +66,7 @@ class Config(Options):
 def flow_log_likelihood(v_theta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The surrogate log p (B,) of samples whose velocities (B, ...) regress `target`: minus the squared error,
     averaged over dimensions."""
-    return -(v_theta - target).pow(2).flatten(1).mean(dim=1)
+    return -flow_matching_error(v_theta, target)
 
 
 def awm_loss(

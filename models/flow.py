@@ -130,11 +130,13 @@ class FlowPolicy(ChainPolicy):
         return self.flow_matching_point(self.encode(images), generator)
 
     def flow_matching_point(
-        self, x0: torch.Tensor, generator: torch.Generator
+        self, x0: torch.Tensor, generator: torch.Generator, shared: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As flow_matching_pair, from clean chain states x0 (B, *latent_shape) rather than images."""
-        t = torch.rand(len(x0), generator=generator, dtype=torch.float64)
-        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        """As flow_matching_pair, from clean chain states x0 (B, *latent_shape) rather than images; each `shared`
+        consecutive states share one draw of (t, noise) (DGPO's group, whose samples are compared at one point)."""
+        t = torch.rand(len(x0) // shared, generator=generator, dtype=torch.float64).repeat_interleave(shared)
+        noise = torch.randn((len(x0) // shared, *x0.shape[1:]), generator=generator).repeat_interleave(shared, dim=0)
+        noise = noise.to(self.device)
         t_ = t.to(self.device, torch.float32).view(-1, *(1,) * (x0.dim() - 1))
         return (1 - t_) * x0 + t_ * noise, t, noise - x0
 

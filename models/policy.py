@@ -157,7 +157,7 @@ class FlowMatchingPolicy(Policy, Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
     def flow_matching_point(
-        self, x0: torch.Tensor, generator: torch.Generator
+        self, x0: torch.Tensor, generator: torch.Generator, shared: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 

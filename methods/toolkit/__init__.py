@@ -2,8 +2,10 @@
 each other.
 
   policy_gradient  the chain policy-gradient contract: the options its methods share (PolicyGradientOptions,
-                   PPOOptions), their trainer base, PPO's clipped surrogate, group-normalized advantages and the
-                   PPO (+ KL) update over the chain's steps, (B,) or (B, N) advantages
+                   PPOOptions and their mixins), their trainer base, the trust regions (PPO's clipped surrogate,
+                   DPPO's KL mask), group-normalized advantages and the PPO (+ KL) update over the chain's steps,
+                   (B,) or (B, N) advantages
+  flow_matching    the flow-matching error, the likelihood surrogate of awm and dgpo
   weightings       reward weightings (exp / linear / rank / uniform) of weighted maximum-likelihood steps
   divergences      f-divergences between the per-step Gaussians of two policies, closed form and Monte Carlo
   preferences      preference pairs from the annotator, and Bradley-Terry reward models fitted to them
