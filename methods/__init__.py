@@ -50,6 +50,7 @@ def _registry() -> dict[str, type[Trainer]]:
     from methods.diffusion_nft import DiffusionNFT
     from methods.dpo import DiffusionDPO
     from methods.draft import DRaFT
+    from methods.elbo import ELBO
     from methods.flow_dppo import FlowDPPO
     from methods.flow_grpo import FlowGRPO
     from methods.mix_grpo import MixGRPO
@@ -88,6 +89,7 @@ def _registry() -> dict[str, type[Trainer]]:
         "flow_dppo": FlowDPPO,
         "pref_grpo": PrefGRPO,
         "dgpo": DGPO,
+        "elbo": ELBO,
     }
     methods.update(
         installed_entries(

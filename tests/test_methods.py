@@ -72,11 +72,12 @@ def test_step_is_finite_and_changes_parameters(tiny_world, name, model, reward):
 
 # The tiny world's 60-step flow model draws noise, whose PNGs all take the same 140 bytes; the methods that learn from
 # reward differences alone are those on the policy-gradient options (advantages within a group), dpo (its pairs),
-# awm and dgpo (group advantages on the flow-matching loss).
+# awm, dgpo and elbo (group advantages on the flow-matching loss or the ELBO).
 RELATIVE = {name for name, method in METHODS.items() if issubclass(method.Config, PolicyGradientOptions)} | {
     "dpo",
     "awm",
     "dgpo",
+    "elbo",
 }
 NO_REWARD_SPREAD = {(name, "flow", "compress") for name in RELATIVE}
 
