@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from bench.standings import (
     ranked_frames,
     ranking,
     shown_metrics,
+    store_world,
     ties_at_the_top,
 )
 from bench.store import Store
@@ -64,7 +66,7 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
     atomic_write_bytes(written[0], table.to_csv(index=False).encode())
     atomic_write_bytes(written[1], _markdown(table, runs, results, primary_split, headline(runs)[0]).encode())
     for reward in sorted(results["reward"].unique()):
-        grid = _sample_grid(store, results[results["reward"] == reward], primary_split)
+        grid = _sample_grid(store, results[results["reward"] == reward], primary_split, store_world(runs).prompt_group)
         if grid is not None:
             path = out_dir / f"samples_{safe_name(reward)}.png"
             buffer = io.BytesIO()
@@ -189,11 +191,24 @@ def _reward_table(
     return lines
 
 
-def _sample_grid(store: Store, results: pd.DataFrame, primary_split: str) -> Image.Image | None:
-    """Rows = (model, method) pairs with stored samples, labelled, base first in each model; columns = the first
-    GRID_COLUMNS distinct prompts of the primary split (the first sample of each, at the largest budget, first seed),
-    each headed by its prompt. The splits list each phrasing's prompts in class order, so the first prompts cover
-    every class (every digit). None if no method stored samples."""
+def grid_prompts(prompts: list[str], group: Callable[[str], str]) -> list[str]:
+    """GRID_COLUMNS of the split's distinct prompts, taken in turn from each of its `group`s (the world's prompt
+    families) so that every family shows, in the split's order. A world without families gives the split's first
+    prompts: the splits list each phrasing's prompts in class order, so those cover every class (every digit)."""
+    families: dict[str, list[str]] = {}
+    for prompt in prompts:
+        families.setdefault(group(prompt), []).append(prompt)
+    taken = [family[k] for k in range(len(prompts)) for family in families.values() if k < len(family)]
+    chosen = set(taken[:GRID_COLUMNS])
+    return [prompt for prompt in prompts if prompt in chosen]
+
+
+def _sample_grid(
+    store: Store, results: pd.DataFrame, primary_split: str, group: Callable[[str], str]
+) -> Image.Image | None:
+    """Rows = (model, method) pairs with stored samples, labelled, base first in each model; columns = the primary
+    split's prompts of grid_prompts (the first sample of each, at the largest budget, first seed), each headed by its
+    prompt. None if no method stored samples."""
     rows, prompts = [], []
     pairs = sorted(set(zip(results["model"], results["method"])), key=lambda p: (p[0], p[1] != BASE_METHOD, p[1]))
     for model, method in pairs:
@@ -206,7 +221,7 @@ def _sample_grid(store: Store, results: pd.DataFrame, primary_split: str) -> Ima
         firsts = {}
         for index, prompt in enumerate(sample_prompts):
             firsts.setdefault(prompt, index)
-        prompts = prompts or list(firsts)[:GRID_COLUMNS]  # every row shows the first row's prompts
+        prompts = prompts or grid_prompts(list(firsts), group)  # every row shows the first row's prompts
         label = f"{method} @ {model}\n{first['budget_unit']} {human(first['budget'])}, seed {first['seed']}"
         cells = _to_cells(images[[firsts.get(p, 0) for p in prompts]])
         missing = [j for j, p in enumerate(prompts) if p not in firsts]

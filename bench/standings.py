@@ -24,6 +24,7 @@ from bench.stats import bootstrap_ci, iqm, paired_difference_ci
 from bench.store import Store
 from bench.store_schema import USED_KEYS
 from worlds import world_entry
+from worlds.base import WorldEntry
 
 BASE_METHOD = "base"
 
@@ -39,13 +40,18 @@ _RUN_KEYS = ["method", "model", "reward", "budget_unit"]
 CELL_KEYS = [*_RUN_KEYS, "budget"]
 
 
-def headline(runs: pd.DataFrame) -> tuple[str, str]:
-    """The headline metric of the store's world (the held-out measure of success the tables lead with, and the one
-    whose paired difference to `base` they show) and what it measures, for plots."""
+def store_world(runs: pd.DataFrame) -> WorldEntry:
+    """The world whose runs a store holds (one per store)."""
     worlds = runs["world"].unique()
     if len(worlds) != 1:
         raise ValueError(f"a store holds the runs of one world, this one of {', '.join(sorted(worlds))}")
-    entry = world_entry(worlds[0])
+    return world_entry(worlds[0])
+
+
+def headline(runs: pd.DataFrame) -> tuple[str, str]:
+    """The headline metric of the store's world (the held-out measure of success the tables lead with, and the one
+    whose paired difference to `base` they show) and what it measures, for plots."""
+    entry = store_world(runs)
     return entry.headline_metric, entry.headline_label
 
 

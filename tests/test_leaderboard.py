@@ -9,12 +9,14 @@ import pytest
 from PIL import Image
 
 from bench.formats import human
-from bench.leaderboard import write_leaderboard
+from bench.leaderboard import GRID_COLUMNS, grid_prompts, write_leaderboard
 from bench.stats import bootstrap_ci, paired_difference_ci
 from bench.store import Store
 from bench.store_schema import RunRecord
 from bench.sweep import results_dir
 from models.io import STAGING, replaced_together
+from worlds import world_entry
+from worlds.scenes.rules import FAMILIES
 
 # -- stats ------------------------------------------------------------------------------------
 
@@ -253,6 +255,22 @@ def test_sample_grids_have_a_row_per_method_and_a_column_per_prompt(store, tmp_p
             expected = seed0[k * SAMPLES_PER_PROMPT, 0].repeat(4, axis=0).repeat(4, axis=1)
             assert np.array_equal(cell, expected), f"column {k} is not the first sample of prompt p{k}"
             assert (pixels[: starts[0], left : left + 32] != 255).any(), f"column {k} has no header"
+
+
+def test_a_sample_grid_shows_every_family_of_the_split_and_a_world_without_families_its_first_prompts():
+    scenes = world_entry("scenes")
+    prompts = [f"{n} {'red' if n % 2 else 'blue'} things" for n in range(40)]  # two families of 20, interleaved
+    halves = grid_prompts(prompts, lambda prompt: "red" if "red" in prompt else "blue")
+    assert len(halves) == GRID_COLUMNS and sum("red" in p for p in halves) == GRID_COLUMNS // 2
+    assert grid_prompts(prompts, world_entry("digits").prompt_group) == prompts[:GRID_COLUMNS]
+    # as the scenes splits list them, family by family: here 20 single digits before one prompt of each other family
+    words = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    blocks = [*(f"a {d}" for d in range(10)), *(f"a {word}" for word in words)]
+    blocks += ["a 3 and a 5", "three 7s", "a red 4", "a 2 above a 9", "a red 3 and a blue 8", "the number 4071"]
+    assert {scenes.prompt_group(p) for p in blocks[:GRID_COLUMNS]} == {"single"}
+    chosen = grid_prompts(blocks, scenes.prompt_group)
+    assert len(chosen) == GRID_COLUMNS and {scenes.prompt_group(p) for p in chosen} == set(FAMILIES)
+    assert chosen == [p for p in blocks if p in chosen]  # in the split's order
 
 
 def test_only_the_newest_version_of_a_method_is_ranked(store, tmp_path):

@@ -96,6 +96,11 @@ class WorldEntry(Protocol):
         """Whether a sweep may run several cells at once in worker processes (False where each loads a GPU's worth)."""
         ...
 
+    def prompt_group(self, prompt: str) -> str:
+        """The family a prompt of the world belongs to (scenes: GenEval's families and text rendering), "" where the
+        world has none: the sample grids show every family."""
+        ...
+
     @property
     def gpus_per_cell(self) -> float:
         """The GPUs a cell asks a Ray cluster for (bench/ray_backend.py): Ray reserves none for a task that asks for

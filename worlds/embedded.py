@@ -72,6 +72,9 @@ class EmbeddedEntry:
     def generator_class(self, model: str) -> type:
         return self.recipe.generators[model][1]
 
+    def prompt_group(self, prompt: str) -> str:
+        return ""
+
     def generator_states(self, directory: Path) -> dict[str, dict]:
         return {model: load_weights(directory, component) for model, (component, _) in self.recipe.generators.items()}
 

@@ -329,6 +329,9 @@ class ScaleEntry:
         """None of its own: it scores with the published reward models (rewards/)."""
         return {}
 
+    def prompt_group(self, prompt: str) -> str:
+        return ""
+
     @property
     def gpus_per_cell(self) -> float:
         return self.config.gpus_per_cell

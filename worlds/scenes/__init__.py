@@ -112,6 +112,9 @@ class ScenesEntry(EmbeddedEntry):
     headline_metric = "judge_score"
     headline_label = "held-out judge (GenEval-style score)"
 
+    def prompt_group(self, prompt: str) -> str:
+        return parse(prompt).family
+
     def load(self, name: str, root: Path, log=print) -> ScenesWorld:
         directory = self.ensure(name, root, log)
         return ScenesWorld(
