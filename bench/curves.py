@@ -12,13 +12,16 @@ CLIP score at scale):
   no other cell beats on both axes are joined (the Pareto front).
 
 Every series keeps one look in every figure of every suite (`series_style`): its method's colour and marker,
-its model's line style; no two series of a figure share all three. Figures are built with matplotlib's object API
-(no pyplot), so no global backend state is touched.
+its model's line style; no two series of a panel share all three. Where one panel would hold more than
+MAX_SERIES_PER_PANEL series, each model gets its own (small multiples). The legend lies below the panels, so it never
+covers a title or squeezes a panel; compute axes read 100k, 1M. Figures are built with matplotlib's object API (no
+pyplot), so no global backend state is touched.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +29,10 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label
-from bench.formats import safe_name
+from bench.formats import human, safe_name
 from bench.standings import TRAINING_REWARD
 from methods import METHODS
 from models.io import atomic_write_bytes
@@ -38,6 +42,10 @@ COMPUTE_UNITS = {"nfe": "NFE", "reward_queries": "reward queries", "wall_s": "wa
 PARETO_METRICS = ("diversity", "fid")
 SERIES_KEYS = [*ENTRY_KEYS, "budget_unit"]
 _PANEL_INCHES = (4.2, 3.2)
+MAX_SERIES_PER_PANEL = 8
+"""More series than this in one panel, and the figure draws one panel per model instead."""
+_LEGEND_COLUMN_INCHES = 2.8
+_LEGEND_ROW_INCHES = 0.22
 # tab20's strong colours first, then its light ones: the first ten methods get the most distinct colours
 _COLORS = [colormaps["tab20"](i) for i in (*range(0, 20, 2), *range(1, 20, 2))]
 # every model's place among its world's generators: a suite runs in one world, so only those share a figure
@@ -115,6 +123,20 @@ def _stat(cells: pd.DataFrame, split: str, metric: str) -> tuple[np.ndarray, np.
     return tuple(cells[f"{prefix}/{s}"].to_numpy(dtype=float) for s in ("mean", "lo", "hi"))
 
 
+def _panels(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, cells) of each panel: every series in one, or, where that would hold more than MAX_SERIES_PER_PANEL
+    series, one per model (titled by it)."""
+    if len(cells[SERIES_KEYS].drop_duplicates()) <= MAX_SERIES_PER_PANEL or cells["model"].nunique() == 1:
+        return [("", cells)]
+    return [(str(model), part) for model, part in cells.groupby("model")]
+
+
+def _compute_axis(ax) -> None:
+    """Compute on an axis as 100k, 1M, few enough ticks to stay apart."""
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: human(value)))
+
+
 def _has(cells: pd.DataFrame, split: str, *metrics: str) -> bool:
     return all(f"{split}/{m}/mean" in cells and cells[f"{split}/{m}/mean"].notna().any() for m in metrics)
 
@@ -127,48 +149,52 @@ def _compute(cells, directions, styles, split, headline, headline_label) -> Figu
     metrics = [m for m in (TRAINING_REWARD, headline) if _has(cells, split, m)]
     if not metrics:
         return None
-    figure = Figure(
-        layout="constrained", figsize=(_PANEL_INCHES[0] * len(COMPUTE_UNITS), _PANEL_INCHES[1] * len(metrics))
-    )
-    axes = figure.subplots(len(metrics), len(COMPUTE_UNITS), squeeze=False)
-    for row, metric in enumerate(metrics):
+    panels = _panels(cells)
+    rows = [(metric, title, part) for metric in metrics for title, part in panels]
+    figure = Figure(layout="constrained", figsize=(_PANEL_INCHES[0] * len(COMPUTE_UNITS), _PANEL_INCHES[1] * len(rows)))
+    axes = figure.subplots(len(rows), len(COMPUTE_UNITS), squeeze=False)
+    for row, (metric, title, part) in enumerate(rows):
         for col, (unit, unit_label) in enumerate(COMPUTE_UNITS.items()):
             ax = axes[row, col]
-            for label, entry, series in _series(cells):
+            for label, entry, series in _series(part):
                 mean, lo, hi = _stat(series, split, metric)
                 x = series[unit].to_numpy(dtype=float)
                 ax.plot(x, mean, label=label, **styles[entry])
                 ax.fill_between(x, lo, hi, color=styles[entry]["color"], alpha=0.2, linewidth=0)
             ax.set_xlabel(f"{unit_label} used")
             ax.set_ylabel(_axis_label(metric, directions))
+            if title:
+                ax.set_title(title, fontsize=9)
+            _compute_axis(ax)
             ax.grid(alpha=0.3)
-    _legend(figure, axes[0, -1])
+    _legend(figure)
     return figure
 
 
 def _overoptimization(cells, directions, styles, split, headline, headline_label) -> Figure | None:
     if not _has(cells, split, TRAINING_REWARD, headline):
         return None
-    figure = Figure(layout="constrained", figsize=(_PANEL_INCHES[0] * 1.5, _PANEL_INCHES[1] * 1.5))
-    ax = figure.subplots()
-    for label, entry, series in _series(cells):
-        x, x_lo, x_hi = _stat(series, split, TRAINING_REWARD)
-        y, y_lo, y_hi = _stat(series, split, headline)
-        ax.errorbar(
-            x,
-            y,
-            xerr=[x - x_lo, x_hi - x],
-            yerr=[y - y_lo, y_hi - y],
-            capsize=2,
-            label=label,
-            **styles[entry],
-        )
-        ax.plot(x[-1:], y[-1:], marker="*", markersize=14, color=styles[entry]["color"])  # the full budget
-    ax.set_xlabel(f"training reward (proxy) {_axis_label(TRAINING_REWARD, directions)[-1]}")
-    ax.set_ylabel(f"{headline_label}: {_axis_label(headline, directions)}")
-    ax.set_title("milestones in budget order; ★ = full budget", fontsize=9)
-    ax.grid(alpha=0.3)
-    _legend(figure, ax)
+    panels = _panels(cells)
+    figure = Figure(layout="constrained", figsize=(_PANEL_INCHES[0] * 1.5 * len(panels), _PANEL_INCHES[1] * 1.5))
+    for ax, (title, part) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for label, entry, series in _series(part):
+            x, x_lo, x_hi = _stat(series, split, TRAINING_REWARD)
+            y, y_lo, y_hi = _stat(series, split, headline)
+            ax.errorbar(
+                x,
+                y,
+                xerr=[x - x_lo, x_hi - x],
+                yerr=[y - y_lo, y_hi - y],
+                capsize=2,
+                label=label,
+                **styles[entry],
+            )
+            ax.plot(x[-1:], y[-1:], marker="*", markersize=14, color=styles[entry]["color"])  # the full budget
+        ax.set_xlabel(f"training reward (proxy) {_axis_label(TRAINING_REWARD, directions)[-1]}")
+        ax.set_ylabel(f"{headline_label}: {_axis_label(headline, directions)}")
+        ax.set_title(f"{title + ': ' if title else ''}milestones in budget order; ★ = full budget", fontsize=9)
+        ax.grid(alpha=0.3)
+    _legend(figure)
     return figure
 
 
@@ -176,45 +202,56 @@ def _pareto(cells, directions, styles, split, headline, headline_label) -> Figur
     metrics = [m for m in PARETO_METRICS if _has(cells, split, TRAINING_REWARD, m)]
     if not metrics:
         return None
-    figure = Figure(layout="constrained", figsize=(_PANEL_INCHES[0] * 1.2 * len(metrics), _PANEL_INCHES[1] * 1.3))
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
-        for label, entry, series in _series(cells):
-            x, _, _ = _stat(series, split, TRAINING_REWARD)
-            y, _, _ = _stat(series, split, metric)
-            # the line (through the milestones in budget order) carries the series' look into the legend
-            ax.plot(x, y, label=label, linewidth=1, markersize=4, **styles[entry])
-            ax.scatter(
-                x, y, color=styles[entry]["color"], marker=styles[entry]["marker"], s=np.linspace(20, 60, len(x))
+    panels = _panels(cells)
+    figure = Figure(
+        layout="constrained", figsize=(_PANEL_INCHES[0] * 1.2 * len(metrics), _PANEL_INCHES[1] * 1.3 * len(panels))
+    )
+    axes = figure.subplots(len(panels), len(metrics), squeeze=False)
+    for row, (title, part) in enumerate(panels):
+        for ax, metric in zip(axes[row], metrics):
+            for label, entry, series in _series(part):
+                x, _, _ = _stat(series, split, TRAINING_REWARD)
+                y, _, _ = _stat(series, split, metric)
+                # the line (through the milestones in budget order) carries the series' look into the legend
+                ax.plot(x, y, label=label, linewidth=1, markersize=4, **styles[entry])
+                ax.scatter(
+                    x, y, color=styles[entry]["color"], marker=styles[entry]["marker"], s=np.linspace(20, 60, len(x))
+                )
+            x, _, _ = _stat(part, split, TRAINING_REWARD)
+            y, _, _ = _stat(part, split, metric)
+            front = pareto_front(x, y, directions.get(TRAINING_REWARD, True), directions.get(metric, True))
+            ax.plot(
+                x[front],
+                y[front],
+                linestyle="--",
+                marker="o",
+                markersize=12,
+                markerfacecolor="none",
+                color="gray",
+                zorder=0,
+                label="Pareto front",
             )
-        x, _, _ = _stat(cells, split, TRAINING_REWARD)
-        y, _, _ = _stat(cells, split, metric)
-        front = pareto_front(x, y, directions.get(TRAINING_REWARD, True), directions.get(metric, True))
-        ax.plot(
-            x[front],
-            y[front],
-            linestyle="--",
-            marker="o",
-            markersize=12,
-            markerfacecolor="none",
-            color="gray",
-            zorder=0,
-            label="Pareto front",
-        )
-        ax.set_xlabel(_axis_label(TRAINING_REWARD, directions))
-        ax.set_ylabel(_axis_label(metric, directions))
-        ax.locator_params(axis="x", nbins=5)  # reward values such as -137.5 need room
-        ax.grid(alpha=0.3)
-    axes[0].set_title("one point per cell, joined in budget order; larger = larger budget", fontsize=9)
-    _legend(figure, axes[-1])
+            ax.set_xlabel(_axis_label(TRAINING_REWARD, directions))
+            ax.set_ylabel(_axis_label(metric, directions))
+            ax.locator_params(axis="x", nbins=5)  # reward values such as -137.5 need room
+            ax.grid(alpha=0.3)
+        heading = "one point per cell, joined in budget order; larger = larger budget"
+        axes[row, 0].set_title(f"{title}: {heading}" if title else heading, fontsize=9)
+    _legend(figure)
     return figure
 
 
-def _legend(figure: Figure, ax) -> None:
-    """The figure's one legend, outside the data on the right: a long legend widens the figure rather than squeezing
-    its panels."""
-    handles, labels = ax.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside right upper", ncols=1 if len(labels) <= 24 else 2)
+def _legend(figure: Figure) -> None:
+    """The figure's one legend, every series of its panels once, below them: as wide as the figure, however many
+    series it names, so it never covers a title or squeezes a panel."""
+    named: dict[str, object] = {}
+    for ax in figure.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            named.setdefault(label, handle)
+    columns = min(max(1, int(figure.get_figwidth() // _LEGEND_COLUMN_INCHES)), len(named))
+    # the figure grows by the legend's height, so its panels keep theirs
+    figure.set_figheight(figure.get_figheight() + _LEGEND_ROW_INCHES * math.ceil(len(named) / columns))
+    figure.legend(list(named.values()), list(named), loc="outside lower center", ncols=columns)
 
 
 def pareto_front(x: np.ndarray, y: np.ndarray, x_higher_better: bool, y_higher_better: bool) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.colors import to_hex
 from matplotlib.container import ErrorbarContainer
 
-from bench.curves import figures, pareto_front
+from bench.curves import MAX_SERIES_PER_PANEL, figures, pareto_front
 from bench.report import write_results
 from bench.store import Store
 from bench.store_schema import RunRecord
@@ -155,17 +155,24 @@ def _synthetic_table(entries: list[tuple[str, str]], budgets=(500.0, 1000.0)) ->
     return pd.DataFrame(rows)
 
 
-def _drawn_series(figure) -> list[tuple[str, tuple]]:
-    """(label, (colour, marker, dash pattern)) of every series a figure's legends name."""
-    series = []
+def _drawn_panels(figure) -> list[list[tuple[str, tuple]]]:
+    """For each panel of a figure, (label, (colour, marker, dash pattern)) of every series it draws."""
+    panels = []
     for ax in figure.axes:
+        series = []
         for handle, label in zip(*ax.get_legend_handles_labels()):
             line = handle[0] if isinstance(handle, ErrorbarContainer) else handle
             if label != "Pareto front":
                 # a custom dash pattern reads back as "--"; the pattern itself tells the styles apart
                 dashes = (line.get_linestyle(), line._unscaled_dash_pattern)  # noqa: SLF001
                 series.append((label, (to_hex(line.get_color()), line.get_marker(), dashes)))
-    return series
+        panels.append(series)
+    return panels
+
+
+def _drawn_series(figure) -> list[tuple[str, tuple]]:
+    """(label, look) of every series of every panel of a figure."""
+    return [series for panel in _drawn_panels(figure) for series in panel]
 
 
 @pytest.mark.parametrize("world", ["digits", "scenes", "scale"])
@@ -187,10 +194,12 @@ def test_no_two_series_of_a_figure_share_a_style_and_a_series_keeps_its_style_ac
     looks: dict[str, set] = {}
     for kind, _, figure in drawn:
         series = _drawn_series(figure)
-        assert len({label for label, _ in series}) == len(entries), kind  # every series is in the legend
-        for ax_series in (series[i : i + len(entries)] for i in range(0, len(series), len(entries))):
-            styles = [style for _, style in ax_series]
-            assert len(set(styles)) == len(styles), f"{kind}: two series share a style"
+        assert len({label for label, _ in series}) == len(entries), kind  # every series is drawn
+        assert len(figure.legends) == 1 and len(figure.legends[0].get_texts()) == len(entries) + (kind == "pareto")
+        for panel in _drawn_panels(figure):
+            styles = [style for _, style in panel]
+            assert len(set(styles)) == len(styles), f"{kind}: two series of a panel share a style"
+            assert len(panel) <= MAX_SERIES_PER_PANEL or len({label.split("@")[1] for label, _ in panel}) == 1, kind
         for label, style in series:
             looks.setdefault(label, set()).add(style)
     assert all(len(styles) == 1 for styles in looks.values()), "a series changed its look between figures"
