@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -244,7 +245,7 @@ def _pareto(cells, directions, styles, split, headline, headline_label) -> Figur
 def _legend(figure: Figure) -> None:
     """The figure's one legend, every series of its panels once, below them: as wide as the figure, however many
     series it names, so it never covers a title or squeezes a panel."""
-    named: dict[str, object] = {}
+    named: dict[str, Artist] = {}
     for ax in figure.axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             named.setdefault(label, handle)
