@@ -32,6 +32,7 @@ from bench.standings import (
     metric_order,
     ranked_frames,
     ranking,
+    store_world,
     ties_at_the_top,
 )
 from bench.store import Store
@@ -58,6 +59,8 @@ pre { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 0.8em; margin: 
 .note { color: #666; font-size: 0.9em; }
 details table { font-size: 0.78em; }
 nav ul { display: flex; flex-wrap: wrap; gap: 0.4em 1.5em; list-style: none; padding: 0; }
+table.matrix { font-size: 0.72em; }
+table.matrix thead th + th { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; }
 """
 
 
@@ -90,7 +93,8 @@ def write_results(
 
 def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_name, split, metric) -> str:
     suite = ", ".join(sorted(all_runs["suite"].unique()))
-    tasks = sorted(table[TASK_KEY].unique())
+    offered = list(store_world(runs).rewards)  # the world's own order: its headline reward first
+    tasks = sorted(table[TASK_KEY].unique(), key=lambda t: (offered.index(t) if t in offered else len(offered), t))
     ranked = ranking(table, directions, split, metric)
     counts = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().sort_index().items())
     # one count of runs, the sweep's: the ranked ones; a method's earlier versions are kept in the store, unranked
@@ -101,10 +105,7 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>Leaderboard: {_e(suite)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>Leaderboard: {_e(suite)}</h1>",
-        f'<p class="note">Generated from <code>{_e(store_name)}</code>: {len(runs)} runs ({_e(counts)}{earlier_text}). '
-        f"Code at git {_codes(runs['git_sha'])}; base models "
-        + "; ".join(f"{_e(model)} {_codes(hashes)}" for model, hashes in runs.groupby("model")["base_model_hash"])
-        + ". "
+        f'<p class="note">{len(runs)} runs ({_e(counts)}{earlier_text}). '
         f"Numbers are on the <code>{_e(split)}</code> prompts: the mean over seeds and, below it, its 95% "
         "percentile-bootstrap interval (none where every seed agreed); ↑ higher is better, ↓ lower is better. "
         "Δ is the per-seed paired difference to base. Each reward's table of every budget adds the "
@@ -112,24 +113,29 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
         "<nav><ul>"
         + "".join(f'<li><a href="#task-{_e(safe_name(t))}">{_e(TASK_KEY)}: {_e(t)}</a></li>' for t in tasks)
         + '<li><a href="#aggregate">Across rewards</a></li><li><a href="#runs">Runs</a></li>'
-        + '<li><a href="#failed">Failed runs</a></li></ul></nav>',
+        + '<li><a href="#failed">Failed runs</a></li><li><a href="#provenance">Provenance</a></li></ul></nav>',
     ]
     for task in tasks:
         cells = table[table[TASK_KEY] == task]
         top = ranked.loc[ranked[TASK_KEY] == task]
         full = full_budgets(top)
+        shown, families = metric_tables(cells, directions, split, metric)
         parts.append(f'<h2 id="task-{_e(safe_name(task))}">{_e(TASK_KEY)}: {_e(task)}</h2>')
         parts.append(
             f'<p class="note">At the full budget ({_e(full or "none done")}): each model\'s base, then the methods '
             f"ranked by {_e(metric)}, best first.</p>"
         )
-        parts.append(_cell_table(top, directions, split, metric, ranked=True))
+        parts.append(_cell_table(top, directions, split, metric, shown, ranked=True))
         ties = ties_at_the_top(top, split, metric)
         if ties:
             parts.append('<ul class="note">' + "".join(f"<li>{_e(line)}</li>" for line in ties) + "</ul>")
+        if families:
+            parts.append(f'<p class="note">The same rows, {_e(metric)} by prompt family:</p>')
+            parts.append(_cell_table(top, directions, split, metric, families, ranked=True, compute=False))
         parts.append(
             f"<details><summary>Every budget ({len(cells)} rows, with interquartile means)</summary>"
-            + _cell_table(cells, directions, split, metric, ranked=False)
+            + _cell_table(cells, directions, split, metric, shown, ranked=False)
+            + (_cell_table(cells, directions, split, metric, families, ranked=False, compute=False) if families else "")
             + "</details>"
         )
         for kind, title in FIGURE_KINDS:
@@ -141,21 +147,48 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
         parts.append('<h2 id="studies">Studies</h2>')
         parts += [f"<h3>{_e(path.stem)}</h3><pre>{_e(path.read_text())}</pre>" for path in study_paths]
     parts.append(_runs_section(all_runs, runs))
+    parts.append(
+        '<h2 id="provenance">Provenance</h2>'
+        f'<p class="note">Generated from <code>{_e(store_name)}</code>. Code at git {_codes(runs["git_sha"])}; base '
+        "models "
+        + "; ".join(f"{_e(model)} {_codes(hashes)}" for model, hashes in runs.groupby("model")["base_model_hash"])
+        + ".</p>"
+    )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str, headline: str, ranked: bool) -> str:
-    """One reward's cells: the full-budget ranking (`ranked`) or every budget, with each metric's IQM too. A value's
-    interval goes on a line of its own, so the table fits a laptop's screen."""
+def metric_tables(
+    cells: pd.DataFrame, directions: dict[str, bool], split: str, headline: str
+) -> tuple[list[str], list[str]]:
+    """The metrics of a reward's first table and those of its second: the headline's breakdown by prompt family
+    (scenes' judge_single, judge_two, ...: the metrics named as the headline is, up to its first "_"), which would
+    take the first table past a 1,400-pixel screen. No second table where the world has no families."""
     metrics = sorted((m for m in directions if f"{split}/{m}/mean" in cells), key=lambda m: metric_order(m, headline))
+    prefix = headline.split("_")[0] + "_"
+    families = [m for m in metrics if m.startswith(prefix) and m != headline]
+    return [m for m in metrics if m not in families], families
+
+
+def _cell_table(
+    cells: pd.DataFrame,
+    directions: dict[str, bool],
+    split: str,
+    headline: str,
+    metrics: list[str],
+    ranked: bool,
+    compute: bool = True,
+) -> str:
+    """One reward's cells with the given `metrics`: the full-budget ranking (`ranked`) or every budget, with each
+    metric's IQM too, and (`compute`) the compute each used. A value's interval goes on a line of its own, so the
+    table fits a laptop's screen."""
     delta = f"{split}/{headline}/delta_vs_base"
     has_delta = headline in metrics
-    used = [k for k in USED_KEYS if k != "samples" and (k != "labels" or (cells[k].fillna(0) > 0).any())]
+    used = [k for k in USED_KEYS if k != "samples" and (k != "labels" or (cells[k].fillna(0) > 0).any())] * compute
     header = ["#"] * ranked + [*ENTRY_KEYS] + ["version", "budget"] * (not ranked) + ["seeds"]
     metric_headers = [f"{m} {'↑' if directions[m] else '↓'}" for m in metrics]
     header += metric_headers[:1] + [f"Δ {headline} vs base"] * has_delta + metric_headers[1:]
-    header += [USED_NAMES[k] for k in used] + ["note"]
+    header += [USED_NAMES[k] for k in used] + ["note"] * compute
     rows = []
     for r in cells.to_dict("records"):
         done = r["status"] == "done"
@@ -176,8 +209,9 @@ def _cell_table(cells: pd.DataFrame, directions: dict[str, bool], split: str, he
         ] * has_delta
         cols += values[:1] + deltas + values[1:]
         cols += [_num(human(r[k]) if done else "—") for k in used]
-        note = f"{r['failed']} failed run(s)" if done and r["failed"] else r["note"]
-        cols.append(_e(note if isinstance(note, str) else ""))
+        if compute:
+            note = f"{r['failed']} failed run(s)" if done and r["failed"] else r["note"]
+            cols.append(_e(note if isinstance(note, str) else ""))
         cols = [c if c.startswith("<td") else f"<td>{c}</td>" for c in cols]
         rows.append(f'<tr class="{"" if done else "failed"}">' + "".join(cols) + "</tr>")
     return _table(header, rows)
@@ -208,8 +242,8 @@ def _aggregate_section(out_dir: Path, notes: list[str]) -> str:
         parts.append(
             f"<h3>Probability of improvement: {_e(metric)} at {_e(unit)} {_e(human(budget))}</h3>"
             '<p class="note">Row beats column: the chance that a run of the row method beats a run of the '
-            "column method on a reward drawn at random, with its 95% stratified bootstrap interval; one matrix per "
-            "model (improvement.csv also pairs methods across models).</p>"
+            "column method on a reward drawn at random; its 95% stratified bootstrap interval shows on hovering a "
+            "cell, and improvement.csv has them all (and pairs methods across models); one matrix per model.</p>"
         )
         a_keys, b_keys = [f"{k}_a" for k in ENTRY_KEYS], [f"{k}_b" for k in ENTRY_KEYS]
         lookup = {(tuple(r[k] for k in a_keys), tuple(r[k] for k in b_keys)): r for r in pairs.to_dict("records")}
@@ -221,15 +255,10 @@ def _aggregate_section(out_dir: Path, notes: list[str]) -> str:
             names = [entry for entry in entries if entry[ENTRY_KEYS.index("model")] == model]
             rows = []
             for a in names:
-                cols = [
-                    f'<td class="num">{_value(lookup[a, b], "p", "lo", "hi")}</td>'
-                    if (a, b) in lookup
-                    else "<td>—</td>"
-                    for b in names
-                ]
+                cols = [_chance(lookup[a, b]) if (a, b) in lookup else "<td>—</td>" for b in names]
                 rows.append(f"<tr><th>{_e(entry_label(a))}</th>" + "".join(cols) + "</tr>")
             methods = [entry[ENTRY_KEYS.index("method")] for entry in names]
-            parts.append(_table([f"row beats column, on {model}", *methods], rows))
+            parts.append(_table([f"row beats column, on {model}", *methods], rows, css_class="matrix"))
     return "\n".join(parts)
 
 
@@ -283,9 +312,10 @@ def _runs_section(all_runs: pd.DataFrame, ranked: pd.DataFrame) -> str:
     )
 
 
-def _table(header: list[str], rows: list[str]) -> str:
+def _table(header: list[str], rows: list[str], css_class: str = "") -> str:
     return (
-        "<table><thead><tr>"
+        (f'<table class="{css_class}">' if css_class else "<table>")
+        + "<thead><tr>"
         + "".join(f"<th>{_e(h)}</th>" for h in header)
         + "</tr></thead><tbody>"
         + "\n".join(rows)
@@ -302,6 +332,13 @@ def _value(row: dict, mean: str, lo: str, hi: str, signed: bool = False) -> str:
     text = _interval(row, mean, lo, hi, signed)
     value, _, rest = text.partition(" ")
     return _e(value) + (f'<br><span class="note">{_e(rest)}</span>' if rest else "")
+
+
+def _chance(pair: dict) -> str:
+    """A probability of improvement's cell: the chance, its interval on hovering (the matrix stays narrow)."""
+    interval_text = _interval(pair, "p", "lo", "hi").partition(" ")[2]
+    title = f' title="95% interval {_e(interval_text)}"' if interval_text else ""
+    return f'<td class="num"{title}>{_e(_interval(pair, "p", "p", "p"))}</td>'
 
 
 def _minute(timestamp) -> str:

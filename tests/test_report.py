@@ -9,7 +9,7 @@ from matplotlib.colors import to_hex
 from matplotlib.container import ErrorbarContainer
 
 from bench.curves import MAX_SERIES_PER_PANEL, figures, pareto_front
-from bench.report import write_results
+from bench.report import metric_tables, write_results
 from bench.store import Store
 from bench.store_schema import RunRecord
 from methods import METHODS
@@ -59,6 +59,18 @@ def test_every_file_is_generated_from_the_store(results_dir):
     page = (results_dir / "report.html").read_text()
     assert 'src="http' not in page and "<script" not in page  # self-contained and static
     assert page.count("data:image/png;base64,") == 4 * len(REWARDS)
+    # the world's headline reward first, whatever the alphabet says; the provenance after everything else
+    assert page.index('id="task-digit"') < page.index('id="task-compress"')
+    assert page.index('id="runs"') < page.index('id="provenance"') < page.index("Code at git")
+
+
+def test_a_headline_broken_down_by_prompt_family_gets_a_table_of_its_own():
+    directions = dict.fromkeys(("judge_score", "judge_single", "judge_ocr", "reward", "reader_score", "fid"), True)
+    cells = pd.DataFrame({f"eval_unseen/{m}/mean": [0.5] for m in directions})
+    shown, families = metric_tables(cells, directions, "eval_unseen", "judge_score")
+    assert set(families) == {"judge_single", "judge_ocr"} and shown[0] == "judge_score"
+    assert set(shown) == {"judge_score", "reward", "reader_score", "fid"}
+    assert metric_tables(cells, {"judge_acc": True, "reward": True}, "eval_unseen", "judge_acc")[1] == []
 
 
 @pytest.mark.skipif(
