@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.experiments.suite import Suite, tuned_file, write_tuned
+from bench.owners import owner_id, owner_is_dead
 from methods import METHODS
 from methods.options import Choice, Interval
 from models.prompts import TUNE_SPLIT
@@ -242,12 +243,16 @@ class Tune:
         return sum(last_use(self.store, run_id, self.metric, self.suite.budget.unit) for run_id in run_ids)
 
     def next_trial(self):
-        """A trial to run: one left running by a worker that died (its run's lease is free), else a new one."""
+        """A trial to run: one left running by a worker that died, else a new one. A running trial is orphaned when
+        its run's lease is free and either its run was started (a worker holding it would hold the lease) or the
+        worker that asked for it is dead: a trial another worker has just asked for, its run not started yet, is
+        left to that worker."""
         import optuna
 
         for frozen in self.study().get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            run_id = frozen.user_attrs.get("run_id")
-            if run_id is not None and self.store.holder(run_id) is None:
+            run_id, asker = frozen.user_attrs.get("run_id"), frozen.user_attrs.get("owner", "")
+            started = run_id is not None and self.store.run_status(run_id) is not None
+            if run_id is not None and self.store.holder(run_id) is None and (started or owner_is_dead(asker)):
                 # Optuna has no public call that continues a running trial; its Trial is made from the trial's id
                 trial = optuna.trial.Trial(self.study(frozen.number), frozen._trial_id)
                 self.log(f"{self.cell.key}: trial {frozen.number} resumed")
@@ -256,6 +261,7 @@ class Tune:
         trial = study.ask(distributions(self.cell.method))
         spec = trial_spec(self.suite, self.cell, trial.params)
         trial.set_user_attr("run_id", spec.run_id(self.base_hash))
+        trial.set_user_attr("owner", owner_id())
         return trial, spec
 
     def run_trial(self, trial, spec: RunSpec) -> None:

@@ -13,12 +13,15 @@ import pytest
 from bench.cli import main
 from bench.experiments import build_suite
 from bench.experiments.suite import TUNED, read_tuned, write_tuned
+from bench.owners import HOST
 from bench.tune import (
     TRIAL_SEED,
     Cell,
+    Tune,
     check_tune,
     default_options,
     distributions,
+    study_name,
     trial_spec,
     tuning_cells,
 )
@@ -129,6 +132,27 @@ def test_tuned_options_round_trip_and_a_tuned_entry_runs_them(tmp_path):
     assert (config.learning_rate, config.clip_range) == (2.5e-05, 0.1)
     with pytest.raises(ValueError, match=r"no tuned options for ddpo@flow/digit .* python -m bench tune"):
         suite.method_config("ddpo", TUNED, "flow", "digit")
+
+
+def test_a_trial_just_asked_for_is_left_to_its_worker_and_taken_over_once_that_worker_is_dead(tmp_path):
+    """Between asking for a trial and starting its run, a worker holds no lease on it: another worker must not take it
+    (both would run it), unless the one that asked is dead."""
+    import optuna
+
+    suite = build_suite("smoke")
+    storage = f"sqlite:///{tmp_path / 'studies.sqlite'}"
+    workers = [
+        Tune(suite, Cell("ddpo", "diffusion", "digit"), tmp_path / "store.sqlite", storage, 3, print) for _ in "ab"
+    ]
+    for worker in workers:
+        worker.base_hash = "base"
+    first, _ = workers[0].next_trial()
+    second, _ = workers[1].next_trial()
+    assert (first.number, second.number) == (0, 1)  # not adopted: its asker (this process) is alive
+    storage_backend = optuna.load_study(study_name=study_name(suite, workers[0].cell), storage=storage)._storage
+    storage_backend.set_trial_user_attr(first._trial_id, "owner", f"{HOST}:{2**22 + 1}")  # a pid no process has
+    adopted, _ = workers[1].next_trial()
+    assert adopted.number == 0
 
 
 def _trials(folder: Path) -> list[tuple]:
