@@ -61,7 +61,20 @@ def suite_from_args(args) -> Suite:
 
         tuned = read_tuned(tuned_file(sweep.results_dir(_store(args, suite))))
         suite = dataclasses.replace(suite, tuned={**tuned, **suite.tuned})
-    return validate(suite)
+    return validate(suite, _timings(args, suite) if suite.budget.unit == "wall_s" else None)
+
+
+def _timings(args, suite: Suite) -> dict[tuple[str, str], float]:
+    """Seconds per NFE of each (method, model) the suite's stores have finished runs of: the committed one's, then
+    the one this command writes (its own machine's, where they differ)."""
+    from bench.store import Store
+
+    rates: dict[tuple[str, str], float] = {}
+    for path in (_committed(suite) / "store.sqlite", _store(args, suite)):
+        if path.is_file():
+            with Store(path, read_only=True) as store:
+                rates |= store.seconds_per_nfe()
+    return rates
 
 
 def _committed(suite: Suite) -> Path:

@@ -411,6 +411,19 @@ class Store:
 
     # -- frames -----------------------------------------------------------------------------
 
+    def seconds_per_nfe(self) -> dict[tuple[str, str], float]:
+        """(method, model) -> the wall seconds its finished runs in this store took per network evaluation (the median
+        over their last milestones): what a wall-clock budget's steps cost, by the store's own timings."""
+        rows = self._conn.execute(
+            "SELECT r.method, r.model, m.wall_s / m.nfe FROM runs r JOIN milestones m USING (run_id) "
+            "WHERE r.status = 'done' AND m.nfe > 0 AND m.milestone = "
+            "(SELECT MAX(milestone) FROM milestones WHERE run_id = r.run_id)"
+        ).fetchall()
+        rates: dict[tuple[str, str], list[float]] = {}
+        for method, model, rate in rows:
+            rates.setdefault((method, model), []).append(rate)
+        return {key: float(np.median(values)) for key, values in rates.items()}
+
     def runs_frame(self) -> pd.DataFrame:
         """One row per run, in the order runs were first started: the RunRecord fields, status, reason,
         started, finished (ISO, UTC)."""

@@ -46,6 +46,8 @@ from worlds import REWARDS
         (["run", "--rocm.beta=-1e-3"], "argument --rocm.beta: must be >= 0, got -0.001"),
         (["run", "--budget", "nfe:1e400"], "AMOUNT a finite number > 0"),
         (["run", "--method", "best_of_n", "--budget", "wall_s:60"], "no method/reward pair of this suite can run"),
+        # timed by the committed store's own runs: ddpo's step takes seconds
+        (["run", "--method", "ddpo", "--budget", "wall_s:1"], "budget wall_s:1 is too small for ddpo@"),
         (["run", "--method", "ddpo@flux"], "unknown model 'flux'; valid: diffusion, consistency"),
         (["run", "--method", "rocm/strong"], "unknown variant 'rocm/strong'; valid: none in this suite"),
         (["run", "--suite", "rocm-regularization", "--method", "rocm/kl-9"], "valid: rocm/none, rocm/kl-0.001"),

@@ -164,12 +164,13 @@ def leaderboard_entries(world: str, every_method: bool = False) -> tuple[str, ..
     return tuple(entries)
 
 
-def check_budget(suite: Suite) -> None:
+def check_budget(suite: Suite, seconds_per_nfe: Mapping[tuple[str, str], float] | None = None) -> None:
     """Refuses a budget whose first milestone one of the suite's training methods could pass by more than the suite's
     tolerance, naming the smallest budget that keeps every milestone within it. The step that reaches a milestone
     passes it by less than its own cost: the first step's (with its one-off work) when that step alone reaches the
     milestone, a later step's otherwise (Trainer.step_usage, .iteration_usage). Later milestones are larger, so
-    the first is the one at risk."""
+    the first is the one at risk. A step's wall seconds are its NFE at `seconds_per_nfe` of its (method, model), the
+    store's own timings (Store.seconds_per_nfe); an entry the store has not timed is not judged."""
     unit, fraction, tolerance = suite.budget.unit, suite.milestones[0], suite.budget_tolerance
     first = suite.budget.amount * fraction
     world = world_entry(suite.world)
@@ -179,8 +180,12 @@ def check_budget(suite: Suite) -> None:
             continue
         generator = world.generator_class(model)
         configs = [suite.method_config(method, variant, model, reward) for reward in suite.rewards]
-        first_step = max(METHODS[method].step_usage(config, generator).get(unit, 0.0) for config in configs)
-        later_step = max(METHODS[method].iteration_usage(config, generator).get(unit, 0.0) for config in configs)
+        # a wall-clock budget's step costs its NFE at the store's seconds per NFE of this entry (0: not timed)
+        rate = (seconds_per_nfe or {}).get((method, model), 0.0) if unit == "wall_s" else 0.0
+        first_step = max(_step_cost(METHODS[method].step_usage(config, generator), unit, rate) for config in configs)
+        later_step = max(
+            _step_cost(METHODS[method].iteration_usage(config, generator), unit, rate) for config in configs
+        )
         past = max(first_step - first, later_step)
         if past > tolerance * first:
             # the smallest first milestone m with max(first_step - m, later_step) <= tolerance * m, as a budget
@@ -189,12 +194,20 @@ def check_budget(suite: Suite) -> None:
     if too_small:
         entry, (past, smallest) = max(too_small.items(), key=lambda item: item[1][1])
         others = f" (and {len(too_small) - 1} more of its entries)" if len(too_small) > 1 else ""
+        cost = f"{past:.3g}" if unit == "wall_s" else f"{past:g}"  # measured seconds: 3 digits say enough
         raise ValueError(
-            f"budget {suite.budget} is too small for {entry}{others}: a step costs up to {past:g} {unit}, more than "
+            f"budget {suite.budget} is too small for {entry}{others}: a step costs up to {cost} {unit}"
+            + (" by the store's own timings" if unit == "wall_s" else "")
+            + ", more than "
             f"{tolerance:.0%} of the first milestone ({first:g}, at {fraction:g} of the budget); the smallest budget "
             f"that keeps every milestone within {tolerance:.0%} is {unit}:{_round_up(smallest)} (or allow more: "
             "--budget-tolerance)"
         )
+
+
+def _step_cost(usage: dict[str, float], unit: str, seconds_per_nfe: float) -> float:
+    """A step's cost in the budget's unit: its wall seconds are its NFE at the store's measured rate."""
+    return usage.get("nfe", 0.0) * seconds_per_nfe if unit == "wall_s" else usage.get(unit, 0.0)
 
 
 def _round_up(amount: float) -> str:
@@ -206,8 +219,9 @@ def _round_up(amount: float) -> str:
     return f"{rounded / 1_000:g}k" if rounded >= 1_000 else f"{rounded:g}"
 
 
-def validate(suite: Suite) -> Suite:
-    """Fails fast, before any model loads, on anything a run would only discover later."""
+def validate(suite: Suite, seconds_per_nfe: Mapping[tuple[str, str], float] | None = None) -> Suite:
+    """Fails fast, before any model loads, on anything a run would only discover later (a wall-clock budget against
+    the store's own timings, `seconds_per_nfe`, where given)."""
     if not suite.methods:
         raise ValueError(
             "a suite needs at least one method"
@@ -246,7 +260,7 @@ def validate(suite: Suite) -> Suite:
             f"--reward-server names {', '.join(map(repr, served))}, which the suite does not run; its rewards: "
             f"{', '.join(suite.rewards)}"
         )
-    check_budget(suite)
+    check_budget(suite, seconds_per_nfe)
     if suite.eval.samples_per_prompt < 2:
         raise ValueError(
             "eval samples_per_prompt must be >= 2 (diversity compares images of a prompt), "
