@@ -65,16 +65,17 @@ def suite_from_args(args) -> Suite:
 
 
 def _timings(args, suite: Suite) -> dict[tuple[str, str], float]:
-    """Seconds per NFE of each (method, model) the suite's stores have finished runs of: the committed one's, then
-    the one this command writes (its own machine's, where they differ)."""
+    """Seconds per NFE of each (method, model) with finished runs in the store this command writes, which holds the
+    committed runs too once a sweep has used it, else in the committed store."""
     from bench.store import Store
 
-    rates: dict[tuple[str, str], float] = {}
-    for path in (_committed(suite) / "store.sqlite", _store(args, suite)):
-        if path.is_file():
-            with Store(path, read_only=True) as store:
-                rates |= store.seconds_per_nfe()
-    return rates
+    path = _store(args, suite)
+    if not path.is_file():
+        path = _committed(suite) / "store.sqlite"
+    if not path.is_file():
+        return {}
+    with Store(path, read_only=True) as store:
+        return store.seconds_per_nfe()
 
 
 def _committed(suite: Suite) -> Path:

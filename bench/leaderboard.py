@@ -65,8 +65,9 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
     written = [out_dir / "leaderboard.csv", out_dir / "leaderboard.md"]
     atomic_write_bytes(written[0], table.to_csv(index=False).encode())
     atomic_write_bytes(written[1], _markdown(table, runs, results, primary_split, headline(runs)[0]).encode())
+    group = store_world(runs).prompt_group
     for reward in sorted(results["reward"].unique()):
-        grid = _sample_grid(store, results[results["reward"] == reward], primary_split, store_world(runs).prompt_group)
+        grid = _sample_grid(store, results[results["reward"] == reward], primary_split, group)
         if grid is not None:
             path = out_dir / f"samples_{safe_name(reward)}.png"
             buffer = io.BytesIO()

@@ -180,8 +180,7 @@ def check_budget(suite: Suite, seconds_per_nfe: Mapping[tuple[str, str], float] 
             continue
         generator = world.generator_class(model)
         configs = [suite.method_config(method, variant, model, reward) for reward in suite.rewards]
-        # a wall-clock budget's step costs its NFE at the store's seconds per NFE of this entry (0: not timed)
-        rate = (seconds_per_nfe or {}).get((method, model), 0.0) if unit == "wall_s" else 0.0
+        rate = (seconds_per_nfe or {}).get((method, model), 0.0)  # 0: not timed, not judged under wall_s
         first_step = max(_step_cost(METHODS[method].step_usage(config, generator), unit, rate) for config in configs)
         later_step = max(
             _step_cost(METHODS[method].iteration_usage(config, generator), unit, rate) for config in configs
