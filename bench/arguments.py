@@ -11,7 +11,7 @@ import re
 from bench.budget import Budget
 from bench.catalog import Catalog, Option
 from bench.loggers import check_loggers
-from bench.names import check_names
+from bench.names import canonical_reward, check_names
 from methods.options import parse_option
 
 
@@ -21,6 +21,22 @@ def names(kind: str, valid):
             return check_names(kind, [n.strip() for n in text.split(",") if n.strip()], valid)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def rewards(known: Catalog):
+    """Comma-separated reward specs: a reward's name, or several with weights joined by + (bench/names.py:
+    reward_terms), each spelt the one way run ids name it."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        try:
+            specs = tuple(canonical_reward(spec.strip(), known.rewards) for spec in text.split(",") if spec.strip())
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        if not specs:
+            raise argparse.ArgumentTypeError(f"no reward given; valid: {', '.join(known.rewards)}")
+        return specs
 
     return parse
 

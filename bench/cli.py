@@ -133,8 +133,9 @@ def build_parser(known: Catalog | None = None) -> Parser:
     )
     run.add_argument(
         "--reward",
-        type=arguments.names("reward", known.rewards),
-        help=f"comma-separated subset of: {', '.join(known.rewards)}",
+        type=arguments.rewards(known),
+        help=f"comma-separated rewards, each one of {', '.join(known.rewards)} or several with weights joined by + "
+        "(their weighted sum, e.g. digit+0.5*compress)",
     )
     run.add_argument("--seeds", type=arguments.positive_int, help="number of seeds (0..N-1)")
     run.add_argument(
@@ -219,9 +220,7 @@ def build_parser(known: Catalog | None = None) -> Parser:
         type=arguments.entries(known),
         help="comma-separated METHOD[@MODEL] (default: every trained method of the suite)",
     )
-    tune.add_argument(
-        "--reward", type=arguments.names("reward", known.rewards), help="comma-separated subset of the suite's rewards"
-    )
+    tune.add_argument("--reward", type=arguments.rewards(known), help="comma-separated subset of the suite's rewards")
     tune.add_argument(
         "--budget-runs",
         type=arguments.positive_number,

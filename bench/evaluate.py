@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rewards.combined import CombinedReward
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -54,5 +56,9 @@ def evaluate(trainer, world, reward, meter, budget, cfg: EvalConfig):
         usage[name] = {k: v - before[k] for k, v in meter.accounts["eval"].as_dict().items()}
         for metric, value in world.score_images(images, prompts, cfg.samples_per_prompt, reward).items():
             rows.append((name, metric, value, world.metrics[metric]))
+        if isinstance(reward, CombinedReward):  # each term beside the sum the world scored
+            with torch.no_grad():
+                terms = reward.components(images, prompts)
+            rows += [(name, f"reward_{term}", float(values.mean()), True) for term, values in terms.items()]
         samples[name] = (prompts, (images * 255).round().clamp(0, 255).to(torch.uint8).numpy().astype(np.uint8))
     return rows, samples, usage

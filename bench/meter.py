@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from models.sampler import DETERMINISTIC, Sampler
+from rewards.combined import reward_components
 
 
 @dataclass
@@ -125,3 +126,9 @@ class MeteredReward:
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         self._meter.usage.reward_queries += len(images)
         return self._reward(images, prompts)
+
+    def components(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Each term's scores of a combined reward (rewards/combined.py), or the one reward's under its name: the same
+        queries as a call."""
+        self._meter.usage.reward_queries += len(images)
+        return reward_components(self._reward, images, prompts)

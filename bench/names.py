@@ -3,6 +3,8 @@ catalog (bench/catalog.py) and the suites (bench/experiments/) alike."""
 
 from __future__ import annotations
 
+import math
+
 
 def check_names(kind: str, names, valid) -> tuple[str, ...]:
     """`names` if each is one of `valid` (and there is one), else a ValueError listing what is valid."""
@@ -29,3 +31,32 @@ def check_entry(entry: str, method_families: dict[str, tuple[str, ...]], model_f
             f"{method} cannot fine-tune {model!r} (a {model_families[model]} model); it runs on "
             f"{', '.join(families)} models"
         )
+
+
+def reward_terms(spec: str, valid) -> tuple[tuple[float, str], ...]:
+    """The (weight, reward) terms of a reward spec: one reward's name, or several joined by `+`, each with an optional
+    positive `WEIGHT*` (1 without), e.g. `geneval+0.5*ocr`; a ValueError naming what is wrong and what is valid."""
+    terms = []
+    for text in spec.split("+"):
+        weight, star, name = text.strip().rpartition("*")
+        try:
+            value = float(weight) if star else 1.0
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"reward spec {spec!r}: the weight {weight!r} of {name!r} must be a positive number "
+                f"(REWARD or WEIGHT*REWARD terms joined by +, e.g. digit+0.5*compress)"
+            )
+        check_names("reward", [name], valid)
+        terms.append((value, name))
+    names = [name for _, name in terms]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"reward spec {spec!r} names {', '.join(map(repr, repeated))} more than once")
+    return tuple(terms)
+
+
+def canonical_reward(spec: str, valid) -> str:
+    """A reward spec (see reward_terms) checked and spelt one way: weights as %g, a weight of 1 left out, no spaces."""
+    return "+".join(name if weight == 1 else f"{weight:g}*{name}" for weight, name in reward_terms(spec, valid))

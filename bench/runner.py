@@ -29,6 +29,7 @@ from bench.evaluate import EvalConfig, evaluate
 from bench.loggers import NO_LOGGERS, ExperimentLoggers, RunLogger
 from bench.meter import Meter
 from bench.parallel import ONE_PROCESS, DataParallel
+from bench.reward_spec import reward_class
 from bench.store import Store
 from bench.store_schema import USED_KEYS, RunRecord
 from bench.trainers import build_trainer
@@ -37,7 +38,6 @@ from models.io import atomic_torch_save
 from models.progress import progress, say
 from rewards.feedback import AnnotatorConfig, Feedback
 from rewards.server import RemoteReward
-from worlds import REWARDS
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ class RunSpec:
     def run_id(self, base_model_hash: str) -> str:
         identity = hashlib.sha256(f"{self.config_hash()}:{base_model_hash}".encode()).hexdigest()
         name = f"{self.method}-{self.variant}" if self.variant else self.method
-        return f"{name}-{self.model}-{self.reward}-s{self.seed}-{identity[:10]}"
+        # a combined reward's weights read WEIGHTxREWARD in the id, which names checkpoint and log files
+        return f"{name}-{self.model}-{self.reward.replace('*', 'x')}-s{self.seed}-{identity[:10]}"
 
     def record(self, base_model_hash: str, reward_version: str) -> RunRecord:
         return RunRecord(
@@ -218,7 +219,7 @@ class Run:
         self.raw_reward = (
             RemoteReward.connect(spec.reward_server, expect=spec.reward)
             if self.served
-            else REWARDS[spec.reward].from_world(world)
+            else reward_class(spec.reward).from_world(world)
         )
         self.record = spec.record(world.model_hash(spec.model, spec.source), self.raw_reward.version)
         suffix = f".rank{parallel.rank}" if parallel.world_size > 1 else ""
@@ -267,7 +268,7 @@ class Run:
         return "done" if finished else "stopped"
 
     def _incompatibility(self) -> str | None:
-        reason = self.method.incompatibility(REWARDS[self.spec.reward], self.spec.budget.unit)
+        reason = self.method.incompatibility(reward_class(self.spec.reward), self.spec.budget.unit)
         if reason is None and self.served and self.method.needs_differentiable_reward:
             reason = "needs reward gradients, which a reward served over HTTP does not carry"
         return reason

@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING
 
 from bench.experiments.suite import Suite, tuned_file, write_tuned
 from bench.owners import owner_id, owner_is_dead
+from bench.reward_spec import reward_class
 from methods import METHODS
 from methods.options import Choice, Interval
 from models.prompts import TUNE_SPLIT
-from worlds import REWARDS, world_entry
+from worlds import world_entry
 
 if TYPE_CHECKING:
     from bench.runner import RunSpec
@@ -91,7 +92,7 @@ def tuning_cells(suite: Suite) -> list[Cell]:
         if not variant
         and METHODS[method].trains
         and METHODS[method].search_space
-        and METHODS[method].incompatibility(REWARDS[reward], suite.budget.unit) is None
+        and METHODS[method].incompatibility(reward_class(reward), suite.budget.unit) is None
     ]
     return list(dict.fromkeys(cells))
 
@@ -101,7 +102,7 @@ def check_tune(suite: Suite, cells: list[Cell], budget_runs: float) -> None:
     for have nothing to tune, or cannot run the rewards asked for), a tuning budget smaller than one trial."""
     if not cells:
         reasons = {
-            f"{method}/{reward}": METHODS[method].incompatibility(REWARDS[reward], suite.budget.unit)
+            f"{method}/{reward}": METHODS[method].incompatibility(reward_class(reward), suite.budget.unit)
             or "nothing to tune: it does not train, or declares no search_space"
             for reward in suite.rewards
             for method, _, _ in suite.entries()

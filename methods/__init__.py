@@ -53,6 +53,7 @@ def _registry() -> dict[str, type[Trainer]]:
     from methods.elbo import ELBO
     from methods.flow_dppo import FlowDPPO
     from methods.flow_grpo import FlowGRPO
+    from methods.gdpo import GDPO
     from methods.mix_grpo import MixGRPO
     from methods.orw_cfm_w2 import ORWCFMW2
     from methods.pipeline import RewardModelPipeline
@@ -90,6 +91,7 @@ def _registry() -> dict[str, type[Trainer]]:
         "pref_grpo": PrefGRPO,
         "dgpo": DGPO,
         "elbo": ELBO,
+        "gdpo": GDPO,
     }
     methods.update(
         installed_entries(

@@ -41,7 +41,7 @@ class BestOfN(Trainer):
         return {}  # it never trains: its cost is the evaluation's generation, which the harness counts
 
     @classmethod
-    def incompatibility(cls, reward_cls: type, budget_unit: str) -> str | None:
+    def incompatibility(cls, reward_cls, budget_unit: str) -> str | None:
         if budget_unit == "wall_s":
             return "spends its budget at inference and needs a countable budget unit (nfe, reward_queries or samples)"
         return super().incompatibility(reward_cls, budget_unit)

@@ -39,9 +39,10 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Interval, option
+from methods.options import option
 from methods.toolkit.policy_gradient import (
-    FlowSDEOptions,
+    FLOW_SDE_SEARCH,
+    FlowGRPOOptions,
     PolicyGradientTrainer,
     group_normalized_advantages,
     ppo_epochs,
@@ -52,15 +53,10 @@ from models.sampler import Sampler
 
 
 @dataclass(frozen=True)
-class Config(FlowSDEOptions):
-    """Flow-GRPO's options: the policy-gradient ones (methods/toolkit/policy_gradient.py: FlowSDEOptions) at the paper's
-    training steps and KL weight, the SDE's noise level, the Fast window and GRPO-Guard."""
+class Config(FlowGRPOOptions):
+    """Flow-GRPO's options: the policy-gradient ones at the paper's training steps and KL weight, and the SDE's noise
+    level (methods/toolkit/policy_gradient.py: FlowGRPOOptions), the Fast window and GRPO-Guard."""
 
-    sample_steps: int | None = option(10, at_least=2)
-    """T_train: sampler steps of the training chains (denoising reduction; evaluation uses the model's default);
-    None: the model's default."""
-    kl_coef: float = option(0.04, at_least=0)
-    """beta: weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
     sde_window: int = option(0, at_least=0, added=True)
     """Flow-GRPO-Fast's w: the SDE's steps of each chain, at a random place among its first `sde_window_steps`, the
     only ones trained (the ODE's elsewhere); 0: the SDE on every step (Flow-GRPO)."""
@@ -94,12 +90,7 @@ class FlowGRPO(PolicyGradientTrainer):
     Config = Config
     config: Config
     families = ("flow",)
-    search_space = {
-        "learning_rate": Interval(3e-6, 3e-4, log=True),
-        "kl_coef": Interval(0.0, 0.2),
-        "noise_level": Interval(0.3, 1.0),
-        "clip_range": Interval(0.02, 0.5, log=True),
-    }
+    search_space = FLOW_SDE_SEARCH
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     @classmethod

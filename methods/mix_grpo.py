@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Interval, option
+from methods.options import option
 from methods.toolkit.policy_gradient import (
+    FLOW_SDE_SEARCH,
     FlowSDEOptions,
     PolicyGradientTrainer,
     group_normalized_advantages,
@@ -88,12 +89,7 @@ class MixGRPO(PolicyGradientTrainer):
     Config = Config
     config: Config
     families = ("flow",)
-    search_space = {
-        "learning_rate": Interval(3e-6, 3e-4, log=True),
-        "kl_coef": Interval(0.0, 0.2),
-        "noise_level": Interval(0.3, 1.0),
-        "clip_range": Interval(0.02, 0.5, log=True),
-    }
+    search_space = FLOW_SDE_SEARCH
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 4, "window": 2, "minibatch": 4}
 
     @classmethod

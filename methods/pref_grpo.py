@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Interval, option
 from methods.toolkit.policy_gradient import (
-    FlowSDEOptions,
+    FLOW_SDE_SEARCH,
+    FlowGRPOOptions,
     PolicyGradientTrainer,
     group_normalized_advantages,
     ppo_epochs,
@@ -48,15 +48,9 @@ def win_rates(rewards: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Config(FlowSDEOptions):
-    """Pref-GRPO's options: Flow-GRPO's (methods/toolkit/policy_gradient.py: FlowSDEOptions) at its training steps and
-    KL weight; the group is the one the win rates are taken in."""
-
-    sample_steps: int | None = option(10, at_least=2)
-    """T_train: sampler steps of the training chains (evaluation uses the model's default); None: the model's
-    default."""
-    kl_coef: float = option(0.04, at_least=0)
-    """beta: weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
+class Config(FlowGRPOOptions):
+    """Pref-GRPO's options: Flow-GRPO's (methods/toolkit/policy_gradient.py: FlowGRPOOptions); the group is the one
+    the win rates are taken in."""
 
 
 class PrefGRPO(PolicyGradientTrainer):
@@ -65,12 +59,7 @@ class PrefGRPO(PolicyGradientTrainer):
     Config = Config
     config: Config
     families = ("flow",)
-    search_space = {
-        "learning_rate": Interval(3e-6, 3e-4, log=True),
-        "kl_coef": Interval(0.0, 0.2),
-        "noise_level": Interval(0.3, 1.0),
-        "clip_range": Interval(0.02, 0.5, log=True),
-    }
+    search_space = FLOW_SDE_SEARCH
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     def step(self) -> dict[str, float]:

@@ -132,8 +132,9 @@ class Trainer(ABC):
         return cls.step_usage(config, generator)
 
     @classmethod
-    def incompatibility(cls, reward_cls: type, budget_unit: str) -> str | None:
-        """Why this method cannot run with this reward or budget unit, or None if it can."""
+    def incompatibility(cls, reward_cls, budget_unit: str) -> str | None:
+        """Why this method cannot run with this reward (its class, or the Combination of a reward spec naming several:
+        rewards/combined.py) or budget unit, or None if it can."""
         if cls.needs_differentiable_reward and not reward_cls.differentiable:
             return "needs a differentiable reward"
         return None

@@ -63,6 +63,15 @@ from worlds import REWARDS
             "smallest budget that keeps every milestone within 10% is nfe:200k",
         ),
         (["run", "--budget-tolerance", "0"], "expected a fraction > 0 (0.1: 10%), got '0'"),
+        # a combined reward: each term checked as a reward, its weight as a positive number
+        (["run", "--reward", "digit+0.5*beauty"], "unknown reward 'beauty'; valid: digit, compress"),
+        (["run", "--reward", "digit+-1*compress"], "the weight '-1' of 'compress' must be a positive number"),
+        (["run", "--reward", "digit+digit"], "reward spec 'digit+digit' names 'digit' more than once"),
+        (["run", "--reward", "digit+0.5*aesthetic"], "world 'digits' offers no 'aesthetic' reward"),
+        (
+            ["run", "--method", "rocm", "--reward", "digit+compress"],
+            "no method/reward pair of this suite can run: {'rocm+digit+compress': 'needs a differentiable reward'}",
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_the_valid_choices_before_any_model_loads(argv, message, capsys, monkeypatch):

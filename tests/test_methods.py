@@ -8,6 +8,7 @@ import torch
 
 from bench.budget import Budget
 from bench.meter import Meter
+from bench.reward_spec import reward_class
 from bench.runner import load_checkpoint
 from bench.trainers import build_trainer
 from methods import METHODS
@@ -40,7 +41,7 @@ def make(world, name, model="diffusion", seed=0, reward="digit", **overrides):
     meter = Meter()
     method = METHODS[name]
     config = dataclasses.replace(method.Config(), **{**method.small_config, **overrides})
-    raw_reward = REWARDS[reward].from_world(world)
+    raw_reward = reward_class(reward).from_world(world)
     policy = world.make_policy(model)
     annotator = functools.partial(Feedback.from_world, world, raw_reward, base_policy=policy)
     trainer = build_trainer(name, policy, raw_reward, world.prompts["train"], config, seed, meter, annotator)

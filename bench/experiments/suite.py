@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from bench.budget import Budget
 from bench.evaluate import EvalConfig
-from bench.names import check_entry, check_names
+from bench.names import canonical_reward, check_entry, check_names, reward_terms
+from bench.reward_spec import reward_class
 from methods import METHODS
 from models.io import atomic_write_bytes
 from worlds import MODEL_FAMILIES, REWARDS, world_entry
@@ -232,9 +233,14 @@ def validate(suite: Suite, seconds_per_nfe: Mapping[tuple[str, str], float] | No
             )
         )
     entries = suite.entries()
-    check_names("reward", suite.rewards, REWARDS)
     offered = world_entry(suite.world).rewards
-    missing = [r for r in suite.rewards if r not in offered]
+    if not suite.rewards:
+        raise ValueError(f"a suite needs at least one reward; world {suite.world!r} offers: {', '.join(offered)}")
+    for spec in suite.rewards:
+        if spec != canonical_reward(spec, REWARDS):
+            raise ValueError(f"reward spec {spec!r} is spelt {canonical_reward(spec, REWARDS)!r} (run ids name it)")
+    named = dict.fromkeys(name for spec in suite.rewards for _, name in reward_terms(spec, REWARDS))
+    missing = [r for r in named if r not in offered]
     if missing:
         raise ValueError(
             f"world {suite.world!r} offers no {', '.join(map(repr, missing))} reward; valid: {', '.join(offered)}"
@@ -269,11 +275,11 @@ def validate(suite: Suite, seconds_per_nfe: Mapping[tuple[str, str], float] | No
         (m, r)
         for m, _, _ in entries
         for r in suite.rewards
-        if METHODS[m].incompatibility(REWARDS[r], suite.budget.unit) is None
+        if METHODS[m].incompatibility(reward_class(r), suite.budget.unit) is None
     ]
     if not runnable:
         reasons = {
-            f"{m}+{r}": METHODS[m].incompatibility(REWARDS[r], suite.budget.unit)
+            f"{m}+{r}": METHODS[m].incompatibility(reward_class(r), suite.budget.unit)
             for m, _, _ in entries
             for r in suite.rewards
         }

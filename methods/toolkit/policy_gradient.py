@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from methods.options import Options, option
+from methods.options import Interval, Options, Search, option
 from methods.toolkit.divergences import closed_form
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.diffusion import gaussian_log_prob
@@ -157,6 +157,28 @@ class FlowSDEOptions(FlowSDEDynamics, PPOOptions):
     """PPO's options and the flow SDE's dynamics, for Flow-GRPO and MixGRPO."""
 
 
+@dataclass(frozen=True)
+class FlowGRPOOptions(FlowSDEOptions):
+    """Flow-GRPO's options at its paper's training steps and KL weight, for the methods that train Flow-GRPO's update
+    and change what comes before it (flow_grpo's windows, pref_grpo's win rates, gdpo's advantages)."""
+
+    sample_steps: int | None = option(10, at_least=2)
+    """T_train: sampler steps of the training chains (denoising reduction; evaluation uses the model's default);
+    None: the model's default."""
+    kl_coef: float = option(0.04, at_least=0)
+    """beta: weight of the per-step KL to the frozen base model (0 disables it and its reference passes)."""
+
+
+FLOW_SDE_SEARCH: dict[str, Search] = {
+    "learning_rate": Interval(3e-6, 3e-4, log=True),
+    "kl_coef": Interval(0.0, 0.2),
+    "noise_level": Interval(0.3, 1.0),
+    "clip_range": Interval(0.02, 0.5, log=True),
+}
+"""What tuning searches for the methods on FlowSDEOptions' update: the learning rate, the KL weight, the SDE's noise
+level and PPO's clip range."""
+
+
 class PolicyGradientTrainer(Trainer):
     """A method whose update is `ppo_epochs`: its optimizer over the policy's trainable parameters, and the frozen
     reference of the KL term where the config weighs one (`reference`, None otherwise)."""
@@ -185,16 +207,16 @@ class PolicyGradientTrainer(Trainer):
         images, steps, actions = chain_work(config, generator)
         return ppo_usage(config, images, steps, actions)
 
-    def sample_scored(
+    def sample_chains(
         self,
         prompts: list[str],
         steps: int | torch.Tensor,
         sampler: Sampler,
         initial: torch.Tensor | None = None,
-    ) -> tuple[Trajectory, torch.Tensor]:
+    ) -> Trajectory:
         """The iteration's chains of `prompts` from the sampling policy (Policy.sample's steps, sampler and initial
-        noise; with the score's graph where the config reuses the sampling pass) and their rewards, (B,) float32 on
-        the CPU. A chain without a stochastic step (a 1-step consistency sampler) has nothing to train: refused."""
+        noise; with the score's graph where the config reuses the sampling pass). A chain without a stochastic step
+        (a 1-step consistency sampler) has nothing to train: refused."""
         with torch.no_grad():
             trajectory = self.policy.sample(
                 prompts,
@@ -204,13 +226,24 @@ class PolicyGradientTrainer(Trainer):
                 initial=initial,
                 score_graph=self.config.reuse_sampling_pass,
             )
-            rewards = self.reward(trajectory.images, prompts).float().cpu()
         if not trajectory.stochastic_steps:
             raise ValueError(
                 f"{self.name} needs a stochastic sampling step to train on; a chain of {len(trajectory.timesteps)} "
                 f"step(s) here has none (set {self.name}.sample_steps >= 2)"
             )
-        return trajectory, rewards
+        return trajectory
+
+    def sample_scored(
+        self,
+        prompts: list[str],
+        steps: int | torch.Tensor,
+        sampler: Sampler,
+        initial: torch.Tensor | None = None,
+    ) -> tuple[Trajectory, torch.Tensor]:
+        """`sample_chains`' chains and their rewards, (B,) float32 on the CPU."""
+        trajectory = self.sample_chains(prompts, steps, sampler, initial)
+        with torch.no_grad():
+            return trajectory, self.reward(trajectory.images, prompts).float().cpu()
 
 
 def ppo_clipped_loss(
