@@ -53,6 +53,7 @@ def _registry() -> dict[str, type[Trainer]]:
     from methods.elbo import ELBO
     from methods.flow_dppo import FlowDPPO
     from methods.flow_grpo import FlowGRPO
+    from methods.gardo import GARDO
     from methods.gdpo import GDPO
     from methods.mix_grpo import MixGRPO
     from methods.orw_cfm_w2 import ORWCFMW2
@@ -92,6 +93,7 @@ def _registry() -> dict[str, type[Trainer]]:
         "dgpo": DGPO,
         "elbo": ELBO,
         "gdpo": GDPO,
+        "gardo": GARDO,
     }
     methods.update(
         installed_entries(

@@ -32,7 +32,7 @@ from methods.toolkit.policy_gradient import (
 )
 from methods.trainer import Parallel
 from models.sampler import Sampler
-from rewards.combined import reward_components, reward_weights
+from rewards.combined import reward_weights
 
 
 def decoupled_advantages(
@@ -68,10 +68,7 @@ class GDPO(PolicyGradientTrainer):
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         sampler = Sampler(cfg.dynamics, cfg.noise_level)
-        trajectory = self.sample_chains(prompts, self.sampler_steps(cfg.sample_steps), sampler)
-        with torch.no_grad():
-            scored = reward_components(self.reward, trajectory.images, prompts)
-        terms = {name: values.float().cpu() for name, values in scored.items()}
+        trajectory, terms = self.sample_terms(prompts, self.sampler_steps(cfg.sample_steps), sampler)
         weights = reward_weights(self.reward)
         groups = len(prompts) // cfg.samples_per_prompt
         advantages = decoupled_advantages(terms, weights, groups, self.parallel, cfg.adv_clip)

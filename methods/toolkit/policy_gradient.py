@@ -45,6 +45,7 @@ from methods.trainer import Trainer, chain_work, make_optimizer
 from models.diffusion import gaussian_log_prob
 from models.policy import Policy, Trajectory
 from models.sampler import Sampler
+from rewards.combined import reward_components
 
 STEPS_PER_CALL = 10
 """The default of the methods' `steps_per_call`, the trained steps one network call re-evaluates. Measured on a
@@ -245,6 +246,16 @@ class PolicyGradientTrainer(Trainer):
         with torch.no_grad():
             return trajectory, self.reward(trajectory.images, prompts).float().cpu()
 
+    def sample_terms(
+        self, prompts: list[str], steps: int | torch.Tensor, sampler: Sampler
+    ) -> tuple[Trajectory, dict[str, torch.Tensor]]:
+        """`sample_chains`' chains and each term of their reward by name (a combined reward's, or the one reward's:
+        rewards/combined.py), (B,) float32 on the CPU; their weights are rewards.combined.reward_weights'."""
+        trajectory = self.sample_chains(prompts, steps, sampler)
+        with torch.no_grad():
+            scored = reward_components(self.reward, trajectory.images, prompts)
+        return trajectory, {name: values.float().cpu() for name, values in scored.items()}
+
 
 def ppo_clipped_loss(
     log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
@@ -337,6 +348,7 @@ def ppo_chain_backward(
     chunk: int,
     guard: bool = False,
     on_policy: bool = False,
+    kl_gate: torch.Tensor | None = None,
 ) -> dict[str, list[float]]:
     """Backpropagates L(theta) above over the chosen stochastic `steps` of a (sub)trajectory of B chains, `chunk`
     steps at a time: their means come from one network call on chunk * B states (policy.step_means), one backward
@@ -352,6 +364,7 @@ def ppo_chain_backward(
     chunk: steps per network call (1: a call per step); the call's activations grow with it.
     guard: GRPO-Guard's regulated ratio and 1 / dt_s step weights (a flow model's chain: its timesteps are times).
     trust_region: what bounds the move from the sampling policy (RatioClip or KLMask).
+    kl_gate: (B,) bool, the chains the KL term is taken over (GARDO's gate; none: the term is 0); None: every chain.
     Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), the share of terms outside the trust region
     (clip_frac or mask_frac) and kl where there is a reference.
     """
@@ -379,7 +392,9 @@ def ppo_chain_backward(
             loss, ratio, outside = trust_region.surrogate(log_prob, old_log_prob, step_advantages, gaussians)
             loss = weight * loss
             if reference is not None:
-                kl = closed_form("kl", mean, std, reference_means[i], std).mean()
+                divergence = closed_form("kl", mean, std, reference_means[i], std)
+                gated = divergence if kl_gate is None else divergence[kl_gate]
+                kl = gated.mean() if gated.numel() else divergence.new_zeros(())
                 loss = loss + kl_coef * kl
                 stats["kl"].append(kl.item())
             losses.append(loss)
@@ -435,6 +450,7 @@ def ppo_epochs(
     step_fraction: float | None = 1.0,
     guard: bool = False,
     summed: bool = False,
+    kl_gate: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """PPO's update of one iteration, as DDPO and the GRPO papers make it: config.inner_epochs passes over the
     trajectories in random minibatches of config.minibatch chains (over all processes), each an optimizer step of
@@ -446,7 +462,8 @@ def ppo_epochs(
     timestep subsampling, DanceGRPO's timestep selection; 1.0 draws them all in a random order); None: every
     stochastic step in the chain's order, with nothing drawn.
     guard: GRPO-Guard's regulated ratio (ppo_chain_backward). summed: the steps' terms are summed (a continuous-time
-    objective's Riemann sum) instead of averaged.
+    objective's Riemann sum) instead of averaged. kl_gate: (B,) bool, the chains the KL term is taken over
+    (ppo_chain_backward); None: every chain.
     The KL term weighs config.kl_weight against trainer.reference; with config.reuse_sampling_pass the first optimizer
     step differentiates the sampling pass of a trajectory sampled with score_graph. Returns the diagnostics' means
     over every trained step; where `summed`, loss and kl are each minibatch's sums over its steps, averaged over the
@@ -475,6 +492,7 @@ def ppo_epochs(
                 chunk=cfg.steps_per_call,
                 guard=guard,
                 on_policy=cfg.reuse_sampling_pass and epoch == batch == 0,
+                kl_gate=None if kl_gate is None else kl_gate[index],
             )
             for name, values in step_stats.items():
                 # a summed objective's loss and KL (the path KL) are its minibatch's sums over the steps
