@@ -50,7 +50,7 @@ models: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench run --suite $(SUITE) \
-		$(if $(METHOD),--method $(METHOD)) $(if $(REWARD),--reward $(REWARD)) \
+		$(if $(METHOD),--method $(METHOD)) $(if $(REWARD),--reward '$(REWARD)') \
 		$(if $(SEEDS),--seeds $(SEEDS)) $(if $(BUDGET),--budget $(BUDGET)) \
 		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
@@ -58,7 +58,7 @@ bench: $(STAMP)
 # tuned.json beside the suite's local store, which its METHOD/tuned@MODEL entries (and SUITE=scenes-tuned) run.
 tune: $(STAMP)
 	$(PY) -m bench tune --suite $(SUITE) \
-		$(if $(METHOD),--method $(METHOD)) $(if $(REWARD),--reward $(REWARD)) \
+		$(if $(METHOD),--method $(METHOD)) $(if $(REWARD),--reward '$(REWARD)') \
 		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 # Copy a suite's local results (artifacts/results/<suite>/, what make bench and make tune wrote) into its committed

@@ -8,6 +8,7 @@ import pytest
 
 from bench.experiments.direct_vs_pg import write_direct
 from bench.experiments.grpo_family import write_grpo
+from bench.experiments.multi_reward import write_multi_reward
 from bench.experiments.tables import efficiency, queries_to_reach
 
 
@@ -194,3 +195,26 @@ def test_the_tuning_table_sets_each_methods_default_beside_its_tuned_runs(tmp_pa
     assert table.index("| raft |") < table.index("| base |")
     assert "| base | 0.500 | nothing to tune |" in table
     assert "needs 3 tuned methods, 1 here" in table
+
+
+def test_the_multi_reward_study_reads_each_term_of_the_reward_and_the_judge(tmp_path):
+    def cell(label, seed, compress, digit, judge):
+        def values(fraction):
+            for split in ("eval_seen", "eval_unseen"):
+                terms = {"reward_compress": compress * fraction, "reward_digit": digit * fraction}
+                yield split, "reward", sum(terms.values())
+                yield from ((split, metric, value) for metric, value in terms.items())
+                yield from ((split, "judge_acc", judge), (split, "diversity", 30.0), (split, "fid", 90.0))
+
+        return _study_cell(label, seed, "compress+digit", 100.0, values)
+
+    rows = []
+    for seed in (0, 1):
+        rows += cell("base@flow", seed, -100.0, -1.0, 0.9) + cell("flow_grpo@flow", seed, -60.0, -3.0 - seed, 0.5)
+        rows += cell("gdpo@flow", seed, -80.0, -1.0, 0.8)
+    text = write_multi_reward(pd.DataFrame(rows), tmp_path).read_text()
+    assert "The trained reward is `compress+digit`" in text
+    assert "| method | reward ↑ | compress ↑ | digit ↑ | judge acc ↑ | diversity ↑ | FID ↓ |" in text
+    assert "| flow_grpo@flow | -63.500 [-64.000, -63.000] | -60.000 | -3.500 [-4.000, -3.000] | 0.500 |" in text
+    assert "| gdpo@flow | -81.000 | -80.000 | -1.000 | 0.800 | 30.000 | 90.000 |" in text
+    assert "gardo@flow" not in text  # no cells, no rows

@@ -13,6 +13,7 @@ declares (suite.py: leaderboard_entries), so a method added to the registry join
   feedback             learning from an annotator, by preference budget
   grpo-family          the GRPO family's claims: speed, denoising reduction, KL or GRPO-Guard
   direct-vs-pg         the direct-gradient and likelihood-free families against the policy gradients
+  multi-reward         two rewards at once: GDPO's balance and GARDO's hold on hacking against Flow-GRPO on the sum
   nightly-gpu          every method at scale, one GPU through the night (smoke: its CPU twin)
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from bench.experiments.default import default, smoke
 from bench.experiments.direct_vs_pg import direct_vs_pg
 from bench.experiments.grpo_family import grpo_family
+from bench.experiments.multi_reward import multi_reward
 from bench.experiments.nightly_gpu import nightly_gpu
 from bench.experiments.orw_alpha import orw_alpha
 from bench.experiments.preference_budget import feedback
@@ -44,6 +46,7 @@ SUITES: dict[str, Callable[..., Suite]] = {
     "feedback": feedback,
     "grpo-family": grpo_family,
     "direct-vs-pg": direct_vs_pg,
+    "multi-reward": multi_reward,
     "scenes": scenes,
     "scenes-tuned": scenes_tuned,
     "nightly-gpu": nightly_gpu,
