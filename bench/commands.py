@@ -144,7 +144,7 @@ def run(parser: argparse.ArgumentParser, args) -> int:
 
     for name, url in suite.reward_servers.items():
         try:  # a server that is down or serves another reward fails now, not in every run
-            RemoteReward.connect(url, expect=name, timeout=30, retries=1)
+            RemoteReward.connect(url, expect=name, world=suite.world, timeout=30, retries=1)
         except (ConnectionError, ValueError) as error:
             parser.error(str(error))
     show_bars(args.progress)
@@ -221,6 +221,7 @@ def serve(parser: argparse.ArgumentParser, args) -> int:
     torch.set_num_threads(args.threads)
     serve_reward(
         REWARDS[args.reward].from_world(load_world(args.world)),
+        args.world,
         args.host,
         args.port,
         lambda line: print(line, flush=True),

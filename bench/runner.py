@@ -217,7 +217,7 @@ class Run:
         self.method = METHODS[spec.method]
         self.served = bool(spec.reward_server)
         self.raw_reward = (
-            RemoteReward.connect(spec.reward_server, expect=spec.reward)
+            RemoteReward.connect(spec.reward_server, expect=spec.reward, world=spec.world)
             if self.served
             else reward_class(spec.reward).from_world(world)
         )
@@ -228,6 +228,15 @@ class Run:
     def execute(self) -> str:
         run_id = self.record.run_id
         if self.store.run_status(run_id) in ("done", "n/a"):
+            recorded = self.store.reward_version(run_id)
+            if recorded not in (None, self.raw_reward.version):
+                # another reward under the same name (another world's, or a server of other code): its results are
+                # not this run's, and the store holds one run per id
+                self.log(
+                    f"{run_id}: FAILED: recorded with {self.spec.reward} version {recorded}, not this reward's "
+                    f"{self.raw_reward.version}: use another --store for it"
+                )
+                return "failed"
             return "reused"
         reason = self._incompatibility()
         if reason is not None:

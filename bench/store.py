@@ -18,6 +18,7 @@ refused at open, with its path and what SQLite's integrity check found.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import sys
@@ -261,6 +262,11 @@ class Store:
                 (run.run_id, owner, time.time()),
             )
         return True
+
+    def reward_version(self, run_id: str) -> str | None:
+        """The version of the reward a recorded run was scored with (None: no such run)."""
+        row = self._conn.execute("SELECT config_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]).get("reward_version") if row else None
 
     def holder(self, run_id: str) -> str | None:
         """The owner of a live lease on the run: one whose heartbeat is fresh and whose process is not known to be

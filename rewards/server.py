@@ -2,13 +2,13 @@
 
 Why: a reward whose dependencies clash with the trainer's (an original package pinning its own torch, a model too big
 for the trainer's GPU) runs in its own environment or on another machine, and a run uses it exactly as it would the
-in-process reward: same name, same version (so the same run ids and records), same scores.
+in-process reward: same world, same name, same version (so the same run ids and records), same scores.
 
 Server: `python -m bench serve --world WORLD --reward NAME [--host 127.0.0.1] [--port 8000]` loads the reward as the
 world offers it and answers, on the standard library's HTTPServer, one request at a time (one model, one device, and
 in the thread whose torch settings the server made):
 
-    GET  /info   -> JSON {"name", "version", "higher_is_better", "differentiable"} of the served reward
+    GET  /info   -> JSON {"world", "name", "version", "higher_is_better", "differentiable"} of the served reward
     POST /score  <- an .npz (numpy's archive, read with allow_pickle=False, so no request can run code) holding
                     `images`, float32 (B, C, H, W) in [0, 1], and `prompts`, a unicode array (B,)
                  -> JSON {"scores": [B floats]}, the float32 scores (a JSON number carries a float32 exactly)
@@ -18,8 +18,9 @@ one torch thread by default, as every cell of a sweep runs (bench/cell.py), so i
 the last bit.
 
 Client: `RemoteReward.connect(url)` reads /info (a server that does not answer is a one-line error naming how to start
-one), then sends each call's images in requests of at most `batch` images. A request that cannot connect, resets or
-times out is retried (`retries`, with doubling waits); an answered error is not (the same request would fail again).
+one; a server of another world's reward, or of another reward, is refused before any run), then sends each call's
+images in requests of at most `batch` images. A request that cannot connect, resets or times out is retried
+(`retries`, with doubling waits); an answered error is not (the same request would fail again).
 Scores come back without a graph: a served reward is never differentiable, so methods that need reward gradients
 refuse it (bench/runner.py).
 """
@@ -61,9 +62,10 @@ def decode_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
     return torch.from_numpy(images), [str(prompt) for prompt in prompts]
 
 
-def make_handler(reward) -> type[BaseHTTPRequestHandler]:
-    """The request handler serving `reward` (see the module docstring)."""
+def make_handler(reward, world: str) -> type[BaseHTTPRequestHandler]:
+    """The request handler serving `reward`, as world `world` offers it (see the module docstring)."""
     info = {
+        "world": world,
         "name": reward.name,
         "version": reward.version,
         "higher_is_better": reward.higher_is_better,
@@ -113,21 +115,30 @@ def make_handler(reward) -> type[BaseHTTPRequestHandler]:
 
 
 class RemoteReward:
-    """A reward scored by a server (see the module docstring); `name`, `version` and `higher_is_better` are the
-    served reward's."""
+    """A reward scored by a server (see the module docstring); `world`, `name`, `version` and `higher_is_better` are
+    the served reward's."""
 
     differentiable = False
 
     def __init__(self, url: str, info: dict, *, timeout: float, retries: int, batch: int):
         self.url = url.rstrip("/")
         self.name, self.version, self.higher_is_better = info["name"], info["version"], info["higher_is_better"]
+        self.world = info.get("world", "?")
         self.timeout, self.retries, self.batch = timeout, retries, batch
 
     @classmethod
     def connect(
-        cls, url: str, *, expect: str | None = None, timeout: float = 600.0, retries: int = 3, batch: int = 64
+        cls,
+        url: str,
+        *,
+        expect: str | None = None,
+        world: str | None = None,
+        timeout: float = 600.0,
+        retries: int = 3,
+        batch: int = 64,
     ) -> RemoteReward:
-        """The client of the server at `url`, which must serve the reward `expect` (when given)."""
+        """The client of the server at `url`, which must serve the reward `expect` of world `world` (when given): the
+        same name on another world is another reward (other networks, other scores)."""
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"a reward server's address starts with http:// or https://, got {url!r}")
         probe = cls(
@@ -136,7 +147,13 @@ class RemoteReward:
         info = json.loads(probe._request("/info", None))
         if expect is not None and info["name"] != expect:
             raise ValueError(f"the reward server at {url} serves {info['name']!r}, not {expect!r}")
-        return cls(url, info, timeout=timeout, retries=retries, batch=batch)
+        served = cls(url, info, timeout=timeout, retries=retries, batch=batch)
+        if world is not None and served.world != world:
+            raise ValueError(
+                f"the reward server at {url} serves {served.name!r} of world {served.world!r}, not of world {world!r}: "
+                f"start one with `python -m bench serve --world {world} --reward {served.name}`"
+            )
+        return served
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         prompts = list(prompts)
@@ -173,11 +190,12 @@ class RemoteReward:
         raise AssertionError("unreachable")
 
 
-def serve(reward, host: str = "127.0.0.1", port: int = 8000, announce=print) -> None:
-    """Serves `reward` until interrupted; `announce` gets the line naming the address (port 0: a free one)."""
-    server = HTTPServer((host, port), make_handler(reward))
+def serve(reward, world: str, host: str = "127.0.0.1", port: int = 8000, announce=print) -> None:
+    """Serves `reward`, as world `world` offers it, until interrupted; `announce` gets the line naming the address
+    (port 0: a free one)."""
+    server = HTTPServer((host, port), make_handler(reward, world))
     bound_host, bound_port = server.server_address[:2]
-    announce(f"serving {reward.name} (version {reward.version}) at http://{bound_host}:{bound_port}")
+    announce(f"serving {reward.name} of world {world} (version {reward.version}) at http://{bound_host}:{bound_port}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ from bench.cli import main
 from bench.runner import execute
 from bench.store import Store
 from rewards.server import RemoteReward
-from worlds import REWARDS
+from worlds import REWARDS, WORLDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def digit_server(tiny_world):
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     line = process.stdout.readline() if process.stdout else ""
-    if not line.startswith("serving digit"):
+    if not line.startswith("serving digit of world digits-tiny"):
         process.kill()
         raise AssertionError(f"the server did not start: {line!r} {process.stderr.read() if process.stderr else ''}")
     yield line.split(" at ")[-1].strip()
@@ -78,6 +78,39 @@ def test_a_run_through_the_server_records_what_the_run_in_process_records(tiny_w
     served = results(dataclasses.replace(spec, reward_server=digit_server), tmp_path / "served.sqlite")
     assert served[1] == in_process[1]  # the same run
     assert served[0].equals(in_process[0])  # the same numbers, to the last bit
+
+
+def test_a_server_of_another_worlds_reward_is_refused_before_any_run(digit_server, capsys, monkeypatch):
+    with pytest.raises(
+        ValueError, match="serves 'digit' of world 'digits-tiny', not of world 'digits': start one with"
+    ):
+        RemoteReward.connect(digit_server, expect="digit", world="digits")
+    assert RemoteReward.connect(digit_server, world="digits-tiny").world == "digits-tiny"
+    # the default suite's world is digits: its digit reward is the full world's, not the tiny one's
+    for entry in {type(e) for e in WORLDS.values()}:
+        monkeypatch.setattr(entry, "load", lambda *args, **kwargs: pytest.fail("a world loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--method", "ddpo", "--reward-server", f"digit={digit_server}"])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1
+    assert "serves 'digit' of world 'digits-tiny', not of world 'digits'" in error
+
+
+def test_a_run_recorded_with_another_version_of_its_reward_is_not_reused(tiny_world, tmp_path):
+    spec, lines = smoke_spec("base"), []
+    with Store(tmp_path / "store.sqlite") as store:
+        assert execute(spec, tiny_world, store, tmp_path, log=lambda *_: None) == "done"
+        assert execute(spec, tiny_world, store, tmp_path, log=lambda *_: None) == "reused"
+        (run_id,) = store.runs_frame()["run_id"]
+        # as if recorded through a server of other code: the same name and run id, another version
+        with store._write() as conn:
+            conn.execute("UPDATE runs SET config_json = json_set(config_json, '$.reward_version', 'other')")
+        assert execute(spec, tiny_world, store, tmp_path, log=lines.append) == "failed"
+        assert store.run_status(run_id) == "done"  # what was recorded stays
+    assert lines == [
+        f"{run_id}: FAILED: recorded with digit version other, not this reward's "
+        f"{REWARDS['digit'].from_world(tiny_world).version}: use another --store for it"
+    ]
 
 
 def test_a_method_that_needs_reward_gradients_refuses_a_served_reward(tiny_world, digit_server, tmp_path):
