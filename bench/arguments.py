@@ -12,7 +12,7 @@ from bench.budget import Budget
 from bench.catalog import Catalog, Option
 from bench.loggers import check_loggers
 from bench.names import canonical_reward, check_names
-from methods.options import parse_option
+from methods.options import LARGEST_INT, parse_option
 
 
 def names(kind: str, valid):
@@ -106,10 +106,21 @@ tolerance = positive("a fraction > 0 (0.1: 10%)")
 positive_number = positive("a number > 0")
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str, largest: int = LARGEST_INT) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if int(text) > largest:
+        shown = text if len(text) <= 20 else f"a {len(text)}-digit number"
+        raise argparse.ArgumentTypeError(f"expected a positive integer of at most {largest}, got {shown}")
     return int(text)
+
+
+MOST_SEEDS = 1000
+"""A sweep's seeds: each one is a run of every cell, so a count beyond this is a typo, not a benchmark."""
+
+
+def seed_count(text: str) -> int:
+    return positive_int(text, MOST_SEEDS)
 
 
 def option(option: Option):

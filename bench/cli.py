@@ -137,7 +137,7 @@ def build_parser(known: Catalog | None = None) -> Parser:
         help=f"comma-separated rewards, each one of {', '.join(known.rewards)} or several with weights joined by + "
         "(their weighted sum, e.g. digit+0.5*compress)",
     )
-    run.add_argument("--seeds", type=arguments.positive_int, help="number of seeds (0..N-1)")
+    run.add_argument("--seeds", type=arguments.seed_count, help="number of seeds (0..N-1, at most 1000)")
     run.add_argument(
         "--budget",
         type=arguments.budget,

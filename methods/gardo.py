@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from methods.options import Interval, option
+from methods.options import option
 from methods.toolkit.policy_gradient import FLOW_SDE_SEARCH, FlowGRPOOptions, PolicyGradientTrainer, ppo_epochs
 from methods.trainer import Parallel
 from models.sampler import Sampler
@@ -116,7 +116,7 @@ class GARDO(PolicyGradientTrainer):
     Config = Config
     config: Config
     families = ("flow",)
-    search_space = {**FLOW_SDE_SEARCH, "kl_threshold": Interval(1e-5, 1e-2, log=True)}
+    search_space = FLOW_SDE_SEARCH
     small_config = {"prompts_per_iter": 2, "samples_per_prompt": 3, "sample_steps": 3, "minibatch": 4}
 
     def __init__(self, policy, reward, prompts, config: Config, seed: int):

@@ -15,6 +15,8 @@ TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0")
 NOUNS = {"int": "an integer", "float": "a number"}
 NUMBERS = ("int", "float")
+LARGEST_INT = 2**31 - 1
+"""No integer option goes beyond this (a C int's range, which counts and seeds are handed to)."""
 T = TypeVar("T")
 
 
@@ -62,6 +64,8 @@ def fault(value, annotation: str, bounds: Bounds | None) -> str | None:
     kind = annotation.removesuffix(" | None")
     if kind not in NUMBERS or value is None:
         return None
+    if kind == "int" and abs(value) > LARGEST_INT:
+        return f"must be within +-{LARGEST_INT}, got a {len(str(abs(value)))}-digit number"
     if not math.isfinite(value):
         return f"must be a finite number, got {value}"
     if bounds is not None and not bounds.holds(value):

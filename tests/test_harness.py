@@ -33,6 +33,16 @@ from worlds import REWARDS
         (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid: default, smoke"),
         (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, wall_s"),
         (["run", "--seeds", "0"], "expected a positive integer"),
+        # a count is bounded before anything is built from it: 1e8 seeds used to fill the memory, silently
+        (
+            ["run", "--seeds", "100000000"],
+            "argument --seeds: expected a positive integer of at most 1000, got 100000000",
+        ),
+        (["run", "--workers", "9" * 30], "expected a positive integer of at most 2147483647, got a 30-digit number"),
+        (
+            ["run", "--ddpo.minibatch", "9" * 400],
+            "--ddpo.minibatch: must be within +-2147483647, got a 400-digit number",
+        ),
         (["run", "--ddpo.lr", "1e-4"], "ddpo options: prompts_per_iter, samples_per_prompt"),
         (["run", "--ddpo.clip", "0.1"], "unrecognized arguments: --ddpo.clip 0.1 (ddpo options: prompts_per_iter"),
         (["run", "--ddpo.clip_range", "big"], "--ddpo.clip_range: expected a number, got 'big'"),
