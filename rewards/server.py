@@ -5,22 +5,25 @@ for the trainer's GPU) runs in its own environment or on another machine, and a 
 in-process reward: same world, same name, same version (so the same run ids and records), same scores.
 
 Server: `python -m bench serve --world WORLD --reward NAME [--host 127.0.0.1] [--port 8000]` loads the reward as the
-world offers it and answers, on the standard library's HTTPServer, one request at a time (one model, one device, and
-in the thread whose torch settings the server made):
+world offers it and answers on the standard library's ThreadingHTTPServer: each connection is read in a thread of its
+own, which gives up on a client silent for CONNECTION_TIMEOUT_S (a stalled client holds only its own thread), and
+requests are scored one at a time (one model, one device, on the torch settings the server made):
 
     GET  /info   -> JSON {"world", "name", "version", "higher_is_better", "differentiable"} of the served reward
     POST /score  <- an .npz (numpy's archive, read with allow_pickle=False, so no request can run code) holding
                     `images`, float32 (B, C, H, W) in [0, 1], and `prompts`, a unicode array (B,)
                  -> JSON {"scores": [B floats]}, the float32 scores (a JSON number carries a float32 exactly)
 
-A malformed request gets 400 and a reward that raises 500, each with a one-line JSON {"error"}. The server scores on
+A malformed request gets 400 (a body or an archive that would expand past MAX_REQUEST_BYTES, non-finite images), a
+reward that raises or scores a non-finite number 500, each with a one-line JSON {"error"}. The server scores on
 one torch thread by default, as every cell of a sweep runs (bench/cell.py), so its scores are the in-process ones to
 the last bit.
 
 Client: `RemoteReward.connect(url)` reads /info (a server that does not answer is a one-line error naming how to start
 one; a server of another world's reward, or of another reward, is refused before any run), then sends each call's
-images in requests of at most `batch` images. A request that cannot connect, resets or times out is retried
-(`retries`, with doubling waits); an answered error is not (the same request would fail again).
+images in requests of at most `batch` images (fewer where they would pass MAX_REQUEST_BYTES). A request that cannot
+connect, resets or times out is retried (`retries`, with doubling waits); an answered error is not (the same request
+would fail again).
 Scores come back without a graph: a served reward is never differentiable, so methods that need reward gradients
 refuse it (bench/runner.py).
 """
@@ -30,16 +33,21 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import torch
 
-MAX_REQUEST_BYTES = 1 << 30
-"""The largest request body the server reads (1 GiB: 4k float32 images of 256 x 256 x 3)."""
+MAX_REQUEST_BYTES = 1 << 28
+"""The largest request the server reads, as sent and as its archive expands (256 MiB: 64 float32 images of
+512 x 512 x 3); the client splits a call into requests within it."""
+CONNECTION_TIMEOUT_S = 30.0
+"""How long the server waits on a client's request line, headers or body before closing its connection."""
 
 
 def encode_request(images: torch.Tensor, prompts: list[str]) -> bytes:
@@ -50,6 +58,13 @@ def encode_request(images: torch.Tensor, prompts: list[str]) -> bytes:
 
 def decode_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
     """The images and prompts of a /score body; ValueError, naming what is wrong, for anything else."""
+    try:  # what the archive's members expand to, before any is read (a few compressed bytes can be gigabytes)
+        with zipfile.ZipFile(io.BytesIO(body)) as members:
+            expanded = sum(member.file_size for member in members.infolist())
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"expected an .npz with `images` and `prompts` (BadZipFile: {error})") from None
+    if expanded > MAX_REQUEST_BYTES:
+        raise ValueError(f"the request expands to {expanded} bytes, more than the {MAX_REQUEST_BYTES} a request may")
     try:
         with np.load(io.BytesIO(body), allow_pickle=False) as archive:
             images, prompts = archive["images"], archive["prompts"]
@@ -59,6 +74,8 @@ def decode_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
         raise ValueError(f"`images` must be float32 (B, C, H, W), got {images.dtype} {images.shape}")
     if prompts.dtype.kind != "U" or prompts.shape != images.shape[:1]:
         raise ValueError(f"`prompts` must be {images.shape[0]} strings, got {prompts.dtype} {prompts.shape}")
+    if not np.isfinite(images).all():
+        raise ValueError("`images` must be finite: some are NaN or infinite")
     return torch.from_numpy(images), [str(prompt) for prompt in prompts]
 
 
@@ -72,7 +89,12 @@ def make_handler(reward, world: str) -> type[BaseHTTPRequestHandler]:
         "differentiable": False,
     }
 
+    scoring = threading.Lock()  # requests are read side by side and scored one at a time
+    threads = torch.get_num_threads()  # the server's setting: a handler's thread starts with the default
+
     class Handler(BaseHTTPRequestHandler):
+        timeout = CONNECTION_TIMEOUT_S
+
         def do_GET(self) -> None:
             if self.path != "/info":
                 self._answer(404, {"error": f"no {self.path}; valid: GET /info, POST /score"})
@@ -83,20 +105,27 @@ def make_handler(reward, world: str) -> type[BaseHTTPRequestHandler]:
             if self.path != "/score":
                 self._answer(404, {"error": f"no {self.path}; valid: GET /info, POST /score"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if not 0 < length <= MAX_REQUEST_BYTES:
-                self._answer(400, {"error": f"a body of 1 to {MAX_REQUEST_BYTES} bytes is needed, got {length}"})
+            length = self.headers.get("Content-Length") or "0"
+            if not length.isdigit() or not 0 < int(length) <= MAX_REQUEST_BYTES:
+                self._answer(400, {"error": f"a body of 1 to {MAX_REQUEST_BYTES} bytes is needed, got {length[:20]!r}"})
                 return
             try:
-                images, prompts = decode_request(self.rfile.read(length))
+                images, prompts = decode_request(self.rfile.read(int(length)))
             except ValueError as error:
                 self._answer(400, {"error": str(error)})
                 return
             try:
-                with torch.no_grad():
+                with scoring, torch.no_grad():
+                    torch.set_num_threads(threads)
                     scores = reward(images, prompts).float().cpu()
             except Exception as error:  # the reward's failure goes back to the client, and the server goes on
                 self._answer(500, {"error": f"{type(error).__name__}: {error}"})
+                return
+            if not torch.isfinite(scores).all():  # JSON has no NaN: a client would read what is not a score
+                self._answer(
+                    500,
+                    {"error": f"{reward.name} scored {int((~torch.isfinite(scores)).sum())} image(s) NaN or infinite"},
+                )
                 return
             self._answer(200, {"scores": scores.tolist()})
 
@@ -160,8 +189,10 @@ class RemoteReward:
         if len(prompts) != images.shape[0]:
             raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts: need one prompt per image")
         scores = []
-        for start in range(0, len(prompts), self.batch):
-            body = encode_request(images[start : start + self.batch], prompts[start : start + self.batch])
+        image_bytes = 4 * images[0].numel() + 4 * max((len(p) for p in prompts), default=0) if len(prompts) else 1
+        batch = max(1, min(self.batch, MAX_REQUEST_BYTES // image_bytes))
+        for start in range(0, len(prompts), batch):
+            body = encode_request(images[start : start + batch], prompts[start : start + batch])
             scores += json.loads(self._request("/score", body))["scores"]
         return torch.tensor(scores, dtype=torch.float32, device=images.device)
 
@@ -193,7 +224,7 @@ class RemoteReward:
 def serve(reward, world: str, host: str = "127.0.0.1", port: int = 8000, announce=print) -> None:
     """Serves `reward`, as world `world` offers it, until interrupted; `announce` gets the line naming the address
     (port 0: a free one)."""
-    server = HTTPServer((host, port), make_handler(reward, world))
+    server = ThreadingHTTPServer((host, port), make_handler(reward, world))
     bound_host, bound_port = server.server_address[:2]
     announce(f"serving {reward.name} of world {world} (version {reward.version}) at http://{bound_host}:{bound_port}")
     try:

@@ -5,9 +5,12 @@ import dataclasses
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -135,6 +138,38 @@ def test_a_malformed_request_is_refused_in_one_line_and_the_server_goes_on(tiny_
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 400 and "expected an .npz with `images` and `prompts`" in refused.value.read().decode()
     assert RemoteReward.connect(digit_server)(torch.zeros(1, 1, 8, 8), ["a handwritten one"]).shape == (1,)
+
+
+def post(url: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url + "/score", data=body, method="POST", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())["error"]
+
+
+def test_what_a_request_may_become_is_bounded_before_it_is_read_and_a_stalled_client_stalls_only_itself(
+    digit_server,
+):
+    stalled = socket.create_connection(urllib.parse.urlsplit(digit_server).netloc.split(":"))  # type: ignore[arg-type]
+    stalled.sendall(b"POST /score HTTP/1.1\r\nContent-Le")  # half a request, then silence
+    try:
+        started = time.monotonic()
+        assert RemoteReward.connect(digit_server, timeout=10, retries=0).world == "digits-tiny"
+        assert time.monotonic() - started < 5  # served beside the stalled connection, not after it
+        # 0.3 MiB that expands to 282 MB of zeros: refused from the archive's table, before anything is decompressed
+        bomb = io.BytesIO()
+        np.savez_compressed(bomb, images=np.zeros((1_100_000, 1, 8, 8), np.float32), prompts=np.array(["a"]))
+        code, error = post(digit_server, bomb.getvalue())
+        assert code == 400 and error.startswith("the request expands to 28") and "more than the 268435456" in error
+        code, error = post(digit_server, b"x", {"Content-Length": "abc"})
+        assert (code, error) == (400, "a body of 1 to 268435456 bytes is needed, got 'abc'")
+        nan = io.BytesIO()
+        np.savez(nan, images=np.full((1, 1, 8, 8), np.nan, np.float32), prompts=np.array(["a handwritten one"]))
+        assert post(digit_server, nan.getvalue()) == (400, "`images` must be finite: some are NaN or infinite")
+    finally:
+        stalled.close()
 
 
 def test_no_server_is_a_clear_error_after_its_retries(capsys):
