@@ -13,10 +13,10 @@ import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from itertools import repeat
 from pathlib import Path
 
 import pandas as pd
@@ -117,6 +117,49 @@ def write_tables(store_path: Path, out_dir: Path, studies: tuple[Study, ...] = (
     say(f"wrote {len(written)} files into {out_dir}; read {out_dir / 'report.html'} or {out_dir / 'leaderboard.md'}")
 
 
+WORKER_DIED = "its worker process died (killed: out of memory?) every time it ran it"
+
+
+def run_locally(
+    cells: list[RunSpec], store_path: Path, loggers: tuple[str, ...], workers: int, cell: Callable = run_cell
+) -> list[str]:
+    """Each cell's status, `cell` (run_cell) run in `workers` local processes. A worker that dies (the out-of-memory
+    killer, a kill) breaks the pool, and with it every cell not yet finished: those run again side by side, and a cell
+    caught in a second break runs alone, so that the cell whose worker dies alone is recorded failed (WORKER_DIED) and
+    the others resume from their checkpoints; the sweep goes on."""
+    statuses: dict[int, str] = {}
+    breaks = dict.fromkeys(range(len(cells)), 0)
+    bar = progress(total=len(cells), desc="cells")
+    while len(statuses) < len(cells):
+        suspects = [i for i, count in breaks.items() if count >= 2 and i not in statuses]
+        batch = suspects[:1] or [i for i in breaks if i not in statuses]
+        with local_workers(1 if suspects else workers) as pool:
+            futures = {pool.submit(cell, cells[i], store_path, loggers): i for i in batch}
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    statuses[index] = future.result()
+                    bar.update()
+                except BrokenProcessPool:
+                    breaks[index] += 1
+        if suspects and suspects[0] not in statuses:  # it broke the pool alone: its worker is the one that died
+            statuses[suspects[0]] = record_worker_death(cells[suspects[0]], store_path)
+            bar.update()
+    bar.close()
+    return [statuses[i] for i in range(len(cells))]
+
+
+def record_worker_death(spec: RunSpec, store_path: Path) -> str:
+    """Records the run of `spec` failed because its worker died (where it had started), and says so."""
+    world = world_of(spec.world)
+    run_id = spec.run_id(world.model_hash(spec.model, spec.source))
+    with Store(store_path) as store:
+        if store.run_status(run_id) is not None:
+            store.finish_run(run_id, "failed", WORKER_DIED)
+    say(f"{run_id}: FAILED: {WORKER_DIED}")
+    return "failed"
+
+
 def plan(cells: list[RunSpec], store_path: Path, workers: int) -> str:
     """What a sweep is about to do, said before it starts: how many of its runs the store has already (done or n/a:
     reused), how many it computes, and about how long those take, from the store's own finished runs of the same
@@ -187,9 +230,7 @@ def run_suite(
 
         statuses = run_cells(cells, store_path, loggers, ray_address)
     elif workers > 1:
-        with local_workers(workers) as pool:
-            jobs = pool.map(run_cell, cells, repeat(store_path), repeat(loggers))
-            statuses = list(progress(jobs, total=len(cells), desc="cells"))
+        statuses = run_locally(cells, store_path, loggers, workers)
     else:
         statuses = [run_cell(spec, store_path, loggers, parallel) for spec in progress(cells, desc="cells")]
     failed = statuses.count("failed")

@@ -215,3 +215,28 @@ def test_bad_sweep_options_are_one_line_errors(argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def dies_evaluating_seed_one(spec, store_path, loggers):
+    """run_cell, but the worker running a seed-1 cell dies at its first evaluation (after its run has started), as the
+    out-of-memory killer would kill it: in the worker, where the sweep cannot see it coming."""
+    import bench.runner
+    from bench.cell import run_cell
+
+    if spec.seed == 1:
+        bench.runner.evaluate = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+    return run_cell(spec, store_path, loggers)
+
+
+@pytest.mark.slow
+def test_a_worker_that_dies_costs_its_own_cell_and_the_sweep_goes_on(tmp_path):
+    from bench.sweep import WORKER_DIED, run_locally
+
+    cells = [smoke_spec("ddpo", seed) for seed in (0, 1, 2)]
+    store_path = tmp_path / "store.sqlite"
+    statuses = run_locally(cells, store_path, (), 2, cell=dies_evaluating_seed_one)
+    assert statuses == ["done", "failed", "done"]
+    with Store(store_path) as store:
+        runs = store.runs_frame().set_index("run_id")
+    failed = runs[runs["status"] == "failed"]
+    assert len(runs) == 3 and list(failed["reason"]) == [WORKER_DIED] and "-s1-" in failed.index[0]
