@@ -1,6 +1,8 @@
 """The per-suite results directory: files generated from the store alone, and a report a browser renders."""
 
+import contextlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +16,8 @@ from bench.store import Store
 from bench.store_schema import RunRecord
 from methods import METHODS
 from worlds import WORLDS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SWEPT = ("base", "ddpo")
 REWARDS = ("digit", "compress")
@@ -77,9 +81,10 @@ def test_a_headline_broken_down_by_prompt_family_gets_a_table_of_its_own():
     shutil.which("chromedriver") is None or shutil.which("chromium") is None,
     reason="needs Debian's chromium and chromium-driver packages (.ci/run installs them)",
 )
-def test_the_report_renders_in_a_headless_browser_and_shows_every_method(results_dir):
+@contextlib.contextmanager
+def headless_chromium():
+    """Debian's chromium through its driver, in a 1400 x 1000 window."""
     from selenium import webdriver
-    from selenium.webdriver.common.by import By
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
@@ -93,6 +98,35 @@ def test_the_report_renders_in_a_headless_browser_and_shows_every_method(results
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
     try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+WIDEST = "return Math.max(...Array.from(document.querySelectorAll('table')).map(t => t.getBoundingClientRect().width))"
+OVERFLOW = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+
+
+def assert_fits_the_window(driver) -> None:
+    """Nothing needs scrolling sideways, with every collapsed table closed or open."""
+    assert 0 < driver.execute_script(WIDEST) <= 1400 and driver.execute_script(OVERFLOW) <= 0
+    driver.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")
+    assert driver.execute_script(WIDEST) <= 1400 and driver.execute_script(OVERFLOW) <= 0
+
+
+def test_every_committed_report_fits_a_1400_px_window():
+    reports = sorted((ROOT / "results").glob("*/report.html"))
+    assert reports
+    with headless_chromium() as driver:
+        for report in reports:
+            driver.get(report.as_uri())
+            assert_fits_the_window(driver)
+
+
+def test_the_report_renders_in_a_headless_browser_and_shows_every_method(results_dir):
+    from selenium.webdriver.common.by import By
+
+    with headless_chromium() as driver:
         driver.get((results_dir / "report.html").as_uri())
         assert driver.title == "Leaderboard: smoke"
         for reward in REWARDS:
@@ -115,17 +149,7 @@ def test_the_report_renders_in_a_headless_browser_and_shows_every_method(results
         failed = driver.find_element(By.ID, "failed").find_element(By.XPATH, "following-sibling::table[1]").text
         assert "ddpo-digit-s7-broken" in failed and "loss became NaN at step 3" in failed
         assert driver.execute_script("return document.body.scrollHeight") > 3000  # laid out, not blank
-        # nothing needs scrolling sideways in a 1400 px window, with every collapsed table closed or open
-        widest = (
-            "return Math.max(...Array.from(document.querySelectorAll('table'))"
-            ".map(t => t.getBoundingClientRect().width))"
-        )
-        overflow = "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        assert 0 < driver.execute_script(widest) <= 1400 and driver.execute_script(overflow) <= 0
-        driver.execute_script("document.querySelectorAll('details').forEach(d => d.open = true)")
-        assert driver.execute_script(widest) <= 1400 and driver.execute_script(overflow) <= 0
-    finally:
-        driver.quit()
+        assert_fits_the_window(driver)
 
 
 def test_a_run_another_sweep_is_still_training_is_listed_without_a_finish(reference_sweep, tmp_path):
