@@ -102,9 +102,9 @@ def install_shipped(components: dict[str, Component], directory: Path, cfg, worl
     """Installs into `directory` the shipped networks of `world` (models/shipped.py) of every stale component whose
     shipped recipe is `cfg`'s, checking each against its hash; returns their names (none where nothing ships)."""
     shipped = shipped_manifest(world)
-    stale = stale_components(components, directory, cfg, world)
-    if not stale or not shipped["components"]:
+    if not shipped["components"]:
         return []
+    stale = stale_components(components, directory, cfg, world)
     directory.mkdir(parents=True, exist_ok=True)
     manifest, installed = read_manifest(directory, world), []
     for name in stale:  # in build order: a component's inputs are settled before its recipe is compared
@@ -117,7 +117,9 @@ def install_shipped(components: dict[str, Component], directory: Path, cfg, worl
         manifest["components"][name] = entry
         atomic_write_bytes(directory / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
         installed.append(name)
-    if installed and not (directory / f"{CACHE}.pt").exists():
+    # the cache goes with the shipped networks: installed beside them, or again where it alone is missing
+    same = all(manifest["components"].get(n, {}).get("hash") == e["hash"] for n, e in shipped["components"].items())
+    if (installed or same) and not (directory / f"{CACHE}.pt").exists():
         install(world, CACHE, directory, shipped["cache_hash"])
     return installed
 

@@ -4,7 +4,9 @@ fresh clone installs them instead of training (most of an hour of a 2-core machi
 `bench models` still trains every network from scratch and compares its hashes with these.
 
 Layout: weights/<world>/manifest.json and weights/<world>/<component>.safetensors, one per component, plus the
-prompt-embedding cache (prompt_embeddings.safetensors, keyed by prompt, its hash in the manifest's `cache_hash`).
+prompt-embedding cache (prompt_embeddings.safetensors, keyed by prompt, its hash in the manifest's `cache_hash`). The
+manifest carries the digest of its own content (`digest`): an edited manifest, or networks shipped without one, are
+refused in one line instead of silently training everything again.
 """
 
 from __future__ import annotations
@@ -36,10 +38,28 @@ def weights_hash(module: nn.Module | dict) -> str:
     return digest.hexdigest()
 
 
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of a shipped manifest's content, its own `digest` left out."""
+    content = {key: value for key, value in manifest.items() if key != "digest"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def shipped_manifest(world: str, root: Path | None = None) -> dict:
-    """The shipped manifest of `world` (under `root`, SHIPPED by default), or an empty one where nothing ships."""
-    path = (root or SHIPPED) / world / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {"components": {}}
+    """The shipped manifest of `world` (under `root`, SHIPPED by default), or an empty one where nothing ships; a
+    manifest whose content is not its digest's, or networks shipped without a manifest, are a one-line ValueError."""
+    folder = (root or SHIPPED) / world
+    path = folder / "manifest.json"
+    if not path.exists():
+        if any(folder.glob("*.safetensors")):
+            raise ValueError(f"weights/{world}/ ships networks but no manifest.json: restore it from git")
+        return {"components": {}}
+    manifest = json.loads(path.read_text())
+    if manifest.get("digest") != manifest_digest(manifest):
+        raise ValueError(
+            f"weights/{world}/manifest.json was edited (its content is not its digest's): restore it from git, or "
+            f"rebuild and ship the networks with `python -m bench models --world {world} --ship`"
+        )
+    return manifest
 
 
 def ship(built: Path, world: str, manifest: dict, root: Path | None = None) -> Path:
@@ -56,6 +76,7 @@ def ship(built: Path, world: str, manifest: dict, root: Path | None = None) -> P
         save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(staging / f"{name}.safetensors"))
         if name == CACHE:
             shipped["cache_hash"] = weights_hash(state)
+    shipped["digest"] = manifest_digest(shipped)
     atomic_write_bytes(staging / "manifest.json", (json.dumps(shipped, indent=2) + "\n").encode())
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)

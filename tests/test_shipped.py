@@ -45,6 +45,33 @@ def test_a_shipped_file_that_does_not_hold_its_manifests_weights_is_refused(tmp_
         install("digits", "judge", tmp_path / "out", expected, root=tmp_path)
 
 
+def test_an_edited_manifest_or_networks_without_one_are_refused_and_a_lost_cache_installs_again(tmp_path, monkeypatch):
+    shutil.copytree(SHIPPED / "digits", tmp_path / "digits")
+    assert shipped_manifest("digits", tmp_path) == shipped_manifest("digits")
+    path = tmp_path / "digits" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["components"]["judge"]["recipe"]["classifier_steps"] = (
+        30  # a hand edit: the code would rebuild it for 14 minutes
+    )
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    with pytest.raises(ValueError, match=r"^weights/digits/manifest.json was edited .*: restore it from git"):
+        shipped_manifest("digits", tmp_path)
+    path.unlink()
+    with pytest.raises(ValueError, match=r"^weights/digits/ ships networks but no manifest.json: restore it from git"):
+        shipped_manifest("digits", tmp_path)
+
+    # installed, then the prompt cache alone lost (as after a tampered cache restored from git): installed again
+    def no_build(*args, **kwargs):
+        raise AssertionError("a shipped network was trained again")
+
+    monkeypatch.setattr("models.build.build_components", no_build)
+    directory = world_entry("digits").ensure("digits", tmp_path / "artifacts", lambda *_: None)
+    (directory / "prompt_embeddings.pt").unlink()
+    assert world_entry("digits").ensure("digits", tmp_path / "artifacts", lambda *_: None) == directory
+    cache = torch.load(directory / "prompt_embeddings.pt", weights_only=True)
+    assert weights_hash(cache) == shipped_manifest("digits")["cache_hash"]
+
+
 @pytest.mark.slow
 def test_bench_models_rebuilds_every_network_and_names_those_that_differ_from_the_shipped(tmp_path, monkeypatch):
     entry = world_entry("digits-tiny")
@@ -56,7 +83,7 @@ def test_bench_models_rebuilds_every_network_and_names_those_that_differ_from_th
     manifest_path = shipped_root / "digits-tiny" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["components"]["flow"]["hash"] = "0" * 64
-    manifest_path.write_text(json.dumps(manifest))
+    manifest_path.write_text(json.dumps({**manifest, "digest": models.shipped.manifest_digest(manifest)}))
     with pytest.raises(ValueError, match=r"the rebuilt flow \(built \w{12}, shipped 000000000000\) differ"):
         entry.prepare("digits-tiny", tmp_path / "artifacts", print)
 
