@@ -434,7 +434,8 @@ class Store:
         """One row per run, in the order runs were first started: the RunRecord fields, status, reason,
         started, finished (ISO, UTC)."""
         columns = (*RUN_FIELDS, "status", "reason", "started", "finished")
-        return pd.read_sql_query(f"SELECT {', '.join(columns)} FROM runs ORDER BY rowid", self._conn)
+        # by time, not rowid: a store's layers and publishing copy runs in no particular order
+        return pd.read_sql_query(f"SELECT {', '.join(columns)} FROM runs ORDER BY started, rowid", self._conn)
 
     def results_frame(self) -> pd.DataFrame:
         """One row per metric value of every 'done' run, with everything needed to interpret it."""

@@ -281,6 +281,18 @@ def test_only_the_newest_version_of_a_method_is_ranked(store, tmp_path):
     assert set(raft["method_version"]) == {"raft-v2"} and set(raft["n_seeds"]) == {3}
 
 
+def test_the_newest_version_is_the_one_run_last_whatever_order_a_copy_stored_runs_in(store, tmp_path):
+    for seed in range(3):
+        add_run(store, "raft", "digit", seed + 10, list(enumerate(BUDGETS)), version="raft-v2")
+    with store._write() as conn:  # as a layer or a publish may copy them: the new version's rows first
+        conn.execute("UPDATE runs SET started = '2000-01-01T00:00:00+00:00' WHERE method_version = 'raft-v1'")
+        conn.execute("UPDATE runs SET started = '2000-01-02T00:00:00+00:00' WHERE method_version = 'raft-v2'")
+        conn.execute("UPDATE runs SET rowid = -rowid WHERE method_version = 'raft-v2'")
+    assert store.runs_frame().query("method == 'raft'")["method_version"].iloc[-1] == "raft-v2"
+    table = pd.read_csv(write_leaderboard(store, tmp_path / "board")[0], keep_default_na=False)
+    assert set(table.loc[table["method"] == "raft", "method_version"]) == {"raft-v2"}
+
+
 def test_a_store_without_results_still_lists_its_cells(tmp_path):
     with Store(tmp_path / "store.sqlite") as store:
         add_run(store, "ddpo", "digit", 0, [], status="failed", reason="out of memory")
