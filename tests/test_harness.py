@@ -353,6 +353,17 @@ def test_a_registered_method_joins_every_leaderboard_suite_without_an_edit_there
     assert {"sft@scene-diffusion", "pipeline@scene-diffusion"} <= set(build_suite("scenes").methods)
 
 
+def test_the_leaderboard_suites_run_cps_beside_flow_grpo_as_its_sampler_variant():
+    from bench.experiments import build_suite
+
+    for name, model in (("default", "flow"), ("smoke", "flow"), ("scenes", "scene-flow")):
+        suite = validate(build_suite(name))
+        assert f"flow_grpo/cps@{model}" in suite.methods, name
+        assert suite.method_config("flow_grpo", "cps", model).dynamics == "cps"
+        assert suite.method_config("flow_grpo", "", model).dynamics == "flow-sde"
+    assert "flow_grpo/cps@scene-flow" in validate(build_suite("scenes", smoke=True)).methods
+
+
 @pytest.mark.parametrize(
     "argv, folder",
     [

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from bench.budget import Budget
 from bench.evaluate import EvalConfig
-from bench.experiments.suite import Suite, leaderboard_entries
+from bench.experiments.suite import SAMPLER_VARIANTS, Suite, leaderboard_entries
 from methods import METHODS
 
 
 def default() -> Suite:
     """Every method on both rewards of the digits world, 3 seeds, 300k NFE (milestones at 75k, 150k)."""
-    return Suite("default", methods=leaderboard_entries("digits"))
+    return Suite("default", methods=leaderboard_entries("digits"), variants=SAMPLER_VARIANTS)
 
 
 def smoke() -> Suite:
@@ -26,6 +26,7 @@ def smoke() -> Suite:
     return Suite(
         "smoke",
         methods=leaderboard_entries("digits-tiny"),
+        variants=SAMPLER_VARIANTS,
         seeds=(0, 1),
         budget=Budget("nfe", 400),
         milestones=(0.5, 1.0),

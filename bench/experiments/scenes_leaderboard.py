@@ -17,7 +17,7 @@ import pandas as pd
 
 from bench.budget import Budget
 from bench.experiments.default import smoke as smoke_suite
-from bench.experiments.suite import TUNED, Suite, leaderboard_entries, read_tuned, tuned_file
+from bench.experiments.suite import SAMPLER_VARIANTS, TUNED, Suite, leaderboard_entries, read_tuned, tuned_file
 from bench.experiments.tables import PRIMARY_SPLIT, by_seed, cell_of, ci, final_budget, write_tuning
 from bench.stats import bootstrap_ci
 from models.io import atomic_write_bytes
@@ -35,6 +35,7 @@ def scenes(smoke: bool = False) -> Suite:
         methods=leaderboard_entries("scenes", every_method=True),
         rewards=("geneval", "ocr"),
         world="scenes",
+        variants=SAMPLER_VARIANTS,
         studies=(write_families, write_tuning),
     )
     if smoke:
@@ -45,6 +46,7 @@ def scenes(smoke: bool = False) -> Suite:
             # milestone by more than the smoke tolerance
             budget=Budget("nfe", 480),
             methods=suite.methods,
+            variants=suite.variants,
             rewards=suite.rewards,
             world="scenes-tiny",
             studies=suite.studies,

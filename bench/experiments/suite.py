@@ -145,11 +145,16 @@ def parse_entry(
     return method, variant, model or default_model(method, world or "digits")
 
 
+SAMPLER_VARIANTS: dict[str, dict[str, object]] = {"flow_grpo/cps": {"dynamics": "cps"}}
+"""Variants every leaderboard suite runs beside their method, on each model it runs it on: a sampler's dynamics that is
+not a method of its own (CPS, coefficients-preserving sampling, on Flow-GRPO's chains: methods/flow_grpo.py)."""
+
+
 def leaderboard_entries(world: str, every_method: bool = False) -> tuple[str, ...]:
     """A leaderboard suite's entries, from what each method declares (Trainer.families, .compared_on): every method on
-    the world's first model of each family it is compared on, family by family in the world's order. `every_method`:
-    a method compared on none of the world's families joins on the first of its families the world has, so that
-    every method the world can run is on its leaderboard."""
+    the world's first model of each family it is compared on, family by family in the world's order, each followed by
+    its SAMPLER_VARIANTS there. `every_method`: a method compared on none of the world's families joins on the first
+    of its families the world has, so that every method the world can run is on its leaderboard."""
     first_model = first_models(world)
     entries = [
         f"{name}@{model}"
@@ -162,7 +167,14 @@ def leaderboard_entries(world: str, every_method: bool = False) -> tuple[str, ..
         for name, method in METHODS.items():
             if name not in placed and any(f in first_model for f in method.families):
                 entries.append(f"{name}@{default_model(name, world)}")
-    return tuple(entries)
+    variants = [
+        f"{variant}@{model}"
+        for entry in entries
+        for variant in SAMPLER_VARIANTS
+        for name, _, model in [entry.partition("@")]
+        if variant.partition("/")[0] == name
+    ]
+    return (*entries, *variants)
 
 
 def check_budget(suite: Suite, seconds_per_nfe: Mapping[tuple[str, str], float] | None = None) -> None:
