@@ -19,9 +19,12 @@ from worlds import load_world
 
 
 def work_dir(store_path: Path) -> Path:
-    """Where the runs of a store keep their checkpoints (and logs): beside the store and named after it,
-    so that a checkpoint can only ever resume a run of the store it was written for."""
-    return store_path.parent / f"{store_path.stem}.runs"
+    """Where the runs of a store keep their checkpoints (and logs): beside the store and named after it (`mine.sqlite`:
+    `mine.runs/`; any other name, whole: `mine.db`: `mine.db-runs/`), so that a checkpoint can only ever resume a run
+    of the store it was written for."""
+    if store_path.suffix == ".sqlite":
+        return store_path.parent / f"{store_path.stem}.runs"
+    return store_path.parent / f"{store_path.name}-runs"
 
 
 CELL_THREADS = 1

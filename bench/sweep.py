@@ -101,11 +101,13 @@ def end_with_parent(parent: int) -> None:
 
 def results_dir(store_path: Path) -> Path:
     """Where a store's tables and report go by default: the store's folder when the store is its folder's one
-    `store.sqlite` (results/<suite>/), else a folder beside it named after it (`mine.sqlite`: `mine/`; a name
-    without a suffix, `mine`: `mine-results/`), so two stores never share one."""
+    `store.sqlite` (results/<suite>/), else a folder beside it named after it (`mine.sqlite`: `mine/`; any other
+    name, whole: `mine`: `mine-results/`, `mine.db`: `mine.db-results/`), so two stores never share one."""
     if store_path.name == "store.sqlite":
         return store_path.parent
-    return store_path.with_suffix("") if store_path.suffix else store_path.with_name(f"{store_path.name}-results")
+    if store_path.suffix == ".sqlite":
+        return store_path.with_suffix("")
+    return store_path.with_name(f"{store_path.name}-results")
 
 
 def write_tables(store_path: Path, out_dir: Path, studies: tuple[Study, ...] = (), asked: tuple[str, ...] = ()) -> None:

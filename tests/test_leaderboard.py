@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from bench.cell import work_dir
 from bench.formats import human
 from bench.leaderboard import GRID_COLUMNS, grid_prompts, write_leaderboard
 from bench.stats import bootstrap_ci, paired_difference_ci
@@ -402,6 +403,9 @@ def test_two_stores_in_one_folder_write_their_tables_to_folders_of_their_own(sto
     assert results_dir(tmp_path / "store.sqlite") == tmp_path
     assert results_dir(tmp_path / "other.sqlite") == tmp_path / "other"
     assert results_dir(tmp_path / "other") == tmp_path / "other-results"  # never the store itself
+    # two stores of one name and two suffixes never share their tables, nor their checkpoints
+    assert results_dir(tmp_path / "other.db") == tmp_path / "other.db-results"
+    assert len({work_dir(tmp_path / name) for name in ("other.sqlite", "other.db", "other")}) == 3
     assert main(["leaderboard", "--store", str(tmp_path / "other.sqlite")]) == 0
     assert (tmp_path / "other" / "leaderboard.md").exists() and not (tmp_path / "leaderboard.md").exists()
     assert main(["leaderboard", "--store", str(tmp_path / "other.sqlite"), "--out", str(tmp_path / "mine")]) == 0
