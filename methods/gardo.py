@@ -24,7 +24,8 @@ Departures from the paper: the features of (3) are the images' pixels, as a vect
 reward is the run's whole reward, the weighted sum of the spec's terms, as every method here trains on it (the
 reference trains on the proxy alone and reads the auxiliaries for (1) only). The uncertainty's sign: the reference
 code subtracts the auxiliaries' mean rank from the proxy's with rank 1 the best, which flags the samples the
-auxiliaries prefer; here u flags those the proxy prefers, the hacked ones of the paper's argument. The advantage
+auxiliaries prefer; here u flags those the proxy prefers, the hacked ones of the paper's argument. The gate's share
+is of the whole batch (the reference takes its percentile among the samples with u >= 0). The advantage
 divides by the batch's reward std (the reference leaves the scale to the reward's units, in [0, 1] in its tasks),
 and is clipped to [-adv_clip, adv_clip]. With one reward there is no auxiliary to estimate uncertainty with: the KL
 is taken over every sample (the gate open) and (2) and (3) stay.
