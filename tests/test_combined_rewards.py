@@ -70,7 +70,7 @@ def test_a_suite_written_in_code_must_spell_its_specs_as_run_ids_name_them():
 
 def test_a_run_on_a_combined_reward_records_each_term_beside_the_sum(tmp_path, capsys):
     store = tmp_path / "smoke" / "store.sqlite"
-    argv = ["run", "--suite", "smoke", "--method", "flow_grpo", "--reward", "digit+0.5*compress"]
+    argv = ["run", "--suite", "smoke", "--method", "gdpo", "--reward", "digit+0.5*compress"]
     assert main([*argv, "--seeds", "1", "--store", str(store)]) == 0
     assert "1 runs, 1 done, 0 n/a, 0 failed" in capsys.readouterr().out
     with Store(store, read_only=True) as read:

@@ -18,7 +18,17 @@ SHARED = {f.name: f for f in dataclasses.fields(PPOOptions)}
 
 
 def test_the_chain_policy_gradient_methods_are_on_the_shared_options():
-    assert POLICY_GRADIENT == ["dance_grpo", "ddpo", "flow_dppo", "flow_grpo", "mix_grpo", "pref_grpo", "sas"]
+    assert POLICY_GRADIENT == [
+        "dance_grpo",
+        "ddpo",
+        "flow_dppo",
+        "flow_grpo",
+        "gardo",
+        "gdpo",
+        "mix_grpo",
+        "pref_grpo",
+        "sas",
+    ]
 
 
 @pytest.mark.parametrize("name", POLICY_GRADIENT)
