@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.names import reward_terms
+from bench.names import canonical_reward, reward_terms
 from rewards.base import Reward
 from rewards.combined import Combination
 from worlds import REWARDS
@@ -14,4 +14,4 @@ def reward_class(spec: str) -> type[Reward] | Combination:
     terms = reward_terms(spec, REWARDS)
     if len(terms) == 1 and terms[0][0] == 1:
         return REWARDS[terms[0][1]]
-    return Combination(tuple((weight, name, REWARDS[name]) for weight, name in terms))
+    return Combination(canonical_reward(spec, REWARDS), tuple((weight, name, REWARDS[name]) for weight, name in terms))

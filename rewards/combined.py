@@ -16,14 +16,14 @@ from rewards.base import Reward
 
 
 class CombinedReward:
-    """The weighted sum of loaded rewards, by the spec's names: a Reward, and its terms one by one."""
+    """The weighted sum of loaded rewards, by the spec's names: a Reward named by its spec, and its terms one by one."""
 
     higher_is_better = True
 
-    def __init__(self, terms: Mapping[str, tuple[float, Reward]]):
+    def __init__(self, name: str, terms: Mapping[str, tuple[float, Reward]]):
+        self.name = name
         self.terms = dict(terms)
-        self.weights = {name: weight for name, (weight, _) in self.terms.items()}
-        self.name = "+".join(name if w == 1 else f"{w:g}*{name}" for name, w in self.weights.items())
+        self.weights = {term: weight for term, (weight, _) in self.terms.items()}
         self.version = "+".join(f"{name}:{reward.version}" for name, (_, reward) in self.terms.items())
         self.differentiable = all(reward.differentiable for _, reward in self.terms.values())
 
@@ -44,6 +44,8 @@ class Combination:
     """A combined reward before it loads, as a reward class is for one reward: what a suite checks a method against
     (`differentiable`), and `from_world` to load it."""
 
+    name: str
+    """The spec, spelt as run ids name it (bench/names.py: canonical_reward)."""
     terms: tuple[tuple[float, str, type[Reward]], ...]
     higher_is_better = True
 
@@ -52,7 +54,7 @@ class Combination:
         return all(cls.differentiable for _, _, cls in self.terms)
 
     def from_world(self, world) -> CombinedReward:
-        return CombinedReward({name: (weight, cls.from_world(world)) for weight, name, cls in self.terms})
+        return CombinedReward(self.name, {name: (weight, cls.from_world(world)) for weight, name, cls in self.terms})
 
 
 def reward_weights(reward) -> dict[str, float]:

@@ -249,8 +249,9 @@ def validate(suite: Suite, seconds_per_nfe: Mapping[tuple[str, str], float] | No
     if not suite.rewards:
         raise ValueError(f"a suite needs at least one reward; world {suite.world!r} offers: {', '.join(offered)}")
     for spec in suite.rewards:
-        if spec != canonical_reward(spec, REWARDS):
-            raise ValueError(f"reward spec {spec!r} is spelt {canonical_reward(spec, REWARDS)!r} (run ids name it)")
+        spelt = canonical_reward(spec, REWARDS)
+        if spec != spelt:
+            raise ValueError(f"reward spec {spec!r} is spelt {spelt!r} (run ids name it)")
     named = dict.fromkeys(name for spec in suite.rewards for _, name in reward_terms(spec, REWARDS))
     missing = [r for r in named if r not in offered]
     if missing:
