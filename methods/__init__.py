@@ -48,6 +48,7 @@ def _registry() -> dict[str, type[Trainer]]:
     from methods.ddpo import DDPO
     from methods.dgpo import DGPO
     from methods.diffusion_nft import DiffusionNFT
+    from methods.direct_align import DirectAlign
     from methods.dpo import DiffusionDPO
     from methods.draft import DRaFT
     from methods.elbo import ELBO
@@ -64,6 +65,7 @@ def _registry() -> dict[str, type[Trainer]]:
     from methods.rocm import ROCM
     from methods.sas import ScoresAsActions
     from methods.sft import SFT
+    from methods.tempflow_grpo import TempFlowGRPO
     from methods.trainer import Trainer
     from models.installed import installed_entries
 
@@ -94,6 +96,8 @@ def _registry() -> dict[str, type[Trainer]]:
         "elbo": ELBO,
         "gdpo": GDPO,
         "gardo": GARDO,
+        "tempflow_grpo": TempFlowGRPO,
+        "direct_align": DirectAlign,
     }
     methods.update(
         installed_entries(

@@ -82,6 +82,17 @@ def cps_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, eta: fl
     return (1 - s) * x0 + s * math.cos(angle) * eps, s * math.sin(angle)
 
 
+def stochastic_step_std(dynamics: str, level: float, t: float, s: float) -> float:
+    """The std of a stochastic step from t to s (0 < s < t) of an SDE `dynamics` (flow-sde, dance-sde or cps) at
+    noise level `level`, as sde_transition and cps_transition draw it: it does not depend on the velocity, so a
+    method can weigh a chain's steps by it before sampling them (methods/tempflow_grpo.py)."""
+    if dynamics == "cps":
+        return s * math.sin(level * math.pi / 2)
+    if dynamics in ("flow-sde", "dance-sde"):
+        return sde_noise_level(dynamics, level, t, s) * math.sqrt(t - s)
+    raise ValueError(f"stochastic_step_std reads flow-sde, dance-sde or cps, got {dynamics!r}")
+
+
 class FlowPolicy(ChainPolicy):
     """A rectified-flow model, sampled by Euler (noise 0), its DDIM-form stochastic sampler (`ddim`), the GRPO
     papers' SDE (`flow-sde`, `dance-sde`) or coefficients-preserving sampling (`cps`)."""

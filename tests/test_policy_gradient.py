@@ -28,6 +28,7 @@ def test_the_chain_policy_gradient_methods_are_on_the_shared_options():
         "mix_grpo",
         "pref_grpo",
         "sas",
+        "tempflow_grpo",
     ]
 
 
