@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.experiments.claims_2026 import write_claims
 from bench.experiments.direct_vs_pg import write_direct
 from bench.experiments.grpo_family import write_grpo
 from bench.experiments.multi_reward import write_multi_reward
@@ -218,3 +219,28 @@ def test_the_multi_reward_study_reads_each_term_of_the_reward_and_the_judge(tmp_
     assert "| flow_grpo@flow | -63.500 [-64.000, -63.000] | -60.000 | -3.500 [-4.000, -3.000] | 0.500 |" in text
     assert "| gdpo@flow | -81.000 | -80.000 | -1.000 | 0.800 | 30.000 | 90.000 |" in text
     assert "gardo@flow" not in text  # no cells, no rows
+
+
+def test_the_claims_study_reads_the_compute_to_the_reference_reward_and_the_judge_there(tmp_path):
+    def cell(label, seed, gain, judge_gain):
+        def values(fraction):
+            reward = 0.2 + 0.4 * gain * fraction
+            yield "eval_unseen", "reward", reward
+            yield "eval_unseen", "reader_score", reward
+            yield "eval_unseen", "judge_score", 0.2 + 0.4 * judge_gain * fraction
+            yield "eval_unseen", "diversity", 30.0
+
+        return _study_cell(label, seed, "geneval", 100.0, values)
+
+    rows = []
+    for seed in (0, 1):
+        rows += cell("base@scene-flow", seed, 0.0, 0.0) + cell("flow_grpo@scene-flow", seed, 1.0, 1.0)
+        rows += cell("awm@scene-flow", seed, 2.0, 1.0)
+    text = write_claims(pd.DataFrame(rows), tmp_path).read_text()
+    assert "## AWM (arXiv 2509.25050)\n\nClaim: up to 24x faster than Flow-GRPO. Reward `geneval`." in text
+    assert "| flow_grpo@scene-flow | 0.600 | 0.600 | 0.000 | 30.000 | 1 | 1 | 1 | |" in text
+    # awm's curve 0.2, 0.6, 1.0 reaches flow_grpo's final 0.6 at its first milestone, half of every compute, where
+    # its judge reads 0.4 against flow_grpo's 0.6 (its final reader - judge: 1.0 - 0.6)
+    row = "| awm@scene-flow vs flow_grpo@scene-flow | 1.000 | 0.600 | 0.400 | 30.000 | 0.500 | 0.500 | 0.500 | 0.400 |"
+    assert row in text
+    assert "| dgpo@scene-flow | no runs yet |" in text and "| direct_align@scene-flow | no runs yet |" in text

@@ -14,6 +14,8 @@ declares (suite.py: leaderboard_entries), so a method added to the registry join
   grpo-family          the GRPO family's claims: speed, denoising reduction, KL or GRPO-Guard
   direct-vs-pg         the direct-gradient and likelihood-free families against the policy gradients
   multi-reward         two rewards at once: GDPO's balance and GARDO's hold on hacking against Flow-GRPO on the sum
+  claims-2026          the 2026 methods against their papers' claims on the compositional world; study: a table per
+                       claim (claims-2026-ocr: Direct-Align's, on ocr, into the same store)
   nightly-gpu          every method at scale, one GPU through the night (smoke: its CPU twin)
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from bench.experiments.claims_2026 import claims_2026, claims_2026_ocr
 from bench.experiments.default import default, smoke
 from bench.experiments.direct_vs_pg import direct_vs_pg
 from bench.experiments.grpo_family import grpo_family
@@ -47,6 +50,8 @@ SUITES: dict[str, Callable[..., Suite]] = {
     "grpo-family": grpo_family,
     "direct-vs-pg": direct_vs_pg,
     "multi-reward": multi_reward,
+    "claims-2026": claims_2026,
+    "claims-2026-ocr": claims_2026_ocr,
     "scenes": scenes,
     "scenes-tuned": scenes_tuned,
     "nightly-gpu": nightly_gpu,

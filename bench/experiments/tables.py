@@ -39,15 +39,21 @@ def queries_to_reach(queries: np.ndarray, rewards: np.ndarray, target: float) ->
 
 
 def efficiency(
-    results: pd.DataFrame, method: str, reference: str, base: str, reward: str, spent_on: str = "reward_queries"
+    results: pd.DataFrame,
+    method: str,
+    reference: str,
+    base: str,
+    reward: str,
+    spent_on: str = "reward_queries",
+    read: tuple[str, ...] = (),
 ) -> dict | None:
     """The compute `spent_on` (reward_queries, nfe, wall_s) that `method` needs for its mean reward curve over seeds
     to reach `reference`'s final mean reward, as a fraction of the reference's, with a bootstrap interval that
     resamples each method's seeds (seed i of one method has nothing to do with seed i of the other). None if either
-    has no runs."""
-    ours = results.loc[
-        (results["reward"] == reward) & (results["split"] == PRIMARY_SPLIT) & (results["metric"] == "reward")
-    ]
+    has no runs. `read`: metrics of the primary split read off the method's mean curves (from `base`'s value at 0)
+    where its reward reaches the target, in `at_target` (NaN where it never does): the judge at equal reward."""
+    split = results.loc[(results["reward"] == reward) & (results["split"] == PRIMARY_SPLIT)]
+    ours = split.loc[split["metric"] == "reward"]
     base_reward = ours.loc[ours["label"] == base, "value"]
     if base_reward.empty:
         raise ValueError(f"the efficiency study needs {base} runs for the reward at 0 queries")
@@ -76,12 +82,21 @@ def efficiency(
         estimate = stratified_bootstrap_ci(
             [np.arange(len(targets), dtype=float), np.arange(len(curves), dtype=float)], fraction
         )
+    needed = estimate[0] * spent.mean()
+    at_target = {}
+    for metric in read:
+        values = split.loc[split["metric"] == metric]
+        curve = values.loc[values["label"] == method].groupby("milestone")["value"].mean().to_numpy()
+        start_value = values.loc[values["label"] == base, "value"].mean()
+        reached = np.isfinite(needed)
+        at_target[metric] = np.interp(needed, queries, np.concatenate([[start_value], curve])) if reached else math.nan
     return {
         "fraction": estimate,
+        "at_target": at_target,
         "target": bootstrap_ci(targets),
         "gain": bootstrap_ci(targets - start),
         "reference_queries": spent.mean(),
-        "method_queries": estimate[0] * spent.mean(),
+        "method_queries": needed,
         "seeds": (len(curves), len(targets)),
     }
 
