@@ -115,6 +115,13 @@ def positive_int(text: str, largest: int = LARGEST_INT) -> int:
     return int(text)
 
 
+def port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 (any free one) to 65535, got {text[:20]!r}")
+    return int(text)
+
+
 MOST_SEEDS = 1000
 """A sweep's seeds: each one is a run of every cell, so a count beyond this is a typo, not a benchmark."""
 

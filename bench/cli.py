@@ -8,6 +8,7 @@ method's Config, so `--help` documents them all. Everything is validated before 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -322,7 +323,9 @@ def build_parser(known: Catalog | None = None) -> Parser:
     serve.add_argument("--world", default="digits", choices=list(known.worlds), help="the world whose reward to serve")
     serve.add_argument("--reward", required=True, choices=list(known.rewards), help="the reward to serve")
     serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="the port to listen on (0: any free one; default 8000)")
+    serve.add_argument(
+        "--port", type=arguments.port, default=8000, help="the port to listen on (0: any free one; default 8000)"
+    )
     serve.add_argument(
         "--threads",
         type=arguments.positive_int,
@@ -363,15 +366,42 @@ def build_parser(known: Catalog | None = None) -> Parser:
         type=arguments.names("suite", known.suites),
         help=f"one of {', '.join(known.suites)}",
     )
+    for command in commands.choices.values():
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            help=f"show an unexpected error's traceback instead of its one line (or set {DEBUG}=1)",
+        )
     return parser
 
 
+DEBUG = "RLHF_BENCH_DEBUG"
+"""The environment variable that, set to 1, shows tracebacks as --debug does (for CI and the tests)."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Bad input is answered by the parser in one line, exit 2; what files or the environment cause (a corrupt store,
+    a busy port, a full disk, a tampered checkpoint) in one line naming the error, exit 1, and Ctrl-C in one line,
+    exit 130: tracebacks only with --debug."""
     parser = build_parser()
     args = parser.parse_args(argv)  # with the catalog's cache fresh, bad input has been answered by now, torch-free
     from bench.commands import HANDLERS
 
-    return HANDLERS[args.command](parser, args)
+    command = f"{parser.prog} {args.command}"
+    debug = args.debug or os.environ.get(DEBUG) == "1"
+    try:
+        return HANDLERS[args.command](parser, args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{command}: interrupted (finished runs are kept; the same command resumes the rest)", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if debug:
+            raise
+        message = " ".join(str(error).split()) or "no message"
+        print(f"{command}: error: {type(error).__name__}: {message} (--debug shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

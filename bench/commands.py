@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib.util
 import os
 from pathlib import Path
@@ -219,13 +220,23 @@ def serve(parser: argparse.ArgumentParser, args) -> int:
     from worlds import load_world
 
     torch.set_num_threads(args.threads)
-    serve_reward(
-        REWARDS[args.reward].from_world(load_world(args.world)),
-        args.world,
-        args.host,
-        args.port,
-        lambda line: print(line, flush=True),
-    )
+    try:
+        serve_reward(
+            lambda: REWARDS[args.reward].from_world(load_world(args.world)),
+            args.world,
+            world_entry(args.world).image_shapes,
+            args.host,
+            args.port,
+            lambda line: print(line, flush=True),
+        )
+    except OSError as error:
+        if error.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        parser.exit(
+            1,
+            f"{parser.prog} serve: error: cannot listen on {args.host}:{args.port} ({error.strerror}); choose "
+            "another --port (0: any free one) or --host\n",
+        )
     return 0
 
 

@@ -186,8 +186,16 @@ def execute(
     Data-parallel (every process of an `accelerate launch` calls this with its `parallel`): all processes train,
     their compute adds up against the budget, and only the main one evaluates and writes the store; each
     process checkpoints its own random state, so a resumed run continues every process where it stopped. A
-    process that fails raises, ending the launch: the others could not go on without it."""
-    return Run(spec, world, store, checkpoint_dir, checkpoint_every_s, log, loggers, parallel, keep_going).execute()
+    process that fails raises, ending the launch: the others could not go on without it. A reward server that stops
+    answering fails the cells that need it, one line each (they are not recorded: their run ids name the served
+    reward's version), and the sweep goes on."""
+    try:
+        run = Run(spec, world, store, checkpoint_dir, checkpoint_every_s, log, loggers, parallel, keep_going)
+    except ConnectionError as error:
+        entry = f"{spec.method}/{spec.variant}" if spec.variant else spec.method
+        log(f"{entry}@{spec.model} {spec.reward} seed {spec.seed}: FAILED: {error}")
+        return "failed"
+    return run.execute()
 
 
 class Run:

@@ -18,6 +18,7 @@ refused at open, with its path and what SQLite's integrity check found.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sqlite3
@@ -60,6 +61,23 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+READ_TABLES = ("runs", "milestones", "metrics", "samples")
+"""The tables a reader reads (the leases are the writers')."""
+
+
+@functools.cache
+def _schema_columns() -> dict[str, frozenset[str]]:
+    """Table -> its columns, as the schema's statements create them."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for statement in TABLES:
+            conn.execute(statement)
+        tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {table: frozenset(row[1] for row in conn.execute(f"PRAGMA table_info({table})")) for table in tables}
+    finally:
+        conn.close()
+
+
 class Store:
     """A results store on one SQLite file; open one per process (connections are not shared).
 
@@ -80,6 +98,7 @@ class Store:
             self._check_integrity()
             if read_only:
                 self._check_readable()
+                self._check_tables(READ_TABLES)
             else:
                 self._enable_wal()
                 # NORMAL is durable across application crashes in WAL mode; only a power loss can
@@ -87,6 +106,7 @@ class Store:
                 self._conn.execute("PRAGMA synchronous = NORMAL")
                 self._conn.execute("PRAGMA foreign_keys = ON")
                 self._init_schema()
+                self._check_tables(tuple(_schema_columns()))
         except BaseException as e:
             self._conn.close()
             self._closed = True
@@ -103,6 +123,12 @@ class Store:
         if not self.read_only:
             return sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         uri = self.path.resolve().as_uri()
+        beside = [self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm")]
+        if not any(path.exists() for path in beside):
+            # No connection has the store open for writing (a writer keeps its log and shared memory beside it), so
+            # the file is the whole store: read as immutable, nothing is created beside it (a WAL reader would leave
+            # both files behind).
+            return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
         conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -139,6 +165,20 @@ class Store:
                 f"{self.path} holds results-store schema version {version}; reading needs one of "
                 f"{', '.join(map(str, READABLE_VERSIONS))} (open it once for writing to migrate it)"
             )
+
+    def _check_tables(self, tables: tuple[str, ...]) -> None:
+        """Refuses a store that lacks one of `tables`, or one of their columns, of the schema (a table dropped or
+        altered by hand), before anything reads or writes it."""
+        expected = _schema_columns()
+        for table in tables:
+            present = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            missing = sorted(expected[table] - present)
+            if missing:
+                what = f"no {table} table" if not present else f"a {table} table without {', '.join(missing)}"
+                raise ValueError(
+                    f"{self.path} has {what}: not a results store of schema {SCHEMA_VERSION}; restore it (e.g. from "
+                    "git) or start a new store"
+                )
 
     def _enable_wal(self) -> None:
         # Turning a fresh file to WAL needs an exclusive lock, and SQLite refuses it at once,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,10 +66,13 @@ def specs(suite: Suite) -> list[RunSpec]:
 
 
 def start_worker(parent: int, lines) -> None:
-    """A local worker's initializer: its output lines go to the sweep's `lines` queue (models.progress), and it ends
-    with the sweep (`end_with_parent`)."""
+    """A local worker's initializer: its output lines go to the sweep's `lines` queue (models.progress), it ends
+    with the sweep (`end_with_parent`), and Ctrl-C, which reaches every process of the terminal, ends it at once and
+    quietly: the sweep says it was interrupted, once, and the run the worker was on resumes from its checkpoint, as
+    after a kill."""
     relay_to(lines)
     end_with_parent(parent)
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
 
 
 @contextmanager

@@ -12,6 +12,7 @@ never reads eval_unseen, so the reported score on it stays out of sample.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 PROMPT_ROOT = Path(__file__).resolve().parents[1] / "prompts"
@@ -19,9 +20,24 @@ SPLITS = ("train", "eval_seen", "eval_unseen")
 TUNE_SPLIT = "eval_tune"
 
 
-def read_prompt_file(path: Path) -> list[str]:
-    lines = [line.strip() for line in Path(path).read_text().splitlines()]
-    prompts = [line for line in lines if line and not line.startswith("#")]
+def read_prompt_file(path: Path, check: Callable[[str], object] | None = None) -> list[str]:
+    """The prompts of a file; `check` (a world's reader of its prompt language) raises ValueError on a prompt it
+    cannot read, which is refused naming the file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"prompt file {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    prompts = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        prompt = line.strip()
+        if not prompt or prompt.startswith("#"):
+            continue
+        if check is not None:
+            try:
+                check(prompt)
+            except ValueError as error:
+                raise ValueError(f"{path}, line {number}: {error}") from None
+        prompts.append(prompt)
     if not prompts:
         raise ValueError(f"prompt file {path} holds no prompts (one prompt a line)")
     return prompts
@@ -61,9 +77,12 @@ def tuning_split(train: list[str], seen: list[str], group=lambda prompt: "") -> 
     return [prompt for prompt in train if prompt in chosen]
 
 
-def load_prompt_set(name_or_path: str | Path, group=lambda prompt: "") -> dict[str, list[str]]:
+def load_prompt_set(
+    name_or_path: str | Path, group=lambda prompt: "", check: Callable[[str], object] | None = None
+) -> dict[str, list[str]]:
     """split -> prompts, from a set under prompts/ by name, a directory of split files, or a single prompt file; with
-    the tuning split derived from them (`group`: the prompts' groups it is balanced over, tuning_split)."""
+    the tuning split derived from them (`group`: the prompts' groups it is balanced over, tuning_split). `check`:
+    read_prompt_file's, on every prompt."""
     path = Path(name_or_path)
     if not path.exists() and (PROMPT_ROOT / str(name_or_path)).is_dir():
         path = PROMPT_ROOT / str(name_or_path)
@@ -74,10 +93,10 @@ def load_prompt_set(name_or_path: str | Path, group=lambda prompt: "") -> dict[s
                 f"prompt set {path} lacks {', '.join(f'{s}.txt' for s in missing)}; a set directory holds "
                 f"{', '.join(f'{s}.txt' for s in SPLITS)}"
             )
-        sets = {split: read_prompt_file(path / f"{split}.txt") for split in SPLITS}
+        sets = {split: read_prompt_file(path / f"{split}.txt", check) for split in SPLITS}
         return {**sets, TUNE_SPLIT: tuning_split(sets["train"], sets["eval_seen"], group)}
     if path.is_file():
-        sets = split_prompts(read_prompt_file(path))
+        sets = split_prompts(read_prompt_file(path, check))
         return {**sets, TUNE_SPLIT: tuning_split(sets["train"], sets["eval_seen"], group)}
     sets = sorted(p.name for p in PROMPT_ROOT.iterdir() if p.is_dir())
     raise ValueError(

@@ -14,7 +14,8 @@ requests are scored one at a time (one model, one device, on the torch settings 
                     `images`, float32 (B, C, H, W) in [0, 1], and `prompts`, a unicode array (B,)
                  -> JSON {"scores": [B floats]}, the float32 scores (a JSON number carries a float32 exactly)
 
-A malformed request gets 400 (a body or an archive that would expand past MAX_REQUEST_BYTES, non-finite images), a
+A malformed request gets 400 (a body or an archive that would expand past MAX_REQUEST_BYTES, images of a shape the
+world does not draw, non-finite images), a
 reward that raises or scores a non-finite number 500, each with a one-line JSON {"error"}. The server scores on
 one torch thread by default, as every cell of a sweep runs (bench/cell.py), so its scores are the in-process ones to
 the last bit.
@@ -38,7 +39,9 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable, Collection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,22 +59,26 @@ def encode_request(images: torch.Tensor, prompts: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def decode_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
-    """The images and prompts of a /score body; ValueError, naming what is wrong, for anything else."""
+def decode_request(body: bytes, image_shapes: Collection[tuple[int, ...]]) -> tuple[torch.Tensor, list[str]]:
+    """The images and prompts of a /score body, each image of one of `image_shapes` (C, H, W), the served world's;
+    ValueError, naming what is wrong, for anything else."""
     try:  # what the archive's members expand to, before any is read (a few compressed bytes can be gigabytes)
         with zipfile.ZipFile(io.BytesIO(body)) as members:
             expanded = sum(member.file_size for member in members.infolist())
-    except zipfile.BadZipFile as error:
-        raise ValueError(f"expected an .npz with `images` and `prompts` (BadZipFile: {error})") from None
+    except Exception as error:  # not a zip archive, or a table no reader takes (a forged version, a cut entry)
+        raise ValueError(f"expected an .npz with `images` and `prompts` ({type(error).__name__}: {error})") from None
     if expanded > MAX_REQUEST_BYTES:
         raise ValueError(f"the request expands to {expanded} bytes, more than the {MAX_REQUEST_BYTES} a request may")
     try:
         with np.load(io.BytesIO(body), allow_pickle=False) as archive:
             images, prompts = archive["images"], archive["prompts"]
-    except (OSError, ValueError, KeyError, EOFError) as error:
+    except Exception as error:  # any way a damaged archive fails to read (a bad CRC, a cut stream, a bad header)
         raise ValueError(f"expected an .npz with `images` and `prompts` ({type(error).__name__}: {error})") from None
     if images.dtype != np.float32 or images.ndim != 4:
         raise ValueError(f"`images` must be float32 (B, C, H, W), got {images.dtype} {images.shape}")
+    if images.shape[1:] not in image_shapes:
+        valid = " or ".join("x".join(map(str, shape)) for shape in image_shapes)
+        raise ValueError(f"`images` must be {valid} (C x H x W), as the served world draws them, got {images.shape}")
     if prompts.dtype.kind != "U" or prompts.shape != images.shape[:1]:
         raise ValueError(f"`prompts` must be {images.shape[0]} strings, got {prompts.dtype} {prompts.shape}")
     if not np.isfinite(images).all():
@@ -79,8 +86,9 @@ def decode_request(body: bytes) -> tuple[torch.Tensor, list[str]]:
     return torch.from_numpy(images), [str(prompt) for prompt in prompts]
 
 
-def make_handler(reward, world: str) -> type[BaseHTTPRequestHandler]:
-    """The request handler serving `reward`, as world `world` offers it (see the module docstring)."""
+def make_handler(reward, world: str, image_shapes: Collection[tuple[int, ...]]) -> type[BaseHTTPRequestHandler]:
+    """The request handler serving `reward`, as world `world` offers it, on images of `image_shapes` (see the module
+    docstring)."""
     info = {
         "world": world,
         "name": reward.name,
@@ -110,7 +118,7 @@ def make_handler(reward, world: str) -> type[BaseHTTPRequestHandler]:
                 self._answer(400, {"error": f"a body of 1 to {MAX_REQUEST_BYTES} bytes is needed, got {length[:20]!r}"})
                 return
             try:
-                images, prompts = decode_request(self.rfile.read(int(length)))
+                images, prompts = decode_request(self.rfile.read(int(length)), image_shapes)
             except ValueError as error:
                 self._answer(400, {"error": str(error)})
                 return
@@ -221,13 +229,25 @@ class RemoteReward:
         raise AssertionError("unreachable")
 
 
-def serve(reward, world: str, host: str = "127.0.0.1", port: int = 8000, announce=print) -> None:
-    """Serves `reward`, as world `world` offers it, until interrupted; `announce` gets the line naming the address
-    (port 0: a free one)."""
-    server = ThreadingHTTPServer((host, port), make_handler(reward, world))
-    bound_host, bound_port = server.server_address[:2]
-    announce(f"serving {reward.name} of world {world} (version {reward.version}) at http://{bound_host}:{bound_port}")
+def serve(
+    load_reward: Callable[[], Any],
+    world: str,
+    image_shapes: Collection[tuple[int, ...]],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    announce=print,
+) -> None:
+    """Serves the reward `load_reward` returns, as world `world` offers it on images of `image_shapes` (C, H, W),
+    until interrupted; `announce` gets the line naming the address (port 0: a free one). The address is taken before
+    the reward loads, so that a busy one fails at once (OSError)."""
+    server = ThreadingHTTPServer((host, port), BaseHTTPRequestHandler)
     try:
+        reward = load_reward()
+        server.RequestHandlerClass = make_handler(reward, world, image_shapes)
+        bound_host, bound_port = server.server_address[:2]
+        announce(
+            f"serving {reward.name} of world {world} (version {reward.version}) at http://{bound_host}:{bound_port}"
+        )
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -2,6 +2,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RLHF_BENCH_DEBUG", "1")  # an unexpected error fails a test with its traceback
 
 import pytest  # noqa: E402
 

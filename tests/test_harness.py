@@ -57,7 +57,7 @@ from worlds import REWARDS
         (["run", "--budget", "nfe:1e400"], "AMOUNT a finite number > 0"),
         (["run", "--method", "best_of_n", "--budget", "wall_s:60"], "no method/reward pair of this suite can run"),
         # timed by the committed store's own runs: ddpo's step takes seconds
-        (["run", "--method", "ddpo", "--budget", "wall_s:1"], "budget wall_s:1 is too small for ddpo@"),
+        (["run", "--method", "ddpo", "--budget", "wall_s:10"], "budget wall_s:10 is too small for ddpo@"),
         (["run", "--method", "ddpo@flux"], "unknown model 'flux'; valid: diffusion, consistency"),
         (["run", "--method", "rocm/strong"], "unknown variant 'rocm/strong'; valid: none in this suite"),
         (["run", "--suite", "rocm-regularization", "--method", "rocm/kl-9"], "valid: rocm/none, rocm/kl-0.001"),
@@ -73,6 +73,12 @@ from worlds import REWARDS
             "smallest budget that keeps every milestone within 10% is nfe:200k",
         ),
         (["run", "--budget-tolerance", "0"], "expected a fraction > 0 (0.1: 10%), got '0'"),
+        # an untimed suite too: no step of any method fits a milestone under a second
+        (
+            ["run", "--suite", "smoke", "--budget", "wall_s:0.000001", "--store", "none.sqlite"],
+            "puts its first milestone at 5e-07 s (at 0.5 of the budget), less than the 1 s a wall-clock milestone",
+        ),
+        (["serve", "--reward", "digit", "--port", "70000"], "expected a port from 0 (any free one) to 65535"),
         # a combined reward: each term checked as a reward, its weight as a positive number
         (["run", "--reward", "digit+0.5*beauty"], "unknown reward 'beauty'; valid: digit, compress"),
         (["run", "--reward", "digit+-1*compress"], "the weight '-1' of 'compress' must be a positive number"),
@@ -423,3 +429,59 @@ def test_a_methods_default_model_is_on_the_first_of_its_families_the_world_has()
     # rocm's first family (consistency) is not in the scenes world: its diffusion model is, where a StopIteration was
     assert parse_entry("rocm", None, "scenes") == ("rocm", "", "scene-diffusion")
     assert parse_entry("rocm", None, "digits") == ("rocm", "", "consistency")
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_is_behind_debug(capsys, monkeypatch):
+    from bench import commands
+
+    def disk_full(parser, args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(commands.HANDLERS, "leaderboard", disk_full)
+    monkeypatch.delenv("RLHF_BENCH_DEBUG")
+    assert main(["leaderboard"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "python -m bench leaderboard: error: OSError: [Errno 28] No space left on device (--debug shows where)\n"
+    )
+    with pytest.raises(OSError, match="No space left"):
+        main(["leaderboard", "--debug"])
+
+    def interrupted(parser, args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(commands.HANDLERS, "leaderboard", interrupted)
+    assert main(["leaderboard"]) == 130
+    assert capsys.readouterr().err.startswith("python -m bench leaderboard: interrupted (finished runs are kept")
+
+
+def test_a_bad_prompt_in_a_worlds_prompt_file_names_the_file_and_line(tmp_path, monkeypatch):
+    from models import prompts
+    from worlds.digits.data import load_prompts
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for split in ("train", "eval_seen", "eval_unseen"):
+        (folder / f"{split}.txt").write_text("# the digits\na handwritten one\n")
+    (folder / "eval_seen.txt").write_text("a handwritten one\n\na handwritten seven or eight\n")
+    monkeypatch.setattr(prompts, "PROMPT_ROOT", tmp_path)
+    with pytest.raises(ValueError, match="eval_seen.txt, line 3: a digits-world prompt must name exactly one digit"):
+        load_prompts()
+
+
+def test_a_busy_port_is_one_line_before_the_reward_loads(capsys, monkeypatch):
+    import socket
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the reward loaded before its port was taken")
+
+    monkeypatch.setattr(worlds, "load_world", must_not_load)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "--world", "digits-tiny", "--reward", "digit", "--port", str(port)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and len(err.strip().splitlines()) == 1
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port" in err

@@ -116,6 +116,15 @@ def test_a_run_recorded_with_another_version_of_its_reward_is_not_reused(tiny_wo
     ]
 
 
+def test_a_server_gone_before_a_cell_fails_that_cell_in_one_line_and_records_nothing(tiny_world, tmp_path):
+    spec, lines = dataclasses.replace(smoke_spec("base"), reward_server="http://127.0.0.1:9"), []
+    with Store(tmp_path / "store.sqlite") as store:
+        assert execute(spec, tiny_world, store, tmp_path, log=lines.append) == "failed"
+        assert store.runs_frame().empty
+    (line,) = lines
+    assert line.startswith("base@diffusion digit seed 0: FAILED: no reward server answers at http://127.0.0.1:9 (")
+
+
 def test_a_method_that_needs_reward_gradients_refuses_a_served_reward(tiny_world, digit_server, tmp_path):
     spec = dataclasses.replace(smoke_spec("rocm"), model="consistency", reward_server=digit_server)
     with Store(tmp_path / "store.sqlite") as store:
@@ -168,6 +177,10 @@ def test_what_a_request_may_become_is_bounded_before_it_is_read_and_a_stalled_cl
         nan = io.BytesIO()
         np.savez(nan, images=np.full((1, 1, 8, 8), np.nan, np.float32), prompts=np.array(["a handwritten one"]))
         assert post(digit_server, nan.getvalue()) == (400, "`images` must be finite: some are NaN or infinite")
+        large = io.BytesIO()  # a size the world does not draw is refused, not scored as if it were one
+        np.savez(large, images=np.zeros((1, 1, 32, 32), np.float32), prompts=np.array(["a handwritten one"]))
+        wrong = "`images` must be 1x8x8 (C x H x W), as the served world draws them, got (1, 1, 32, 32)"
+        assert post(digit_server, large.getvalue()) == (400, wrong)
     finally:
         stalled.close()
 

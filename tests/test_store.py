@@ -300,6 +300,8 @@ def test_reading_a_store_writes_nothing_to_it(tmp_path):
         with pytest.raises(ValueError, match="opened read-only"):
             store.finish_run("r0", "done")
     assert path.read_bytes() == before
+    # nor beside it: a reader of a store no writer has open leaves no log or shared memory behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.sqlite"]
 
 
 def _as_another_user_in_a_read_only_folder(action) -> str:
@@ -406,3 +408,19 @@ def test_a_lease_beats_while_its_run_trains_and_is_given_up_at_the_end(tmp_path,
             assert later > first
         assert store.holder("r0") is None
         assert store._conn.execute("SELECT count(*) FROM leases").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("change", ["DROP TABLE metrics", "ALTER TABLE runs DROP COLUMN reason"])
+def test_a_store_missing_a_table_or_column_is_refused_at_open_in_one_line(tmp_path, change):
+    path = tmp_path / "store.sqlite"
+    with Store(path) as store:
+        store.start_run(make_run())
+    conn = sqlite3.connect(path)
+    conn.execute(change)
+    conn.commit()
+    conn.close()
+    what = "no metrics table" if "metrics" in change else "a runs table without reason"
+    for read_only in (True, False):
+        with pytest.raises(ValueError, match=f"{path} has {what}: not a results store of schema 4; restore") as refused:
+            Store(path, read_only=read_only)
+        assert "\n" not in str(refused.value)

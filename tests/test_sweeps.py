@@ -161,6 +161,32 @@ def test_killing_a_sweep_ends_its_local_workers(reference_sweep, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds a process's children in /proc")
+def test_ctrl_c_ends_a_sweep_in_one_line_and_the_same_command_finishes_it(reference_sweep, tmp_path):
+    store = tmp_path / "store.sqlite"
+    command = [sys.executable, "-m", "bench", "run", *SMALL_SWEEP, "--workers", "2", "--store", str(store)]
+    env = {key: value for key, value in os.environ.items() if key != "RLHF_BENCH_DEBUG"}
+    # a terminal's Ctrl-C reaches every process of its group: the sweep and its workers
+    sweep = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        _wait_for(lambda: len(_children(sweep.pid)) >= 3, 120, "workers start")
+        time.sleep(3)
+        os.killpg(sweep.pid, signal.SIGINT)
+        out, err = sweep.communicate(timeout=60)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, err
+    assert "Traceback" not in out + err, err
+    assert err.strip().splitlines()[-1] == (
+        "python -m bench run: interrupted (finished runs are kept; the same command resumes the rest)"
+    )
+    assert main(["run", *SMALL_SWEEP, "--store", str(store)]) == 0
+    assert_same_suite(store, reference_sweep)
+
+
+@pytest.mark.slow
 def test_two_sweeps_on_one_store_train_each_run_once(reference_sweep, tmp_path):
     store = tmp_path / "store.sqlite"
     command = [sys.executable, "-m", "bench", "run", *SMALL_SWEEP, "--store", str(store), "--progress", "never"]

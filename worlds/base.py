@@ -66,6 +66,12 @@ class WorldEntry(Protocol):
         ...
 
     @property
+    def image_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """The shapes (C, H, W) of the images its generators draw and its rewards score: all a reward server of the
+        world accepts (rewards/server.py)."""
+        ...
+
+    @property
     def reward_classes(self) -> dict[str, type]:
         """The rewards the world defines itself (read from its own networks and prompt language), by name: beside the
         shared ones of rewards/, they make up worlds.REWARDS."""

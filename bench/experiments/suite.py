@@ -177,6 +177,11 @@ def leaderboard_entries(world: str, every_method: bool = False) -> tuple[str, ..
     return (*entries, *variants)
 
 
+MIN_WALL_MILESTONE_S = 1.0
+"""The shortest wall-clock milestone: under a second, a milestone measures start-up and the clock's jitter, not
+training, and no method's step on any world fits in it."""
+
+
 def check_budget(suite: Suite, seconds_per_nfe: Mapping[tuple[str, str], float] | None = None) -> None:
     """Refuses a budget whose first milestone one of the suite's training methods could pass by more than the suite's
     tolerance, naming the smallest budget that keeps every milestone within it. The step that reaches a milestone
@@ -186,6 +191,13 @@ def check_budget(suite: Suite, seconds_per_nfe: Mapping[tuple[str, str], float] 
     store's own timings (Store.seconds_per_nfe); an entry the store has not timed is not judged."""
     unit, fraction, tolerance = suite.budget.unit, suite.milestones[0], suite.budget_tolerance
     first = suite.budget.amount * fraction
+    if unit == "wall_s" and first < MIN_WALL_MILESTONE_S:
+        # judged whatever the store has timed: no step of any method fits in less
+        raise ValueError(
+            f"budget {suite.budget} puts its first milestone at {first:g} s (at {fraction:g} of the budget), less than "
+            f"the {MIN_WALL_MILESTONE_S:g} s a wall-clock milestone needs to hold a step; the smallest budget is "
+            f"wall_s:{_round_up(MIN_WALL_MILESTONE_S / fraction)}"
+        )
     world = world_entry(suite.world)
     too_small = {}  # entry -> (what a step could pass the first milestone by, the smallest budget that fits)
     for method, variant, model in suite.entries():

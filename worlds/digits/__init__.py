@@ -26,7 +26,7 @@ from models.networks import CNNClassifier, MLPClassifier
 from models.shipped import CACHE
 from models.text import PromptEncoder
 from worlds.digits.build import RECIPE
-from worlds.digits.data import digit_of, load_prompts, load_splits
+from worlds.digits.data import IMAGE_SHAPE, digit_of, load_prompts, load_splits
 from worlds.digits.rewards import DigitReward, DigitRewardModel, GoldReward
 from worlds.embedded import EmbeddedEntry, EmbeddedWorld, load_weights
 from worlds.metrics import frechet_distance, mean_pairwise_distance
@@ -92,6 +92,7 @@ class DigitsEntry(EmbeddedEntry):
     recipe = RECIPE
     rewards = ("digit", "compress", "gold")
     reward_classes = {"digit": DigitReward, "gold": GoldReward}
+    image_shapes = (IMAGE_SHAPE,)
     metrics = METRICS
     headline_metric = "judge_acc"
     headline_label = "held-out judge"

@@ -9,7 +9,6 @@ Prompts: natural-language text naming one digit, one a line in prompts/digits/*.
 
 from __future__ import annotations
 
-import itertools
 import re
 
 import numpy as np
@@ -34,10 +33,7 @@ def digit_of(prompt: str) -> int:
 
 def load_prompts() -> dict[str, list[str]]:
     """split -> prompts: the set prompts/digits/ (models/prompts.py), each naming exactly one digit."""
-    sets = load_prompt_set("digits")
-    for prompt in itertools.chain.from_iterable(sets.values()):
-        digit_of(prompt)
-    return sets
+    return load_prompt_set("digits", check=digit_of)
 
 
 def load_splits() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -340,6 +340,11 @@ class ScaleEntry:
     def rewards(self) -> tuple[str, ...]:
         return tuple(self.config.rewards)
 
+    @property
+    def image_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """RGB at each model's resolution."""
+        return tuple(sorted({(3, model.resolution, model.resolution) for model in self.config.models.values()}))
+
     def generator_class(self, model: str) -> type:
         return POLICIES[type(self.config.models[model])]
 

@@ -35,7 +35,7 @@ from worlds.digits.data import load_splits
 from worlds.embedded import EmbeddedEntry, EmbeddedWorld, load_weights
 from worlds.metrics import frechet_distance, mean_pairwise_distance
 from worlds.scenes.build import RECIPE
-from worlds.scenes.data import compose, load_prompts
+from worlds.scenes.data import IMAGE_SHAPE, compose, load_prompts
 from worlds.scenes.rewards import GenevalReward, OcrReward
 from worlds.scenes.rules import FAMILIES, SLOTS, parse, strict
 
@@ -108,6 +108,7 @@ class ScenesEntry(EmbeddedEntry):
     recipe = RECIPE
     rewards = ("geneval", "ocr", "compress")
     reward_classes = {"geneval": GenevalReward, "ocr": OcrReward}
+    image_shapes = (IMAGE_SHAPE,)
     metrics = METRICS
     headline_metric = "judge_score"
     headline_label = "held-out judge (GenEval-style score)"

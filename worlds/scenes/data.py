@@ -75,10 +75,7 @@ def draw_prompt_sets() -> dict[str, list[str]]:
 def load_prompts() -> dict[str, list[str]]:
     """split -> prompts: the set prompts/scenes/ (models/prompts.py), each in one of the rules' families; the tuning
     split balanced over the families, as eval_seen is."""
-    sets = load_prompt_set("scenes", group=lambda prompt: parse(prompt).family)
-    for prompt in itertools.chain.from_iterable(sets.values()):
-        parse(prompt)
-    return sets
+    return load_prompt_set("scenes", group=lambda prompt: parse(prompt).family, check=parse)
 
 
 def draw_index(n: int, generator: torch.Generator) -> int:
