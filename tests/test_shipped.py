@@ -98,3 +98,15 @@ def test_a_world_whose_networks_train_on_every_core_builds_in_one_process(tmp_pa
     assert RECIPE.threads is None
     manifest = RECIPE.build(tmp_path, tiny_world_config(), log=lambda *_: None, workers=2)
     assert list(manifest["components"]) == list(COMPONENTS)
+
+
+def test_a_built_network_that_is_missing_or_cut_short_is_refused_naming_it_and_the_remedy(tmp_path):
+    from worlds.embedded import load_weights
+
+    torch.save({"weight": torch.ones(64, 64)}, tmp_path / "judge.pt")
+    assert torch.equal(load_weights(tmp_path, "judge")["weight"], torch.ones(64, 64))
+    data = (tmp_path / "judge.pt").read_bytes()
+    (tmp_path / "judge.pt").write_bytes(data[: len(data) // 2])
+    for name in ("judge", "missing"):
+        with pytest.raises(ValueError, match=f"{tmp_path / name}.pt cannot be read .*; delete {tmp_path} and the next"):
+            load_weights(tmp_path, name)

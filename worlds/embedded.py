@@ -20,7 +20,17 @@ from models.text import PromptEncoder
 
 
 def load_weights(directory: Path, name: str) -> dict:
-    return torch.load(directory / f"{name}.pt", map_location="cpu", weights_only=True)
+    """A built network's state from the world's folder; one that is missing, truncated or not a state of tensors
+    (weights_only: reading it runs no code) is refused naming it and the remedy."""
+    path = directory / f"{name}.pt"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # missing, cut short, tampered: every way the file fails to read
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise ValueError(
+            f"{path} cannot be read ({reason}); delete {directory} and the next command installs the shipped "
+            "networks again (or rebuilds them)"
+        ) from None
 
 
 @dataclass
