@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from pathlib import Path
 
 from bench.budget import Budget
 from bench.catalog import Catalog, Option
@@ -113,6 +114,14 @@ def positive_int(text: str, largest: int = LARGEST_INT) -> int:
         shown = text if len(text) <= 20 else f"a {len(text)}-digit number"
         raise argparse.ArgumentTypeError(f"expected a positive integer of at most {largest}, got {shown}")
     return int(text)
+
+
+def store_file(text: str) -> Path:
+    """A results store's path: a file (existing or to be made), never a folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name the store file in it, e.g. {path / 'store.sqlite'}")
+    return path
 
 
 def port(text: str) -> int:

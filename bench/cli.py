@@ -161,7 +161,7 @@ def build_parser(known: Catalog | None = None) -> Parser:
     )
     run.add_argument(
         "--store",
-        type=Path,
+        type=arguments.store_file,
         help="results store (default: the local layer artifacts/results/<suite>/store.sqlite, which starts with the "
         "committed runs of results/<suite>/; make publish copies its runs there)",
     )
@@ -241,7 +241,9 @@ def build_parser(known: Catalog | None = None) -> Parser:
         "MySQL URL lets workers on several machines share a tune, with --store on a folder they share",
     )
     tune.add_argument(
-        "--store", type=Path, help="the suite's results store (default: its local layer, artifacts/results/<suite>/)"
+        "--store",
+        type=arguments.store_file,
+        help="the suite's results store (default: its local layer, artifacts/results/<suite>/)",
     )
     _add_progress(tune)
 
@@ -349,7 +351,9 @@ def build_parser(known: Catalog | None = None) -> Parser:
         help="the local layer's tables (artifacts/results/<suite>/, what your sweeps computed over the committed runs)",
     )
     board.add_argument(
-        "--store", type=Path, help="results store (default: the committed results/<suite>/store.sqlite, else the local)"
+        "--store",
+        type=arguments.store_file,
+        help="results store (default: the committed results/<suite>/store.sqlite, else the local)",
     )
     board.add_argument("--out", type=Path, help=OUT_HELP)
     published = commands.add_parser(
