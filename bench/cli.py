@@ -356,6 +356,23 @@ def build_parser(known: Catalog | None = None) -> Parser:
         help="results store (default: the committed results/<suite>/store.sqlite, else the local)",
     )
     board.add_argument("--out", type=Path, help=OUT_HELP)
+    rescored = commands.add_parser(
+        "rescore",
+        help="add to a store's finished runs the metrics their world reads from stored samples that they lack",
+        description="A metric a world reads from its evaluation samples (worlds/base.World.sample_metrics), added "
+        "after runs were recorded, is read from the samples those runs keep, as a new run's evaluation reads its own "
+        "(bench/evaluate.py: rescore). Rewrite the tables after it (leaderboard).",
+    )
+    rescored.add_argument(
+        "--suite",
+        default="default",
+        type=arguments.names("suite", known.suites),
+        help=f"one of {', '.join(known.suites)} (its world, and its store unless --store)",
+    )
+    rescored.add_argument(
+        "--local", action="store_true", help="the local layer's store (default: the committed results/<suite>/)"
+    )
+    rescored.add_argument("--store", type=arguments.store_file, help="a results store of the suite's world")
     published = commands.add_parser(
         "publish",
         help="copy a suite's local results (artifacts/results/<suite>/) into its committed ones and rewrite their "

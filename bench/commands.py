@@ -199,6 +199,29 @@ def leaderboard(parser: argparse.ArgumentParser, args) -> int:
     return 0
 
 
+def rescore(parser: argparse.ArgumentParser, args) -> int:
+    try:
+        suite = build_suite(args.suite[0])
+    except ValueError as error:
+        parser.error(str(error))
+    committed = _committed(suite) / "store.sqlite"
+    store_path = args.store or (committed if committed.exists() and not args.local else _store(args, suite))
+    if not store_path.exists():
+        parser.error(f"no results store at {store_path}")
+    from bench.evaluate import rescore as rescore_store
+    from bench.store import Store
+    from worlds import load_world
+
+    world = load_world(suite.world)
+    with Store(store_path) as store:
+        added = rescore_store(store, world)
+    say(
+        f"added {added} metric values read from the samples of {store_path}; rewrite its tables: python -m bench "
+        f"leaderboard --suite {args.suite[0]}" + (f" --store {args.store}" if args.store else "")
+    )
+    return 0
+
+
 def models(parser: argparse.ArgumentParser, args) -> int:
     show_bars(args.progress)
     from bench import sweep
@@ -330,6 +353,7 @@ HANDLERS = {
     "tune": tune,
     "publish": publish,
     "leaderboard": leaderboard,
+    "rescore": rescore,
     "models": models,
     "serve": serve,
     "throughput": throughput,

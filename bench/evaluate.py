@@ -60,5 +60,31 @@ def evaluate(trainer, world, reward, meter, budget, cfg: EvalConfig):
             with torch.no_grad():
                 terms = reward.components(images, prompts)
             rows += [(name, f"reward_{term}", float(values.mean()), True) for term, values in terms.items()]
-        samples[name] = (prompts, (images * 255).round().clamp(0, 255).to(torch.uint8).numpy().astype(np.uint8))
+        stored = (images * 255).round().clamp(0, 255).to(torch.uint8).numpy().astype(np.uint8)
+        samples[name] = (prompts, stored)
+        for metric, value in world.sample_metrics(stored_images(stored), prompts).items():
+            rows.append((name, metric, value, world.metrics[metric]))
     return rows, samples, usage
+
+
+def stored_images(stored: np.ndarray) -> torch.Tensor:
+    """Images in [0, 1] from the 8-bit samples a store keeps: what world.sample_metrics reads, in a run's evaluation
+    and in a rescore alike."""
+    return torch.from_numpy(stored.astype(np.float32) / 255)
+
+
+def rescore(store, world, log=lambda line: None) -> int:
+    """Adds to every finished run of `world` in `store` the sample metrics (world.sample_metrics) its stored samples
+    lack, read from them exactly as a new run's evaluation reads its own; returns how many values it added."""
+    runs = store.runs_frame()
+    added = 0
+    for run_id in runs.loc[(runs["status"] == "done") & (runs["world"] == world.name), "run_id"]:
+        for milestone, split, present in store.sample_sets(run_id):
+            prompts, stored = store.samples(run_id, milestone, split)
+            values = world.sample_metrics(stored_images(stored), prompts)
+            rows = [(split, m, v, world.metrics[m]) for m, v in values.items() if m not in present]
+            if rows:
+                store.add_metrics(run_id, milestone, rows)
+                added += len(rows)
+        log(f"{run_id}: rescored")
+    return added

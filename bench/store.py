@@ -455,6 +455,33 @@ class Store:
             )
         return decode_samples(*row)
 
+    def sample_sets(self, run_id: str) -> list[tuple[int, str, set[str]]]:
+        """(milestone, split, the metrics recorded for it) of every evaluation set whose samples the run keeps."""
+        sets = self._conn.execute(
+            "SELECT milestone, split FROM samples WHERE run_id = ? ORDER BY milestone, split", (run_id,)
+        ).fetchall()
+        recorded: dict[tuple[int, str], set[str]] = {}
+        for milestone, split, metric in self._conn.execute(
+            "SELECT milestone, split, metric FROM metrics WHERE run_id = ?", (run_id,)
+        ):
+            recorded.setdefault((milestone, split), set()).add(metric)
+        return [(milestone, split, recorded.get((milestone, split), set())) for milestone, split in sets]
+
+    def add_metrics(self, run_id: str, milestone: int, metrics: list[tuple[str, str, float, bool]]) -> None:
+        """Adds (split, metric, value, higher_is_better) rows to a recorded milestone (a metric read later from its
+        samples: bench/evaluate.py: rescore); a metric it holds already is refused, as is a value that is not finite."""
+        rows = []
+        for split, metric, value, higher_is_better in metrics:
+            if not math.isfinite(float(value)):
+                raise ValueError(f"metric {split}/{metric} of {run_id!r} is {value}; only finite values are stored")
+            rows.append((run_id, int(milestone), split, metric, float(value), int(bool(higher_is_better))))
+        with self._write() as conn:
+            conn.executemany(
+                "INSERT INTO metrics (run_id, milestone, split, metric, value, higher_is_better) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
     # -- frames -----------------------------------------------------------------------------
 
     def seconds_per_nfe(self) -> dict[tuple[str, str], float]:

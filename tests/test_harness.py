@@ -124,7 +124,7 @@ def test_help_documents_every_method_option_and_run_help_fits_a_screen(capsys, m
         main(["run", "--help-method", "rocm"])
     out = capsys.readouterr().out
     assert "--rocm.divergence" in out and "--ddpo." not in out
-    for command in ("run", "models", "serve", "leaderboard", "throughput", "cpu-throughput"):
+    for command in ("run", "models", "serve", "leaderboard", "rescore", "throughput", "cpu-throughput"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         out = capsys.readouterr().out

@@ -265,11 +265,45 @@ def test_the_scenes_world_scores_real_scenes_of_its_prompts_near_perfect_and_noi
     prompts = [p for p in tiny_scenes.prompts["eval_unseen"] for _ in range(2)]
     real = compose(prompts, *tiny_scenes.splits["test"], torch.Generator().manual_seed(5))
     reward = REWARDS["geneval"].from_world(tiny_scenes)
-    scores = tiny_scenes.score_images(real, prompts, 2, reward)
+    scores = tiny_scenes.score_images(real, prompts, 2, reward) | tiny_scenes.sample_metrics(real, prompts)
     assert set(scores) == set(tiny_scenes.metrics)
     assert scores["judge_score"] == pytest.approx(sum(scores[f"judge_{f}"] for f in FAMILIES) / len(FAMILIES))
-    noise = tiny_scenes.score_images(torch.rand_like(real), prompts, 2, reward)
-    assert scores["judge_score"] > noise["judge_score"] + 0.2 and scores["fid"] < noise["fid"]
+    noise = torch.rand_like(real)
+    noise_scores = tiny_scenes.score_images(noise, prompts, 2, reward) | tiny_scenes.sample_metrics(noise, prompts)
+    assert scores["judge_score"] > noise_scores["judge_score"] + 0.2 and scores["fid"] < noise_scores["fid"]
+    # the soft score credits every atom read right, so it is never below the strict one
+    assert scores["judge_soft"] >= scores["judge_score"] and noise_scores["judge_soft"] >= noise_scores["judge_score"]
+    assert scores["judge_soft"] > noise_scores["judge_soft"]
+
+
+def test_a_rescore_reads_a_stored_run_as_its_own_evaluation_did(tiny_scenes, tmp_path):
+    from bench.evaluate import EvalConfig, rescore
+    from bench.runner import RunSpec, execute
+    from bench.store import Store
+
+    spec = RunSpec(
+        suite="test",
+        world="scenes-tiny",
+        method="base",
+        variant="",
+        model="scene-flow",
+        method_config=METHODS["base"].Config(),
+        reward="geneval",
+        seed=0,
+        budget=Budget("nfe", 100),
+        milestones=(0.5, 1.0),
+        eval=EvalConfig(steps=3, samples_per_prompt=2),
+    )
+    with Store(tmp_path / "store.sqlite") as store:
+        assert execute(spec, tiny_scenes, store, tmp_path, log=lambda *_: None) == "done"
+        soft = store.results_frame().query("metric == 'judge_soft'")
+        assert len(soft) == 4 and soft["value"].between(0, 1).all()  # each milestone's two splits
+        with store._write() as conn:  # as a run recorded before the soft score existed
+            conn.execute("DELETE FROM metrics WHERE metric = 'judge_soft'")
+        assert rescore(store, tiny_scenes) == 4 and rescore(store, tiny_scenes) == 0
+        again = store.results_frame().query("metric == 'judge_soft'")
+    columns = ["run_id", "milestone", "split", "value"]
+    assert again[columns].reset_index(drop=True).equals(soft[columns].reset_index(drop=True))
 
 
 @pytest.mark.slow  # builds the world twice, over 10 s on 2 cores (make test-all runs it)

@@ -46,6 +46,12 @@ class World(Protocol):
         """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
         ...
 
+    def sample_metrics(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        """Metrics read from an evaluation set as the store keeps it (8-bit images, bench/evaluate.py:
+        stored_images), so that a metric added later reads a run recorded before it exactly as a new run's
+        evaluation does (`bench rescore`): each must be in `metrics`."""
+        ...
+
     def demonstrations(self, reward, fraction: float, base_policy) -> tuple[torch.Tensor, list[str]]:
         """The annotator's demonstrations: the best `fraction` of the world's candidate images by the hidden
         `reward`, with their prompts (images (N, C, H, W) in [0, 1] on the CPU)."""

@@ -44,6 +44,10 @@ class EmbeddedWorld:
     encoder: PromptEncoder
     recipe: ClassVar[WorldRecipe]
 
+    def sample_metrics(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        """None beside score_images' (a world that reads more from its samples says so: worlds/base.World)."""
+        return {}
+
     def hash_of(self, component: str) -> str:
         return self.manifest["components"][component]["hash"]
 

@@ -82,7 +82,8 @@ def write_families(results: pd.DataFrame, out: Path) -> Path:
     final = final_budget(results)
     # the world's families, in the order its evaluation lists them (judge_score is their mean)
     metrics = world_entry(final["world"].iloc[0]).metrics
-    families = [m.removeprefix("judge_") for m in metrics if m.startswith("judge_") and m != "judge_score"]
+    overall_scores = ("judge_score", "judge_soft")  # the families' means: strict (GenEval's) and soft
+    families = [m.removeprefix("judge_") for m in metrics if m.startswith("judge_") and m not in overall_scores]
     family_columns = [f"judge_{family}" for family in families]
     lines = [
         "# Prompt families: GenEval and OCR in miniature",
@@ -90,9 +91,11 @@ def write_families(results: pd.DataFrame, out: Path) -> Path:
         f"Budget {final['budget_unit'].iloc[0]} {final['budget'].iloc[0]:g}, on `{PRIMARY_SPLIT}` prompts "
         "(combinations no train prompt has); mean [95% bootstrap CI] over seeds. Each family's score is the "
         "fraction of its images whose judge reading satisfies the prompt; `overall` is their mean (GenEval's score, "
-        "text rendering as a seventh task). `reader` is the same overall score as the rewards' reader reads the "
-        "images, and `reader - judge` its excess (per seed): a method that raises it satisfies the reward's reader, "
-        "not the prompt.",
+        "text rendering as a seventh task). `soft` is GenEval 2's soft score in miniature: per family the mean share "
+        "of each prompt's atoms (each digit, its count, its colour, the relation, each character of a number) the "
+        "judge reads as satisfied, averaged over the families as `overall` is. `reader` is the same overall score as "
+        "the rewards' reader reads the images, and `reader - judge` its excess (per seed): a method that raises it "
+        "satisfies the reward's reader, not the prompt.",
     ]
     for key, cells in final.groupby(["reward", "model"]):
         reward, model = cast(tuple, key)
@@ -100,8 +103,8 @@ def write_families(results: pd.DataFrame, out: Path) -> Path:
             "",
             f"## Reward: {reward}, model: {model}",
             "",
-            "| method | seeds | overall ↑ | " + " | ".join(families) + " | reader ↑ | reader - judge ↓ |",
-            "|---|---|---|" + "---|" * len(families) + "---|---|",
+            "| method | seeds | overall ↑ | soft ↑ | " + " | ".join(families) + " | reader ↑ | reader - judge ↓ |",
+            "|---|---|---|---|" + "---|" * len(families) + "---|---|",
         ]
         overall = {str(label): by_seed(cell, PRIMARY_SPLIT, "judge_score") for label, cell in cells.groupby("label")}
         base = next((label for label in overall if label.startswith("base@")), None)
@@ -110,8 +113,9 @@ def write_families(results: pd.DataFrame, out: Path) -> Path:
             cell = cell_of(cells, label)
             reader = by_seed(cell, PRIMARY_SPLIT, "reader_score")
             values = [ci(by_seed(cell, PRIMARY_SPLIT, m).to_numpy()) for m in family_columns]
+            soft = ci(by_seed(cell, PRIMARY_SPLIT, "judge_soft").to_numpy())
             lines.append(
-                f"| {label} | {cell['seed'].nunique()} | {ci(overall[label].to_numpy())} | "
+                f"| {label} | {cell['seed'].nunique()} | {ci(overall[label].to_numpy())} | {soft} | "
                 + " | ".join(values)
                 + f" | {ci(reader.to_numpy())} | {ci((reader - overall[label]).to_numpy())} |"
             )

@@ -290,6 +290,10 @@ class ScaleWorld:
         keep = top_k_per_group(scores, len(self.prompts["train"]), max(1, round(fraction * DEMONSTRATION_CANDIDATES)))
         return images[keep], [prompts[i] for i in keep.tolist()]
 
+    def sample_metrics(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        """None beside score_images'."""
+        return {}
+
     def score_images(
         self, images: torch.Tensor, prompts: list[str], samples_per_prompt: int, reward
     ) -> dict[str, float]:

@@ -21,6 +21,7 @@ never trained on):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -37,12 +38,13 @@ from worlds.metrics import frechet_distance, mean_pairwise_distance
 from worlds.scenes.build import RECIPE
 from worlds.scenes.data import IMAGE_SHAPE, compose, load_prompts
 from worlds.scenes.rewards import GenevalReward, OcrReward
-from worlds.scenes.rules import FAMILIES, SLOTS, parse, strict
+from worlds.scenes.rules import FAMILIES, SLOTS, parse, partial, strict
 
 METRICS = {
     "reward": True,
     "judge_score": True,
     "reader_score": True,
+    "judge_soft": True,
     **{f"judge_{family}": True for family in FAMILIES},
     "diversity": True,
     "fid": False,
@@ -51,12 +53,15 @@ DEMONSTRATION_CANDIDATES = 4
 """Real scenes composed per train prompt, from the judge split, that the annotator's demonstrations are chosen from."""
 
 
-def family_scores(reader: SlotReader, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
-    """GenEval's score per family present in `prompts`: the fraction of its images that satisfy their prompt."""
-    passed: dict[str, list[bool]] = {}
+def family_scores(
+    reader: SlotReader, images: torch.Tensor, prompts: list[str], rule: Callable[..., float] = strict
+) -> dict[str, float]:
+    """GenEval's score per family present in `prompts`: the mean over its images of `rule` on the reader's scene,
+    by default GenEval's strict rule (the fraction of images that satisfy their prompt whole)."""
+    passed: dict[str, list[float]] = {}
     for prompt, scene in zip(prompts, reader.read(images)):
         request = parse(prompt)
-        passed.setdefault(request.family, []).append(strict(request, scene))
+        passed.setdefault(request.family, []).append(float(rule(request, scene)))
     return {family: sum(v) / len(v) for family, v in passed.items()}
 
 
@@ -87,6 +92,13 @@ class ScenesWorld(EmbeddedWorld):
                 "diversity": mean_pairwise_distance(features(images), len(prompts) // samples_per_prompt),
                 "fid": frechet_distance(features, SLOTS * self.judge.num_features, images, real),
             }
+
+    def sample_metrics(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        """The judge's soft score beside its strict one (GenEval 2's Soft-TIFA in miniature): per family, the mean
+        share of each prompt's atoms the judge reads as satisfied (rules.partial: each object, its count, its colour,
+        the relation, each character of a number), averaged over the families as judge_score is."""
+        scores = family_scores(self.judge, images, prompts, partial)
+        return {"judge_soft": sum(scores.values()) / len(scores)}
 
     def demonstrations(self, reward, fraction: float, base_policy) -> tuple[torch.Tensor, list[str]]:
         """The annotator's: of DEMONSTRATION_CANDIDATES real scenes composed for each train prompt from the judge
