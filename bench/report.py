@@ -60,7 +60,7 @@ pre { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 0.8em; margin: 
 details table { font-size: 0.78em; }
 nav ul { display: flex; flex-wrap: wrap; gap: 0.4em 1.5em; list-style: none; padding: 0; }
 table.matrix { font-size: 0.66em; }
-table.matrix td, table.matrix th { padding: 0.2em 0.3em; }
+table.matrix td, table.matrix th { padding: 0.2em 0.2em; }
 table.matrix thead th + th { writing-mode: vertical-rl; transform: rotate(180deg); white-space: nowrap; }
 """
 
