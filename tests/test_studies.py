@@ -235,7 +235,7 @@ def test_the_claims_study_reads_the_compute_to_the_reference_reward_and_the_judg
     rows = []
     for seed in (0, 1):
         rows += cell("base@scene-flow", seed, 0.0, 0.0) + cell("flow_grpo@scene-flow", seed, 1.0, 1.0)
-        rows += cell("awm@scene-flow", seed, 2.0, 1.0)
+        rows += cell("awm@scene-flow", seed, 2.0, 1.0) + cell("tempflow_grpo@scene-flow", seed, 0.5, 0.0)
     text = write_claims(pd.DataFrame(rows), tmp_path).read_text()
     assert "## AWM (arXiv 2509.25050)\n\nClaim: up to 24x faster than Flow-GRPO. Reward `geneval`." in text
     assert "| flow_grpo@scene-flow | 0.600 | 0.600 | 0.000 | 30.000 | 1 | 1 | 1 | |" in text
@@ -244,3 +244,7 @@ def test_the_claims_study_reads_the_compute_to_the_reference_reward_and_the_judg
     row = "| awm@scene-flow vs flow_grpo@scene-flow | 1.000 | 0.600 | 0.400 | 30.000 | 0.500 | 0.500 | 0.500 | 0.400 |"
     assert row in text
     assert "| dgpo@scene-flow | no runs yet |" in text and "| direct_align@scene-flow | no runs yet |" in text
+    # tempflow_grpo ends at 0.4, below flow_grpo's 0.6: flow_grpo passed 0.4 at half its compute, its judge 0.4 there
+    assert "| tempflow_grpo@scene-flow vs flow_grpo@scene-flow | 0.400 | 0.200 | 0.200 | 30.000 | never |" in text
+    assert "| flow_grpo@scene-flow vs tempflow_grpo@scene-flow | 0.600 | 0.600 | 0.000 | 30.000 | 0.500 |" in text
+    assert text.count("| flow_grpo@scene-flow vs tempflow_grpo@scene-flow |") == 1

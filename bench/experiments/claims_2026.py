@@ -148,8 +148,10 @@ def write_claims(results: pd.DataFrame, out: Path) -> Path:
         "seeds. A method's row reads the compute it needs for its mean reward curve (from the base model at 0) to "
         "reach its reference's final reward, as a fraction of the reference's (`never`: not within the budget; the "
         "interval resamples each side's seeds), and the judge where it does (the judge at equal reward, from the "
-        "mean curves). Hacking is the reward's reader over the judge (reader - judge). GDPO's claim, a balance "
-        "across several rewards, is the multi-reward study's (results/multi-reward/multi-reward.md).",
+        "mean curves); where the method stops below, the reference's row against the method's final reward reads "
+        "the reference's judge at equal reward instead. Hacking is the reward's reader over the judge (reader - "
+        "judge). GDPO's claim, a balance across several rewards, is the multi-reward study's "
+        "(results/multi-reward/multi-reward.md).",
     ]
     for claim in CLAIMS:
         lines += _claim_table(results, final, claim)
@@ -174,21 +176,31 @@ def _claim_table(results: pd.DataFrame, final: pd.DataFrame, claim: Claim) -> li
     for reference in claim.references:
         if not cell_of(ours, reference).empty:
             lines.append(f"| {reference} | {_finals(cell_of(ours, reference))} | 1 | 1 | 1 | |")
-    method = cell_of(ours, claim.method)
-    if method.empty:
+    if cell_of(ours, claim.method).empty:
         return [*lines, f"| {claim.method} | no runs yet | | | | | | | |"]
     for reference in claim.references:
-        studies = [
-            efficiency(results, claim.method, reference, BASE, claim.reward, spent_on, read=("judge_score",))
-            for spent_on, _ in SPENT_ON
-        ]
-        if any(study is None for study in studies):
-            continue
-        fractions = " | ".join(fraction_text(*study["fraction"]) for study in studies if study is not None)
-        judge = studies[0]["at_target"]["judge_score"] if studies[0] is not None else math.nan
-        at_target = "never" if math.isnan(judge) else f"{judge:.3f}"
-        lines.append(f"| {claim.method} vs {reference} | {_finals(method)} | {fractions} | {at_target} |")
+        reached = _against(results, ours, claim.method, reference, claim.reward, lines)
+        if not reached and not cell_of(ours, reference).empty:
+            # the method stops below its reference: the reference read where it passed the method's final reward
+            _against(results, ours, reference, claim.method, claim.reward, lines)
     return lines
+
+
+def _against(
+    results: pd.DataFrame, final: pd.DataFrame, method: str, target: str, reward: str, lines: list[str]
+) -> bool:
+    """Appends the row of `method` against `target`'s final reward (nothing where either has no runs); whether the
+    method's mean curve reached it."""
+    studies = [
+        efficiency(results, method, target, BASE, reward, spent_on, read=("judge_score",)) for spent_on, _ in SPENT_ON
+    ]
+    if any(study is None for study in studies):
+        return False
+    fractions = " | ".join(fraction_text(*study["fraction"]) for study in studies if study is not None)
+    judge = studies[0]["at_target"]["judge_score"] if studies[0] is not None else math.nan
+    at_target = "never" if math.isnan(judge) else f"{judge:.3f}"
+    lines.append(f"| {method} vs {target} | {_finals(cell_of(final, method))} | {fractions} | {at_target} |")
+    return not math.isnan(judge)
 
 
 def _finals(cell: pd.DataFrame) -> str:
