@@ -8,7 +8,7 @@ import torch
 
 from bench.meter import Meter
 from bench.store import Store
-from bench.store_schema import SCHEMA_VERSION
+from bench.store_schema import SCHEMA_VERSION, TABLES
 from methods.aihf import reward_objective
 from methods.toolkit.weightings import reward_weights
 from rewards.feedback import AnnotatorConfig, Feedback
@@ -107,7 +107,7 @@ def test_a_schema_2_store_is_migrated_in_place_keeping_its_rows(tmp_path):
     with Store(path):
         pass
     conn = sqlite3.connect(path)
-    # rebuild the milestones table as schema 2 had it, with a row
+    # rebuild the milestones table as schema 2 had it, with a row (metrics and samples, which reference it, were as now)
     conn.executescript("""
         DROP TABLE leases; DROP TABLE samples; DROP TABLE metrics; DROP TABLE milestones;
         CREATE TABLE milestones (run_id TEXT NOT NULL, milestone INTEGER NOT NULL, budget REAL NOT NULL,
@@ -116,6 +116,10 @@ def test_a_schema_2_store_is_migrated_in_place_keeping_its_rows(tmp_path):
         INSERT INTO milestones VALUES ('r', 0, 1.0, 10.0, 2.0, 3.0, 4.0);
         PRAGMA user_version = 2;
     """)
+    for statement in TABLES:
+        if statement.split()[2] in ("metrics", "samples"):
+            conn.execute(statement)
+    conn.commit()
     conn.close()
     with Store(path):
         pass
