@@ -73,6 +73,19 @@ def start_worker(parent: int, lines) -> None:
     relay_to(lines)
     end_with_parent(parent)
     signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # held since it was started (interrupts_held)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C held back while local workers start (their pool starts them as work is submitted): a worker inherits
+    the held signal and takes it only once start_worker has made it a quiet exit, not a traceback from the middle of
+    its imports; this process takes it as soon as the block ends."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 @contextmanager
@@ -140,7 +153,8 @@ def run_locally(
         suspects = [i for i, count in breaks.items() if count >= 2 and i not in statuses]
         batch = suspects[:1] or [i for i in breaks if i not in statuses]
         with local_workers(1 if suspects else workers) as pool:
-            futures = {pool.submit(cell, cells[i], store_path, loggers): i for i in batch}
+            with interrupts_held():
+                futures = {pool.submit(cell, cells[i], store_path, loggers): i for i in batch}
             for future in as_completed(futures):
                 index = futures[future]
                 try:

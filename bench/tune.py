@@ -390,7 +390,7 @@ def tune_suite(
 ) -> int:
     """Tunes each cell in turn, with `workers` local processes side by side on it, then writes tuned.json; 1 when a
     cell ends with no completed trial."""
-    from bench.sweep import local_workers, results_dir
+    from bench.sweep import interrupts_held, local_workers, results_dir
     from models.progress import say
     from worlds import ensure_world
 
@@ -403,9 +403,11 @@ def tune_suite(
         say(f"tuning {cell.key}: {budget_runs:g} x {suite.budget} on {TUNE_SPLIT}, {workers} worker(s)")
         if workers > 1:
             with local_workers(workers) as pool:
-                jobs = [
-                    pool.submit(tune_cell, suite, cell, trials_store, storage, budget_runs, say) for _ in range(workers)
-                ]
+                with interrupts_held():
+                    jobs = [
+                        pool.submit(tune_cell, suite, cell, trials_store, storage, budget_runs, say)
+                        for _ in range(workers)
+                    ]
                 for job in jobs:
                     job.result()
         else:

@@ -217,7 +217,7 @@ def test_nightly_gpu_smoke_end_to_end(tmp_path, capsys):
     runs = len(entries) * 2
     # the methods that need reward gradients cannot use jpeg
     refused = sum(METHODS[entry.partition("@")[0]].needs_differentiable_reward for entry in entries)
-    assert refused == 6 and f"{runs} runs, {runs - refused} done, {refused} n/a, 0 failed" in out
+    assert refused == 7 and f"{runs} runs, {runs - refused} done, {refused} n/a, 0 failed" in out
     board = (store.parent / "leaderboard.md").read_text()
     for text in (
         "| ddpo | sd15 |",

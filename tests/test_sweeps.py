@@ -162,7 +162,8 @@ def test_killing_a_sweep_ends_its_local_workers(reference_sweep, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds a process's children in /proc")
-def test_ctrl_c_ends_a_sweep_in_one_line_and_the_same_command_finishes_it(reference_sweep, tmp_path):
+@pytest.mark.parametrize("after_s", [0, 8])  # while the workers still import, and once they train
+def test_ctrl_c_ends_a_sweep_in_one_line_and_the_same_command_finishes_it(reference_sweep, tmp_path, after_s):
     store = tmp_path / "store.sqlite"
     command = [sys.executable, "-m", "bench", "run", *SMALL_SWEEP, "--workers", "2", "--store", str(store)]
     env = {key: value for key, value in os.environ.items() if key != "RLHF_BENCH_DEBUG"}
@@ -172,7 +173,7 @@ def test_ctrl_c_ends_a_sweep_in_one_line_and_the_same_command_finishes_it(refere
     )
     try:
         _wait_for(lambda: len(_children(sweep.pid)) >= 3, 120, "workers start")
-        time.sleep(3)
+        time.sleep(after_s)
         os.killpg(sweep.pid, signal.SIGINT)
         out, err = sweep.communicate(timeout=60)
     finally:
