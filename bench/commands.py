@@ -179,6 +179,16 @@ def run(parser: argparse.ArgumentParser, args) -> int:
     )
 
 
+def _existing_store(parser: argparse.ArgumentParser, args, suite: Suite, smoke: str = "") -> Path:
+    """The store a command that reads a suite's results works on: --store, else the committed one, else (or with
+    --local) the local layer; refused in one line where there is none."""
+    committed = _committed(suite) / "store.sqlite"
+    store = args.store or (committed if committed.exists() and not args.local else _store(args, suite))
+    if not store.exists():
+        parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
+    return store
+
+
 def leaderboard(parser: argparse.ArgumentParser, args) -> int:
     try:
         suite = build_suite(args.suite[0], args.smoke)
@@ -186,11 +196,7 @@ def leaderboard(parser: argparse.ArgumentParser, args) -> int:
         parser.error(str(error))
     from bench import sweep
 
-    committed = _committed(suite) / "store.sqlite"
-    store = args.store or (committed if committed.exists() and not args.local else _store(args, suite))
-    if not store.exists():
-        smoke = " --smoke" if args.smoke else ""
-        parser.error(f"no results store at {store}: run `python -m bench run --suite {args.suite[0]}{smoke}` first")
+    store = _existing_store(parser, args, suite, " --smoke" if args.smoke else "")
     out_dir = _tables_folder(parser, args, store)
     try:
         sweep.write_tables(store, out_dir, suite.studies)
@@ -204,10 +210,7 @@ def rescore(parser: argparse.ArgumentParser, args) -> int:
         suite = build_suite(args.suite[0])
     except ValueError as error:
         parser.error(str(error))
-    committed = _committed(suite) / "store.sqlite"
-    store_path = args.store or (committed if committed.exists() and not args.local else _store(args, suite))
-    if not store_path.exists():
-        parser.error(f"no results store at {store_path}")
+    store_path = _existing_store(parser, args, suite)
     from bench.evaluate import rescore as rescore_store
     from bench.store import Store
     from worlds import load_world

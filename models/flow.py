@@ -78,8 +78,7 @@ def sde_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, sigma: 
 def cps_transition(x: torch.Tensor, v: torch.Tensor, t: float, s: float, eta: float) -> tuple[torch.Tensor, float]:
     """Mean and std of coefficients-preserving sampling's step from t to s < t at noise level eta in [0, 1]."""
     x0, eps = x - t * v, x + (1 - t) * v
-    angle = eta * math.pi / 2
-    return (1 - s) * x0 + s * math.cos(angle) * eps, s * math.sin(angle)
+    return (1 - s) * x0 + s * math.cos(eta * math.pi / 2) * eps, stochastic_step_std("cps", eta, t, s)
 
 
 def stochastic_step_std(dynamics: str, level: float, t: float, s: float) -> float:
