@@ -72,6 +72,14 @@ def series_style(method: str, model: str, variants: list[str]) -> dict[str, obje
     }
 
 
+def series_styles(frame: pd.DataFrame) -> dict[tuple[str, str], dict[str, object]]:
+    """(method, model) -> series_style of every entry (ENTRY_KEYS) of `frame`, a variant's marker counted among the
+    variants the frame holds."""
+    entries = sorted(frame[ENTRY_KEYS].drop_duplicates().itertuples(index=False, name=None))
+    variants = sorted({method.partition("/")[2] for method, _ in entries} - {""})
+    return {(method, model): series_style(method, model, variants) for method, model in entries}
+
+
 def write_curves(
     table: pd.DataFrame,
     directions: dict[str, bool],
@@ -84,24 +92,26 @@ def write_curves(
 
     table: leaderboard.csv as a frame. directions: metric -> higher is better.
     """
-    written = []
-    for kind, task, figure in figures(table, directions, primary_split, headline, headline_label):
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-        path = Path(out_dir) / f"{kind}_{safe_name(task)}.png"
-        atomic_write_bytes(path, buffer.getvalue())
-        written.append(path)
-    return written
+    return [
+        save_png(figure, Path(out_dir) / f"{kind}_{safe_name(task)}.png")
+        for kind, task, figure in figures(table, directions, primary_split, headline, headline_label)
+    ]
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    """Writes `figure` to `path` as every figure of the results is written (100 dpi, cropped to what it draws)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def figures(
     table: pd.DataFrame, directions: dict[str, bool], primary_split: str, headline: str, headline_label: str
 ) -> Iterator[tuple[str, str, Figure]]:
     """(kind, task, figure) for every figure whose metrics the table has (arguments as in `write_curves`)."""
-    done = table[table["status"] == "done"]
-    entries = sorted(done[ENTRY_KEYS].drop_duplicates().itertuples(index=False, name=None))
-    variants = sorted({method.partition("/")[2] for method, _ in entries} - {""})
-    styles = {(method, model): series_style(method, model, variants) for method, model in entries}
+    done = table.loc[table["status"] == "done"]
+    styles = series_styles(done)
     for task, cells in done.groupby(TASK_KEY):
         for kind, draw in (("compute", _compute), ("overoptimization", _overoptimization), ("pareto", _pareto)):
             figure = draw(cells, directions, styles, primary_split, headline, headline_label)

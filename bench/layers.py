@@ -22,8 +22,9 @@ from bench.store import Store
 
 FINISHED = "status IN ('done', 'n/a')"
 PUBLISHABLE = f"{FINISHED} AND git_sha NOT LIKE '%-dirty' AND git_sha != 'unknown'"
-CHILDREN = ("milestones", "metrics", "samples")
-"""The tables that hang off a run, copied with it."""
+CHILDREN = ("milestones", "metrics", "samples", "diagnostics")
+"""The tables that hang off a run, copied with it (where the source has them: a store of an older schema lacks the
+diagnostics)."""
 
 
 def merge_runs(source: Path, target: Path, where: str = "1") -> int:
@@ -45,7 +46,8 @@ def merge_runs(source: Path, target: Path, where: str = "1") -> int:
                 f"({where}) AND NOT EXISTS (SELECT 1 FROM main.runs m WHERE m.run_id = s.run_id AND m.{FINISHED})"
             )
             conn.execute("DELETE FROM main.runs WHERE run_id IN (SELECT run_id FROM incoming)")
-            for table in ("runs", *CHILDREN):
+            held = {row[0] for row in conn.execute("SELECT name FROM source.sqlite_master WHERE type = 'table'")}
+            for table in ("runs", *(child for child in CHILDREN if child in held)):
                 columns = ", ".join(row[1] for row in conn.execute(f"PRAGMA main.table_info({table})"))
                 conn.execute(
                     f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM source.{table} "

@@ -44,6 +44,18 @@ class Meter:
     def __init__(self):
         self.accounts = {"train": Usage(), "eval": Usage()}
         self._account = "train"
+        self._scores: list[torch.Tensor] = []
+
+    def note_scores(self, scores: torch.Tensor) -> None:
+        """Keeps the scores of a training reward query, for the step's diagnostics (take_scores)."""
+        if self._account == "train":
+            self._scores.append(scores.detach().float().flatten().cpu())
+
+    def take_scores(self) -> torch.Tensor:
+        """Every score the training's reward queries returned since the last call, in one (N,) vector (N = 0 where
+        there were none), and forgets them."""
+        scores, self._scores = self._scores, []
+        return torch.cat(scores) if scores else torch.zeros(0)
 
     @property
     def usage(self) -> Usage:
@@ -125,10 +137,15 @@ class MeteredReward:
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         self._meter.usage.reward_queries += len(images)
-        return self._reward(images, prompts)
+        scores = self._reward(images, prompts)
+        self._meter.note_scores(scores)
+        return scores
 
     def components(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Each term's scores of a combined reward (rewards/combined.py), or the one reward's under its name: the same
-        queries as a call."""
+        queries as a call, whose scores (the weighted sum of the terms) the meter keeps as a call's."""
         self._meter.usage.reward_queries += len(images)
-        return reward_components(self._reward, images, prompts)
+        terms = reward_components(self._reward, images, prompts)
+        combine = getattr(self._reward, "combine", None)
+        self._meter.note_scores(combine(terms) if combine else next(iter(terms.values())))
+        return terms

@@ -3,6 +3,7 @@
 - leaderboard.csv / .md and samples_<reward>.png (bench.leaderboard),
 - aggregate.csv and improvement.csv (bench.aggregate),
 - compute_ / overoptimization_ / pareto_<reward>.png (bench.curves),
+- diagnostics_<reward>.png, where the runs recorded training diagnostics (bench.diagnostics),
 - the suite's study tables, if it has any (bench/experiments/),
 - report.html: one static, self-contained page (inline style, images embedded as data URIs, no
   script) with the tables, plots and sample grids of every reward, the aggregates across rewards,
@@ -20,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label, write_aggregates
-from bench.curves import write_curves
+from bench.curves import series_styles, write_curves
+from bench.diagnostics import FIRST_PASS_TOLERANCE, SUMMARY, summary_cells, summary_table, write_figures
 from bench.experiments.suite import Study
 from bench.experiments.tables import write_studies
 from bench.formats import USED_NAMES, human, interval, rank_text, safe_name
@@ -81,18 +83,23 @@ def write_results(
         results.attrs["store"] = str(store.path)  # what a study reads beside the store (tables.py: write_tuning)
         study_paths = write_studies(runs, results, out_dir, studies)
         all_runs = store.runs_frame()
+        diagnostics = store.diagnostics_frame()
     table = pd.read_csv(out_dir / "leaderboard.csv", keep_default_na=False, na_values=[""])
     directions = results.groupby("metric")["higher_is_better"].first().to_dict()
     metric, label = headline(runs)
     aggregate_paths, notes = write_aggregates(results, out_dir, primary_split, metric)
     written += aggregate_paths
     written += write_curves(table, directions, out_dir, primary_split, metric, label)
-    page = _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store.path.name, primary_split, metric)
+    written += write_figures(diagnostics, runs, series_styles(runs), out_dir)
+    trained = summary_table(runs, diagnostics)
+    page = _page(
+        table, all_runs, runs, directions, out_dir, notes, study_paths, store.path.name, primary_split, metric, trained
+    )
     atomic_write_bytes(out_dir / "report.html", page.encode())
     return written + study_paths + [out_dir / "report.html"], glance(table, directions, primary_split, metric, asked)
 
 
-def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_name, split, metric) -> str:
+def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_name, split, metric, trained) -> str:
     suite = ", ".join(sorted(all_runs["suite"].unique()))
     offered = list(store_world(runs).rewards)  # the world's own order: its headline reward first
     tasks = sorted(table[TASK_KEY].unique(), key=lambda t: (offered.index(t) if t in offered else len(offered), t))
@@ -143,6 +150,9 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
             image = out_dir / f"{kind}_{safe_name(task)}.png"
             if image.exists():
                 parts.append(f"<h3>{_e(title)}</h3>{_image(image, f'{title}, {TASK_KEY} {task}')}")
+        cells_trained = trained[trained[TASK_KEY] == task]
+        if not cells_trained.empty:
+            parts.append(_diagnostics_section(cells_trained, out_dir / f"diagnostics_{safe_name(task)}.png", task))
     parts.append(_aggregate_section(out_dir, notes))
     if study_paths:
         parts.append('<h2 id="studies">Studies</h2>')
@@ -216,6 +226,31 @@ def _cell_table(
         cols = [c if c.startswith("<td") else f"<td>{c}</td>" for c in cols]
         rows.append(f'<tr class="{"" if done else "failed"}">' + "".join(cols) + "</tr>")
     return _table(header, rows)
+
+
+def _diagnostics_section(cells: pd.DataFrame, image: Path, task: str) -> str:
+    """A reward's training diagnostics (bench/diagnostics.py): the table of its cells, and their curves."""
+    parts = [
+        "<h3>Training diagnostics</h3>",
+        '<p class="note">Per cell, each run\'s steps reduced as the column says, then the mean over its seeds: the '
+        "reward is the mean of the scores the training's reward queries returned in a step; ρ is the policy-gradient "
+        "ratio, 1 on the first pass but for float error (a cell marked ⚠ strayed farther than "
+        f"{FIRST_PASS_TOLERANCE:g} in one of its seeds); the trust region's share is the clipped (PPO) or masked "
+        "(DPPO) terms; zero-std groups teach a group-relative method nothing; KL is to the frozen reference.</p>",
+    ]
+    header = ["method", "model", "budget", "seeds", *(column for column, *_ in SUMMARY)]
+    rows = []
+    for r in cells.to_dict("records"):
+        values = summary_cells(r)
+        warned = f" ⚠ {r['warned'] * r['seeds']:.0f} of {r['seeds']}" if r["warned"] else ""
+        values[[c for c, *_ in SUMMARY].index("first-pass ρ, farthest from 1")] += warned
+        cols = [f"<td>{_e(r['method'])}</td>", f"<td>{_e(r['model'])}</td>"]
+        cols += [_num(f"{r['budget_unit']} {human(r['budget'])}"), _num(str(r["seeds"]))]
+        rows.append("<tr>" + "".join(cols + [_num(v) for v in values]) + "</tr>")
+    parts.append(_table(header, rows))
+    if image.exists():
+        parts.append(_image(image, f"Training diagnostics, {TASK_KEY} {task}"))
+    return "".join(parts)
 
 
 def _aggregate_section(out_dir: Path, notes: list[str]) -> str:

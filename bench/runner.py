@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.budget import Budget
+from bench.diagnostics import Trace, first_pass_warning
 from bench.evaluate import EvalConfig, evaluate
 from bench.loggers import NO_LOGGERS, ExperimentLoggers, RunLogger
 from bench.meter import Meter
@@ -299,6 +300,7 @@ class Run:
         spec = self.spec
         torch.manual_seed(spec.seed)
         self.meter = Meter()
+        self.trace, self.warned, self.segment = Trace(), False, 0
         policy = self.world.make_policy(spec.model, spec.source)
         self.trainer = build_trainer(
             spec.method,
@@ -315,10 +317,20 @@ class Run:
             state = load_checkpoint(self.checkpoint)
             self.trainer.load_state_dict(state["trainer"])
             self.meter.load_state_dict(state["meter"])
+            # the steps towards a milestone not yet recorded (one recorded after the save took them with it); a
+            # checkpoint of an older version kept none
+            if state.get("segment") not in self.store.milestones_recorded(self.record.run_id):
+                self.trace.load_state_dict(state.get("trace", []))
             self.log(f"{self.record.run_id}: resumed at {self.meter.accounts['train'].as_dict()}")
 
     def _save(self) -> None:
-        atomic_torch_save({"trainer": self.trainer.state_dict(), "meter": self.meter.state_dict()}, self.checkpoint)
+        state = {
+            "trainer": self.trainer.state_dict(),
+            "meter": self.meter.state_dict(),
+            "trace": self.trace.state_dict(),
+            "segment": self.segment,  # the milestone the trace's steps lead to
+        }
+        atomic_torch_save(state, self.checkpoint)
 
     def _spent(self) -> float:
         """The budget's fraction spent by all processes together."""
@@ -337,6 +349,7 @@ class Run:
         try:
             for index, fraction in progress(list(enumerate(self.spec.milestones)), desc=self.record.run_id):
                 if index not in recorded:
+                    self.segment = index
                     self._train_until(fraction, run_log)
                     self._milestone(index, fraction, run_log)
                 if self.keep_going is not None and not self.keep_going(self.record.run_id, index):
@@ -353,6 +366,7 @@ class Run:
             with meter.timed():
                 stats = trainer.step()
                 _check_finite(stats, "in a training step")
+            self._note_step(stats)
             run_log.log({f"train/{k}": v for k, v in stats.items()}, meter.accounts["train"].nfe)
             if time.monotonic() - last_save > self.checkpoint_every_s:
                 self._save()
@@ -360,10 +374,24 @@ class Run:
         if trainer.trains:
             self._save()
 
+    def _note_step(self, stats: dict[str, float]) -> None:
+        """Adds the step to the trace the next milestone records, and says once per run if its first pass strayed."""
+        norms = list(self.trainer.gradient_norms)
+        self.trainer.gradient_norms.clear()
+        self.trace.add(stats, self.meter.accounts["train"].nfe, self.meter.take_scores(), norms)
+        warning = first_pass_warning(stats)
+        if warning and not self.warned:
+            self.log(
+                f"{self.record.run_id}: warning: {warning} (step {len(self.trace.steps)} since the last milestone)"
+            )
+            self.warned = True
+
     def _milestone(self, index: int, fraction: float, run_log: RunLogger) -> None:
         spec, meter = self.spec, self.meter
         budget = Budget(spec.budget.unit, spec.budget.amount * fraction)
         train_used = self._used()
+        trace = self.trace.columns()
+        self.trace.clear()
         if not self.main:
             self.parallel.barrier()  # wait while the main process evaluates and records
             return
@@ -372,7 +400,7 @@ class Run:
         # Training compute for trained methods; for inference-time methods, their whole cost: generating the primary
         # evaluation set.
         used = train_used if self.trainer.trains else generation[spec.eval.splits[-1]]
-        self.store.record_milestone(self.record.run_id, index, budget.amount, used, metrics, samples)
+        self.store.record_milestone(self.record.run_id, index, budget.amount, used, metrics, samples, trace)
         self.parallel.barrier()
         run_log.log({f"{s}/{m}": v for s, m, v, _ in metrics}, meter.accounts["train"].nfe)
         summary = ", ".join(f"{s.removeprefix('eval_')}/{m}={v:.3f}" for s, m, v, _ in metrics)

@@ -25,7 +25,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import astuple
 from datetime import datetime, timezone
@@ -46,7 +46,9 @@ from bench.store_schema import (
     USED_KEYS,
     RunRecord,
     decode_samples,
+    decode_trace,
     encode_samples,
+    encode_trace,
 )
 
 # Generous: a worker waits for another worker's write (milliseconds long) rather than failing.
@@ -386,12 +388,14 @@ class Store:
         used: dict[str, float],
         metrics: list[tuple[str, str, float, bool]],
         samples: dict[str, tuple[list[str], np.ndarray]],
+        diagnostics: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Record one evaluated milestone in one transaction, replacing any earlier record of it.
 
         metrics: (split, metric, value, higher_is_better) rows. samples: split -> (prompts,
         uint8 images (N, C, H, W) with C in {1, 3}), stored losslessly (zlib) so they round-trip
-        bit for bit.
+        bit for bit. diagnostics: name -> its value at each training step since the previous milestone (all of one
+        length; NaN where a step did not report it), as bench/diagnostics.py's Trace gives them.
         """
         if sorted(used) != sorted(USED_KEYS):
             raise ValueError(f"used must have exactly the keys {', '.join(USED_KEYS)}, got {sorted(used)}")
@@ -412,6 +416,10 @@ class Store:
             (run_id, milestone, split, *encode_samples(split, prompts, images))
             for split, (prompts, images) in samples.items()
         ]
+        diagnostics = dict(diagnostics or {})
+        if len({len(values) for values in diagnostics.values()}) > 1:
+            raise ValueError(f"diagnostics of milestone {milestone} of {run_id!r} must give one value per step each")
+        trace_rows = [(run_id, milestone, name, encode_trace(values)) for name, values in diagnostics.items()]
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise ValueError(f"unknown run {run_id!r}; start_run() it before recording milestones")
@@ -423,6 +431,7 @@ class Store:
             )
             conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?)", metric_rows)
             conn.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?)", sample_rows)
+            conn.executemany("INSERT INTO diagnostics VALUES (?, ?, ?, ?)", trace_rows)
 
     def readings(self, run_id: str, split: str, metric: str, unit: str) -> dict[int, tuple[float, float]]:
         """Milestone -> (`metric` on `split`, the `unit` used by then) of a run, whatever its status: what a tune
@@ -503,6 +512,34 @@ class Store:
         columns = (*RUN_FIELDS, "status", "reason", "started", "finished")
         # by time, not rowid: a store's layers and publishing copy runs in no particular order
         return pd.read_sql_query(f"SELECT {', '.join(columns)} FROM runs ORDER BY started, rowid", self._conn)
+
+    def diagnostics_frame(self) -> pd.DataFrame:
+        """One row per recorded training step of every 'done' run: run_id, milestone (the first milestone recorded
+        after the step), step (its place in the run, from 0) and a column per diagnostic (NaN where the step did not
+        report it; "nfe" the training NFE after the step). Empty for a store of a schema before diagnostics, or whose
+        runs recorded none."""
+        if not self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'diagnostics'"
+        ).fetchone():
+            return pd.DataFrame(columns=["run_id", "milestone", "step"])
+        rows = self._conn.execute(
+            "SELECT d.run_id, d.milestone, d.name, d.data FROM diagnostics d JOIN runs r USING (run_id) "
+            "WHERE r.status = 'done' ORDER BY d.run_id, d.milestone"
+        ).fetchall()
+        segments: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+        for run_id, milestone, name, data in rows:
+            segments.setdefault((run_id, milestone), {})[name] = decode_trace(data)
+        frames = []
+        for (run_id, milestone), columns in segments.items():
+            frame = pd.DataFrame(columns)
+            frame.insert(0, "milestone", milestone)
+            frame.insert(0, "run_id", run_id)
+            frames.append(frame)
+        if not frames:
+            return pd.DataFrame(columns=["run_id", "milestone", "step"])
+        frame = pd.concat(frames, ignore_index=True)
+        frame.insert(2, "step", frame.groupby("run_id").cumcount())
+        return frame
 
     def results_frame(self) -> pd.DataFrame:
         """One row per metric value of every 'done' run, with everything needed to interpret it."""

@@ -10,9 +10,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-SCHEMA_VERSION = 4
-# Versions a read-only open accepts as they are: 4 only added the leases, which readers never touch.
-READABLE_VERSIONS = (3, 4)
+SCHEMA_VERSION = 5
+# Versions a read-only open accepts as they are: 4 only added the leases, which readers never touch, and 5 the training
+# diagnostics, which a store without them simply lacks (Store.diagnostics_frame reads none).
+READABLE_VERSIONS = (3, 4, 5)
 
 FINAL_STATUSES = ("done", "failed", "n/a")
 USED_KEYS = ("nfe", "reward_queries", "samples", "labels", "wall_s")
@@ -21,6 +22,18 @@ LEASES = """CREATE TABLE leases (
         run_id TEXT PRIMARY KEY REFERENCES runs (run_id) ON DELETE CASCADE,
         owner TEXT NOT NULL,
         heartbeat REAL NOT NULL
+    )"""
+
+# One row per run, milestone and diagnostic: its value at each training step between the previous milestone and this
+# one, as little-endian float64 (NaN where a step did not report it); the name "nfe" holds the training NFE after
+# each step. Bytes of numbers only, read back with numpy: nothing stored can run code.
+DIAGNOSTICS = """CREATE TABLE diagnostics (
+        run_id TEXT NOT NULL,
+        milestone INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, milestone, name),
+        FOREIGN KEY (run_id, milestone) REFERENCES milestones (run_id, milestone) ON DELETE CASCADE
     )"""
 
 TABLES = (
@@ -80,12 +93,14 @@ TABLES = (
         FOREIGN KEY (run_id, milestone) REFERENCES milestones (run_id, milestone) ON DELETE CASCADE
     )""",
     LEASES,  # who is running a run, for a second sweep on the store to skip it
+    DIAGNOSTICS,
 )
 
 # Older schema version -> the statements that bring a store of it to SCHEMA_VERSION, in place.
 MIGRATIONS = {
-    2: ("ALTER TABLE milestones ADD COLUMN labels REAL NOT NULL DEFAULT 0", LEASES),  # 3: the labels unit
-    3: (LEASES,),  # 4: leases
+    2: ("ALTER TABLE milestones ADD COLUMN labels REAL NOT NULL DEFAULT 0", LEASES, DIAGNOSTICS),  # 3: the labels unit
+    3: (LEASES, DIAGNOSTICS),  # 4: leases
+    4: (DIAGNOSTICS,),  # 5: training diagnostics
 }
 
 
@@ -154,6 +169,16 @@ def encode_samples(split: str, prompts: list[str], images: np.ndarray) -> tuple[
         raise ValueError(f"samples of split {split!r}: {len(prompts)} prompts for {images.shape[0]} images")
     data = zlib.compress(np.ascontiguousarray(images).tobytes())
     return json.dumps(list(prompts)), json.dumps(list(images.shape)), images.dtype.str, data
+
+
+def encode_trace(values: np.ndarray) -> bytes:
+    """A diagnostic's per-step values as the diagnostics table stores them."""
+    return np.asarray(values, dtype="<f8").tobytes()
+
+
+def decode_trace(data: bytes) -> np.ndarray:
+    """A diagnostics row's per-step values: raw little-endian floats, nothing that runs code."""
+    return np.frombuffer(data, dtype="<f8").copy()
 
 
 def decode_samples(prompts_json: str, shape_json: str, dtype: str, data: bytes) -> tuple[list[str], np.ndarray]:

@@ -33,7 +33,7 @@ import torch
 
 from methods.options import Interval, Options, option
 from methods.toolkit.flow_matching import flow_matching_error
-from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss
+from methods.toolkit.policy_gradient import group_normalized_advantages, ppo_clipped_loss, zero_std_groups
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.policy import FlowMatchingPolicy
 
@@ -121,7 +121,8 @@ class AWM(Trainer):
         with torch.no_grad():
             chain = self.policy.sample(prompts, self.sampler_steps(cfg.sample_steps), self.generator)
             rewards = self.reward(chain.images, prompts).float().cpu()
-        advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
+        groups = len(prompts) // cfg.samples_per_prompt
+        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
         x_t, t, target = self.policy.flow_matching_point(chain.latents[:, -1], self.generator)
         with torch.no_grad():
             old_log_prob = flow_log_likelihood(self.policy.velocity(x_t, t, prompts), target)
@@ -143,6 +144,7 @@ class AWM(Trainer):
                 clipped.append(((ratio - 1).abs() > cfg.clip_range).float().mean().item())
         return {
             "reward": rewards.mean().item(),
+            "zero_std_groups": zero_std_groups(rewards, groups),
             "loss": sum(losses) / len(losses),
             "kl": sum(gaps) / len(gaps),
             "clip_fraction": sum(clipped) / len(clipped),

@@ -29,6 +29,7 @@ from methods.toolkit.policy_gradient import (
     ppo_epochs,
     ppo_usage,
     steps_trained,
+    zero_std_groups,
 )
 from methods.trainer import chain_work
 from models.sampler import Sampler
@@ -89,4 +90,4 @@ class DanceGRPO(PolicyGradientTrainer):
         )
         advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, step_fraction=cfg.timestep_fraction)
-        return {"reward": rewards.mean().item(), **summary}
+        return {"reward": rewards.mean().item(), "zero_std_groups": zero_std_groups(rewards, groups), **summary}

@@ -28,6 +28,7 @@ from methods.toolkit.policy_gradient import (
     ppo_epochs,
     ppo_usage,
     steps_trained,
+    zero_std_groups,
 )
 from methods.trainer import chain_work
 from models.sampler import Sampler
@@ -82,6 +83,7 @@ class DDPO(PolicyGradientTrainer):
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), Sampler(noise=cfg.eta))
-        advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
+        groups = len(prompts) // cfg.samples_per_prompt
+        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, step_fraction=cfg.step_fraction)
-        return {"reward": rewards.mean().item(), **summary}
+        return {"reward": rewards.mean().item(), "zero_std_groups": zero_std_groups(rewards, groups), **summary}

@@ -33,7 +33,7 @@ import torch
 
 from methods.options import Interval, Options, option
 from methods.toolkit.flow_matching import flow_matching_error
-from methods.toolkit.policy_gradient import group_normalized_advantages
+from methods.toolkit.policy_gradient import group_normalized_advantages, zero_std_groups
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.policy import FlowMatchingPolicy
 
@@ -157,6 +157,7 @@ class DGPO(Trainer):
                 held.append(clipped.float().mean().item())
         return {
             "reward": rewards.mean().item(),
+            "zero_std_groups": zero_std_groups(rewards, len(prompts) // group),
             "loss": sum(losses) / len(losses),
             "kl": sum(gaps) / len(gaps),
             "group_weight": sum(weights) / len(weights),

@@ -32,6 +32,7 @@ from methods.toolkit.policy_gradient import (
     PolicyGradientTrainer,
     group_normalized_advantages,
     ppo_epochs,
+    zero_std_groups,
 )
 from models.sampler import Sampler
 
@@ -72,5 +73,10 @@ class FlowDPPO(PolicyGradientTrainer):
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         sampler = Sampler(cfg.dynamics, cfg.noise_level)
         trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), sampler)
-        advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
-        return {"reward": rewards.mean().item(), **ppo_epochs(self, trajectory, advantages)}
+        groups = len(prompts) // cfg.samples_per_prompt
+        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
+        return {
+            "reward": rewards.mean().item(),
+            "zero_std_groups": zero_std_groups(rewards, groups),
+            **ppo_epochs(self, trajectory, advantages),
+        }

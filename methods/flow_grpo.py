@@ -47,6 +47,7 @@ from methods.toolkit.policy_gradient import (
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
+    zero_std_groups,
 )
 from methods.trainer import chain_work
 from models.sampler import Sampler
@@ -110,6 +111,12 @@ class FlowGRPO(PolicyGradientTrainer):
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         sampler = Sampler(cfg.dynamics, cfg.noise_level, window=span)
         trajectory, rewards = self.sample_scored(prompts, steps, sampler)
-        advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
+        groups = len(prompts) // cfg.samples_per_prompt
+        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages, guard=cfg.guard)
-        return {"reward": rewards.mean().item(), **window, **summary}
+        return {
+            "reward": rewards.mean().item(),
+            "zero_std_groups": zero_std_groups(rewards, groups),
+            **window,
+            **summary,
+        }

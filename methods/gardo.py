@@ -40,7 +40,13 @@ from dataclasses import dataclass
 import torch
 
 from methods.options import option
-from methods.toolkit.policy_gradient import FLOW_SDE_SEARCH, FlowGRPOOptions, PolicyGradientTrainer, ppo_epochs
+from methods.toolkit.policy_gradient import (
+    FLOW_SDE_SEARCH,
+    FlowGRPOOptions,
+    PolicyGradientTrainer,
+    ppo_epochs,
+    zero_std_groups,
+)
 from methods.trainer import Parallel
 from models.sampler import Sampler
 from rewards.combined import reward_weights
@@ -142,7 +148,13 @@ class GARDO(PolicyGradientTrainer):
         summary = ppo_epochs(self, trajectory, advantages, kl_gate=kl_gate)
         self.reset_due = summary.get("kl", 0.0) > cfg.kl_threshold
         self.iteration += 1
-        return {"reward": rewards.mean().item(), "gate_share": share, "gated": float(kl_gate.float().mean()), **summary}
+        return {
+            "reward": rewards.mean().item(),
+            "zero_std_groups": zero_std_groups(rewards, groups),
+            "gate_share": share,
+            "gated": float(kl_gate.float().mean()),
+            **summary,
+        }
 
     def gated(self, terms: Mapping[str, torch.Tensor], parallel: Parallel) -> tuple[torch.Tensor, float]:
         """This process's chains the KL is taken over, and the share the gate was drawn at: (1) above over every

@@ -29,6 +29,7 @@ from methods.toolkit.policy_gradient import (
     FlowGRPOOptions,
     PolicyGradientTrainer,
     ppo_epochs,
+    zero_std_groups,
 )
 from methods.trainer import Parallel
 from models.sampler import Sampler
@@ -75,4 +76,5 @@ class GDPO(PolicyGradientTrainer):
         means = {name: values.mean().item() for name, values in terms.items()}
         per_term = {f"reward_{name}": mean for name, mean in means.items()} if len(terms) > 1 else {}
         reward = sum(weight * means[name] for name, weight in weights.items())
-        return {"reward": reward, **per_term, **ppo_epochs(self, trajectory, advantages)}
+        blank = zero_std_groups(torch.stack(list(terms.values()), dim=1), groups)  # every term equal in the group
+        return {"reward": reward, **per_term, "zero_std_groups": blank, **ppo_epochs(self, trajectory, advantages)}

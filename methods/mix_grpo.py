@@ -36,6 +36,7 @@ from methods.toolkit.policy_gradient import (
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
+    zero_std_groups,
 )
 from methods.trainer import chain_work
 from models.sampler import Sampler
@@ -112,10 +113,16 @@ class MixGRPO(PolicyGradientTrainer):
         sampler = Sampler(cfg.dynamics, cfg.noise_level, window=(start, start + window))
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         trajectory, rewards = self.sample_scored(prompts, grid, sampler)
-        advantages = group_normalized_advantages(rewards, len(prompts) // cfg.samples_per_prompt, cfg.adv_clip)
+        groups = len(prompts) // cfg.samples_per_prompt
+        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, advantages)
         self.iteration += 1
-        return {"reward": rewards.mean().item(), "window_start": float(start), **summary}
+        return {
+            "reward": rewards.mean().item(),
+            "zero_std_groups": zero_std_groups(rewards, groups),
+            "window_start": float(start),
+            **summary,
+        }
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "iteration": self.iteration}

@@ -124,6 +124,7 @@ class RewardModelPipeline(Trainer):
             self.policy, LearnedReward(self.reward_model), self.prompts, self.config.rl_config(), self.seed
         )
         self.rl.generator = self.generator  # one random stream for the whole run
+        self.rl.gradient_norms = self.gradient_norms  # one record of the run's optimizer steps
 
     def step(self) -> dict[str, float]:
         if self.rl is not None:

@@ -32,6 +32,7 @@ from methods.toolkit.policy_gradient import (
     PolicyGradientTrainer,
     group_normalized_advantages,
     ppo_epochs,
+    zero_std_groups,
 )
 from models.sampler import Sampler
 
@@ -69,4 +70,8 @@ class PrefGRPO(PolicyGradientTrainer):
         trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), sampler)
         groups = len(prompts) // cfg.samples_per_prompt
         advantages = group_normalized_advantages(win_rates(rewards, groups), groups, cfg.adv_clip)
-        return {"reward": rewards.mean().item(), **ppo_epochs(self, trajectory, advantages)}
+        return {
+            "reward": rewards.mean().item(),
+            "zero_std_groups": zero_std_groups(rewards, groups),
+            **ppo_epochs(self, trajectory, advantages),
+        }

@@ -37,6 +37,7 @@ from methods.toolkit.policy_gradient import (
     group_normalized_advantages,
     ppo_epochs,
     ppo_usage,
+    zero_std_groups,
 )
 from methods.trainer import chain_work
 from models.flow import stochastic_step_std
@@ -102,6 +103,13 @@ class TempFlowGRPO(PolicyGradientTrainer):
             prompts, grid[branch:], sampler, initial=shared.repeat_interleave(per_group, dim=0)
         )
         weight = float(noise_weights(grid, cfg.dynamics, cfg.noise_level)[branch]) if cfg.noise_weighting else 1.0
-        advantages = group_normalized_advantages(rewards, len(prompts) // per_group, cfg.adv_clip)
+        groups = len(prompts) // per_group
+        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
         summary = ppo_epochs(self, trajectory, weight * advantages, step_fraction=None)
-        return {"reward": rewards.mean().item(), "branch_step": float(branch), "step_weight": weight, **summary}
+        return {
+            "reward": rewards.mean().item(),
+            "zero_std_groups": zero_std_groups(rewards, groups),
+            "branch_step": float(branch),
+            "step_weight": weight,
+            **summary,
+        }

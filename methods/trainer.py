@@ -116,6 +116,9 @@ class Trainer(ABC):
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.gradient_norms: list[float] = []
+        """The norm of each optimizer step's gradient before clipping, as apply_gradients took them: the harness
+        reads them after every step() for the run's diagnostics, and empties the list in place."""
 
     @classmethod
     @abstractmethod
@@ -194,7 +197,7 @@ class Trainer(ABC):
         clipped, applied."""
         parameters = self.trained_parameters()
         self.parallel.average_gradients(parameters)
-        torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+        self.gradient_norms.append(float(torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)))
         self._trained_optimizer().step()
 
     def sampler_steps(self, configured: int | None) -> int:

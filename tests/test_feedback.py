@@ -109,7 +109,7 @@ def test_a_schema_2_store_is_migrated_in_place_keeping_its_rows(tmp_path):
     conn = sqlite3.connect(path)
     # rebuild the milestones table as schema 2 had it, with a row (metrics and samples, which reference it, were as now)
     conn.executescript("""
-        DROP TABLE leases; DROP TABLE samples; DROP TABLE metrics; DROP TABLE milestones;
+        DROP TABLE diagnostics; DROP TABLE leases; DROP TABLE samples; DROP TABLE metrics; DROP TABLE milestones;
         CREATE TABLE milestones (run_id TEXT NOT NULL, milestone INTEGER NOT NULL, budget REAL NOT NULL,
             nfe REAL NOT NULL, reward_queries REAL NOT NULL, samples REAL NOT NULL, wall_s REAL NOT NULL,
             PRIMARY KEY (run_id, milestone));
@@ -127,3 +127,4 @@ def test_a_schema_2_store_is_migrated_in_place_keeping_its_rows(tmp_path):
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("SELECT nfe, labels FROM milestones").fetchall() == [(10.0, 0.0)]
     assert conn.execute("SELECT count(*) FROM leases").fetchone() == (0,)  # and 3 -> 4 added the leases
+    assert conn.execute("SELECT count(*) FROM diagnostics").fetchone() == (0,)  # and 4 -> 5 the diagnostics

@@ -5,6 +5,7 @@ import math
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -29,7 +30,7 @@ from worlds import REWARDS
         (["run", "--reward", "beauty"], "unknown reward 'beauty'; valid: digit, compress"),
         (["run", "--reward", "aesthetic"], "world 'digits' offers no 'aesthetic' reward; valid: digit, compress, gold"),
         (["run", "--method", "ddpo@sd15"], "unknown model 'sd15'; valid: diffusion, consistency, flow"),
-        (["run", "--smoke"], "suite 'default' has no --smoke size; suites with one: scenes, nightly-gpu"),
+        (["run", "--smoke"], "suite 'default' has no --smoke size; suites with one: pg-diagnostics, scenes, nightly-gpu"),
         (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid: default, smoke"),
         (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, wall_s"),
         (["run", "--seeds", "0"], "expected a positive integer"),
@@ -160,6 +161,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_numbers(tiny_world
     with Store(tmp_path / "straight.sqlite") as store:
         assert execute(spec, tiny_world, store, tmp_path / "ck1", checkpoint_every_s=0, log=lambda *_: None) == "done"
         expected = metric_values(store)
+        trace = store.diagnostics_frame()
 
     original_step, calls = DDPO.step, []
     # after the first milestone (half the budget), in the middle of the second
@@ -184,6 +186,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_numbers(tiny_world
     with Store(tmp_path / "killed.sqlite") as store:
         assert execute(spec, tiny_world, store, tmp_path / "ck2", checkpoint_every_s=0, log=lambda *_: None) == "done"
         assert metric_values(store).equals(expected)
+        # the steps before the kill are recorded once, from the checkpoint: the same trace as the straight run's
+        pd.testing.assert_frame_equal(store.diagnostics_frame(), trace)
     assert not (tmp_path / "ck2" / f"{run_id}.pt").exists()
 
 

@@ -24,6 +24,11 @@ def _results(path) -> pd.DataFrame:
         return store.results_frame().sort_values(["run_id", "milestone", "split", "metric"]).reset_index(drop=True)
 
 
+def _diagnostics(path) -> pd.DataFrame:
+    with Store(path, read_only=True) as store:
+        return store.diagnostics_frame().sort_values(["run_id", "step"]).reset_index(drop=True)
+
+
 def _set(path, sql: str, *args) -> None:
     with sqlite3.connect(path) as db:
         db.execute(sql, args)
@@ -45,7 +50,18 @@ def test_a_sync_brings_every_committed_run_into_the_local_layer_once(committed, 
     assert sync(committed, local) == len(_runs(committed / "store.sqlite"))
     pd.testing.assert_frame_equal(_runs(local / "store.sqlite"), _runs(committed / "store.sqlite"))
     pd.testing.assert_frame_equal(_results(local / "store.sqlite"), _results(committed / "store.sqlite"))
+    pd.testing.assert_frame_equal(_diagnostics(local / "store.sqlite"), _diagnostics(committed / "store.sqlite"))
+    assert not _diagnostics(local / "store.sqlite").empty  # the policy-gradient runs' steps came with them
     assert sync(committed, local) == 0  # nothing twice
+
+
+def test_a_committed_store_of_the_schema_before_diagnostics_syncs_without_them(committed, tmp_path):
+    with sqlite3.connect(committed / "store.sqlite") as db:
+        db.executescript("DROP TABLE diagnostics; PRAGMA user_version = 4;")
+    local = tmp_path / "artifacts" / "results" / "smoke"
+    assert sync(committed, local) == len(_runs(committed / "store.sqlite"))
+    pd.testing.assert_frame_equal(_results(local / "store.sqlite"), _results(committed / "store.sqlite"))
+    assert _diagnostics(local / "store.sqlite").empty
 
 
 def test_a_finished_local_run_stays_and_an_unfinished_one_gives_way_to_the_committed(committed, tmp_path):

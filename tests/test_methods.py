@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.budget import Budget
+from bench.diagnostics import HARNESS_NAMES
 from bench.meter import Meter
 from bench.reward_spec import reward_class
 from bench.runner import load_checkpoint
@@ -19,6 +20,8 @@ from methods.toolkit.policy_gradient import (
     group_normalized_advantages,
     ppo_chain_backward,
     ppo_clipped_loss,
+    ratio_moments,
+    zero_std_groups,
 )
 from models.io import atomic_torch_save
 from models.sampler import Sampler
@@ -68,7 +71,10 @@ def test_step_is_finite_and_changes_parameters(tiny_world, name, model, reward):
     stats = trainer.step()
     assert stats and all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     # where every sample gets the same reward, a method that learns from reward differences must not move
-    assert torch.equal(before, flat_parameters(trainer)) == ((name, model, reward) in NO_REWARD_SPREAD)
+    moved = not torch.equal(before, flat_parameters(trainer))
+    assert moved != ((name, model, reward) in NO_REWARD_SPREAD)
+    # the run's diagnostics: the harness's names stay its own, and a step that moved left its gradients' norms
+    assert not set(stats) & set(HARNESS_NAMES) and (trainer.gradient_norms or not moved)
 
 
 # The tiny world's 60-step flow model draws noise, whose PNGs all take the same 140 bytes; the methods that learn from
@@ -116,6 +122,7 @@ def test_meter_counts_exactly_the_work_done(tiny_world, name, model):
         **METHODS[name].step_usage(trainer.config, GENERATORS[model][1]),
     }
     assert {k: usage[k] for k in ("nfe", "reward_queries", "samples", "labels")} == expected
+    assert len(meter.take_scores()) == usage["reward_queries"]  # every query's scores reach the diagnostics
 
 
 @pytest.mark.parametrize("name, model", TRAINING)
@@ -315,6 +322,7 @@ def test_the_sampling_pass_is_the_on_policy_evaluation_of_its_steps(tiny_world, 
         )
         gradients.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters()]))
         assert max(stats["ratio_dev"]) < 1e-3 and min(stats["kl"]) > 0
+        assert max(stats["ratio_max_dev"]) == 0 if on_policy else max(stats["ratio_max_dev"]) < 1e-3
     re_evaluated, reused = gradients
     assert calls == [4] * len(steps)  # the re-evaluation's only: the on-policy pass took the sampling's means
     assert re_evaluated.abs().sum() > 0 and (reused - re_evaluated).norm() < 1e-4 * re_evaluated.norm()
@@ -331,9 +339,13 @@ def test_reusing_the_sampling_pass_takes_the_re_evaluated_step_for_fewer_network
     for reuse in (False, True):
         trainer, meter = make(tiny_world, name, model, **one_minibatch, reuse_sampling_pass=reuse)
         before = flat_parameters(trainer)
-        trainer.step()
+        stats = trainer.step()
         assert meter.accounts["train"].nfe == METHODS[name].step_usage(trainer.config, GENERATORS[model][1])["nfe"]
         steps[reuse] = (flat_parameters(trainer) - before, meter.accounts["train"].nfe)
+        # the first pass's ratio: exactly 1 on the sampling pass's own means, 1 to float error re-evaluated; the
+        # second epoch's has moved
+        assert stats["ratio_first_max_dev"] == 0 if reuse else stats["ratio_first_max_dev"] < 1e-3
+        assert stats["ratio_later_std"] > stats["ratio_first_std"]
     (re_evaluated, nfe), (reused, fewer) = steps[False], steps[True]
     # AdamW's first steps move a parameter by ~lr whatever its gradient's size, so float noise in a near-zero
     # gradient moves single entries: the updates agree as vectors
@@ -365,6 +377,29 @@ def test_group_normalized_advantages():
     assert torch.allclose(adv[:3], torch.tensor([-1.0, 0.0, 1.0]) / (std + 1e-6))
     assert torch.equal(adv[3:], torch.zeros(3))
     assert group_normalized_advantages(torch.tensor([0.0, 100.0]), 1, clip=0.5).abs().max() == 0.5
+
+
+def test_zero_std_groups_counts_the_groups_whose_every_reward_is_equal():
+    assert zero_std_groups(torch.tensor([1.0, 1.0, 1.0, 1.0, 2.0, 3.0]), groups=2) == 0.5
+    assert zero_std_groups(torch.tensor([0.0, 0.0, 1.0, 1.0]), groups=2) == 1.0
+    # two terms: a group counts only where each term is constant in it
+    terms = torch.tensor([[1.0, 0.0], [1.0, 1.0], [2.0, 5.0], [2.0, 5.0]])
+    assert zero_std_groups(terms, groups=2) == 0.5
+
+
+def test_a_pass_pools_its_steps_ratio_moments_into_those_of_every_term():
+    generator = torch.Generator().manual_seed(0)
+    ratios = [0.5 + torch.rand(6, generator=generator, dtype=torch.float64) for _ in range(4)]
+    steps = {
+        "ratio_mean": [r.mean().item() for r in ratios],
+        "ratio_var": [r.var(unbiased=False).item() for r in ratios],
+        "ratio_max_dev": [(r - 1).abs().max().item() for r in ratios],
+    }
+    pooled, every = ratio_moments(steps, "ratio_first"), torch.cat(ratios)
+    assert pooled["ratio_first_mean"] == pytest.approx(every.mean().item(), rel=1e-12)
+    assert pooled["ratio_first_std"] == pytest.approx(every.std(unbiased=False).item(), rel=1e-12)
+    assert pooled["ratio_first_max_dev"] == (every - 1).abs().max().item()
+    assert ratio_moments({"ratio_mean": [], "ratio_var": [], "ratio_max_dev": []}, "ratio_later") == {}
 
 
 def test_top_k_per_group():

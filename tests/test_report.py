@@ -57,12 +57,12 @@ def results_dir(reference_sweep, tmp_path_factory):
 def test_every_file_is_generated_from_the_store(results_dir):
     names = {p.name for p in results_dir.iterdir()}
     for reward in REWARDS:
-        for kind in ("samples", "compute", "overoptimization", "pareto"):
+        for kind in ("samples", "compute", "overoptimization", "pareto", "diagnostics"):
             assert f"{kind}_{reward}.png" in names
     assert {"leaderboard.csv", "leaderboard.md", "aggregate.csv", "improvement.csv", "report.html"} <= names
     page = (results_dir / "report.html").read_text()
     assert 'src="http' not in page and "<script" not in page  # self-contained and static
-    assert page.count("data:image/png;base64,") == 4 * len(REWARDS)
+    assert page.count("data:image/png;base64,") == 5 * len(REWARDS)
     # the world's headline reward first, whatever the alphabet says; the provenance after everything else
     assert page.index('id="task-digit"') < page.index('id="task-compress"')
     assert page.index('id="runs"') < page.index('id="provenance"') < page.index("Code at git")
@@ -142,9 +142,10 @@ def test_the_report_renders_in_a_headless_browser_and_shows_every_method(results
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0 && i.width > 0])"
         )
-        assert len(images) == 4 * len(REWARDS) and all(ok for _, ok in images), images
+        assert len(images) == 5 * len(REWARDS) and all(ok for _, ok in images), images
         text = driver.find_element(By.TAG_NAME, "body").text
-        for heading in ("Across rewards", "Probability of improvement: judge_acc", "Runs", "Failed runs"):
+        headings = ("Training diagnostics", "Across rewards", "Probability of improvement: judge_acc", "Runs")
+        for heading in (*headings, "Failed runs"):
             assert heading in text
         failed = driver.find_element(By.ID, "failed").find_element(By.XPATH, "following-sibling::table[1]").text
         assert "ddpo-digit-s7-broken" in failed and "loss became NaN at step 3" in failed

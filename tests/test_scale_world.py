@@ -178,7 +178,7 @@ def test_suites_are_checked_against_their_world():
         validate(Suite("x", methods=("ddpo@sd15",), rewards=("digit",), world="scale"))
     with pytest.raises(ValueError, match="world 'digits' offers no 'pickscore' reward; valid: digit, compress, gold"):
         validate(Suite("x", methods=("ddpo",), rewards=("pickscore",)))
-    with pytest.raises(ValueError, match="has no --smoke size; suites with one: scenes, nightly-gpu"):
+    with pytest.raises(ValueError, match="has no --smoke size; suites with one: pg-diagnostics, scenes, nightly-gpu"):
         build_suite("default", smoke=True)
 
 

@@ -1,3 +1,4 @@
+import math
 import multiprocessing
 import os
 import shutil
@@ -421,6 +422,44 @@ def test_a_store_missing_a_table_or_column_is_refused_at_open_in_one_line(tmp_pa
     conn.close()
     what = "no metrics table" if "metrics" in change else "a runs table without reason"
     for read_only in (True, False):
-        with pytest.raises(ValueError, match=f"{path} has {what}: not a results store of schema 4; restore") as refused:
+        with pytest.raises(
+            ValueError, match=f"{path} has {what}: not a results store of schema {SCHEMA_VERSION}; restore"
+        ) as refused:
             Store(path, read_only=read_only)
         assert "\n" not in str(refused.value)
+
+
+def test_diagnostics_round_trip_a_step_at_a_time_and_go_with_their_milestone(tmp_path):
+    with Store(tmp_path / "store.sqlite") as store:
+        store.start_run(make_run())
+        first = {"nfe": np.array([10.0, 20.0]), "loss": np.array([0.5, math.nan]), "kl": np.array([1.0, 2.0])}
+        store.record_milestone("r0", 0, 20.0, USED, [("eval_unseen", "judge_acc", 0.5, True)], {}, first)
+        second = {"nfe": np.array([30.0]), "loss": np.array([0.25])}
+        store.record_milestone("r0", 1, 30.0, USED, [("eval_unseen", "judge_acc", 0.6, True)], {}, second)
+        assert store.diagnostics_frame().empty  # a run's diagnostics are read once it is done, as its results
+        store.finish_run("r0", "done")
+        frame = store.diagnostics_frame()
+        assert frame["step"].tolist() == [0, 1, 2] and frame["milestone"].tolist() == [0, 0, 1]
+        assert frame["nfe"].tolist() == [10.0, 20.0, 30.0] and frame["kl"].tolist()[:2] == [1.0, 2.0]
+        assert math.isnan(frame["loss"][1]) and math.isnan(frame["kl"][2])
+        # re-recording a milestone replaces its steps with it
+        store.record_milestone("r0", 1, 30.0, USED, [], {}, {"nfe": np.array([40.0])})
+        assert store.diagnostics_frame()["nfe"].tolist() == [10.0, 20.0, 40.0]
+        with pytest.raises(ValueError, match="one value per step"):
+            store.record_milestone("r0", 1, 30.0, USED, [], {}, {"nfe": np.array([40.0]), "kl": np.array([1.0, 2.0])})
+
+
+def test_a_store_of_schema_4_reads_no_diagnostics_and_a_write_adds_their_table(tmp_path):
+    path = tmp_path / "store.sqlite"
+    with Store(path) as store:
+        store.start_run(make_run())
+        record(store, "r0", 0, 0.5)
+        store.finish_run("r0", "done")
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE diagnostics; PRAGMA user_version = 4;")
+    conn.close()
+    with Store(path, read_only=True) as store:
+        assert store.diagnostics_frame().empty and len(store.results_frame()) == 2
+    with Store(path) as store:
+        assert store._conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert store.diagnostics_frame().empty and len(store.results_frame()) == 2

@@ -16,6 +16,8 @@ declares (suite.py: leaderboard_entries), so a method added to the registry join
   multi-reward         two rewards at once: GDPO's balance and GARDO's hold on hacking against Flow-GRPO on the sum
   claims-2026          the 2026 methods against their papers' claims on the compositional world; study: a table per
                        claim (claims-2026-ocr: Direct-Align's, on ocr, into the same store)
+  pg-diagnostics       the policy-gradient methods' training diagnostics (ratio, trust region, zero-std groups, KL)
+                       on the compositional world's GenEval; study: a table of them per method
   nightly-gpu          every method at scale, one GPU through the night (smoke: its CPU twin)
 """
 
@@ -31,6 +33,7 @@ from bench.experiments.grpo_family import grpo_family
 from bench.experiments.multi_reward import multi_reward
 from bench.experiments.nightly_gpu import nightly_gpu
 from bench.experiments.orw_alpha import orw_alpha
+from bench.experiments.pg_diagnostics import pg_diagnostics
 from bench.experiments.preference_budget import feedback
 from bench.experiments.rocm_efficiency import rocm_efficiency
 from bench.experiments.rocm_regularization import rocm_regularization
@@ -52,6 +55,7 @@ SUITES: dict[str, Callable[..., Suite]] = {
     "multi-reward": multi_reward,
     "claims-2026": claims_2026,
     "claims-2026-ocr": claims_2026_ocr,
+    "pg-diagnostics": pg_diagnostics,
     "scenes": scenes,
     "scenes-tuned": scenes_tuned,
     "nightly-gpu": nightly_gpu,

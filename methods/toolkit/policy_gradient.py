@@ -328,12 +328,20 @@ def guarded_log_ratio(
 def group_normalized_advantages(rewards: torch.Tensor, groups: int, clip: float) -> torch.Tensor:
     """(r - mean_g) / (std_g + 1e-6) within each group of a group-major (G * K,) vector, clipped.
 
-    A group whose rewards are all equal carries no preference and gets advantage 0.
+    A group whose rewards are all equal carries no preference and gets advantage 0 (zero_std_groups counts them).
     """
     grouped = rewards.view(groups, -1)
     centered = grouped - grouped.mean(dim=1, keepdim=True)
     std = grouped.std(dim=1, keepdim=True, unbiased=False)
     return (centered / (std + 1e-6)).clamp(-clip, clip).flatten()
+
+
+def zero_std_groups(rewards: torch.Tensor, groups: int) -> float:
+    """The share of the groups of group-major rewards, (G * K,) or (G * K, T) for T reward terms, whose rewards are
+    all equal (every term's, where there are several): groups that teach a group-relative method nothing (every
+    advantage 0), as an all-solved or all-failed prompt of a 0/1 reward does."""
+    grouped = rewards.reshape(groups, rewards.shape[0] // groups, -1)
+    return (grouped.std(dim=1, unbiased=False) == 0).all(dim=1).float().mean().item()
 
 
 def ppo_chain_backward(
@@ -365,13 +373,15 @@ def ppo_chain_backward(
     guard: GRPO-Guard's regulated ratio and 1 / dt_s step weights (a flow model's chain: its timesteps are times).
     trust_region: what bounds the move from the sampling policy (RatioClip or KLMask).
     kl_gate: (B,) bool, the chains the KL term is taken over (GARDO's gate; none: the term is 0); None: every chain.
-    Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), the share of terms outside the trust region
-    (clip_frac or mask_frac) and kl where there is a reference.
+    Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), the ratio's mean, variance and largest |rho - 1|
+    over the step's chains (ratio_mean, ratio_var, ratio_max_dev: ppo_epochs pools them per pass), the share of terms
+    outside the trust region (clip_frac or mask_frac) and kl where there is a reference.
     """
     if trajectory.log_probs is None:
         raise ValueError("a policy gradient needs stochastic steps; every step of this chain is deterministic")
     sampled_log_probs = trajectory.log_probs
     stats: dict[str, list[float]] = {"loss": [], "ratio_dev": [], trust_region.outside: [], "kl": []}
+    stats.update({name: [] for name in RATIO_MOMENTS})
     divisor = len(steps) if average else 1
     for first in range(0, len(steps), chunk):
         group = steps[first : first + chunk]
@@ -400,9 +410,30 @@ def ppo_chain_backward(
             losses.append(loss)
             stats["loss"].append(loss.item())
             stats["ratio_dev"].append((ratio - 1).abs().mean().item())
+            exact = ratio.detach().double()  # a first pass's ratio is 1 to float error: its spread needs float64
+            stats["ratio_mean"].append(exact.mean().item())
+            stats["ratio_var"].append(exact.var(unbiased=False).item())
+            stats["ratio_max_dev"].append((exact - 1).abs().max().item())
             stats[trust_region.outside].append(outside.float().mean().item())
         (torch.stack(losses).sum() / divisor).backward()
     return stats
+
+
+RATIO_MOMENTS = ("ratio_mean", "ratio_var", "ratio_max_dev")
+"""ppo_chain_backward's per-step moments of the ratio, which ppo_epochs pools over each pass (ratio_moments)."""
+
+
+def ratio_moments(steps: dict[str, list[float]], prefix: str) -> dict[str, float]:
+    """The ratio's mean, std and largest |rho - 1| over every term of the steps whose per-step RATIO_MOMENTS `steps`
+    holds (each step over the same number of chains: the pooled variance is the mean of the steps' variances plus the
+    variance of their means), named `<prefix>_mean`, `<prefix>_std`, `<prefix>_max_dev`; nothing where no step was
+    trained."""
+    means = steps["ratio_mean"]
+    if not means:
+        return {}
+    mean = sum(means) / len(means)
+    spread = sum(steps["ratio_var"]) / len(means) + sum((m - mean) ** 2 for m in means) / len(means)
+    return {f"{prefix}_mean": mean, f"{prefix}_std": spread**0.5, f"{prefix}_max_dev": max(steps["ratio_max_dev"])}
 
 
 def step_length(trajectory: Trajectory, step: int) -> float:
@@ -467,11 +498,13 @@ def ppo_epochs(
     The KL term weighs config.kl_weight against trainer.reference; with config.reuse_sampling_pass the first optimizer
     step differentiates the sampling pass of a trajectory sampled with score_graph. Returns the diagnostics' means
     over every trained step; where `summed`, loss and kl are each minibatch's sums over its steps, averaged over the
-    minibatches."""
+    minibatches. The ratio's moments are reported per pass: ratio_first_* over the first optimizer step, whose ratio
+    is 1 but for float error (the parameters are the sampling's), and ratio_later_* over the rest (ratio_moments)."""
     cfg = trainer.config
     actions = len(trajectory.stochastic_steps)
     trained = actions if step_fraction is None else steps_trained(step_fraction, actions)
     stats: dict[str, list[float]] = {"ratio_dev": [], cfg.trust_region.outside: [], "kl": [], "loss": []}
+    passes: dict[str, dict[str, list[float]]] = {name: {m: [] for m in RATIO_MOMENTS} for name in ("first", "later")}
     for epoch in range(cfg.inner_epochs):
         for batch, index in enumerate(trainer.minibatches(len(trajectory.prompts), cfg.minibatch)):
             part = trajectory.subset(index)
@@ -494,8 +527,15 @@ def ppo_epochs(
                 on_policy=cfg.reuse_sampling_pass and epoch == batch == 0,
                 kl_gate=None if kl_gate is None else kl_gate[index],
             )
+            moments = passes["first" if epoch == batch == 0 else "later"]
             for name, values in step_stats.items():
-                # a summed objective's loss and KL (the path KL) are its minibatch's sums over the steps
-                stats[name] += [sum(values)] if summed and name in ("loss", "kl") and values else values
+                if name in moments:
+                    moments[name] += values
+                else:
+                    # a summed objective's loss and KL (the path KL) are its minibatch's sums over the steps
+                    stats[name] += [sum(values)] if summed and name in ("loss", "kl") and values else values
             trainer.apply_gradients(cfg.max_grad_norm)
-    return {name: sum(values) / len(values) for name, values in stats.items() if values}
+    summary = {name: sum(values) / len(values) for name, values in stats.items() if values}
+    for name, moments in passes.items():
+        summary.update(ratio_moments(moments, f"ratio_{name}"))
+    return summary
