@@ -200,7 +200,17 @@ def figure(diagnostics: pd.DataFrame, runs: pd.DataFrame, styles: dict[tuple[str
             smooth = per_step[name].rolling(window, min_periods=1).mean()
             style = styles.get((method, model), {})
             label = f"{method}@{model}" + (f" ({unit} {human(budget)})" if frame["budget"].nunique() > 1 else "")
-            ax.plot(per_step["nfe"], smooth, label=label, color=style.get("color"), linestyle=style.get("linestyle"))
+            # markers every eighth of the curve: a variant shares its method's colour and differs by its marker
+            ax.plot(
+                per_step["nfe"],
+                smooth,
+                label=label,
+                color=style.get("color"),
+                linestyle=style.get("linestyle"),
+                marker=style.get("marker"),
+                markevery=max(1, len(per_step) // 8),
+                markersize=4,
+            )
         if name == "grad_norm" and (frame[name].dropna() > 0).all():
             ax.set_yscale("log")  # methods' gradients differ by orders of magnitude
         ax.set_title(title, fontsize=9)

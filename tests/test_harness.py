@@ -30,7 +30,10 @@ from worlds import REWARDS
         (["run", "--reward", "beauty"], "unknown reward 'beauty'; valid: digit, compress"),
         (["run", "--reward", "aesthetic"], "world 'digits' offers no 'aesthetic' reward; valid: digit, compress, gold"),
         (["run", "--method", "ddpo@sd15"], "unknown model 'sd15'; valid: diffusion, consistency, flow"),
-        (["run", "--smoke"], "suite 'default' has no --smoke size; suites with one: pg-diagnostics, scenes, nightly-gpu"),
+        (
+            ["run", "--smoke"],
+            "suite 'default' has no --smoke size; suites with one: pg-diagnostics, scenes, nightly-gpu",
+        ),
         (["run", "--suite", "nightly"], "unknown suite 'nightly'; valid: default, smoke"),
         (["run", "--budget", "flops:1e9"], "expected [UNIT:]AMOUNT with UNIT in nfe, reward_queries, samples, wall_s"),
         (["run", "--seeds", "0"], "expected a positive integer"),

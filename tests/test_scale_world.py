@@ -11,14 +11,16 @@ import torch
 
 from bench.budget import Budget
 from bench.cli import main
+from bench.diagnostics import FIRST_PASS_TOLERANCE
 from bench.experiments import Suite, build_suite
 from bench.experiments.suite import parse_entry, validate
 from bench.meter import Meter
 from bench.throughput.counting import host_reads_of_meta_tensors
 from bench.trainers import build_trainer
 from methods import METHODS
-from methods.toolkit.policy_gradient import STEPS_PER_CALL
-from models.scale.config import DiffusersConfig
+from methods.toolkit.policy_gradient import STEPS_PER_CALL, RatioClip, ppo_chain_backward
+from models.sampler import Sampler
+from models.scale.config import DTYPES, DiffusersConfig
 from rewards.feedback import Feedback
 from rewards.learned import PromptRewardModel
 from worlds import REWARDS, WORLDS, model_family
@@ -342,3 +344,27 @@ def test_the_real_size_architectures_have_the_published_parameter_counts():
         # the published 2.5B counts the position-embedding table the checkpoint stores (a buffer here)
         assert count(sd35) + sd35.pos_embed.pos_embed.numel() == 2_469_663_936
         assert count(flux_transformer("real")) == 11_901_408_320  # FLUX.1-dev's transformer: the published 11.9B
+
+
+@pytest.mark.parametrize("model, dynamics", [("sd15", "ddim"), ("sd35", "flow-sde")])
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_first_pass_reevaluated_in_other_batches_stays_within_tolerance_of_1_in_bf16(
+    world, monkeypatch, model, dynamics, precision
+):
+    """The frozen weights and the network's autocast in bfloat16, as on a GPU (DiffusersConfig.weight_dtype keeps the
+    CPU in float32 otherwise); the network's output, the sampler's means and latents, and the log-probabilities in
+    float32. Re-evaluated in other batches than the sampling pass's (a minibatch of the chains, several steps to a
+    network call), the first pass's ratio stays within the diagnostics' tolerance of 1: the two passes share their
+    numerics. (CPU kernels measured here: bfloat16 exactly 1, float32 within 5e-4 where a call holds several steps.)"""
+    monkeypatch.setattr(DiffusersConfig, "weight_dtype", lambda self: DTYPES[precision])
+    policy = world.make_policy(model)
+    assert policy._autocast_dtype == (None if precision == "float32" else torch.bfloat16)
+    with torch.no_grad():
+        chain = policy.sample(world.prompts["train"][:4], 4, torch.Generator().manual_seed(0), Sampler(dynamics, 0.7))
+    assert chain.latents.dtype == chain.log_probs.dtype == torch.float32
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    for index, chunk in ((torch.arange(4), 3), (torch.arange(2), 1), (torch.arange(1, 4), 2)):
+        part = chain.subset(index)
+        steps = part.stochastic_steps
+        stats = ppo_chain_backward(policy, None, part, steps, advantages[index], RatioClip(0.2), 0.0, True, chunk)
+        assert max(stats["ratio_max_dev"]) < FIRST_PASS_TOLERANCE, (index, chunk, stats["ratio_max_dev"])
