@@ -80,7 +80,7 @@ def write_results(
     with store.snapshot():
         written = write_leaderboard(store, out_dir, primary_split=primary_split)
         runs, results = ranked_frames(store)
-        results.attrs["store"] = str(store.path)  # what a study reads beside the store (tables.py: write_tuning)
+        results.attrs["store"] = str(store.path)  # what a study reads beside the store (tables.py: study_store)
         study_paths = write_studies(runs, results, out_dir, studies)
         all_runs = store.runs_frame()
         diagnostics = store.diagnostics_frame()

@@ -19,7 +19,7 @@ import pandas as pd
 from bench.diagnostics import SUMMARY, summary_cells, summary_table
 from bench.experiments.default import smoke as smoke_suite
 from bench.experiments.suite import SAMPLER_VARIANTS, Suite
-from bench.experiments.tables import PRIMARY_SPLIT, by_seed, ci, final_budget
+from bench.experiments.tables import PRIMARY_SPLIT, by_seed, ci, final_budget, study_store
 from bench.standings import ranked_frames
 from bench.store import Store
 from models.io import atomic_write_bytes
@@ -67,7 +67,7 @@ SMOKE_KEEPS = ("methods", "rewards", "variants", "studies")
 def write_diagnostics(results: pd.DataFrame, out: Path) -> Path:
     """diagnostics.md: per method, its final reward and judge (mean [95% CI] over seeds) and its training
     diagnostics, each run's steps reduced as the column says, then the mean over seeds."""
-    with Store(Path(results.attrs["store"]), read_only=True) as store:
+    with Store(study_store(results, out), read_only=True) as store:
         runs, diagnostics = ranked_frames(store)[0], store.diagnostics_frame()
     summary = summary_table(runs, diagnostics)
     final = final_budget(results)

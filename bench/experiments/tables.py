@@ -192,6 +192,12 @@ def flow_study(results: pd.DataFrame, name: str, title: str) -> tuple[pd.DataFra
     return final, base, reward, lines
 
 
+def study_store(results: pd.DataFrame, out: Path) -> Path:
+    """The store a study's results came from, for what else it reads there: the one bench.report names in the frame's
+    attrs, or else the store.sqlite beside the study's tables."""
+    return Path(results.attrs.get("store", out / "store.sqlite"))
+
+
 def write_studies(runs: pd.DataFrame, results: pd.DataFrame, out_dir: Path, studies: tuple[Study, ...]) -> list[Path]:
     """The studies' tables from the leaderboard's frames (bench.standings.ranked_frames), whose `method`
     already names the variant: each row is labelled as the suites spell it, method[/variant]@model."""
@@ -217,7 +223,7 @@ def write_tuning(results: pd.DataFrame, out: Path) -> Path:
     metric = world_entry(final["world"].iloc[0]).headline_metric
     from bench.experiments.suite import tuned_file
 
-    tuned_path = tuned_file(Path(results.attrs.get("store", out / "store.sqlite")).parent)
+    tuned_path = tuned_file(study_store(results, out).parent)
     summaries = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
     unit = final["budget_unit"].iloc[0]
     lines = [
