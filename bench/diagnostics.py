@@ -17,8 +17,8 @@ the chains differently from how they were sampled (a batch's numerics, half prec
 disagree), the question flow_grpo #247 and DanceGRPO #114 ask. The run's log says so when it happens, and the report
 marks the cell.
 
-In a data-parallel run the main process's share is recorded: its reward scores and step() diagnostics (the gradient
-norm is every process's, as gradients are averaged before it is taken).
+In a data-parallel run the main process's share is recorded: its reward scores and step() diagnostics; the NFE and
+the gradient norm are every process's (the meters' sum; the gradients are averaged before the norm is taken).
 """
 
 from __future__ import annotations

@@ -378,7 +378,8 @@ class Run:
         """Adds the step to the trace the next milestone records, and says once per run if its first pass strayed."""
         norms = list(self.trainer.gradient_norms)
         self.trainer.gradient_norms.clear()
-        self.trace.add(stats, self.meter.accounts["train"].nfe, self.meter.take_scores(), norms)
+        nfe = self.parallel.total([self.meter.accounts["train"].nfe])[0]  # every process's, as the milestones count
+        self.trace.add(stats, nfe, self.meter.take_scores(), norms)
         warning = first_pass_warning(stats)
         if warning and not self.warned:
             self.log(

@@ -147,8 +147,10 @@ def test_a_data_parallel_run_counts_every_process_and_only_the_main_one_writes(t
     Store(store_path).close()
     mp.spawn(_run, args=(2, _free_port(), str(store_path)), nprocs=2, join=True)
     with Store(store_path) as store:
-        runs, results = store.runs_frame(), store.results_frame()
+        runs, results, trace = store.runs_frame(), store.results_frame(), store.diagnostics_frame()
     assert list(runs["status"]) == ["done"]
+    # the trace counts every process's NFE, as the milestones do
+    assert trace.groupby("milestone")["nfe"].max().tolist() == sorted(results.drop_duplicates("milestone")["nfe"])
     # 8 samples an iteration over both processes: milestones at 16 and 32 samples, whoever sampled them
     assert sorted(results.drop_duplicates("milestone")["samples"]) == [16.0, 32.0]
     assert not list((tmp_path / "ckpt").glob("*.pt"))  # every process removed its checkpoint
