@@ -148,9 +148,9 @@ def summary_table(runs: pd.DataFrame, diagnostics: pd.DataFrame) -> pd.DataFrame
     """One row per cell (CELL_KEYS) of the ranked runs that recorded diagnostics: each SUMMARY column reduced over
     each run's steps, then the mean over its seeds, with `seeds` and `warned` (how many of them strayed on a first
     pass)."""
-    if diagnostics.empty:
+    frame = with_cells(diagnostics, runs) if not diagnostics.empty else diagnostics
+    if frame.empty:  # none recorded, or only by runs the leaderboard does not rank (a method's earlier version)
         return pd.DataFrame(columns=[*CELL_KEYS, "seeds", "warned", *(c for c, *_ in SUMMARY)])
-    frame = with_cells(diagnostics, runs)
     per_run = []
     for _, steps in frame.groupby("run_id", sort=False):
         steps = steps.sort_values("step")

@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -121,3 +122,20 @@ def test_the_pg_diagnostics_study_tables_each_methods_diagnostics_beside_its_rew
         assert row["seeds"] == "1" and row["first-pass ρ, farthest from 1"] and row["zero-std groups"]
         assert float(row["reward, last 10%"]) >= 0 and row["judge"]
     assert body["flow_grpo"]["KL, last 10%"] and not body["ddpo"]["KL, last 10%"]  # DDPO has no KL
+
+
+def test_diagnostics_of_runs_the_leaderboard_does_not_rank_leave_no_table():
+    from bench.diagnostics import summary_table
+
+    diagnostics = pd.DataFrame({"run_id": ["old"], "milestone": [0], "step": [0], "nfe": [10.0], "kl": [0.5]})
+    runs = pd.DataFrame(
+        {
+            "run_id": ["new"],
+            "reward": ["digit"],
+            "method": ["ddpo"],
+            "model": ["flow"],
+            "budget_unit": ["nfe"],
+            "budget": [1.0],
+        }
+    )
+    assert summary_table(runs, diagnostics).empty
