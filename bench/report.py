@@ -49,6 +49,9 @@ FIGURE_KINDS = (
     ("samples", "Samples at the full budget (first seed)"),
 )
 
+MATRIX_COLUMNS = 30
+"""The most columns of one probability-of-improvement table: 30 fit a 1,400 px window at the matrix's font."""
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.8em; }
@@ -289,12 +292,17 @@ def _aggregate_section(out_dir: Path, notes: list[str]) -> str:
         )
         for model in sorted({entry[ENTRY_KEYS.index("model")] for entry in entries}):
             names = [entry for entry in entries if entry[ENTRY_KEYS.index("model")] == model]
-            rows = []
-            for a in names:
-                cols = [_chance(lookup[a, b]) if (a, b) in lookup else "<td>—</td>" for b in names]
-                rows.append(f"<tr><th>{_e(entry_label(a))}</th>" + "".join(cols) + "</tr>")
-            methods = [entry[ENTRY_KEYS.index("method")] for entry in names]
-            parts.append(_table([f"row beats column, on {model}", *methods], rows, css_class="matrix"))
+            # a matrix wider than a 1,400 px window is split into tables of its columns, each with every row
+            pieces = math.ceil(len(names) / MATRIX_COLUMNS)
+            size = math.ceil(len(names) / pieces)
+            for first in range(0, len(names), size):
+                columns = names[first : first + size]
+                rows = []
+                for a in names:
+                    cols = [_chance(lookup[a, b]) if (a, b) in lookup else "<td>—</td>" for b in columns]
+                    rows.append(f"<tr><th>{_e(entry_label(a))}</th>" + "".join(cols) + "</tr>")
+                methods = [entry[ENTRY_KEYS.index("method")] for entry in columns]
+                parts.append(_table([f"row beats column, on {model}", *methods], rows, css_class="matrix"))
     return "\n".join(parts)
 
 
