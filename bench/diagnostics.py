@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 FIRST_PASS_TOLERANCE = 1e-3
 """How far from 1 a first-pass ratio may be (|rho - 1|) before the run records a warning."""
 
-HARNESS_NAMES = ("nfe", "scored_mean", "scored_std", "grad_norm")
-"""The diagnostics the harness adds to a step's record; a method's step() may not report these names."""
+HARNESS_NAMES = ("nfe", "scored_mean", "scored_std", "grad_norm", "run_id", "milestone", "step")
+"""The names a method's step() may not report: the diagnostics the harness adds to a step's record, and the columns
+that place a step in the store's frame of them (Store.diagnostics_frame)."""
 
 TRUST_REGION_NAMES = ("clip_frac", "mask_frac", "clip_fraction")
 """What the methods call the share of terms their trust region bounds (PPO's clip, DPPO's mask, AWM's clip)."""
@@ -82,7 +83,7 @@ class Trace:
         (N,) and the norms of its optimizer steps' gradients."""
         clash = sorted(set(stats) & set(HARNESS_NAMES))
         if clash:
-            raise ValueError(f"a step reported {', '.join(clash)}, which the harness records itself")
+            raise ValueError(f"a step reported {', '.join(clash)}, a name the harness records itself")
         record = {**stats, "nfe": float(nfe)}
         if len(scores):
             record["scored_mean"] = scores.double().mean().item()

@@ -114,7 +114,7 @@ class ReFL(Trainer):
         rewards = self.reward(self.policy.decode(chain.predictions[:, k]), prompts)
         hinged = rewards if cfg.reward_margin is None else -torch.relu(cfg.reward_margin - rewards)
         loss = -cfg.reward_weight * hinged.mean()
-        stats = {"reward": rewards.mean().item(), "step": float(k)}
+        stats = {"reward": rewards.mean().item(), "stop_step": float(k)}
         if self.pool is not None:
             index = torch.randperm(len(self.pool["prompts"]), generator=self.generator)[: cfg.pretrain_batch]
             prompts_of = [self.pool["prompts"][i] for i in index.tolist()]

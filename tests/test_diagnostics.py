@@ -47,8 +47,9 @@ def test_a_trace_gives_a_value_per_step_and_keeps_the_harness_names_its_own():
     assert columns["nfe"].tolist() == [10.0, 20.0] and columns["scored_mean"][0] == 2.0
     assert columns["scored_std"][0] == 1.0 and columns["grad_norm"][0] == 3.0
     assert math.isnan(columns["loss"][1]) and math.isnan(columns["scored_mean"][1]) and math.isnan(columns["kl"][0])
-    with pytest.raises(ValueError, match="reported grad_norm, which the harness records itself"):
-        trace.add({"grad_norm": 1.0}, 30.0, torch.zeros(0), [])
+    for name in ("grad_norm", "step"):
+        with pytest.raises(ValueError, match=f"reported {name}, a name the harness records itself"):
+            trace.add({name: 1.0}, 30.0, torch.zeros(0), [])
     restored = Trace()
     restored.load_state_dict(trace.state_dict())
     assert restored.steps == trace.steps

@@ -86,7 +86,7 @@ def test_refl_rewards_the_models_one_step_prediction_at_its_step(tiny_world, mod
 
 def test_refl_draws_its_step_from_the_late_window_and_its_regularizer_pool_once(tiny_world):
     trainer, meter = make(tiny_world, "refl", "flow", sample_steps=8, window=0.25, pretrain_pool=4)
-    steps = {trainer.step()["step"] for _ in range(8)}
+    steps = {trainer.step()["stop_step"] for _ in range(8)}
     assert steps <= {6.0, 7.0} and len(steps) == 2  # the last 2 of 8 steps
     assert meter.accounts["train"].samples == 4 + 8 * 6  # the pool once, then 6 chains an iteration
 
