@@ -48,6 +48,9 @@ TRUST_REGION_NAMES = ("clip_frac", "mask_frac", "clip_fraction")
 
 CELL_KEYS = ["reward", "method", "model", "budget_unit", "budget"]
 
+FIRST_PASS_COLUMN = "first-pass ρ, farthest from 1"
+"""The summary's column that the warning reads (and the report marks)."""
+
 # (column of the report's table, what it reads, how a run's steps are reduced, how it is written)
 SUMMARY = (
     ("steps", "nfe", "count", "{:.0f}"),
@@ -55,7 +58,7 @@ SUMMARY = (
     ("reward, last 10%", "scored_mean", "tail", "{:.3f}"),
     ("reward std, last 10%", "scored_std", "tail", "{:.3f}"),
     ("grad norm (median)", "grad_norm", "median", "{:.3g}"),
-    ("first-pass ρ, farthest from 1", "ratio_first_max_dev", "max", "{:.1e}"),
+    (FIRST_PASS_COLUMN, "ratio_first_max_dev", "max", "{:.1e}"),
     ("ratio std, later passes", "ratio_later_std", "mean", "{:.3g}"),
     ("trust region bounds", "trust_region", "mean", "{:.3f}"),
     ("zero-std groups", "zero_std_groups", "mean", "{:.3f}"),
@@ -149,7 +152,7 @@ def summary_table(runs: pd.DataFrame, diagnostics: pd.DataFrame) -> pd.DataFrame
     """One row per cell (CELL_KEYS) of the ranked runs that recorded diagnostics: each SUMMARY column reduced over
     each run's steps, then the mean over its seeds, with `seeds` and `warned` (how many of them strayed on a first
     pass)."""
-    frame = with_cells(diagnostics, runs) if not diagnostics.empty else diagnostics
+    frame = with_cells(diagnostics, runs)
     if frame.empty:  # none recorded, or only by runs the leaderboard does not rank (a method's earlier version)
         return pd.DataFrame(columns=[*CELL_KEYS, "seeds", "warned", *(c for c, *_ in SUMMARY)])
     per_run = []
@@ -158,7 +161,7 @@ def summary_table(runs: pd.DataFrame, diagnostics: pd.DataFrame) -> pd.DataFrame
         row = {key: steps[key].iloc[0] for key in CELL_KEYS}
         for column, name, how, _ in SUMMARY:
             row[column] = _reduce(steps[name], how)
-        row["warned"] = float(row["first-pass ρ, farthest from 1"] > FIRST_PASS_TOLERANCE)
+        row["warned"] = float(row[FIRST_PASS_COLUMN] > FIRST_PASS_TOLERANCE)
         per_run.append(row)
     table = pd.DataFrame(per_run)
     grouped = table.groupby(CELL_KEYS, sort=False)

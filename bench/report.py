@@ -22,7 +22,14 @@ import pandas as pd
 
 from bench.aggregate import ENTRY_KEYS, TASK_KEY, entry_label, write_aggregates
 from bench.curves import series_styles, write_curves
-from bench.diagnostics import FIRST_PASS_TOLERANCE, SUMMARY, summary_cells, summary_table, write_figures
+from bench.diagnostics import (
+    FIRST_PASS_COLUMN,
+    FIRST_PASS_TOLERANCE,
+    SUMMARY,
+    summary_cells,
+    summary_table,
+    write_figures,
+)
 from bench.experiments.suite import Study
 from bench.experiments.tables import write_studies
 from bench.formats import USED_NAMES, human, interval, rank_text, safe_name
@@ -246,7 +253,7 @@ def _diagnostics_section(cells: pd.DataFrame, image: Path, task: str) -> str:
     for r in cells.to_dict("records"):
         values = summary_cells(r)
         warned = f" ⚠ {r['warned'] * r['seeds']:.0f} of {r['seeds']}" if r["warned"] else ""
-        values[[c for c, *_ in SUMMARY].index("first-pass ρ, farthest from 1")] += warned
+        values[[c for c, *_ in SUMMARY].index(FIRST_PASS_COLUMN)] += warned
         cols = [f"<td>{_e(r['method'])}</td>", f"<td>{_e(r['model'])}</td>"]
         cols += [_num(f"{r['budget_unit']} {human(r['budget'])}"), _num(str(r["seeds"]))]
         rows.append("<tr>" + "".join(cols + [_num(v) for v in values]) + "</tr>")

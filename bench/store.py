@@ -518,14 +518,15 @@ class Store:
         after the step), step (its place in the run, from 0) and a column per diagnostic (NaN where the step did not
         report it; "nfe" the training NFE after the step). Empty for a store of a schema before diagnostics, or whose
         runs recorded none."""
-        if not self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'diagnostics'"
-        ).fetchone():
-            return pd.DataFrame(columns=["run_id", "milestone", "step"])
-        rows = self._conn.execute(
-            "SELECT d.run_id, d.milestone, d.name, d.data FROM diagnostics d JOIN runs r USING (run_id) "
-            "WHERE r.status = 'done' ORDER BY d.run_id, d.milestone"
-        ).fetchall()
+        held = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'diagnostics'")
+        rows = (
+            self._conn.execute(
+                "SELECT d.run_id, d.milestone, d.name, d.data FROM diagnostics d JOIN runs r USING (run_id) "
+                "WHERE r.status = 'done' ORDER BY d.run_id, d.milestone"
+            ).fetchall()
+            if held.fetchone()
+            else []
+        )
         segments: dict[tuple[str, int], dict[str, np.ndarray]] = {}
         for run_id, milestone, name, data in rows:
             segments.setdefault((run_id, milestone), {})[name] = decode_trace(data)

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.diagnostics import SUMMARY, summary_cells, summary_table
+from bench.diagnostics import CELL_KEYS, SUMMARY, summary_cells, summary_table
 from bench.experiments.default import smoke as smoke_suite
 from bench.experiments.suite import SAMPLER_VARIANTS, Suite
 from bench.experiments.tables import PRIMARY_SPLIT, by_seed, ci, final_budget, study_store
-from bench.standings import ranked_frames
 from bench.store import Store
 from models.io import atomic_write_bytes
 
@@ -68,7 +67,10 @@ def write_diagnostics(results: pd.DataFrame, out: Path) -> Path:
     """diagnostics.md: per method, its final reward and judge (mean [95% CI] over seeds) and its training
     diagnostics, each run's steps reduced as the column says, then the mean over seeds."""
     with Store(study_store(results, out), read_only=True) as store:
-        runs, diagnostics = ranked_frames(store)[0], store.diagnostics_frame()
+        diagnostics = store.diagnostics_frame()
+    # the ranked runs' cells, from the results the study was handed (already labelled method[/variant]), rather than
+    # reading the store's runs and results a second time
+    runs = results.loc[:, ["run_id", *CELL_KEYS]].drop_duplicates("run_id")
     summary = summary_table(runs, diagnostics)
     final = final_budget(results)
     header = ["method", "seeds", "reward", "judge", *(column for column, *_ in SUMMARY)]
