@@ -26,8 +26,10 @@ from bench.standings import (
     headline,
     leaderboard_table,
     metric_directions,
+    panel_lines,
     ranked_frames,
     ranking,
+    row_note,
     shown_metrics,
     store_world,
     ties_at_the_top,
@@ -64,7 +66,8 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
 
     written = [out_dir / "leaderboard.csv", out_dir / "leaderboard.md"]
     atomic_write_bytes(written[0], table.to_csv(index=False).encode())
-    atomic_write_bytes(written[1], _markdown(table, runs, results, primary_split, headline(runs)[0]).encode())
+    second = store_world(runs).second_judge_metric
+    atomic_write_bytes(written[1], _markdown(table, runs, results, primary_split, headline(runs)[0], second).encode())
     group = store_world(runs).prompt_group
     for reward in sorted(results["reward"].unique()):
         grid = _sample_grid(store, results[results["reward"] == reward], primary_split, group)
@@ -77,8 +80,10 @@ def write_leaderboard(store: Store, out_dir: Path, *, primary_split: str = "eval
     return written
 
 
-def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, primary_split: str, metric: str) -> str:
-    """leaderboard.md; `metric` is the headline."""
+def _markdown(
+    table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, primary_split: str, metric: str, second: str
+) -> str:
+    """leaderboard.md; `metric` is the headline, `second` the second judge's metric ("" for none)."""
     directions = metric_directions(results)
     arrows = {m: "↑" if up else "↓" for m, up in directions.items()}
     suite = ", ".join(sorted(runs["suite"].unique()))
@@ -119,8 +124,11 @@ def _markdown(table: pd.DataFrame, runs: pd.DataFrame, results: pd.DataFrame, pr
             metric,
             True,
         )
-        ties = ties_at_the_top(ranked.loc[ranked["reward"] == reward], primary_split, metric)
-        lines += ["", *(f"- {line}" for line in ties)] if ties else []
+        at_reward = ranked.loc[ranked["reward"] == reward]
+        notes = ties_at_the_top(at_reward, primary_split, metric) + panel_lines(
+            at_reward, primary_split, metric, second
+        )
+        lines += ["", *(f"- {line}" for line in notes)] if notes else []
         lines += ["", f"### {reward}: every budget", ""]
         lines += _reward_table(
             table[table["reward"] == reward], results[results["reward"] == reward], primary_split, arrows, metric, False
@@ -186,8 +194,7 @@ def _reward_table(
         cells += values[:1] + delta + values[1:]
         cells += [cell_interval(r, f"{s}/{metric}") if done else empty for s in other_splits]
         cells += [human(r[k]) if done else "—" for k in used]
-        note = f"{r['failed']} failed run(s), see below" if done and r["failed"] else r["note"]
-        cells.append(md_cell(note))
+        cells.append(md_cell(row_note(r, "failed run(s), see below")))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

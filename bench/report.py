@@ -39,8 +39,10 @@ from bench.standings import (
     glance,
     headline,
     metric_order,
+    panel_lines,
     ranked_frames,
     ranking,
+    row_note,
     store_world,
     ties_at_the_top,
 )
@@ -114,6 +116,7 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
     offered = list(store_world(runs).rewards)  # the world's own order: its headline reward first
     tasks = sorted(table[TASK_KEY].unique(), key=lambda t: (offered.index(t) if t in offered else len(offered), t))
     ranked = ranking(table, directions, split, metric)
+    second = store_world(runs).second_judge_metric
     counts = ", ".join(f"{n} {status}" for status, n in runs["status"].value_counts().sort_index().items())
     # one count of runs, the sweep's: the ranked ones; a method's earlier versions are kept in the store, unranked
     earlier = len(all_runs) - len(runs)
@@ -144,7 +147,7 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
             f"ranked by {_e(metric)}, best first.</p>"
         )
         parts.append(_cell_table(top, directions, split, metric, shown, ranked=True))
-        ties = ties_at_the_top(top, split, metric)
+        ties = ties_at_the_top(top, split, metric) + panel_lines(top, split, metric, second)
         if ties:
             parts.append('<ul class="note">' + "".join(f"<li>{_e(line)}</li>" for line in ties) + "</ul>")
         if families:
@@ -231,8 +234,7 @@ def _cell_table(
         cols += values[:1] + deltas + values[1:]
         cols += [_num(human(r[k]) if done else "—") for k in used]
         if compute:
-            note = f"{r['failed']} failed run(s)" if done and r["failed"] else r["note"]
-            cols.append(_e(note if isinstance(note, str) else ""))
+            cols.append(_e(row_note(r, "failed run(s)")))
         cols = [c if c.startswith("<td") else f"<td>{c}</td>" for c in cols]
         rows.append(f'<tr class="{"" if done else "failed"}">' + "".join(cols) + "</tr>")
     return _table(header, rows)

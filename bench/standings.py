@@ -15,16 +15,17 @@ Seeds the base lacks otherwise drop out of the difference; `delta_vs_base/n` cou
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import pandas as pd
 
 from bench.formats import cell_interval, human
-from bench.stats import bootstrap_ci, iqm, paired_difference_ci
+from bench.stats import bootstrap_ci, iqm, kendall_tau, paired_difference_ci
 from bench.store import Store
 from bench.store_schema import USED_KEYS
-from worlds import world_entry
-from worlds.base import WorldEntry
+from worlds import WORLDS, world_entry
+from worlds.base import JUDGES_AGREE, READER_ONLY, WorldEntry
 
 BASE_METHOD = "base"
 
@@ -34,6 +35,14 @@ TRAINING_REWARD = "reward"
 
 
 _RUN_KEYS = ["method", "model", "reward", "budget_unit"]
+
+SECOND_JUDGES = tuple(sorted({entry.second_judge_metric for entry in WORLDS.values()} - {""}))
+PANEL_MARGIN = 0.02
+"""How far beyond zero the interval of a difference must lie for the panel's notes to name it: where the two judges
+differ (their per-seed difference), and hacking (the share of images the rewards' reader alone passes, paired with
+the base's). Two points: the judges' accuracies on held-out real digits differ by one (98.1% and 99.3%)."""
+NOTES = JUDGES_DIFFER, HACKING = "judges differ", "hacking"
+"""How the panel's notes begin (panel_notes), so that the panel's summary (panel_lines) can list the cells they name."""
 
 
 # What one leaderboard row describes; everything that groups results by cell reads it from here.
@@ -63,6 +72,7 @@ def ranked_frames(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
 def leaderboard_table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: str) -> pd.DataFrame:
     """The table of leaderboard.csv (see the module docstring for its rows and columns)."""
     metric_directions(results)  # fail early on a metric stored with both directions
+    entry = store_world(runs)
 
     failed = runs[runs["status"] == "failed"].groupby(_RUN_KEYS).size()
     base_results = results[results["method"] == BASE_METHOD]
@@ -91,6 +101,8 @@ def leaderboard_table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: 
                 if base is not None:
                     ours = values.set_index("seed")["value"]
                     _put_delta(row, f"{split}/{metric}/delta_vs_base", ours, base)
+        primary = cast(pd.DataFrame, cell[cell["split"] == primary_split])
+        row["note"] = "; ".join(panel_notes(row, primary, primary_split, entry))
         rows.append(row)
     rows.extend(_rows_without_results(runs, results, failed))
 
@@ -124,6 +136,35 @@ def leaderboard_table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: 
     table["_base_last"] = table["method"] != BASE_METHOD  # base first in its model
     table = table.sort_values(["reward", "budget_unit", "budget", "model", "_base_last", "method"], na_position="last")
     return table.drop(columns="_base_last").reset_index(drop=True)
+
+
+def panel_notes(row: dict, primary: pd.DataFrame, split: str, entry: WorldEntry) -> list[str]:
+    """What a panel of judges says of a cell (its row so far, its results on the primary split), by PANEL_MARGIN:
+    that the second judge reads it otherwise than the headline judge, and that it is hacking, where the share of its
+    images that the rewards' reader passes and both judges fail rises above the base's."""
+    second, headline = entry.second_judge_metric, entry.headline_metric
+    if not second:
+        return []
+    notes = []
+    judged = primary[primary["metric"].isin([headline, second])].pivot(index="seed", columns="metric", values="value")
+    if second in judged:  # a run recorded before the second judge has none until `bench rescore` reads its samples
+        judged = judged.dropna()
+        mean, low, high = paired_difference_ci(judged[second].to_numpy(), judged[headline].to_numpy())
+        if low > PANEL_MARGIN or high < -PANEL_MARGIN:
+            notes.append(f"{JUDGES_DIFFER} ({second} {mean:+.3f})")
+    hacking = f"{split}/{READER_ONLY}/delta_vs_base"
+    if row.get(f"{hacking}/lo", math.nan) > PANEL_MARGIN:
+        notes.append(f"{HACKING} ({READER_ONLY} {row[f'{hacking}/mean']:+.3f} vs base)")
+    return notes
+
+
+def row_note(row: dict, failures: str) -> str:
+    """A table row's note: how many of a done cell's runs failed ("<n> <failures>"), then its own note (why a cell is
+    n/a, what the panel of judges says)."""
+    notes = [f"{row['failed']} {failures}"] if row["status"] == "done" and row["failed"] else []
+    if isinstance(row["note"], str) and row["note"]:
+        notes.append(row["note"])
+    return "; ".join(notes)
 
 
 def _labelled(frame: pd.DataFrame) -> pd.DataFrame:
@@ -298,6 +339,32 @@ def ties_at_the_top(ranked: pd.DataFrame, primary_split: str, metric: str) -> li
     return lines
 
 
+def panel_lines(ranked: pd.DataFrame, primary_split: str, metric: str, second: str) -> list[str]:
+    """One line per reward and model at the full budget (`ranked`: the ranking), where a second judge (`second`) read
+    three or more of its cells: whether the two judges order them alike (Kendall's tau between the two judges'
+    means, base included), each judge's best method, and the cells the panel's notes name."""
+    means = [f"{primary_split}/{m}/mean" for m in (metric, second)]
+    if not second or means[1] not in ranked:
+        return []
+    lines = []
+    done = ranked.loc[ranked["status"] == "done"].dropna(subset=means)
+    for (reward, model), cell in done.groupby(["reward", "model"], sort=False):
+        if len(cell) < 3:
+            continue
+        tau = kendall_tau(list(zip(cell[means[0]], cell[means[1]])))
+        best = [cell.loc[cell[column].idxmax(), "method"] for column in means]
+        named = {
+            note: [m for m, text in zip(cell["method"], cell["note"]) if note in text]
+            for note in (JUDGES_DIFFER, HACKING)
+        }
+        lines.append(
+            f"{reward} @ {model}: the two judges order its {len(cell)} cells with Kendall's tau {tau:+.2f} "
+            f"({metric}'s best {best[0]}, {second}'s {best[1]}); {JUDGES_DIFFER} on "
+            f"{', '.join(named[JUDGES_DIFFER]) or 'none'}; {HACKING} named in {', '.join(named[HACKING]) or 'none'}"
+        )
+    return lines
+
+
 def full_budgets(cells: pd.DataFrame) -> str:
     """The largest budget of each unit among `cells`' done ones, as the tables name it: "nfe 300k" ("" for none)."""
     done = cells.loc[cells["status"] == "done"]
@@ -348,12 +415,14 @@ def glance(
 
 
 def shown_metrics(results: pd.DataFrame, primary_split: str, metric: str) -> list[str]:
-    """The primary split's metrics in the order tables show them: the headline, the training reward, then by name."""
+    """The primary split's metrics in the order tables show them (metric_order)."""
     return sorted(
         results.loc[results["split"] == primary_split, "metric"].unique(), key=lambda m: metric_order(m, metric)
     )
 
 
-def metric_order(metric: str, headline: str) -> tuple[bool, bool, str]:
-    """Sort key of the metrics a table shows: the headline, the training reward, then by name."""
-    return metric != headline, metric != TRAINING_REWARD, metric
+def metric_order(metric: str, headline: str) -> tuple[bool | str, ...]:
+    """Sort key of the metrics a table shows: the headline, the second judge, the panel's agreement and the share only
+    the rewards' reader passes, the training reward, then by name."""
+    leading = (headline, *SECOND_JUDGES, JUDGES_AGREE, READER_ONLY, TRAINING_REWARD)
+    return (*(metric != first for first in leading), metric)

@@ -101,6 +101,14 @@ def paired_difference_ci(values: Values, baseline: Values, seed: int = 0) -> tup
     return bootstrap_ci(a - b, seed=seed)
 
 
+def kendall_tau(pairs: list[tuple[float, float]]) -> float:
+    """Kendall's tau (tau-a) between two orders of the same items, each item given as its pair of values (in the first
+    order, in the second): (concordant - discordant pairs of items) / all pairs; a tie in either order counts as
+    neither. At least two items."""
+    signs = [np.sign(a1 - a2) * np.sign(b1 - b2) for i, (a1, b1) in enumerate(pairs) for a2, b2 in pairs[i + 1 :]]
+    return float(np.sum(signs)) / len(signs)
+
+
 def pooled(statistic: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
     """`statistic` over all the runs of all strata together (rliable's aggregate mean and IQM)."""
 

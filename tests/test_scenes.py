@@ -276,6 +276,9 @@ def test_the_scenes_world_scores_real_scenes_of_its_prompts_near_perfect_and_noi
     assert scores["judge_soft"] > noise_scores["judge_soft"]
 
 
+SAMPLE_METRICS = ("judge_soft", "kernel_score", "judges_agree", "reader_only")
+
+
 def test_a_rescore_reads_a_stored_run_as_its_own_evaluation_did(tiny_scenes, tmp_path):
     from bench.evaluate import EvalConfig, rescore
     from bench.runner import RunSpec, execute
@@ -296,14 +299,17 @@ def test_a_rescore_reads_a_stored_run_as_its_own_evaluation_did(tiny_scenes, tmp
     )
     with Store(tmp_path / "store.sqlite") as store:
         assert execute(spec, tiny_scenes, store, tmp_path, log=lambda *_: None) == "done"
-        soft = store.results_frame().query("metric == 'judge_soft'")
-        assert len(soft) == 4 and soft["value"].between(0, 1).all()  # each milestone's two splits
-        with store._write() as conn:  # as a run recorded before the soft score existed
-            conn.execute("DELETE FROM metrics WHERE metric = 'judge_soft'")
-        assert rescore(store, tiny_scenes) == 4 and rescore(store, tiny_scenes) == 0
-        again = store.results_frame().query("metric == 'judge_soft'")
-    columns = ["run_id", "milestone", "split", "value"]
-    assert again[columns].reset_index(drop=True).equals(soft[columns].reset_index(drop=True))
+        read = store.results_frame().query("metric in @SAMPLE_METRICS")
+        # each milestone's two splits, each metric a share of images
+        assert len(read) == 4 * len(SAMPLE_METRICS) and read["value"].between(0, 1).all()
+        with store._write() as conn:  # as a run recorded before the soft score and the second judge existed
+            conn.execute(
+                f"DELETE FROM metrics WHERE metric IN ({', '.join('?' * len(SAMPLE_METRICS))})", SAMPLE_METRICS
+            )
+        assert rescore(store, tiny_scenes) == len(read) and rescore(store, tiny_scenes) == 0
+        again = store.results_frame().query("metric in @SAMPLE_METRICS")
+    columns = ["run_id", "milestone", "split", "metric", "value"]
+    assert again[columns].reset_index(drop=True).equals(read[columns].reset_index(drop=True))
 
 
 @pytest.mark.slow  # builds the world twice, over 10 s on 2 cores (make test-all runs it)

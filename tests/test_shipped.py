@@ -24,7 +24,7 @@ def test_a_fresh_checkout_installs_the_shipped_networks_and_trains_none(tmp_path
     directory = world_entry("digits").ensure("digits", tmp_path, said.append)
     shipped = shipped_manifest("digits")
     assert said == [
-        "installed the shipped reward_classifier, judge, denoiser, consistency, flow of world 'digits' "
+        "installed the shipped reward_classifier, judge, kernel_judge, denoiser, consistency, flow of world 'digits' "
         "(weights/digits/, hashes checked)"
     ]
     for name, entry in shipped["components"].items():

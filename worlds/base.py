@@ -15,6 +15,13 @@ from torch import nn
 
 from models.policy import Policy
 
+JUDGES_AGREE = "judges_agree"
+"""The metric of a world with a second judge (WorldEntry.second_judge_metric): the share of images on which its two
+judges give the same verdict."""
+READER_ONLY = "reader_only"
+"""The metric of a world with a second judge: the share of images the rewards' reader passes and both judges fail,
+what a method that hacks the reader gains."""
+
 
 class World(Protocol):
     """A loaded world."""
@@ -101,6 +108,12 @@ class WorldEntry(Protocol):
     @property
     def headline_label(self) -> str:
         """What the headline measures, for axis labels (e.g. "held-out judge")."""
+        ...
+
+    @property
+    def second_judge_metric(self) -> str:
+        """The headline as a second judge of another design reads it ("" where the world has none): the tables show
+        it beside the headline with the panel's metrics (worlds/metrics.py) and flag a cell where the judges differ."""
         ...
 
     @property

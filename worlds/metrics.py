@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from worlds.base import JUDGES_AGREE, READER_ONLY
+
 
 def mean_pairwise_distance(features: torch.Tensor, groups: int) -> float:
     """Mean over groups of the mean pairwise L2 distance within a group. features: (G * K, F), group-major."""
@@ -37,3 +39,14 @@ def frechet_distance(
     fid.update(real, real=True)
     fid.update(fake, real=False)
     return float(fid.compute())
+
+
+PANEL_METRICS = {JUDGES_AGREE: True, READER_ONLY: False}  # name -> higher is better
+
+
+def panel_metrics(
+    judge: torch.Tensor, second: torch.Tensor, reader: torch.Tensor, mean: Callable[[torch.Tensor], float]
+) -> dict[str, float]:
+    """A panel's metrics from per-image verdicts (bool tensors: the image satisfies its prompt) of the headline judge,
+    the second judge and the rewards' reader, averaged by `mean` as the world averages its headline."""
+    return {JUDGES_AGREE: mean(judge == second), READER_ONLY: mean(reader & ~judge & ~second)}

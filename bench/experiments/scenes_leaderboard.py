@@ -81,7 +81,8 @@ def write_families(results: pd.DataFrame, out: Path) -> Path:
     text rendering, and whether the best method's interval separates from the runner-up's."""
     final = final_budget(results)
     # the world's families, in the order its evaluation lists them (judge_score is their mean)
-    metrics = world_entry(final["world"].iloc[0]).metrics
+    entry = world_entry(final["world"].iloc[0])
+    metrics = entry.metrics
     overall_scores = ("judge_score", "judge_soft")  # the families' means: strict (GenEval's) and soft
     families = [m.removeprefix("judge_") for m in metrics if m.startswith("judge_") and m not in overall_scores]
     family_columns = [f"judge_{family}" for family in families]
@@ -93,9 +94,10 @@ def write_families(results: pd.DataFrame, out: Path) -> Path:
         "fraction of its images whose judge reading satisfies the prompt; `overall` is their mean (GenEval's score, "
         "text rendering as a seventh task). `soft` is GenEval 2's soft score in miniature: per family the mean share "
         "of each prompt's atoms (each digit, its count, its colour, the relation, each character of a number) the "
-        "judge reads as satisfied, averaged over the families as `overall` is. `reader` is the same overall score as "
-        "the rewards' reader reads the images, and `reader - judge` its excess (per seed): a method that raises it "
-        "satisfies the reward's reader, not the prompt.",
+        "judge reads as satisfied, averaged over the families as `overall` is. `kernel` is `overall` as the second "
+        "judge reads the images (a kernel machine matching pixels, where the judge's CNN learns strokes). `reader` is "
+        "the same overall score as the rewards' reader reads the images, and `reader - judge` its excess (per seed): a "
+        "method that raises it satisfies the reward's reader, not the prompt.",
     ]
     for key, cells in final.groupby(["reward", "model"]):
         reward, model = cast(tuple, key)
@@ -103,8 +105,10 @@ def write_families(results: pd.DataFrame, out: Path) -> Path:
             "",
             f"## Reward: {reward}, model: {model}",
             "",
-            "| method | seeds | overall ↑ | soft ↑ | " + " | ".join(families) + " | reader ↑ | reader - judge ↓ |",
-            "|---|---|---|---|" + "---|" * len(families) + "---|---|",
+            "| method | seeds | overall ↑ | soft ↑ | kernel ↑ | "
+            + " | ".join(families)
+            + " | reader ↑ | reader - judge ↓ |",
+            "|---|---|---|---|---|" + "---|" * len(families) + "---|---|",
         ]
         overall = {str(label): by_seed(cell, PRIMARY_SPLIT, "judge_score") for label, cell in cells.groupby("label")}
         base = next((label for label in overall if label.startswith("base@")), None)
@@ -113,9 +117,11 @@ def write_families(results: pd.DataFrame, out: Path) -> Path:
             cell = cell_of(cells, label)
             reader = by_seed(cell, PRIMARY_SPLIT, "reader_score")
             values = [ci(by_seed(cell, PRIMARY_SPLIT, m).to_numpy()) for m in family_columns]
-            soft = ci(by_seed(cell, PRIMARY_SPLIT, "judge_soft").to_numpy())
+            soft, kernel = (
+                ci(by_seed(cell, PRIMARY_SPLIT, m).to_numpy()) for m in ("judge_soft", entry.second_judge_metric)
+            )
             lines.append(
-                f"| {label} | {cell['seed'].nunique()} | {ci(overall[label].to_numpy())} | {soft} | "
+                f"| {label} | {cell['seed'].nunique()} | {ci(overall[label].to_numpy())} | {soft} | {kernel} | "
                 + " | ".join(values)
                 + f" | {ci(reader.to_numpy())} | {ci((reader - overall[label]).to_numpy())} |"
             )

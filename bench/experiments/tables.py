@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench.experiments.suite import Study
 from bench.formats import interval
-from bench.stats import bootstrap_ci, stratified_bootstrap_ci
+from bench.stats import bootstrap_ci, kendall_tau, stratified_bootstrap_ci
 from models.io import atomic_write_bytes
 
 PRIMARY_SPLIT = "eval_unseen"
@@ -281,7 +281,5 @@ def _rank_agreement(pairs: list[tuple[float, float]]) -> str:
     """Whether tuning reorders the methods it tuned: Kendall's tau between their default and tuned means."""
     if len(pairs) < 3:
         return f"Rank agreement of the default and tuned orders: needs 3 tuned methods, {len(pairs)} here."
-    # Kendall's tau: (concordant - discordant pairs of methods) / all pairs; a tie in either order counts as neither
-    signs = [np.sign(d1 - d2) * np.sign(t1 - t2) for i, (d1, t1) in enumerate(pairs) for d2, t2 in pairs[i + 1 :]]
-    tau = float(np.sum(signs)) / len(signs)
+    tau = kendall_tau(pairs)
     return f"Rank agreement of the default and tuned orders ({len(pairs)} tuned methods): Kendall's tau {tau:+.2f}."

@@ -1,17 +1,24 @@
 """The embedded `digits` world (and its barely trained twin `digits-tiny`, for tests and smoke runs): 8x8 digits,
 prompts naming a digit, three generators (diffusion, consistency, flow) built here deterministically
 (build.py, from data.py's data and prompt language), the `digit`, `compress` and `gold` rewards (rewards.py: digit and
-gold are the world's own), and a judge no method ever sees.
+gold are the world's own), and two judges no method ever sees, of different designs.
 
 Its networks ship with the repository (weights/digits/, models/shipped.py) and are installed on first use; they are
 built only where the shipped ones are of another recipe (and `bench models` rebuilds them all to check the shipped
 hashes). The manifest's weight hashes are recorded with every result. Evaluation, per prompt set (eval_seen: train
 phrasings; eval_unseen: phrasings never trained on):
   reward     mean of the run's training reward (the proxy being optimised);
-  judge_acc  fraction of images the judge reads as the prompted digit (the held-out measure of success);
+  judge_acc  fraction of images the judge (a CNN) reads as the prompted digit (the held-out measure of success);
+  kernel_acc the same fraction as the second judge reads it (models/kernel_judge.py: a kernel machine matching
+             pixels, where the CNN learns strokes);
+  judges_agree  the fraction of images on which the two judges' verdicts agree;
+  reader_only   the fraction the `digit` reward's classifier reads as the prompted digit and both judges do not
+             (reward hacking, seen by a panel rather than by one judge's design);
   diversity  mean pairwise L2 distance between the judge features of images of the same prompt;
   fid        Frechet distance, in the judge's feature space, between all images of the set and the held-out
              test images of the prompted digits (torchmetrics' FID with the judge as `feature=` module).
+The second judge's metrics are read from the evaluation's samples as the store keeps them (sample_metrics), so that
+`bench rescore` adds them to runs recorded before them exactly as a new run's evaluation computes them.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import cast
 
 import torch
 
+from models.kernel_judge import KernelClassifier
 from models.networks import CNNClassifier, MLPClassifier
 from models.shipped import CACHE
 from models.text import PromptEncoder
@@ -29,9 +37,17 @@ from worlds.digits.build import RECIPE
 from worlds.digits.data import IMAGE_SHAPE, digit_of, load_prompts, load_splits
 from worlds.digits.rewards import DigitReward, DigitRewardModel, GoldReward
 from worlds.embedded import EmbeddedEntry, EmbeddedWorld, load_weights
-from worlds.metrics import frechet_distance, mean_pairwise_distance
+from worlds.metrics import PANEL_METRICS, frechet_distance, mean_pairwise_distance, panel_metrics
 
-METRICS = {"reward": True, "judge_acc": True, "diversity": True, "fid": False}  # name -> higher is better
+SECOND_JUDGE_METRIC = "kernel_acc"
+METRICS = {
+    "reward": True,
+    "judge_acc": True,
+    SECOND_JUDGE_METRIC: True,
+    **PANEL_METRICS,
+    "diversity": True,
+    "fid": False,
+}  # name -> higher is better
 
 
 def top_demonstrations(
@@ -58,6 +74,7 @@ def top_demonstrations(
 class DigitsWorld(EmbeddedWorld):
     reward_classifier: MLPClassifier
     judge: CNNClassifier
+    kernel_judge: KernelClassifier
     prompts: dict[str, list[str]]
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
     recipe = RECIPE
@@ -79,6 +96,20 @@ class DigitsWorld(EmbeddedWorld):
                 "fid": frechet_distance(self.judge.features, self.judge.num_features, images, real),
             }
 
+    def sample_metrics(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        """The second judge's accuracy, and the panel's metrics (worlds/metrics.py: the two judges' agreement, the
+        share the reward's classifier alone passes), each image's verdict read from the stored samples."""
+        labels = torch.tensor([digit_of(p) for p in prompts])
+        with torch.no_grad():
+            judge, second, reader = (
+                network(images).argmax(dim=1) == labels
+                for network in (self.judge, self.kernel_judge, self.reward_classifier)
+            )
+        return {
+            SECOND_JUDGE_METRIC: float(second.double().mean()),
+            **panel_metrics(judge, second, reader, lambda verdicts: float(verdicts.double().mean())),
+        }
+
     def demonstrations(self, reward, fraction: float, base_policy) -> tuple[torch.Tensor, list[str]]:
         """The annotator's: the best `fraction` of each digit's held-out judge-split images by `reward`."""
         images, labels = self.splits["judge"]
@@ -96,6 +127,7 @@ class DigitsEntry(EmbeddedEntry):
     metrics = METRICS
     headline_metric = "judge_acc"
     headline_label = "held-out judge"
+    second_judge_metric = SECOND_JUDGE_METRIC
 
     def load(self, name: str, root: Path, log=print) -> DigitsWorld:
         directory = self.ensure(name, root, log)
@@ -107,6 +139,7 @@ class DigitsEntry(EmbeddedEntry):
             encoder=PromptEncoder(load_weights(directory, CACHE)),
             reward_classifier=cast(MLPClassifier, self.frozen(directory, "reward_classifier")),
             judge=cast(CNNClassifier, self.frozen(directory, "judge")),
+            kernel_judge=cast(KernelClassifier, self.frozen(directory, "kernel_judge")),
             prompts=load_prompts(),
             splits=load_splits(),
         )

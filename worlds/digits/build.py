@@ -4,7 +4,8 @@ Networks, each trained here from its own seed and versioned by the SHA-256 of it
   denoiser: the epsilon-prediction base generator (TextConditionedDenoiser, sampled with DDIM);
   consistency: a consistency model distilled from the denoiser (sampled in 1 to 8 steps);
   flow: a rectified-flow (velocity) base generator trained by flow matching, as SD3 is;
-  reward classifier (MLP) behind the `digit` reward; judge (CNN), for evaluation only.
+  reward classifier (MLP) behind the `digit` reward; judge (CNN), for evaluation only;
+  kernel judge (models/kernel_judge.py: a kernel machine on pixels), the second judge, for evaluation only.
 Each network is a component built from a recipe (the config fields it depends on and the hashes
 of the components it learns from); the build (`RECIPE.build`) trains only the components whose recipe changed,
 so adding a generator to the world never retrains the others.
@@ -21,11 +22,12 @@ from models import build
 from models.build import Component, cosine_lr
 from models.consistency import ConsistencyPolicy
 from models.flow import FlowPolicy
+from models.kernel_judge import KernelClassifier
 from models.networks import CNNClassifier, MLPClassifier, TextConditionedDenoiser
 from models.policy import ChainPolicy, DiffusionPolicy
 from models.progress import progress
 from models.text import TEXT_DIM, PromptEncoder
-from worlds.digits.data import IMAGE_SHAPE, digit_of, load_prompts, load_splits
+from worlds.digits.data import DIGIT_WORDS, IMAGE_SHAPE, digit_of, load_prompts, load_splits
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,11 @@ def _build_judge(cfg, splits, built, generator, log):
     return train_classifier(CNNClassifier(IMAGE_SHAPE), *splits["judge"], cfg, generator)
 
 
+def _build_kernel_judge(cfg, splits, built, generator, log):
+    images, labels = splits["judge"]
+    return KernelClassifier.fit(images, labels, len(DIGIT_WORDS))
+
+
 def _train_batches(cfg: WorldConfig, splits) -> build.Batches:
     images, labels = splits["train"]
     return lambda generator: training_batch(images, labels, cfg.denoiser_batch, generator)
@@ -147,6 +154,7 @@ COMPONENTS = {
         _CLASSIFIER_FIELDS, (), _build_reward_classifier, lambda cfg: MLPClassifier(IMAGE_SHAPE)
     ),
     "judge": Component(_CLASSIFIER_FIELDS, (), _build_judge, lambda cfg: CNNClassifier(IMAGE_SHAPE)),
+    "kernel_judge": Component((), (), _build_kernel_judge, lambda cfg: KernelClassifier()),
     "denoiser": Component(_DENOISER_FIELDS, (), _build_denoiser, _denoiser),
     "consistency": Component(
         (
@@ -180,7 +188,7 @@ def build_inputs(cfg: WorldConfig, cache: dict | None) -> build.BuildInputs:
     encoder([p for prompts in load_prompts().values() for p in prompts])
 
     def assess(name: str, network: nn.Module) -> dict:
-        if name not in ("reward_classifier", "judge"):
+        if name not in ("reward_classifier", "judge", "kernel_judge"):
             return {}
         test_images, test_labels = splits["test"]
         return {"test_accuracy": float((network(test_images).argmax(1) == test_labels).float().mean())}

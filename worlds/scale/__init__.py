@@ -320,6 +320,7 @@ class ScaleEntry:
     metrics = METRICS
     headline_metric = "clip_score"
     headline_label = "prompt fidelity"
+    second_judge_metric = ""
     # a second worker would load a second model onto the same GPU; several GPUs train one run together instead
     cells_side_by_side = False
     takes_sources = True

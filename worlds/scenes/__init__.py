@@ -2,7 +2,7 @@
 GenEval and OCR in miniature. 16x16 scenes of up to four coloured handwritten digits in a 2x2 grid, prompts in
 GenEval's six families plus text rendering (rules.py; data.py composes real scenes for them), two generators
 (diffusion, flow) built here deterministically (build.py), the `geneval`, `ocr` (the world's own: rewards.py) and
-`compress` rewards, and a judge no method ever sees.
+`compress` rewards, and two judges no method ever sees, of different designs.
 
 Evaluation follows GenEval's protocol: a reader turns each image into a scene (per slot: a digit or empty, and a
 colour) and each prompt family's rule checks it. Per prompt set (eval_seen: train prompts; eval_unseen: combinations
@@ -14,9 +14,20 @@ never trained on):
                     held-out measure of success;
   reader_score      the same score as the rewards' reader reads the images: far above judge_score, a method has
                     learnt to satisfy the reward's reader without drawing what the prompt asks (reward hacking);
+  judge_soft        GenEval 2's soft score in miniature: per family the mean share of a prompt's atoms the judge
+                    reads as satisfied, averaged as judge_score is;
+  kernel_score      judge_score as the second judge reads the images (models/kernel_judge.py: presence by ink,
+                    colour by channel, the digit by a kernel machine matching pixels, where the judge's CNN learns
+                    strokes);
+  judges_agree      the share of images on which the two judges' verdicts agree, averaged as judge_score is;
+  reader_only       the share the rewards' reader passes and both judges fail, averaged alike (reward hacking, seen
+                    by a panel rather than by one judge's design);
   diversity         mean pairwise L2 distance between the judge features of images of the same prompt;
   fid               Frechet distance, in the judge's features, between the set and real scenes composed for the
                     same prompts from the held-out test digits.
+judge_soft, the second judge's score and the panel's metrics are read from the evaluation's samples as the store
+keeps them (sample_metrics), so that `bench rescore` adds them to runs recorded before them exactly as a new run's
+evaluation computes them.
 """
 
 from __future__ import annotations
@@ -28,23 +39,27 @@ from typing import cast
 
 import torch
 
+from models.kernel_judge import KernelSlotJudge
 from models.networks import SlotReader
 from models.shipped import CACHE
 from models.text import TokenEncoder
 from rewards.learned import PromptRewardModel
 from worlds.digits.data import load_splits
 from worlds.embedded import EmbeddedEntry, EmbeddedWorld, load_weights
-from worlds.metrics import frechet_distance, mean_pairwise_distance
+from worlds.metrics import PANEL_METRICS, frechet_distance, mean_pairwise_distance, panel_metrics
 from worlds.scenes.build import RECIPE
 from worlds.scenes.data import IMAGE_SHAPE, compose, load_prompts
 from worlds.scenes.rewards import GenevalReward, OcrReward
 from worlds.scenes.rules import FAMILIES, SLOTS, parse, partial, strict
 
+SECOND_JUDGE_METRIC = "kernel_score"
 METRICS = {
     "reward": True,
     "judge_score": True,
     "reader_score": True,
     "judge_soft": True,
+    SECOND_JUDGE_METRIC: True,
+    **PANEL_METRICS,
     **{f"judge_{family}": True for family in FAMILIES},
     "diversity": True,
     "fid": False,
@@ -53,22 +68,40 @@ DEMONSTRATION_CANDIDATES = 4
 """Real scenes composed per train prompt, from the judge split, that the annotator's demonstrations are chosen from."""
 
 
+def by_family(prompts: list[str], values: list[float]) -> dict[str, float]:
+    """The mean of `values` (one an image) per family present in `prompts`, in the order they first appear."""
+    grouped: dict[str, list[float]] = {}
+    for prompt, value in zip(prompts, values):
+        grouped.setdefault(parse(prompt).family, []).append(value)
+    return {family: sum(v) / len(v) for family, v in grouped.items()}
+
+
+def family_mean(prompts: list[str], values: list[float]) -> float:
+    """The mean over the families of their images' mean `values`: how GenEval averages its tasks."""
+    scores = by_family(prompts, values)
+    return sum(scores.values()) / len(scores)
+
+
+def verdicts(
+    reader: SlotReader | KernelSlotJudge, images: torch.Tensor, prompts: list[str], rule: Callable[..., float] = strict
+) -> list[float]:
+    """`rule` on each image's scene as `reader` reads it, by default GenEval's strict rule (1: it satisfies its prompt
+    whole, 0: not)."""
+    return [float(rule(parse(prompt), scene)) for prompt, scene in zip(prompts, reader.read(images))]
+
+
 def family_scores(
     reader: SlotReader, images: torch.Tensor, prompts: list[str], rule: Callable[..., float] = strict
 ) -> dict[str, float]:
-    """GenEval's score per family present in `prompts`: the mean over its images of `rule` on the reader's scene,
-    by default GenEval's strict rule (the fraction of images that satisfy their prompt whole)."""
-    passed: dict[str, list[float]] = {}
-    for prompt, scene in zip(prompts, reader.read(images)):
-        request = parse(prompt)
-        passed.setdefault(request.family, []).append(float(rule(request, scene)))
-    return {family: sum(v) / len(v) for family, v in passed.items()}
+    """GenEval's score per family present in `prompts`: the mean over its images of `rule` on the reader's scene."""
+    return by_family(prompts, verdicts(reader, images, prompts, rule))
 
 
 @dataclass
 class ScenesWorld(EmbeddedWorld):
     reader: SlotReader
     judge: SlotReader
+    kernel_judge: KernelSlotJudge
     prompts: dict[str, list[str]]
     splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
     recipe = RECIPE
@@ -81,14 +114,13 @@ class ScenesWorld(EmbeddedWorld):
         """The metrics of one evaluation set of images (prompt-major: each prompt's images are consecutive)."""
         real = compose(prompts, *self.splits["test"], torch.Generator().manual_seed(0))
         scores = family_scores(self.judge, images, prompts)
-        read = family_scores(self.reader, images, prompts)
         features = self.judge.features
         with torch.no_grad():
             return {
                 "reward": float(reward(images, prompts).mean()),
                 "judge_score": sum(scores.values()) / len(scores),
                 **{f"judge_{family}": score for family, score in scores.items()},
-                "reader_score": sum(read.values()) / len(read),
+                "reader_score": family_mean(prompts, verdicts(self.reader, images, prompts)),
                 "diversity": mean_pairwise_distance(features(images), len(prompts) // samples_per_prompt),
                 "fid": frechet_distance(features, SLOTS * self.judge.num_features, images, real),
             }
@@ -96,9 +128,18 @@ class ScenesWorld(EmbeddedWorld):
     def sample_metrics(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
         """The judge's soft score beside its strict one (GenEval 2's Soft-TIFA in miniature): per family, the mean
         share of each prompt's atoms the judge reads as satisfied (rules.partial: each object, its count, its colour,
-        the relation, each character of a number), averaged over the families as judge_score is."""
-        scores = family_scores(self.judge, images, prompts, partial)
-        return {"judge_soft": sum(scores.values()) / len(scores)}
+        the relation, each character of a number), averaged over the families as judge_score is; the second judge's
+        score, and the panel's metrics (worlds/metrics.py: the two judges' agreement, the share the rewards' reader
+        alone passes)."""
+        judge, second, reader = (
+            torch.tensor(verdicts(network, images, prompts), dtype=torch.bool)
+            for network in (self.judge, self.kernel_judge, self.reader)
+        )
+        return {
+            "judge_soft": family_mean(prompts, verdicts(self.judge, images, prompts, partial)),
+            SECOND_JUDGE_METRIC: family_mean(prompts, second.float().tolist()),
+            **panel_metrics(judge, second, reader, lambda passed: family_mean(prompts, passed.float().tolist())),
+        }
 
     def demonstrations(self, reward, fraction: float, base_policy) -> tuple[torch.Tensor, list[str]]:
         """The annotator's: of DEMONSTRATION_CANDIDATES real scenes composed for each train prompt from the judge
@@ -124,6 +165,7 @@ class ScenesEntry(EmbeddedEntry):
     metrics = METRICS
     headline_metric = "judge_score"
     headline_label = "held-out judge (GenEval-style score)"
+    second_judge_metric = SECOND_JUDGE_METRIC
 
     def prompt_group(self, prompt: str) -> str:
         return parse(prompt).family
@@ -138,6 +180,7 @@ class ScenesEntry(EmbeddedEntry):
             encoder=TokenEncoder(load_weights(directory, CACHE)),
             reader=cast(SlotReader, self.frozen(directory, "reader")),
             judge=cast(SlotReader, self.frozen(directory, "judge")),
+            kernel_judge=cast(KernelSlotJudge, self.frozen(directory, "kernel_judge")),
             prompts=load_prompts(),
             splits=load_splits(),
         )

@@ -6,7 +6,9 @@ Networks, each trained here from its own seed and versioned by the SHA-256 of it
   flow:     the same network trained by flow matching, as SD3 is, predicting the clean scene (JiT's data
             prediction) from which its velocity follows;
   reader:   the reward's scene reader (an MLP per slot: digit or empty, and colour), on the train split;
-  judge:    the evaluation's scene reader (a CNN per slot), on the judge split, which the reader never sees.
+  judge:    the evaluation's scene reader (a CNN per slot), on the judge split, which the reader never sees;
+  kernel_judge: the second judge (models/kernel_judge.py: ink, colour by channel, a kernel machine on the pixels
+            for the digit), fitted in closed form on the judge split.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from models import build
 from models.build import Component, cosine_lr
 from models.diffusion import NoiseSchedule, epsilon_from_data
 from models.flow import FlowPolicy, velocity_from_data
+from models.kernel_judge import KernelSlotJudge
 from models.networks import SlotReader, SlotTransformer, cnn_slot_reader, mlp_slot_reader
 from models.policy import ChainPolicy, DiffusionPolicy
 from models.progress import progress
@@ -163,6 +166,11 @@ def _build_judge(cfg, splits, built, generator, log):
     return train_reader(cnn_slot_reader(len(COLOURS), PATCH), images, labels, cfg, generator)
 
 
+def _build_kernel_judge(cfg, splits, built, generator, log):
+    images, labels = splits["judge"]
+    return KernelSlotJudge.fit(images, labels, PATCH, EMPTY)
+
+
 _READER_FIELDS = ("reader_steps", "reader_noise")
 _GENERATOR_FIELDS = (
     "generator_width",
@@ -176,6 +184,7 @@ _GENERATOR_FIELDS = (
 COMPONENTS = {
     "reader": Component(_READER_FIELDS, (), _build_reader, lambda cfg: mlp_slot_reader(len(COLOURS), PATCH)),
     "judge": Component(_READER_FIELDS, (), _build_judge, lambda cfg: cnn_slot_reader(len(COLOURS), PATCH)),
+    "kernel_judge": Component((), (), _build_kernel_judge, lambda cfg: KernelSlotJudge(PATCH, EMPTY)),
     "denoiser": Component(
         _GENERATOR_FIELDS,
         (),
@@ -196,15 +205,17 @@ GENERATORS: dict[str, tuple[str, type[ChainPolicy]]] = {
 }
 
 
-def reader_accuracy(reader: SlotReader, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """A reader's accuracy on slots of a split (every image once, in its colour by index, plus as many empty)."""
+def reader_accuracy(
+    reader: SlotReader | KernelSlotJudge, images: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float]:
+    """A scene reader's accuracy on slots of a split (every image once, in its colour by index, plus as many empty),
+    each slot read as a scene of one slot."""
     generator = torch.Generator().manual_seed(0)
     slots, digits, colours = reader_batch(images, labels, 4 * len(images), 0.0, generator)
-    with torch.no_grad():
-        features = reader.features_of_slots(slots)
-        filled = digits != EMPTY
-        digit_acc = (reader.digit(features).argmax(1) == digits).float().mean()
-        colour_acc = (reader.colour(features[filled]).argmax(1) == colours[filled]).float().mean()
+    read = torch.tensor(reader.read(slots))[:, 0]  # (N, 2): digit, colour
+    filled = digits != EMPTY
+    digit_acc = (read[:, 0] == digits).float().mean()
+    colour_acc = (read[filled, 1] == colours[filled]).float().mean()
     return {"test_digit_accuracy": float(digit_acc), "test_colour_accuracy": float(colour_acc)}
 
 
@@ -215,7 +226,7 @@ def build_inputs(cfg: ScenesConfig, cache: dict | None) -> build.BuildInputs:
     encoder([p for prompts in load_prompts().values() for p in prompts])
 
     def assess(name: str, network: nn.Module) -> dict:
-        return reader_accuracy(network, *splits["test"]) if isinstance(network, SlotReader) else {}
+        return reader_accuracy(network, *splits["test"]) if isinstance(network, SlotReader | KernelSlotJudge) else {}
 
     return build.BuildInputs(COMPONENTS, splits, encoder, assess)
 
