@@ -22,11 +22,14 @@ from PIL import Image, ImageDraw, ImageFont
 from bench.formats import USED_NAMES, cell_interval, human, md_cell, rank_text, safe_name
 from bench.standings import (
     BASE_METHOD,
+    HACKING,
+    JUDGES_DIFFER,
+    PANEL_MARGIN,
     full_budgets,
     headline,
     leaderboard_table,
     metric_directions,
-    panel_lines,
+    panel_summary,
     ranked_frames,
     ranking,
     row_note,
@@ -36,6 +39,7 @@ from bench.standings import (
 )
 from bench.store import Store
 from models.io import atomic_write_bytes
+from worlds.base import READER_ONLY
 
 GRID_COLUMNS = 20
 
@@ -124,15 +128,13 @@ def _markdown(
             metric,
             True,
         )
-        at_reward = ranked.loc[ranked["reward"] == reward]
-        notes = ties_at_the_top(at_reward, primary_split, metric) + panel_lines(
-            at_reward, primary_split, metric, second
-        )
-        lines += ["", *(f"- {line}" for line in notes)] if notes else []
+        ties = ties_at_the_top(ranked.loc[ranked["reward"] == reward], primary_split, metric)
+        lines += ["", *(f"- {line}" for line in ties)] if ties else []
         lines += ["", f"### {reward}: every budget", ""]
         lines += _reward_table(
             table[table["reward"] == reward], results[results["reward"] == reward], primary_split, arrows, metric, False
         )
+    lines += _panel_table(ranked, primary_split, metric, second)
     # In name order, not start order: parallel workers start runs in no fixed order.
     failed = (
         runs[runs["status"] == "failed"]
@@ -153,6 +155,34 @@ def _markdown(
             for r in failed.itertuples()
         ]
     return "\n".join(lines) + "\n"
+
+
+def _panel_table(ranked: pd.DataFrame, primary_split: str, metric: str, second: str) -> list[str]:
+    """The panel of judges at the full budget (standings.panel_summary), a row per reward and model."""
+    rows = panel_summary(ranked, primary_split, metric, second)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## The panel of judges",
+        "",
+        f"At the full budget, per reward and model: Kendall's tau between the orders of its cells (base included) by "
+        f"the headline judge's {metric} and the second judge's {second} (a judge of another design), each judge's "
+        f"best cell, and the cells whose note says `{JUDGES_DIFFER}` (the interval of the per-seed difference between "
+        f"the judges lies beyond {PANEL_MARGIN}) or `{HACKING}` (the interval of its {READER_ONLY}, the share of "
+        f"images the rewards' reader passes and both judges fail, paired with the base's, lies above {PANEL_MARGIN}).",
+        "",
+        f"| reward | model | cells | Kendall's tau | best by {metric} | best by {second} | {JUDGES_DIFFER} "
+        f"| {HACKING} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['reward']} | {r['model']} | {r['cells']} | {r['tau']:+.2f} | {md_cell(r['best'])} | "
+        f"{md_cell(r['second_best'])} | {md_cell(', '.join(r[JUDGES_DIFFER]) or 'none')} | "
+        f"{md_cell(', '.join(r[HACKING]) or 'none')} |"
+        for r in rows
+    ]
+    return lines
 
 
 def _reward_table(

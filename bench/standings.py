@@ -42,7 +42,7 @@ PANEL_MARGIN = 0.02
 differ (their per-seed difference), and hacking (the share of images the rewards' reader alone passes, paired with
 the base's). Two points: the judges' accuracies on held-out real digits differ by one (98.1% and 99.3%)."""
 NOTES = JUDGES_DIFFER, HACKING = "judges differ", "hacking"
-"""How the panel's notes begin (panel_notes), so that the panel's summary (panel_lines) can list the cells they name."""
+"""How the panel's notes begin (panel_notes), so that its summary (panel_summary) can list the cells they name."""
 
 
 # What one leaderboard row describes; everything that groups results by cell reads it from here.
@@ -339,30 +339,43 @@ def ties_at_the_top(ranked: pd.DataFrame, primary_split: str, metric: str) -> li
     return lines
 
 
-def panel_lines(ranked: pd.DataFrame, primary_split: str, metric: str, second: str) -> list[str]:
-    """One line per reward and model at the full budget (`ranked`: the ranking), where a second judge (`second`) read
-    three or more of its cells: whether the two judges order them alike (Kendall's tau between the two judges'
-    means, base included), each judge's best method, and the cells the panel's notes name."""
+def panel_summary(ranked: pd.DataFrame, primary_split: str, metric: str, second: str) -> list[dict]:
+    """Per reward and model at the full budget (`ranked`: the ranking) where a second judge (`second`) read three or
+    more of its cells: how many (`cells`), whether the two judges order them alike (`tau`: Kendall's tau between the
+    judges' means, base included), each judge's best cell (`best`, `second_best`), and the cells the panel's notes
+    name (under JUDGES_DIFFER and HACKING)."""
     means = [f"{primary_split}/{m}/mean" for m in (metric, second)]
     if not second or means[1] not in ranked:
         return []
-    lines = []
+    rows = []
     done = ranked.loc[ranked["status"] == "done"].dropna(subset=means)
     for (reward, model), cell in done.groupby(["reward", "model"], sort=False):
         if len(cell) < 3:
             continue
-        tau = kendall_tau(list(zip(cell[means[0]], cell[means[1]])))
-        best = [cell.loc[cell[column].idxmax(), "method"] for column in means]
-        named = {
-            note: [m for m, text in zip(cell["method"], cell["note"]) if note in text]
-            for note in (JUDGES_DIFFER, HACKING)
-        }
-        lines.append(
-            f"{reward} @ {model}: the two judges order its {len(cell)} cells with Kendall's tau {tau:+.2f} "
-            f"({metric}'s best {best[0]}, {second}'s {best[1]}); {JUDGES_DIFFER} on "
-            f"{', '.join(named[JUDGES_DIFFER]) or 'none'}; {HACKING} named in {', '.join(named[HACKING]) or 'none'}"
+        best, second_best = (cell.loc[cell[column].idxmax(), "method"] for column in means)
+        rows.append(
+            {
+                "reward": reward,
+                "model": model,
+                "cells": len(cell),
+                "tau": kendall_tau(list(zip(cell[means[0]], cell[means[1]]))),
+                "best": best,
+                "second_best": second_best,
+                # (an empty note reads back from leaderboard.csv as NaN)
+                **{note: [m for m, t in zip(cell["method"], cell["note"]) if note in str(t)] for note in NOTES},
+            }
         )
-    return lines
+    return rows
+
+
+def panel_lines(ranked: pd.DataFrame, primary_split: str, metric: str, second: str) -> list[str]:
+    """panel_summary as one line per reward and model."""
+    return [
+        f"{r['reward']} @ {r['model']}: the two judges order its {r['cells']} cells with Kendall's tau {r['tau']:+.2f} "
+        f"({metric}'s best {r['best']}, {second}'s {r['second_best']}); {JUDGES_DIFFER} on "
+        f"{', '.join(r[JUDGES_DIFFER]) or 'none'}; {HACKING} named in {', '.join(r[HACKING]) or 'none'}"
+        for r in panel_summary(ranked, primary_split, metric, second)
+    ]
 
 
 def full_budgets(cells: pd.DataFrame) -> str:
