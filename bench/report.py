@@ -35,6 +35,7 @@ from bench.experiments.tables import write_studies
 from bench.formats import USED_NAMES, human, interval, rank_text, safe_name
 from bench.leaderboard import write_leaderboard
 from bench.standings import (
+    PANEL,
     full_budgets,
     glance,
     headline,
@@ -140,7 +141,7 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
         cells = table[table[TASK_KEY] == task]
         top = ranked.loc[ranked[TASK_KEY] == task]
         full = full_budgets(top)
-        shown, families = metric_tables(cells, directions, split, metric)
+        shown, families, panel = metric_tables(cells, directions, split, metric)
         parts.append(f'<h2 id="task-{_e(safe_name(task))}">{_e(TASK_KEY)}: {_e(task)}</h2>')
         parts.append(
             f'<p class="note">At the full budget ({_e(full or "none done")}): each model\'s base, then the methods '
@@ -150,13 +151,19 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
         ties = ties_at_the_top(top, split, metric) + panel_lines(top, split, metric, second)
         if ties:
             parts.append('<ul class="note">' + "".join(f"<li>{_e(line)}</li>" for line in ties) + "</ul>")
-        if families:
-            parts.append(f'<p class="note">The same rows, {_e(metric)} by prompt family:</p>')
-            parts.append(_cell_table(top, directions, split, metric, families, ranked=True, compute=False))
+        beside = [(families, f"{metric} by prompt family"), (panel, "read by the panel of judges")]
+        for metrics, what in beside:
+            if metrics:
+                parts.append(f'<p class="note">The same rows, {_e(what)}:</p>')
+                parts.append(_cell_table(top, directions, split, metric, metrics, ranked=True, compute=False))
         parts.append(
             f"<details><summary>Every budget ({len(cells)} rows, with interquartile means)</summary>"
             + _cell_table(cells, directions, split, metric, shown, ranked=False)
-            + (_cell_table(cells, directions, split, metric, families, ranked=False, compute=False) if families else "")
+            + "".join(
+                _cell_table(cells, directions, split, metric, metrics, ranked=False, compute=False)
+                for metrics, _ in beside
+                if metrics
+            )
             + "</details>"
         )
         for kind, title in FIGURE_KINDS:
@@ -184,14 +191,16 @@ def _page(table, all_runs, runs, directions, out_dir, notes, study_paths, store_
 
 def metric_tables(
     cells: pd.DataFrame, directions: dict[str, bool], split: str, headline: str
-) -> tuple[list[str], list[str]]:
-    """The metrics of a reward's first table and those of its second: the headline's breakdown by prompt family
-    (scenes' judge_single, judge_two, ...: the metrics named as the headline is, up to its first "_"), which would
-    take the first table past a 1,400-pixel screen. No second table where the world has no families."""
+) -> tuple[list[str], list[str], list[str]]:
+    """The metrics of a reward's first table and those of the tables beside it, which would take the first past a
+    1,400-pixel screen: the headline's breakdown by prompt family (scenes' judge_single, judge_two, ...: the metrics
+    named as the headline is, up to its first "_"), and the panel of judges' (standings.PANEL). Empty where the world
+    has no families, or no second judge."""
     metrics = sorted((m for m in directions if f"{split}/{m}/mean" in cells), key=lambda m: metric_order(m, headline))
     prefix = headline.split("_")[0] + "_"
     families = [m for m in metrics if m.startswith(prefix) and m != headline]
-    return [m for m in metrics if m not in families], families
+    panel = [m for m in metrics if m in PANEL]
+    return [m for m in metrics if m not in families and m not in panel], families, panel
 
 
 def _cell_table(

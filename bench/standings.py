@@ -37,6 +37,8 @@ TRAINING_REWARD = "reward"
 _RUN_KEYS = ["method", "model", "reward", "budget_unit"]
 
 SECOND_JUDGES = tuple(sorted({entry.second_judge_metric for entry in WORLDS.values()} - {""}))
+PANEL = (*SECOND_JUDGES, JUDGES_AGREE, READER_ONLY)
+"""The metrics of a world's panel of judges beside its headline judge (worlds/base.py)."""
 PANEL_MARGIN = 0.02
 """How far beyond zero the interval of a difference must lie for the panel's notes to name it: where the two judges
 differ (their per-seed difference), and hacking (the share of images the rewards' reader alone passes, paired with
@@ -437,5 +439,5 @@ def shown_metrics(results: pd.DataFrame, primary_split: str, metric: str) -> lis
 def metric_order(metric: str, headline: str) -> tuple[bool | str, ...]:
     """Sort key of the metrics a table shows: the headline, the second judge, the panel's agreement and the share only
     the rewards' reader passes, the training reward, then by name."""
-    leading = (headline, *SECOND_JUDGES, JUDGES_AGREE, READER_ONLY, TRAINING_REWARD)
+    leading = (headline, *PANEL, TRAINING_REWARD)
     return (*(metric != first for first in leading), metric)

@@ -68,13 +68,15 @@ def test_every_file_is_generated_from_the_store(results_dir):
     assert page.index('id="runs"') < page.index('id="provenance"') < page.index("Code at git")
 
 
-def test_a_headline_broken_down_by_prompt_family_gets_a_table_of_its_own():
-    directions = dict.fromkeys(("judge_score", "judge_single", "judge_ocr", "reward", "reader_score", "fid"), True)
+def test_a_headline_broken_down_by_prompt_family_and_the_panel_of_judges_get_tables_of_their_own():
+    metrics = ("judge_score", "judge_single", "judge_ocr", "reward", "reader_score", "fid", "kernel_score")
+    directions = dict.fromkeys((*metrics, "judges_agree", "reader_only"), True)
     cells = pd.DataFrame({f"eval_unseen/{m}/mean": [0.5] for m in directions})
-    shown, families = metric_tables(cells, directions, "eval_unseen", "judge_score")
+    shown, families, panel = metric_tables(cells, directions, "eval_unseen", "judge_score")
     assert set(families) == {"judge_single", "judge_ocr"} and shown[0] == "judge_score"
     assert set(shown) == {"judge_score", "reward", "reader_score", "fid"}
-    assert metric_tables(cells, {"judge_acc": True, "reward": True}, "eval_unseen", "judge_acc")[1] == []
+    assert panel == ["kernel_score", "judges_agree", "reader_only"]
+    assert metric_tables(cells, {"judge_acc": True, "reward": True}, "eval_unseen", "judge_acc")[1:] == ([], [])
 
 
 @pytest.mark.skipif(
