@@ -168,9 +168,10 @@ def _panel_table(ranked: pd.DataFrame, primary_split: str, metric: str, second: 
         "",
         f"At the full budget, per reward and model: Kendall's tau between the orders of its cells (base included) by "
         f"the headline judge's {metric} and the second judge's {second} (a judge of another design), each judge's "
-        f"best cell, and the cells whose note says `{JUDGES_DIFFER}` (the interval of the per-seed difference between "
-        f"the judges lies beyond {PANEL_MARGIN}) or `{HACKING}` (the interval of its {READER_ONLY}, the share of "
-        f"images the rewards' reader passes and both judges fail, paired with the base's, lies above {PANEL_MARGIN}).",
+        f"best cell, and the cells whose note says `{JUDGES_DIFFER} (d)` (the interval of the per-seed difference "
+        f"between the judges, {second} minus {metric}, lies beyond {PANEL_MARGIN}; d its mean) or `{HACKING} (d)` (the "
+        f"interval of its {READER_ONLY}, the share of images the rewards' reader passes and both judges fail, paired "
+        f"with the base's, lies above {PANEL_MARGIN}; d its mean).",
         "",
         f"| reward | model | cells | Kendall's tau | best by {metric} | best by {second} | {JUDGES_DIFFER} "
         f"| {HACKING} |",

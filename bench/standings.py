@@ -142,8 +142,9 @@ def leaderboard_table(runs: pd.DataFrame, results: pd.DataFrame, primary_split: 
 
 def panel_notes(row: dict, primary: pd.DataFrame, split: str, entry: WorldEntry) -> list[str]:
     """What a panel of judges says of a cell (its row so far, its results on the primary split), by PANEL_MARGIN:
-    that the second judge reads it otherwise than the headline judge, and that it is hacking, where the share of its
-    images that the rewards' reader passes and both judges fail rises above the base's."""
+    that the second judge reads it otherwise than the headline judge (the second's mean minus the headline's), and
+    that it is hacking, where the share of its images that the rewards' reader passes and both judges fail rises
+    above the base's (the mean of the paired difference)."""
     second, headline = entry.second_judge_metric, entry.headline_metric
     if not second:
         return []
@@ -153,10 +154,10 @@ def panel_notes(row: dict, primary: pd.DataFrame, split: str, entry: WorldEntry)
         judged = judged.dropna()
         mean, low, high = paired_difference_ci(judged[second].to_numpy(), judged[headline].to_numpy())
         if low > PANEL_MARGIN or high < -PANEL_MARGIN:
-            notes.append(f"{JUDGES_DIFFER} ({second} {mean:+.3f})")
+            notes.append(f"{JUDGES_DIFFER} ({mean:+.3f})")
     hacking = f"{split}/{READER_ONLY}/delta_vs_base"
     if row.get(f"{hacking}/lo", math.nan) > PANEL_MARGIN:
-        notes.append(f"{HACKING} ({READER_ONLY} {row[f'{hacking}/mean']:+.3f} vs base)")
+        notes.append(f"{HACKING} ({row[f'{hacking}/mean']:+.3f})")
     return notes
 
 

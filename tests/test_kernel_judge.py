@@ -151,9 +151,9 @@ def _primary(headline: list[float], second: list[float]) -> pd.DataFrame:
     "second, reader_only_low, expected",
     [
         ([0.80, 0.81, 0.80], None, []),  # within the margin
-        ([0.90, 0.92, 0.95], None, ["judges differ (kernel_acc +0.123)"]),
+        ([0.90, 0.92, 0.95], None, ["judges differ (+0.123)"]),
         ([0.90, 0.80, 0.95], None, []),  # one seed disagrees with the others: the interval holds the margin
-        ([0.80, 0.81, 0.80], PANEL_MARGIN + 0.01, ["hacking (reader_only +0.050 vs base)"]),
+        ([0.80, 0.81, 0.80], PANEL_MARGIN + 0.01, ["hacking (+0.050)"]),
         ([0.80, 0.81, 0.80], PANEL_MARGIN - 0.01, []),
     ],
 )
@@ -175,7 +175,7 @@ def test_the_panel_line_says_how_alike_the_judges_order_a_model_and_what_its_not
             "reward": ["digit"] * 5,
             "model": ["flow"] * 5,
             "method": ["base", "a", "b", "c", "d"],
-            "note": ["", "judges differ (kernel_acc +0.100)", "", "hacking (reader_only +0.050 vs base)", "why"],
+            "note": ["", "judges differ (+0.100)", "", "hacking (+0.050)", "why"],
             "eval_unseen/judge_acc/mean": [0.5, 0.6, 0.7, 0.8, math.nan],
             "eval_unseen/kernel_acc/mean": [0.5, 0.7, 0.6, 0.8, math.nan],
         }
