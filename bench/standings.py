@@ -15,6 +15,7 @@ Seeds the base lacks otherwise drop out of the difference; `delta_vs_base/n` cou
 from __future__ import annotations
 
 import math
+import re
 from typing import cast
 
 import numpy as np
@@ -364,11 +365,20 @@ def panel_summary(ranked: pd.DataFrame, primary_split: str, metric: str, second:
                 "tau": kendall_tau(list(zip(cell[means[0]], cell[means[1]]))),
                 "best": best,
                 "second_best": second_best,
-                # (an empty note reads back from leaderboard.csv as NaN)
-                **{note: [m for m, t in zip(cell["method"], cell["note"]) if note in str(t)] for note in NOTES},
+                **{note: _noted(cell, note) for note in NOTES},
             }
         )
     return rows
+
+
+def _noted(cells: pd.DataFrame, note: str) -> list[str]:
+    """The cells whose note says `note` (panel_notes), each as "method (d)"."""
+    found = []
+    for method, text in zip(cells["method"], cells["note"]):
+        said = re.search(rf"{note} \(([^)]*)\)", str(text))  # an empty note reads back from leaderboard.csv as NaN
+        if said:
+            found.append(f"{method} ({said.group(1)})")
+    return found
 
 
 def panel_lines(ranked: pd.DataFrame, primary_split: str, metric: str, second: str) -> list[str]:

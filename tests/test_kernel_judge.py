@@ -183,6 +183,6 @@ def test_the_panel_line_says_how_alike_the_judges_order_a_model_and_what_its_not
     # of six pairs, one (a, b) is ordered otherwise: tau = (5 - 1) / 6
     assert panel_lines(ranked, "eval_unseen", "judge_acc", "kernel_acc") == [
         "digit @ flow: the two judges order its 4 cells with Kendall's tau +0.67 (judge_acc's best c, kernel_acc's c); "
-        "judges differ on a; hacking named in c"
+        "judges differ on a (+0.100); hacking named in c (+0.050)"
     ]
     assert panel_lines(ranked, "eval_unseen", "judge_acc", "") == []
