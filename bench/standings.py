@@ -43,7 +43,7 @@ PANEL = (*SECOND_JUDGES, JUDGES_AGREE, READER_ONLY)
 PANEL_MARGIN = 0.02
 """How far beyond zero the interval of a difference must lie for the panel's notes to name it: where the two judges
 differ (their per-seed difference), and hacking (the share of images the rewards' reader alone passes, paired with
-the base's). Two points: the judges' accuracies on held-out real digits differ by one (98.1% and 99.3%)."""
+the base's). Two points: the judges' accuracies on held-out real digits differ by 1.2 (98.1% and 99.3%)."""
 NOTES = JUDGES_DIFFER, HACKING = "judges differ", "hacking"
 """How the panel's notes begin (panel_notes), so that its summary (panel_summary) can list the cells they name."""
 
