@@ -83,18 +83,18 @@ def family_mean(prompts: list[str], values: list[float]) -> float:
 
 
 def verdicts(
-    reader: SlotReader | KernelSlotJudge, images: torch.Tensor, prompts: list[str], rule: Callable[..., float] = strict
+    scenes: list[list[tuple[int, int]]], prompts: list[str], rule: Callable[..., float] = strict
 ) -> list[float]:
-    """`rule` on each image's scene as `reader` reads it, by default GenEval's strict rule (1: it satisfies its prompt
-    whole, 0: not)."""
-    return [float(rule(parse(prompt), scene)) for prompt, scene in zip(prompts, reader.read(images))]
+    """`rule` on each image's scene as a reader read it (SlotReader.read), by default GenEval's strict rule (1: it
+    satisfies its prompt whole, 0: not)."""
+    return [float(rule(parse(prompt), scene)) for prompt, scene in zip(prompts, scenes)]
 
 
 def family_scores(
     reader: SlotReader, images: torch.Tensor, prompts: list[str], rule: Callable[..., float] = strict
 ) -> dict[str, float]:
     """GenEval's score per family present in `prompts`: the mean over its images of `rule` on the reader's scene."""
-    return by_family(prompts, verdicts(reader, images, prompts, rule))
+    return by_family(prompts, verdicts(reader.read(images), prompts, rule))
 
 
 @dataclass
@@ -120,7 +120,7 @@ class ScenesWorld(EmbeddedWorld):
                 "reward": float(reward(images, prompts).mean()),
                 "judge_score": sum(scores.values()) / len(scores),
                 **{f"judge_{family}": score for family, score in scores.items()},
-                "reader_score": family_mean(prompts, verdicts(self.reader, images, prompts)),
+                "reader_score": family_mean(prompts, verdicts(self.reader.read(images), prompts)),
                 "diversity": mean_pairwise_distance(features(images), len(prompts) // samples_per_prompt),
                 "fid": frechet_distance(features, SLOTS * self.judge.num_features, images, real),
             }
@@ -131,12 +131,10 @@ class ScenesWorld(EmbeddedWorld):
         the relation, each character of a number), averaged over the families as judge_score is; the second judge's
         score, and the panel's metrics (worlds/metrics.py: the two judges' agreement, the share the rewards' reader
         alone passes)."""
-        judge, second, reader = (
-            torch.tensor(verdicts(network, images, prompts), dtype=torch.bool)
-            for network in (self.judge, self.kernel_judge, self.reader)
-        )
+        read = [network.read(images) for network in (self.judge, self.kernel_judge, self.reader)]
+        judge, second, reader = (torch.tensor(verdicts(scenes, prompts), dtype=torch.bool) for scenes in read)
         return {
-            "judge_soft": family_mean(prompts, verdicts(self.judge, images, prompts, partial)),
+            "judge_soft": family_mean(prompts, verdicts(read[0], prompts, partial)),  # the judge's scenes, read once
             SECOND_JUDGE_METRIC: family_mean(prompts, second.float().tolist()),
             **panel_metrics(judge, second, reader, lambda passed: family_mean(prompts, passed.float().tolist())),
         }
