@@ -16,6 +16,7 @@ from bench import arguments
 from bench.arguments import Parser
 from bench.budget import UNITS
 from bench.catalog import Catalog, Method, catalog
+from bench.names import SHARDINGS
 from models.progress import MODES as PROGRESS_MODES
 
 OUT_HELP = (
@@ -131,6 +132,12 @@ def build_parser(known: Catalog | None = None) -> Parser:
         metavar="MODEL=SOURCE",
         help=f"fine-tune this checkpoint (a hub id in the local cache, or a pipeline directory) as a scale "
         f"world's MODEL ({', '.join(known.scale_models)}), e.g. a fine-tuned SD 1.5 as sd15; repeatable",
+    )
+    run.add_argument(
+        "--sharding",
+        choices=SHARDINGS,
+        default="none",
+        help="fsdp2: every weight of a scale world's denoiser trains, sharded over the processes (default none: LoRA)",
     )
     run.add_argument(
         "--reward",

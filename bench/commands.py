@@ -55,6 +55,7 @@ def suite_from_args(args) -> Suite:
         budget_tolerance=tolerance or suite.budget_tolerance,
         overrides=overrides,
         sources=dict(source.split("=", 1) for source in getattr(args, "source", None) or ()),
+        sharding="" if getattr(args, "sharding", "none") == "none" else args.sharding,
         reward_servers=dict(server.split("=", 1) for server in getattr(args, "reward_server", None) or ()),
     )
     if any(entry.partition("@")[0].endswith(f"/{TUNED}") for entry in suite.methods):
@@ -129,6 +130,11 @@ def run(parser: argparse.ArgumentParser, args) -> int:
     if args.source and not world_entry(suite.world).takes_sources:
         parser.error(
             f"--source replaces a scale world's checkpoints; suite {suite.name!r} runs in world {suite.world!r}"
+        )
+    if suite.sharding and not world_entry(suite.world).shards:
+        parser.error(
+            f"--sharding {suite.sharding} shards a scale world's full fine-tunes; suite {suite.name!r} runs in world "
+            f"{suite.world!r}, whose generators are trained whole on one process"
         )
     if args.backend == "ray" and args.workers > 1:
         parser.error("--workers is for the local backend; with --backend ray the cluster's CPUs set the parallelism")

@@ -3,8 +3,8 @@
 Units (budgets are expressed in any of them but labels):
   nfe             network function evaluations, per image: a forward pass of a generator network on
                   B images costs B, a backward pass through it 2B (every generator network a method
-                  can reach is hooked, reference copies included, since `frozen_copy` deep-copies the
-                  hooks along with the module);
+                  can reach is hooked, reference copies included: `frozen_copy` deep-copies the hooks
+                  along with the module, or returns a network of its own, which the meter then watches);
   reward_queries  images scored by the reward;
   samples         images produced by the sampler;
   labels          human-feedback labels (preference pairs) an annotator gave (rewards/feedback.py); recorded,
@@ -26,6 +26,10 @@ from torch import nn
 
 from models.sampler import DETERMINISTIC, Sampler
 from rewards.combined import reward_components
+
+WATCHED = "_watched_by_meter"
+"""The attribute that marks a module as watched, so that a reference sharing or copying a watched network is not
+counted twice."""
 
 
 @dataclass
@@ -79,7 +83,11 @@ class Meter:
             self.usage.wall_s += time.monotonic() - start
 
     def watch(self, module: nn.Module) -> None:
-        """Counts every forward (B) and every backward (2B) of `module` from now on."""
+        """Counts every forward (B) and every backward (2B) of `module` from now on; a module watched already (a deep
+        copy of a watched one keeps its hook) is left as it is."""
+        if getattr(module, WATCHED, False):
+            return
+        setattr(module, WATCHED, True)
         meter = self  # a closure, not a bound method: deepcopy of the module must keep this meter
 
         def count(_module, _args, output):
@@ -122,7 +130,9 @@ class MeteredPolicy:
         return trajectory
 
     def frozen_copy(self) -> MeteredPolicy:
-        return MeteredPolicy(self._policy.frozen_copy(), self._meter, watch=False)
+        """The reference, its network watched: the same modules, a deep copy (which keeps the hook) or a network of its
+        own (a full fine-tune's base denoiser), which is watched from now on."""
+        return MeteredPolicy(self._policy.frozen_copy(), self._meter)
 
 
 class MeteredReward:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import math
 
+SHARDINGS = ("none", "fsdp2")
+"""`bench run --sharding`: none, a scale world's LoRA adapters, data-parallel under a launcher; fsdp2, every weight of
+its denoiser, sharded over the processes (bench/parallel.py)."""
+
 
 def check_names(kind: str, names, valid) -> tuple[str, ...]:
     """`names` if each is one of `valid` (and there is one), else a ValueError listing what is valid."""

@@ -29,7 +29,7 @@ from bench.diagnostics import Trace, first_pass_warning
 from bench.evaluate import EvalConfig, evaluate
 from bench.loggers import NO_LOGGERS, ExperimentLoggers, RunLogger
 from bench.meter import Meter
-from bench.parallel import ONE_PROCESS, DataParallel
+from bench.parallel import ONE_PROCESS, DataParallel, local_shards, shard_policy, sharded
 from bench.reward_spec import reward_class
 from bench.store import Store
 from bench.store_schema import USED_KEYS, RunRecord
@@ -61,6 +61,9 @@ class RunSpec:
     source: str = ""
     """A checkpoint of one's own in place of the world's `model` ('' for the world's own); it names the base model,
     so it is part of the run's identity through the base model's hash."""
+    sharding: str = ""
+    """'fsdp2': a full fine-tune of the generator, sharded over the processes (bench/parallel.py); '' its adapters (or
+    the embedded worlds' whole networks), unsharded. Part of the run's identity when set: it changes what trains."""
     reward_server: str = ""
     """The address of a server that scores the reward ('' to score it in this process, rewards/server.py). Not part of
     the run's identity: a served reward is the same reward, with the same version and scores."""
@@ -79,6 +82,8 @@ class RunSpec:
             "milestones": list(self.milestones),
             "eval": self.eval.identity(),
         }
+        if self.sharding:
+            config["sharding"] = self.sharding
         if METHODS[self.method].learns_from_feedback:
             config["annotator"] = dataclasses.asdict(AnnotatorConfig())
         return config
@@ -233,6 +238,11 @@ class Run:
         self.record = spec.record(world.model_hash(spec.model, spec.source), self.raw_reward.version)
         suffix = f".rank{parallel.rank}" if parallel.world_size > 1 else ""
         self.checkpoint = checkpoint_dir / f"{self.record.run_id}{suffix}.pt"
+        self.previous = self.checkpoint.with_name(f"{self.checkpoint.name}.previous")
+        """The process's checkpoint before its last save, kept while it has several: a kill that lands between two
+        processes' saves leaves each the save before, from which they all resume (`_resume_state`)."""
+        self.mesh = None
+        """The device mesh of a sharded run (bench/parallel.py: shard_policy); None unsharded."""
 
     def execute(self) -> str:
         run_id = self.record.run_id
@@ -283,6 +293,7 @@ class Run:
         if self.main and finished:
             self.store.finish_run(run_id, "done")
         self.checkpoint.unlink(missing_ok=True)
+        self.previous.unlink(missing_ok=True)
         return "done" if finished else "stopped"
 
     def _incompatibility(self) -> str | None:
@@ -300,8 +311,12 @@ class Run:
         spec = self.spec
         torch.manual_seed(spec.seed)
         self.meter = Meter()
-        self.trace, self.warned, self.segment = Trace(), False, 0
-        policy = self.world.make_policy(spec.model, spec.source)
+        self.trace, self.warned, self.segment, self.saves = Trace(), False, 0, 0
+        if spec.sharding:
+            policy = self.world.make_policy(spec.model, spec.source, full_finetune=True)
+            self.mesh = shard_policy(policy, self.parallel)  # before the trainer's optimizer takes the parameters
+        else:
+            policy = self.world.make_policy(spec.model, spec.source)
         self.trainer = build_trainer(
             spec.method,
             policy,
@@ -313,9 +328,12 @@ class Run:
             lambda meter: Feedback.from_world(self.world, self.raw_reward, meter, policy),
         )
         self.trainer.distribute(self.parallel)
-        if self.checkpoint.exists():
-            state = load_checkpoint(self.checkpoint)
-            self.trainer.load_state_dict(state["trainer"])
+        state = self._resume_state()
+        if state is not None:
+            self.saves = state.get("saves", 1)  # a checkpoint of an older version counted none
+            self.trainer.load_state_dict(
+                state["trainer"] if self.mesh is None else sharded(state["trainer"], self.mesh)
+            )
             self.meter.load_state_dict(state["meter"])
             # the steps towards a milestone not yet recorded (one recorded after the save took them with it); a
             # checkpoint of an older version kept none
@@ -323,13 +341,42 @@ class Run:
                 self.trace.load_state_dict(state.get("trace", []))
             self.log(f"{self.record.run_id}: resumed at {self.meter.accounts['train'].as_dict()}")
 
+    def _resume_state(self) -> dict | None:
+        """The newest checkpoint every process has (None: start afresh). Every process saves after the same steps
+        (`_save_due`), but a kill can land between two processes' saves; each keeps its save before the last, so they
+        all hold the older of the two."""
+        states = {}
+        for path in (self.checkpoint, self.previous) if self.parallel.world_size > 1 else (self.checkpoint,):
+            if path.exists():
+                state = load_checkpoint(path)
+                states[state.get("saves", 1)] = state
+        agreed = int(self.parallel.gather(torch.tensor([max(states, default=0)])).min())
+        if agreed and agreed not in states:
+            raise ValueError(
+                f"the processes' checkpoints of {self.record.run_id} hold no common save (this one: {sorted(states)}, "
+                f"all: {agreed}); delete {self.checkpoint.parent}/{self.record.run_id}.* to start the run afresh"
+            )
+        return states.get(agreed)
+
+    def _save_due(self, last_save: float) -> bool:
+        """Whether to checkpoint after this step: the main process's clock decides for all, so that the processes'
+        checkpoints are of the same step."""
+        due = self.main and time.monotonic() - last_save > self.checkpoint_every_s
+        return self.parallel.total([float(due)])[0] > 0
+
     def _save(self) -> None:
+        self.saves += 1
+        trainer = self.trainer.state_dict()
         state = {
-            "trainer": self.trainer.state_dict(),
+            # a sharded run's parameters and moments as this process's shards: tensors, as load_checkpoint reads
+            "trainer": trainer if self.mesh is None else local_shards(trainer),
             "meter": self.meter.state_dict(),
             "trace": self.trace.state_dict(),
             "segment": self.segment,  # the milestone the trace's steps lead to
+            "saves": self.saves,
         }
+        if self.parallel.world_size > 1 and self.checkpoint.exists():
+            self.checkpoint.replace(self.previous)
         atomic_torch_save(state, self.checkpoint)
 
     def _spent(self) -> float:
@@ -368,7 +415,7 @@ class Run:
                 _check_finite(stats, "in a training step")
             self._note_step(stats)
             run_log.log({f"train/{k}": v for k, v in stats.items()}, meter.accounts["train"].nfe)
-            if time.monotonic() - last_save > self.checkpoint_every_s:
+            if self._save_due(last_save):
                 self._save()
                 last_save = time.monotonic()
         if trainer.trains:
@@ -393,10 +440,14 @@ class Run:
         train_used = self._used()
         trace = self.trace.columns()
         self.trace.clear()
-        if not self.main:
+        if not self.main and self.mesh is None:
             self.parallel.barrier()  # wait while the main process evaluates and records
             return
+        # a sharded network's every forward pass takes all the processes: they all generate, the main one records
         metrics, samples, generation = evaluate(self.trainer, self.world, self.raw_reward, meter, budget, spec.eval)
+        if not self.main:
+            self.parallel.barrier()
+            return
         _check_finite({f"{s}/{m}": v for s, m, v, _ in metrics}, "in evaluation")
         # Training compute for trained methods; for inference-time methods, their whole cost: generating the primary
         # evaluation set.

@@ -57,6 +57,7 @@ def specs(suite: Suite) -> list[RunSpec]:
             milestones=suite.milestones,
             eval=suite.eval,
             source=suite.sources.get(model, ""),
+            sharding=suite.sharding,
             reward_server=suite.reward_servers.get(reward, ""),
         )
         for reward in suite.rewards

@@ -246,7 +246,7 @@ def test_state_dict_round_trip_carries_only_lora(pipelines, family):
         assert torch.allclose(fresh.step_mean(trajectory, 0), trained_mean, atol=1e-6)
         policy.load_state_dict(initial)
         assert torch.allclose(policy.step_mean(trajectory, 0), policy.frozen_copy().step_mean(trajectory, 0), atol=1e-6)
-    with pytest.raises(ValueError, match="not this policy's LoRA weights"):
+    with pytest.raises(ValueError, match="not this policy's trained weights"):
         policy.load_state_dict({"unet.conv_in.weight": torch.zeros(1)})
 
 

@@ -83,6 +83,11 @@ from worlds import REWARDS
             "puts its first milestone at 5e-07 s (at 0.5 of the budget), less than the 1 s a wall-clock milestone",
         ),
         (["serve", "--reward", "digit", "--port", "70000"], "expected a port from 0 (any free one) to 65535"),
+        (
+            ["run", "--sharding", "fsdp2"],
+            "--sharding fsdp2 shards a scale world's full fine-tunes; suite 'default' runs",
+        ),
+        (["run", "--sharding", "zero3"], "argument --sharding: invalid choice: 'zero3' (choose from 'none', 'fsdp2')"),
         (["run", "--store", "tests"], "argument --store: tests is a folder; name the store file in it, e.g. tests/"),
         (["leaderboard", "--store", "tests"], "argument --store: tests is a folder; name the store file in it"),
         # a combined reward: each term checked as a reward, its weight as a positive number

@@ -43,8 +43,9 @@ class World(Protocol):
         base model a run starts from."""
         ...
 
-    def make_policy(self, model: str, source: str = "") -> Policy:
-        """A fresh, trainable copy of one of the world's generators (or of `source` in its place)."""
+    def make_policy(self, model: str, source: str = "", *, full_finetune: bool = False) -> Policy:
+        """A fresh, trainable copy of one of the world's generators (or of `source` in its place); `full_finetune`:
+        every weight trains, where the generators otherwise train adapters (a sharded run: bench/parallel.py)."""
         ...
 
     def score_images(
@@ -135,6 +136,11 @@ class WorldEntry(Protocol):
     @property
     def takes_sources(self) -> bool:
         """Whether `bench run --source MODEL=SOURCE` may replace a generator's checkpoint."""
+        ...
+
+    @property
+    def shards(self) -> bool:
+        """Whether `bench run --sharding fsdp2` may shard a full fine-tune of its generators over processes."""
         ...
 
     def ensure(self, name: str, root: Path, log) -> Path:

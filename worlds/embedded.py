@@ -63,8 +63,8 @@ class EmbeddedWorld:
         """The weight hash of a generator: the identity of the base model a run starts from."""
         return self.hash_of(self._generator(model, source)[0])
 
-    def make_policy(self, model: str, source: str = "") -> Policy:
-        """A fresh, trainable copy of one of the world's generators."""
+    def make_policy(self, model: str, source: str = "", *, full_finetune: bool = False) -> Policy:
+        """A fresh, trainable copy of one of the world's generators: every weight trains, whatever `full_finetune`."""
         component, policy_class = self._generator(model, source)
         return policy_class(self.recipe.network(component, self.config, self.generator_states[model]), self.encoder)
 
@@ -78,6 +78,7 @@ class EmbeddedEntry:
     cells_side_by_side = True
     gpus_per_cell = 0.0
     takes_sources = False
+    shards = False  # networks of a few megabytes: nothing to split
 
     @property
     def models(self) -> dict[str, str]:

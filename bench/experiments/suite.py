@@ -58,6 +58,9 @@ class Suite:
     """Tables written beside the leaderboard, each answering one question from the store (bench/experiments/)."""
     sources: dict[str, str] = field(default_factory=dict)
     """Model -> a checkpoint of one's own in its place (`bench run --source MODEL=SOURCE`), in worlds that take one."""
+    sharding: str = ""
+    """'fsdp2': every run a full fine-tune sharded over the processes (`bench run --sharding fsdp2`, bench/parallel.py),
+    in worlds that shard; '' unsharded."""
     reward_servers: dict[str, str] = field(default_factory=dict)
     """Reward -> the address of a server that scores it (`bench run --reward-server NAME=URL`, rewards/server.py)."""
     tuning_budget: float = 8.0

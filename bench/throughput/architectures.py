@@ -150,7 +150,7 @@ def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, devic
     """The model's policy with random weights, its modules initialised on their device (fast on a GPU; free on the
     meta device); the policy itself is built outside that context, so its schedule stays on the CPU as it loads."""
     # the real size at each config's own resolution (512 px, SD3's 1024 px, SD3.5's 512 px)
-    common = dict(
+    common: dict[str, Any] = dict(
         source="random-weights",
         min_vocab=0,
         gradient_checkpointing=checkpointing,

@@ -9,6 +9,7 @@ import torch.utils.checkpoint
 
 from models.diffusion import NoiseSchedule
 
+FINETUNES = ("lora", "full")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 SD3_ATTENTION_PROJECTIONS = ATTENTION_PROJECTIONS + ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -30,6 +31,10 @@ class DiffusersConfig:
     guidance_scale: float = 7.5
     """Classifier-free guidance weight w of the sampler (1: none, one network call of B instead of 2B); LCM:
     the guidance its w-embedding conditions on (always one call)."""
+    finetune: str = "lora"
+    """What trains: lora, adapters on `lora_target_modules` over the frozen denoiser; full, every weight of the
+    denoiser (float32 master weights; the lora_* options unused), which `bench run --sharding fsdp2` shards over the
+    processes. Not part of the base model's identity (ScaleWorld.model_hash): the run's sharding names it."""
     lora_rank: int = 4
     """Rank r of the LoRA adapters."""
     lora_alpha: float = 4.0
@@ -58,6 +63,8 @@ class DiffusersConfig:
             raise ValueError(f"resolution must be a positive number of pixels, got {self.resolution}")
         if not self.guidance_scale >= 1:
             raise ValueError(f"guidance_scale must be >= 1 (1: no guidance), got {self.guidance_scale}")
+        if self.finetune not in FINETUNES:
+            raise ValueError(f"finetune must be one of {', '.join(FINETUNES)}, got {self.finetune!r}")
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if not self.lora_alpha > 0:

@@ -1,11 +1,13 @@
-"""What the diffusers families share: LoRA adapters on a frozen denoiser in a VAE's latent space, cached text
-conditioning, classifier-free guidance, mixed precision, and the adapters-off reference."""
+"""What the diffusers families share: LoRA adapters on a frozen denoiser (or the whole denoiser, trained fully) in a
+VAE's latent space, cached text conditioning, classifier-free guidance, mixed precision, the reference, and the
+sharding of a full fine-tune over processes."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 from abc import abstractmethod
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -62,9 +64,22 @@ def checkpointing_suspended(model: nn.Module):
             m.gradient_checkpointing = True
 
 
+def denoiser_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a diffusers denoiser, in order: the items of its `*blocks` module lists (a UNet's
+    down_blocks and up_blocks, a transformer's transformer_blocks and single_transformer_blocks) and a UNet's
+    mid_block: FSDP2's units, each gathered whole for its forward and backward and freed after."""
+    blocks = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.ModuleList) and name.endswith("blocks"):
+            blocks += list(child)
+        elif name == "mid_block" and child is not None:
+            blocks.append(child)
+    return blocks
+
+
 class LoRALatentPolicy(ChainPolicy):
-    """What the diffusers families share: LoRA, the VAE's latent space, cached text conditioning, guidance,
-    mixed precision and the adapters-off reference. A family passes its network wrapped so that it returns
+    """What the diffusers families share: LoRA (or the whole denoiser trained), the VAE's latent space, cached text
+    conditioning, guidance, mixed precision and the reference. A family passes its network wrapped so that it returns
     a tensor (UNetDenoiser, SD3Denoiser) and implements `_encode_prompts`."""
 
     Config = DiffusersConfig
@@ -95,6 +110,9 @@ class LoRALatentPolicy(ChainPolicy):
         self._shift_factor = float(vae.config.get("shift_factor") or 0.0)
         self._scaling_factor = float(vae.config.scaling_factor)
         self._adapters_enabled = True
+        self._reference_network: nn.Module | None = None
+        """A full fine-tune's reference: the base denoiser, frozen in `dtype` (None with LoRA, whose reference is the
+        same modules with the adapters off)."""
         self._embeddings: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
         device, dtype = config.torch_device(), config.weight_dtype()
@@ -106,7 +124,10 @@ class LoRALatentPolicy(ChainPolicy):
                 # model needs in float32 (T5's feed-forward output overflows in float16), which a cast would undo
                 if dtype != torch.float32 and all(p.dtype == torch.float32 for p in module.parameters()):
                     module.to(dtype=dtype)
-        self._add_lora()
+        if config.finetune == "full":
+            self._train_fully()
+        else:
+            self._add_lora()
         if config.gradient_checkpointing:
             self.backbone.enable_gradient_checkpointing()
             vae.enable_gradient_checkpointing()
@@ -137,9 +158,33 @@ class LoRALatentPolicy(ChainPolicy):
             ) from error
         fuse_adapters(self.backbone)
         # peft marks the adapters, and only them, trainable; they train in float32 whatever the frozen dtype
-        self._lora = [(name, p) for name, p in self.backbone.named_parameters() if p.requires_grad]
-        for _, p in self._lora:
+        self._trained = [(name, p) for name, p in self.backbone.named_parameters() if p.requires_grad]
+        for _, p in self._trained:
             p.data = p.data.float()
+
+    def _train_fully(self) -> None:
+        """Every weight of the denoiser trains, in float32 (master weights: on CUDA the forward runs in `dtype` under
+        autocast, or in FSDP2's mixed precision when sharded); the base denoiser stays beside it as the reference."""
+        self._reference_network = copy.deepcopy(self.network)
+        self.network.float().requires_grad_(True)
+        self._trained = list(self.backbone.named_parameters())
+
+    def shard(self, shard_module: Callable[[nn.Module, torch.dtype], None]) -> None:
+        """Shards a full fine-tune's denoiser and its reference over the processes: `shard_module` (FSDP2's
+        fully_shard with the run's mesh, bench/parallel.py) on each block, then on the model, whose unit takes the
+        rest (embeddings, final norm and projection), each computing in the frozen weights' dtype. Call before an
+        optimizer holds the parameters: sharding replaces them."""
+        if self._reference_network is None:
+            raise ValueError(
+                f"sharding splits a full fine-tune over processes; this policy trains LoRA adapters "
+                f"(finetune={self.config.finetune!r}): use finetune='full'"
+            )
+        for network in (self.network, self._reference_network):
+            model = network.get_submodule("model")
+            for block in denoiser_blocks(model):
+                shard_module(block, self.config.weight_dtype())
+            shard_module(model, self.config.weight_dtype())
+        self._trained = list(self.backbone.named_parameters())
 
     def _autocast(self):
         if self._autocast_dtype is None:
@@ -239,33 +284,37 @@ class LoRALatentPolicy(ChainPolicy):
 
     # -- parameters ---------------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The LoRA weights (none for a reference)."""
-        return [p for _, p in self._lora] if self._adapters_enabled else []
+        """The LoRA weights, or a full fine-tune's every denoiser weight (none for a reference)."""
+        return [p for _, p in self._trained] if self._adapters_enabled else []
 
     def frozen_copy(self) -> LoRALatentPolicy:
-        """The reference policy: the base model, i.e. the same modules, prompt cache and meter hooks, called
-        with the adapters off. No weights are copied; it has no trainable parameters."""
+        """The reference policy: the base model, with the same prompt cache. With LoRA, the same modules and meter
+        hooks called with the adapters off (no weights are copied); in a full fine-tune, the base denoiser kept
+        beside the trained one. It has no trainable parameters."""
         reference = copy.copy(self)
-        reference._adapters_enabled = False
+        if self._reference_network is None:
+            reference._adapters_enabled = False
+        else:
+            reference.network, reference._trained = self._reference_network, []
         return reference
 
     def state_dict(self) -> dict:
-        """The LoRA weights only, by parameter name."""
-        return {name: p.detach().clone() for name, p in self._lora}
+        """The trained weights only (LoRA's, or the whole denoiser's), by parameter name."""
+        return {name: p.detach().clone() for name, p in self._trained}
 
     def load_state_dict(self, state: dict) -> None:
-        own = dict(self._lora)
+        own = dict(self._trained)
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise ValueError(
-                f"not this policy's LoRA weights: {len(missing)} missing (e.g. {missing[:1]}), "
+                f"not this policy's trained weights: {len(missing)} missing (e.g. {missing[:1]}), "
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:1]}); a state_dict from a policy "
-                f"with the same model and lora_target_modules is valid"
+                f"with the same model, finetune and lora_target_modules is valid"
             )
         wrong = [name for name, p in own.items() if tuple(state[name].shape) != tuple(p.shape)]
         if wrong:
             raise ValueError(
-                f"LoRA weight {wrong[0]} is {tuple(state[wrong[0]].shape)}, this policy's is "
+                f"weight {wrong[0]} is {tuple(state[wrong[0]].shape)}, this policy's is "
                 f"{tuple(own[wrong[0]].shape)}: saved with another lora_rank?"
             )
         with torch.no_grad():

@@ -234,7 +234,10 @@ class ScaleWorld:
         """The weights' fingerprint, the loading config (as declared, device aside) and the arithmetic's version:
         the base model's identity."""
         root = self.checkpoint_root(model, source)
-        declared = {k: v for k, v in dataclasses.asdict(self.config.models[model]).items() if k != "device"}
+        # what trains is not the base model: a sharded run's id names its full fine-tune (bench/runner.py: RunSpec)
+        declared = {
+            k: v for k, v in dataclasses.asdict(self.config.models[model]).items() if k not in ("device", "finetune")
+        }
         if source:
             declared["source"] = source
         identity = json.dumps(
@@ -244,9 +247,12 @@ class ScaleWorld:
         )
         return hashlib.sha256(identity.encode()).hexdigest()
 
-    def make_policy(self, model: str, source: str = "") -> Policy:
-        """A fresh policy: the pipeline's frozen weights with new (zero-effect) LoRA adapters."""
+    def make_policy(self, model: str, source: str = "", *, full_finetune: bool = False) -> Policy:
+        """A fresh policy: the pipeline's frozen weights with new (zero-effect) LoRA adapters, or with `full_finetune`
+        its denoiser's every weight trainable."""
         config = self.model_config(model, source)
+        if full_finetune:
+            config = dataclasses.replace(config, finetune="full")
         return POLICIES[type(config)].from_pretrained(config=config)
 
     def reward_options(self, reward: str) -> dict:
@@ -324,6 +330,7 @@ class ScaleEntry:
     # a second worker would load a second model onto the same GPU; several GPUs train one run together instead
     cells_side_by_side = False
     takes_sources = True
+    shards = True
 
     @property
     def models(self) -> dict[str, str]:
