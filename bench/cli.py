@@ -293,6 +293,18 @@ def build_parser(known: Catalog | None = None) -> Parser:
         action="store_true",
         help="no gradient checkpointing: more memory, and MFU without recomputed forwards",
     )
+    speed.add_argument(
+        "--finetune",
+        choices=("lora", "full"),
+        default="lora",
+        help="lora: the adapters train (default); full: every weight of the denoiser, as `bench run --sharding fsdp2`",
+    )
+    speed.add_argument(
+        "--shards",
+        type=arguments.positive_int,
+        default=1,
+        help="with --finetune full: also the peak memory per GPU of FSDP2 over this many GPUs, computed (default 1)",
+    )
     speed.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
     cpu = commands.add_parser(

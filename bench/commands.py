@@ -283,8 +283,10 @@ def throughput(parser: argparse.ArgumentParser, args) -> int:
         repeats=args.repeats,
         checkpointing=not args.no_checkpointing,
         device=args.device,
+        finetune=args.finetune,
+        shards=args.shards,
     )
-    print(timing.table(results))
+    print(timing.table(results, shards=args.shards))
     return 1 if any(r.failure for r in results) else 0
 
 

@@ -286,6 +286,36 @@ def test_the_backward_flops_of_a_rocm_step_are_counted():
     assert counted.seconds_per_step is None
 
 
+def test_live_memory_counts_the_tensors_alive_and_their_peak_exactly():
+    from bench.throughput.counting import LiveMemory
+
+    device = torch.device("meta")
+    kept = torch.empty(1000, device=device)  # 4,000 bytes alive before: counted from the start
+    with LiveMemory(device) as memory:
+        start = memory.current
+        assert start >= kept.nbytes
+        a = torch.ones(250, device=device)  # 1,000 bytes
+        b = a * 2  # 1,000 more
+        view = b[:10]  # a view: no new storage
+        del a, b
+        assert memory.current == start + 40 * 25  # the view keeps b's storage alive
+        del view
+        x = torch.zeros(10, 10, device=device, requires_grad=True)
+        (x * x).sum().backward()  # x * x saves x only; the gradient stays
+        assert memory.current == start + 2 * 400
+    assert memory.peak - start == 2000  # a and b together; the backward's temporaries stayed under it
+
+
+@pytest.mark.slow  # two meta-device steps each way: over 10 s on 2 cores
+def test_a_full_fine_tunes_peak_memory_is_measured_on_the_meta_device_and_computed_sharded():
+    from bench.throughput.timing import measure
+
+    lora = measure("sd35", "flow_grpo", size="tiny", sample_steps=2, device="meta")
+    full = measure("sd35", "flow_grpo", size="tiny", sample_steps=2, device="meta", finetune="full", shards=4)
+    assert lora.peak_gib and full.peak_gib and full.peak_gib > lora.peak_gib  # float32 weights, moments, the reference
+    assert lora.sharded_peak_gib is None and full.sharded_peak_gib and full.sharded_peak_gib < full.peak_gib
+
+
 def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, tmp_path):
     import shutil
 

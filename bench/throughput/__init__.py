@@ -17,10 +17,14 @@ the nightly suite's config (bench/experiments/nightly_gpu.py) and LoRA in the mo
 one step warms up, then `repeats` steps are timed. Reported per step:
   images/s     images the step sampled and trained on (prompts_per_iter x samples_per_prompt; sft: its batch) /
                wall seconds;
-  peak GiB     torch.cuda.max_memory_allocated (CUDA only);
+  peak GiB     torch.cuda.max_memory_allocated; on the meta device the peak of the step's live tensors
+               (counting.LiveMemory: float32 there, and attention's scores materialised, so an upper bound of a
+               GPU's bf16 step with fused attention); n/a on a CPU;
+  per GPU      with `--finetune full --shards N`: that peak with FSDP2 over N GPUs, computed (timing.sharded_peak);
   bwd TFLOP/s  FLOPs inside the step's backward pass(es), counted by torch's FlopCounterMode, over their wall time;
   MFU          that over the GPU's dense bf16 peak, known from its name (PEAK_BF16_TFLOPS). With gradient
                checkpointing the backward also recomputes forwards; those FLOPs are counted too (hardware FLOPs),
                so compare MFU without it (`--no-checkpointing`) where memory allows.
+`--finetune full` trains every weight of the denoiser instead of LoRA adapters (as `bench run --sharding fsdp2`).
 `--size tiny` runs the same code on the toy models of models/tiny_pipelines.py: what the tests run on a CPU.
 """

@@ -146,7 +146,7 @@ def prompt_tokenizer(size: str):
         return letters_tokenizer(Path(folder), max_length=77 if size == "real" else 16)
 
 
-def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, device: str | None):
+def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, device: str | None, finetune: str = "lora"):
     """The model's policy with random weights, its modules initialised on their device (fast on a GPU; free on the
     meta device); the policy itself is built outside that context, so its schedule stays on the CPU as it loads."""
     # the real size at each config's own resolution (512 px, SD3's 1024 px, SD3.5's 512 px)
@@ -155,6 +155,7 @@ def build_policy(model: str, size: str, tokenizer, *, checkpointing: bool, devic
         min_vocab=0,
         gradient_checkpointing=checkpointing,
         device=device,
+        finetune=finetune,
         **({"resolution": TINY_RESOLUTION} if size == "tiny" else {}),
     )
     if model in ("sd3", "sd35"):

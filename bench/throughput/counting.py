@@ -1,13 +1,18 @@
 """What `bench throughput` counts besides the wall clock: FLOPs and time inside the backward pass, the GPU's dense
-peak, and the meta device made to run a whole training step (shapes and FLOPs without data)."""
+peak, the peak of live tensors, and the meta device made to run a whole training step (shapes, FLOPs and memory
+without data)."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import time
+import weakref
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 PEAK_BF16_TFLOPS = {
@@ -93,3 +98,45 @@ class BackwardMeter:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class LiveMemory(TorchDispatchMode):
+    """The bytes of every tensor storage alive on `device` while the mode is on, and their peak: those alive when it
+    starts (weights, optimizer moments, caches), then each op's outputs (activations, gradients, temporaries) until
+    they are freed. On the meta device, which allocates nothing, this is what a GPU would hold in tensors: without its
+    allocator's caching and fragmentation or the kernels' workspaces, which come on top."""
+
+    def __init__(self, device: torch.device):
+        super().__init__()
+        self.device = device
+        self.live: dict[int, int] = {}
+        self.current = self.peak = 0
+
+    def __enter__(self):
+        gc.collect()
+        for obj in gc.get_objects():
+            if isinstance(obj, torch.Tensor) and obj.device == self.device:
+                self._add(obj)
+        return super().__enter__()
+
+    def _add(self, tensor: torch.Tensor) -> None:
+        if tensor.device != self.device:
+            return
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self.live:
+            return
+        self.live[key] = storage.nbytes()
+        self.current += self.live[key]
+        self.peak = max(self.peak, self.current)
+        weakref.finalize(storage, self._free, key)
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self._add(value)
+        return out

@@ -11,8 +11,9 @@ import torch
 
 from bench.experiments import build_suite
 from bench.throughput.architectures import aesthetic_reward, build_policy, prompt_tokenizer
-from bench.throughput.counting import BackwardMeter, host_reads_of_meta_tensors, peak_tflops, synchronize
+from bench.throughput.counting import BackwardMeter, LiveMemory, host_reads_of_meta_tensors, peak_tflops, synchronize
 from methods import METHODS
+from models.scale.lora import denoiser_blocks
 from rewards.feedback import Feedback
 from rewards.learned import PromptRewardModel
 from worlds import model_family
@@ -27,11 +28,15 @@ class Measurement:
     seconds_per_step: float | None
     """None on the meta device, which only counts."""
     peak_gib: float | None
+    """The step's peak memory: CUDA's allocator's, or on the meta device its live tensors' (LiveMemory)."""
     backward_flops: int
     """FLOPs inside one step's backward pass(es)."""
     backward_seconds: float | None
     """Their wall time in one step."""
     device_peak_tflops: float | None
+    sharded_peak_gib: float | None = None
+    """A full fine-tune's peak per GPU sharded with FSDP2 over `shards` GPUs, computed from `peak_gib` (sharded_peak);
+    None unsharded."""
     failure: str = ""
     """Why the step could not be measured (empty when it was)."""
 
@@ -85,16 +90,24 @@ def measure(
     checkpointing: bool = True,
     device: str | None = None,
     tokenizer=None,
+    finetune: str = "lora",
+    shards: int = 1,
 ) -> Measurement:
-    """One method's training step on one architecture: warm-up, then `repeats` timed steps, then a FLOP count. On
-    the meta device (no data, no time) only the FLOPs are counted: a GPU's work, measured on any machine."""
+    """One method's training step on one architecture (its LoRA adapters, or with `finetune` 'full' every weight of
+    its denoiser): warm-up, then `repeats` timed steps, then a FLOP count. On the meta device (no data, no time) the
+    FLOPs and the live tensors' peak are counted: a GPU's work and memory, measured on any machine."""
     from bench.meter import Meter
     from bench.trainers import build_trainer
 
     meta = device is not None and torch.device(device).type == "meta"
     with host_reads_of_meta_tensors() if meta else contextlib.nullcontext():
         policy = build_policy(
-            model, size, tokenizer or prompt_tokenizer(size), checkpointing=checkpointing, device=device
+            model,
+            size,
+            tokenizer or prompt_tokenizer(size),
+            checkpointing=checkpointing,
+            device=device,
+            finetune=finetune,
         )
         torch_device = policy.config.torch_device()
         reward = aesthetic_reward(size, torch_device, policy.config.weight_dtype())
@@ -114,7 +127,9 @@ def measure(
             lambda meter: Feedback(reward, (torch.rand(8, *policy.image_shape), prompts), meter, PromptRewardModel),
         )
         seconds = backward_seconds = peak = None
-        if not meta:
+        if meta:
+            trainer.step()  # the optimizer's moments allocated, as after a GPU's warm-up
+        else:
             trainer.step()  # warm-up: kernels chosen, optimizer state allocated
             if torch_device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(torch_device)
@@ -129,8 +144,12 @@ def measure(
             if torch_device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(torch_device) / 2**30
         counter = BackwardMeter(count_flops=True, timed=not meta)
-        with counter.watching(torch_device):
+        memory = LiveMemory(torch_device)
+        with counter.watching(torch_device), memory if meta else contextlib.nullcontext():
             trainer.step()
+        if meta:
+            peak = memory.peak / 2**30
+        sharded = sharded_peak(peak, trainer, shards) if finetune == "full" and shards > 1 and peak else None
     return Measurement(
         model,
         method,
@@ -141,7 +160,27 @@ def measure(
         counter.flops,
         backward_seconds,
         peak_tflops(torch_device),
+        sharded,
     )
+
+
+def sharded_peak(peak_gib: float, trainer, shards: int) -> float:
+    """A full fine-tune's peak per GPU with FSDP2 over `shards` GPUs, computed from its unsharded peak: the model
+    states (the trained weights and their gradients, the optimizer's moments, the reference's weights) split
+    `shards` ways, the rest (the frozen VAE and text encoders, the reward, the activations) as measured, and two of
+    the largest block's weights gathered in the compute dtype (FSDP2 gathers the next block's while one computes).
+    An upper bound where the peak holds fewer gradients than all of them."""
+    policy = trainer.policy
+
+    def size(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    trained = policy.trainable_parameters()
+    moments = [t for state in trainer.optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    states = 2 * size(trained) + size(moments) + size(policy.frozen_copy().network.parameters())
+    compute_bytes = torch.empty((), dtype=policy.config.weight_dtype()).element_size()
+    gathered = 2 * compute_bytes * max(sum(p.numel() for p in b.parameters()) for b in denoiser_blocks(policy.backbone))
+    return peak_gib - states * (1 - 1 / shards) / 2**30 + gathered / 2**30
 
 
 def training_methods(model: str) -> list[str]:
@@ -157,6 +196,8 @@ def run(
     repeats: int,
     checkpointing: bool,
     device: str | None,
+    finetune: str = "lora",
+    shards: int = 1,
     log=print,
 ) -> list[Measurement]:
     results, tokenizer = [], prompt_tokenizer(size)
@@ -176,26 +217,31 @@ def run(
                         checkpointing=checkpointing,
                         device=device,
                         tokenizer=tokenizer,
+                        finetune=finetune,
+                        shards=shards,
                     )
                 )
             except Exception as error:  # out of memory, say: the row says so and the table goes on
                 reason = f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
-                results.append(Measurement(model, method, 0, sample_steps or 0, None, None, 0, None, None, reason))
-            log(table([results[-1]], header=False))
+                results.append(
+                    Measurement(model, method, 0, sample_steps or 0, None, None, 0, None, None, failure=reason)
+                )
+            log(table([results[-1]], header=False, shards=shards))
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return results
 
 
-def table(results: list[Measurement], header: bool = True) -> str:
+def table(results: list[Measurement], header: bool = True, shards: int = 1) -> str:
     def number(value, digits=2, unit=""):
         return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
+    sharded = f" peak GiB per GPU, FSDP2 over {shards} |" if shards > 1 else ""
     lines = (
         [
-            "| model | method | images/step | sampler steps | s/step | images/s | peak GiB | bwd TFLOP/step | "
-            "bwd TFLOP/s | MFU |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| model | method | images/step | sampler steps | s/step | images/s | peak GiB |{sharded} "
+            "bwd TFLOP/step | bwd TFLOP/s | MFU |",
+            "|---|---|---|---|---|---|---|" + "---|" * (shards > 1) + "---|---|---|",
         ]
         if header
         else []
@@ -207,7 +253,8 @@ def table(results: list[Measurement], header: bool = True) -> str:
         lines.append(
             f"| {r.model} | {r.method} | {r.images_per_step} | {r.sample_steps} | "
             f"{number(r.seconds_per_step, 3)} | {number(r.images_per_second)} | {number(r.peak_gib, 1)} | "
-            f"{number(r.backward_flops / 1e12, 3)} | {number(r.backward_tflops, 1)} | "
+            + (f"{number(r.sharded_peak_gib, 1)} | " if shards > 1 else "")
+            + f"{number(r.backward_flops / 1e12, 3)} | {number(r.backward_tflops, 1)} | "
             f"{number(r.mfu and 100 * r.mfu, 1, '%')} |"
         )
     return "\n".join(lines)
