@@ -58,6 +58,8 @@ def suite_from_args(args) -> Suite:
         sharding="" if getattr(args, "sharding", "none") == "none" else args.sharding,
         reward_servers=dict(server.split("=", 1) for server in getattr(args, "reward_server", None) or ()),
     )
+    if suite.sharding:  # its own store and tables: a full fine-tune's runs are not its LoRA runs' seeds
+        suite = dataclasses.replace(suite, results=f"{suite.results or suite.name}-{suite.sharding}")
     if any(entry.partition("@")[0].endswith(f"/{TUNED}") for entry in suite.methods):
         from bench import sweep
 

@@ -314,6 +314,13 @@ def test_a_full_fine_tunes_peak_memory_is_measured_on_the_meta_device_and_comput
     full = measure("sd35", "flow_grpo", size="tiny", sample_steps=2, device="meta", finetune="full", shards=4)
     assert lora.peak_gib and full.peak_gib and full.peak_gib > lora.peak_gib  # float32 weights, moments, the reference
     assert lora.sharded_peak_gib is None and full.sharded_peak_gib and full.sharded_peak_gib < full.peak_gib
+    import torch.distributed as dist
+
+    try:  # off the meta device, sharded with FSDP2 in a process group of one, as `bench run --sharding fsdp2` on a GPU
+        timed = measure("sd35", "flow_grpo", size="tiny", sample_steps=2, repeats=1, finetune="full")
+        assert timed.seconds_per_step > 0 and timed.backward_flops > 0 and dist.get_world_size() == 1
+    finally:
+        dist.destroy_process_group()
 
 
 def test_a_checkpoint_of_ones_own_replaces_a_model_and_names_a_new_base(world, tmp_path):

@@ -235,6 +235,19 @@ def test_only_a_full_fine_tune_shards(world):
         world.make_policy("sd15").shard(lambda module, dtype: None)
 
 
+def test_a_sharded_sweep_writes_a_store_and_tables_of_its_own():
+    from bench.cli import build_parser
+    from bench.commands import _store, suite_from_args
+
+    for smoke, name in ((True, "nightly-gpu-smoke"), (False, "nightly-gpu")):
+        argv = ["run", "--suite", "nightly-gpu", *(["--smoke"] * smoke)]
+        plain = build_parser().parse_args(argv)
+        sharded = build_parser().parse_args([*argv, "--sharding", "fsdp2"])
+        assert _store(plain, suite_from_args(plain)).parent.name == name
+        suite = suite_from_args(sharded)
+        assert suite.sharding == "fsdp2" and _store(sharded, suite).parent.name == f"{name}-fsdp2"
+
+
 def test_a_sharded_run_is_a_run_of_its_own_and_the_base_model_is_the_same(world):
     from bench.experiments import build_suite
     from bench.sweep import specs

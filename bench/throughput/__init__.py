@@ -25,6 +25,7 @@ one step warms up, then `repeats` steps are timed. Reported per step:
   MFU          that over the GPU's dense bf16 peak, known from its name (PEAK_BF16_TFLOPS). With gradient
                checkpointing the backward also recomputes forwards; those FLOPs are counted too (hardware FLOPs),
                so compare MFU without it (`--no-checkpointing`) where memory allows.
-`--finetune full` trains every weight of the denoiser instead of LoRA adapters (as `bench run --sharding fsdp2`).
+`--finetune full` trains every weight of the denoiser instead of LoRA adapters, sharded with FSDP2 over a process group
+of one (as `bench run --sharding fsdp2` runs on one GPU; on the meta device unsharded, its sharding computed).
 `--size tiny` runs the same code on the toy models of models/tiny_pipelines.py: what the tests run on a CPU.
 """

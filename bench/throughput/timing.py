@@ -10,6 +10,7 @@ import time
 import torch
 
 from bench.experiments import build_suite
+from bench.parallel import ONE_PROCESS, shard_policy
 from bench.throughput.architectures import aesthetic_reward, build_policy, prompt_tokenizer
 from bench.throughput.counting import BackwardMeter, LiveMemory, host_reads_of_meta_tensors, peak_tflops, synchronize
 from methods import METHODS
@@ -110,6 +111,8 @@ def measure(
             finetune=finetune,
         )
         torch_device = policy.config.torch_device()
+        if finetune == "full" and not meta:  # as `bench run --sharding fsdp2` runs it on one GPU (the meta device has
+            shard_policy(policy, ONE_PROCESS)  # no process group: its sharded column is computed)
         reward = aesthetic_reward(size, torch_device, policy.config.weight_dtype())
         steps = sample_steps or policy.default_steps
         config = method_config(method, size, steps, checkpointing)
