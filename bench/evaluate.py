@@ -75,13 +75,18 @@ def stored_images(stored: np.ndarray) -> torch.Tensor:
 
 def rescore(store, world, log=lambda line: None) -> int:
     """Adds to every finished run of `world` in `store` the sample metrics (world.sample_metrics) its stored samples
-    lack, read from them exactly as a new run's evaluation reads its own; returns how many values it added."""
+    lack, read from them exactly as a new run's evaluation reads its own; returns how many values it added. A world
+    reads the same metrics from every set (worlds/base.World.sample_metrics), so once it has read one, a set that holds
+    them all is not read again."""
     runs = store.runs_frame()
-    added = 0
+    added, names = 0, None
     for run_id in runs.loc[(runs["status"] == "done") & (runs["world"] == world.name), "run_id"]:
         for milestone, split, present in store.sample_sets(run_id):
+            if names is not None and names <= present:
+                continue
             prompts, stored = store.samples(run_id, milestone, split)
             values = world.sample_metrics(stored_images(stored), prompts)
+            names = set(values)
             rows = [(split, m, v, world.metrics[m]) for m, v in values.items() if m not in present]
             if rows:
                 store.add_metrics(run_id, milestone, rows)

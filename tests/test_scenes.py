@@ -279,7 +279,7 @@ def test_the_scenes_world_scores_real_scenes_of_its_prompts_near_perfect_and_noi
 SAMPLE_METRICS = ("judge_soft", "kernel_score", "judges_agree", "reader_only")
 
 
-def test_a_rescore_reads_a_stored_run_as_its_own_evaluation_did(tiny_scenes, tmp_path):
+def test_a_rescore_reads_a_stored_run_as_its_own_evaluation_did(tiny_scenes, tmp_path, monkeypatch):
     from bench.evaluate import EvalConfig, rescore
     from bench.runner import RunSpec, execute
     from bench.store import Store
@@ -306,7 +306,10 @@ def test_a_rescore_reads_a_stored_run_as_its_own_evaluation_did(tiny_scenes, tmp
             conn.execute(
                 f"DELETE FROM metrics WHERE metric IN ({', '.join('?' * len(SAMPLE_METRICS))})", SAMPLE_METRICS
             )
-        assert rescore(store, tiny_scenes) == len(read) and rescore(store, tiny_scenes) == 0
+        assert rescore(store, tiny_scenes) == len(read)
+        reads, read_samples = [], tiny_scenes.sample_metrics
+        monkeypatch.setattr(tiny_scenes, "sample_metrics", lambda *args: reads.append(1) or read_samples(*args))
+        assert rescore(store, tiny_scenes) == 0 and len(reads) == 1  # one set read shows the others have them all
         again = store.results_frame().query("metric in @SAMPLE_METRICS")
     columns = ["run_id", "milestone", "split", "metric", "value"]
     assert again[columns].reset_index(drop=True).equals(read[columns].reset_index(drop=True))

@@ -57,7 +57,7 @@ class World(Protocol):
     def sample_metrics(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
         """Metrics read from an evaluation set as the store keeps it (8-bit images, bench/evaluate.py:
         stored_images), so that a metric added later reads a run recorded before it exactly as a new run's
-        evaluation does (`bench rescore`): each must be in `metrics`."""
+        evaluation does (`bench rescore`): each must be in `metrics`, and every set gets the same ones."""
         ...
 
     def demonstrations(self, reward, fraction: float, base_policy) -> tuple[torch.Tensor, list[str]]:
