@@ -216,18 +216,23 @@ def test_a_full_fine_tune_trains_every_denoiser_weight_against_the_base_model_as
     prompts = world.prompts["train"][:2]
     with torch.no_grad():
         trajectory = metered.sample(prompts, 2, torch.Generator().manual_seed(0), Sampler(noise=1.0))
+        # the reference computes as the policy does: at equal weights, the same numbers
+        assert torch.equal(reference.step_mean(trajectory, 0), metered.step_mean(trajectory, 0))
         for p in trained:
             p.add_(0.01 * torch.randn_like(p))
         before = meter.usage.nfe
         base_mean, moved_mean = reference.step_mean(trajectory, 0), metered.step_mean(trajectory, 0)
     assert meter.usage.nfe > before + len(prompts)  # the reference's network is watched: its calls count too
-    assert (base_mean - trajectory.means[:, 0]).abs().max() < 1e-5  # the reference is the base model
+    assert (base_mean - trajectory.means[:, 0]).abs().max() < 1e-5  # the reference stayed the base model
     assert (moved_mean - base_mean).abs().max() > 1e-3  # the policy moved away from it
     state = policy.state_dict()
     fresh = world.make_policy(model, full_finetune=True)
     fresh.load_state_dict(state)
+    reference.load_state_dict(state)  # a reference reset to the current policy (GARDO's)
     with torch.no_grad():
         assert torch.equal(fresh.step_mean(trajectory, 0), moved_mean)
+        assert torch.equal(reference.step_mean(trajectory, 0), moved_mean)
+    assert reference.trainable_parameters() == []
 
 
 def test_only_a_full_fine_tune_shards(world):

@@ -110,6 +110,7 @@ class LoRALatentPolicy(ChainPolicy):
         self._shift_factor = float(vae.config.get("shift_factor") or 0.0)
         self._scaling_factor = float(vae.config.scaling_factor)
         self._adapters_enabled = True
+        self._is_reference = False
         self._reference_network: nn.Module | None = None
         """A full fine-tune's reference: the base denoiser, frozen in `dtype` (None with LoRA, whose reference is the
         same modules with the adapters off)."""
@@ -285,17 +286,20 @@ class LoRALatentPolicy(ChainPolicy):
     # -- parameters ---------------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The LoRA weights, or a full fine-tune's every denoiser weight (none for a reference)."""
-        return [p for _, p in self._trained] if self._adapters_enabled else []
+        return [] if self._is_reference else [p for _, p in self._trained]
 
     def frozen_copy(self) -> LoRALatentPolicy:
         """The reference policy: the base model, with the same prompt cache. With LoRA, the same modules and meter
         hooks called with the adapters off (no weights are copied); in a full fine-tune, the base denoiser kept
         beside the trained one. It has no trainable parameters."""
         reference = copy.copy(self)
+        reference._is_reference = True
         if self._reference_network is None:
             reference._adapters_enabled = False
         else:
-            reference.network, reference._trained = self._reference_network, []
+            # its weights by the policy's names: loading the policy's state makes it the current policy (GARDO's reset)
+            reference.network = self._reference_network
+            reference._trained = list(self._reference_network.get_submodule("model").named_parameters())
         return reference
 
     def state_dict(self) -> dict:

@@ -61,6 +61,18 @@ class _UNetPolicy(LoRALatentPolicy):
                 f"{vae.config.latent_channels}: not one model's components"
             )
         side = self._latent_side(config, vae, 2 ** (len(unet.config.block_out_channels) - 1))
+        if config.torch_device().type == "cpu" and side <= 32:
+            # SDPA's CPU flash kernel recomputes the attention in its backward, which at short sequences costs more
+            # than keeping the softmax: on the tiny SD pipeline of bench/throughput/cpu.py diffusers' classic
+            # processor, which keeps it, took a self-attention's forward and backward in 11.6 ms instead of 14.9, a
+            # cross-attention's in 5.2 instead of 6.1 (batch 32, 64 queries, head dimension 8, one thread), and
+            # KeptSoftmaxAttention computes the classic processor's products faster (attention.py). The kept scores
+            # are side^4 floats per head and image at full resolution: 4 MB at a 32 x 32 latent, 64 MB at SD 1.5's
+            # 64 x 64, where flash's recomputation is the better trade. Set before the policy is built, so that a
+            # full fine-tune's reference (a copy of the UNet) computes as the policy does
+            from models.scale.attention import attend_with_kept_softmax
+
+            attend_with_kept_softmax(unet)
         super().__init__(
             UNetDenoiser(unet, (unet.config.in_channels, side, side)),
             vae,
@@ -69,17 +81,6 @@ class _UNetPolicy(LoRALatentPolicy):
             config,
             schedule or SD_SCHEDULE,
         )
-        if self.device.type == "cpu" and side <= 32:
-            # SDPA's CPU flash kernel recomputes the attention in its backward, which at short sequences costs more
-            # than keeping the softmax: on the tiny SD pipeline of bench/throughput/cpu.py diffusers' classic
-            # processor, which keeps it, took a self-attention's forward and backward in 11.6 ms instead of 14.9, a
-            # cross-attention's in 5.2 instead of 6.1 (batch 32, 64 queries, head dimension 8, one thread), and
-            # KeptSoftmaxAttention computes the classic processor's products faster (attention.py). The kept scores
-            # are side^4 floats per head and image at full resolution: 4 MB at a 32 x 32 latent, 64 MB at SD 1.5's
-            # 64 x 64, where flash's recomputation is the better trade
-            from models.scale.attention import attend_with_kept_softmax
-
-            attend_with_kept_softmax(unet)
 
     def _encode_prompts(self, prompts):
         tokenizer, encoder = self.tokenizers[0], self.text_encoders[0]
