@@ -235,6 +235,42 @@ def test_a_full_fine_tune_trains_every_denoiser_weight_against_the_base_model_as
     assert reference.trainable_parameters() == []
 
 
+@pytest.mark.parametrize("model", ["sd15", "sd35"])
+def test_a_lora_reference_is_the_base_model_until_it_is_set_to_the_policys_weights(world, model):
+    """GARDO resets its reference to the current policy: a LoRA policy's reference (the shared modules) takes an
+    adapter of its own, which no optimizer step moves and no gradient reaches."""
+    from models.sampler import Sampler
+
+    policy = world.make_policy(model)
+    reference = policy.frozen_copy()
+    assert reference.state_dict() == {} and reference.trainable_parameters() == []
+    trained = policy.trainable_parameters()
+    prompts = world.prompts["train"][:2]
+    with torch.no_grad():
+        trajectory = policy.sample(prompts, 2, torch.Generator().manual_seed(0), Sampler(noise=1.0))
+        base = policy.step_mean(trajectory, 0)
+        for p in trained:
+            p.add_(0.05 * torch.randn_like(p))
+        moved = policy.step_mean(trajectory, 0)
+        assert torch.equal(reference.step_mean(trajectory, 0), base) and (moved - base).abs().max() > 1e-4
+        reference.load_state_dict(policy.state_dict())
+        assert torch.equal(reference.step_mean(trajectory, 0), moved)  # now the policy as it was when reset
+        for p in trained:
+            p.add_(0.05 * torch.randn_like(p))
+        assert torch.equal(reference.step_mean(trajectory, 0), moved)  # and it stays so as the policy moves on
+    assert reference.trainable_parameters() == [] and policy.trainable_parameters() == trained
+    assert all(p.requires_grad for p in trained)
+    assert not any(p.requires_grad for _, p in reference._trained)
+    loss = policy.step_mean(trajectory, 0).square().mean() + reference.step_mean(trajectory, 0).square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in trained) and all(p.grad is None for _, p in reference._trained)
+    saved = reference.state_dict()
+    again = world.make_policy(model).frozen_copy()
+    again.load_state_dict(saved)  # a resumed run's reference
+    with torch.no_grad():
+        assert torch.equal(again.step_mean(trajectory, 0), moved)
+
+
 def test_only_a_full_fine_tune_shards(world):
     with pytest.raises(ValueError, match="use finetune='full'"):
         world.make_policy("sd15").shard(lambda module, dtype: None)

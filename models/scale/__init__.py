@@ -15,10 +15,12 @@ w (the guidance it was distilled from). The training losses regress the plain co
 
 The networks are frozen in `dtype`; LoRA adapters (float32) on `lora_target_modules` are the only trainable
 parameters, the only weights in `state_dict`, and `frozen_copy` is the base model itself: the same modules,
-called with the adapters off. On CUDA the denoiser and the VAE run under autocast in `dtype` (the text
-encoders in their own weights' dtypes); on CPU everything runs in float32. Weights load from a hub id (the
-local cache first; downloaded only when the hub is reachable) or a local directory in diffusers' pipeline
-layout.
+called with the adapters off, until it is loaded with the policy's weights (GARDO's reset), which it then holds in an
+adapter of its own. With `finetune='full'` every weight of the denoiser trains, and the reference is a copy of the
+base denoiser (config.py; sharded with FSDP2 by bench/parallel.py). On CUDA the denoiser and the VAE run under
+autocast in `dtype` (the text encoders in their own weights' dtypes); on CPU everything runs in float32. Weights load
+from a hub id (the local cache first; downloaded only when the hub is reachable) or a local directory in diffusers'
+pipeline layout.
 
 Departures from the pipelines: the prompt cache holds every prompt's embeddings (on the CPU) for the
 policy's life; SD3's flow matching samples t uniformly (the base FlowPolicy's loss), not SD3's logit-normal.

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from abc import abstractmethod
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.utils.checkpoint
@@ -47,6 +48,30 @@ def adapters_disabled(model: nn.Module):
         yield
     finally:
         model.enable_adapters()
+
+
+REFERENCE_ADAPTER = "reference"
+"""The adapter a LoRA policy's reference gets once it is set to weights other than the base model's (GARDO resets its
+reference to the current policy): the policy's own adapter is peft's "default"."""
+
+
+@contextmanager
+def adapter_active(model: Any, name: str, trained: list[nn.Parameter]):
+    """`model` predicts with its adapter `name` inside the block. peft's set_adapter also makes the active adapter the
+    trainable one; the flags are put back at once, so that only `trained` (the policy's adapter) takes a gradient."""
+
+    def switch(to: str) -> None:
+        model.set_adapter(to)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in trained:
+            parameter.requires_grad_(True)
+
+    switch(name)
+    try:
+        yield
+    finally:
+        switch("default")
 
 
 @contextmanager
@@ -109,8 +134,11 @@ class LoRALatentPolicy(ChainPolicy):
         self.image_shape = (3, config.resolution, config.resolution)
         self._shift_factor = float(vae.config.get("shift_factor") or 0.0)
         self._scaling_factor = float(vae.config.scaling_factor)
-        self._adapters_enabled = True
         self._is_reference = False
+        self._reference_adapter = False
+        """A LoRA reference set to weights of its own: the REFERENCE_ADAPTER's (False: the base model, adapters off)."""
+        self._policy_adapter: list[nn.Parameter] = []
+        """A LoRA reference's policy's adapter weights: what alone takes gradients when its own adapter is active."""
         self._reference_network: nn.Module | None = None
         """A full fine-tune's reference: the base denoiser, frozen in `dtype` (None with LoRA, whose reference is the
         same modules with the adapters off)."""
@@ -248,7 +276,7 @@ class LoRALatentPolicy(ChainPolicy):
         return uncond + self.config.guidance_scale * (cond - uncond)
 
     def _forward(self, network: nn.Module, *args) -> torch.Tensor:
-        if self._adapters_enabled:
+        if not self._is_reference or self._reference_network is not None:  # its own network, as it is
             with self._autocast():
                 return network(*args)
         if torch.is_grad_enabled() and self.config.gradient_checkpointing:
@@ -257,7 +285,13 @@ class LoRALatentPolicy(ChainPolicy):
         return self._reference_forward(network, *args)
 
     def _reference_forward(self, network: nn.Module, *args) -> torch.Tensor:
-        with adapters_disabled(self.backbone), checkpointing_suspended(self.backbone), self._autocast():
+        """A LoRA reference's call: the shared modules with the adapters off, or with its own adapter active."""
+        adapters = (
+            adapter_active(self.backbone, REFERENCE_ADAPTER, self._policy_adapter)
+            if self._reference_adapter
+            else adapters_disabled(self.backbone)
+        )
+        with adapters, checkpointing_suspended(self.backbone), self._autocast():
             return network(*args)
 
     # -- latent space -------------------------------------------------------------------------------------
@@ -295,7 +329,8 @@ class LoRALatentPolicy(ChainPolicy):
         reference = copy.copy(self)
         reference._is_reference = True
         if self._reference_network is None:
-            reference._adapters_enabled = False
+            # the base model until it is loaded with weights (`load_state_dict`); the policy's adapter kept aside
+            reference._trained, reference._policy_adapter = [], [p for _, p in self._trained]
         else:
             # its weights by the policy's names: loading the policy's state makes it the current policy (GARDO's reset)
             reference.network = self._reference_network
@@ -307,6 +342,8 @@ class LoRALatentPolicy(ChainPolicy):
         return {name: p.detach().clone() for name, p in self._trained}
 
     def load_state_dict(self, state: dict) -> None:
+        if self._is_reference and self._reference_network is None and state and not self._reference_adapter:
+            self._add_reference_adapter(list(state))
         own = dict(self._trained)
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
@@ -324,6 +361,26 @@ class LoRALatentPolicy(ChainPolicy):
         with torch.no_grad():
             for name, p in own.items():
                 p.copy_(state[name])
+
+    def _add_reference_adapter(self, names: list[str]) -> None:
+        """Gives a LoRA reference an adapter of its own beside the policy's (on the same modules, trained by no one),
+        its weights by the policy's adapter's names, so that it can hold the policy's weights of another time."""
+        backbone: Any = self.backbone  # a diffusers model with peft's adapter methods
+        if REFERENCE_ADAPTER not in getattr(backbone, "peft_config", {}):
+            with warnings.catch_warnings():  # peft warns of a second adapter, which is the point here
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                backbone.add_adapter(backbone.peft_config["default"], adapter_name=REFERENCE_ADAPTER)
+            backbone.set_adapter("default")  # add_adapter activates the new one
+        own = dict(backbone.named_parameters())
+        suffix = {name: name.replace(".default.", f".{REFERENCE_ADAPTER}.") for name in names}
+        missing = [name for name in names if suffix[name] not in own]
+        if missing:
+            raise ValueError(f"not this policy's LoRA weights (e.g. {missing[0]}): a reference takes its policy's")
+        self._trained = [(name, own[suffix[name]]) for name in names]
+        for _, p in self._trained:
+            p.data = p.data.float()
+            p.requires_grad_(False)
+        self._reference_adapter = True
 
     # -- loading ------------------------------------------------------------------------------------------
     @staticmethod
