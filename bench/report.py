@@ -226,7 +226,7 @@ def _cell_table(
     for r in cells.to_dict("records"):
         done = r["status"] == "done"
         cols = [_e(rank_text(r["rank"], r["tied"]))] if ranked else []
-        cols += [_e(r[k]) for k in ENTRY_KEYS]
+        cols += [_label(r[k]) for k in ENTRY_KEYS]
         if not ranked:
             cols += [_e(r["method_version"]), _e(f"{r['budget_unit']} {human(r['budget'])}") if done else "—"]
         cols.append(str(r["n_seeds"]))
@@ -265,7 +265,7 @@ def _diagnostics_section(cells: pd.DataFrame, image: Path, task: str) -> str:
         values = summary_cells(r)
         warned = f" ⚠ {r['warned'] * r['seeds']:.0f} of {r['seeds']}" if r["warned"] else ""
         values[[c for c, *_ in SUMMARY].index(FIRST_PASS_COLUMN)] += warned
-        cols = [f"<td>{_e(r['method'])}</td>", f"<td>{_e(r['model'])}</td>"]
+        cols = [f"<td>{_label(r['method'])}</td>", f"<td>{_label(r['model'])}</td>"]
         cols += [_num(f"{r['budget_unit']} {human(r['budget'])}"), _num(str(r["seeds"]))]
         rows.append("<tr>" + "".join(cols + [_num(v) for v in values]) + "</tr>")
     parts.append(_table(header, rows))
@@ -424,3 +424,9 @@ def _codes(values: pd.Series) -> str:
 
 def _e(value: object) -> str:
     return html.escape(str(value))
+
+
+def _label(value: object) -> str:
+    """A method's label, which may break after its variant's slash (`tempflow_grpo/<wbr>tuned`): the tables' widest
+    column would otherwise hold the longest label on one line."""
+    return _e(value).replace("/", "/<wbr>")
