@@ -180,7 +180,10 @@ def test_ctrl_c_ends_a_sweep_in_one_line_and_the_same_command_finishes_it(refere
         sweep.kill()
     assert sweep.returncode == 130, err
     assert "Traceback" not in out + err, err
-    assert err.strip().splitlines()[-1] == (
+    # Python's resource tracker, a process of its own, may warn after the sweep's last line of a semaphore the
+    # interrupted workers' queue left, depending on where the interrupt lands (seen once in several runs)
+    sweep_lines = [line for line in err.strip().splitlines() if "resource_tracker" not in line]
+    assert sweep_lines[-1] == (
         "python -m bench run: interrupted (finished runs are kept; the same command resumes the rest)"
     )
     assert main(["run", *SMALL_SWEEP, "--store", str(store)]) == 0
