@@ -115,11 +115,10 @@ class Meter:
 class MeteredPolicy:
     """A policy whose networks are watched and whose samples are counted; otherwise the same policy."""
 
-    def __init__(self, policy, meter: Meter, *, watch: bool = True):
+    def __init__(self, policy, meter: Meter):
         self._policy = policy
         self._meter = meter
-        if watch:
-            meter.watch(policy.network)
+        meter.watch(policy.network)
 
     def __getattr__(self, name):
         return getattr(self._policy, name)
