@@ -279,7 +279,8 @@ def test_cli_end_to_end_produces_a_leaderboard_and_a_rerun_skips_everything(tmp_
     store = tmp_path / "smoke" / "store.sqlite"
     # a bare method name selects the suite's entries of it on every model: base and ddpo (diffusion,
     # consistency, flow), and rocm, whose `compress` cells are not applicable
-    argv = ["run", "--suite", "smoke", "--method", "base,ddpo,rocm", "--seeds", "2", "--store", str(store)]
+    argv = ["run", "--suite", "smoke", "--method", "base,ddpo,rocm", "--reward", "digit,compress", "--seeds", "2"]
+    argv += ["--store", str(store)]
     assert main(argv) == 0
     first = capsys.readouterr().out
     # said before it starts

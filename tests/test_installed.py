@@ -77,12 +77,11 @@ def test_the_example_package_installed_runs_its_method_in_the_smoke_suite(tmp_pa
     help_text = " ".join(bench("run", "--help-method", "rloo").stdout.split())  # argparse wraps the help's lines
     assert "--rloo.learning_rate" in help_text and "a consistency sampler's noise is its own" in help_text
     store = tmp_path / "store.sqlite"
-    run = bench(
-        "run", "--suite", "smoke", "--method", "rloo", "--seeds", "1", "--store", str(store), "--progress", "never"
-    )
+    cells = ["--method", "rloo", "--reward", "digit,compress", "--seeds", "1"]
+    run = bench("run", "--suite", "smoke", *cells, "--store", str(store), "--progress", "never")
     assert run.returncode == 0, run.stderr
     with sqlite3.connect(store) as db:
-        # it joined the smoke suite on each of its three families, as a built-in method does: both rewards on each
+        # it joined the smoke suite on each of its three families, as a built-in method does: the two rewards on each
         assert db.execute("select method, status from runs").fetchall() == [("rloo", "done")] * 6
     # the contract every registered method keeps, now over the installed one too
     contract = subprocess.run(
