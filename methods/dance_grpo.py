@@ -25,8 +25,6 @@ from methods.options import Interval, option
 from methods.toolkit.policy_gradient import (
     PolicyGradientTrainer,
     PPOOptions,
-    group_normalized_advantages,
-    ppo_epochs,
     ppo_usage,
     steps_trained,
     zero_std_groups,
@@ -82,12 +80,11 @@ class DanceGRPO(PolicyGradientTrainer):
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         groups = len(prompts) // cfg.samples_per_prompt
         shared = torch.randn((groups, *self.policy.latent_shape), generator=self.generator)
-        trajectory, rewards = self.sample_scored(
+        rewards, summary = self.group_update(
             prompts,
             self.sampler_steps(cfg.sample_steps),
             Sampler(DYNAMICS[self.policy.family], self.noise_level),
             initial=shared.repeat_interleave(cfg.samples_per_prompt, dim=0),
+            step_fraction=cfg.timestep_fraction,
         )
-        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
-        summary = ppo_epochs(self, trajectory, advantages, step_fraction=cfg.timestep_fraction)
         return {"reward": rewards.mean().item(), "zero_std_groups": zero_std_groups(rewards, groups), **summary}

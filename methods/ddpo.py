@@ -24,8 +24,6 @@ from methods.options import Interval, option
 from methods.toolkit.policy_gradient import (
     PolicyGradientTrainer,
     PPOOptions,
-    group_normalized_advantages,
-    ppo_epochs,
     ppo_usage,
     steps_trained,
     zero_std_groups,
@@ -82,8 +80,7 @@ class DDPO(PolicyGradientTrainer):
     def step(self) -> dict[str, float]:
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), Sampler(noise=cfg.eta))
+        steps, sampler = self.sampler_steps(cfg.sample_steps), Sampler(noise=cfg.eta)
+        rewards, summary = self.group_update(prompts, steps, sampler, step_fraction=cfg.step_fraction)
         groups = len(prompts) // cfg.samples_per_prompt
-        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
-        summary = ppo_epochs(self, trajectory, advantages, step_fraction=cfg.step_fraction)
         return {"reward": rewards.mean().item(), "zero_std_groups": zero_std_groups(rewards, groups), **summary}

@@ -44,8 +44,6 @@ from methods.toolkit.policy_gradient import (
     FLOW_SDE_SEARCH,
     FlowGRPOOptions,
     PolicyGradientTrainer,
-    group_normalized_advantages,
-    ppo_epochs,
     ppo_usage,
     zero_std_groups,
 )
@@ -110,10 +108,8 @@ class FlowGRPO(PolicyGradientTrainer):
             span, window = (start, start + size), {"window_start": float(start)}
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         sampler = Sampler(cfg.dynamics, cfg.noise_level, window=span)
-        trajectory, rewards = self.sample_scored(prompts, steps, sampler)
+        rewards, summary = self.group_update(prompts, steps, sampler, guard=cfg.guard)
         groups = len(prompts) // cfg.samples_per_prompt
-        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
-        summary = ppo_epochs(self, trajectory, advantages, guard=cfg.guard)
         return {
             "reward": rewards.mean().item(),
             "zero_std_groups": zero_std_groups(rewards, groups),

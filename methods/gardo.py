@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -107,6 +108,8 @@ def diversity_advantages(rewards: torch.Tensor, features: torch.Tensor, groups: 
 class Config(FlowGRPOOptions):
     """GARDO's options: Flow-GRPO's (methods/toolkit/policy_gradient.py: FlowGRPOOptions), the gate's first share,
     and when the KL's reference is reset."""
+
+    groups_apart: ClassVar[bool] = False  # the KL's gate ranks the whole batch's chains
 
     gate_fraction: float = option(0.1, above=0, at_most=1)
     """b: the share of the batch, most uncertain first, the KL is taken over at the first iteration (it then

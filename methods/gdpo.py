@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -54,6 +55,8 @@ def decoupled_advantages(
 class Config(FlowGRPOOptions):
     """GDPO's options: Flow-GRPO's (methods/toolkit/policy_gradient.py: FlowGRPOOptions); the rewards and their
     weights are the run's reward spec."""
+
+    groups_apart: ClassVar[bool] = False  # each term's spread is the whole batch's (decoupled_advantages)
 
 
 class GDPO(PolicyGradientTrainer):

@@ -33,8 +33,6 @@ from methods.toolkit.policy_gradient import (
     FLOW_SDE_SEARCH,
     FlowSDEOptions,
     PolicyGradientTrainer,
-    group_normalized_advantages,
-    ppo_epochs,
     ppo_usage,
     zero_std_groups,
 )
@@ -112,10 +110,8 @@ class MixGRPO(PolicyGradientTrainer):
         grid = flash_grid(self.policy.sampling_timesteps(steps), start + window, cfg.flash_steps)
         sampler = Sampler(cfg.dynamics, cfg.noise_level, window=(start, start + window))
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
-        trajectory, rewards = self.sample_scored(prompts, grid, sampler)
+        rewards, summary = self.group_update(prompts, grid, sampler)
         groups = len(prompts) // cfg.samples_per_prompt
-        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
-        summary = ppo_epochs(self, trajectory, advantages)
         self.iteration += 1
         return {
             "reward": rewards.mean().item(),

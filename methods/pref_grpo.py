@@ -31,7 +31,6 @@ from methods.toolkit.policy_gradient import (
     FlowGRPOOptions,
     PolicyGradientTrainer,
     group_normalized_advantages,
-    ppo_epochs,
     zero_std_groups,
 )
 from models.sampler import Sampler
@@ -67,11 +66,11 @@ class PrefGRPO(PolicyGradientTrainer):
         cfg = self.config
         prompts = self.prompt_batch(cfg.prompts_per_iter, cfg.samples_per_prompt)
         sampler = Sampler(cfg.dynamics, cfg.noise_level)
-        trajectory, rewards = self.sample_scored(prompts, self.sampler_steps(cfg.sample_steps), sampler)
+        rewards, summary = self.group_update(
+            prompts,
+            self.sampler_steps(cfg.sample_steps),
+            sampler,
+            lambda rewards, groups: group_normalized_advantages(win_rates(rewards, groups), groups, cfg.adv_clip),
+        )
         groups = len(prompts) // cfg.samples_per_prompt
-        advantages = group_normalized_advantages(win_rates(rewards, groups), groups, cfg.adv_clip)
-        return {
-            "reward": rewards.mean().item(),
-            "zero_std_groups": zero_std_groups(rewards, groups),
-            **ppo_epochs(self, trajectory, advantages),
-        }
+        return {"reward": rewards.mean().item(), "zero_std_groups": zero_std_groups(rewards, groups), **summary}

@@ -38,6 +38,7 @@ grid in order and the steps' terms summed, so the shared options inner_epochs an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -53,6 +54,8 @@ GRIDS = ("stratified", "fixed")
 class Config(RatioClipOptions):
     """Scores-as-Actions' options: the policy-gradient ones (methods/toolkit/policy_gradient.py), the training grid
     and the path KL's weight beta."""
+
+    groups_apart: ClassVar[bool] = False  # its advantages are value increments along a chain, not group-relative
 
     grid: str = "stratified"
     """stratified: a new grid every iteration, one time drawn in each of N equal strata; fixed: the sampler's own

@@ -35,7 +35,6 @@ from methods.toolkit.policy_gradient import (
     FlowGRPOOptions,
     PolicyGradientTrainer,
     group_normalized_advantages,
-    ppo_epochs,
     ppo_usage,
     zero_std_groups,
 )
@@ -99,13 +98,16 @@ class TempFlowGRPO(PolicyGradientTrainer):
                 prefix = self.policy.sample(prompts[::per_group], grid, self.generator, initial=shared, until=branch)
             shared = prefix.latents[:, -1]
         sampler = Sampler(cfg.dynamics, cfg.noise_level, window=(0, 1))
-        trajectory, rewards = self.sample_scored(
-            prompts, grid[branch:], sampler, initial=shared.repeat_interleave(per_group, dim=0)
-        )
         weight = float(noise_weights(grid, cfg.dynamics, cfg.noise_level)[branch]) if cfg.noise_weighting else 1.0
+        rewards, summary = self.group_update(
+            prompts,
+            grid[branch:],
+            sampler,
+            lambda rewards, groups: weight * group_normalized_advantages(rewards, groups, cfg.adv_clip),
+            initial=shared.repeat_interleave(per_group, dim=0),
+            step_fraction=None,
+        )
         groups = len(prompts) // per_group
-        advantages = group_normalized_advantages(rewards, groups, cfg.adv_clip)
-        summary = ppo_epochs(self, trajectory, weight * advantages, step_fraction=None)
         return {
             "reward": rewards.mean().item(),
             "zero_std_groups": zero_std_groups(rewards, groups),

@@ -177,11 +177,13 @@ class Trainer(ABC):
         """Drops the accumulated gradients before a new optimizer step's backward passes."""
         self._trained_optimizer().zero_grad(set_to_none=True)
 
-    def minibatches(self, count: int, minibatch: int, option: str = "minibatch") -> Iterator[torch.Tensor]:
-        """The indices of `count` items in an order drawn from `self.generator`, in this process's shares of
-        `minibatch` (the method's `option` of that name: its error names it if it does not split over the
-        processes)."""
-        order = torch.randperm(count, generator=self.generator)
+    def minibatches(
+        self, count: int, minibatch: int, option: str = "minibatch", order: torch.Tensor | None = None
+    ) -> Iterator[torch.Tensor]:
+        """The indices of `count` items in an order drawn from `self.generator` (or the `order` given, drawn so
+        before), in this process's shares of `minibatch` (the method's `option` of that name: its error names it if
+        it does not split over the processes)."""
+        order = torch.randperm(count, generator=self.generator) if order is None else order
         size = self.parallel.share(minibatch, f"{self.name}.{option}")
         for start in range(0, count, size):
             yield order[start : start + size]

@@ -62,6 +62,61 @@ class Trajectory:
             mean_graphs=tuple(mean[index] for mean in self.mean_graphs),
         )
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[Trajectory]) -> Trajectory:
+        """The chains of `parts` (the same steps, sampled apart, none holding a graph) as one trajectory, in order."""
+        if any(part.mean_graphs for part in parts):
+            raise ValueError("a trajectory holding its sampling graph is not concatenated: let the graph go first")
+        log_probs = [part.log_probs for part in parts if part.log_probs is not None]  # all or none: the same steps
+        return replace(
+            parts[0],
+            prompts=[prompt for part in parts for prompt in part.prompts],
+            latents=torch.cat([part.latents for part in parts]),
+            means=torch.cat([part.means for part in parts]),
+            predictions=torch.cat([part.predictions for part in parts]),
+            log_probs=torch.cat(log_probs) if log_probs else None,
+            images=torch.cat([part.images for part in parts]),
+        )
+
+
+class NoiseTape:
+    """A batch's standard normal draws, made whole and read by rows, so that a batch of chains sampled a part at a
+    time (Policy.sample given `tape.rows(start, stop)` in place of the generator) draws from the generator exactly
+    what, and in the order, the whole batch sampled at once would: each part's chains are the whole batch's rows. The
+    first part to ask for a draw makes it for every row; the others read theirs."""
+
+    def __init__(self, generator: torch.Generator, batch: int):
+        self.generator, self.batch = generator, batch
+        self.draws: list[torch.Tensor] = []
+
+    def rows(self, start: int, stop: int) -> NoiseRows:
+        return NoiseRows(self, start, stop)
+
+
+class NoiseRows:
+    """One part's reader of a NoiseTape: its k-th draw is rows start:stop of the tape's k-th."""
+
+    def __init__(self, tape: NoiseTape, start: int, stop: int):
+        self.tape, self.start, self.stop, self.read = tape, start, stop, 0
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        tape = self.tape
+        if self.read == len(tape.draws):
+            tape.draws.append(torch.randn((tape.batch, *shape[1:]), generator=tape.generator))
+        draw = tape.draws[self.read]
+        if shape[0] != self.stop - self.start or draw.shape[1:] != tuple(shape[1:]):
+            raise ValueError(
+                f"draw {self.read} of rows {self.start}:{self.stop} asks for shape {tuple(shape)}; the tape holds "
+                f"{tuple(draw.shape)}: the parts of a batch must draw alike"
+            )
+        self.read += 1
+        return draw[self.start : self.stop]
+
+
+def standard_normal(source: torch.Generator | NoiseRows, shape: Sequence[int]) -> torch.Tensor:
+    """A standard normal draw of `shape` from a generator, or a tape's rows (NoiseTape)."""
+    return source.randn(shape) if isinstance(source, NoiseRows) else torch.randn(tuple(shape), generator=source)
+
 
 class Transition(NamedTuple):
     """One sampler step from x: x_next ~ N(mean, std^2 I) (std 0: deterministic), and the x_0 the model predicts."""
@@ -102,7 +157,7 @@ class Policy(Protocol):
         self,
         prompts: list[str],
         steps: int | torch.Tensor,
-        generator: torch.Generator,
+        generator: torch.Generator | NoiseRows,
         sampler: Sampler = DETERMINISTIC,
         *,
         initial: torch.Tensor | None = None,
@@ -274,7 +329,7 @@ class ChainPolicy(ABC):
         self,
         prompts: list[str],
         steps: int | torch.Tensor,
-        generator: torch.Generator,
+        generator: torch.Generator | NoiseRows,
         sampler: Sampler = DETERMINISTIC,
         *,
         initial: torch.Tensor | None = None,
@@ -287,15 +342,17 @@ class ChainPolicy(ABC):
         """Runs the sampler over `steps` steps of the family's grid, or over an explicit grid (a descending tensor of
         the timesteps the steps start from, as `sampling_timesteps` returns), each step following the `sampler`'s
         dynamics at its noise level (models/sampler.py; the default: the family's deterministic sampler).
-        `initial` is the starting noise x_T (B, *latent_shape), drawn from the generator when None. With grad=True the
-        latents, means and final images are differentiable w.r.t. the parameters (the reparameterization trick: each
-        step is mean + std * noise); `grad_steps` K keeps the graph of the last K steps taken only (DRaFT-K's
-        truncation: the steps before run without it); `checkpoint` then recomputes each step's activations in the
-        backward pass instead of keeping them. `until` k stops the chain after its first k steps (the trajectory holds
-        x_0 .. x_k, and its images decode x_k); None: every step. `score_graph` keeps instead the graph a policy
-        gradient differentiates: each stochastic step's mean, in `mean_graphs`, through that step's network call alone,
-        with the states taken as constants (the actions), so the sampling pass doubles as the on-policy evaluation of
-        its steps (methods/toolkit/policy_gradient.py: ppo_chain_backward's on_policy); the chain is unchanged."""
+        `initial` is the starting noise x_T (B, *latent_shape), drawn from the generator when None (the generator, or
+        a NoiseTape's rows: a part of a batch sampled a part at a time, drawing what the whole batch would). With
+        grad=True the latents, means and final images are differentiable w.r.t. the parameters (the
+        reparameterization trick: each step is mean + std * noise); `grad_steps` K keeps the graph of the last K steps
+        taken only (DRaFT-K's truncation: the steps before run without it); `checkpoint` then recomputes each step's
+        activations in the backward pass instead of keeping them. `until` k stops the chain after its first k steps (the
+        trajectory holds x_0 .. x_k, and its images decode x_k); None: every step. `score_graph` keeps instead the graph
+        a policy gradient differentiates: each stochastic step's mean, in `mean_graphs`, through that step's network
+        call alone, with the states taken as constants (the actions), so the sampling pass doubles as the on-policy
+        evaluation of its steps (methods/toolkit/policy_gradient.py: ppo_chain_backward's on_policy); the chain is
+        unchanged."""
         timesteps = steps if isinstance(steps, torch.Tensor) else self.sampling_timesteps(steps)
         levels = sampler.noise_levels(len(timesteps))
         dynamics = sampler.dynamics or self.dynamics[0]
@@ -307,7 +364,7 @@ class ChainPolicy(ABC):
             raise ValueError("a chain keeps one graph: the reparameterized one (grad) or the score's (score_graph)")
         text = self._text(prompts)
         if initial is None:
-            x = torch.randn((len(prompts), *self.latent_shape), generator=generator).to(self.device)
+            x = standard_normal(generator, (len(prompts), *self.latent_shape)).to(self.device)
         elif initial.shape != (len(prompts), *self.latent_shape):
             raise ValueError(
                 f"initial noise of shape {tuple(initial.shape)}, expected {(len(prompts), *self.latent_shape)}"
@@ -338,7 +395,7 @@ class ChainPolicy(ABC):
                     mean_graphs.append(mean if std > 0 else mean.detach())
                     mean, x0 = mean.detach(), x0.detach()
                 if std > 0:
-                    noise = torch.randn(x.shape, generator=generator).to(self.device)
+                    noise = standard_normal(generator, x.shape).to(self.device)
                     x = mean + std * noise
                     log_probs.append(gaussian_log_prob(x.detach(), mean.detach(), std))
                 else:

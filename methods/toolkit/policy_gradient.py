@@ -1,5 +1,5 @@
-"""Policy gradients over the sampling chain, shared by the methods that treat it as an MDP (ddpo, sas and the GRPO
-family: flow_grpo, mix_grpo, dance_grpo).
+"""Policy gradients over the sampling chain, shared by the methods that treat it as an MDP (ddpo, sas, the GRPO
+family: flow_grpo, mix_grpo, dance_grpo, tempflow_grpo, pref_grpo, gdpo, gardo; and flow_dppo).
 
 The chain's stochastic steps are the MDP's actions: x_{s+1} ~ pi_theta(. | x_s, c) = N(mu_theta(x_s), sigma_s^2 I).
 For trajectories sampled from the old policy, with advantage A_s at step s,
@@ -27,14 +27,17 @@ A method on this contract declares its Config as PPOOptions (or PolicyGradientOp
 `trust_region`, from the option mixins below) plus its own options, its trainer as a PolicyGradientTrainer (the
 optimizer, the KL's reference, `sample_scored` and the cost of training every step come with it), and its `step`
 samples and scores the chains, turns the rewards into advantages, (B,) or (B, N), and calls `ppo_epochs`; `ppo_usage`
-states what that costs.
+states what that costs. A group-relative method (each group's advantages from its own rewards) does all of that in
+one call, `group_update`, which can also take the chains a few groups at a time (reuse_groups).
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -43,7 +46,7 @@ from methods.options import Interval, Options, Search, option
 from methods.toolkit.divergences import closed_form
 from methods.trainer import Trainer, chain_work, make_optimizer
 from models.diffusion import gaussian_log_prob
-from models.policy import Policy, Trajectory
+from models.policy import NoiseRows, NoiseTape, Policy, Trajectory
 from models.sampler import Sampler
 from rewards.combined import reward_components
 
@@ -75,7 +78,17 @@ class PolicyGradientOptions(Options, ABC):
     reuse_sampling_pass: bool = option(False, added=True)
     """The first optimizer step of an iteration differentiates the sampling pass (each step's mean, the states as
     constants) instead of re-evaluating its steps: the same gradient, as rho = 1 there, a forward fewer per trained
-    step of the first epoch, every chain's activations held until then; needs one minibatch of every chain."""
+    step of the first epoch, every chain's activations held until then (but see reuse_groups); needs one minibatch
+    of every chain."""
+    reuse_groups: int | None = option(None, at_least=1, added=True)
+    """With reuse_sampling_pass: sample, score and differentiate the chains this many prompt groups at a time, each
+    part's activations let go before the next part is sampled (PolicyGradientTrainer.group_update): a part's
+    memory instead of every chain's, the same chains and update to float error; None: every chain in one pass. For
+    methods whose group's advantages come from its own rewards alone."""
+    groups_apart: ClassVar[bool] = True
+    """Whether a prompt group's advantages come from that group's rewards alone, so that the method can sample and
+    differentiate its chains some groups at a time (reuse_groups); False for a method whose advantages read the
+    whole batch."""
     adv_clip: float = option(5.0, above=0)
     """Advantages, in units of the rewards' spread, are clipped to [-adv_clip, adv_clip]."""
     learning_rate: float = option(3e-5, above=0)
@@ -214,15 +227,17 @@ class PolicyGradientTrainer(Trainer):
         steps: int | torch.Tensor,
         sampler: Sampler,
         initial: torch.Tensor | None = None,
+        noise: NoiseRows | None = None,
     ) -> Trajectory:
         """The iteration's chains of `prompts` from the sampling policy (Policy.sample's steps, sampler and initial
-        noise; with the score's graph where the config reuses the sampling pass). A chain without a stochastic step
-        (a 1-step consistency sampler) has nothing to train: refused."""
+        noise; with the score's graph where the config reuses the sampling pass), their noise drawn from the
+        trainer's generator or read from `noise`, a tape's rows (group_update's parts). A chain without a stochastic
+        step (a 1-step consistency sampler) has nothing to train: refused."""
         with torch.no_grad():
             trajectory = self.policy.sample(
                 prompts,
                 steps,
-                self.generator,
+                self.generator if noise is None else noise,
                 sampler,
                 initial=initial,
                 score_graph=self.config.reuse_sampling_pass,
@@ -240,11 +255,82 @@ class PolicyGradientTrainer(Trainer):
         steps: int | torch.Tensor,
         sampler: Sampler,
         initial: torch.Tensor | None = None,
+        noise: NoiseRows | None = None,
     ) -> tuple[Trajectory, torch.Tensor]:
         """`sample_chains`' chains and their rewards, (B,) float32 on the CPU."""
-        trajectory = self.sample_chains(prompts, steps, sampler, initial)
+        trajectory = self.sample_chains(prompts, steps, sampler, initial, noise)
         with torch.no_grad():
             return trajectory, self.reward(trajectory.images, prompts).float().cpu()
+
+    def group_update(
+        self,
+        prompts: list[str],
+        steps: int | torch.Tensor,
+        sampler: Sampler,
+        advantages_of: Callable[[Tensor, int], Tensor] | None = None,
+        *,
+        initial: torch.Tensor | None = None,
+        step_fraction: float | None = 1.0,
+        guard: bool = False,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """A group-relative iteration: samples and scores the chains of `prompts` (group-major, samples_per_prompt
+        each; `sample_scored`'s steps, sampler and initial noise), turns each group's rewards into its advantages
+        (`advantages_of`: the rewards of whole groups and their number -> their advantages, (n,) or (n, N); None:
+        group_normalized_advantages at config.adv_clip) and runs ppo_epochs (its step_fraction and guard). Returns the
+        rewards and ppo_epochs' summary.
+
+        With config.reuse_groups the chains are sampled, scored and differentiated that many groups at a time, on
+        the sampling pass (ppo_chain_backward's on_policy), each part's graph let go before the next is sampled:
+        the first optimizer step's gradient accumulates over the parts, weighed by their shares of the minibatch,
+        and ppo_epochs applies it (FirstPass). The parts read their noise from one NoiseTape and the first pass's
+        draws (the chains' order, the trained steps) come right after the first part's sampling, when the generator
+        has given every draw of the sampling: the generator's stream, the chains and the update are the one-pass
+        ones, but for float sums over batches of another size."""
+        cfg = self.config
+        per_group = cfg.samples_per_prompt
+        if advantages_of is None:
+            advantages_of = functools.partial(group_normalized_advantages, clip=cfg.adv_clip)
+        if not cfg.reuse_groups:
+            trajectory, rewards = self.sample_scored(prompts, steps, sampler, initial)
+            advantages = advantages_of(rewards, len(prompts) // per_group)
+            return rewards, ppo_epochs(self, trajectory, advantages, step_fraction=step_fraction, guard=guard)
+        tape, size = NoiseTape(self.generator, len(prompts)), cfg.reuse_groups * per_group
+        parts, rewards, advantages = [], [], []
+        first: FirstPass | None = None
+        for start in range(0, len(prompts), size):
+            stop = min(start + size, len(prompts))
+            part_initial = None if initial is None else initial[start:stop]
+            part, part_rewards = self.sample_scored(
+                prompts[start:stop], steps, sampler, part_initial, noise=tape.rows(start, stop)
+            )
+            if first is None:
+                order = torch.randperm(len(prompts), generator=self.generator)
+                first = FirstPass(order, draw_steps(self.generator, part.stochastic_steps, step_fraction))
+                self.zero_gradients()
+            part_advantages = advantages_of(part_rewards, (stop - start) // per_group)
+            stats = ppo_chain_backward(
+                self.policy,
+                self.reference,
+                part,
+                first.steps,
+                part_advantages,
+                cfg.trust_region,
+                cfg.kl_weight,
+                average=True,
+                chunk=cfg.steps_per_call,
+                guard=guard,
+                on_policy=True,
+                share=(stop - start) / len(prompts),
+            )
+            first.add(stats, stop - start)
+            parts.append(replace(part, mean_graphs=()))
+            rewards.append(part_rewards)
+            advantages.append(part_advantages)
+        trajectory = Trajectory.concatenate(parts)
+        summary = ppo_epochs(
+            self, trajectory, torch.cat(advantages), step_fraction=step_fraction, guard=guard, first=first
+        )
+        return torch.cat(rewards), summary
 
     def sample_terms(
         self, prompts: list[str], steps: int | torch.Tensor, sampler: Sampler
@@ -357,6 +443,7 @@ def ppo_chain_backward(
     guard: bool = False,
     on_policy: bool = False,
     kl_gate: torch.Tensor | None = None,
+    share: float = 1.0,
 ) -> dict[str, list[float]]:
     """Backpropagates L(theta) above over the chosen stochastic `steps` of a (sub)trajectory of B chains, `chunk`
     steps at a time: their means come from one network call on chunk * B states (policy.step_means), one backward
@@ -373,6 +460,8 @@ def ppo_chain_backward(
     guard: GRPO-Guard's regulated ratio and 1 / dt_s step weights (a flow model's chain: its timesteps are times).
     trust_region: what bounds the move from the sampling policy (RatioClip or KLMask).
     kl_gate: (B,) bool, the chains the KL term is taken over (GARDO's gate; none: the term is 0); None: every chain.
+    share: these chains' share of the minibatch whose mean the loss is (group_update's parts): the backward weighs
+    each step's terms, means over these chains, by it; the diagnostics stay these chains' own.
     Returns per-step diagnostics: loss, ratio_dev (mean |rho - 1|), the ratio's mean, variance and largest |rho - 1|
     over the step's chains (ratio_mean, ratio_var, ratio_max_dev: ppo_epochs pools them per pass), the share of terms
     outside the trust region (clip_frac or mask_frac) and kl where there is a reference.
@@ -415,12 +504,58 @@ def ppo_chain_backward(
             stats["ratio_var"].append(exact.var(unbiased=False).item())
             stats["ratio_max_dev"].append((exact - 1).abs().max().item())
             stats[trust_region.outside].append(outside.float().mean().item())
-        (torch.stack(losses).sum() / divisor).backward()
+        (torch.stack(losses).sum() * share / divisor).backward()
     return stats
 
 
 RATIO_MOMENTS = ("ratio_mean", "ratio_var", "ratio_max_dev")
 """ppo_chain_backward's per-step moments of the ratio, which ppo_epochs pools over each pass (ratio_moments)."""
+
+
+@dataclass
+class FirstPass:
+    """The first optimizer step of an iteration taken on the sampling pass a part of the chains at a time
+    (PolicyGradientTrainer.group_update), for ppo_epochs to apply: the order its minibatches visit the chains in, the
+    steps it trains, and ppo_chain_backward's per-step diagnostics pooled over the parts, as one call over every
+    chain would give them; the gradient waits in the parameters' .grad."""
+
+    order: Tensor
+    steps: list[int]
+    stats: dict[str, list[float]] = field(default_factory=dict)
+    chains: int = 0
+
+    def add(self, stats: dict[str, list[float]], chains: int) -> None:
+        """Pools a part's per-step diagnostics (over `chains` chains) into those so far: the means weighed by the
+        chains (a step's loss, ratio_dev, trust-region share and KL are means over its chains), the ratio's variance
+        pooled with its mean's spread, its largest deviation the largest."""
+        if not self.chains:
+            self.stats, self.chains = {name: list(values) for name, values in stats.items()}, chains
+            return
+        total = self.chains + chains
+        old, new = self.chains / total, chains / total
+        pooled = {}
+        for name, values in stats.items():
+            held = self.stats[name]
+            if name == "ratio_max_dev":
+                pooled[name] = [max(a, b) for a, b in zip(held, values, strict=True)]
+            elif name == "ratio_var":
+                means = zip(self.stats["ratio_mean"], stats["ratio_mean"], strict=True)
+                pooled[name] = [
+                    old * a + new * b + old * new * (ma - mb) ** 2
+                    for a, b, (ma, mb) in zip(held, values, means, strict=True)
+                ]
+            else:
+                pooled[name] = [old * a + new * b for a, b in zip(held, values, strict=True)]
+        self.stats, self.chains = pooled, total
+
+
+def draw_steps(generator: torch.Generator, stochastic: list[int], step_fraction: float | None) -> list[int]:
+    """The steps a minibatch trains: a random `step_fraction` of the chain's `stochastic` steps (steps_trained of
+    them) in a random order drawn from `generator`; None: every one in the chain's order, nothing drawn."""
+    if step_fraction is None:
+        return stochastic
+    draw = torch.randperm(len(stochastic), generator=generator)[: steps_trained(step_fraction, len(stochastic))]
+    return [stochastic[i] for i in draw.tolist()]
 
 
 def ratio_moments(steps: dict[str, list[float]], prefix: str) -> dict[str, float]:
@@ -463,13 +598,21 @@ def ppo_usage(config: PolicyGradientOptions, images: int, steps: int, trained: i
 def check_sampling_pass_reuse(config: PolicyGradientOptions) -> None:
     """Refuses a PPO config whose `reuse_sampling_pass` could not pay: the sampling pass's graph serves the first
     optimizer step only, and a backward through it runs over every chain it was built on, so one minibatch must hold
-    every chain of the iteration (config.minibatch >= prompts_per_iter * samples_per_prompt)."""
+    every chain of the iteration (config.minibatch >= prompts_per_iter * samples_per_prompt); and a `reuse_groups`
+    without the reuse, or on a method whose advantages read the whole batch."""
     method = type(config).__module__.rpartition(".")[2]
     chains = config.prompts_per_iter * config.samples_per_prompt
     if config.reuse_sampling_pass and config.minibatch < chains:
         raise ValueError(
             f"{method}.reuse_sampling_pass needs one minibatch of every chain: {method}.minibatch "
             f"({config.minibatch}) must be at least prompts_per_iter x samples_per_prompt ({chains})"
+        )
+    if config.reuse_groups is not None and not config.reuse_sampling_pass:
+        raise ValueError(f"{method}.reuse_groups parts the reused sampling pass: set {method}.reuse_sampling_pass too")
+    if config.reuse_groups is not None and not config.groups_apart:
+        raise ValueError(
+            f"{method}.reuse_groups needs each group's advantages from its own rewards; {method}'s read the whole "
+            "batch: leave it unset"
         )
 
 
@@ -482,6 +625,7 @@ def ppo_epochs(
     guard: bool = False,
     summed: bool = False,
     kl_gate: torch.Tensor | None = None,
+    first: FirstPass | None = None,
 ) -> dict[str, float]:
     """PPO's update of one iteration, as DDPO and the GRPO papers make it: config.inner_epochs passes over the
     trajectories in random minibatches of config.minibatch chains (over all processes), each an optimizer step of
@@ -494,39 +638,40 @@ def ppo_epochs(
     stochastic step in the chain's order, with nothing drawn.
     guard: GRPO-Guard's regulated ratio (ppo_chain_backward). summed: the steps' terms are summed (a continuous-time
     objective's Riemann sum) instead of averaged. kl_gate: (B,) bool, the chains the KL term is taken over
-    (ppo_chain_backward); None: every chain.
+    (ppo_chain_backward); None: every chain. first: the first optimizer step, taken already on the sampling pass a
+    part at a time (group_update): its order and steps are the first epoch's, its gradient is applied as it is.
     The KL term weighs config.kl_weight against trainer.reference; with config.reuse_sampling_pass the first optimizer
-    step differentiates the sampling pass of a trajectory sampled with score_graph. Returns the diagnostics' means
-    over every trained step; where `summed`, loss and kl are each minibatch's sums over its steps, averaged over the
-    minibatches. The ratio's moments are reported per pass: ratio_first_* over the first optimizer step, whose ratio
-    is 1 but for float error (the parameters are the sampling's), and ratio_later_* over the rest (ratio_moments)."""
+    step differentiates the sampling pass of a trajectory sampled with score_graph (or `first` holds it). Returns the
+    diagnostics' means over every trained step; where `summed`, loss and kl are each minibatch's sums over its steps,
+    averaged over the minibatches. The ratio's moments are reported per pass: ratio_first_* over the first optimizer
+    step, whose ratio is 1 but for float error (the parameters are the sampling's), and ratio_later_* over the rest
+    (ratio_moments)."""
     cfg = trainer.config
-    actions = len(trajectory.stochastic_steps)
-    trained = actions if step_fraction is None else steps_trained(step_fraction, actions)
     stats: dict[str, list[float]] = {"ratio_dev": [], cfg.trust_region.outside: [], "kl": [], "loss": []}
     passes: dict[str, dict[str, list[float]]] = {name: {m: [] for m in RATIO_MOMENTS} for name in ("first", "later")}
     for epoch in range(cfg.inner_epochs):
-        for batch, index in enumerate(trainer.minibatches(len(trajectory.prompts), cfg.minibatch)):
-            part = trajectory.subset(index)
-            steps = part.stochastic_steps
-            if step_fraction is not None:
-                draw = torch.randperm(len(steps), generator=trainer.generator)[:trained]
-                steps = [steps[i] for i in draw.tolist()]
-            trainer.zero_gradients()
-            step_stats = ppo_chain_backward(
-                trainer.policy,
-                trainer.reference,
-                part,
-                steps,
-                advantages[index],
-                cfg.trust_region,
-                cfg.kl_weight,
-                average=not summed,
-                chunk=cfg.steps_per_call,
-                guard=guard,
-                on_policy=cfg.reuse_sampling_pass and epoch == batch == 0,
-                kl_gate=None if kl_gate is None else kl_gate[index],
-            )
+        order = first.order if first is not None and epoch == 0 else None
+        for batch, index in enumerate(trainer.minibatches(len(trajectory.prompts), cfg.minibatch, order=order)):
+            if first is not None and epoch == batch == 0:
+                step_stats = first.stats
+            else:
+                part = trajectory.subset(index)
+                steps = draw_steps(trainer.generator, part.stochastic_steps, step_fraction)
+                trainer.zero_gradients()
+                step_stats = ppo_chain_backward(
+                    trainer.policy,
+                    trainer.reference,
+                    part,
+                    steps,
+                    advantages[index],
+                    cfg.trust_region,
+                    cfg.kl_weight,
+                    average=not summed,
+                    chunk=cfg.steps_per_call,
+                    guard=guard,
+                    on_policy=cfg.reuse_sampling_pass and epoch == batch == 0,
+                    kl_gate=None if kl_gate is None else kl_gate[index],
+                )
             moments = passes["first" if epoch == batch == 0 else "later"]
             for name, values in step_stats.items():
                 if name in moments:
