@@ -256,7 +256,7 @@ def test_the_cpu_benchmark_times_every_policy_gradient_method_on_digits_batched_
 
 @pytest.mark.slow  # over 10 s on 2 cores (make test-all runs it)
 def test_the_trl_comparisons_pipeline_is_the_985k_unet_at_32_px_and_our_side_prints_each_timed_step(tmp_path, capsys):
-    from bench.throughput.cpu import time_ours, write_sd_pipeline
+    from bench.throughput.cpu import OURS, time_ours, write_sd_pipeline
     from models.scale.config import StableDiffusionConfig
     from models.scale.unet import StableDiffusionPolicy
 
@@ -266,10 +266,21 @@ def test_the_trl_comparisons_pipeline_is_the_985k_unet_at_32_px_and_our_side_pri
     policy = StableDiffusionPolicy.from_pretrained(pipeline, config=config)
     assert policy.latent_shape == (4, 16, 16) and policy.image_shape == (3, 32, 32)
     assert sum(p.numel() for p in policy.backbone.parameters() if not p.requires_grad) == 985_444
-    for reuse_sampling_pass in (False, True):
-        time_ours(str(pipeline), 1, reuse_sampling_pass)
+    for side in OURS:
+        time_ours(str(pipeline), 1, side)
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["samples"] == 16 and len(result["seconds"]) == 1 and result["seconds"][0] > 0
+        memory = result["memory"]
+        assert memory["peak_mb"] >= memory["loaded_mb"] > 100 and memory["steps_mb"] >= 0
+
+
+def test_the_memory_both_sides_report_counts_what_the_steps_hold():
+    from bench.throughput.trl_ddpo import memory, resident_mb
+
+    loaded = resident_mb()
+    held = torch.ones(64 * 2**20 // 4)  # 64 MB, written (so resident)
+    assert resident_mb() > loaded + 60 and memory(loaded)["steps_mb"] > 60  # the kernel's mark may lag by a page
+    del held
 
 
 def test_the_backward_flops_of_a_rocm_step_are_counted():

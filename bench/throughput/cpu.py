@@ -7,13 +7,16 @@ digits  each policy-gradient method's training step on the digits world (its def
         float32 matmul rate this thread reaches (square matrices of 256 to 2,048);
 trl     with --trl-python: DDPO on one tiny Stable Diffusion pipeline (32 px, 16 x 16 x 4 latents, the 985k-parameter
         UNet of models/tiny_pipelines.py), here and in trl 0.23.1's DDPOTrainer, in separate processes that
-        alternate (ours twice, trl, ours twice, trl, ...), each timing `steps` training steps after a warm-up
-        step. Both sides: 10 DDIM steps at eta 1, guidance 5 in sampling and in training, 16 samples per step
-        trained in one minibatch over every step, one optimizer step, LoRA r = 4 on to_q, to_k, to_v and
-        to_out.0, float32, the mean brightness as the reward. Ours runs twice: re-evaluating every trained step
-        as trl does, and with ddpo.reuse_sampling_pass, where that one on-policy minibatch differentiates the
-        sampling pass instead (the same gradient, as its ratio is 1, trl's too). trl lives in its own virtualenv
-        (bench/throughput/trl_ddpo.py says which).
+        alternate (each of ours, then trl; again), each timing `steps` training steps after a warm-up step. Both
+        sides: 10 DDIM steps at eta 1, guidance 5 in sampling and in training, 16 samples per step trained in one
+        minibatch over every step, one optimizer step, LoRA r = 4 on to_q, to_k, to_v and to_out.0, float32, the
+        mean brightness as the reward. Ours runs four ways (OURS): re-evaluating every trained step as trl does,
+        at the default steps per network call and at one, and with ddpo.reuse_sampling_pass, where that one
+        on-policy minibatch differentiates the sampling pass instead (the same gradient, as its ratio is 1, trl's
+        too), every chain at once or a prompt's group at a time. trl lives in its own virtualenv
+        (bench/throughput/trl_ddpo.py says which). Memory: each side's peak resident MB over its rounds (a
+        process's high-water mark, model and steps), and the steps' part of it (the peak less the resident memory
+        once the trainer is built).
 """
 
 from __future__ import annotations
@@ -45,8 +48,18 @@ DIGITS_METHODS = {
 """The methods that train through methods/toolkit/policy_gradient.py (their Config on its PolicyGradientOptions), on
 the digits generator of each one's first family."""
 TRL_SCRIPT = Path(trl_ddpo.__file__)
-SIDES = ("ours, re-evaluating", "ours, reusing", "trl")
-"""The comparison's sides: ours re-evaluating every trained step, ours with ddpo.reuse_sampling_pass, trl's."""
+OURS: dict[str, dict[str, object]] = {
+    "ours, re-evaluating": {},
+    "ours, 1 step a call": {"steps_per_call": 1},
+    "ours, reusing": {"reuse_sampling_pass": True},
+    "ours, reusing by group": {"reuse_sampling_pass": True, "reuse_groups": 1},
+}
+"""Our sides of the comparison, each DDPO's options over the comparison's: re-evaluating every trained step as trl
+does (at the default steps_per_call, the steps of a call batched), the same a step per network call (what the batching
+costs in memory), with ddpo.reuse_sampling_pass, and the same sampled and differentiated a prompt's group of 4 chains
+at a time (ddpo.reuse_groups 1: a group's activations held instead of every chain's)."""
+TRL = "trl"
+SIDES = (*OURS, TRL)
 ONE_THREAD = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 """Each side's environment: offline (everything is on disk), one thread."""
 
@@ -143,8 +156,8 @@ class Brightness:
         return images.float().mean(dim=(1, 2, 3))
 
 
-def time_ours(pipeline_dir: str, timed_steps: int, reuse_sampling_pass: bool) -> None:
-    """This project's side of the comparison, in its own process: prints the JSON line trl_ddpo.py prints."""
+def time_ours(pipeline_dir: str, timed_steps: int, side: str) -> None:
+    """One of our sides of the comparison (OURS), in its own process: prints the JSON line trl_ddpo.py prints."""
     from models.scale.config import StableDiffusionConfig
     from models.scale.unet import StableDiffusionPolicy
 
@@ -161,37 +174,51 @@ def time_ours(pipeline_dir: str, timed_steps: int, reuse_sampling_pass: bool) ->
         eta=1.0,
         minibatch=trl_ddpo.SAMPLES,
         learning_rate=trl_ddpo.LEARNING_RATE,
-        reuse_sampling_pass=reuse_sampling_pass,
+        **OURS[side],
     )
     meter = Meter()
     trainer = build_trainer("ddpo", policy, Brightness(), list(trl_ddpo.PROMPTS), options, 0, meter)
+    loaded = trl_ddpo.resident_mb()
     seconds = []
     for _ in range(timed_steps + 1):
         start = time.perf_counter()
         trainer.step()
         seconds.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": seconds[1:], "samples": trl_ddpo.SAMPLES}))
+    print(json.dumps({"seconds": seconds[1:], "samples": trl_ddpo.SAMPLES, "memory": trl_ddpo.memory(loaded)}))
 
 
-def versus_trl(trl_python: str, rounds: int, steps: int) -> dict[str, list[float]]:
-    """Samples/s of each side in each round, the sides alternating in fresh processes."""
+@dataclasses.dataclass
+class Side:
+    """One side's figures over the rounds: samples/s of each timed step, and the memory each round's process
+    reported (trl_ddpo.memory)."""
+
+    rates: list[float] = dataclasses.field(default_factory=list)
+    memory: list[dict[str, float]] = dataclasses.field(default_factory=list)
+
+    def peak(self, key: str) -> float:
+        """The largest of the rounds' `key` (peak_mb or steps_mb)."""
+        return max(round_memory[key] for round_memory in self.memory)
+
+
+def versus_trl(trl_python: str, rounds: int, steps: int) -> dict[str, Side]:
+    """Each side's samples/s and memory in each round, the sides alternating in fresh processes."""
     ours = [sys.executable, "-m", "bench.throughput.cpu"]
     with tempfile.TemporaryDirectory() as root:
         pipeline = str(write_sd_pipeline(Path(root)))
         commands = {
-            SIDES[0]: [*ours, pipeline, str(steps), "re-evaluate"],
-            SIDES[1]: [*ours, pipeline, str(steps), "reuse"],
-            SIDES[2]: [trl_python, str(TRL_SCRIPT), pipeline, str(steps)],
+            **{side: [*ours, pipeline, str(steps), side] for side in OURS},
+            TRL: [trl_python, str(TRL_SCRIPT), pipeline, str(steps)],
         }
-        rates: dict[str, list[float]] = {side: [] for side in commands}
+        sides = {side: Side() for side in commands}
         for _ in range(rounds):
             for side, command in commands.items():
                 done = subprocess.run(command, capture_output=True, text=True, env=ONE_THREAD)
                 if done.returncode != 0:
                     raise RuntimeError(f"the {side} side failed:\n{done.stderr[-3000:]}")
                 result = json.loads(done.stdout.strip().splitlines()[-1])
-                rates[side] += [result["samples"] / s for s in result["seconds"]]
-    return rates
+                sides[side].rates += [result["samples"] / s for s in result["seconds"]]
+                sides[side].memory.append(result["memory"])
+    return sides
 
 
 def report(methods: list[str], steps: int, trl_python: str | None, rounds: int) -> str:
@@ -207,16 +234,21 @@ def report(methods: list[str], steps: int, trl_python: str | None, rounds: int) 
             f"{gflops:>8.1f} {gflops * 1e9 / peak:>10.0%}"
         )
     if trl_python:
-        rates = versus_trl(trl_python, rounds, steps)
-        medians = {side: statistics.median(values) for side, values in rates.items()}
+        sides = versus_trl(trl_python, rounds, steps)
+        medians = {name: statistics.median(side.rates) for name, side in sides.items()}
+        trl = sides[TRL]
         lines += ["", "tiny SD DDPO (32 px, 10 DDIM steps, CFG 5, 16 samples/step), one thread, samples/s:"]
-        for side, values in rates.items():
-            each = ", ".join(f"{v:.2f}" for v in values)
-            lines.append(f"  {side:<19} median {medians[side]:.2f}  ({each})")
-        for side in SIDES[:2]:
-            lines.append(f"  {side} / trl: {medians[side] / medians[SIDES[2]]:.2f}x")
+        for name, side in sides.items():
+            each = ", ".join(f"{v:.2f}" for v in side.rates)
+            lines.append(f"  {name:<22} median {medians[name]:.2f}  ({each})")
+        for name in OURS:
+            lines.append(f"  {name} / trl: {medians[name] / medians[TRL]:.2f}x")
+        lines += ["", "memory, the largest over the rounds: peak resident MB (the steps' part of it), against trl's:"]
+        for name, side in sides.items():
+            against = "" if side is trl else f"  {side.peak('peak_mb') / trl.peak('peak_mb'):.2f}x"
+            lines.append(f"  {name:<22} {side.peak('peak_mb'):>7,.0f} ({side.peak('steps_mb'):,.0f}){against}")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    time_ours(sys.argv[1], int(sys.argv[2]), {"re-evaluate": False, "reuse": True}[sys.argv[3]])
+    time_ours(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -3,13 +3,14 @@
 Run by the python of a separate virtualenv that holds trl 0.23.1 (the last release with DDPOTrainer) and its own
 diffusers and transformers; it imports neither this project nor anything it does not need, so it runs there as a
 plain script: `python bench/throughput/trl_ddpo.py PIPELINE_DIR STEPS` prints one JSON line, the seconds of each
-timed training step after one warm-up step. The configuration is the comparison's (bench/throughput/cpu.py: SIDE):
-its sampler, guidance, batch and LoRA, on one torch thread, float32.
+timed training step after one warm-up step and the process's memory (`memory`). The configuration is the
+comparison's (bench/throughput/cpu.py: SIDES): its sampler, guidance, batch and LoRA, on one torch thread, float32.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -20,6 +21,19 @@ import torch
 # the comparison's configuration, as bench/throughput/cpu.py states it for both sides
 SAMPLES, STEPS, GUIDANCE, LEARNING_RATE = 16, 10, 5.0, 3e-4
 PROMPTS = ("a red cube", "two blue spheres", "the letter k", "a green ring")
+
+
+def resident_mb() -> float:
+    """The process's resident memory now, MB (Linux's /proc)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def memory(loaded_mb: float) -> dict[str, float]:
+    """What both sides report of their memory: the resident MB once the trainer is built (`loaded_mb`, before any
+    step), the process's peak resident MB (its high-water mark, every step included), and the steps' part of it."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KB
+    return {"loaded_mb": loaded_mb, "peak_mb": peak, "steps_mb": peak - loaded_mb}
 
 
 def main(pipeline_dir: str, timed_steps: int) -> None:
@@ -64,12 +78,13 @@ def main(pipeline_dir: str, timed_steps: int) -> None:
         pipeline = DefaultDDPOStableDiffusionPipeline(pipeline_dir, use_lora=True)
         pipeline.sd_pipeline.set_progress_bar_config(disable=True)
         trainer = DDPOTrainer(config, reward_fn, prompt_fn, pipeline)
+        loaded = resident_mb()
         seconds = []
         for epoch in range(timed_steps + 1):
             start = time.perf_counter()
             trainer.step(epoch, epoch)
             seconds.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": seconds[1:], "samples": SAMPLES}))
+    print(json.dumps({"seconds": seconds[1:], "samples": SAMPLES, "memory": memory(loaded)}))
 
 
 if __name__ == "__main__":
