@@ -77,8 +77,9 @@ docs: $(STAMP)
 throughput: $(STAMP)
 	$(PY) -m bench throughput $(if $(METHOD),--method $(METHOD)) $(ARGS)
 
-# The policy-gradient update on one CPU thread: digits NFE/s and GFLOP/s against matmul; with TRL_PYTHON (the python
-# of a virtualenv holding trl 0.23.1), DDPO against trl's DDPOTrainer on a tiny SD pipeline (bench/throughput/cpu.py).
+# Training steps on one CPU thread: every digits and scenes leaderboard entry's NFE/s and GFLOP/s against matmul; with
+# TRL_PYTHON (the python of a virtualenv holding trl 0.23.1), DDPO against trl's DDPOTrainer on a tiny SD pipeline,
+# speed and memory (bench/throughput/cpu.py).
 cpu-throughput: $(STAMP)
 	$(PY) -m bench cpu-throughput $(if $(TRL_PYTHON),--trl-python $(TRL_PYTHON)) $(ARGS)
 

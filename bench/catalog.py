@@ -78,7 +78,7 @@ class Catalog:
         """The catalog as the registries hold it now (imports every method, reward and world)."""
         from bench.experiments import SUITES
         from bench.loggers import LOGGERS
-        from bench.throughput.cpu import DIGITS_METHODS
+        from bench.throughput.cpu import CPU_METHODS
         from methods import METHODS
         from worlds import MODEL_FAMILIES, REWARDS, WORLDS
 
@@ -106,7 +106,7 @@ class Catalog:
             worlds=tuple(WORLDS),
             models=dict(MODEL_FAMILIES),
             scale_models=tuple(WORLDS["scale"].models),
-            cpu_methods=tuple(DIGITS_METHODS),
+            cpu_methods=CPU_METHODS,
             loggers=tuple(LOGGERS),
         )
 

@@ -309,10 +309,11 @@ def build_parser(known: Catalog | None = None) -> Parser:
 
     cpu = commands.add_parser(
         "cpu-throughput",
-        help="the policy-gradient update on one CPU thread: digits NFE/s and GFLOP/s against the thread's matmul, "
-        "and with --trl-python DDPO against trl's DDPOTrainer (bench/throughput/cpu.py)",
-        description="Times each policy-gradient method's training step on the digits world at one and at its "
-        "default steps per network call, and prints a table; bench/throughput/cpu.py documents every figure.",
+        help="training steps on one CPU thread: the embedded worlds' leaderboard entries' NFE/s and GFLOP/s against "
+        "the thread's matmul, and with --trl-python DDPO against trl's DDPOTrainer (bench/throughput/cpu.py)",
+        description="Times the training step of each entry of the digits and scenes leaderboards (a policy-gradient "
+        "method's at one and at its default steps per network call), and prints a table; bench/throughput/cpu.py "
+        "documents every figure.",
     )
     cpu.add_argument(
         "--method",

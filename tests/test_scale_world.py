@@ -18,7 +18,7 @@ from bench.meter import Meter
 from bench.throughput.counting import host_reads_of_meta_tensors
 from bench.trainers import build_trainer
 from methods import METHODS
-from methods.toolkit.policy_gradient import STEPS_PER_CALL, RatioClip, ppo_chain_backward
+from methods.toolkit.policy_gradient import STEPS_PER_CALL, PolicyGradientOptions, RatioClip, ppo_chain_backward
 from models.sampler import Sampler
 from models.scale.config import DTYPES, DiffusersConfig
 from rewards.feedback import Feedback
@@ -243,15 +243,32 @@ def test_the_throughput_benchmark_measures_every_training_method_on_every_family
 
 
 @pytest.mark.slow
-def test_the_cpu_benchmark_times_every_policy_gradient_method_on_digits_batched_and_not(capsys):
-    from bench.throughput.cpu import DIGITS_METHODS
+def test_the_cpu_benchmark_times_every_leaderboard_entry_of_the_embedded_worlds(capsys):
+    """Every training entry of the digits and scenes leaderboards gets a rate, or the reason it has none; a
+    policy-gradient method's at one step a call and at its default."""
+    from bench.experiments import build_suite
+    from bench.throughput.cpu import CPU_METHODS
 
     assert main(["cpu-throughput", "--steps", "1"]) == 0
-    out = capsys.readouterr().out
-    for method, model in DIGITS_METHODS.items():
-        rows = [line.split() for line in out.splitlines() if line.startswith(f"{method} ")]
-        assert [(row[1], row[2]) for row in rows] == [(model, "1"), (model, str(STEPS_PER_CALL))], out
-        assert all(float(row[5]) > 0 for row in rows)  # GFLOP/s
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith(("digits ", "scenes ")):
+            world, method, model, _, per_call, *rest = line.split()
+            rows.setdefault((world, method, model), []).append((per_call, rest))
+    for suite in ("default", "scenes"):
+        entries = build_suite(suite)
+        for method, variant, model in entries.entries():
+            if variant or method not in CPU_METHODS:
+                continue
+            measured = rows.pop((entries.world, method, model))
+            if measured[0][1][0] == "n/a:":
+                assert "differentiable" in " ".join(measured[0][1]) and len(measured) == 1
+            elif issubclass(METHODS[method].Config, PolicyGradientOptions):
+                assert [per_call for per_call, _ in measured] == ["1", str(STEPS_PER_CALL)]
+            else:
+                assert [per_call for per_call, _ in measured] == ["-"]
+            assert all(float(rest[2]) > 0 for _, rest in measured if rest[0] != "n/a:")  # GFLOP/s
+    assert not rows  # nothing but the leaderboards' entries
 
 
 @pytest.mark.slow  # over 10 s on 2 cores (make test-all runs it)

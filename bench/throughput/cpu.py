@@ -1,10 +1,13 @@
 """`python -m bench cpu-throughput`: how fast the policy-gradient update runs on one CPU thread, against the machine's
 own float32 matmul and against trl's DDPOTrainer.
 
-digits  each policy-gradient method's training step on the digits world (its default config), at one step per
-        network call (the re-evaluation unbatched) and at its default steps_per_call: NFE/s, and those times the
-        generator's FLOPs per NFE (counted by torch's FlopCounterMode) as GFLOP/s and as a share of the best
-        float32 matmul rate this thread reaches (square matrices of 256 to 2,048);
+worlds  the training step of each entry of the embedded worlds' leaderboards (the default suite on digits, the
+        scenes suite), as the suite configures it, on the first of its rewards the method trains on (a
+        policy-gradient method's also at one trained step per network call, the re-evaluation unbatched): NFE/s,
+        and those times the generator's FLOPs per NFE (counted by torch's FlopCounterMode) as GFLOP/s and as a
+        share of the best float32 matmul rate this thread reaches (square matrices of 256 to 2,048). The FLOPs
+        are the generator's alone: a reward's network (differentiated through by the direct-gradient methods) and
+        the optimizer's arithmetic are work the share does not count;
 trl     with --trl-python: DDPO on one tiny Stable Diffusion pipeline (32 px, 16 x 16 x 4 latents, the 985k-parameter
         UNet of models/tiny_pipelines.py), here and in trl 0.23.1's DDPOTrainer, in separate processes that
         alternate (each of ours, then trl; again), each timing `steps` training steps after a warm-up step. Both
@@ -22,6 +25,7 @@ trl     with --trl-python: DDPO on one tiny Stable Diffusion pipeline (32 px, 16
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -40,13 +44,12 @@ from bench.meter import Meter
 from bench.throughput import trl_ddpo
 from bench.trainers import build_trainer
 from methods import METHODS
-from methods.toolkit.policy_gradient import STEPS_PER_CALL, PolicyGradientOptions
+from methods.toolkit.policy_gradient import PolicyGradientOptions
 
-DIGITS_METHODS = {
-    name: method.families[0] for name, method in METHODS.items() if issubclass(method.Config, PolicyGradientOptions)
-}
-"""The methods that train through methods/toolkit/policy_gradient.py (their Config on its PolicyGradientOptions), on
-the digits generator of each one's first family."""
+CPU_METHODS = tuple(name for name, method in METHODS.items() if method.trains)
+"""The methods timed on the embedded worlds: every one that trains."""
+EMBEDDED_SUITES = ("default", "scenes")
+"""The embedded worlds' leaderboards (digits, scenes), whose entries and configs the world rates time."""
 TRL_SCRIPT = Path(trl_ddpo.__file__)
 OURS: dict[str, dict[str, object]] = {
     "ours, re-evaluating": {},
@@ -79,43 +82,74 @@ def matmul_rate() -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class DigitsRate:
+class WorldRate:
+    """One leaderboard entry's training step on its world, one thread: its speed, or why it cannot run there."""
+
+    world: str
     method: str
     model: str
-    steps_per_call: int
-    seconds_per_step: float
-    nfe_per_second: float
-    flops_per_nfe: float
+    reward: str  # the one it trained on ('' where it has no rate)
+    steps_per_call: int | None  # a policy-gradient method's; None for the others
+    seconds_per_step: float = 0.0
+    nfe_per_second: float = 0.0
+    flops_per_nfe: float = 0.0
+    reason: str = ""  # why the entry has no rate (every reward of its suite is one it cannot train on)
 
 
-def flops_per_nfe(policy) -> float:
-    """FLOPs of one network evaluation (a forward on one state)."""
+def flops_per_nfe(policy, prompts: list[str]) -> float:
+    """FLOPs of one network evaluation (a forward on one state) of the policy's generator, on four of `prompts`."""
     x = torch.randn(4, *policy.latent_shape)
     t = policy.sampling_timesteps(policy.default_steps)[:1].expand(4)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        policy.step_output(x, t, policy._text(["a handwritten zero"] * 4))
+        policy.step_output(x, t, policy._text(prompts[:4]))
     return counter.get_total_flops() / 4
 
 
-def digits_rates(methods: list[str], steps: int) -> list[DigitsRate]:
-    from worlds import REWARDS, load_world
+def world_rates(suite_name: str, methods: list[str], steps: int) -> list[WorldRate]:
+    """Each entry of the suite (a leaderboard's methods on its world, variants aside) whose method is in `methods`:
+    its training step as the suite configures it, on the first of the suite's rewards it trains on, after a warm-up
+    step; a policy-gradient method's also at one trained step per network call."""
+    from bench.experiments import build_suite
+    from bench.reward_spec import reward_class
+    from rewards.feedback import Feedback
+    from worlds import load_world
 
-    world = load_world("digits")
-    reward = REWARDS["digit"].from_world(world)
+    suite = build_suite(suite_name)
+    world = load_world(suite.world)
     rates = []
-    for method in methods:
-        model = DIGITS_METHODS[method]
-        flops = flops_per_nfe(world.make_policy(model))
-        for per_call in (1, STEPS_PER_CALL):
-            meter = Meter()
-            options = METHODS[method].Config(steps_per_call=per_call)
-            trainer = build_trainer(method, world.make_policy(model), reward, world.prompts["train"], options, 0, meter)
-            trainer.step()  # warm-up
+    for method, variant, model in suite.entries():
+        if variant or method not in methods:
+            continue
+        trainable = [r for r in suite.rewards if METHODS[method].incompatibility(reward_class(r), "nfe") is None]
+        if not trainable:
+            reason = METHODS[method].incompatibility(reward_class(suite.rewards[0]), "nfe") or ""
+            rates.append(WorldRate(suite.world, method, model, "", None, reason=reason))
+            continue
+        config = suite.method_config(method, model=model, reward=trainable[0])
+        raw_reward = reward_class(trainable[0]).from_world(world)
+        flops = flops_per_nfe(world.make_policy(model), world.prompts["train"])
+        batched = issubclass(METHODS[method].Config, PolicyGradientOptions)
+        for per_call in (1, config.steps_per_call) if batched else (None,):
+            options = config if per_call is None else dataclasses.replace(config, steps_per_call=per_call)
+            meter, policy = Meter(), world.make_policy(model)
+            trainer = build_trainer(
+                method,
+                policy,
+                raw_reward,
+                world.prompts["train"],
+                options,
+                0,
+                meter,
+                functools.partial(Feedback.from_world, world, raw_reward, base_policy=policy),
+            )
+            trainer.step()  # warm-up (and a method's one-off collection of its feedback or dataset)
             nfe, start = meter.usage.nfe, time.perf_counter()
             for _ in range(steps):
                 trainer.step()
             seconds = time.perf_counter() - start
-            rates.append(DigitsRate(method, model, per_call, seconds / steps, (meter.usage.nfe - nfe) / seconds, flops))
+            nfe_rate = (meter.usage.nfe - nfe) / seconds
+            rate = WorldRate(suite.world, method, model, trainable[0], per_call, seconds / steps, nfe_rate, flops)
+            rates.append(rate)
     return rates
 
 
@@ -225,13 +259,17 @@ def report(methods: list[str], steps: int, trl_python: str | None, rounds: int) 
     torch.set_num_threads(1)
     peak = matmul_rate()
     lines = [f"one thread's float32 matmul: {peak / 1e9:.1f} GFLOP/s (best of 256 to 2,048 square)", ""]
-    lines.append("digits, one training step (default config), one thread:")
-    lines.append("method      model      steps/call  s/step   NFE/s  GFLOP/s  of matmul")
-    for r in digits_rates(methods, steps):
+    lines.append("the embedded worlds' leaderboard entries, one training step (the suite's config), one thread:")
+    lines.append("world   method            model           reward    steps/call  s/step   NFE/s  GFLOP/s  of matmul")
+    for r in (rate for suite in EMBEDDED_SUITES for rate in world_rates(suite, methods, steps)):
+        per_call = "-" if r.steps_per_call is None else r.steps_per_call
+        entry = f"{r.world:<7} {r.method:<17} {r.model:<15} {r.reward or '-':<9} {per_call:>10}"
+        if r.reason:
+            lines.append(f"{entry}  n/a: {r.reason}")
+            continue
         gflops = r.nfe_per_second * r.flops_per_nfe / 1e9
         lines.append(
-            f"{r.method:<11} {r.model:<10} {r.steps_per_call:>10} {r.seconds_per_step:>7.2f} {r.nfe_per_second:>7,.0f} "
-            f"{gflops:>8.1f} {gflops * 1e9 / peak:>10.0%}"
+            f"{entry} {r.seconds_per_step:>7.2f} {r.nfe_per_second:>7,.0f} {gflops:>8.1f} {gflops * 1e9 / peak:>10.0%}"
         )
     if trl_python:
         sides = versus_trl(trl_python, rounds, steps)
