@@ -29,10 +29,20 @@ def resident_mb() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def peak_resident_mb() -> float:
+    """The process's peak resident memory, MB: its address space's high-water mark (VmHWM). Not getrusage's
+    ru_maxrss, which carries over the mark of the process it was forked from (a parent's memory, not this one's)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("/proc/self/status has no VmHWM line")
+
+
 def memory(loaded_mb: float) -> dict[str, float]:
     """What both sides report of their memory: the resident MB once the trainer is built (`loaded_mb`, before any
     step), the process's peak resident MB (its high-water mark, every step included), and the steps' part of it."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KB
+    peak = peak_resident_mb()
     return {"loaded_mb": loaded_mb, "peak_mb": peak, "steps_mb": peak - loaded_mb}
 
 
