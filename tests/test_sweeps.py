@@ -160,6 +160,12 @@ def test_killing_a_sweep_ends_its_local_workers(reference_sweep, tmp_path):
         sweep.kill()
 
 
+def as_a_shell_starts_it() -> None:
+    """In the child before it runs the command: SIGINT at its default disposition and unblocked."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds a process's children in /proc")
 @pytest.mark.parametrize("after_s", [0, 8])  # while the workers still import, and once they train
@@ -167,9 +173,18 @@ def test_ctrl_c_ends_a_sweep_in_one_line_and_the_same_command_finishes_it(refere
     store = tmp_path / "store.sqlite"
     command = [sys.executable, "-m", "bench", "run", *SMALL_SWEEP, "--workers", "2", "--store", str(store)]
     env = {key: value for key, value in os.environ.items() if key != "RLHF_BENCH_DEBUG"}
-    # a terminal's Ctrl-C reaches every process of its group: the sweep and its workers
+    # a terminal's Ctrl-C reaches every process of its group: the sweep and its workers. A shell starts the sweep with
+    # SIGINT at its default and unblocked, whatever this test process's own state (a signal ignored or blocked here
+    # would be inherited, and the sweep would never see the interrupt)
     sweep = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=as_a_shell_starts_it,
     )
     try:
         _wait_for(lambda: len(_children(sweep.pid)) >= 3, 120, "workers start")
