@@ -6,6 +6,8 @@ declares (suite.py: leaderboard_entries), so a method added to the registry join
   default, smoke       every method on the digits world (smoke: its tiny twin, in minutes)
   scenes               every method on the compositional world; study: GenEval's table per prompt family
   scenes-tuned         the scenes suite's tuned configs (`make tune`), 5 fresh seeds, into the scenes store
+  scenes-plateau       the four best tuned methods and best-of-N at ten times the budget; study: the compute each
+                       needs to reach best-of-N's score, and whether any passes it at equal compute
   rocm-efficiency      ROCM against DDPO; study: the reward queries to reach the other's reward
   rocm-regularization  ROCM by divergence x beta
   orw-alpha            ORW-CFM-W2 by the W2 bound's weight
@@ -39,6 +41,7 @@ from bench.experiments.rocm_efficiency import rocm_efficiency
 from bench.experiments.rocm_regularization import rocm_regularization
 from bench.experiments.sas_discretization import sas_discretization
 from bench.experiments.scenes_leaderboard import scenes, scenes_tuned
+from bench.experiments.scenes_plateau import scenes_plateau
 from bench.experiments.suite import Suite
 from bench.names import check_names
 
@@ -58,6 +61,7 @@ SUITES: dict[str, Callable[..., Suite]] = {
     "pg-diagnostics": pg_diagnostics,
     "scenes": scenes,
     "scenes-tuned": scenes_tuned,
+    "scenes-plateau": scenes_plateau,
     "nightly-gpu": nightly_gpu,
 }
 

@@ -58,8 +58,7 @@ def scenes_tuned() -> Suite:
     """The scenes suite's tuned cells (tuned.json of `make tune SUITE=scenes`, local or committed): each at its tuned
     options on 5 fresh seeds, into the scenes store beside the defaults, whose leaderboard then shows both."""
     suite = scenes()
-    found = [tuned_file(layer / suite.name) for layer in LAYERS if tuned_file(layer / suite.name).is_file()]
-    tuned = read_tuned(found[0]) if found else {}
+    tuned = tuned_options(suite.name)
     cells = [key.partition("/") for key in tuned]
     methods = tuple(dict.fromkeys(f"{cell.replace('@', f'/{TUNED}@')}" for cell, _, reward in cells))
     rewards = tuple(r for r in suite.rewards if any(reward == r for _, _, reward in cells))
@@ -72,6 +71,13 @@ def scenes_tuned() -> Suite:
         tuned=tuned,
         results="scenes",
     )
+
+
+def tuned_options(suite: str) -> dict[str, dict[str, object]]:
+    """The tuned options of suite `suite`'s cells: its tuned.json in the local layer, else the committed one; {} if
+    neither has one."""
+    found = [tuned_file(layer / suite) for layer in LAYERS if tuned_file(layer / suite).is_file()]
+    return read_tuned(found[0]) if found else {}
 
 
 def write_families(results: pd.DataFrame, out: Path) -> Path:

@@ -46,19 +46,25 @@ def efficiency(
     reward: str,
     spent_on: str = "reward_queries",
     read: tuple[str, ...] = (),
+    metric: str = "reward",
+    reference_budget: float | None = None,
 ) -> dict | None:
-    """The compute `spent_on` (reward_queries, nfe, wall_s) that `method` needs for its mean reward curve over seeds
-    to reach `reference`'s final mean reward, as a fraction of the reference's, with a bootstrap interval that
-    resamples each method's seeds (seed i of one method has nothing to do with seed i of the other). None if either
-    has no runs. `read`: metrics of the primary split read off the method's mean curves (from `base`'s value at 0)
-    where its reward reaches the target, in `at_target` (NaN where it never does): the judge at equal reward."""
+    """The compute `spent_on` (reward_queries, nfe, wall_s) that `method` needs for its mean `metric` curve over seeds
+    to reach `reference`'s final mean (or its mean at the milestone of `reference_budget`), as a fraction of the
+    reference's compute there, with a bootstrap interval that resamples each method's seeds (seed i of one method has
+    nothing to do with seed i of the other). None if either has no runs. `read`: metrics of the primary split read
+    off the method's mean curves (from `base`'s value at 0) where its `metric` reaches the target, in `at_target`
+    (NaN where it never does): the judge at equal reward."""
     split = results.loc[(results["reward"] == reward) & (results["split"] == PRIMARY_SPLIT)]
-    ours = split.loc[split["metric"] == "reward"]
+    ours = split.loc[split["metric"] == metric]
     base_reward = ours.loc[ours["label"] == base, "value"]
     if base_reward.empty:
-        raise ValueError(f"the efficiency study needs {base} runs for the reward at 0 queries")
+        raise ValueError(f"the efficiency study needs {base} runs for the {metric} at 0 queries")
     start = base_reward.mean()
-    finals = ours.loc[ours["label"] == reference].sort_values("milestone").groupby("seed").last()
+    references = ours.loc[ours["label"] == reference]
+    if reference_budget is not None:
+        references = references.loc[references["budget"] == reference_budget]
+    finals = references.sort_values("milestone").groupby("seed").last()
     curves = ours.loc[ours["label"] == method].pivot_table(index="seed", columns="milestone", values="value")
     if finals.empty or curves.empty:
         return None
