@@ -19,7 +19,9 @@ trl     with --trl-python: DDPO on one tiny Stable Diffusion pipeline (32 px, 16
         too), every chain at once or a prompt's group at a time. trl lives in its own virtualenv
         (bench/throughput/trl_ddpo.py says which). Memory: each side's peak resident MB over its rounds (a
         process's high-water mark, model and steps), and the steps' part of it (the peak less the resident memory
-        once the trainer is built).
+        once the trainer is built). Arithmetic: each side's FLOPs of one training step (torch's FlopCounterMode over
+        its warm-up step, the backward included), trl's over ours (the speed-up the sides would show at equal FLOP
+        rates: what doing less work buys, apart from doing it faster) and each side's FLOP rate.
 """
 
 from __future__ import annotations
@@ -213,12 +215,14 @@ def time_ours(pipeline_dir: str, timed_steps: int, side: str) -> None:
     meter = Meter()
     trainer = build_trainer("ddpo", policy, Brightness(), list(trl_ddpo.PROMPTS), options, 0, meter)
     loaded = trl_ddpo.resident_mb()
+    with FlopCounterMode(display=False) as counted:
+        trainer.step()  # the warm-up step, counted: every step does the same arithmetic
     seconds = []
-    for _ in range(timed_steps + 1):
+    for _ in range(timed_steps):
         start = time.perf_counter()
         trainer.step()
         seconds.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": seconds[1:], "samples": trl_ddpo.SAMPLES, "memory": trl_ddpo.memory(loaded)}))
+    print(json.dumps(trl_ddpo.report(seconds, counted.get_total_flops(), loaded)))
 
 
 @dataclasses.dataclass
@@ -228,6 +232,8 @@ class Side:
 
     rates: list[float] = dataclasses.field(default_factory=list)
     memory: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    flops: int = 0
+    """One training step's FLOPs (the same in every round)."""
 
     def peak(self, key: str) -> float:
         """The largest of the rounds' `key` (peak_mb or steps_mb)."""
@@ -252,6 +258,7 @@ def versus_trl(trl_python: str, rounds: int, steps: int) -> dict[str, Side]:
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 sides[side].rates += [result["samples"] / s for s in result["seconds"]]
                 sides[side].memory.append(result["memory"])
+                sides[side].flops = result["flops"]
     return sides
 
 
@@ -281,6 +288,17 @@ def report(methods: list[str], steps: int, trl_python: str | None, rounds: int) 
             lines.append(f"  {name:<22} median {medians[name]:.2f}  ({each})")
         for name in OURS:
             lines.append(f"  {name} / trl: {medians[name] / medians[TRL]:.2f}x")
+        lines += [
+            "",
+            "arithmetic, one training step: GFLOP (FlopCounterMode, backward included), trl's over it (the speed-up "
+            "at equal FLOP rates), and the FLOP rate at the median samples/s, against one thread's matmul:",
+        ]
+        for name, side in sides.items():
+            rate = side.flops * medians[name] / trl_ddpo.SAMPLES
+            lines.append(
+                f"  {name:<22} {side.flops / 1e9:>7.2f}  {trl.flops / side.flops:>5.2f}x  {rate / 1e9:>6.1f} GFLOP/s "
+                f"{rate / peak:>4.0%}"
+            )
         lines += ["", "memory, the largest over the rounds: peak resident MB (the steps' part of it), against trl's:"]
         for name, side in sides.items():
             against = "" if side is trl else f"  {side.peak('peak_mb') / trl.peak('peak_mb'):.2f}x"

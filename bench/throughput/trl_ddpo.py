@@ -2,9 +2,10 @@
 
 Run by the python of a separate virtualenv that holds trl 0.23.1 (the last release with DDPOTrainer) and its own
 diffusers and transformers; it imports neither this project nor anything it does not need, so it runs there as a
-plain script: `python bench/throughput/trl_ddpo.py PIPELINE_DIR STEPS` prints one JSON line, the seconds of each
-timed training step after one warm-up step and the process's memory (`memory`). The configuration is the
-comparison's (bench/throughput/cpu.py: SIDES): its sampler, guidance, batch and LoRA, on one torch thread, float32.
+plain script: `python bench/throughput/trl_ddpo.py PIPELINE_DIR STEPS` prints one JSON line (`report`): the seconds
+of each timed training step after one warm-up step, the FLOPs of a step, and the process's memory (`memory`). The
+configuration is the comparison's (bench/throughput/cpu.py: SIDES): its sampler, guidance, batch and LoRA, on one
+torch thread, float32.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import warnings
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 # the comparison's configuration, as bench/throughput/cpu.py states it for both sides
 SAMPLES, STEPS, GUIDANCE, LEARNING_RATE = 16, 10, 5.0, 3e-4
@@ -89,12 +91,20 @@ def main(pipeline_dir: str, timed_steps: int) -> None:
         pipeline.sd_pipeline.set_progress_bar_config(disable=True)
         trainer = DDPOTrainer(config, reward_fn, prompt_fn, pipeline)
         loaded = resident_mb()
+        with FlopCounterMode(display=False) as counted:
+            trainer.step(0, 0)  # the warm-up step, counted: every step does the same arithmetic
         seconds = []
-        for epoch in range(timed_steps + 1):
+        for epoch in range(1, timed_steps + 1):
             start = time.perf_counter()
             trainer.step(epoch, epoch)
             seconds.append(time.perf_counter() - start)
-    print(json.dumps({"seconds": seconds[1:], "samples": SAMPLES, "memory": memory(loaded)}))
+    print(json.dumps(report(seconds, counted.get_total_flops(), loaded)))
+
+
+def report(seconds: list[float], flops: int, loaded_mb: float) -> dict:
+    """The JSON line both sides print: each timed step's seconds, the samples a step trains, the FLOPs of one step
+    (torch's FlopCounterMode over the warm-up step, backward included) and the memory."""
+    return {"seconds": seconds, "samples": SAMPLES, "flops": flops, "memory": memory(loaded_mb)}
 
 
 if __name__ == "__main__":
