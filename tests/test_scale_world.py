@@ -315,6 +315,16 @@ def test_the_memory_both_sides_report_counts_what_the_steps_hold():
     del held
 
 
+def test_both_sides_count_the_products_of_fused_attention():
+    from bench.throughput.trl_ddpo import count_flops
+
+    batch, heads, queries, keys, width = 2, 3, 16, 8, 4
+    q, k, v = (torch.randn(batch, heads, n, width) for n in (queries, keys, keys))
+    # q k^T and its weights times v: 2 * b h l s d FLOPs each
+    product = 2 * batch * heads * queries * keys * width
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)) == 2 * product
+
+
 def test_the_backward_flops_of_a_rocm_step_are_counted():
     from bench.throughput.timing import measure
 

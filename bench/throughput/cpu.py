@@ -20,8 +20,9 @@ trl     with --trl-python: DDPO on one tiny Stable Diffusion pipeline (32 px, 16
         (bench/throughput/trl_ddpo.py says which). Memory: each side's peak resident MB over its rounds (a
         process's high-water mark, model and steps), and the steps' part of it (the peak less the resident memory
         once the trainer is built). Arithmetic: each side's FLOPs of one training step (torch's FlopCounterMode over
-        its warm-up step, the backward included), trl's over ours (the speed-up the sides would show at equal FLOP
-        rates: what doing less work buys, apart from doing it faster) and each side's FLOP rate.
+        a step after the timed ones, the backward included, attention by its math backend: trl_ddpo.count_flops),
+        trl's over ours (the speed-up the sides would show at equal FLOP rates: what doing less work buys, apart
+        from doing it faster) and each side's FLOP rate.
 """
 
 from __future__ import annotations
@@ -215,14 +216,13 @@ def time_ours(pipeline_dir: str, timed_steps: int, side: str) -> None:
     meter = Meter()
     trainer = build_trainer("ddpo", policy, Brightness(), list(trl_ddpo.PROMPTS), options, 0, meter)
     loaded = trl_ddpo.resident_mb()
-    with FlopCounterMode(display=False) as counted:
-        trainer.step()  # the warm-up step, counted: every step does the same arithmetic
     seconds = []
-    for _ in range(timed_steps):
+    for _ in range(timed_steps + 1):
         start = time.perf_counter()
         trainer.step()
         seconds.append(time.perf_counter() - start)
-    print(json.dumps(trl_ddpo.report(seconds, counted.get_total_flops(), loaded)))
+    held = trl_ddpo.memory(loaded)  # before the counted step, as trl's side
+    print(json.dumps(trl_ddpo.report(seconds[1:], trl_ddpo.count_flops(trainer.step), held)))
 
 
 @dataclasses.dataclass
