@@ -92,6 +92,8 @@ def test_the_plateau_study_without_best_of_n_at_the_leaderboard_budget_says_so(t
     rows = _cell(f"dgpo/{TUNED}@{MODEL}", 0, [0.5, 0.7, 0.9])
     text = write_plateau(pd.DataFrame(rows), tmp_path).read_text()
     assert "No best_of_n@scene-flow runs at 300k NFE yet: no target." in text
+    base_alone = write_plateau(pd.DataFrame(_cell(f"base@{MODEL}", 0, [0.4] * 3)), tmp_path).read_text()
+    assert "No runs but the base's yet." in base_alone
 
 
 @pytest.mark.parametrize("missing", PLATEAU_METHODS)

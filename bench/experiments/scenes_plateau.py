@@ -67,8 +67,10 @@ def write_plateau(results: pd.DataFrame, out: Path) -> Path:
     ours = results.loc[(results["reward"] == REWARD) & (results["split"] == PRIMARY_SPLIT)]
     judge = ours.loc[ours["metric"] == "judge_score"]
     budgets = sorted(judge.loc[judge["label"] != BASE, "budget"].unique())
-    # the leaderboard's budget: the milestone at 1/SCALE of the plateau's
-    target_budget = budgets[-1] / SCALE
+    if not budgets:
+        return _write(out, ["# The plateau", "", "No runs but the base's yet."])
+    # the leaderboard's budget: the milestone at 1/SCALE of the plateau's (as the store wrote it, to its last bit)
+    target_budget = next((b for b in budgets if math.isclose(b, budgets[-1] / SCALE)), budgets[-1] / SCALE)
     lines = [
         "# The plateau: trained methods against best-of-N at up to ten times the budget",
         "",
