@@ -24,6 +24,7 @@ from bench.budget import Budget
 from bench.experiments.scenes_leaderboard import scenes, tuned_options
 from bench.experiments.suite import TUNED, Suite
 from bench.experiments.tables import PRIMARY_SPLIT, by_seed, cell_of, ci, efficiency
+from bench.formats import human
 from bench.stats import stratified_bootstrap_ci
 from models.io import atomic_write_bytes
 
@@ -79,7 +80,7 @@ def write_plateau(results: pd.DataFrame, out: Path) -> Path:
         "milestone of B NFE draws as many candidates a prompt as B buys). Trained methods run their tuned options "
         "(results/scenes/tuned.json).",
         "",
-        "| entry | seeds | " + " | ".join(_nfe(b) for b in budgets) + " |",
+        "| entry | seeds | " + " | ".join(human(b) for b in budgets) + " |",
         "|---|---|" + "---|" * len(budgets),
     ]
     labels = [BEST_OF_N, *(f"{m}/{TUNED}@{MODEL}" for m in PLATEAU_METHODS)]
@@ -91,11 +92,11 @@ def write_plateau(results: pd.DataFrame, out: Path) -> Path:
         lines.append(f"| {label} | {cell['seed'].nunique()} | " + " | ".join(scores) + " |")
     reference = cell_of(judge, BEST_OF_N)
     if reference.empty or target_budget not in budgets:
-        return _write(out, [*lines, "", f"No {BEST_OF_N} runs at {_nfe(target_budget)} NFE yet: no target."])
+        return _write(out, [*lines, "", f"No {BEST_OF_N} runs at {human(target_budget)} NFE yet: no target."])
     target = by_seed(reference.loc[reference["budget"] == target_budget], PRIMARY_SPLIT, "judge_score").to_numpy()
     lines += [
         "",
-        f"Target: {BEST_OF_N}'s score at {_nfe(target_budget)} NFE (the leaderboard's budget), {ci(target)}. "
+        f"Target: {BEST_OF_N}'s score at {human(target_budget)} NFE (the leaderboard's budget), {ci(target)}. "
         "`NFE to the target`: where the method's mean curve (from the base's score at 0) first reaches the target's "
         "mean, linearly interpolated, with an interval that resamples each side's seeds (`never`: not within the "
         "budget). `minus best-of-N`: the method's score less best-of-N's at the same milestone, at the last one and "
@@ -112,15 +113,16 @@ def write_plateau(results: pd.DataFrame, out: Path) -> Path:
         if study is None:
             continue
         reach = _reach(study["fraction"], study["reference_queries"])
-        differences = {b: _difference(cell_of(judge, label), reference, b) for b in budgets}
+        cell = cell_of(judge, label)
+        differences = {b: _difference(cell, reference, b) for b in budgets}
         at = [b for b in budgets if not math.isnan(differences[b][0])]
         if not at:
             continue
         best = max(at, key=lambda b: differences[b][0])
-        above = [_nfe(b) for b in at if differences[b][1] > 0]
+        above = [human(b) for b in at if differences[b][1] > 0]
         lines.append(
-            f"| {label} | {cell_of(judge, label)['seed'].nunique()} | {reach} | "
-            f"{ci(differences[budgets[-1]])} | {ci(differences[best])} ({_nfe(best)}) | "
+            f"| {label} | {cell['seed'].nunique()} | {reach} | "
+            f"{ci(differences[budgets[-1]])} | {ci(differences[best])} ({human(best)}) | "
             f"{', '.join(above) or 'none'} |"
         )
     return _write(out, lines)
@@ -140,16 +142,8 @@ def _difference(cell: pd.DataFrame, reference: pd.DataFrame, budget: float) -> t
 
 def _reach(fraction: tuple[float, float, float], reference_nfe: float) -> str:
     """NFE to the target, mean [interval], from its fraction of the reference's compute."""
-    values = [_nfe(f * reference_nfe) if np.isfinite(f) else "never" for f in fraction]
+    values = [human(f * reference_nfe) if np.isfinite(f) else "never" for f in fraction]
     return values[0] if values[1] == values[2] == values[0] else f"{values[0]} [{values[1]}, {values[2]}]"
-
-
-def _nfe(amount: float) -> str:
-    """An NFE count in 3 significant digits with a k or M suffix: 30000 -> 30k, 1500000 -> 1.5M."""
-    for size, suffix in ((1e6, "M"), (1e3, "k")):
-        if amount >= size:
-            return f"{amount / size:.3g}{suffix}"
-    return f"{amount:.3g}"
 
 
 def _write(out: Path, lines: list[str]) -> Path:

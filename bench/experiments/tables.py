@@ -57,10 +57,10 @@ def efficiency(
     (NaN where it never does): the judge at equal reward."""
     split = results.loc[(results["reward"] == reward) & (results["split"] == PRIMARY_SPLIT)]
     ours = split.loc[split["metric"] == metric]
-    base_reward = ours.loc[ours["label"] == base, "value"]
-    if base_reward.empty:
+    base_values = ours.loc[ours["label"] == base, "value"]
+    if base_values.empty:
         raise ValueError(f"the efficiency study needs {base} runs for the {metric} at 0 queries")
-    start = base_reward.mean()
+    start = base_values.mean()
     references = ours.loc[ours["label"] == reference]
     if reference_budget is not None:
         references = references.loc[references["budget"] == reference_budget]

@@ -4,7 +4,7 @@ own float32 matmul and against trl's DDPOTrainer.
 worlds  the training step of each entry of the embedded worlds' leaderboards (the default suite on digits, the
         scenes suite), as the suite configures it, on the first of its rewards the method trains on (a
         policy-gradient method's also at one trained step per network call, the re-evaluation unbatched): NFE/s,
-        and those times the generator's FLOPs per NFE (counted by torch's FlopCounterMode) as GFLOP/s and as a
+        and those times the generator's FLOPs per NFE (trl_ddpo.count_flops) as GFLOP/s and as a
         share of the best float32 matmul rate this thread reaches (square matrices of 256 to 2,048). The FLOPs
         are the generator's alone: a reward's network (differentiated through by the direct-gradient methods) and
         the optimizer's arithmetic are work the share does not count;
@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from bench.meter import Meter
 from bench.throughput import trl_ddpo
@@ -103,9 +102,8 @@ def flops_per_nfe(policy, prompts: list[str]) -> float:
     """FLOPs of one network evaluation (a forward on one state) of the policy's generator, on four of `prompts`."""
     x = torch.randn(4, *policy.latent_shape)
     t = policy.sampling_timesteps(policy.default_steps)[:1].expand(4)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        policy.step_output(x, t, policy._text(prompts[:4]))
-    return counter.get_total_flops() / 4
+    with torch.no_grad():
+        return trl_ddpo.count_flops(lambda: policy.step_output(x, t, policy._text(prompts[:4]))) / 4
 
 
 def world_rates(suite_name: str, methods: list[str], steps: int) -> list[WorldRate]:

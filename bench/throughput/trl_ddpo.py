@@ -106,7 +106,8 @@ def main(pipeline_dir: str, timed_steps: int) -> None:
 def count_flops(step: Callable[[], object]) -> int:
     """The FLOPs of one call of `step` (torch's FlopCounterMode, backward included), attention run by its math
     backend: the counter has no formula for the CPU's fused attention kernel, whose products would count as none
-    (diffusers' UNet calls it; ours multiplies its attention out)."""
+    (diffusers' UNet calls it, and the scenes world's network). Here, where this script finds it without importing
+    the project, and the one count bench/throughput/cpu.py makes too."""
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counted:
         step()
     return counted.get_total_flops()
